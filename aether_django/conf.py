@@ -1,0 +1,129 @@
+"""``settings.AETHER``, read lazily with defaults, the way DRF reads REST_FRAMEWORK.
+
+Only this module reads ``settings.AETHER``. Values are looked up on first access
+and cached; the cache is dropped on ``setting_changed`` so ``override_settings``
+works. Unknown keys are reported by the system check ``aether_django.E001``.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import import_module
+from typing import Any
+
+from django.conf import settings
+from django.core.signals import setting_changed
+
+__all__ = ["DEFAULTS", "IMPORT_STRINGS", "aether_settings", "store_config"]
+
+DEFAULTS: dict[str, Any] = {
+    # Where NATS is. The environment variable AETHER_NATS_URL wins over this.
+    "NATS_URL": "nats://127.0.0.1:4222",
+    # Extra keyword arguments for nats.connect (credentials, TLS, ...).
+    "NATS_OPTIONS": {},
+    # The event store class get_event_store() builds for each namespace.
+    "STORE_CLASS": "aether_django.store.jetstream.JetStreamEventStore",
+    # Seconds one store operation may take before StoreUnavailableError.
+    "TIMEOUT": 5.0,
+    # Largest encoded event or snapshot accepted, in bytes.
+    "MAX_EVENT_BYTES": 1024 * 1024,
+    # First tokens of every event subject: {prefix}.{namespace}.{actor}.
+    "SUBJECT_PREFIX": "aether.events",
+    # Stream settings for each namespace's "{namespace}_events" stream.
+    "STORAGE": "file",
+    "REPLICAS": 1,
+    "MAX_AGE": 0,
+    "MAX_BYTES": -1,
+    "DUPLICATE_WINDOW": 120,
+    "IMMUTABLE": True,
+    # Actors whose head each store keeps in memory to save a read per write.
+    "HEAD_CACHE_SIZE": 10_000,
+}
+
+#: Settings that name a class by dotted path.
+IMPORT_STRINGS = frozenset({"STORE_CLASS"})
+
+#: Environment variables that win over the settings they name.
+ENVIRONMENT = {"NATS_URL": "AETHER_NATS_URL"}
+
+
+def import_from_string(path: str, setting_name: str) -> Any:
+    """Import a dotted path, saying which setting named it when that fails."""
+    module_path, _, attr = path.rpartition(".")
+    try:
+        return getattr(import_module(module_path), attr)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ImportError(f"could not import {path!r} for AETHER[{setting_name!r}]: {exc}") from exc
+
+
+class AetherSettings:
+    """Attribute access to AETHER settings: ``aether_settings.TIMEOUT``."""
+
+    def __init__(self, defaults: dict[str, Any] | None = None) -> None:
+        self.defaults = defaults or DEFAULTS
+        self._cached: set[str] = set()
+
+    @property
+    def user_settings(self) -> dict[str, Any]:
+        value = getattr(settings, "AETHER", None) or {}
+        return dict(value)
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in self.defaults:
+            raise AttributeError(f"invalid AETHER setting: {name!r}")
+        env = ENVIRONMENT.get(name)
+        if env and os.environ.get(env):
+            value: Any = os.environ[env]
+        else:
+            value = self.user_settings.get(name, self.defaults[name])
+        if name in IMPORT_STRINGS and isinstance(value, str):
+            value = import_from_string(value, name)
+        self._cached.add(name)
+        setattr(self, name, value)
+        return value
+
+    def reload(self) -> None:
+        for name in self._cached:
+            delattr(self, name)
+        self._cached.clear()
+
+
+aether_settings = AetherSettings()
+
+
+def store_config() -> Any:
+    """The StoreConfig that the current settings describe."""
+    from .store.base import StoreConfig
+
+    s = aether_settings
+    return StoreConfig(
+        timeout=float(s.TIMEOUT),
+        max_event_bytes=int(s.MAX_EVENT_BYTES),
+        subject_prefix=str(s.SUBJECT_PREFIX),
+        storage=str(s.STORAGE),
+        replicas=int(s.REPLICAS),
+        max_age=float(s.MAX_AGE),
+        max_bytes=int(s.MAX_BYTES),
+        duplicate_window=float(s.DUPLICATE_WINDOW),
+        immutable=bool(s.IMMUTABLE),
+        head_cache_size=int(s.HEAD_CACHE_SIZE),
+    )
+
+
+_reload_hooks: list[Any] = []
+
+
+def on_reload(hook: Any) -> Any:
+    """Register a function to call whenever AETHER settings change."""
+    _reload_hooks.append(hook)
+    return hook
+
+
+def _reload(*, setting: str, **_: Any) -> None:
+    if setting == "AETHER":
+        aether_settings.reload()
+        for hook in _reload_hooks:
+            hook()
+
+
+setting_changed.connect(_reload)

@@ -1,0 +1,108 @@
+"""The error tree: everything aether_django raises on purpose derives from AetherError."""
+
+from __future__ import annotations
+
+
+class AetherError(Exception):
+    """Base class of every error aether_django raises on purpose."""
+
+
+class VersionConflictError(AetherError):
+    """A save was refused because the actor already has a version >= the attempted one.
+
+    The caller may read ``current_version``, rebuild its decision and retry with a
+    greater version; nothing of the refused save was stored.
+    """
+
+    def __init__(self, actor_id: str, attempted_version: int, current_version: int) -> None:
+        self.actor_id = actor_id
+        self.attempted_version = attempted_version
+        self.current_version = current_version
+        super().__init__(
+            f"version conflict for actor {actor_id!r}: attempted version {attempted_version}, "
+            f"current version is {current_version}"
+        )
+
+    def __reduce__(self) -> tuple[type[VersionConflictError], tuple[str, int, int]]:
+        # Keep the three fields when the error crosses a process boundary.
+        return (type(self), (self.actor_id, self.attempted_version, self.current_version))
+
+
+class InvalidNameError(AetherError, ValueError):
+    """A namespace, pattern or actor id breaks a naming rule; the message names the rule."""
+
+
+class InvalidNamespaceError(InvalidNameError):
+    """A namespace is not a valid dotted list of tokens."""
+
+
+class InvalidActorIdError(InvalidNameError):
+    """An actor id is empty, too long or not printable."""
+
+
+class InvalidEventError(AetherError, ValueError):
+    """An event cannot be stored as given (bad version, data that is not JSON, ...)."""
+
+
+class PayloadTooLargeError(InvalidEventError):
+    """An encoded event or snapshot is larger than the configured limit."""
+
+    def __init__(self, size: int, limit: int, what: str = "event") -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(f"encoded {what} is {size} bytes; the limit is {limit} bytes")
+
+
+class EventStoreError(AetherError):
+    """The event store could not complete an operation."""
+
+
+class StoreUnavailableError(EventStoreError):
+    """NATS did not answer within the configured timeout; nothing was acknowledged.
+
+    For a save this means the save did not happen: the store only raises it after
+    making sure that no attempt it made was stored (see docs/architecture.md).
+    """
+
+
+class NamespaceCollisionError(EventStoreError):
+    """Two namespaces map to the same JetStream stream name."""
+
+
+class StoreConfigurationError(EventStoreError):
+    """The JetStream server refused to create or use a stream or bucket as configured."""
+
+
+class ReplayError(AetherError):
+    """A stored message could not be decoded into an event.
+
+    Returned (not raised) by ``get_events_with_errors``; raised by ``get_events``.
+    Carries the stream ``sequence`` and the ``raw`` bytes so nothing is lost.
+    """
+
+    def __init__(self, sequence: int, raw: bytes, reason: str, actor_id: str = "") -> None:
+        self.sequence = sequence
+        self.raw = raw
+        self.reason = reason
+        self.actor_id = actor_id
+        super().__init__(f"cannot decode message {sequence} of actor {actor_id!r}: {reason}")
+
+    def __reduce__(self) -> tuple[type[ReplayError], tuple[int, bytes, str, str]]:
+        return (type(self), (self.sequence, self.raw, self.reason, self.actor_id))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ReplayError):
+            return NotImplemented
+        return (self.sequence, self.raw, self.reason, self.actor_id) == (
+            other.sequence,
+            other.raw,
+            other.reason,
+            other.actor_id,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.sequence, self.raw))
+
+
+class SyncCallInAsyncContextError(AetherError, RuntimeError):
+    """A blocking (sync) method was called from a running event loop; use its ``a``-twin."""

@@ -1,0 +1,103 @@
+"""Namespace and actor-id rules, and the JetStream names derived from them.
+
+Pure: imports neither Django nor nats.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+
+from .errors import InvalidActorIdError, InvalidNamespaceError
+
+#: Longest namespace accepted; keeps stream and bucket names well under server limits.
+MAX_NAMESPACE_LENGTH = 100
+#: Longest actor id accepted, in characters.
+MAX_ACTOR_ID_LENGTH = 255
+
+_TOKEN = r"[A-Za-z0-9_-]+"
+_NAMESPACE_RE = re.compile(rf"^{_TOKEN}(\.{_TOKEN})*$")
+_SAFE_ACTOR_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+# Marks an encoded actor token. '=' is legal in subjects and KV keys but never
+# appears in a safe id, so encoded and plain tokens cannot collide.
+_ENCODED_MARK = "="
+
+
+def validate_namespace(namespace: object) -> str:
+    """Return ``namespace`` if valid, else raise InvalidNamespaceError naming the rule."""
+    if not isinstance(namespace, str):
+        raise InvalidNamespaceError(f"namespace must be a string, not {type(namespace).__name__}")
+    if not namespace:
+        raise InvalidNamespaceError("namespace must not be empty")
+    if len(namespace) > MAX_NAMESPACE_LENGTH:
+        raise InvalidNamespaceError(
+            f"namespace is {len(namespace)} characters; at most {MAX_NAMESPACE_LENGTH} allowed"
+        )
+    if not _NAMESPACE_RE.match(namespace):
+        raise InvalidNamespaceError(
+            f"invalid namespace {namespace!r}: use tokens of letters, digits, '-' and '_' "
+            "separated by single dots"
+        )
+    return namespace
+
+
+def validate_actor_id(actor_id: object) -> str:
+    """Return ``actor_id`` if valid, else raise InvalidActorIdError naming the rule."""
+    if not isinstance(actor_id, str):
+        raise InvalidActorIdError(f"actor id must be a string, not {type(actor_id).__name__}")
+    if not actor_id:
+        raise InvalidActorIdError("actor id must not be empty")
+    if len(actor_id) > MAX_ACTOR_ID_LENGTH:
+        raise InvalidActorIdError(
+            f"actor id is {len(actor_id)} characters; at most {MAX_ACTOR_ID_LENGTH} allowed"
+        )
+    if not actor_id.isprintable():
+        raise InvalidActorIdError(f"actor id {actor_id!r} contains non-printable characters")
+    return actor_id
+
+
+def actor_token(actor_id: str) -> str:
+    """Map an actor id to a single subject token (and KV key), reversibly.
+
+    Ids made only of letters, digits, '-' and '_' are used as they are, so
+    ``order-123`` stays readable in subjects; any other id becomes '=' followed by
+    its UTF-8 bytes in unpadded URL-safe base64.
+    """
+    if _SAFE_ACTOR_RE.match(actor_id):
+        return actor_id
+    encoded = base64.urlsafe_b64encode(actor_id.encode("utf-8")).decode("ascii").rstrip("=")
+    return _ENCODED_MARK + encoded
+
+
+def actor_id_from_token(token: str) -> str:
+    """Invert :func:`actor_token`."""
+    if not token.startswith(_ENCODED_MARK):
+        return token
+    body = token[1:]
+    padded = body + "=" * (-len(body) % 4)
+    return base64.urlsafe_b64decode(padded.encode("ascii")).decode("utf-8")
+
+
+def namespace_slug(namespace: str) -> str:
+    """The namespace as used inside stream and bucket names (which forbid dots).
+
+    Dots become double underscores. That can collide (``a.b`` and ``a__b``), so
+    the store records the namespace in the stream's metadata and refuses a stream
+    that belongs to another namespace.
+    """
+    return namespace.replace(".", "__")
+
+
+def stream_name(namespace: str) -> str:
+    """JetStream stream holding the events of ``namespace``: ``"{namespace}_events"``."""
+    return f"{namespace_slug(namespace)}_events"
+
+
+def snapshot_bucket(namespace: str) -> str:
+    """KV bucket holding the snapshots of ``namespace``."""
+    return f"{namespace_slug(namespace)}_snapshots"
+
+
+def event_subject(prefix: str, namespace: str, actor_id: str) -> str:
+    """Subject of one actor's events: ``{prefix}.{namespace}.{actor_token}``."""
+    return f"{prefix}.{namespace}.{actor_token(actor_id)}"

@@ -1,0 +1,283 @@
+"""The process runtime: this process's NATS connections and the bridge for sync callers.
+
+nats-py is asyncio-only and a connection belongs to the event loop that made it,
+while most Django code is sync. The runtime therefore keeps
+
+* one background thread running an event loop, with one NATS connection, that
+  every sync call (views, Celery tasks, the shell) is handed to; and
+* for async callers, one connection per event loop that asks (normally exactly
+  one: the ASGI server's), so an async save never hops threads.
+
+Everything is created on first use, created again in a child after ``fork()``
+(Celery prefork, gunicorn), and closed at interpreter exit. Connections reconnect
+by themselves after a server restart; writes are never queued while disconnected,
+so a save the store gave up on cannot land later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+import nats
+from nats.aio.client import Client as NATS
+
+from .errors import SyncCallInAsyncContextError
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+__all__ = ["Runtime", "get_runtime", "reset_runtime"]
+
+_RUNTIMES: weakref.WeakSet[Runtime] = weakref.WeakSet()
+# Objects inherited from the parent across fork(): kept referenced so that the
+# garbage collector never closes, in the child, sockets the parent still uses.
+_INHERITED: list[Any] = []
+
+
+class Runtime:
+    """Owns NATS connections for one process and runs coroutines for sync callers.
+
+    ``url`` is a server URL (or comma-separated list), or a callable returning one,
+    read each time a connection is made.
+    """
+
+    def __init__(
+        self,
+        url: str | Callable[[], str],
+        *,
+        options: dict[str, Any] | None = None,
+        connect_timeout: float = 2.0,
+        name: str = "aether_django",
+    ) -> None:
+        self._url = url
+        self._options = dict(options or {})
+        self._connect_timeout = connect_timeout
+        self._name = name
+        self._lock = threading.Lock()
+        self._init_state()
+        _RUNTIMES.add(self)
+
+    def _init_state(self) -> None:
+        self.pid = os.getpid()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._conns: dict[asyncio.AbstractEventLoop, NATS] = {}
+        self._connecting: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
+        self._closed = False
+
+    def _after_fork(self) -> None:
+        # The parent's loop thread does not exist here and its sockets are the
+        # parent's: forget them (without closing) and start afresh on first use.
+        _INHERITED.append((self._loop, self._conns))
+        self._lock = threading.Lock()
+        self._init_state()
+
+    @property
+    def url(self) -> str:
+        return self._url() if callable(self._url) else self._url
+
+    # --- the loop thread ----------------------------------------------------
+    def _loop_thread(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is not None:
+            return loop
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                ready = threading.Event()
+
+                def serve() -> None:
+                    asyncio.set_event_loop(loop)
+                    loop.call_soon(ready.set)
+                    loop.run_forever()
+
+                thread = threading.Thread(target=serve, name=f"{self._name}-loop", daemon=True)
+                thread.start()
+                ready.wait()
+                self._thread = thread
+                self._loop = loop
+            return self._loop
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The runtime's own event loop (started on first use)."""
+        return self._loop_thread()
+
+    def run(self, coro: Awaitable[T]) -> T:
+        """Run ``coro`` on the runtime's loop and block until it returns.
+
+        Refuses to run inside a running event loop (it would block that loop),
+        unless DJANGO_ALLOW_ASYNC_UNSAFE is set, as Django does for the ORM.
+        """
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not None and (
+            running is self._loop or not os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+        ):
+            if isinstance(coro, Coroutine):
+                coro.close()
+            raise SyncCallInAsyncContextError(
+                "a blocking aether_django call was made from async code; "
+                "use the a-prefixed twin (for example asave_event) instead"
+            )
+        if not isinstance(coro, Coroutine):
+            raise TypeError("Runtime.run() takes a coroutine")
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop_thread())
+        return future.result()
+
+    # --- connections ----------------------------------------------------------
+    async def connection(self) -> NATS:
+        """The connected NATS client for the running loop, made on first use."""
+        loop = asyncio.get_running_loop()
+        nc = self._conns.get(loop)
+        if nc is not None and not nc.is_closed:
+            return nc
+        lock = self._connecting.setdefault(loop, asyncio.Lock())
+        async with lock:
+            nc = self._conns.get(loop)
+            if nc is not None and not nc.is_closed:
+                return nc
+            self._forget_closed_loops()
+            nc = await self._connect()
+            self._conns[loop] = nc
+            return nc
+
+    def _forget_closed_loops(self) -> None:
+        for loop in [loop for loop in self._conns if loop.is_closed()]:
+            _INHERITED.append(self._conns.pop(loop))
+            self._connecting.pop(loop, None)
+
+    async def _connect(self) -> NATS:
+        async def on_error(exc: Exception) -> None:
+            logger.debug("NATS connection error: %r", exc)
+
+        async def on_disconnect() -> None:
+            logger.warning("NATS disconnected; reconnecting")
+
+        async def on_reconnect() -> None:
+            logger.info("NATS reconnected")
+
+        options: dict[str, Any] = {
+            "name": self._name,
+            "connect_timeout": self._connect_timeout,
+            "allow_reconnect": True,
+            "max_reconnect_attempts": -1,
+            "reconnect_time_wait": 0.1,
+            # Never buffer publishes while disconnected: a save that gave up must
+            # not be delivered later by a reconnect.
+            "pending_size": 0,
+            "error_cb": on_error,
+            "disconnected_cb": on_disconnect,
+            "reconnected_cb": on_reconnect,
+        }
+        options.update(self._options)
+        servers = [s.strip() for s in self.url.split(",") if s.strip()]
+        nc: NATS = await nats.connect(servers=servers, **options)
+        return nc
+
+    # --- closing --------------------------------------------------------------
+    async def aclose(self) -> None:
+        """Close the running loop's connection (async callers)."""
+        nc = self._conns.pop(asyncio.get_running_loop(), None)
+        if nc is not None and not nc.is_closed:
+            await nc.close()
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Close every connection this runtime made and stop its loop thread."""
+        if self.pid != os.getpid():
+            return
+        conns, self._conns = self._conns, {}
+        self._connecting = {}
+        try:
+            current = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
+        for loop, nc in conns.items():
+            if nc.is_closed or loop.is_closed():
+                continue
+            if loop is self._loop:
+                continue  # closed below, on its own thread
+            if loop is current:
+                loop.create_task(nc.close())
+            elif loop.is_running():
+                loop.call_soon_threadsafe(lambda nc=nc, loop=loop: loop.create_task(nc.close()))
+        loop, thread = self._loop, self._thread
+        self._loop, self._thread = None, None
+        if loop is not None and thread is not None and loop.is_running():
+            own = conns.get(loop)
+
+            async def shutdown() -> None:
+                if own is not None and not own.is_closed:
+                    try:
+                        await asyncio.wait_for(own.close(), timeout)
+                    except Exception:  # closing is best effort
+                        logger.debug("error closing NATS connection", exc_info=True)
+
+            try:
+                asyncio.run_coroutine_threadsafe(shutdown(), loop).result(timeout + 1)
+            except Exception:
+                logger.debug("error stopping the runtime loop", exc_info=True)
+            loop.call_soon_threadsafe(loop.stop)
+            if thread is not threading.current_thread():
+                thread.join(timeout)
+            if not loop.is_running():
+                loop.close()
+
+
+def _after_fork_in_child() -> None:
+    for runtime in list(_RUNTIMES):
+        runtime._after_fork()
+
+
+def _close_all_at_exit() -> None:
+    for runtime in list(_RUNTIMES):
+        try:
+            runtime.close()
+        except Exception:
+            logger.debug("error closing the runtime at exit", exc_info=True)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_close_all_at_exit)
+
+
+# --- the process's runtime, from settings -----------------------------------------
+_runtime: Runtime | None = None
+_runtime_lock = threading.Lock()
+
+
+def get_runtime() -> Runtime:
+    """The process's runtime, configured from ``settings.AETHER``."""
+    global _runtime
+    runtime = _runtime
+    if runtime is None:
+        from .conf import aether_settings
+
+        with _runtime_lock:
+            if _runtime is None:
+                _runtime = Runtime(
+                    lambda: str(aether_settings.NATS_URL),
+                    options=dict(aether_settings.NATS_OPTIONS),
+                    connect_timeout=min(float(aether_settings.TIMEOUT), 5.0),
+                )
+            runtime = _runtime
+    return runtime
+
+
+def reset_runtime() -> None:
+    """Close the process's runtime; the next get_runtime() builds a new one."""
+    global _runtime
+    with _runtime_lock:
+        runtime, _runtime = _runtime, None
+    if runtime is not None:
+        runtime.close()

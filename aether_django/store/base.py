@@ -1,0 +1,191 @@
+"""The event-store contract shared by every store, and the settings a store is built with.
+
+A store serves one namespace. Every operation exists twice, Django-style: the
+plain name blocks (for views, Celery tasks, the shell), the ``a``-prefixed twin is
+a coroutine (for async views and consumers). Both have the same semantics:
+
+* ``save_event`` accepts a version only if it is strictly greater than the
+  actor's current version (gaps allowed; an unknown actor has version 0), and
+  otherwise raises VersionConflictError carrying the current version.
+* ``save_events`` stores several events of one actor atomically: all or none.
+* ``get_events(actor_id, from_version)`` returns the events whose version is
+  ``>= from_version`` in version order.
+"""
+
+from __future__ import annotations
+
+import abc
+import itertools
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from ..errors import InvalidEventError
+from ..events import ActorSnapshot, Event, ReplayResult, validate_event
+from ..names import validate_actor_id
+
+T = TypeVar("T")
+
+__all__ = ["AsyncFirstEventStore", "EventStore", "Runtime", "StoreConfig"]
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """What a store needs to know, independent of where it came from (settings, tests)."""
+
+    #: Seconds an operation may take before StoreUnavailableError.
+    timeout: float = 5.0
+    #: Largest encoded event (or snapshot) accepted, in bytes.
+    max_event_bytes: int = 1024 * 1024
+    #: First tokens of every event subject.
+    subject_prefix: str = "aether.events"
+    #: "file" or "memory".
+    storage: str = "file"
+    replicas: int = 1
+    #: Seconds to keep events; 0 keeps them for ever.
+    max_age: float = 0.0
+    #: Bytes a namespace's stream may hold; -1 for no limit.
+    max_bytes: int = -1
+    #: Seconds within which a repeated event id is recognised as a retry.
+    duplicate_window: float = 120.0
+    #: Refuse deleting single events and purging streams on the server.
+    immutable: bool = True
+    #: Actors whose head (last sequence and version) each store keeps in memory.
+    head_cache_size: int = 10_000
+
+
+class Runtime(Protocol):
+    """What a NATS-backed store needs from the process runtime (aether_django.runtime)."""
+
+    def run(self, coro: Awaitable[T]) -> T:
+        """Run a coroutine to completion from sync code and return its result."""
+        ...
+
+    async def connection(self) -> Any:
+        """The NATS connection to use from the running event loop."""
+        ...
+
+
+class EventStore(abc.ABC):
+    """The store API: sync methods and their async twins, for one namespace."""
+
+    namespace: str
+
+    # --- sync ---------------------------------------------------------------
+    @abc.abstractmethod
+    def save_event(self, event: Event) -> Event:
+        """Store ``event``; return it with its stream ``sequence`` set."""
+
+    @abc.abstractmethod
+    def save_events(self, events: Sequence[Event]) -> list[Event]:
+        """Store events of one actor atomically, all or none; return them stored."""
+
+    @abc.abstractmethod
+    def get_events(self, actor_id: str, from_version: int = 0) -> list[Event]:
+        """Events of ``actor_id`` with version >= ``from_version``, in version order.
+
+        Raises ReplayError when a stored message does not decode.
+        """
+
+    @abc.abstractmethod
+    def get_events_with_errors(self, actor_id: str, from_version: int = 0) -> ReplayResult:
+        """Like get_events, but return corrupt messages as ReplayErrors beside the clean events."""
+
+    @abc.abstractmethod
+    def get_latest_version(self, actor_id: str) -> int:
+        """The actor's current version; 0 for an actor with no events."""
+
+    @abc.abstractmethod
+    def get_latest_snapshot(self, actor_id: str) -> ActorSnapshot | None:
+        """The newest snapshot saved for the actor, or None."""
+
+    @abc.abstractmethod
+    def save_snapshot(self, snapshot: ActorSnapshot) -> None:
+        """Save a snapshot, replacing the previous one of the actor."""
+
+    # --- async --------------------------------------------------------------
+    @abc.abstractmethod
+    async def asave_event(self, event: Event) -> Event: ...
+
+    @abc.abstractmethod
+    async def asave_events(self, events: Sequence[Event]) -> list[Event]: ...
+
+    @abc.abstractmethod
+    async def aget_events(self, actor_id: str, from_version: int = 0) -> list[Event]: ...
+
+    @abc.abstractmethod
+    async def aget_events_with_errors(
+        self, actor_id: str, from_version: int = 0
+    ) -> ReplayResult: ...
+
+    @abc.abstractmethod
+    async def aget_latest_version(self, actor_id: str) -> int: ...
+
+    @abc.abstractmethod
+    async def aget_latest_snapshot(self, actor_id: str) -> ActorSnapshot | None: ...
+
+    @abc.abstractmethod
+    async def asave_snapshot(self, snapshot: ActorSnapshot) -> None: ...
+
+
+class AsyncFirstEventStore(EventStore):
+    """A store written as coroutines; the sync methods run them through the runtime."""
+
+    runtime: Runtime
+
+    def save_event(self, event: Event) -> Event:
+        return self.runtime.run(self.asave_event(event))
+
+    def save_events(self, events: Sequence[Event]) -> list[Event]:
+        return self.runtime.run(self.asave_events(events))
+
+    def get_events(self, actor_id: str, from_version: int = 0) -> list[Event]:
+        return self.runtime.run(self.aget_events(actor_id, from_version))
+
+    def get_events_with_errors(self, actor_id: str, from_version: int = 0) -> ReplayResult:
+        return self.runtime.run(self.aget_events_with_errors(actor_id, from_version))
+
+    def get_latest_version(self, actor_id: str) -> int:
+        return self.runtime.run(self.aget_latest_version(actor_id))
+
+    def get_latest_snapshot(self, actor_id: str) -> ActorSnapshot | None:
+        return self.runtime.run(self.aget_latest_snapshot(actor_id))
+
+    def save_snapshot(self, snapshot: ActorSnapshot) -> None:
+        return self.runtime.run(self.asave_snapshot(snapshot))
+
+
+def check_batch(events: Sequence[Event]) -> list[Event]:
+    """Validate a batch for save_events: one actor, strictly increasing versions."""
+    batch = list(events)
+    for event in batch:
+        validate_event(event)
+    for before, after in itertools.pairwise(batch):
+        if after.actor_id != before.actor_id:
+            raise InvalidEventError("all events of one save_events call must share one actor id")
+        if after.version <= before.version:
+            raise InvalidEventError(
+                f"versions within a batch must strictly increase ({before.version} then "
+                f"{after.version})"
+            )
+    if len({event.id for event in batch}) != len(batch):
+        raise InvalidEventError("event ids within a batch must be distinct")
+    return batch
+
+
+def check_from_version(from_version: int) -> int:
+    """Validate the ``from_version`` argument of get_events."""
+    if isinstance(from_version, bool) or not isinstance(from_version, int) or from_version < 0:
+        raise InvalidEventError(f"from_version must be an integer >= 0, got {from_version!r}")
+    return from_version
+
+
+def check_snapshot(snapshot: ActorSnapshot) -> None:
+    """Validate a snapshot before it is saved."""
+    if not isinstance(snapshot, ActorSnapshot):
+        raise InvalidEventError(f"expected an ActorSnapshot, not {type(snapshot).__name__}")
+    validate_actor_id(snapshot.actor_id)
+    if isinstance(snapshot.version, bool) or not isinstance(snapshot.version, int):
+        raise InvalidEventError("snapshot version must be an integer")
+    if snapshot.version <= 0:
+        raise InvalidEventError(f"snapshot version must be greater than 0, got {snapshot.version}")

@@ -1,0 +1,706 @@
+"""The JetStream event store: one stream per namespace, one subject per actor.
+
+Safety comes from the server, not from this process:
+
+* every save carries ``Nats-Expected-Last-Subject-Sequence`` (the stream sequence
+  of the actor's last event), so two writers anywhere cannot both append after
+  the same event;
+* several events of one save go in one atomic batch (all or nothing);
+* ``Nats-Msg-Id`` is the event id, so a publish repeated after a lost ack is
+  recognised instead of stored twice.
+
+Reads use JetStream's direct get API (no consumer to create and delete): the
+actor's last message for its head, and batched gets for replay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import uuid
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js.api import (
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+
+from .. import names
+from ..errors import (
+    EventStoreError,
+    NamespaceCollisionError,
+    PayloadTooLargeError,
+    ReplayError,
+    StoreConfigurationError,
+    StoreUnavailableError,
+    VersionConflictError,
+)
+from ..events import (
+    ActorSnapshot,
+    Event,
+    ReplayResult,
+    decode_event,
+    decode_snapshot,
+    encode_event,
+    encode_snapshot,
+)
+from .base import (
+    AsyncFirstEventStore,
+    Runtime,
+    StoreConfig,
+    check_batch,
+    check_from_version,
+    check_snapshot,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["JetStreamEventStore"]
+
+#: Headers duplicating event fields so readers can skip or filter without decoding.
+HDR_VERSION = "Aether-Version"
+HDR_EVENT_TYPE = "Aether-Event-Type"
+#: Stream metadata key recording which namespace a stream belongs to.
+META_NAMESPACE = "aether_namespace"
+
+_HDR_EXPECTED = "Nats-Expected-Last-Subject-Sequence"
+_HDR_MSG_ID = "Nats-Msg-Id"
+_HDR_SEQUENCE = "Nats-Sequence"
+_ERR_WRONG_LAST_SEQUENCE = 10071
+_ERR_STREAM_NOT_FOUND = 10059
+_ERR_BATCH_DUPLICATE_ID = 10201
+_ERR_MESSAGE_TOO_LARGE = 10054
+
+#: Messages asked for per batched direct get during replay.
+_REPLAY_CHUNK = 4096
+#: Longest a single attempt waits before it is retried within the operation's deadline.
+_ATTEMPT_TIMEOUT = 1.0
+
+# Errors after which the same request may simply be sent again.
+_TRANSIENT = (
+    nats.errors.TimeoutError,
+    asyncio.TimeoutError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.StaleConnectionError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.NoServersError,
+    nats.js.errors.ServiceUnavailableError,
+    OSError,
+)
+
+
+class _Head(NamedTuple):
+    """Where an actor's history ends: sequence, version and id of its last event."""
+
+    sequence: int
+    version: int
+    last_id: str | None = None
+
+
+class _WrongLastSequence(Exception):
+    """The server refused a write because the actor's subject moved on."""
+
+
+class _DuplicateBatch(Exception):
+    """The server refused a batch because its ids are already stored."""
+
+
+class _NoStream(Exception):
+    """The stream (or bucket) does not exist, or JetStream is not answering."""
+
+
+class _Ambiguous(Exception):
+    """A write was sent but no answer came: it may or may not be stored."""
+
+
+class JetStreamEventStore(AsyncFirstEventStore):
+    """Event store for one namespace on NATS JetStream.
+
+    ``runtime`` supplies the NATS connection of the running loop and the bridge
+    for sync calls (normally ``aether_django.runtime.get_runtime()``).
+    """
+
+    def __init__(
+        self, namespace: str, *, runtime: Runtime, config: StoreConfig | None = None
+    ) -> None:
+        self.namespace = names.validate_namespace(namespace)
+        self.runtime = runtime
+        self.config = config or StoreConfig()
+        self.stream_name = names.stream_name(namespace)
+        self.bucket_name = names.snapshot_bucket(namespace)
+        self._subject_prefix = f"{self.config.subject_prefix}.{namespace}"
+        # A process-local hint of each actor's head. It only saves a read before a
+        # write: a stale entry makes the server refuse the write, and we re-read.
+        self._heads: OrderedDict[str, _Head] = OrderedDict()
+        self._stream_verified = False
+        self._bucket_ready = False
+
+    def __repr__(self) -> str:
+        return f"<JetStreamEventStore namespace={self.namespace!r} stream={self.stream_name!r}>"
+
+    # --- names --------------------------------------------------------------
+    def subject_for(self, actor_id: str) -> str:
+        """The subject that holds ``actor_id``'s events."""
+        return f"{self._subject_prefix}.{names.actor_token(actor_id)}"
+
+    def _snapshot_subject(self, actor_id: str) -> str:
+        return f"$KV.{self.bucket_name}.{names.actor_token(actor_id)}"
+
+    # --- plumbing -----------------------------------------------------------
+    def _deadline(self) -> float:
+        return asyncio.get_running_loop().time() + self.config.timeout
+
+    def _remaining(self, deadline: float) -> float:
+        return deadline - asyncio.get_running_loop().time()
+
+    async def _pause(self, deadline: float, attempt: int, what: str) -> None:
+        """Back off before another attempt, or give up when the deadline has passed."""
+        remaining = self._remaining(deadline)
+        if remaining <= 0:
+            raise StoreUnavailableError(
+                f"NATS did not answer within {self.config.timeout}s ({what}, "
+                f"namespace {self.namespace!r})"
+            )
+        await asyncio.sleep(min(0.02 * (2**attempt), 0.5, remaining))
+
+    async def _request(
+        self,
+        subject: str,
+        payload: bytes,
+        deadline: float,
+        headers: dict[str, str] | None = None,
+    ) -> Msg:
+        """One request/reply; raise StoreUnavailableError once the deadline passes.
+
+        Transient failures are retried, so only use this for requests that are
+        safe to repeat (reads, and writes whose repetition the caller resolves).
+        """
+        attempt = 0
+        while True:
+            timeout = min(self._remaining(deadline), _ATTEMPT_TIMEOUT)
+            try:
+                if timeout <= 0:
+                    raise nats.errors.TimeoutError
+                nc = await self.runtime.connection()
+                return await nc.request(subject, payload, timeout=timeout, headers=headers)
+            except nats.errors.NoRespondersError:
+                raise _NoStream from None
+            except _TRANSIENT:
+                await self._pause(deadline, attempt, f"request to {subject}")
+                attempt += 1
+
+    async def _js_call(self, deadline: float, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Call a JetStream management method, retrying transient failures."""
+        attempt = 0
+        while True:
+            timeout = min(self._remaining(deadline), _ATTEMPT_TIMEOUT)
+            try:
+                if timeout <= 0:
+                    raise nats.errors.TimeoutError
+                nc = await self.runtime.connection()
+                js = nc.jetstream(timeout=timeout)
+                return await getattr(js, method)(*args, **kwargs)
+            except _TRANSIENT:
+                await self._pause(deadline, attempt, method)
+                attempt += 1
+
+    # --- stream and bucket --------------------------------------------------
+    def _stream_config(self) -> StreamConfig:
+        cfg = self.config
+        return StreamConfig(
+            name=self.stream_name,
+            description=f"aether_django events of namespace {self.namespace}",
+            subjects=[f"{self._subject_prefix}.*"],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType(cfg.storage),
+            num_replicas=cfg.replicas,
+            max_age=cfg.max_age or None,
+            max_bytes=cfg.max_bytes,
+            # Room for our headers on top of the largest event we accept.
+            max_msg_size=cfg.max_event_bytes + 4096,
+            discard=DiscardPolicy.NEW,
+            duplicate_window=cfg.duplicate_window,
+            deny_delete=cfg.immutable,
+            deny_purge=cfg.immutable,
+            allow_direct=True,
+            allow_atomic=True,
+            metadata={META_NAMESPACE: self.namespace},
+        )
+
+    def _verify(self, info: Any) -> None:
+        owner = (info.config.metadata or {}).get(META_NAMESPACE)
+        if owner is not None and owner != self.namespace:
+            raise NamespaceCollisionError(
+                f"stream {self.stream_name!r} belongs to namespace {owner!r}, not "
+                f"{self.namespace!r}; rename one of them"
+            )
+        if not info.config.allow_direct or not info.config.allow_atomic:
+            raise StoreConfigurationError(
+                f"stream {self.stream_name!r} exists without direct get or atomic batches; "
+                "run manage.py aether_streams or recreate it"
+            )
+        self._stream_verified = True
+
+    async def _stream_exists(self, deadline: float) -> bool:
+        """Whether the namespace's stream exists (and is ours); cached once true."""
+        if self._stream_verified:
+            return True
+        try:
+            info = await self._js_call(deadline, "stream_info", self.stream_name)
+        except nats.js.errors.NotFoundError:
+            return False
+        self._verify(info)
+        return True
+
+    async def _ensure_stream(self, deadline: float) -> None:
+        """Create the namespace's stream on first write."""
+        if await self._stream_exists(deadline):
+            return
+        try:
+            info = await self._js_call(deadline, "add_stream", self._stream_config())
+        except nats.js.errors.BadRequestError as exc:
+            # Another process may have created it a moment ago; use theirs.
+            if not await self._stream_exists(deadline):
+                raise StoreConfigurationError(
+                    f"cannot create stream {self.stream_name!r}: {exc.description}"
+                ) from None
+            return
+        except nats.js.errors.APIError as exc:
+            raise StoreConfigurationError(
+                f"cannot create stream {self.stream_name!r}: {exc.description}"
+            ) from None
+        self._verify(info)
+        logger.info("created stream %s for namespace %s", self.stream_name, self.namespace)
+
+    async def _ensure_bucket(self, deadline: float) -> None:
+        if self._bucket_ready:
+            return
+        await self._ensure_stream(deadline)
+        cfg = self.config
+        try:
+            await self._js_call(deadline, "key_value", self.bucket_name)
+        except nats.js.errors.BucketNotFoundError:
+            try:
+                await self._js_call(
+                    deadline,
+                    "create_key_value",
+                    KeyValueConfig(
+                        bucket=self.bucket_name,
+                        description=f"aether_django snapshots of namespace {self.namespace}",
+                        history=1,
+                        storage=StorageType(cfg.storage),
+                        replicas=cfg.replicas,
+                        max_value_size=cfg.max_event_bytes + 4096,
+                        # Snapshots are read with direct get, like events.
+                        direct=True,
+                    ),
+                )
+            except nats.js.errors.BadRequestError:
+                # Created concurrently by someone else: fine if it now exists.
+                await self._js_call(deadline, "key_value", self.bucket_name)
+        self._bucket_ready = True
+
+    # --- reading ------------------------------------------------------------
+    async def _direct_get(
+        self, deadline: float, payload: bytes = b"", subject: str = ""
+    ) -> Msg | None:
+        """One direct get on the stream; None when there is no such message or stream."""
+        api = f"$JS.API.DIRECT.GET.{self.stream_name}"
+        if subject:
+            api = f"{api}.{subject}"
+        while True:
+            try:
+                msg = await self._request(api, payload, deadline)
+            except _NoStream:
+                # Either the stream does not exist, or JetStream is restarting.
+                self._stream_verified = False
+                if not await self._stream_exists(deadline):
+                    return None
+                await self._pause(deadline, 0, "direct get")
+                continue
+            status = msg.headers.get("Status") if msg.headers else None
+            if status is None:
+                return msg
+            if status == "404":
+                return None
+            if status == "408" or status == "503":
+                await self._pause(deadline, 0, "direct get")
+                continue
+            raise EventStoreError(f"direct get on {self.stream_name!r} answered status {status}")
+
+    def _head_of(self, msg: Msg, actor_id: str) -> tuple[int, int | None]:
+        headers = msg.headers or {}
+        seq = int(headers[_HDR_SEQUENCE])
+        version_text = headers.get(HDR_VERSION)
+        if version_text is not None:
+            try:
+                return seq, int(version_text)
+            except ValueError:
+                pass
+        try:
+            return seq, decode_event(msg.data, sequence=seq, actor_id=actor_id).version
+        except ReplayError:
+            return seq, None
+
+    async def _read_head(self, actor_id: str, deadline: float) -> _Head:
+        """Read the actor's last event's sequence and version from the server."""
+        msg = await self._direct_get(deadline, subject=self.subject_for(actor_id))
+        if msg is None:
+            head = _Head(0, 0)
+        else:
+            seq, version = self._head_of(msg, actor_id)
+            if version is None:
+                # The last message is corrupt: the version is that of the last clean one.
+                result = await self._replay(actor_id, 0, deadline)
+                version = max((e.version for e in result.events), default=0)
+            head = _Head(seq, version, (msg.headers or {}).get(_HDR_MSG_ID))
+        self._remember(actor_id, head)
+        return head
+
+    def _remember(self, actor_id: str, head: _Head) -> None:
+        heads = self._heads
+        heads[actor_id] = head
+        heads.move_to_end(actor_id)
+        if len(heads) > self.config.head_cache_size:
+            heads.popitem(last=False)
+
+    async def _first_at_or_after(self, subject: str, seq: int, deadline: float) -> Msg | None:
+        payload = json.dumps({"seq": seq, "next_by_subj": subject}).encode()
+        return await self._direct_get(deadline, payload)
+
+    async def _seek(self, actor_id: str, from_version: int, head: _Head, deadline: float) -> int:
+        """The stream sequence of the actor's first event with version >= from_version.
+
+        Binary search over stream sequences: versions grow with sequence along one
+        subject, so this costs about log2(stream length) small reads instead of
+        reading every earlier event.
+        """
+        subject = self.subject_for(actor_id)
+        best, lo, hi = head.sequence, 1, head.sequence - 1
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            msg = await self._first_at_or_after(subject, mid, deadline)
+            if msg is None:
+                break
+            seq, version = self._head_of(msg, actor_id)
+            if seq >= best:
+                hi = mid - 1
+            elif version is None or version >= from_version:
+                # A corrupt message is kept in range so replay reports it.
+                best, hi = seq, mid - 1
+            else:
+                lo = seq + 1
+        return best
+
+    async def _batch_get(self, subject: str, start: int, deadline: float) -> list[Msg]:
+        """Every message of ``subject`` from stream sequence ``start`` on, in order."""
+        nc = await self.runtime.connection()
+        received: list[Msg] = []
+        done: asyncio.Future[Msg] | None = None
+
+        async def on_msg(msg: Msg) -> None:
+            if msg.headers and "Status" in msg.headers:
+                if done is not None and not done.done():
+                    done.set_result(msg)
+            else:
+                received.append(msg)
+
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox, cb=on_msg)
+        try:
+            attempt = 0
+            while True:
+                loop = asyncio.get_running_loop()
+                done = loop.create_future()
+                mark = len(received)
+                payload = json.dumps(
+                    {"seq": start, "next_by_subj": subject, "batch": _REPLAY_CHUNK}
+                ).encode()
+                await nc.publish(f"$JS.API.DIRECT.GET.{self.stream_name}", payload, reply=inbox)
+                timeout = min(self._remaining(deadline), _ATTEMPT_TIMEOUT * 5)
+                try:
+                    if timeout <= 0:
+                        raise TimeoutError
+                    status_msg = await asyncio.wait_for(done, timeout)
+                except (TimeoutError, *_TRANSIENT):
+                    # Start this chunk again from where it began.
+                    del received[mark:]
+                    await self._pause(deadline, attempt, "replay")
+                    attempt += 1
+                    continue
+                status = status_msg.headers.get("Status") if status_msg.headers else None
+                if status == "503":
+                    raise _NoStream
+                if status == "404" or len(received) == mark:
+                    return received
+                if status != "204":
+                    raise EventStoreError(
+                        f"replay on {self.stream_name!r} answered status {status}"
+                    )
+                pending = int(status_msg.headers.get("Nats-Num-Pending", "0") or 0)
+                if pending <= 0:
+                    return received
+                start = int(received[-1].headers[_HDR_SEQUENCE]) + 1  # type: ignore[index]
+        finally:
+            await sub.unsubscribe()
+
+    async def _replay(self, actor_id: str, from_version: int, deadline: float) -> ReplayResult:
+        subject = self.subject_for(actor_id)
+        start = 1
+        if from_version > 1:
+            head = await self._read_head(actor_id, deadline)
+            if head.sequence == 0 or head.version < from_version:
+                return ReplayResult([], [])
+            start = await self._seek(actor_id, from_version, head, deadline)
+        try:
+            msgs = await self._batch_get(subject, start, deadline)
+        except _NoStream:
+            self._stream_verified = False
+            if not await self._stream_exists(deadline):
+                return ReplayResult([], [])
+            raise StoreUnavailableError("JetStream did not answer the replay") from None
+        events: list[Event] = []
+        errors: list[ReplayError] = []
+        for msg in msgs:
+            headers = msg.headers or {}
+            seq = int(headers[_HDR_SEQUENCE])
+            version_text = headers.get(HDR_VERSION)
+            if version_text and version_text.isdigit() and int(version_text) < from_version:
+                continue
+            try:
+                event = decode_event(msg.data, sequence=seq, actor_id=actor_id)
+            except ReplayError as exc:
+                errors.append(exc)
+                continue
+            if event.version >= from_version:
+                events.append(event)
+        return ReplayResult(events, errors)
+
+    # --- public async API ---------------------------------------------------
+    async def aget_events_with_errors(self, actor_id: str, from_version: int = 0) -> ReplayResult:
+        names.validate_actor_id(actor_id)
+        check_from_version(from_version)
+        return await self._replay(actor_id, from_version, self._deadline())
+
+    async def aget_events(self, actor_id: str, from_version: int = 0) -> list[Event]:
+        events, errors = await self.aget_events_with_errors(actor_id, from_version)
+        if errors:
+            raise errors[0]
+        return events
+
+    async def aget_latest_version(self, actor_id: str) -> int:
+        names.validate_actor_id(actor_id)
+        return (await self._read_head(actor_id, self._deadline())).version
+
+    async def asave_event(self, event: Event) -> Event:
+        return (await self.asave_events([event]))[0]
+
+    async def asave_events(self, events: Sequence[Event]) -> list[Event]:
+        batch = check_batch(events)
+        if not batch:
+            return []
+        payloads = [self._encode(event) for event in batch]
+        actor_id = batch[0].actor_id
+        attempted = batch[0].version
+        deadline = self._deadline()
+        await self._ensure_stream(deadline)
+
+        head = self._heads.get(actor_id)
+        fresh = head is None
+        if head is None:
+            head = await self._read_head(actor_id, deadline)
+        # Expected sequences of earlier attempts whose outcome we never heard.
+        unknown_after: set[int] = set()
+        attempt = 0
+        while True:
+            if attempted <= head.version:
+                if not fresh:
+                    # The hint may be stale; only the server's answer may refuse a save.
+                    head, fresh = await self._read_head(actor_id, deadline), True
+                    continue
+                if head.last_id == batch[-1].id and head.version == batch[-1].version:
+                    # A repeat of the save that wrote the actor's last events:
+                    # answer as the first time instead of storing them again.
+                    first_seq = head.sequence - len(batch) + 1
+                    return [
+                        dataclasses.replace(e, sequence=first_seq + i) for i, e in enumerate(batch)
+                    ]
+                raise VersionConflictError(actor_id, attempted, head.version)
+            try:
+                last_seq, duplicate = await self._publish(batch, payloads, head.sequence, deadline)
+            except _WrongLastSequence:
+                for after in sorted(unknown_after):
+                    found = await self._find_stored(batch, after, deadline)
+                    if found is not None:
+                        return found
+                head, fresh = await self._read_head(actor_id, deadline), True
+                continue
+            except _Ambiguous:
+                unknown_after.add(head.sequence)
+                await self._pause(deadline, attempt, "save")
+                attempt += 1
+                continue
+            except _DuplicateBatch:
+                return await self._stored_by_id(batch, deadline)
+            if duplicate:
+                # The server already holds this event id (a retry of a save that
+                # succeeded): answer with what is stored, never store it twice.
+                return await self._stored_by_id(batch, deadline)
+            self._remember(actor_id, _Head(last_seq, batch[-1].version, batch[-1].id))
+            first_seq = last_seq - len(batch) + 1
+            return [
+                dataclasses.replace(event, sequence=first_seq + i) for i, event in enumerate(batch)
+            ]
+
+    def _encode(self, event: Event) -> bytes:
+        raw = encode_event(event)
+        if len(raw) > self.config.max_event_bytes:
+            raise PayloadTooLargeError(len(raw), self.config.max_event_bytes)
+        return raw
+
+    async def _publish(
+        self, batch: list[Event], payloads: list[bytes], expected: int, deadline: float
+    ) -> tuple[int, bool]:
+        """Send one attempt; return (sequence of the last event, was it a duplicate)."""
+        subject = self.subject_for(batch[0].actor_id)
+        batch_id = uuid.uuid4().hex if len(batch) > 1 else None
+        timeout = min(self._remaining(deadline), _ATTEMPT_TIMEOUT)
+        if timeout <= 0:
+            raise StoreUnavailableError(f"NATS did not answer within {self.config.timeout}s (save)")
+        try:
+            nc = await self.runtime.connection()
+            if not nc.is_connected:
+                # Never queue a write while disconnected: it could land after we gave up.
+                raise nats.errors.ConnectionReconnectingError
+            reply: Msg | None = None
+            for i, (event, payload) in enumerate(zip(batch, payloads, strict=True), start=1):
+                headers = {
+                    _HDR_MSG_ID: event.id,
+                    HDR_VERSION: str(event.version),
+                    HDR_EVENT_TYPE: event.event_type,
+                }
+                if i == 1:
+                    headers[_HDR_EXPECTED] = str(expected)
+                if batch_id is not None:
+                    headers["Nats-Batch-Id"] = batch_id
+                    headers["Nats-Batch-Sequence"] = str(i)
+                if i < len(batch):
+                    await nc.publish(subject, payload, headers=headers)
+                    continue
+                if batch_id is not None:
+                    headers["Nats-Batch-Commit"] = "1"
+                reply = await nc.request(subject, payload, timeout=timeout, headers=headers)
+        except (TimeoutError, nats.errors.TimeoutError):
+            raise _Ambiguous from None
+        except nats.errors.NoRespondersError:
+            # The stream vanished or JetStream is restarting; nothing was stored.
+            self._stream_verified = False
+            await self._pause(deadline, 0, "save")
+            await self._ensure_stream(deadline)
+            raise _WrongLastSequence from None
+        except _TRANSIENT:
+            # Not sent, or the connection broke while sending: treat as unknown.
+            raise _Ambiguous from None
+        assert reply is not None
+        return self._parse_ack(reply)
+
+    def _parse_ack(self, reply: Msg) -> tuple[int, bool]:
+        try:
+            doc = json.loads(reply.data)
+        except ValueError:
+            raise EventStoreError(f"unexpected reply to a save: {reply.data[:200]!r}") from None
+        error = doc.get("error")
+        if error:
+            code = error.get("err_code")
+            if code == _ERR_WRONG_LAST_SEQUENCE:
+                raise _WrongLastSequence
+            if code == _ERR_BATCH_DUPLICATE_ID:
+                raise _DuplicateBatch
+            if code == _ERR_MESSAGE_TOO_LARGE:
+                raise PayloadTooLargeError(0, self.config.max_event_bytes)
+            raise EventStoreError(
+                f"JetStream refused the save: {error.get('description')} (code {code})"
+            )
+        return int(doc["seq"]), bool(doc.get("duplicate"))
+
+    async def _find_stored(
+        self, batch: list[Event], after: int, deadline: float
+    ) -> list[Event] | None:
+        """After an unanswered attempt: did that attempt land right after ``after``?"""
+        msg = await self._first_at_or_after(
+            self.subject_for(batch[0].actor_id), after + 1, deadline
+        )
+        if msg is None or (msg.headers or {}).get(_HDR_MSG_ID) != batch[0].id:
+            return None
+        # An atomic batch occupies consecutive sequences.
+        first = int(msg.headers[_HDR_SEQUENCE])  # type: ignore[index]
+        last = _Head(first + len(batch) - 1, batch[-1].version, batch[-1].id)
+        self._remember(batch[0].actor_id, last)
+        return [dataclasses.replace(e, sequence=first + i) for i, e in enumerate(batch)]
+
+    async def _stored_by_id(self, batch: list[Event], deadline: float) -> list[Event]:
+        """The stored copies of a batch whose ids the server already holds."""
+        stored = {e.id: e for e in (await self._replay(batch[0].actor_id, 0, deadline)).events}
+        found = [stored.get(event.id) for event in batch]
+        if any(e is None for e in found):
+            raise EventStoreError(
+                "some of these event ids are already stored and some are not; "
+                "event ids must be unique"
+            )
+        return [e for e in found if e is not None]
+
+    async def aget_latest_snapshot(self, actor_id: str) -> ActorSnapshot | None:
+        names.validate_actor_id(actor_id)
+        deadline = self._deadline()
+        if not await self._stream_exists(deadline):
+            return None
+        api = f"$JS.API.DIRECT.GET.KV_{self.bucket_name}.{self._snapshot_subject(actor_id)}"
+        while True:
+            try:
+                msg = await self._request(api, b"", deadline)
+            except _NoStream:
+                try:
+                    await self._js_call(deadline, "key_value", self.bucket_name)
+                except nats.js.errors.BucketNotFoundError:
+                    return None
+                await self._pause(deadline, 0, "snapshot read")
+                continue
+            break
+        headers = msg.headers or {}
+        if headers.get("Status") or headers.get("KV-Operation") in ("DEL", "PURGE"):
+            return None
+        try:
+            snapshot = decode_snapshot(msg.data)
+        except (ValueError, KeyError, TypeError) as exc:
+            logger.warning("ignoring corrupt snapshot of %s/%s: %s", self.namespace, actor_id, exc)
+            return None
+        if snapshot.actor_id != actor_id:
+            logger.warning("ignoring snapshot of %s stored under %s", snapshot.actor_id, actor_id)
+            return None
+        return snapshot
+
+    async def asave_snapshot(self, snapshot: ActorSnapshot) -> None:
+        check_snapshot(snapshot)
+        raw = encode_snapshot(snapshot)
+        if len(raw) > self.config.max_event_bytes:
+            raise PayloadTooLargeError(len(raw), self.config.max_event_bytes, "snapshot")
+        deadline = self._deadline()
+        await self._ensure_bucket(deadline)
+        try:
+            # A repeated put of the same snapshot is harmless, so plain retries are fine.
+            reply = await self._request(self._snapshot_subject(snapshot.actor_id), raw, deadline)
+        except _NoStream:
+            self._bucket_ready = False
+            raise StoreUnavailableError("the snapshot bucket did not answer") from None
+        self._parse_ack(reply)

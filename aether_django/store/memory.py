@@ -1,0 +1,127 @@
+"""An in-process event store with the same contract as the JetStream store, for tests and demos."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import PayloadTooLargeError, VersionConflictError
+from ..events import (
+    ActorSnapshot,
+    Event,
+    ReplayResult,
+    decode_event,
+    encode_event,
+    encode_snapshot,
+)
+from ..names import validate_actor_id, validate_namespace
+
+__all__ = ["InMemoryEventStore"]
+from .base import EventStore, StoreConfig, check_batch, check_from_version, check_snapshot
+
+
+class InMemoryEventStore(EventStore):
+    """Keeps one namespace's events in a dict; thread-safe; nothing survives the process.
+
+    Events go through the same codec as on JetStream, so what this store accepts
+    the JetStream store accepts too.
+    """
+
+    def __init__(self, namespace: str, *, config: StoreConfig | None = None, **_: Any) -> None:
+        self.namespace = validate_namespace(namespace)
+        self.config = config or StoreConfig()
+        self._lock = threading.Lock()
+        self._events: dict[str, list[Event]] = {}
+        self._snapshots: dict[str, ActorSnapshot] = {}
+        self._sequence = 0
+
+    # --- helpers ------------------------------------------------------------
+    def _encode(self, event: Event) -> Event:
+        raw = encode_event(event)
+        if len(raw) > self.config.max_event_bytes:
+            raise PayloadTooLargeError(len(raw), self.config.max_event_bytes)
+        # Store what a reader would decode, so both stores return equal events.
+        return decode_event(raw)
+
+    def _current(self, actor_id: str) -> int:
+        events = self._events.get(actor_id)
+        return events[-1].version if events else 0
+
+    # --- sync ---------------------------------------------------------------
+    def save_event(self, event: Event) -> Event:
+        return self.save_events([event])[0]
+
+    def save_events(self, events: Sequence[Event]) -> list[Event]:
+        batch = check_batch(events)
+        if not batch:
+            return []
+        decoded = [self._encode(event) for event in batch]
+        actor_id = batch[0].actor_id
+        with self._lock:
+            history = self._events.setdefault(actor_id, [])
+            current = history[-1].version if history else 0
+            if batch[0].version <= current:
+                tail = history[-len(batch) :]
+                if [e.id for e in tail] == [e.id for e in batch] and current == batch[-1].version:
+                    # A repeat of the save that wrote the actor's last events:
+                    # answer as the first time instead of storing them again.
+                    return list(tail)
+                raise VersionConflictError(actor_id, batch[0].version, current)
+            stored = []
+            for event in decoded:
+                self._sequence += 1
+                stored.append(dataclasses.replace(event, sequence=self._sequence))
+            history.extend(stored)
+            return stored
+
+    def get_events(self, actor_id: str, from_version: int = 0) -> list[Event]:
+        return self.get_events_with_errors(actor_id, from_version).events
+
+    def get_events_with_errors(self, actor_id: str, from_version: int = 0) -> ReplayResult:
+        validate_actor_id(actor_id)
+        check_from_version(from_version)
+        with self._lock:
+            events = [e for e in self._events.get(actor_id, ()) if e.version >= from_version]
+        return ReplayResult(events, [])
+
+    def get_latest_version(self, actor_id: str) -> int:
+        validate_actor_id(actor_id)
+        with self._lock:
+            return self._current(actor_id)
+
+    def get_latest_snapshot(self, actor_id: str) -> ActorSnapshot | None:
+        validate_actor_id(actor_id)
+        with self._lock:
+            return self._snapshots.get(actor_id)
+
+    def save_snapshot(self, snapshot: ActorSnapshot) -> None:
+        check_snapshot(snapshot)
+        raw = encode_snapshot(snapshot)
+        if len(raw) > self.config.max_event_bytes:
+            raise PayloadTooLargeError(len(raw), self.config.max_event_bytes, "snapshot")
+        with self._lock:
+            self._snapshots[snapshot.actor_id] = snapshot
+
+    # --- async: nothing here waits, so the twins call straight through -------
+    async def asave_event(self, event: Event) -> Event:
+        return self.save_event(event)
+
+    async def asave_events(self, events: Sequence[Event]) -> list[Event]:
+        return self.save_events(events)
+
+    async def aget_events(self, actor_id: str, from_version: int = 0) -> list[Event]:
+        return self.get_events(actor_id, from_version)
+
+    async def aget_events_with_errors(self, actor_id: str, from_version: int = 0) -> ReplayResult:
+        return self.get_events_with_errors(actor_id, from_version)
+
+    async def aget_latest_version(self, actor_id: str) -> int:
+        return self.get_latest_version(actor_id)
+
+    async def aget_latest_snapshot(self, actor_id: str) -> ActorSnapshot | None:
+        return self.get_latest_snapshot(actor_id)
+
+    async def asave_snapshot(self, snapshot: ActorSnapshot) -> None:
+        self.save_snapshot(snapshot)

