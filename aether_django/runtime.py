@@ -181,8 +181,16 @@ class Runtime:
             "reconnected_cb": on_reconnect,
         }
         options.update(self._options)
+        # The first connect tries each server once and fails fast, so callers see
+        # StoreUnavailableError within their timeout; once connected, reconnect
+        # attempts are unlimited (or as configured).
+        reconnect_attempts = options.pop("max_reconnect_attempts")
         servers = [s.strip() for s in self.url.split(",") if s.strip()]
-        nc: NATS = await nats.connect(servers=servers, **options)
+        nc: NATS = await asyncio.wait_for(
+            nats.connect(servers=servers, max_reconnect_attempts=1, **options),
+            self._connect_timeout * max(len(servers), 1) + 1,
+        )
+        nc.options["max_reconnect_attempts"] = reconnect_attempts
         return nc
 
     # --- closing --------------------------------------------------------------

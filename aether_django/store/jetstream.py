@@ -491,7 +491,10 @@ class JetStreamEventStore(AsyncFirstEventStore):
     async def aget_events_with_errors(self, actor_id: str, from_version: int = 0) -> ReplayResult:
         names.validate_actor_id(actor_id)
         check_from_version(from_version)
-        return await self._replay(actor_id, from_version, self._deadline())
+        deadline = self._deadline()
+        if not await self._stream_exists(deadline):
+            return ReplayResult([], [])
+        return await self._replay(actor_id, from_version, deadline)
 
     async def aget_events(self, actor_id: str, from_version: int = 0) -> list[Event]:
         events, errors = await self.aget_events_with_errors(actor_id, from_version)
@@ -501,7 +504,10 @@ class JetStreamEventStore(AsyncFirstEventStore):
 
     async def aget_latest_version(self, actor_id: str) -> int:
         names.validate_actor_id(actor_id)
-        return (await self._read_head(actor_id, self._deadline())).version
+        deadline = self._deadline()
+        if not await self._stream_exists(deadline):
+            return 0
+        return (await self._read_head(actor_id, deadline)).version
 
     async def asave_event(self, event: Event) -> Event:
         return (await self.asave_events([event]))[0]

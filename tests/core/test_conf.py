@@ -1,0 +1,56 @@
+"""Settings access and the AETHER system checks."""
+
+import pytest
+from django.core.checks import run_checks
+from django.test import override_settings
+
+from aether_django.conf import aether_settings, store_config
+from aether_django.store import InMemoryEventStore, get_event_store
+
+
+def test_defaults_apply():
+    assert aether_settings.MAX_EVENT_BYTES == 1024 * 1024
+    assert store_config().timeout == 5.0
+
+
+def test_override_settings_is_seen_and_undone():
+    with override_settings(AETHER={"TIMEOUT": 1.5}):
+        assert aether_settings.TIMEOUT == 1.5
+    assert aether_settings.TIMEOUT == 5.0
+
+
+def test_environment_url_wins_over_settings(monkeypatch):
+    monkeypatch.setenv("AETHER_NATS_URL", "nats://127.0.0.1:1")
+    with override_settings(AETHER={"NATS_URL": "nats://127.0.0.1:2"}):
+        assert aether_settings.NATS_URL == "nats://127.0.0.1:1"
+
+
+def test_unknown_setting_attribute():
+    with pytest.raises(AttributeError, match="invalid AETHER setting"):
+        aether_settings.NOPE  # noqa: B018
+
+
+def test_unknown_keys_are_reported_by_a_system_check():
+    with override_settings(AETHER={"TIMEOUTT": 1}):
+        errors = [e for e in run_checks() if e.id == "aether_django.E001"]
+    assert len(errors) == 1 and "TIMEOUTT" in errors[0].msg
+
+
+def test_aether_must_be_a_dict():
+    with override_settings(AETHER=["x"]):
+        assert any(e.id == "aether_django.E002" for e in run_checks())
+
+
+def test_store_class_setting_picks_the_store():
+    with override_settings(AETHER={"STORE_CLASS": "aether_django.store.InMemoryEventStore"}):
+        store = get_event_store("conf-test")
+        assert isinstance(store, InMemoryEventStore)
+        assert get_event_store("conf-test") is store
+    assert not isinstance(get_event_store("conf-test"), InMemoryEventStore)
+
+
+def test_bad_store_class_says_which_setting():
+    with override_settings(AETHER={"STORE_CLASS": "no.such.Store"}), pytest.raises(
+        ImportError, match="STORE_CLASS"
+    ):
+        get_event_store("conf-test-2")

@@ -1,0 +1,248 @@
+"""What is specific to the JetStream store: streams, subjects, headers, corrupt messages, faults."""
+
+import asyncio
+import json
+import time
+
+import nats
+import pytest
+
+from aether_django.errors import (
+    NamespaceCollisionError,
+    PayloadTooLargeError,
+    ReplayError,
+    StoreUnavailableError,
+    VersionConflictError,
+)
+from aether_django.events import Event
+from aether_django.runtime import Runtime
+from aether_django.store.base import StoreConfig
+from aether_django.store.jetstream import JetStreamEventStore
+from aether_django.testing.contract import ev, unique_namespace
+
+
+@pytest.fixture
+def make_store(nats_url):
+    runtimes = []
+
+    def make(namespace=None, url=None, **config):
+        runtime = Runtime(url or nats_url)
+        runtimes.append(runtime)
+        return JetStreamEventStore(
+            namespace or unique_namespace(), runtime=runtime, config=StoreConfig(**config)
+        )
+
+    yield make
+    for runtime in runtimes:
+        runtime.close()
+
+
+async def raw(url):
+    return await nats.connect(url)
+
+
+async def test_one_stream_per_namespace_with_server_side_guarantees(make_store, nats_url):
+    store = make_store()
+    await store.asave_event(ev("order-1", 1))
+    nc = await raw(nats_url)
+    try:
+        info = await nc.jetstream().stream_info(f"{store.namespace}_events")
+        assert info.config.subjects == [f"aether.events.{store.namespace}.*"]
+        assert info.config.allow_atomic and info.config.allow_direct
+        assert info.config.deny_delete and info.config.deny_purge
+        assert info.config.metadata["aether_namespace"] == store.namespace
+    finally:
+        await nc.close()
+
+
+async def test_one_subject_per_actor_with_event_id_as_msg_id(make_store, nats_url):
+    store = make_store()
+    stored = await store.asave_event(ev("order-1", 1))
+    await store.asave_event(ev("order 2", 1))
+    nc = await raw(nats_url)
+    try:
+        msg = await nc.jetstream().get_last_msg(
+            f"{store.namespace}_events", f"aether.events.{store.namespace}.order-1"
+        )
+        assert msg.headers["Nats-Msg-Id"] == stored.id
+        assert msg.headers["Aether-Version"] == "1"
+        assert msg.headers["Aether-Event-Type"] == "Happened"
+        assert json.loads(msg.data)["actorId"] == "order-1"
+        assert msg.seq == stored.sequence
+        assert store.subject_for("order 2") == f"aether.events.{store.namespace}.=b3JkZXIgMg"
+    finally:
+        await nc.close()
+
+
+async def test_reading_an_unknown_namespace_creates_nothing(make_store, nats_url):
+    store = make_store()
+    assert await store.aget_events("a") == []
+    assert await store.aget_latest_version("a") == 0
+    assert await store.aget_latest_snapshot("a") is None
+    nc = await raw(nats_url)
+    try:
+        names = [s.config.name for s in await nc.jetstream().streams_info()]
+        assert f"{store.namespace}_events" not in names
+    finally:
+        await nc.close()
+
+
+async def test_save_events_is_one_atomic_batch_on_the_server(make_store, nats_url):
+    store = make_store()
+    stored = await store.asave_events([ev("a", 1), ev("a", 2), ev("a", 3)])
+    nc = await raw(nats_url)
+    try:
+        js = nc.jetstream()
+        headers = [
+            (await js.get_msg(f"{store.namespace}_events", e.sequence)).headers for e in stored
+        ]
+        assert len({h["Nats-Batch-Id"] for h in headers}) == 1
+        assert [h["Nats-Batch-Sequence"] for h in headers] == ["1", "2", "3"]
+        assert headers[-1]["Nats-Batch-Commit"] == "1"
+    finally:
+        await nc.close()
+
+
+async def test_corrupt_messages_are_reported_without_losing_clean_events(make_store, nats_url):
+    store = make_store()
+    await store.asave_events([ev("a", 1), ev("a", 2)])
+    nc = await raw(nats_url)
+    try:
+        ack = await nc.jetstream().publish(
+            store.subject_for("a"), b"\xffnot json at all", stream=f"{store.namespace}_events"
+        )
+    finally:
+        await nc.close()
+    await store.asave_event(ev("a", 3))
+
+    result = await store.aget_events_with_errors("a")
+    assert [e.version for e in result.events] == [1, 2, 3]
+    assert len(result.errors) == 1
+    error = result.errors[0]
+    assert isinstance(error, ReplayError)
+    assert error.sequence == ack.seq and error.raw == b"\xffnot json at all"
+    assert error.actor_id == "a"
+    with pytest.raises(ReplayError):
+        await store.aget_events("a")
+
+
+async def test_a_corrupt_last_message_does_not_break_version_checks(make_store, nats_url):
+    store = make_store()
+    await store.asave_events([ev("a", 1), ev("a", 2)])
+    nc = await raw(nats_url)
+    try:
+        await nc.jetstream().publish(store.subject_for("a"), b"garbage")
+    finally:
+        await nc.close()
+    fresh = make_store(store.namespace)
+    assert await fresh.aget_latest_version("a") == 2
+    with pytest.raises(VersionConflictError) as info:
+        await fresh.asave_event(ev("a", 2))
+    assert info.value.current_version == 2
+    await fresh.asave_event(ev("a", 3))
+
+
+async def test_namespaces_whose_stream_names_collide_are_refused(make_store):
+    base = unique_namespace()
+    first = make_store(f"{base}.x")
+    await first.asave_event(ev("a", 1))
+    second = make_store(f"{base}__x")
+    with pytest.raises(NamespaceCollisionError, match="belongs to namespace"):
+        await second.asave_event(ev("a", 1))
+    with pytest.raises(NamespaceCollisionError):
+        await second.aget_events("a")
+
+
+async def test_a_stale_head_in_another_process_is_corrected_by_the_server(make_store):
+    ns = unique_namespace()
+    writer_a, writer_b = make_store(ns), make_store(ns)
+    await writer_a.asave_event(ev("a", 1))
+    assert await writer_b.aget_latest_version("a") == 1  # b now caches version 1
+    await writer_a.asave_event(ev("a", 2))
+    # b's cached head is stale; the server refuses, b re-reads and reports the truth.
+    with pytest.raises(VersionConflictError) as info:
+        await writer_b.asave_event(ev("a", 2))
+    assert info.value.current_version == 2
+    # A greater version goes through after the re-read, on the right sequence.
+    stored = await writer_b.asave_event(ev("a", 5))
+    assert [e.version for e in await writer_a.aget_events("a")] == [1, 2, 5]
+    assert stored.sequence == (await writer_a.aget_events("a"))[-1].sequence
+
+
+async def test_replay_spans_many_chunks_and_seeks_by_version(make_store):
+    store = make_store()
+    other = "noise"
+    for start in range(1, 5001, 500):
+        await store.asave_events([ev("big", v) for v in range(start, start + 500)])
+        await store.asave_event(ev(other, start))
+    events = await store.aget_events("big")
+    assert [e.version for e in events] == list(range(1, 5001))
+    assert [e.version for e in await store.aget_events("big", 4990)] == list(range(4990, 5001))
+    assert [e.version for e in await store.aget_events("big", 2)][:2] == [2, 3]
+    assert await store.aget_events("big", 5001) == []
+
+
+async def test_configured_payload_limit(make_store):
+    store = make_store(max_event_bytes=500)
+    with pytest.raises(PayloadTooLargeError, match="limit is 500"):
+        await store.asave_event(ev("a", 1, blob="x" * 600))
+    await store.asave_event(ev("a", 1, blob="x" * 100))
+
+
+async def test_server_down_gives_a_clear_error_within_the_timeout(make_store):
+    from aether_django.testing import find_free_port
+
+    store = make_store(url=f"nats://127.0.0.1:{find_free_port()}", timeout=1.0)
+    for call in (
+        lambda: store.asave_event(ev("a", 1)),
+        lambda: store.aget_events("a"),
+        lambda: store.aget_latest_version("a"),
+    ):
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailableError, match="did not answer"):
+            await call()
+        assert time.monotonic() - started < 3.0
+
+
+@pytest.mark.slow
+async def test_server_going_away_mid_write_leaves_nothing_half_written(
+    make_store, nats_server_factory
+):
+    server = nats_server_factory()
+    store = make_store(url=server.url, timeout=1.5)
+    acknowledged, refused = [], []
+
+    async def writer():
+        version = 0
+        for i in range(400):
+            batch = [ev("a", version + k + 1, i=i) for k in range(3)]
+            try:
+                await store.asave_events(batch)
+            except StoreUnavailableError:
+                refused.append(batch)
+                continue
+            except VersionConflictError as exc:
+                version = exc.current_version
+                continue
+            acknowledged.append(batch)
+            version += 3
+            await asyncio.sleep(0.005)
+
+    task = asyncio.ensure_future(writer())
+    await asyncio.sleep(0.3)
+    server.kill()
+    await asyncio.sleep(2.5)
+    server.start()
+    await task
+
+    assert refused, "the kill should have refused some saves"
+    events = await make_store(store.namespace, url=server.url).aget_events("a")
+    stored_ids = [e.id for e in events]
+    assert len(stored_ids) == len(set(stored_ids)), "an event was stored twice"
+    for batch in acknowledged:
+        assert all(e.id in stored_ids for e in batch), "an acknowledged save was lost"
+    for batch in refused:
+        present = [e.id in stored_ids for e in batch]
+        assert not any(present), "a refused save left events behind"
+    versions = [e.version for e in events]
+    assert versions == sorted(set(versions))
