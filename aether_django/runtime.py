@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures
 import logging
 import os
 import threading
@@ -71,7 +72,7 @@ class Runtime:
         self._thread: threading.Thread | None = None
         self._conns: dict[asyncio.AbstractEventLoop, NATS] = {}
         self._connecting: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
-        self._closed = False
+        self._closing = False
 
     def _after_fork(self) -> None:
         # The parent's loop thread does not exist here and its sockets are the
@@ -132,7 +133,9 @@ class Runtime:
             )
         if not isinstance(coro, Coroutine):
             raise TypeError("Runtime.run() takes a coroutine")
-        future = asyncio.run_coroutine_threadsafe(coro, self._loop_thread())
+        future: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(
+            coro, self._loop_thread()
+        )
         return future.result()
 
     # --- connections ----------------------------------------------------------
@@ -162,7 +165,8 @@ class Runtime:
             logger.debug("NATS connection error: %r", exc)
 
         async def on_disconnect() -> None:
-            logger.warning("NATS disconnected; reconnecting")
+            if not self._closing:
+                logger.warning("NATS disconnected; reconnecting")
 
         async def on_reconnect() -> None:
             logger.info("NATS reconnected")
@@ -204,6 +208,7 @@ class Runtime:
         """Close every connection this runtime made and stop its loop thread."""
         if self.pid != os.getpid():
             return
+        self._closing = True
         conns, self._conns = self._conns, {}
         self._connecting = {}
         try:
@@ -218,11 +223,11 @@ class Runtime:
             if loop is current:
                 loop.create_task(nc.close())
             elif loop.is_running():
-                loop.call_soon_threadsafe(lambda nc=nc, loop=loop: loop.create_task(nc.close()))
-        loop, thread = self._loop, self._thread
+                asyncio.run_coroutine_threadsafe(nc.close(), loop)
+        own_loop, thread = self._loop, self._thread
         self._loop, self._thread = None, None
-        if loop is not None and thread is not None and loop.is_running():
-            own = conns.get(loop)
+        if own_loop is not None and thread is not None and own_loop.is_running():
+            own = conns.get(own_loop)
 
             async def shutdown() -> None:
                 if own is not None and not own.is_closed:
@@ -232,14 +237,15 @@ class Runtime:
                         logger.debug("error closing NATS connection", exc_info=True)
 
             try:
-                asyncio.run_coroutine_threadsafe(shutdown(), loop).result(timeout + 1)
+                asyncio.run_coroutine_threadsafe(shutdown(), own_loop).result(timeout + 1)
             except Exception:
                 logger.debug("error stopping the runtime loop", exc_info=True)
-            loop.call_soon_threadsafe(loop.stop)
+            own_loop.call_soon_threadsafe(own_loop.stop)
             if thread is not threading.current_thread():
                 thread.join(timeout)
-            if not loop.is_running():
-                loop.close()
+            if not own_loop.is_running():
+                own_loop.close()
+        self._closing = False
 
 
 def _after_fork_in_child() -> None:

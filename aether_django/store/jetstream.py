@@ -16,6 +16,7 @@ actor's last message for its head, and batched gets for replay.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -193,7 +194,8 @@ class JetStreamEventStore(AsyncFirstEventStore):
                 if timeout <= 0:
                     raise nats.errors.TimeoutError
                 nc = await self.runtime.connection()
-                return await nc.request(subject, payload, timeout=timeout, headers=headers)
+                reply: Msg = await nc.request(subject, payload, timeout=timeout, headers=headers)
+                return reply
             except nats.errors.NoRespondersError:
                 raise _NoStream from None
             except _TRANSIENT:
@@ -404,56 +406,62 @@ class JetStreamEventStore(AsyncFirstEventStore):
         return best
 
     async def _batch_get(self, subject: str, start: int, deadline: float) -> list[Msg]:
-        """Every message of ``subject`` from stream sequence ``start`` on, in order."""
-        nc = await self.runtime.connection()
+        """Every message of ``subject`` from stream sequence ``start`` on, in order.
+
+        Asks for chunks with batched direct gets. Each attempt has its own reply
+        subject, so a late answer to an attempt that timed out is ignored.
+        """
         received: list[Msg] = []
-        done: asyncio.Future[Msg] | None = None
+        attempt = 0
+        while True:
+            mark = len(received)
+            try:
+                status_msg = await self._get_chunk(subject, start, deadline, received)
+            except _TRANSIENT:
+                del received[mark:]
+                await self._pause(deadline, attempt, "replay")
+                attempt += 1
+                continue
+            status = status_msg.headers.get("Status") if status_msg.headers else None
+            if status == "503":
+                raise _NoStream
+            if status == "404" or len(received) == mark:
+                return received
+            if status != "204":
+                raise EventStoreError(f"replay of {self.stream_name!r} got status {status}")
+            pending = int((status_msg.headers or {}).get("Nats-Num-Pending", "0") or 0)
+            if pending <= 0:
+                return received
+            start = int(received[-1].headers[_HDR_SEQUENCE]) + 1  # type: ignore[index]
+
+    async def _get_chunk(
+        self, subject: str, start: int, deadline: float, received: list[Msg]
+    ) -> Msg:
+        """One batched direct get: append the messages to ``received``, return the status."""
+        timeout = min(self._remaining(deadline), _ATTEMPT_TIMEOUT * 5)
+        if timeout <= 0:
+            raise nats.errors.TimeoutError
+        nc = await self.runtime.connection()
+        done: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
 
         async def on_msg(msg: Msg) -> None:
             if msg.headers and "Status" in msg.headers:
-                if done is not None and not done.done():
+                if not done.done():
                     done.set_result(msg)
-            else:
+            elif not done.done():
                 received.append(msg)
 
         inbox = nc.new_inbox()
         sub = await nc.subscribe(inbox, cb=on_msg)
         try:
-            attempt = 0
-            while True:
-                loop = asyncio.get_running_loop()
-                done = loop.create_future()
-                mark = len(received)
-                payload = json.dumps(
-                    {"seq": start, "next_by_subj": subject, "batch": _REPLAY_CHUNK}
-                ).encode()
-                await nc.publish(f"$JS.API.DIRECT.GET.{self.stream_name}", payload, reply=inbox)
-                timeout = min(self._remaining(deadline), _ATTEMPT_TIMEOUT * 5)
-                try:
-                    if timeout <= 0:
-                        raise TimeoutError
-                    status_msg = await asyncio.wait_for(done, timeout)
-                except (TimeoutError, *_TRANSIENT):
-                    # Start this chunk again from where it began.
-                    del received[mark:]
-                    await self._pause(deadline, attempt, "replay")
-                    attempt += 1
-                    continue
-                status = status_msg.headers.get("Status") if status_msg.headers else None
-                if status == "503":
-                    raise _NoStream
-                if status == "404" or len(received) == mark:
-                    return received
-                if status != "204":
-                    raise EventStoreError(
-                        f"replay on {self.stream_name!r} answered status {status}"
-                    )
-                pending = int(status_msg.headers.get("Nats-Num-Pending", "0") or 0)
-                if pending <= 0:
-                    return received
-                start = int(received[-1].headers[_HDR_SEQUENCE]) + 1  # type: ignore[index]
+            payload = json.dumps(
+                {"seq": start, "next_by_subj": subject, "batch": _REPLAY_CHUNK}
+            ).encode()
+            await nc.publish(f"$JS.API.DIRECT.GET.{self.stream_name}", payload, reply=inbox)
+            return await asyncio.wait_for(done, timeout)
         finally:
-            await sub.unsubscribe()
+            with contextlib.suppress(*_TRANSIENT):
+                await sub.unsubscribe()
 
     async def _replay(self, actor_id: str, from_version: int, deadline: float) -> ReplayResult:
         subject = self.subject_for(actor_id)

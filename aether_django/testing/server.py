@@ -130,8 +130,8 @@ class NatsServer:
     def _config(self) -> str:
         lines = [
             f'server_name: "{self.name}"',
-            "listen: 127.0.0.1:%d" % self.port,
-            "http: 127.0.0.1:%d" % self.http_port,
+            f"listen: 127.0.0.1:{self.port}",
+            f"http: 127.0.0.1:{self.http_port}",
             f"max_payload: {self.max_payload}",
             "jetstream {",
             f'  store_dir: "{self.store_dir / "js"}"',

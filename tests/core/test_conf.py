@@ -50,7 +50,8 @@ def test_store_class_setting_picks_the_store():
 
 
 def test_bad_store_class_says_which_setting():
-    with override_settings(AETHER={"STORE_CLASS": "no.such.Store"}), pytest.raises(
-        ImportError, match="STORE_CLASS"
+    with (
+        override_settings(AETHER={"STORE_CLASS": "no.such.Store"}),
+        pytest.raises(ImportError, match="STORE_CLASS"),
     ):
         get_event_store("conf-test-2")

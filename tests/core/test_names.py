@@ -10,10 +10,14 @@ from aether_django import names
 from aether_django.errors import InvalidActorIdError, InvalidNamespaceError
 
 TOKEN = st.text(
-    alphabet=st.sampled_from("abcdefghijklmnopqrstuvwxyzABCXYZ0123456789-_"), min_size=1, max_size=12
+    alphabet=st.sampled_from("abcdefghijklmnopqrstuvwxyzABCXYZ0123456789-_"),
+    min_size=1,
+    max_size=12,
 )
-NAMESPACES = st.lists(TOKEN, min_size=1, max_size=5).map(".".join).filter(
-    lambda ns: len(ns) <= names.MAX_NAMESPACE_LENGTH
+NAMESPACES = (
+    st.lists(TOKEN, min_size=1, max_size=5)
+    .map(".".join)
+    .filter(lambda ns: len(ns) <= names.MAX_NAMESPACE_LENGTH)
 )
 ACTOR_IDS = st.text(min_size=1, max_size=names.MAX_ACTOR_ID_LENGTH).filter(str.isprintable)
 SUBJECT_TOKEN = re.compile(r"^[^.*>\s]+$")

@@ -14,7 +14,6 @@ from aether_django.errors import (
     StoreUnavailableError,
     VersionConflictError,
 )
-from aether_django.events import Event
 from aether_django.runtime import Runtime
 from aether_django.store.base import StoreConfig
 from aether_django.store.jetstream import JetStreamEventStore

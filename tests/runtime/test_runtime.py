@@ -1,0 +1,137 @@
+"""The process runtime: sync and async callers, threads, fork, restarts, exit."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import textwrap
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from django.test import AsyncClient, Client
+
+from aether_django.errors import SyncCallInAsyncContextError
+from aether_django.runtime import Runtime, get_runtime
+from aether_django.store import get_event_store
+from aether_django.store.jetstream import JetStreamEventStore
+from aether_django.testing.contract import ev, unique_namespace
+
+from ..store import workers
+
+
+def test_a_sync_view_saves_through_the_runtime():
+    ns = unique_namespace()
+    client = Client()
+    first = client.get(f"/sync/{ns}/a/").json()
+    second = client.get(f"/sync/{ns}/a/").json()
+    assert (first["version"], second["version"]) == (1, 2)
+    assert second["sequence"] > first["sequence"]
+
+
+async def test_an_async_view_saves_on_its_own_loop():
+    ns = unique_namespace()
+    client = AsyncClient()
+    first = (await client.get(f"/async/{ns}/a/")).json()
+    second = (await client.get(f"/async/{ns}/a/")).json()
+    assert (first["version"], second["version"]) == (1, 2)
+
+
+async def test_async_callers_get_a_connection_of_their_own_loop():
+    import asyncio
+
+    runtime = get_runtime()
+    nc = await runtime.connection()
+    assert nc is await runtime.connection()
+    loop_nc = asyncio.run_coroutine_threadsafe(runtime.connection(), runtime.loop).result()
+    assert loop_nc is not nc
+
+
+def test_many_threads_share_the_runtime():
+    store = get_event_store(unique_namespace())
+
+    def work(i: int) -> list[int]:
+        return [store.save_event(ev(f"actor-{i}", v)).version for v in range(1, 26)]
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(work, range(8)))
+    assert all(r == list(range(1, 26)) for r in results)
+    assert all(store.get_latest_version(f"actor-{i}") == 25 for i in range(8))
+
+
+def test_a_forked_child_gets_its_own_connection():
+    ns = unique_namespace()
+    store = get_event_store(ns)
+    store.save_event(ev("a", 1))  # the parent's runtime is connected now
+    parent_loop = get_runtime().loop
+
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        child_sequence = pool.apply(_save_in_forked_child, (ns,))
+
+    assert get_runtime().loop is parent_loop
+    store.save_event(ev("a", 3))  # the parent's connection still works
+    events = store.get_events("a")
+    assert [e.version for e in events] == [1, 2, 3]
+    assert events[1].sequence == child_sequence
+
+
+def _save_in_forked_child(ns: str) -> int:
+    # The same store object, inherited across fork, must work in the child.
+    store = get_event_store(ns)
+    runtime = get_runtime()
+    assert runtime.pid == os.getpid()
+    stored = store.save_event(ev("a", 2))
+    assert stored.sequence is not None
+    return stored.sequence
+
+
+def test_a_spawned_process_finds_the_server_through_the_environment():
+    ns = unique_namespace()
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        sequence = pool.apply(workers.save_one, (ns, "a", 1))
+    assert get_event_store(ns).get_events("a")[0].sequence == sequence
+
+
+async def test_blocking_calls_inside_a_running_loop_are_refused():
+    store = get_event_store(unique_namespace())
+    with pytest.raises(SyncCallInAsyncContextError, match="asave_event"):
+        store.save_event(ev("a", 1))
+
+
+def test_reconnects_by_itself_after_a_server_restart(nats_server_factory):
+    server = nats_server_factory()
+    runtime = Runtime(server.url)
+    try:
+        store = JetStreamEventStore(unique_namespace(), runtime=runtime)
+        store.save_event(ev("a", 1))
+        server.restart()
+        assert store.save_event(ev("a", 2)).version == 2
+        server.kill()
+        server.start()
+        assert [e.version for e in store.get_events("a")] == [1, 2]
+    finally:
+        runtime.close()
+
+
+def test_the_runtime_closes_at_exit_without_hanging(nats_url):
+    script = textwrap.dedent(
+        f"""
+        import json
+        from aether_django.runtime import Runtime
+        from aether_django.store.jetstream import JetStreamEventStore
+        from aether_django.testing.contract import ev
+        store = JetStreamEventStore("exit-test", runtime=Runtime({nats_url!r}))
+        version = store.get_latest_version("a") + 1
+        print(json.dumps(store.save_event(ev("a", version)).version))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) >= 1
+    assert "Traceback" not in result.stderr
