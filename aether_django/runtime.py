@@ -3,10 +3,19 @@
 nats-py is asyncio-only and a connection belongs to the event loop that made it,
 while most Django code is sync. The runtime therefore keeps
 
-* one background thread running an event loop, with one NATS connection, that
-  every sync call (views, Celery tasks, the shell) is handed to; and
 * for async callers, one connection per event loop that asks (normally exactly
-  one: the ASGI server's), so an async save never hops threads.
+  one: the ASGI server's), so an async save never hops threads;
+* for sync callers (views, Celery tasks, the shell), a small pool of "portals":
+  private event loops, each with its own connection, that the calling thread
+  runs itself for the duration of one call. Handing each call to a loop on
+  another thread cost about a third of a save's throughput (two thread wake-ups
+  per call, measured in bench/store.py); running the loop in the caller's thread
+  costs nothing of the kind. A portal's loop does not run while the portal is
+  idle, so a keeper thread runs each idle portal for a moment every second to
+  answer server pings and notice reconnects, and closes portals idle for long;
+* one background thread with its own loop and connection, for work that must
+  run all the time (subscriptions), and for sync calls made from a thread that
+  already runs an event loop (only allowed with DJANGO_ALLOW_ASYNC_UNSAFE).
 
 Everything is created on first use, created again in a child after ``fork()``
 (Celery prefork, gunicorn), and closed at interpreter exit. Connections reconnect
@@ -22,6 +31,7 @@ import concurrent.futures
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
@@ -38,6 +48,11 @@ T = TypeVar("T")
 __all__ = ["Runtime", "get_runtime", "reset_runtime"]
 
 _RUNTIMES: weakref.WeakSet[Runtime] = weakref.WeakSet()
+
+#: Seconds between the keeper's visits to idle portals.
+KEEPER_INTERVAL = 1.0
+#: Seconds after which an unused portal (beyond the first) is closed.
+PORTAL_IDLE_CLOSE = 60.0
 # Objects inherited from the parent across fork(): kept referenced so that the
 # garbage collector never closes, in the child, sockets the parent still uses.
 _INHERITED: list[Any] = []
@@ -73,11 +88,16 @@ class Runtime:
         self._conns: dict[asyncio.AbstractEventLoop, NATS] = {}
         self._connecting: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
         self._closing = False
+        # Idle portals, most recently used last.
+        self._portals: list[_Portal] = []
+        self._portal_lock = threading.Lock()
+        self._keeper: threading.Thread | None = None
+        self._keeper_stop = threading.Event()
 
     def _after_fork(self) -> None:
         # The parent's loop thread does not exist here and its sockets are the
         # parent's: forget them (without closing) and start afresh on first use.
-        _INHERITED.append((self._loop, self._conns))
+        _INHERITED.append((self._loop, self._conns, self._portals))
         self._lock = threading.Lock()
         self._init_state()
 
@@ -113,7 +133,7 @@ class Runtime:
         return self._loop_thread()
 
     def run(self, coro: Awaitable[T]) -> T:
-        """Run ``coro`` on the runtime's loop and block until it returns.
+        """Run ``coro`` to completion for a sync caller and return its result.
 
         Refuses to run inside a running event loop (it would block that loop),
         unless DJANGO_ALLOW_ASYNC_UNSAFE is set, as Django does for the ORM.
@@ -133,10 +153,87 @@ class Runtime:
             )
         if not isinstance(coro, Coroutine):
             raise TypeError("Runtime.run() takes a coroutine")
-        future: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(
-            coro, self._loop_thread()
-        )
-        return future.result()
+        if running is not None:
+            # This thread's loop is busy: hand the call to the loop thread.
+            future: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(
+                coro, self._loop_thread()
+            )
+            return future.result()
+        portal = self._take_portal()
+        try:
+            result: T = portal.loop.run_until_complete(coro)
+        except BaseException:
+            # A KeyboardInterrupt may leave the loop half-way: never reuse it then.
+            if portal.loop.is_running() or not _loop_is_clean(portal.loop):
+                _INHERITED.append(portal)
+                raise
+            self._give_back(portal)
+            raise
+        self._give_back(portal)
+        return result
+
+    # --- portals --------------------------------------------------------------
+    def _take_portal(self) -> _Portal:
+        with self._portal_lock:
+            if self._portals:
+                return self._portals.pop()
+        if self._keeper is None:
+            self._start_keeper()
+        return _Portal()
+
+    def _give_back(self, portal: _Portal) -> None:
+        portal.last_used = time.monotonic()
+        with self._portal_lock:
+            self._portals.append(portal)
+
+    def _start_keeper(self) -> None:
+        with self._lock:
+            if self._keeper is not None:
+                return
+            self._keeper_stop = threading.Event()
+            keeper = threading.Thread(
+                target=self._keep,
+                args=(self._keeper_stop,),
+                name=f"{self._name}-keeper",
+                daemon=True,
+            )
+            self._keeper = keeper
+            keeper.start()
+
+    def _keep(self, stop: threading.Event) -> None:
+        """Run idle portals now and then, and close those idle for long."""
+        while not stop.wait(KEEPER_INTERVAL):
+            now = time.monotonic()
+            with self._portal_lock:
+                # Oldest first; the most recently used portal stays in the pool.
+                due = self._portals[:-1] if len(self._portals) > 1 else []
+                stale = [p for p in due if now - p.last_used > PORTAL_IDLE_CLOSE]
+                visit = [p for p in self._portals if p not in stale]
+                for portal in stale:
+                    self._portals.remove(portal)
+            for portal in stale:
+                self._close_portal(portal)
+            for portal in visit:
+                with self._portal_lock:
+                    if portal not in self._portals:
+                        continue  # a caller took it meanwhile
+                    self._portals.remove(portal)
+                try:
+                    # Let the connection read pings and reconnect if it must.
+                    portal.loop.run_until_complete(asyncio.sleep(0.002))
+                finally:
+                    with self._portal_lock:
+                        self._portals.insert(0, portal)
+
+    def _close_portal(self, portal: _Portal) -> None:
+        nc = self._conns.pop(portal.loop, None)
+        self._connecting.pop(portal.loop, None)
+        if nc is not None and not nc.is_closed:
+            try:
+                portal.loop.run_until_complete(asyncio.wait_for(nc.close(), 2.0))
+            except Exception:
+                logger.debug("error closing a portal's connection", exc_info=True)
+        portal.loop.close()
 
     # --- connections ----------------------------------------------------------
     async def connection(self) -> NATS:
@@ -209,6 +306,14 @@ class Runtime:
         if self.pid != os.getpid():
             return
         self._closing = True
+        keeper, self._keeper = self._keeper, None
+        self._keeper_stop.set()
+        if keeper is not None and keeper is not threading.current_thread():
+            keeper.join(timeout)
+        with self._portal_lock:
+            portals, self._portals = self._portals, []
+        for portal in portals:
+            self._close_portal(portal)
         conns, self._conns = self._conns, {}
         self._connecting = {}
         try:
@@ -246,6 +351,20 @@ class Runtime:
             if not own_loop.is_running():
                 own_loop.close()
         self._closing = False
+
+
+class _Portal:
+    """A private event loop that sync callers run in their own thread, one call at a time."""
+
+    __slots__ = ("last_used", "loop")
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.last_used = time.monotonic()
+
+
+def _loop_is_clean(loop: asyncio.AbstractEventLoop) -> bool:
+    return not loop.is_closed()
 
 
 def _after_fork_in_child() -> None:

@@ -438,7 +438,7 @@ class JetStreamEventStore(AsyncFirstEventStore):
         self, subject: str, start: int, deadline: float, received: list[Msg]
     ) -> Msg:
         """One batched direct get: append the messages to ``received``, return the status."""
-        timeout = min(self._remaining(deadline), _ATTEMPT_TIMEOUT * 5)
+        timeout = min(self._remaining(deadline), _ATTEMPT_TIMEOUT * 2)
         if timeout <= 0:
             raise nats.errors.TimeoutError
         nc = await self.runtime.connection()

@@ -88,7 +88,8 @@ class NatsServer:
     """One nats-server process with JetStream on free loopback ports.
 
     Usable as a context manager. ``routes`` (other servers' cluster URLs) and
-    ``cluster_port`` make it part of a JetStream cluster.
+    ``cluster_port`` make it part of a JetStream cluster; ``extra_config`` is
+    appended to the generated server configuration.
     """
 
     def __init__(
@@ -101,6 +102,7 @@ class NatsServer:
         cluster_port: int | None = None,
         routes: Sequence[str] = (),
         max_payload: int = 8 * 1024 * 1024,
+        extra_config: str = "",
         binary: str | None = None,
     ) -> None:
         self.binary = binary or nats_server_binary()
@@ -116,6 +118,7 @@ class NatsServer:
         self.cluster_port = cluster_port or (find_free_port() if cluster_name else None)
         self.routes = list(routes)
         self.max_payload = max_payload
+        self.extra_config = extra_config
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = self.store_dir / f"{self.name}.log"
 
@@ -148,7 +151,7 @@ class NatsServer:
                 f"  routes: [{routes}]",
                 "}",
             ]
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines) + "\n" + self.extra_config + "\n"
 
     def start(self, timeout: float = 15.0, *, wait: bool = True) -> NatsServer:
         """Start the process and wait until JetStream answers its health check."""

@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -135,3 +137,33 @@ def test_the_runtime_closes_at_exit_without_hanging(nats_url):
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) >= 1
     assert "Traceback" not in result.stderr
+
+
+def test_idle_sync_connections_are_kept_alive(nats_server_factory):
+    """The server drops clients that do not answer pings; idle portals still answer."""
+    server = nats_server_factory(extra_config="ping_interval: 1s\nping_max: 1")
+    runtime = Runtime(server.url)
+    try:
+        store = JetStreamEventStore(unique_namespace(), runtime=runtime)
+        store.save_event(ev("a", 1))
+        nc = runtime.run(runtime.connection())
+        time.sleep(5)  # several server pings while no sync call runs
+        store.save_event(ev("a", 2))
+        assert runtime.run(runtime.connection()) is nc
+        assert nc.stats["reconnects"] == 0
+    finally:
+        runtime.close()
+
+
+def test_sync_calls_from_many_threads_use_a_few_pooled_connections(nats_url):
+    runtime = Runtime(nats_url)
+    try:
+        store = JetStreamEventStore(unique_namespace(), runtime=runtime)
+        for i in range(20):  # a new thread per call, as runserver does
+            thread = threading.Thread(target=store.save_event, args=(ev(f"a{i}", 1),))
+            thread.start()
+            thread.join()
+        assert len(runtime._portals) == 1
+        assert all(store.get_latest_version(f"a{i}") == 1 for i in range(20))
+    finally:
+        runtime.close()
