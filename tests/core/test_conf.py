@@ -55,3 +55,32 @@ def test_bad_store_class_says_which_setting():
         pytest.raises(ImportError, match="STORE_CLASS"),
     ):
         get_event_store("conf-test-2")
+
+
+def test_store_config_follows_the_settings():
+    settings = {
+        "TIMEOUT": 2,
+        "MAX_EVENT_BYTES": 2048,
+        "STORAGE": "memory",
+        "REPLICAS": 3,
+        "MAX_AGE": 60,
+        "MAX_BYTES": 10_000,
+        "DUPLICATE_WINDOW": 30,
+        "IMMUTABLE": False,
+        "SUBJECT_PREFIX": "acme.events",
+        "HEAD_CACHE_SIZE": 5,
+    }
+    with override_settings(AETHER=settings):
+        config = store_config()
+    assert (config.timeout, config.max_event_bytes, config.storage, config.replicas) == (
+        2.0,
+        2048,
+        "memory",
+        3,
+    )
+    assert (config.max_age, config.max_bytes, config.duplicate_window) == (60.0, 10_000, 30.0)
+    assert (config.immutable, config.subject_prefix, config.head_cache_size) == (
+        False,
+        "acme.events",
+        5,
+    )

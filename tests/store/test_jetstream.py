@@ -245,3 +245,18 @@ async def test_server_going_away_mid_write_leaves_nothing_half_written(
         assert not any(present), "a refused save left events behind"
     versions = [e.version for e in events]
     assert versions == sorted(set(versions))
+
+
+async def test_stream_settings_come_from_the_store_config(make_store, nats_url):
+    store = make_store(storage="memory", max_age=3600, duplicate_window=30, immutable=False)
+    await store.asave_event(ev("a", 1))
+    nc = await raw(nats_url)
+    try:
+        config = (await nc.jetstream().stream_info(store.stream_name)).config
+        assert getattr(config.storage, "value", config.storage) == "memory"
+        assert config.max_age == 3600
+        assert config.duplicate_window == 30
+        assert not config.deny_delete and not config.deny_purge
+        assert config.max_msg_size == 1024 * 1024 + 4096
+    finally:
+        await nc.close()
