@@ -96,6 +96,10 @@ class EventStore(abc.ABC):
         """The actor's current version; 0 for an actor with no events."""
 
     @abc.abstractmethod
+    def get_actor_ids(self) -> list[str]:
+        """Ids of every actor with at least one event in this namespace, sorted."""
+
+    @abc.abstractmethod
     def get_latest_snapshot(self, actor_id: str) -> ActorSnapshot | None:
         """The newest snapshot saved for the actor, or None."""
 
@@ -120,6 +124,9 @@ class EventStore(abc.ABC):
 
     @abc.abstractmethod
     async def aget_latest_version(self, actor_id: str) -> int: ...
+
+    @abc.abstractmethod
+    async def aget_actor_ids(self) -> list[str]: ...
 
     @abc.abstractmethod
     async def aget_latest_snapshot(self, actor_id: str) -> ActorSnapshot | None: ...
@@ -147,6 +154,9 @@ class AsyncFirstEventStore(EventStore):
 
     def get_latest_version(self, actor_id: str) -> int:
         return self.runtime.run(self.aget_latest_version(actor_id))
+
+    def get_actor_ids(self) -> list[str]:
+        return self.runtime.run(self.aget_actor_ids())
 
     def get_latest_snapshot(self, actor_id: str) -> ActorSnapshot | None:
         return self.runtime.run(self.aget_latest_snapshot(actor_id))

@@ -674,6 +674,34 @@ class JetStreamEventStore(AsyncFirstEventStore):
             )
         return [e for e in found if e is not None]
 
+    async def aget_actor_ids(self) -> list[str]:
+        """Every actor with events, from the stream's per-subject counts (paged by the server)."""
+        deadline = self._deadline()
+        if not await self._stream_exists(deadline):
+            return []
+        prefix = self._subject_prefix + "."
+        tokens: list[str] = []
+        while True:
+            request = {"subjects_filter": prefix + "*", "offset": len(tokens)}
+            try:
+                reply = await self._request(
+                    f"$JS.API.STREAM.INFO.{self.stream_name}",
+                    json.dumps(request).encode(),
+                    deadline,
+                )
+            except _NoStream:
+                raise StoreUnavailableError("JetStream did not answer the stream info") from None
+            doc = json.loads(reply.data)
+            if "error" in doc:
+                raise EventStoreError(f"stream info failed: {doc['error'].get('description')}")
+            state = doc.get("state") or {}
+            page = list((state.get("subjects") or {}).keys())
+            tokens += [subject[len(prefix) :] for subject in page]
+            total = int(doc.get("total") or 0)
+            if not page or len(tokens) >= total:
+                break
+        return sorted(names.actor_id_from_token(token) for token in tokens)
+
     async def aget_latest_snapshot(self, actor_id: str) -> ActorSnapshot | None:
         names.validate_actor_id(actor_id)
         deadline = self._deadline()

@@ -91,6 +91,10 @@ class InMemoryEventStore(EventStore):
         with self._lock:
             return self._current(actor_id)
 
+    def get_actor_ids(self) -> list[str]:
+        with self._lock:
+            return sorted(actor for actor, events in self._events.items() if events)
+
     def get_latest_snapshot(self, actor_id: str) -> ActorSnapshot | None:
         validate_actor_id(actor_id)
         with self._lock:
@@ -119,6 +123,9 @@ class InMemoryEventStore(EventStore):
 
     async def aget_latest_version(self, actor_id: str) -> int:
         return self.get_latest_version(actor_id)
+
+    async def aget_actor_ids(self) -> list[str]:
+        return self.get_actor_ids()
 
     async def aget_latest_snapshot(self, actor_id: str) -> ActorSnapshot | None:
         return self.get_latest_snapshot(actor_id)

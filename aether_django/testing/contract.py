@@ -204,6 +204,12 @@ class EventStoreContract:
         with pytest.raises(InvalidNamespaceError):
             make_store(namespace)
 
+    def test_actor_ids_lists_every_actor_with_events(self, store: EventStore) -> None:
+        assert store.get_actor_ids() == []
+        for actor_id in ("b", "a", "c d", "a"):
+            store.save_event(ev(actor_id, store.get_latest_version(actor_id) + 1))
+        assert store.get_actor_ids() == ["a", "b", "c d"]
+
     # --- snapshots ------------------------------------------------------------------
     def test_snapshots_round_trip_and_replace(self, store: EventStore) -> None:
         store.save_event(ev("a", 1))
