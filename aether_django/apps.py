@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.apps import AppConfig
+from django.utils.module_loading import autodiscover_modules
 
 
 class AetherConfig(AppConfig):
@@ -13,3 +14,7 @@ class AetherConfig(AppConfig):
     def ready(self) -> None:
         # Registers the system checks.
         from . import checks  # noqa: F401
+
+        # Import every installed app's aggregates module, as the admin does with
+        # admin.py, so the registry and the checks see every aggregate class.
+        autodiscover_modules("aggregates")

@@ -1,11 +1,12 @@
-"""System checks for ``settings.AETHER``."""
+"""System checks for ``settings.AETHER`` and for the declared aggregate classes."""
 
 from __future__ import annotations
 
+from collections import defaultdict
 from typing import Any
 
 from django.conf import settings
-from django.core.checks import CheckMessage, Error, register
+from django.core.checks import CheckMessage, Error, Warning, register
 
 from .conf import DEFAULTS
 
@@ -29,3 +30,62 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
         )
         for key in sorted(set(value) - set(DEFAULTS))
     ]
+
+
+@register("aether_django")
+def check_aggregates(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """E101-E105, W102: aggregate declarations that cannot work as written."""
+    from .aggregates import all_aggregates, recorded_event_types
+
+    messages: list[CheckMessage] = []
+    by_namespace: dict[str, list[str]] = defaultdict(list)
+    for model in all_aggregates():
+        meta = model._meta
+        if meta.namespace is None:
+            messages.append(
+                Error(
+                    f"Aggregate {meta.label} has no Meta.namespace.",
+                    hint="Set Meta.namespace, or Meta.abstract = True for a base class.",
+                    obj=model,
+                    id="aether_django.E101",
+                )
+            )
+        else:
+            by_namespace[meta.namespace].append(meta.label)
+        for event_type in model._duplicate_handlers:
+            messages.append(
+                Error(
+                    f"Aggregate {meta.label} has two handlers for {event_type!r}.",
+                    obj=model,
+                    id="aether_django.E103",
+                )
+            )
+        for problem in meta.problems:
+            messages.append(
+                Error(f"Aggregate {meta.label}: {problem}.", obj=model, id="aether_django.E104")
+            )
+        recorded = recorded_event_types(model)
+        if recorded is not None:
+            upcast_from = {event_type for event_type, _ in model._upcasters}
+            for event_type in sorted(set(model._handlers) - recorded - upcast_from):
+                messages.append(
+                    Warning(
+                        f"Aggregate {meta.label} handles {event_type!r} but no command records it.",
+                        hint="Remove the handler, or silence aether_django.W102 if the "
+                        "event is recorded with a computed type.",
+                        obj=model,
+                        id="aether_django.W102",
+                    )
+                )
+    for namespace, labels in sorted(by_namespace.items()):
+        if len(labels) > 1:
+            messages.append(
+                Error(
+                    f"Namespace {namespace!r} has several aggregate classes: "
+                    + ", ".join(sorted(labels))
+                    + ".",
+                    hint="Give each aggregate class its own namespace.",
+                    id="aether_django.E105",
+                )
+            )
+    return messages

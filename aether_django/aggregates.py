@@ -1,0 +1,653 @@
+"""Model-like aggregates: declare an actor like a Django model, load it, change it, save it safely.
+
+An aggregate class declares its namespace and options in ``Meta``, its state as
+annotated class attributes with defaults, commands that ``record()`` events, and
+handlers (``@apply("EventType")``) that change state from events::
+
+    class Order(Aggregate):
+        status: str = "new"
+        lines: list = []
+
+        class Meta:
+            namespace = "orders"
+            snapshot_every = 50
+
+        def place(self, customer):
+            if self.status != "new":
+                raise DomainError("the order was placed already")
+            self.record("OrderPlaced", customer=customer)
+
+        @apply("OrderPlaced")
+        def _placed(self, event):
+            self.status = "placed"
+
+    order = Order.objects.create("order-1")
+    order.place("ann")
+    order.save()                      # atomic, version-checked
+    Order.objects.get("order-1")      # replayed (from a snapshot when there is one)
+    Order.objects.update("order-1", lambda o: o.place("bob"), retries=5)
+
+See docs/aggregates.md for the whole story.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import copy
+import dataclasses
+import inspect
+import logging
+import random
+import textwrap
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from typing import Any, ClassVar, Generic, TypeVar
+
+from django.core.exceptions import ObjectDoesNotExist
+
+from .errors import AetherError, InvalidNameError, VersionConflictError
+from .events import ActorSnapshot, Event
+from .names import validate_actor_id, validate_namespace
+from .store import EventStore, get_event_store
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "Aggregate",
+    "AggregateDoesNotExist",
+    "AggregateError",
+    "AggregateManager",
+    "DomainError",
+    "UpdateRetriesExhausted",
+    "all_aggregates",
+    "apply",
+    "evolve",
+    "get_aggregate_class",
+    "upcaster",
+]
+
+A = TypeVar("A", bound="Aggregate")
+
+#: Metadata key holding an event's schema version (absent means 1).
+SCHEMA_KEY = "schema"
+#: Meta options an aggregate may declare.
+META_OPTIONS = frozenset(
+    {"namespace", "snapshot_every", "snapshot_version", "event_schemas", "abstract"}
+)
+
+
+# --- errors -------------------------------------------------------------------------
+
+
+class DomainError(AetherError):
+    """A command was refused by the aggregate's own rules (not by storage).
+
+    Subclass it for your domain's errors; nothing was recorded.
+    """
+
+
+class AggregateError(AetherError):
+    """An aggregate was used in a way its declaration does not allow."""
+
+
+class AggregateDoesNotExist(AetherError, ObjectDoesNotExist):
+    """No events exist for the actor (each aggregate class has its own ``DoesNotExist``)."""
+
+
+class UpdateRetriesExhausted(AetherError):
+    """``update()`` met a version conflict on every attempt and gave up.
+
+    The last VersionConflictError is the ``__cause__``; nothing of the last
+    attempt was stored.
+    """
+
+    def __init__(self, actor_id: str, attempts: int) -> None:
+        self.actor_id = actor_id
+        self.attempts = attempts
+        super().__init__(
+            f"gave up updating {actor_id!r} after {attempts} attempts, each of which "
+            "conflicted with another writer; retry later or raise retries="
+        )
+
+
+# --- declaring handlers and upcasters ------------------------------------------------
+
+
+def apply(event_type: str) -> Callable[[Callable[[A, Event], None]], Callable[[A, Event], None]]:
+    """Mark a method as the handler that applies ``event_type`` events to state.
+
+    Handlers must not fail: a command checks its rules before it records.
+    """
+
+    def mark(fn: Callable[[A, Event], None]) -> Callable[[A, Event], None]:
+        fn._aether_applies = event_type  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+def upcaster(event_type: str, schema: int) -> Callable[[Callable[[Event], Event]], Any]:
+    """Mark a function that turns a stored ``event_type`` event of ``schema`` into a newer one.
+
+    The function takes the old Event and returns a new one (use :func:`evolve`),
+    with a greater schema or another type. Upcasters chain until none matches.
+    """
+
+    def mark(fn: Callable[[Event], Event]) -> Any:
+        wrapped = staticmethod(fn)
+        wrapped._aether_upcasts = (event_type, schema)  # type: ignore[attr-defined]
+        return wrapped
+
+    return mark
+
+
+def evolve(
+    event: Event,
+    *,
+    schema: int,
+    event_type: str | None = None,
+    data: Mapping[str, Any] | None = None,
+) -> Event:
+    """A copy of ``event`` at another schema version (and maybe another type or data)."""
+    metadata = dict(event.metadata)
+    metadata[SCHEMA_KEY] = str(schema)
+    return dataclasses.replace(
+        event,
+        event_type=event_type or event.event_type,
+        data=dict(data) if data is not None else event.data,
+        metadata=metadata,
+    )
+
+
+def schema_of(event: Event) -> int:
+    """The schema version an event was written with (1 when it does not say)."""
+    try:
+        return int(event.metadata.get(SCHEMA_KEY, 1))
+    except ValueError:
+        return 1
+
+
+# --- options and registry --------------------------------------------------------------
+
+
+class Options:
+    """An aggregate class's ``Meta``, checked; problems are kept for the system checks."""
+
+    def __init__(self, model: type[Aggregate], meta: type | None) -> None:
+        self.model = model
+        self.problems: list[str] = []
+        raw = {k: v for k, v in vars(meta).items() if not k.startswith("_")} if meta else {}
+        for unknown in sorted(set(raw) - META_OPTIONS):
+            self.problems.append(f"unknown Meta option {unknown!r}")
+        self.abstract: bool = bool(raw.get("abstract", False))
+        self.namespace: str | None = raw.get("namespace")
+        if self.namespace is not None:
+            try:
+                validate_namespace(self.namespace)
+            except InvalidNameError as exc:
+                self.problems.append(f"Meta.namespace: {exc}")
+        self.snapshot_every: int | None = raw.get("snapshot_every")
+        if self.snapshot_every is not None and not _positive_int(self.snapshot_every):
+            self.problems.append("Meta.snapshot_every must be a positive integer or None")
+            self.snapshot_every = None
+        self.snapshot_version: int = raw.get("snapshot_version", 1)
+        if not _positive_int(self.snapshot_version):
+            self.problems.append("Meta.snapshot_version must be a positive integer")
+            self.snapshot_version = 1
+        schemas = raw.get("event_schemas", {})
+        if not isinstance(schemas, Mapping) or not all(
+            isinstance(k, str) and _positive_int(v) for k, v in schemas.items()
+        ):
+            self.problems.append("Meta.event_schemas must map event types to positive integers")
+            schemas = {}
+        self.event_schemas: dict[str, int] = dict(schemas)
+
+    @property
+    def label(self) -> str:
+        return f"{self.model.__module__}.{self.model.__qualname__}"
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+_registry: dict[str, type[Aggregate]] = {}
+
+
+def _register(model: type[Aggregate]) -> None:
+    # Keyed by the class's dotted path, so a module reloaded in development
+    # replaces its classes instead of adding duplicates.
+    _registry[model._meta.label] = model
+
+
+def all_aggregates() -> list[type[Aggregate]]:
+    """Every concrete aggregate class defined so far."""
+    return list(_registry.values())
+
+
+def get_aggregate_class(namespace: str) -> type[Aggregate] | None:
+    """The aggregate class registered for ``namespace``, or None."""
+    for model in _registry.values():
+        if model._meta.namespace == namespace:
+            return model
+    return None
+
+
+# --- the aggregate ------------------------------------------------------------------------
+
+
+class Aggregate:
+    """Base class of event-sourced aggregates; see the module docstring."""
+
+    _meta: ClassVar[Options]
+    _handlers: ClassVar[dict[str, Callable[[Any, Event], None]]]
+    _duplicate_handlers: ClassVar[list[str]]
+    _upcasters: ClassVar[dict[tuple[str, int], Callable[[Event], Event]]]
+    _state_fields: ClassVar[dict[str, Any]]
+    objects: ClassVar[AggregateManager[Any]]
+    DoesNotExist: ClassVar[type[AggregateDoesNotExist]] = AggregateDoesNotExist
+
+    actor_id: str
+    version: int
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._meta = Options(cls, cls.__dict__.get("Meta"))
+        cls._collect_state_fields()
+        cls._collect_handlers()
+        cls.DoesNotExist = type(
+            "DoesNotExist",
+            (AggregateDoesNotExist,),
+            {"__module__": cls.__module__, "__qualname__": f"{cls.__qualname__}.DoesNotExist"},
+        )
+        cls.objects = AggregateManager(cls)
+        if not cls._meta.abstract:
+            _register(cls)
+
+    @classmethod
+    def _collect_state_fields(cls) -> None:
+        fields: dict[str, Any] = {}
+        for klass in reversed(cls.__mro__):
+            for name, annotation in vars(klass).get("__annotations__", {}).items():
+                text = annotation if isinstance(annotation, str) else repr(annotation)
+                if name.startswith("_") or "ClassVar" in text or name in ("actor_id", "version"):
+                    continue
+                fields[name] = vars(klass).get(name)
+        cls._state_fields = fields
+
+    @classmethod
+    def _collect_handlers(cls) -> None:
+        handlers: dict[str, Callable[[Any, Event], None]] = {}
+        upcasters: dict[tuple[str, int], Callable[[Event], Event]] = {}
+        duplicates: list[str] = []
+        for klass in reversed(cls.__mro__):
+            seen_here: set[str] = set()
+            for value in vars(klass).values():
+                event_type = getattr(value, "_aether_applies", None)
+                if event_type is not None:
+                    if event_type in seen_here and klass is cls:
+                        duplicates.append(event_type)
+                    seen_here.add(event_type)
+                    handlers[event_type] = value
+                key = getattr(value, "_aether_upcasts", None)
+                if key is not None:
+                    upcasters[key] = value.__func__
+        cls._handlers = handlers
+        cls._upcasters = upcasters
+        cls._duplicate_handlers = duplicates
+
+    def __init__(self, actor_id: str) -> None:
+        self.actor_id = validate_actor_id(actor_id)
+        self.version = 0
+        self._pending: list[Event] = []
+        for name, default in self._state_fields.items():
+            # Each instance gets its own copy of mutable defaults (lists, dicts).
+            setattr(self, name, copy.deepcopy(default))
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.actor_id!r} v{self.version}>"
+
+    # --- commands record events ---------------------------------------------------
+    def record(
+        self,
+        event_type: str,
+        data: Mapping[str, Any] | None = None,
+        /,
+        *,
+        command_id: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        **fields: Any,
+    ) -> Event:
+        """Record a new event: apply it to state now, store it on the next save()."""
+        if event_type not in self._handlers:
+            raise AggregateError(
+                f"{type(self).__name__} has no handler for {event_type!r}; "
+                f"add a method decorated with @apply({event_type!r})"
+            )
+        meta = dict(metadata or {})
+        schema = self._meta.event_schemas.get(event_type, 1)
+        if schema > 1:
+            meta[SCHEMA_KEY] = str(schema)
+        event = Event(
+            event_type=event_type,
+            actor_id=self.actor_id,
+            version=self.version + 1,
+            data={**(data or {}), **fields},
+            command_id=command_id,
+            metadata=meta,
+        )
+        self._apply(event)
+        self._pending.append(event)
+        return event
+
+    @property
+    def pending_events(self) -> list[Event]:
+        """Events recorded since the last save, not stored yet."""
+        return list(self._pending)
+
+    # --- applying events ---------------------------------------------------------------
+    @classmethod
+    def upcast(cls, event: Event) -> Event:
+        """Bring a stored event to its current schema with the registered upcasters."""
+        for _ in range(100):
+            upcast = cls._upcasters.get((event.event_type, schema_of(event)))
+            if upcast is None:
+                return event
+            event = upcast(event)
+        raise AggregateError(f"upcasters for {event.event_type!r} loop without ending")
+
+    def _apply(self, event: Event) -> None:
+        handler = self._handlers.get(event.event_type)
+        if handler is None:
+            raise AggregateError(
+                f"{type(self).__name__} cannot apply stored event {event.event_type!r} "
+                f"(version {event.version}): no handler and no upcaster for it"
+            )
+        handler(self, event)
+        self.version = event.version
+
+    # --- snapshots ---------------------------------------------------------------------
+    def get_snapshot_state(self) -> dict[str, Any]:
+        """The state to snapshot: by default every declared state attribute.
+
+        Override (with :meth:`set_snapshot_state`) for state that is not JSON-able.
+        """
+        return {name: copy.deepcopy(getattr(self, name)) for name in self._state_fields}
+
+    def set_snapshot_state(self, state: Mapping[str, Any]) -> None:
+        """Restore state saved by :meth:`get_snapshot_state`."""
+        for name in self._state_fields:
+            if name in state:
+                setattr(self, name, copy.deepcopy(state[name]))
+
+    def _snapshot(self) -> ActorSnapshot:
+        return ActorSnapshot(
+            actor_id=self.actor_id,
+            version=self.version,
+            state={
+                "aggregate": self._meta.label,
+                "snapshot_version": self._meta.snapshot_version,
+                "state": self.get_snapshot_state(),
+            },
+        )
+
+    def _snapshot_due(self, before: int) -> bool:
+        every = self._meta.snapshot_every
+        return bool(every) and self.version // every > before // every  # type: ignore[operator]
+
+    # --- saving ------------------------------------------------------------------------
+    @classmethod
+    def get_store(cls) -> EventStore:
+        """The event store of this aggregate's namespace."""
+        if cls._meta.namespace is None:
+            raise AggregateError(f"{cls.__name__} has no Meta.namespace")
+        return get_event_store(cls._meta.namespace)
+
+    def save(self) -> None:
+        """Store the pending events atomically; VersionConflictError if someone wrote first.
+
+        After a conflict this instance is out of date: load the actor again.
+        """
+        if not self._pending:
+            return
+        before = self._pending[0].version - 1
+        store = self.get_store()
+        store.save_events(self._pending)
+        self._pending = []
+        if self._snapshot_due(before):
+            try:
+                store.save_snapshot(self._snapshot())
+            except AetherError:
+                logger.warning("could not save a snapshot of %r", self, exc_info=True)
+
+    async def asave(self) -> None:
+        """Async twin of :meth:`save`."""
+        if not self._pending:
+            return
+        before = self._pending[0].version - 1
+        store = self.get_store()
+        await store.asave_events(self._pending)
+        self._pending = []
+        if self._snapshot_due(before):
+            try:
+                await store.asave_snapshot(self._snapshot())
+            except AetherError:
+                logger.warning("could not save a snapshot of %r", self, exc_info=True)
+
+
+# --- the manager ------------------------------------------------------------------------------
+
+
+class AggregateManager(Generic[A]):
+    """``Model.objects``: load, create and update aggregates of one class."""
+
+    #: Seconds of the first back-off of update(); it doubles per attempt, with jitter.
+    backoff_base = 0.005
+    #: Longest back-off between two attempts of update(), in seconds.
+    backoff_cap = 0.25
+
+    def __init__(self, model: type[A]) -> None:
+        self.model = model
+
+    # --- loading ---------------------------------------------------------------------
+    def _usable_snapshot(
+        self, snapshot: ActorSnapshot | None, at_version: int | None
+    ) -> ActorSnapshot | None:
+        if snapshot is None or (at_version is not None and snapshot.version > at_version):
+            return None
+        meta = self.model._meta
+        state = snapshot.state
+        if state.get("aggregate") != meta.label or not isinstance(state.get("state"), dict):
+            logger.warning(
+                "ignoring a snapshot of %s not made by %s", snapshot.actor_id, meta.label
+            )
+            return None
+        if state.get("snapshot_version") != meta.snapshot_version:
+            logger.warning(
+                "ignoring snapshot of %s: snapshot_version %s, %s expects %s; replaying",
+                snapshot.actor_id,
+                state.get("snapshot_version"),
+                meta.label,
+                meta.snapshot_version,
+            )
+            return None
+        return snapshot
+
+    def _build(
+        self,
+        actor_id: str,
+        snapshot: ActorSnapshot | None,
+        events: list[Event],
+        at_version: int | None,
+    ) -> A:
+        obj = self.model(actor_id)
+        if snapshot is not None:
+            obj.set_snapshot_state(snapshot.state["state"])
+            obj.version = snapshot.version
+        for event in events:
+            if at_version is not None and event.version > at_version:
+                break
+            if event.version <= obj.version:
+                continue
+            obj._apply(self.model.upcast(event))
+        if obj.version == 0:
+            raise self.model.DoesNotExist(f"no {self.model.__name__} with actor id {actor_id!r}")
+        return obj
+
+    def _check_at_version(self, at_version: int | None) -> None:
+        if at_version is not None and (not _positive_int(at_version)):
+            raise ValueError(f"at_version must be a positive integer, got {at_version!r}")
+
+    def get(self, actor_id: str, *, at_version: int | None = None) -> A:
+        """Load the actor's current state, or its state as of ``at_version``.
+
+        Raises ``Model.DoesNotExist`` when the actor has no events.
+        """
+        self._check_at_version(at_version)
+        store = self.model.get_store()
+        snapshot = None
+        if self.model._meta.snapshot_every:
+            snapshot = self._usable_snapshot(store.get_latest_snapshot(actor_id), at_version)
+        events = store.get_events(actor_id, snapshot.version + 1 if snapshot else 0)
+        return self._build(actor_id, snapshot, events, at_version)
+
+    async def aget(self, actor_id: str, *, at_version: int | None = None) -> A:
+        """Async twin of :meth:`get`."""
+        self._check_at_version(at_version)
+        store = self.model.get_store()
+        snapshot = None
+        if self.model._meta.snapshot_every:
+            snapshot = self._usable_snapshot(await store.aget_latest_snapshot(actor_id), at_version)
+        events = await store.aget_events(actor_id, snapshot.version + 1 if snapshot else 0)
+        return self._build(actor_id, snapshot, events, at_version)
+
+    def create(self, actor_id: str) -> A:
+        """A new, empty aggregate (version 0); its first save fails if the actor exists."""
+        return self.model(actor_id)
+
+    async def acreate(self, actor_id: str) -> A:
+        """Async twin of :meth:`create`."""
+        return self.model(actor_id)
+
+    def exists(self, actor_id: str) -> bool:
+        """Whether the actor has any event."""
+        return self.model.get_store().get_latest_version(actor_id) > 0
+
+    async def aexists(self, actor_id: str) -> bool:
+        """Async twin of :meth:`exists`."""
+        return await self.model.get_store().aget_latest_version(actor_id) > 0
+
+    def actor_ids(self) -> list[str]:
+        """Ids of every actor of this namespace."""
+        return self.model.get_store().get_actor_ids()
+
+    def iterator(self) -> Iterator[A]:
+        """Load every actor of the namespace, one at a time."""
+        for actor_id in self.actor_ids():
+            try:
+                yield self.get(actor_id)
+            except AggregateDoesNotExist:
+                continue
+
+    async def aiterator(self) -> AsyncIterator[A]:
+        """Async twin of :meth:`iterator`."""
+        for actor_id in await self.model.get_store().aget_actor_ids():
+            try:
+                yield await self.aget(actor_id)
+            except AggregateDoesNotExist:
+                continue
+
+    # --- commands with retries -----------------------------------------------------------
+    def _delay(self, attempt: int) -> float:
+        # Full jitter: spreads competing writers out instead of retrying in lock-step.
+        return random.uniform(0, min(self.backoff_cap, self.backoff_base * 2**attempt))
+
+    def update(
+        self, actor_id: str, command: Callable[[A], Any], *, retries: int = 5, create: bool = False
+    ) -> A:
+        """Load the actor, run ``command`` on it and save; on conflict reload and run it again.
+
+        ``command`` must only decide from the aggregate's state (it may run more
+        than once). DomainError and other errors from the command are not
+        retried. With ``create=True`` a missing actor starts empty. Raises
+        UpdateRetriesExhausted after ``retries`` conflicting retries.
+        """
+        for attempt in range(retries + 1):
+            obj = self._load_for_update(actor_id, create)
+            command(obj)
+            try:
+                obj.save()
+            except VersionConflictError as exc:
+                if attempt == retries:
+                    raise UpdateRetriesExhausted(actor_id, attempt + 1) from exc
+                time.sleep(self._delay(attempt))
+                continue
+            return obj
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _load_for_update(self, actor_id: str, create: bool) -> A:
+        try:
+            return self.get(actor_id)
+        except AggregateDoesNotExist:
+            if not create:
+                raise
+            return self.model(actor_id)
+
+    async def aupdate(
+        self,
+        actor_id: str,
+        command: Callable[[A], Any | Awaitable[Any]],
+        *,
+        retries: int = 5,
+        create: bool = False,
+    ) -> A:
+        """Async twin of :meth:`update`; ``command`` may be a coroutine function."""
+        for attempt in range(retries + 1):
+            try:
+                obj = await self.aget(actor_id)
+            except AggregateDoesNotExist:
+                if not create:
+                    raise
+                obj = self.model(actor_id)
+            result = command(obj)
+            if inspect.isawaitable(result):
+                await result
+            try:
+                await obj.asave()
+            except VersionConflictError as exc:
+                if attempt == retries:
+                    raise UpdateRetriesExhausted(actor_id, attempt + 1) from exc
+                await asyncio.sleep(self._delay(attempt))
+                continue
+            return obj
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+# --- what the system checks need ------------------------------------------------------------
+
+
+def recorded_event_types(model: type[Aggregate]) -> set[str] | None:
+    """Event types the class's source passes to ``self.record(...)`` as literals.
+
+    None when the source cannot be read (then the check stays silent).
+    """
+    found: set[str] = set()
+    for klass in model.__mro__:
+        if klass is Aggregate or not issubclass(klass, Aggregate):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError, SyntaxError):
+            return None
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "record"
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+                and isinstance(node.args[0].value, str)
+            ):
+                found.add(node.args[0].value)
+    return found
