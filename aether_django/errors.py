@@ -58,10 +58,20 @@ class EventStoreError(AetherError):
 
 
 class StoreUnavailableError(EventStoreError):
-    """NATS did not answer within the configured timeout; nothing was acknowledged.
+    """NATS did not answer within the configured timeout.
 
-    For a save this means the save did not happen: the store only raises it after
-    making sure that no attempt it made was stored (see docs/architecture.md).
+    Raised by a save only when none of its attempts can have been stored; when one
+    may have been, the save raises the subclass SaveOutcomeUnknownError instead.
+    """
+
+
+class SaveOutcomeUnknownError(StoreUnavailableError):
+    """A save was sent but NATS never confirmed it within the timeout: it may be stored.
+
+    Raised instead of plain StoreUnavailableError only when an attempt reached the
+    network and no answer came (the server died between storing and answering).
+    Saving the same events again (same ids) is safe: it returns them if they were
+    stored, stores them if not, or raises VersionConflictError if others wrote since.
     """
 
 

@@ -42,6 +42,7 @@ from ..errors import (
     NamespaceCollisionError,
     PayloadTooLargeError,
     ReplayError,
+    SaveOutcomeUnknownError,
     StoreConfigurationError,
     StoreUnavailableError,
     VersionConflictError,
@@ -119,6 +120,10 @@ class _DuplicateBatch(Exception):
 
 class _NoStream(Exception):
     """The stream (or bucket) does not exist, or JetStream is not answering."""
+
+
+class _NotSent(Exception):
+    """A write was refused before it left this process: nothing can have been stored."""
 
 
 class _Ambiguous(Exception):
@@ -525,6 +530,22 @@ class JetStreamEventStore(AsyncFirstEventStore):
         if not batch:
             return []
         payloads = [self._encode(event) for event in batch]
+        # Expected sequences of attempts that were sent but never answered.
+        unknown_after: set[int] = set()
+        try:
+            return await self._save(batch, payloads, unknown_after)
+        except StoreUnavailableError as exc:
+            if unknown_after:
+                raise SaveOutcomeUnknownError(
+                    f"NATS did not confirm the save of {len(batch)} event(s) of actor "
+                    f"{batch[0].actor_id!r} within {self.config.timeout}s; it may have been "
+                    "stored. Saving the same events again is safe."
+                ) from exc
+            raise
+
+    async def _save(
+        self, batch: list[Event], payloads: list[bytes], unknown_after: set[int]
+    ) -> list[Event]:
         actor_id = batch[0].actor_id
         attempted = batch[0].version
         deadline = self._deadline()
@@ -534,8 +555,6 @@ class JetStreamEventStore(AsyncFirstEventStore):
         fresh = head is None
         if head is None:
             head = await self._read_head(actor_id, deadline)
-        # Expected sequences of earlier attempts whose outcome we never heard.
-        unknown_after: set[int] = set()
         attempt = 0
         while True:
             if attempted <= head.version:
@@ -550,15 +569,21 @@ class JetStreamEventStore(AsyncFirstEventStore):
                     return [
                         dataclasses.replace(e, sequence=first_seq + i) for i, e in enumerate(batch)
                     ]
+                found = await self._find_unanswered(batch, unknown_after, deadline)
+                if found is not None:
+                    return found
                 raise VersionConflictError(actor_id, attempted, head.version)
             try:
                 last_seq, duplicate = await self._publish(batch, payloads, head.sequence, deadline)
             except _WrongLastSequence:
-                for after in sorted(unknown_after):
-                    found = await self._find_stored(batch, after, deadline)
-                    if found is not None:
-                        return found
+                found = await self._find_unanswered(batch, unknown_after, deadline)
+                if found is not None:
+                    return found
                 head, fresh = await self._read_head(actor_id, deadline), True
+                continue
+            except _NotSent:
+                await self._pause(deadline, attempt, "save")
+                attempt += 1
                 continue
             except _Ambiguous:
                 unknown_after.add(head.sequence)
@@ -577,6 +602,16 @@ class JetStreamEventStore(AsyncFirstEventStore):
                 dataclasses.replace(event, sequence=first_seq + i) for i, event in enumerate(batch)
             ]
 
+    async def _find_unanswered(
+        self, batch: list[Event], unknown_after: set[int], deadline: float
+    ) -> list[Event] | None:
+        """Whether one of the unanswered attempts was stored after all."""
+        for after in sorted(unknown_after):
+            found = await self._find_stored(batch, after, deadline)
+            if found is not None:
+                return found
+        return None
+
     def _encode(self, event: Event) -> bytes:
         raw = encode_event(event)
         if len(raw) > self.config.max_event_bytes:
@@ -594,9 +629,12 @@ class JetStreamEventStore(AsyncFirstEventStore):
             raise StoreUnavailableError(f"NATS did not answer within {self.config.timeout}s (save)")
         try:
             nc = await self.runtime.connection()
-            if not nc.is_connected:
-                # Never queue a write while disconnected: it could land after we gave up.
-                raise nats.errors.ConnectionReconnectingError
+        except _TRANSIENT:
+            raise _NotSent from None
+        if not nc.is_connected:
+            # Never queue a write while disconnected: it could land after we gave up.
+            raise _NotSent
+        try:
             reply: Msg | None = None
             for i, (event, payload) in enumerate(zip(batch, payloads, strict=True), start=1):
                 headers = {
@@ -615,6 +653,10 @@ class JetStreamEventStore(AsyncFirstEventStore):
                 if batch_id is not None:
                     headers["Nats-Batch-Commit"] = "1"
                 reply = await nc.request(subject, payload, timeout=timeout, headers=headers)
+        except nats.errors.OutboundBufferLimitError:
+            # Refused before queueing (the connection dropped): a batch without its
+            # commit is discarded by the server, so nothing can be stored.
+            raise _NotSent from None
         except (TimeoutError, nats.errors.TimeoutError):
             raise _Ambiguous from None
         except nats.errors.NoRespondersError:

@@ -141,13 +141,13 @@ def test_the_runtime_closes_at_exit_without_hanging(nats_url):
 
 def test_idle_sync_connections_are_kept_alive(nats_server_factory):
     """The server drops clients that do not answer pings; idle portals still answer."""
-    server = nats_server_factory(extra_config="ping_interval: 1s\nping_max: 1")
+    server = nats_server_factory(extra_config="ping_interval: 1s\nping_max: 3")
     runtime = Runtime(server.url)
     try:
         store = JetStreamEventStore(unique_namespace(), runtime=runtime)
         store.save_event(ev("a", 1))
         nc = runtime.run(runtime.connection())
-        time.sleep(5)  # several server pings while no sync call runs
+        time.sleep(6)  # six server pings while no sync call runs
         store.save_event(ev("a", 2))
         assert runtime.run(runtime.connection()) is nc
         assert nc.stats["reconnects"] == 0
