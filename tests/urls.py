@@ -1,4 +1,4 @@
-"""URLs used by the runtime tests: one sync and one async view that save events."""
+"""URLs used by the runtime and aggregate tests: sync and async views that save events."""
 
 from django.urls import path
 
@@ -7,4 +7,6 @@ from . import views
 urlpatterns = [
     path("sync/<str:namespace>/<str:actor_id>/", views.sync_append),
     path("async/<str:namespace>/<str:actor_id>/", views.async_append),
+    path("orders/<str:actor_id>/place/", views.order_place),
+    path("orders/<str:actor_id>/add-line/", views.order_add_line),
 ]

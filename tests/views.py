@@ -20,3 +20,19 @@ async def async_append(request: HttpRequest, namespace: str, actor_id: str) -> J
         Event(event_type="Touched", actor_id=actor_id, version=version)
     )
     return JsonResponse({"version": stored.version, "sequence": stored.sequence})
+
+
+def order_place(request: HttpRequest, actor_id: str) -> JsonResponse:
+    """A sync view running an aggregate command (the test domain's Order)."""
+    from .aggregates.domain import Order
+
+    order = Order.objects.update(actor_id, lambda o: o.place(request.GET["customer"]), create=True)
+    return JsonResponse({"status": order.status, "version": order.version})
+
+
+async def order_add_line(request: HttpRequest, actor_id: str) -> JsonResponse:
+    """An async view running an aggregate command."""
+    from .aggregates.domain import Order
+
+    order = await Order.objects.aupdate(actor_id, lambda o: o.add_line(request.GET["sku"], 1, 10))
+    return JsonResponse({"total": order.total, "version": order.version})
