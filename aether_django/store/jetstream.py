@@ -255,7 +255,7 @@ class JetStreamEventStore(AsyncFirstEventStore):
         if not info.config.allow_direct or not info.config.allow_atomic:
             raise StoreConfigurationError(
                 f"stream {self.stream_name!r} exists without direct get or atomic batches; "
-                "run manage.py aether_streams or recreate it"
+                "enable allow_direct and allow_atomic on it (nats stream edit) or recreate it"
             )
         self._stream_verified = True
 
