@@ -22,8 +22,8 @@ import json
 import logging
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
-from typing import Any, NamedTuple
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, NamedTuple, TypeVar
 
 import nats.errors
 import nats.js.errors
@@ -66,6 +66,8 @@ from .base import (
 )
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 __all__ = ["JetStreamEventStore"]
 
@@ -192,34 +194,38 @@ class JetStreamEventStore(AsyncFirstEventStore):
         Transient failures are retried, so only use this for requests that are
         safe to repeat (reads, and writes whose repetition the caller resolves).
         """
-        attempt = 0
-        while True:
-            timeout = min(self._remaining(deadline), _ATTEMPT_TIMEOUT)
+
+        async def once(nc: Any, wait: float) -> Msg:
             try:
-                if timeout <= 0:
-                    raise nats.errors.TimeoutError
-                nc = await self.runtime.connection()
-                reply: Msg = await nc.request(subject, payload, timeout=timeout, headers=headers)
-                return reply
+                reply: Msg = await nc.request(subject, payload, timeout=wait, headers=headers)
             except nats.errors.NoRespondersError:
                 raise _NoStream from None
-            except _TRANSIENT:
-                await self._pause(deadline, attempt, f"request to {subject}")
-                attempt += 1
+            return reply
+
+        result: Msg = await self._retrying(deadline, f"request to {subject}", once)
+        return result
 
     async def _js_call(self, deadline: float, method: str, *args: Any, **kwargs: Any) -> Any:
         """Call a JetStream management method, retrying transient failures."""
+
+        async def once(nc: Any, wait: float) -> Any:
+            return await getattr(nc.jetstream(timeout=wait), method)(*args, **kwargs)
+
+        return await self._retrying(deadline, method, once)
+
+    async def _retrying(
+        self, deadline: float, what: str, once: Callable[[Any, float], Awaitable[T]]
+    ) -> T:
+        """Run ``once(connection, attempt_timeout)`` until it succeeds or the deadline passes."""
         attempt = 0
         while True:
             timeout = min(self._remaining(deadline), _ATTEMPT_TIMEOUT)
             try:
                 if timeout <= 0:
                     raise nats.errors.TimeoutError
-                nc = await self.runtime.connection()
-                js = nc.jetstream(timeout=timeout)
-                return await getattr(js, method)(*args, **kwargs)
+                return await once(await self.runtime.connection(), timeout)
             except _TRANSIENT:
-                await self._pause(deadline, attempt, method)
+                await self._pause(deadline, attempt, what)
                 attempt += 1
 
     # --- stream and bucket --------------------------------------------------
