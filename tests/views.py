@@ -35,4 +35,4 @@ async def order_add_line(request: HttpRequest, actor_id: str) -> JsonResponse:
     from .aggregates.domain import Order
 
     order = await Order.objects.aupdate(actor_id, lambda o: o.add_line(request.GET["sku"], 1, 10))
-    return JsonResponse({"total": order.total, "version": order.version})
+    return JsonResponse({"total": order.total_cents, "version": order.version})
