@@ -55,25 +55,23 @@ def fold(events: list[Event]) -> dict:
 # --- Capability 1: store events durably with conflict detection -------------------
 
 
-async def test_c1_1_multiple_writers_can_attempt_to_update_the_same_actor_simultaneously(writers):
-    ns = unique_namespace()
-    stores = writers(ns, 10)
+async def race_ten_writers(writers) -> list:
+    """Ten writers, each on its own connection, all append version 2 after version 1."""
+    stores = writers(unique_namespace(), 10)
     await stores[0].asave_event(ev("order-1", 1))
-    results = await asyncio.gather(
+    return await asyncio.gather(
         *(s.asave_event(ev("order-1", 2, writer=i)) for i, s in enumerate(stores)),
         return_exceptions=True,
     )
+
+
+async def test_c1_1_multiple_writers_can_attempt_to_update_the_same_actor_simultaneously(writers):
+    results = await race_ten_writers(writers)
     assert len(results) == 10  # every writer got an answer; none blocked the others
 
 
 async def test_c1_2_at_most_one_writer_succeeds_others_receive_version_conflict(writers):
-    ns = unique_namespace()
-    stores = writers(ns, 10)
-    await stores[0].asave_event(ev("order-1", 1))
-    results = await asyncio.gather(
-        *(s.asave_event(ev("order-1", 2, writer=i)) for i, s in enumerate(stores)),
-        return_exceptions=True,
-    )
+    results = await race_ten_writers(writers)
     winners = [r for r in results if isinstance(r, Event)]
     losers = [r for r in results if isinstance(r, VersionConflictError)]
     assert len(winners) == 1 and len(losers) == 9
