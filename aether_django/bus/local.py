@@ -1,0 +1,379 @@
+"""The in-process event bus: subscriptions by namespace pattern and filter, bounded buffers.
+
+A subscription never loses events silently. Each has a bounded buffer; when a
+subscriber falls so far behind that its buffer is full, the subscription is
+ended: the subscriber first receives what was buffered, then
+SubscriptionOverflowError carrying the last stream sequence it received per
+namespace, from which it can resume (from the store, or with a new subscription
+starting at that sequence). The Go original drops events in that case.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import inspect
+import logging
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import AetherError
+from ..events import Event
+from ..names import validate_namespace
+from ..patterns import SubscriptionFilter, is_exact, matches, validate_pattern
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "Delivery",
+    "EventBus",
+    "Subscription",
+    "SubscriptionClosedError",
+    "SubscriptionOverflowError",
+]
+
+#: Deliveries a subscription buffers before it overflows, unless told otherwise.
+DEFAULT_BUFFER_SIZE = 10_000
+
+Callback = Callable[["Delivery"], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One event as a subscriber receives it, with the namespace it was saved in."""
+
+    namespace: str
+    event: Event
+
+    @property
+    def sequence(self) -> int | None:
+        """The event's position in its namespace's stream (None for transient events)."""
+        return self.event.sequence
+
+
+class SubscriptionOverflowError(AetherError):
+    """The subscriber fell behind and its buffer filled: the subscription has ended.
+
+    ``last_sequences`` maps each namespace to the last stream sequence the
+    subscriber received; resume from there and nothing is missed.
+    """
+
+    def __init__(self, pattern: str, last_sequences: dict[str, int], buffer_size: int) -> None:
+        self.pattern = pattern
+        self.last_sequences = dict(last_sequences)
+        self.buffer_size = buffer_size
+        super().__init__(
+            f"subscription to {pattern!r} fell {buffer_size} events behind and was ended; "
+            f"resume after {self.last_sequences or 'the start'}"
+        )
+
+    @property
+    def last_sequence(self) -> int | None:
+        """The last sequence received, when the subscription covered one namespace."""
+        if len(self.last_sequences) == 1:
+            return next(iter(self.last_sequences.values()))
+        return None
+
+
+class SubscriptionClosedError(AetherError):
+    """The subscription was closed by the bus (for example, its setup failed)."""
+
+
+class Subscription:
+    """Events matching a namespace pattern and a filter, as an async iterator.
+
+    ``async for delivery in subscription`` yields Delivery objects in the order
+    the bus received them (stream order per namespace). ``close()`` ends it.
+    With ``callback=`` the bus calls the callback for each delivery instead.
+    """
+
+    def __init__(
+        self,
+        pattern: str,
+        filter: SubscriptionFilter | None = None,
+        *,
+        buffer_size: int = DEFAULT_BUFFER_SIZE,
+        callback: Callback | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+        on_close: Callable[[Subscription], None] | None = None,
+    ) -> None:
+        self.pattern = validate_pattern(pattern)
+        self.exact = is_exact(pattern)
+        self.filter = filter or SubscriptionFilter()
+        if buffer_size < 1:
+            raise ValueError("buffer_size must be at least 1")
+        self.buffer_size = buffer_size
+        self.callback = callback
+        self.loop = loop
+        self._pump_task: asyncio.Task[None] | None = None
+        self.last_sequences: dict[str, int] = {}
+        self.received = 0
+        self._queue: collections.deque[Delivery] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._closed = False
+        self._error: BaseException | None = None
+        self._on_close = on_close
+        if callback is not None and inspect.iscoroutinefunction(callback):
+            # Awaited one at a time, in order, with the same buffer as an iterator.
+            if loop is None:
+                raise RuntimeError("an async callback needs a running event loop")
+            self.callback = None
+            self._pump_task = loop.create_task(self._pump(callback))
+
+    async def _pump(self, callback: Callable[[Delivery], Awaitable[Any]]) -> None:
+        try:
+            async for delivery in self:
+                try:
+                    await callback(delivery)
+                except Exception:
+                    logger.exception("subscriber callback for %r failed", self.pattern)
+        except SubscriptionOverflowError:
+            logger.error("subscription to %r overflowed and ended", self.pattern)
+
+    def __repr__(self) -> str:
+        return f"<Subscription {self.pattern!r} buffered={len(self._queue)}>"
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def wants(self, namespace: str, event: Event) -> bool:
+        """Whether this subscription should receive ``event`` saved in ``namespace``."""
+        if self.exact:
+            if namespace != self.pattern:
+                return False
+        elif not matches(self.pattern, namespace):
+            return False
+        return self.filter.matches(event)
+
+    # --- the bus side -----------------------------------------------------------
+    def deliver(self, delivery: Delivery) -> bool:
+        """Offer a delivery; False when the subscription is closed or just overflowed.
+
+        Must run on the subscription's loop (the bus arranges that).
+        """
+        if self._closed:
+            return False
+        if self.callback is not None:
+            self._call(delivery)
+            return True
+        if len(self._queue) >= self.buffer_size:
+            self._end(
+                SubscriptionOverflowError(self.pattern, self._resume_point(), self.buffer_size)
+            )
+            return False
+        self._queue.append(delivery)
+        self._wake()
+        return True
+
+    def _resume_point(self) -> dict[str, int]:
+        # What the subscriber will have received once it drains the buffer.
+        point = dict(self.last_sequences)
+        for delivery in self._queue:
+            if delivery.sequence is not None:
+                point[delivery.namespace] = delivery.sequence
+        return point
+
+    def _call(self, delivery: Delivery) -> None:
+        self._note(delivery)
+        try:
+            self.callback(delivery)  # type: ignore[misc]
+        except Exception:
+            logger.exception("subscriber callback for %r failed", self.pattern)
+
+    def _note(self, delivery: Delivery) -> None:
+        self.received += 1
+        if delivery.sequence is not None:
+            self.last_sequences[delivery.namespace] = delivery.sequence
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _end(self, error: BaseException | None) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._error = error
+        self._wake()
+        if self._on_close is not None:
+            self._on_close(self)
+
+    def fail(self, error: BaseException) -> None:
+        """End the subscription with ``error`` (raised to the subscriber after its buffer)."""
+        self._end(error)
+
+    # --- the subscriber side ----------------------------------------------------------
+    def close(self) -> None:
+        """Stop receiving; buffered deliveries are discarded."""
+        self._queue.clear()
+        self._end(None)
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Delivery:
+        while True:
+            if self._queue:
+                delivery = self._queue.popleft()
+                self._note(delivery)
+                return delivery
+            if self._closed:
+                if self._error is not None:
+                    raise self._error
+                raise StopAsyncIteration
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    # The timeout parameter mirrors asyncio.Queue-style APIs callers know.
+    async def next(self, timeout: float | None = None) -> Delivery:  # noqa: ASYNC109
+        """The next delivery, waiting at most ``timeout`` seconds (TimeoutError)."""
+        return await asyncio.wait_for(self.__anext__(), timeout)
+
+
+class EventBus:
+    """Delivers events to the subscriptions in this process whose pattern and filter match.
+
+    Thread-safe: ``publish`` may be called from any thread; each subscription
+    receives on the event loop it was created on.
+    """
+
+    def __init__(self, *, buffer_size: int = DEFAULT_BUFFER_SIZE) -> None:
+        self.buffer_size = buffer_size
+        self._lock = threading.Lock()
+        self._exact: dict[str, list[Subscription]] = collections.defaultdict(list)
+        self._wildcard: list[Subscription] = []
+        self._metrics: collections.Counter[str] = collections.Counter()
+
+    @property
+    def metrics(self) -> dict[str, int]:
+        """Counters: published, delivered, filtered, overflowed, subscriptions."""
+        with self._lock:
+            counts = dict(self._metrics)
+            counts["subscriptions"] = sum(len(s) for s in self._exact.values()) + len(
+                self._wildcard
+            )
+        return counts
+
+    def _count(self, key: str, n: int = 1) -> None:
+        self._metrics[key] += n
+
+    # --- subscribing ------------------------------------------------------------------
+    def subscribe(
+        self,
+        namespace_pattern: str,
+        filter: SubscriptionFilter | None = None,
+        *,
+        buffer_size: int | None = None,
+        callback: Callback | None = None,
+    ) -> Subscription:
+        """Subscribe to events of the namespaces matching ``namespace_pattern``.
+
+        Without ``callback`` the result is an async iterator and must be created
+        on the event loop that will iterate it. A ``callback`` is called for each
+        delivery instead: a plain function right where the event arrives (it
+        must return quickly), a coroutine function awaited one delivery at a
+        time, in order, on the loop ``subscribe`` was called on.
+        """
+        loop = _running_loop()
+        if callback is None and loop is None:
+            raise RuntimeError(
+                "subscribe() without callback= must be called from async code; "
+                "pass callback= to receive events in sync code"
+            )
+        subscription = Subscription(
+            namespace_pattern,
+            filter,
+            buffer_size=buffer_size or self.buffer_size,
+            callback=callback,
+            loop=loop,
+            on_close=self._remove,
+        )
+        self._add(subscription)
+        return subscription
+
+    def _add(self, subscription: Subscription) -> None:
+        with self._lock:
+            if subscription.exact:
+                self._exact[subscription.pattern].append(subscription)
+            else:
+                self._wildcard.append(subscription)
+
+    def _remove(self, subscription: Subscription) -> None:
+        with self._lock:
+            if subscription.exact:
+                subs = self._exact.get(subscription.pattern, [])
+                if subscription in subs:
+                    subs.remove(subscription)
+                if not subs:
+                    self._exact.pop(subscription.pattern, None)
+            elif subscription in self._wildcard:
+                self._wildcard.remove(subscription)
+            if subscription._error is not None and isinstance(
+                subscription._error, SubscriptionOverflowError
+            ):
+                self._count("overflowed")
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        """Same as ``subscription.close()``."""
+        subscription.close()
+
+    def subscriptions_for(self, namespace: str) -> list[Subscription]:
+        """The live subscriptions whose pattern matches ``namespace``."""
+        with self._lock:
+            found = list(self._exact.get(namespace, ()))
+            found += [s for s in self._wildcard if matches(s.pattern, namespace)]
+        return found
+
+    # --- publishing ----------------------------------------------------------------------
+    def publish(self, namespace: str, event: Event) -> int:
+        """Deliver ``event`` to every matching subscription in this process, now.
+
+        Returns how many subscriptions it was offered to. Nothing is stored: for
+        a durable event, save it with the event store instead.
+        """
+        validate_namespace(namespace)
+        self._count("published")
+        return self.dispatch(namespace, event)
+
+    async def apublish(self, namespace: str, event: Event) -> int:
+        """Async twin of :meth:`publish`."""
+        return self.publish(namespace, event)
+
+    def dispatch(self, namespace: str, event: Event) -> int:
+        """Offer an event to the matching local subscriptions (no validation, no counting)."""
+        delivery = Delivery(namespace, event)
+        current = _running_loop()
+        offered = 0
+        for subscription in self.subscriptions_for(namespace):
+            if not subscription.filter.matches(event):
+                self._count("filtered")
+                continue
+            offered += 1
+            loop = subscription.loop
+            if loop is None or loop is current:
+                subscription.deliver(delivery)
+            elif not loop.is_closed():
+                loop.call_soon_threadsafe(subscription.deliver, delivery)
+        self._count("delivered", offered)
+        return offered
+
+    def close(self) -> None:
+        """Close every subscription."""
+        with self._lock:
+            subs = [s for group in self._exact.values() for s in group] + self._wildcard
+        for subscription in subs:
+            subscription.close()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None

@@ -1,0 +1,142 @@
+"""Namespace and actor patterns, and the subscription filter built on them.
+
+Pure: imports neither Django nor nats.
+
+A pattern is a list of tokens separated by dots, with NATS semantics plus the
+Go library's in-token prefix form:
+
+* ``orders`` matches exactly ``orders``;
+* ``*`` matches one token: ``acme.*`` matches ``acme.orders`` but not ``acme``;
+* ``>`` matches one or more tokens and may only come last: ``acme.>``;
+* ``order*`` matches one token that starts with ``order``: ``orders``,
+  ``order-eu``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+
+from .errors import InvalidNameError
+from .events import Event
+
+__all__ = [
+    "InvalidPatternError",
+    "SubscriptionFilter",
+    "is_exact",
+    "matches",
+    "validate_pattern",
+]
+
+_LITERAL = re.compile(r"^[A-Za-z0-9_-]+$")
+_PREFIX = re.compile(r"^[A-Za-z0-9_-]+\*$")
+#: Longest pattern accepted.
+MAX_PATTERN_LENGTH = 255
+
+
+class InvalidPatternError(InvalidNameError):
+    """A namespace or actor pattern breaks a rule; the message names it."""
+
+
+def validate_pattern(pattern: object, *, what: str = "namespace pattern") -> str:
+    """Return ``pattern`` if valid, else raise InvalidPatternError naming the rule."""
+    if not isinstance(pattern, str):
+        raise InvalidPatternError(f"{what} must be a string, not {type(pattern).__name__}")
+    if not pattern:
+        raise InvalidPatternError(f"{what} must not be empty")
+    if len(pattern) > MAX_PATTERN_LENGTH:
+        raise InvalidPatternError(f"{what} is longer than {MAX_PATTERN_LENGTH} characters")
+    tokens = pattern.split(".")
+    for index, token in enumerate(tokens):
+        if token == ">":
+            if index != len(tokens) - 1:
+                raise InvalidPatternError(f"invalid {what} {pattern!r}: '>' may only come last")
+        elif token != "*" and not _LITERAL.match(token) and not _PREFIX.match(token):
+            raise InvalidPatternError(
+                f"invalid {what} {pattern!r}: token {token!r} must be letters, digits, '-' "
+                "and '_', optionally ending in '*', or be '*' or '>'"
+            )
+    return pattern
+
+
+def is_exact(pattern: str) -> bool:
+    """Whether the pattern names exactly one namespace (no wildcard of any kind)."""
+    return "*" not in pattern and ">" not in pattern
+
+
+@lru_cache(maxsize=4096)
+def _compiled(pattern: str) -> tuple[tuple[str, ...], bool]:
+    tokens = tuple(pattern.split("."))
+    return tokens, tokens[-1] == ">"
+
+
+def matches(pattern: str, name: str) -> bool:
+    """Whether ``name`` (a namespace, or a dotted actor id) matches ``pattern``."""
+    if pattern == name:
+        return True
+    tokens, tail = _compiled(pattern)
+    parts = name.split(".")
+    if tail:
+        if len(parts) < len(tokens):
+            return False
+        tokens = tokens[:-1]
+        parts = parts[: len(tokens)]
+    elif len(parts) != len(tokens):
+        return False
+    for token, part in zip(tokens, parts, strict=True):
+        if token == "*":
+            continue
+        if token.endswith("*"):
+            if not part.startswith(token[:-1]):
+                return False
+        elif token != part:
+            return False
+    return True
+
+
+def _actor_matches(pattern: str, actor_id: str) -> bool:
+    if pattern == actor_id:
+        return True
+    # Actor ids may hold any printable character; only the wildcard forms are special.
+    if pattern.endswith("*") and "." not in pattern:
+        return actor_id.startswith(pattern[:-1]) and "." not in actor_id[len(pattern) - 1 :]
+    if "*" in pattern or ">" in pattern:
+        return matches(pattern, actor_id)
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionFilter:
+    """Narrows a subscription: only these event types, only actors matching a pattern.
+
+    ``actor_pattern`` is an exact actor id, or a pattern with ``*`` / ``>`` /
+    a trailing ``*`` prefix (``order-*``), with the same rules as namespaces.
+    Either part left as None lets everything through.
+    """
+
+    event_types: frozenset[str] | None = None
+    actor_pattern: str | None = None
+
+    def __init__(
+        self, event_types: Iterable[str] | None = None, actor_pattern: str | None = None
+    ) -> None:
+        if isinstance(event_types, str):
+            raise InvalidPatternError("event_types must be a list of event types, not a string")
+        types = frozenset(event_types) if event_types is not None else None
+        if types is not None and not all(isinstance(t, str) and t for t in types):
+            raise InvalidPatternError("event_types must be non-empty strings")
+        if actor_pattern is not None:
+            if not isinstance(actor_pattern, str) or not actor_pattern:
+                raise InvalidPatternError("actor_pattern must be a non-empty string")
+            if not is_exact(actor_pattern) and "." in actor_pattern:
+                validate_pattern(actor_pattern, what="actor pattern")
+        object.__setattr__(self, "event_types", types)
+        object.__setattr__(self, "actor_pattern", actor_pattern)
+
+    def matches(self, event: Event) -> bool:
+        """Whether ``event`` passes the filter."""
+        if self.event_types is not None and event.event_type not in self.event_types:
+            return False
+        return self.actor_pattern is None or _actor_matches(self.actor_pattern, event.actor_id)

@@ -1,0 +1,113 @@
+"""The in-process bus: routing by pattern and filter, ordering, and no silent drops."""
+
+import asyncio
+import threading
+
+import pytest
+
+from aether_django.bus import EventBus, SubscriptionOverflowError
+from aether_django.events import Event
+from aether_django.patterns import SubscriptionFilter
+
+
+def ev(version=1, event_type="OrderPlaced", actor_id="order-1", sequence=None):
+    return Event(event_type=event_type, actor_id=actor_id, version=version, sequence=sequence)
+
+
+async def drain(subscription, n, wait=1.0):
+    return [await subscription.next(wait) for _ in range(n)]
+
+
+async def test_exact_wildcard_and_prefix_subscribers():
+    bus = EventBus()
+    exact = bus.subscribe("orders")
+    prefix = bus.subscribe("order*")
+    star = bus.subscribe("*")
+    other = bus.subscribe("invoices")
+    bus.publish("orders", ev())
+    bus.publish("orders-eu", ev())
+    assert [d.namespace for d in await drain(exact, 1)] == ["orders"]
+    assert [d.namespace for d in await drain(prefix, 2)] == ["orders", "orders-eu"]
+    assert [d.namespace for d in await drain(star, 2)] == ["orders", "orders-eu"]
+    with pytest.raises(TimeoutError):
+        await other.next(0.05)
+    with pytest.raises(TimeoutError):
+        await exact.next(0.05)
+
+
+async def test_filters_narrow_delivery():
+    bus = EventBus()
+    placed = bus.subscribe("orders", SubscriptionFilter(event_types=["OrderPlaced"]))
+    one = bus.subscribe("orders", SubscriptionFilter(actor_pattern="order-customer-123"))
+    bus.publish("orders", ev(event_type="OrderShipped", actor_id="order-customer-123"))
+    bus.publish("orders", ev(event_type="OrderPlaced", actor_id="order-9"))
+    assert [d.event.actor_id for d in await drain(placed, 1)] == ["order-9"]
+    assert [d.event.event_type for d in await drain(one, 1)] == ["OrderShipped"]
+    assert bus.metrics["filtered"] == 2
+
+
+async def test_order_is_kept():
+    bus = EventBus()
+    sub = bus.subscribe("orders")
+    for v in range(1, 101):
+        bus.publish("orders", ev(v))
+    assert [d.event.version for d in await drain(sub, 100)] == list(range(1, 101))
+
+
+async def test_publishing_from_another_thread_reaches_the_subscribers_loop():
+    bus = EventBus()
+    sub = bus.subscribe("orders")
+    thread = threading.Thread(target=lambda: [bus.publish("orders", ev(v)) for v in (1, 2)])
+    thread.start()
+    thread.join()
+    assert [d.event.version for d in await drain(sub, 2)] == [1, 2]
+
+
+async def test_a_slow_subscriber_is_told_where_to_resume_never_silently_dropped():
+    bus = EventBus()
+    slow = bus.subscribe("orders", buffer_size=5)
+    fast = bus.subscribe("orders")
+    for v in range(1, 9):
+        bus.publish("orders", ev(v, sequence=100 + v))
+    received = []
+    with pytest.raises(SubscriptionOverflowError) as info:
+        async for delivery in slow:
+            received.append(delivery.sequence)
+    # It gets what was buffered, then learns the last sequence it received.
+    assert received == [101, 102, 103, 104, 105]
+    assert info.value.last_sequence == 105
+    assert info.value.last_sequences == {"orders": 105}
+    assert [d.sequence for d in await drain(fast, 8)] == list(range(101, 109))
+    assert bus.metrics["overflowed"] == 1
+    assert bus.metrics["subscriptions"] == 1
+
+
+async def test_callbacks_sync_and_async():
+    bus = EventBus()
+    got_sync, got_async = [], []
+    bus.subscribe("orders", callback=lambda d: got_sync.append(d.event.version))
+
+    async def slowly(delivery):
+        await asyncio.sleep(0.001)
+        got_async.append(delivery.event.version)
+
+    bus.subscribe("orders", callback=slowly)
+    for v in (1, 2, 3):
+        bus.publish("orders", ev(v))
+    await asyncio.sleep(0.05)
+    assert got_sync == [1, 2, 3]
+    assert got_async == [1, 2, 3]
+
+
+def test_sync_code_must_pass_a_callback():
+    with pytest.raises(RuntimeError, match="callback="):
+        EventBus().subscribe("orders")
+
+
+async def test_closing_stops_delivery():
+    bus = EventBus()
+    sub = bus.subscribe("orders")
+    sub.close()
+    assert bus.publish("orders", ev()) == 0
+    with pytest.raises(StopAsyncIteration):
+        await sub.__anext__()

@@ -1,0 +1,125 @@
+"""Namespace patterns and subscription filters (NATS semantics plus the in-token prefix form)."""
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from aether_django.events import Event
+from aether_django.patterns import (
+    InvalidPatternError,
+    SubscriptionFilter,
+    matches,
+    validate_pattern,
+)
+
+TOKEN = st.text(alphabet="abcxyz019-_", min_size=1, max_size=6)
+NAMES = st.lists(TOKEN, min_size=1, max_size=4).map(".".join)
+
+
+@given(NAMES)
+def test_a_name_matches_itself_and_full_wildcards(name):
+    assert matches(name, name)
+    assert matches(">", name)
+    assert matches(".".join("*" for _ in name.split(".")), name)
+
+
+@given(NAMES, NAMES)
+def test_exact_patterns_match_only_their_name(pattern, name):
+    assert matches(pattern, name) == (pattern == name)
+
+
+@given(NAMES)
+def test_star_matches_exactly_one_token(name):
+    tokens = name.split(".")
+    assert matches(".".join([*tokens[:-1], "*"]), name)
+    assert not matches(name + ".*", name)
+    assert matches(name + ".*", name + ".x")
+    assert not matches(name + ".*", name + ".x.y")
+
+
+@given(NAMES)
+def test_greater_than_matches_one_or_more_trailing_tokens(name):
+    assert not matches(name + ".>", name)
+    assert matches(name + ".>", name + ".a")
+    assert matches(name + ".>", name + ".a.b")
+
+
+@given(TOKEN, TOKEN)
+def test_in_token_prefix(prefix, rest):
+    assert matches(prefix + "*", prefix + rest)
+    assert matches(prefix + "*", prefix)
+    assert not matches(prefix + "*", prefix + rest + ".more")
+
+
+@given(NAMES)
+def test_generated_patterns_are_valid(name):
+    assert validate_pattern(name) == name
+    assert validate_pattern(name + ".>")
+
+
+@pytest.mark.parametrize(
+    ("pattern", "ok"),
+    [
+        ("orders", True),
+        ("order*", True),
+        ("acme.*", True),
+        ("acme.>", True),
+        (">", True),
+        ("*", True),
+        ("a.>.b", False),
+        ("a..b", False),
+        ("", False),
+        ("a b", False),
+        ("or*ders", False),
+        ("*x", False),
+        ("ü", False),
+    ],
+)
+def test_validate_pattern(pattern, ok):
+    if ok:
+        assert validate_pattern(pattern) == pattern
+    else:
+        with pytest.raises(InvalidPatternError):
+            validate_pattern(pattern)
+
+
+def test_seed_patterns():
+    assert matches("orders", "orders")
+    assert matches("order*", "orders")
+    assert not matches("orders", "orders-eu")
+    assert not matches("order*", "invoices")
+
+
+def ev(event_type="OrderPlaced", actor_id="order-customer-123"):
+    return Event(event_type=event_type, actor_id=actor_id, version=1)
+
+
+def test_filter_by_event_type():
+    f = SubscriptionFilter(event_types=["OrderPlaced"])
+    assert f.matches(ev("OrderPlaced"))
+    assert not f.matches(ev("OrderShipped"))
+
+
+@pytest.mark.parametrize(
+    ("pattern", "actor", "expected"),
+    [
+        ("order-customer-123", "order-customer-123", True),
+        ("order-customer-123", "order-customer-1234", False),
+        ("order-*", "order-customer-123", True),
+        ("order-*", "invoice-1", False),
+        ("eu.*", "eu.order-1", True),
+        ("eu.>", "eu.orders.1", True),
+        ("eu.*", "us.order-1", False),
+        ("a b", "a b", True),
+    ],
+)
+def test_filter_by_actor_pattern(pattern, actor, expected):
+    assert SubscriptionFilter(actor_pattern=pattern).matches(ev(actor_id=actor)) is expected
+
+
+def test_filter_arguments_are_checked():
+    with pytest.raises(InvalidPatternError, match="not a string"):
+        SubscriptionFilter(event_types="OrderPlaced")
+    with pytest.raises(InvalidPatternError):
+        SubscriptionFilter(actor_pattern="")
+    assert SubscriptionFilter().matches(ev())
