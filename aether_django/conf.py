@@ -38,13 +38,22 @@ DEFAULTS: dict[str, Any] = {
     "IMMUTABLE": True,
     # Actors whose head each store keeps in memory to save a read per write.
     "HEAD_CACHE_SIZE": 10_000,
+    # The event bus get_event_bus() builds: NATSEventBus delivers saved events
+    # to every process; aether_django.bus.EventBus stays inside one process.
+    "BUS_CLASS": "aether_django.bus.nats.NATSEventBus",
+    # Deliveries a subscription buffers before it overflows (and ends, saying
+    # where to resume).
+    "BUS_BUFFER_SIZE": 10_000,
+    # This process's name in the cluster; None means host name plus a random
+    # suffix. The environment variable AETHER_NODE_ID wins over it.
+    "NODE_ID": None,
 }
 
 #: Settings that name a class by dotted path.
-IMPORT_STRINGS = frozenset({"STORE_CLASS"})
+IMPORT_STRINGS = frozenset({"STORE_CLASS", "BUS_CLASS"})
 
 #: Environment variables that win over the settings they name.
-ENVIRONMENT = {"NATS_URL": "AETHER_NATS_URL"}
+ENVIRONMENT = {"NATS_URL": "AETHER_NATS_URL", "NODE_ID": "AETHER_NODE_ID"}
 
 
 def import_from_string(path: str, setting_name: str) -> Any:

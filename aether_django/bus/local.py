@@ -115,10 +115,14 @@ class Subscription:
         self._closed = False
         self._error: BaseException | None = None
         self._on_close = on_close
+        #: Called with each delivery the subscriber takes (durable positions).
+        self._on_take: Callable[[Delivery], None] | None = None
+        #: Awaited by aclose() to release what the bus set up for this subscription.
+        self._stopper: Callable[[], Awaitable[None]] | None = None
         if callback is not None and inspect.iscoroutinefunction(callback):
             # Awaited one at a time, in order, with the same buffer as an iterator.
-            if loop is None:
-                raise RuntimeError("an async callback needs a running event loop")
+            if loop is None or loop is not _running_loop():
+                raise RuntimeError("an async callback needs to subscribe from its event loop")
             self.callback = None
             self._pump_task = loop.create_task(self._pump(callback))
 
@@ -187,6 +191,8 @@ class Subscription:
         self.received += 1
         if delivery.sequence is not None:
             self.last_sequences[delivery.namespace] = delivery.sequence
+        if self._on_take is not None:
+            self._on_take(delivery)
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -211,6 +217,15 @@ class Subscription:
         """Stop receiving; buffered deliveries are discarded."""
         self._queue.clear()
         self._end(None)
+
+    async def aclose(self) -> None:
+        """Close, and wait until the bus has released everything behind the subscription.
+
+        For a durable subscription this includes saving its position.
+        """
+        self.close()
+        if self._stopper is not None:
+            await self._stopper()
 
     def __aiter__(self) -> Subscription:
         return self
@@ -244,7 +259,9 @@ class EventBus:
     receives on the event loop it was created on.
     """
 
-    def __init__(self, *, buffer_size: int = DEFAULT_BUFFER_SIZE) -> None:
+    def __init__(self, *, buffer_size: int = DEFAULT_BUFFER_SIZE, **_: object) -> None:
+        # Extra keyword arguments (runtime, node_id, ...) are what get_event_bus
+        # passes to every bus class; an in-process bus needs none of them.
         self.buffer_size = buffer_size
         self._lock = threading.Lock()
         self._exact: dict[str, list[Subscription]] = collections.defaultdict(list)

@@ -1,0 +1,522 @@
+"""The cluster-wide event bus: every saved event reaches matching subscribers in every process.
+
+Stored events are the bus. A subscription reads the JetStream streams of the
+namespaces its pattern matches with ordered consumers, so saving an event never
+needs a second publish, delivery follows stream order per namespace, and a
+subscriber of ``tenant-a`` only ever reads the stream of ``tenant-a``. A
+wildcard subscription watches JetStream's stream-created advisories (and
+rescans now and then) so namespaces created later are covered too.
+
+Start positions: ``"new"`` (events saved after the subscription is ready),
+``"all"``, a stream sequence (an int, or a dict namespace -> sequence), or a
+``datetime``. A *durable* subscription has a name; the last stream sequence it
+handed to the subscriber is kept per namespace in the KV bucket
+``aether_bus_positions``, and a subscription with the same name resumes after it
+— in order, none missing.
+
+``publish(namespace, event)`` is for transient signals that are not stored: it
+delivers to local subscribers at once and to other processes over core NATS,
+at most once (a process that is down, or slow, misses it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import socket
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js.api import ConsumerConfig, DeliverPolicy, KeyValueConfig
+
+from ..errors import AetherError, InvalidNameError, ReplayError
+from ..events import Event, decode_event, encode_event, format_timestamp, parse_timestamp
+from ..names import validate_namespace
+from ..patterns import matches
+from ..store.base import Runtime
+from .local import DEFAULT_BUFFER_SIZE, Callback, Delivery, EventBus, Subscription
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["NATSEventBus", "default_node_id"]
+
+#: KV bucket holding the positions of durable subscriptions.
+POSITIONS_BUCKET = "aether_bus_positions"
+#: Seconds between writes of a durable subscription's position.
+POSITION_FLUSH_INTERVAL = 0.05
+#: Seconds between rescans for namespaces created while advisories were missed.
+RESCAN_INTERVAL = 10.0
+HDR_ORIGIN = "Aether-Origin"
+
+Start = str | int | datetime | Mapping[str, int]
+
+
+def default_node_id() -> str:
+    """This host's name plus a short random suffix."""
+    return f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+
+
+def _check_durable(name: str | None) -> None:
+    if name is None:
+        return
+    if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_" for c in name):
+        raise InvalidNameError(
+            f"durable subscription name {name!r} must be letters, digits, '-' and '_'"
+        )
+
+
+def _check_start(start: Start) -> None:
+    if start in ("new", "all") or isinstance(start, datetime):
+        return
+    if isinstance(start, int) and not isinstance(start, bool) and start >= 1:
+        return
+    if isinstance(start, Mapping) and all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in start.values()
+    ):
+        return
+    raise ValueError(
+        "start must be 'new', 'all', a stream sequence >= 1, a dict of namespace to "
+        f"sequence, or a datetime; got {start!r}"
+    )
+
+
+class NATSEventBus(EventBus):
+    """An EventBus whose subscriptions receive every saved event, from any process."""
+
+    def __init__(
+        self,
+        *,
+        runtime: Runtime,
+        subject_prefix: str = "aether.events",
+        node_id: str | None = None,
+        buffer_size: int = DEFAULT_BUFFER_SIZE,
+        replicas: int = 1,
+        timeout: float = 5.0,
+        **_: Any,
+    ) -> None:
+        super().__init__(buffer_size=buffer_size)
+        self.runtime = runtime
+        self.subject_prefix = subject_prefix
+        self.signal_prefix = subject_prefix.rsplit(".", 1)[0] + ".signals"
+        self.node_id = node_id or default_node_id()
+        self.replicas = replicas
+        self.timeout = timeout
+        self._signals: asyncio.Future[Any] | None = None
+
+    # --- subscribing ------------------------------------------------------------------
+    def subscribe(
+        self,
+        namespace_pattern: str,
+        filter: Any = None,
+        *,
+        buffer_size: int | None = None,
+        callback: Callback | None = None,
+        start: Start = "new",
+        durable: str | None = None,
+    ) -> Subscription:
+        """Subscribe to saved events of the namespaces matching ``namespace_pattern``.
+
+        In async code the consumers are set up in the background (use
+        :meth:`asubscribe` to wait until they are); in sync code (``callback``
+        required) this returns once they are, and the callback runs on the
+        runtime's loop thread.
+        """
+        _check_start(start)
+        _check_durable(durable)
+        running = _running_loop()
+        if callback is None and running is None:
+            raise RuntimeError(
+                "subscribe() without callback= must be called from async code; "
+                "pass callback= to receive events in sync code"
+            )
+        loop = running or self.runtime.loop  # type: ignore[attr-defined]
+        subscription = Subscription(
+            namespace_pattern,
+            filter,
+            buffer_size=buffer_size or self.buffer_size,
+            callback=callback,
+            loop=loop,
+            on_close=self._remove,
+        )
+        feed = _Feed(self, subscription, start, durable)
+        subscription.feed = feed  # type: ignore[attr-defined]
+        subscription._stopper = feed.stop
+        self._add(subscription)
+        self._listen_for_signals()
+        if running is None:
+            future = asyncio.run_coroutine_threadsafe(feed.start(), loop)
+            try:
+                future.result(self.timeout + 5)
+            except BaseException:
+                subscription.close()
+                raise
+        else:
+            feed.task = loop.create_task(feed.start())
+        return subscription
+
+    async def asubscribe(
+        self,
+        namespace_pattern: str,
+        filter: Any = None,
+        *,
+        buffer_size: int | None = None,
+        callback: Callback | None = None,
+        start: Start = "new",
+        durable: str | None = None,
+    ) -> Subscription:
+        """Subscribe and wait until the consumers exist, so ``start="new"`` is exact."""
+        subscription = self.subscribe(
+            namespace_pattern,
+            filter,
+            buffer_size=buffer_size,
+            callback=callback,
+            start=start,
+            durable=durable,
+        )
+        feed: _Feed = subscription.feed  # type: ignore[attr-defined]
+        try:
+            assert feed.task is not None
+            await feed.task
+        except BaseException:
+            subscription.close()
+            raise
+        return subscription
+
+    def _remove(self, subscription: Subscription) -> None:
+        super()._remove(subscription)
+        feed: _Feed | None = getattr(subscription, "feed", None)
+        if feed is None or subscription.loop is None or subscription.loop.is_closed():
+            return
+        loop = subscription.loop
+        if _running_loop() is loop:
+            feed.stop()
+        else:
+            loop.call_soon_threadsafe(feed.stop)
+
+    # --- transient signals --------------------------------------------------------------
+    def publish(self, namespace: str, event: Event) -> int:
+        """Deliver a transient (not stored) event here now, and to other processes at most once.
+
+        Local subscribers receive it at once; subscribers in other processes
+        receive it if they are connected when it passes. For events that must
+        not be lost, save them with the event store: saved events reach every
+        subscriber, including those that were offline.
+        """
+        validate_namespace(namespace)
+        self._count("published")
+        offered = self.dispatch(namespace, event)
+        payload = encode_event(event)
+        subject = f"{self.signal_prefix}.{namespace}"
+
+        async def send() -> None:
+            try:
+                nc = await self.runtime.connection()
+                await nc.publish(subject, payload, headers={HDR_ORIGIN: self.node_id})
+            except Exception:
+                logger.warning("transient event to %s not sent", subject, exc_info=True)
+
+        running = _running_loop()
+        if running is not None:
+            running.create_task(send())
+        else:
+            asyncio.run_coroutine_threadsafe(send(), self.runtime.loop)  # type: ignore[attr-defined]
+        return offered
+
+    def _listen_for_signals(self) -> None:
+        if self._signals is not None:
+            return
+        loop = self.runtime.loop  # type: ignore[attr-defined]
+
+        async def listen() -> Any:
+            nc = await self.runtime.connection()
+            prefix = self.signal_prefix + "."
+
+            async def on_signal(msg: Msg) -> None:
+                if (msg.headers or {}).get(HDR_ORIGIN) == self.node_id:
+                    return  # delivered locally when it was published
+                try:
+                    event = decode_event(msg.data)
+                except ReplayError:
+                    logger.warning("ignoring an undecodable transient event on %s", msg.subject)
+                    return
+                self.dispatch(msg.subject[len(prefix) :], event)
+
+            return await nc.subscribe(prefix + ">", cb=on_signal)
+
+        self._signals = asyncio.wrap_future(
+            asyncio.run_coroutine_threadsafe(listen(), loop), loop=loop
+        )
+
+
+class _Feed:
+    """The JetStream consumers behind one subscription, on the subscription's loop."""
+
+    def __init__(
+        self, bus: NATSEventBus, subscription: Subscription, start: Start, durable: str | None
+    ) -> None:
+        self.bus = bus
+        self.sub = subscription
+        self.start_at = start
+        self.durable = durable
+        self.task: asyncio.Task[None] | None = None
+        self._stopping: asyncio.Task[None] | None = None
+        self.consumers: dict[str, Any] = {}
+        self.positions: dict[str, int] = {}
+        self._written: dict[str, int] = {}
+        self._namespaces: dict[str, str] = {}
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._advisories: Any = None
+        # When a durable subscription first started: a namespace it has no
+        # position for is read from then on (all of it, for start="all").
+        self._since: datetime | None = None
+        self._nc: Any = None
+        self._stopped = False
+
+    # --- setting up -----------------------------------------------------------------
+    async def start(self) -> None:
+        self._nc = await self.bus.runtime.connection()
+        # Listen for new streams before listing the existing ones, so none falls between.
+        self._advisories = await self._nc.subscribe(
+            "$JS.EVENT.ADVISORY.STREAM.CREATED.*", cb=self._on_stream_created
+        )
+        if self.durable:
+            await self._ensure_positions_bucket()
+            self._since = await self._durable_since()
+            self.sub._on_take = self._took
+        for stream, namespace in await self._list_streams():
+            await self._consume(stream, namespace, created_later=False)
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._rescan()))
+        if self.durable:
+            self._tasks.append(loop.create_task(self._flush_positions()))
+
+    async def _list_streams(self) -> list[tuple[str, str]]:
+        found: list[tuple[str, str]] = []
+        offset = 0
+        while True:
+            request = {"subject": f"{self.bus.subject_prefix}.>", "offset": offset}
+            reply = await self._nc.request(
+                "$JS.API.STREAM.LIST", json.dumps(request).encode(), timeout=self.bus.timeout
+            )
+            doc = json.loads(reply.data)
+            if "error" in doc:
+                raise AetherError(f"cannot list streams: {doc['error'].get('description')}")
+            streams = doc.get("streams") or []
+            for info in streams:
+                namespace = self._namespace_of(info.get("config") or {})
+                if namespace:
+                    found.append((info["config"]["name"], namespace))
+            offset += len(streams)
+            if not streams or offset >= int(doc.get("total") or 0):
+                return found
+
+    def _namespace_of(self, config: dict[str, Any]) -> str | None:
+        namespace = (config.get("metadata") or {}).get("aether_namespace")
+        if namespace:
+            return str(namespace)
+        prefix = self.bus.subject_prefix + "."
+        for subject in config.get("subjects") or ():
+            if subject.startswith(prefix) and subject.endswith(".*"):
+                return str(subject[len(prefix) : -2])
+        return None
+
+    async def _on_stream_created(self, msg: Msg) -> None:
+        try:
+            stream = json.loads(msg.data).get("stream", "")
+        except ValueError:
+            return
+        if not stream.endswith("_events") or stream in self.consumers:
+            return
+        reply = await self._nc.request(
+            f"$JS.API.STREAM.INFO.{stream}", b"", timeout=self.bus.timeout
+        )
+        namespace = self._namespace_of(json.loads(reply.data).get("config") or {})
+        if namespace:
+            await self._consume(stream, namespace, created_later=True)
+
+    async def _rescan(self) -> None:
+        while not self._stopped:
+            await asyncio.sleep(RESCAN_INTERVAL)
+            try:
+                for stream, namespace in await self._list_streams():
+                    await self._consume(stream, namespace, created_later=True)
+            except Exception:
+                logger.debug("stream rescan failed", exc_info=True)
+
+    def _config(self, namespace: str, created_later: bool, position: int | None) -> ConsumerConfig:
+        if position is not None:
+            return ConsumerConfig(
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=position + 1
+            )
+        start = self.start_at
+        if self._since is not None and start != "all" and not isinstance(start, Mapping):
+            return ConsumerConfig(
+                deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=self._since
+            )
+        if created_later:
+            # Everything in a stream created after the subscription started is new.
+            return ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
+        if start == "new":
+            return ConsumerConfig(deliver_policy=DeliverPolicy.NEW)
+        if start == "all":
+            return ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
+        if isinstance(start, datetime):
+            return ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=start)
+        if isinstance(start, Mapping):
+            seq = start.get(namespace)
+            if seq is None:
+                return ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
+            return ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=seq)
+        assert isinstance(start, int)
+        return ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start)
+
+    async def _consume(self, stream: str, namespace: str, *, created_later: bool) -> None:
+        if self._stopped or stream in self.consumers or not matches(self.sub.pattern, namespace):
+            return
+        self.consumers[stream] = None  # claimed; a concurrent discovery skips it
+        self._namespaces[stream] = namespace
+        position = await self._load_position(stream) if self.durable else None
+
+        async def on_msg(msg: Msg) -> None:
+            self._on_msg(namespace, stream, msg)
+
+        js = self._nc.jetstream(timeout=self.bus.timeout)
+        self.consumers[stream] = await js.subscribe(
+            f"{self.bus.subject_prefix}.{namespace}.*",
+            stream=stream,
+            ordered_consumer=True,
+            config=self._config(namespace, created_later, position),
+            cb=on_msg,
+            idle_heartbeat=2.0,
+            pending_msgs_limit=-1,
+            pending_bytes_limit=-1,
+        )
+
+    # --- receiving ----------------------------------------------------------------------
+    def _on_msg(self, namespace: str, stream: str, msg: Msg) -> None:
+        sequence = msg.metadata.sequence.stream
+        try:
+            event = decode_event(msg.data, sequence=sequence)
+        except ReplayError as exc:
+            # Never silently: the subscriber cannot get it, so say so loudly.
+            self.bus._count("undecodable")
+            logger.error("cannot deliver message %s of %s: %s", sequence, stream, exc.reason)
+            return
+        if not self.sub.filter.matches(event):
+            self.bus._count("filtered")
+            return
+        if self.sub.deliver(Delivery(namespace, dataclasses.replace(event, sequence=sequence))):
+            self.bus._count("delivered")
+
+    # --- durable positions ----------------------------------------------------------------
+    def _key(self, stream: str) -> str:
+        return f"{self.durable}.{stream}"
+
+    async def _ensure_positions_bucket(self) -> None:
+        js = self._nc.jetstream(timeout=self.bus.timeout)
+        try:
+            await js.key_value(POSITIONS_BUCKET)
+        except nats.js.errors.BucketNotFoundError:
+            with contextlib.suppress(nats.js.errors.BadRequestError):
+                await js.create_key_value(
+                    KeyValueConfig(
+                        bucket=POSITIONS_BUCKET,
+                        description="positions of aether_django durable subscriptions",
+                        history=1,
+                        replicas=self.bus.replicas,
+                        direct=True,
+                    )
+                )
+
+    async def _durable_since(self) -> datetime | None:
+        """When this durable subscription first started; None on its first start."""
+        js = self._nc.jetstream(timeout=self.bus.timeout)
+        kv = await js.key_value(POSITIONS_BUCKET)
+        key = f"{self.durable}.since"
+        try:
+            entry = await kv.get(key)
+            return parse_timestamp((entry.value or b"").decode())
+        except (nats.js.errors.KeyNotFoundError, ValueError):
+            pass
+        start = self.start_at
+        since = start if isinstance(start, datetime) else datetime.now(UTC)
+        with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
+            await kv.create(key, format_timestamp(since).encode())
+        # On its very first start the requested start policy applies as it is.
+        return None
+
+    async def _load_position(self, stream: str) -> int | None:
+        js = self._nc.jetstream(timeout=self.bus.timeout)
+        kv = await js.key_value(POSITIONS_BUCKET)
+        try:
+            entry = await kv.get(self._key(stream))
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        try:
+            return int(entry.value or b"")
+        except ValueError:
+            return None
+
+    def _took(self, delivery: Delivery) -> None:
+        if delivery.sequence is None:
+            return  # a transient event has no position
+        for stream, namespace in self._namespaces.items():
+            if namespace == delivery.namespace:
+                self.positions[stream] = delivery.sequence
+
+    async def _flush_positions(self) -> None:
+        while not self._stopped:
+            await asyncio.sleep(POSITION_FLUSH_INTERVAL)
+            await self._write_positions(confirm=False)
+
+    async def _write_positions(self, *, confirm: bool) -> None:
+        for stream, seq in list(self.positions.items()):
+            if self._written.get(stream) == seq:
+                continue
+            subject = f"$KV.{POSITIONS_BUCKET}.{self._key(stream)}"
+            try:
+                if confirm:
+                    await self._nc.request(subject, str(seq).encode(), timeout=self.bus.timeout)
+                else:
+                    await self._nc.publish(subject, str(seq).encode())
+                self._written[stream] = seq
+            except (TimeoutError, nats.errors.Error):
+                logger.warning("could not save the position of %s", self._key(stream))
+
+    # --- stopping -----------------------------------------------------------------------------
+    def stop(self) -> asyncio.Task[None]:
+        """Release the consumers (once); must be called on the subscription's loop."""
+        if self._stopping is None:
+            self._stopping = asyncio.get_running_loop().create_task(self._stop())
+        return self._stopping
+
+    async def _stop(self) -> None:
+        self._stopped = True
+        for task in self._tasks:
+            task.cancel()
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        for consumer in self.consumers.values():
+            if consumer is not None:
+                with contextlib.suppress(Exception):
+                    await consumer.unsubscribe()
+        if self._advisories is not None:
+            with contextlib.suppress(Exception):
+                await self._advisories.unsubscribe()
+        if self.durable and self._nc is not None:
+            await self._write_positions(confirm=True)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None

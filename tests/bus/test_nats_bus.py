@@ -1,0 +1,221 @@
+"""The NATS bus: saved events reach subscribers through JetStream, with start positions,
+durable resumption, overflow with a resume point, and transient signals."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import pytest
+
+from aether_django.bus import SubscriptionOverflowError
+from aether_django.bus.nats import NATSEventBus
+from aether_django.patterns import SubscriptionFilter
+from aether_django.runtime import Runtime
+from aether_django.store.jetstream import JetStreamEventStore
+from aether_django.testing.contract import ev, unique_namespace
+
+
+@pytest.fixture
+def node(nats_url):
+    """Make 'nodes': a bus and a store factory sharing one runtime (connection set)."""
+    made = []
+
+    class Node:
+        def __init__(self, name):
+            self.runtime = Runtime(nats_url)
+            self.bus = NATSEventBus(runtime=self.runtime, node_id=name, timeout=5)
+            made.append(self)
+
+        def store(self, namespace):
+            return JetStreamEventStore(namespace, runtime=self.runtime)
+
+    yield Node
+    for n in made:
+        n.bus.close()
+        n.runtime.close()
+
+
+async def take(subscription, n, wait=5.0):
+    return [await subscription.next(wait) for _ in range(n)]
+
+
+async def nothing_more(subscription, wait=0.3):
+    with pytest.raises(TimeoutError):
+        await subscription.next(wait)
+
+
+async def test_a_saved_event_reaches_subscribers_without_a_second_publish(node):
+    a = node("a")
+    ns = unique_namespace()
+    store = a.store(ns)
+    await store.asave_event(ev("x", 1))  # the stream exists before subscribing
+    sub = await a.bus.asubscribe(ns)
+    stored = await store.asave_event(ev("x", 2))
+    (delivery,) = await take(sub, 1)
+    assert delivery.namespace == ns
+    assert delivery.event == stored and delivery.sequence == stored.sequence
+    await nothing_more(sub)
+
+
+async def test_namespace_isolation_and_patterns(node):
+    a = node("a")
+    base = unique_namespace()
+    tenant_a, tenant_b = f"{base}.tenant-a", f"{base}.tenant-b"
+    for ns in (tenant_a, tenant_b):
+        await a.store(ns).asave_event(ev("warmup", 1))
+    only_a = await a.bus.asubscribe(tenant_a)
+    both = await a.bus.asubscribe(f"{base}.*")
+    prefix = await a.bus.asubscribe(f"{base}.tenant-b*")
+    await a.store(tenant_b).asave_event(ev("x", 1))
+    await a.store(tenant_a).asave_event(ev("x", 1))
+    assert [d.namespace for d in await take(only_a, 1)] == [tenant_a]
+    assert sorted(d.namespace for d in await take(both, 2)) == [tenant_a, tenant_b]
+    assert [d.namespace for d in await take(prefix, 1)] == [tenant_b]
+    await nothing_more(only_a)
+    await nothing_more(prefix)
+
+
+async def test_filters_apply_to_saved_events(node):
+    a = node("a")
+    ns = unique_namespace()
+    store = a.store(ns)
+    await store.asave_event(ev("warm", 1))
+    placed = await a.bus.asubscribe(ns, SubscriptionFilter(event_types=["OrderPlaced"]))
+    one = await a.bus.asubscribe(ns, SubscriptionFilter(actor_pattern="order-customer-123"))
+    await store.asave_event(ev("order-customer-123", 1, "OrderShipped"))
+    await store.asave_event(ev("order-9", 1, "OrderPlaced"))
+    assert [d.event.actor_id for d in await take(placed, 1)] == ["order-9"]
+    assert [d.event.event_type for d in await take(one, 1)] == ["OrderShipped"]
+    await nothing_more(placed)
+    await nothing_more(one)
+
+
+async def test_order_per_namespace_is_kept(node):
+    a = node("a")
+    ns = unique_namespace()
+    store = a.store(ns)
+    await store.asave_event(ev("warm", 1))
+    sub = await a.bus.asubscribe(ns)
+    for v in range(1, 51):
+        await store.asave_event(ev(f"actor-{v % 5}", v // 5 + 1 if v % 5 else v // 5))
+    sequences = [d.sequence for d in await take(sub, 50)]
+    assert sequences == sorted(sequences)
+
+
+async def test_start_positions(node):
+    a = node("a")
+    ns = unique_namespace()
+    store = a.store(ns)
+    first = await store.asave_events([ev("x", v) for v in range(1, 6)])
+    middle = datetime.now(UTC)
+    await asyncio.sleep(0.01)
+    later = await store.asave_events([ev("x", v) for v in range(6, 9)])
+
+    everything = await a.bus.asubscribe(ns, start="all")
+    assert [d.event.version for d in await take(everything, 8)] == list(range(1, 9))
+    from_seq = await a.bus.asubscribe(ns, start=first[3].sequence)
+    assert [d.event.version for d in await take(from_seq, 5)] == [4, 5, 6, 7, 8]
+    from_map = await a.bus.asubscribe(ns, start={ns: later[0].sequence})
+    assert [d.event.version for d in await take(from_map, 3)] == [6, 7, 8]
+    from_time = await a.bus.asubscribe(ns, start=middle)
+    assert [d.event.version for d in await take(from_time, 3)] == [6, 7, 8]
+    new_only = await a.bus.asubscribe(ns, start="new")
+    await nothing_more(new_only)
+    with pytest.raises(ValueError, match="start must be"):
+        await a.bus.asubscribe(ns, start="yesterday")
+
+
+async def test_a_wildcard_subscription_covers_namespaces_created_later(node):
+    a = node("a")
+    base = unique_namespace()
+    sub = await a.bus.asubscribe(f"{base}.>")
+    stored = await a.store(f"{base}.new.one").asave_event(ev("x", 1))
+    (delivery,) = await take(sub, 1)
+    assert (delivery.namespace, delivery.event.id) == (f"{base}.new.one", stored.id)
+
+
+async def test_a_durable_subscription_resumes_where_it_stopped(node):
+    a = node("a")
+    ns = unique_namespace()
+    store = a.store(ns)
+    await store.asave_events([ev("x", v) for v in range(1, 4)])
+    sub = await a.bus.asubscribe(ns, start="all", durable="reporting")
+    assert [d.event.version for d in await take(sub, 3)] == [1, 2, 3]
+    await sub.aclose()
+
+    # While nobody listens, more is saved.
+    await store.asave_events([ev("x", v) for v in range(4, 8)])
+
+    again = await node("a-again").bus.asubscribe(ns, start="all", durable="reporting")
+    assert [d.event.version for d in await take(again, 4)] == [4, 5, 6, 7]
+    await nothing_more(again)
+    await again.aclose()
+
+
+async def test_a_durable_wildcard_subscription_picks_up_new_namespaces(node):
+    a = node("a")
+    base = unique_namespace()
+    sub = await a.bus.asubscribe(f"{base}.*", durable="audit")
+    await a.store(f"{base}.one").asave_event(ev("x", 1))
+    assert [d.namespace for d in await take(sub, 1)] == [f"{base}.one"]
+    await sub.aclose()
+    await a.store(f"{base}.two").asave_event(ev("x", 1))
+    await a.store(f"{base}.one").asave_event(ev("x", 2))
+    again = await a.bus.asubscribe(f"{base}.*", durable="audit")
+    got = sorted((d.namespace, d.event.version) for d in await take(again, 2))
+    assert got == [(f"{base}.one", 2), (f"{base}.two", 1)]
+    await again.aclose()
+
+
+async def test_a_slow_subscriber_is_ended_with_a_resume_point_and_can_resume(node):
+    a = node("a")
+    ns = unique_namespace()
+    store = a.store(ns)
+    await store.asave_event(ev("x", 1))
+    slow = await a.bus.asubscribe(ns, buffer_size=5)
+    stored = await store.asave_events([ev("x", v) for v in range(2, 22)])
+    await asyncio.sleep(0.3)
+    received = []
+    with pytest.raises(SubscriptionOverflowError) as info:
+        async for delivery in slow:
+            received.append(delivery.sequence)
+    assert received == [e.sequence for e in stored[:5]]
+    resume = info.value.last_sequence
+    assert resume == stored[4].sequence
+    rest = await a.bus.asubscribe(ns, start=resume + 1)
+    assert [d.sequence for d in await take(rest, 15)] == [e.sequence for e in stored[5:]]
+
+
+def test_a_sync_callback_subscription(node):
+    a = node("a")
+    ns = unique_namespace()
+    store = a.store(ns)
+    store.save_event(ev("x", 1))
+    got = []
+    sub = a.bus.subscribe(ns, callback=lambda d: got.append(d.event.version))
+    store.save_event(ev("x", 2))
+    store.save_event(ev("x", 3))
+    deadline = asyncio.get_event_loop_policy()  # noqa: F841 - keep the loop policy alive
+    import time
+
+    until = time.monotonic() + 5
+    while len(got) < 2 and time.monotonic() < until:
+        time.sleep(0.01)
+    assert got == [2, 3]
+    sub.close()
+
+
+async def test_transient_signals_reach_other_nodes_once(node):
+    a, b = node("a"), node("b")
+    ns = unique_namespace()
+    on_a = await a.bus.asubscribe(ns)
+    on_b = await b.bus.asubscribe(ns)
+    await asyncio.sleep(0.2)  # b's signal listener is subscribed
+    signal = ev("typing", 1, "UserTyping")
+    assert a.bus.publish(ns, signal) == 1
+    (local,) = await take(on_a, 1)
+    (remote,) = await take(on_b, 1)
+    assert local.event.id == remote.event.id == signal.id
+    assert local.sequence is None  # not stored
+    await nothing_more(on_a)  # its own echo is not delivered twice
