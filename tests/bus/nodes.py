@@ -1,0 +1,99 @@
+"""Start node processes (tests.bus.node) and talk to them from tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Node:
+    """One node process: send commands, collect its output lines."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "AETHER_NODE_ID": name}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.bus.node"],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: queue.Queue[dict] = queue.Queue()
+        self.deliveries: dict[str, list[dict]] = {}
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.put(json.loads(line))
+
+    def send(self, **command) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps(command) + "\n")
+        self.process.stdin.flush()
+
+    def wait_for(self, key: str, timeout: float = 30.0) -> dict:
+        """The next reply that has ``key``; deliveries seen meanwhile are kept."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"{self.name}: no {key!r} reply; stderr: {self.stderr()}")
+            try:
+                doc = self.lines.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if "label" in doc:
+                self.deliveries.setdefault(doc["label"], []).append(doc)
+            if key in doc:
+                return doc
+
+    def subscribe(self, label: str, pattern: str, **options) -> None:
+        self.send(cmd="subscribe", label=label, pattern=pattern, **options)
+        self.wait_for("ready")
+
+    def save(self, namespace: str, actor_id: str, versions: list[int], **options) -> list[str]:
+        self.send(cmd="save", namespace=namespace, actor_id=actor_id, versions=versions, **options)
+        return self.wait_for("saved")["saved"]
+
+    def received(self, label: str, count: int, timeout: float = 10.0) -> list[dict]:
+        """Wait until ``label`` has ``count`` deliveries; return them."""
+        deadline = time.monotonic() + timeout
+        while len(self.deliveries.get(label, [])) < count and time.monotonic() < deadline:
+            try:
+                doc = self.lines.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            if "label" in doc:
+                self.deliveries.setdefault(doc["label"], []).append(doc)
+        return list(self.deliveries.get(label, []))
+
+    def settle(self, wait: float = 0.5) -> None:
+        """Collect whatever arrives within ``wait`` seconds."""
+        self.received("\0never", 1, timeout=wait)
+
+    def exit(self) -> None:
+        self.send(cmd="exit")
+        self.wait_for("bye")
+        self.process.wait(10)
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(10)
+
+    def stderr(self) -> str:
+        if self.process.poll() is None:
+            return "(running)"
+        assert self.process.stderr is not None
+        return self.process.stderr.read()[-2000:]
