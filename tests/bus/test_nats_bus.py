@@ -219,3 +219,19 @@ async def test_transient_signals_reach_other_nodes_once(node):
     assert local.event.id == remote.event.id == signal.id
     assert local.sequence is None  # not stored
     await nothing_more(on_a)  # its own echo is not delivered twice
+
+
+def test_get_event_bus_builds_the_configured_bus():
+    from django.test import override_settings
+
+    from aether_django.bus import EventBus, get_event_bus
+
+    bus = get_event_bus()
+    assert isinstance(bus, NATSEventBus)
+    assert get_event_bus() is bus
+    with override_settings(
+        AETHER={"BUS_CLASS": "aether_django.bus.EventBus", "NODE_ID": "n1", "BUS_BUFFER_SIZE": 7}
+    ):
+        local = get_event_bus()
+        assert type(local) is EventBus and local.buffer_size == 7
+    assert isinstance(get_event_bus(), NATSEventBus)
