@@ -256,6 +256,7 @@ def main() -> int:
         say()
         say("The example project is running:")
         say(f"  events page   {base}/?namespace=orders&actor=order-1")
+        say(f"  orders page   {base}/orders/")
         say(f"  admin         {base}/admin/  (user {DEMO_USER!r})")
         say(f"  NATS          {url}")
         say("Press Ctrl-C to stop.")

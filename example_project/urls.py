@@ -1,4 +1,5 @@
-"""URLs of the example project: the events page at ``/`` and the Django admin."""
+"""URLs of the example project: the events page at ``/``, the orders page at
+``/orders/`` and the Django admin."""
 
 from django.contrib import admin
 from django.urls import include, path

@@ -14,7 +14,7 @@ from celery import Celery
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
 
 _folder = os.environ.get("AETHER_TEST_BROKER_DIR", "/tmp/aether-test-broker")
-for sub in ("queue", "processed", "results"):
+for sub in ("queue", "processed", "results", "control"):
     os.makedirs(os.path.join(_folder, sub), exist_ok=True)
 
 app = Celery("tests")
@@ -24,6 +24,8 @@ app.conf.update(
         "data_folder_in": os.path.join(_folder, "queue"),
         "data_folder_out": os.path.join(_folder, "queue"),
         "processed_folder": os.path.join(_folder, "processed"),
+        # Without this kombu writes its control exchange files into the working directory.
+        "control_folder": os.path.join(_folder, "control"),
         "polling_interval": 0.1,
     },
     result_backend=f"file://{os.path.join(_folder, 'results')}",

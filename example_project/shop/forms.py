@@ -49,3 +49,50 @@ def _json_kind(value: object) -> str:
     if value is None:
         return "null"
     return "number"
+
+
+# --- the orders page ----------------------------------------------------------------
+# The forms only check types and sizes; the Order aggregate's own rules decide the
+# rest (an empty customer, a quantity of 0, a negative price), so that the page
+# shows the domain's messages.
+
+#: Bounds that keep amounts well inside the integers every JSON reader handles.
+MAX_QUANTITY = 1_000_000
+MAX_PRICE_CENTS = 100_000_000
+
+
+class CreateOrderForm(forms.Form):
+    """A new order: its actor id and its customer."""
+
+    order_id = forms.CharField(
+        label="Order id",
+        widget=forms.TextInput(attrs={"placeholder": "order-1", "autocomplete": "off"}),
+    )
+    customer = forms.CharField(
+        required=False,
+        max_length=200,
+        widget=forms.TextInput(attrs={"placeholder": "Ann", "autocomplete": "off"}),
+    )
+
+
+class AddLineForm(forms.Form):
+    """One order line: SKU, quantity and unit price in cents."""
+
+    sku = forms.CharField(
+        label="SKU",
+        required=False,
+        max_length=100,
+        widget=forms.TextInput(attrs={"placeholder": "book-42", "autocomplete": "off"}),
+    )
+    quantity = forms.IntegerField(initial=1, max_value=MAX_QUANTITY)
+    price_cents = forms.IntegerField(label="Price (cents)", max_value=MAX_PRICE_CENTS)
+
+
+class CancelOrderForm(forms.Form):
+    """Why the order is cancelled (optional)."""
+
+    reason = forms.CharField(
+        required=False,
+        max_length=500,
+        widget=forms.TextInput(attrs={"placeholder": "changed my mind", "autocomplete": "off"}),
+    )

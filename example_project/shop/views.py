@@ -7,13 +7,14 @@ Sync views on purpose: they use the blocking store API (``get_events``,
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
-from django.urls import reverse
+from django.urls import NoReverseMatch, reverse
 
 from aether_django.errors import (
     AetherError,
@@ -26,6 +27,7 @@ from aether_django.errors import (
 from aether_django.events import Event
 from aether_django.store import EventStore, get_event_store
 
+from .aggregates import Order
 from .forms import AppendEventForm
 
 DEFAULT_NAMESPACE = "orders"
@@ -97,6 +99,27 @@ def _sentence(exc: Exception) -> str:
     return text[:1].upper() + text[1:]
 
 
+# ASCII digits only ("²".isdigit() is true, but int("²") fails), and few enough of
+# them for int() to accept.
+_POSITIVE_INT_RE = re.compile(r"^[0-9]{1,18}$")
+
+
+def parse_positive_int(text: str) -> int | None:
+    """``text`` as an integer >= 1, or None when it is anything else."""
+    text = text.strip()
+    if not _POSITIVE_INT_RE.match(text):
+        return None
+    return int(text) or None
+
+
+def order_url(actor_id: str) -> str | None:
+    """The orders page of an actor of the Order namespace (None if it has no URL)."""
+    try:
+        return reverse("shop:order", args=[actor_id])
+    except NoReverseMatch:
+        return None
+
+
 def _append(store: EventStore, actor_id: str, cleaned: dict[str, Any]) -> Event:
     """Save the form's event at the chosen version, or at the actor's latest version + 1."""
     version = cleaned["version"] or store.get_latest_version(actor_id) + 1
@@ -150,9 +173,10 @@ def events_page(request: HttpRequest) -> HttpResponse:
         except AetherError as exc:
             problems.add_store_error(exc)
 
-    saved = request.GET.get("saved", "")
+    saved = parse_positive_int(request.GET.get("saved", ""))
     latest = events[-1].version if events else 0
     context = {
+        "page": "events",
         "namespace": namespace,
         "actor_id": actor_id,
         "rows": [_row(event) for event in events],
@@ -165,7 +189,11 @@ def events_page(request: HttpRequest) -> HttpResponse:
         "next_version": latest + 1,
         "form": form,
         "problems": problems.messages,
-        "saved_version": int(saved) if saved.isdigit() and not problems.messages else None,
+        "saved_version": saved if not problems.messages else None,
+        # The same actor on the orders page, when this namespace is the Order's.
+        "order_url": (
+            order_url(actor_id) if events and namespace == Order._meta.namespace else None
+        ),
         "action": "?" + urlencode({"namespace": namespace, "actor": actor_id}),
     }
     return render(request, "shop/events.html", context, status=problems.status)

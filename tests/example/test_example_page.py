@@ -4,35 +4,13 @@ from __future__ import annotations
 
 import html
 import uuid
-from collections.abc import Iterator
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
-from django.test import Client, modify_settings, override_settings
+from django.test import Client
 
 from aether_django.events import Event
 from aether_django.store import get_event_store
-
-TEMPLATES = [
-    {
-        "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "APP_DIRS": True,
-        "OPTIONS": {"context_processors": ["django.template.context_processors.request"]},
-    }
-]
-
-
-@pytest.fixture(autouse=True)
-def example_project_settings() -> Iterator[None]:
-    """Serve example_project's URLs and templates on top of the test settings."""
-    # The admin app too: the page links to the admin, and reversing that URL needs it.
-    with (
-        override_settings(ROOT_URLCONF="example_project.urls", TEMPLATES=TEMPLATES),
-        modify_settings(
-            INSTALLED_APPS={"append": ["django.contrib.admin", "example_project.shop"]}
-        ),
-    ):
-        yield
 
 
 @pytest.fixture
@@ -182,3 +160,12 @@ def test_namespaces_that_share_a_stream_name_are_refused(client: Client, namespa
     response = client.post(page(underscored, "one"), {"event_type": "Made", "event_data": "{}"})
     assert response.status_code == 409
     assert "Namespace collision" in text(response)
+
+
+@pytest.mark.parametrize("saved", ["²", "9" * 5000, "0", "x"])
+def test_a_saved_parameter_that_is_not_a_version_is_ignored(
+    client: Client, namespace: str, saved: str
+) -> None:
+    response = client.get(page(namespace, "order-1") + "&" + urlencode({"saved": saved}))
+    assert response.status_code == 200
+    assert "Saved version" not in text(response)
