@@ -1,0 +1,1 @@
+"""Cluster coordination: placement (pure), membership, leader lease, shard map, routing."""
