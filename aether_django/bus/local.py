@@ -246,8 +246,7 @@ class Subscription:
             finally:
                 self._waiter = None
 
-    # The timeout parameter mirrors asyncio.Queue-style APIs callers know.
-    async def next(self, timeout: float | None = None) -> Delivery:  # noqa: ASYNC109
+    async def next(self, timeout: float | None = None) -> Delivery:
         """The next delivery, waiting at most ``timeout`` seconds (TimeoutError)."""
         return await asyncio.wait_for(self.__anext__(), timeout)
 
