@@ -1,0 +1,77 @@
+"""Small helpers over the JetStream wire API that nats-py does not wrap: direct gets and acks.
+
+Primitives: no Django, no settings. Used by the cluster coordinator; each call
+is one request (or one batched request) on a connection the caller supplies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import nats.errors
+from nats.aio.msg import Msg
+
+__all__ = [
+    "ERR_WRONG_LAST_SEQUENCE",
+    "JetStreamRefused",
+    "direct_get_batch",
+    "direct_get_last",
+    "parse_ack",
+]
+
+#: Error code of a write refused because the subject moved on.
+ERR_WRONG_LAST_SEQUENCE = 10071
+
+
+class JetStreamRefused(Exception):
+    """The server refused a write; ``code`` is JetStream's error code."""
+
+    def __init__(self, code: int | None, description: str) -> None:
+        self.code = code
+        self.description = description
+        super().__init__(f"{description} (code {code})")
+
+
+def parse_ack(reply: Msg) -> dict[str, Any]:
+    """The publish acknowledgement of ``reply``; JetStreamRefused when it is an error."""
+    doc: dict[str, Any] = json.loads(reply.data)
+    error = doc.get("error")
+    if error:
+        raise JetStreamRefused(error.get("err_code"), str(error.get("description")))
+    return doc
+
+
+async def direct_get_last(nc: Any, stream: str, subject: str, timeout: float) -> Msg | None:
+    """The last message on ``subject`` in ``stream``, or None when there is none."""
+    reply: Msg = await nc.request(f"$JS.API.DIRECT.GET.{stream}.{subject}", b"", timeout=timeout)
+    if reply.headers and reply.headers.get("Status"):
+        if reply.headers["Status"] == "404":
+            return None
+        raise nats.errors.Error(f"direct get answered status {reply.headers['Status']}")
+    return reply
+
+
+async def direct_get_batch(
+    nc: Any, stream: str, request: dict[str, Any], timeout: float
+) -> list[Msg]:
+    """The messages a batched direct get returns (up to the end-of-batch marker)."""
+    received: list[Msg] = []
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def on_msg(msg: Msg) -> None:
+        if msg.headers and "Status" in msg.headers:
+            if not done.done():
+                done.set_result(None)
+        elif not done.done():
+            received.append(msg)
+
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox, cb=on_msg)
+    try:
+        await nc.publish(f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode(), reply=inbox)
+        await asyncio.wait_for(done, timeout)
+    finally:
+        await sub.unsubscribe()
+    return received
