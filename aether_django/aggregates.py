@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import contextlib
 import copy
 import dataclasses
 import inspect
@@ -301,6 +302,7 @@ class Aggregate:
         self.actor_id = validate_actor_id(actor_id)
         self.version = 0
         self._pending: list[Event] = []
+        self._command_id: str | None = None
         for name, default in self._state_fields.items():
             # Each instance gets its own copy of mutable defaults (lists, dicts).
             setattr(self, name, copy.deepcopy(default))
@@ -334,12 +336,21 @@ class Aggregate:
             actor_id=self.actor_id,
             version=self.version + 1,
             data={**(data or {}), **fields},
-            command_id=command_id,
+            command_id=command_id or self._command_id,
             metadata=meta,
         )
         self._apply(event)
         self._pending.append(event)
         return event
+
+    @contextlib.contextmanager
+    def command_context(self, command_id: str | None) -> Iterator[None]:
+        """Within the block, events recorded carry ``command_id`` (unless given their own)."""
+        previous, self._command_id = self._command_id, command_id
+        try:
+            yield
+        finally:
+            self._command_id = previous
 
     @property
     def pending_events(self) -> list[Event]:

@@ -47,6 +47,13 @@ DEFAULTS: dict[str, Any] = {
     # This process's name in the cluster; None means host name plus a random
     # suffix. The environment variable AETHER_NODE_ID wins over it.
     "NODE_ID": None,
+    # Cluster: seconds between heartbeats, seconds of silence after which a node
+    # is failed (also the leader lease's lifetime), shards actors are hashed to,
+    # and the key-value bucket holding members, lease and shard map.
+    "HEARTBEAT_INTERVAL": 1.0,
+    "FAILURE_TIMEOUT": 3.0,
+    "NUM_SHARDS": 1024,
+    "CLUSTER_BUCKET": "aether_cluster",
 }
 
 #: Settings that name a class by dotted path.

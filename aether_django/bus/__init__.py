@@ -39,6 +39,7 @@ def get_event_bus() -> EventBus:
     bus = _bus
     if bus is not None:
         return bus
+    from ..cluster import node_id
     from ..conf import aether_settings
     from ..runtime import get_runtime
 
@@ -48,7 +49,7 @@ def get_event_bus() -> EventBus:
             _bus = s.BUS_CLASS(
                 runtime=get_runtime(),
                 subject_prefix=str(s.SUBJECT_PREFIX),
-                node_id=s.NODE_ID,
+                node_id=node_id(),
                 buffer_size=int(s.BUS_BUFFER_SIZE),
                 replicas=int(s.REPLICAS),
                 timeout=float(s.TIMEOUT),

@@ -1,1 +1,107 @@
-"""Cluster coordination: placement (pure), membership, leader lease, shard map, routing."""
+"""Cluster coordination: placement, membership, the leader lease, the shard map and routing.
+
+The submodules are primitives that never read settings. The functions here are
+the facade that wires them to ``settings.AETHER`` and the process runtime:
+``cluster_config()``, ``node_id()``, ``shard_of(actor_id)``, and
+``send_command`` / ``asend_command`` to run a command on an actor's owner.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from .coordinator import ClusterConfig, Coordinator, FencedOutError, Lease, NodeInfo, ShardMap
+from .hashring import shard_for
+from .routing import CommandError, RemoteDomainError, ShardUnavailableError
+
+__all__ = [
+    "ClusterConfig",
+    "CommandError",
+    "Coordinator",
+    "FencedOutError",
+    "Lease",
+    "NodeInfo",
+    "RemoteDomainError",
+    "ShardMap",
+    "ShardUnavailableError",
+    "asend_command",
+    "cluster_config",
+    "node_id",
+    "send_command",
+    "shard_of",
+]
+
+_node_id: str | None = None
+_lock = threading.Lock()
+
+
+def cluster_config() -> ClusterConfig:
+    """The ClusterConfig that the current settings describe."""
+    from ..conf import aether_settings as s
+
+    return ClusterConfig(
+        bucket=str(s.CLUSTER_BUCKET),
+        heartbeat_interval=float(s.HEARTBEAT_INTERVAL),
+        failure_timeout=float(s.FAILURE_TIMEOUT),
+        num_shards=int(s.NUM_SHARDS),
+        replicas=int(s.REPLICAS),
+        timeout=float(s.TIMEOUT),
+    )
+
+
+def node_id() -> str:
+    """This process's node id: ``AETHER["NODE_ID"]`` (or AETHER_NODE_ID), else host name plus
+    a random suffix chosen once per process."""
+    global _node_id
+    from ..conf import aether_settings
+
+    configured = aether_settings.NODE_ID
+    if configured:
+        return str(configured)
+    with _lock:
+        if _node_id is None:
+            from ..bus.nats import default_node_id
+
+            _node_id = default_node_id()
+        return _node_id
+
+
+def shard_of(actor_id: str) -> int:
+    """The shard ``actor_id`` belongs to, under the configured ``NUM_SHARDS``."""
+    from ..conf import aether_settings
+
+    return shard_for(actor_id, int(aether_settings.NUM_SHARDS))
+
+
+async def asend_command(
+    namespace: str, actor_id: str, command: str | None = None, **arguments: Any
+) -> dict[str, Any]:
+    """Run ``command(**arguments)`` on the node that owns the actor; return its new state.
+
+    Without ``command`` it only reads the actor's state there. Raises
+    RemoteDomainError when the aggregate refuses, ShardUnavailableError when no
+    node owns the shard for ``TIMEOUT`` seconds (a move that does not settle).
+    """
+    from ..conf import aether_settings
+    from ..runtime import get_runtime
+    from .routing import send
+
+    return await send(
+        get_runtime(),
+        namespace,
+        actor_id,
+        command,
+        num_shards=int(aether_settings.NUM_SHARDS),
+        timeout=float(aether_settings.TIMEOUT) * 2,
+        **arguments,
+    )
+
+
+def send_command(
+    namespace: str, actor_id: str, command: str | None = None, **arguments: Any
+) -> dict[str, Any]:
+    """Sync twin of :func:`asend_command`."""
+    from ..runtime import get_runtime
+
+    return get_runtime().run(asend_command(namespace, actor_id, command, **arguments))

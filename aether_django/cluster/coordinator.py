@@ -20,8 +20,6 @@ atomic batches and per-message TTLs.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -187,6 +185,8 @@ class Coordinator:
         self.stream = f"KV_{self.config.bucket}"
         self.started_at = time.time()
         self.lease: Lease | None = None
+        #: Shard-map writes of this node that the lease fence refused.
+        self.fenced = 0
         self._ready = False
 
     def _key(self, key: str) -> str:
@@ -465,25 +465,27 @@ class Coordinator:
         return plan
 
     async def tick(self, shard_count: int = 0) -> Lease | None:
-        """One round of a node's duties: heartbeat, lease, and (as leader) rebalance."""
+        """One round of a node's duties: heartbeat, lease, and (as leader) rebalance.
+
+        A node that believes it leads rebalances *before* renewing, with the
+        lease it last held: after a long pause that write is the one the fence
+        refuses, and the node then follows whoever leads now.
+        """
         await self.heartbeat(shard_count=shard_count)
+        was_leader = self.is_leader
+        if was_leader:
+            await self._rebalance_fenced()
         lease = await self.elect_or_renew()
-        if self.is_leader:
-            try:
-                await self.rebalance()
-            except FencedOutError:
-                logger.warning("node %s was deposed while rebalancing", self.node_id)
+        if self.is_leader and not was_leader:
+            await self._rebalance_fenced()
         return lease
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Tick every heartbeat interval until ``stop`` is set."""
-        while not stop.is_set():
-            try:
-                await self.tick()
-            except Exception:
-                logger.warning("cluster tick of %s failed", self.node_id, exc_info=True)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.config.heartbeat_interval)
+    async def _rebalance_fenced(self) -> None:
+        try:
+            await self.rebalance()
+        except FencedOutError:
+            self.fenced += 1
+            logger.warning("node %s was deposed: its shard-map write was fenced", self.node_id)
 
 
 def _fields(info: NodeInfo) -> dict[str, Any]:

@@ -1,0 +1,243 @@
+"""Sending commands to the node that owns an actor's shard, and serving them there.
+
+A command for an actor is a NATS request on ``aether.shard.{n}``, the subject of
+the actor's shard; only the shard's owner subscribes to it. The owner runs the
+command on its in-memory copy of the aggregate (loaded from snapshot plus
+events the first time), saves, and answers with the new state. While a shard
+moves there may briefly be no owner (the caller retries until it settles) or
+two (each request carries a command id, and a node that finds the command
+already stored answers with the stored result instead of running it again;
+the store's version check keeps two owners from both writing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections import OrderedDict
+from typing import Any
+
+import nats.errors
+from nats.aio.msg import Msg
+
+from ..aggregates import Aggregate, AggregateDoesNotExist, DomainError, get_aggregate_class
+from ..errors import AetherError, VersionConflictError
+from ..store.base import Runtime
+from .hashring import shard_for
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CommandError", "RemoteDomainError", "ShardHost", "ShardUnavailableError", "send"]
+
+SHARD_SUBJECT = "aether.shard"
+
+
+class ShardUnavailableError(AetherError):
+    """No node answered for the actor's shard within the timeout (it did not settle)."""
+
+
+class CommandError(AetherError):
+    """The owning node could not run the command (unknown command, bad arguments, ...)."""
+
+
+class RemoteDomainError(DomainError):
+    """The aggregate's rules refused the command on the owning node; nothing was recorded."""
+
+
+def shard_subject(shard: int) -> str:
+    return f"{SHARD_SUBJECT}.{shard}"
+
+
+async def send(
+    runtime: Runtime,
+    namespace: str,
+    actor_id: str,
+    command: str | None = None,
+    *,
+    num_shards: int,
+    timeout: float = 10.0,
+    attempt_timeout: float = 2.0,
+    **arguments: Any,
+) -> dict[str, Any]:
+    """Run ``command(**arguments)`` on the actor's owner (or just read it, with no command).
+
+    Returns ``{"actor_id", "version", "state", "node", "shard"}``. Retries while nobody
+    owns the shard; ShardUnavailableError when that lasts ``timeout`` seconds.
+    """
+    request = json.dumps(
+        {
+            "namespace": namespace,
+            "actor_id": actor_id,
+            "command": command,
+            "arguments": arguments,
+            "command_id": str(uuid.uuid4()),
+        }
+    ).encode()
+    subject = shard_subject(shard_for(actor_id, num_shards))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    attempt = 0
+    while True:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            raise ShardUnavailableError(
+                f"no node answered for {namespace}/{actor_id} on {subject} within {timeout}s"
+            )
+        try:
+            nc = await runtime.connection()
+            reply: Msg = await nc.request(subject, request, timeout=min(attempt_timeout, remaining))
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError, TimeoutError):
+            # The shard is moving (or its owner just died): wait for the new owner.
+            await asyncio.sleep(min(0.05 * 2**attempt, 0.5, max(remaining, 0)))
+            attempt += 1
+            continue
+        doc: dict[str, Any] = json.loads(reply.data)
+        error = doc.get("error")
+        if error:
+            if error.get("type") == "domain":
+                raise RemoteDomainError(error["message"])
+            if error.get("type") == "moved":
+                await asyncio.sleep(0.05)
+                continue
+            raise CommandError(error.get("message", "the command failed"))
+        return doc
+
+
+class ShardHost:
+    """Serves the commands of the shards this node owns, keeping hot actors in memory."""
+
+    def __init__(self, runtime: Runtime, node_id: str, *, cache_size: int = 10_000) -> None:
+        self.runtime = runtime
+        self.node_id = node_id
+        self.cache_size = cache_size
+        self._subscriptions: dict[int, Any] = {}
+        # (namespace, actor id) -> (shard, aggregate), least recently used first.
+        self._actors: OrderedDict[tuple[str, str], tuple[int, Aggregate]] = OrderedDict()
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self.served = 0
+
+    @property
+    def shards(self) -> list[int]:
+        return sorted(self._subscriptions)
+
+    async def own(self, shards: set[int]) -> tuple[set[int], set[int]]:
+        """Serve exactly ``shards`` from now on; return (gained, lost)."""
+        nc = await self.runtime.connection()
+        current = set(self._subscriptions)
+        gained, lost = shards - current, current - shards
+        for shard in sorted(lost):
+            sub = self._subscriptions.pop(shard)
+            await sub.unsubscribe()
+        if lost:
+            # Actors of lost shards may be changed by their new owner: forget them.
+            for key in [k for k, (shard, _) in self._actors.items() if shard in lost]:
+                del self._actors[key]
+        for shard in sorted(gained):
+            self._subscriptions[shard] = await nc.subscribe(
+                shard_subject(shard), cb=self._on_request
+            )
+        return gained, lost
+
+    async def stop(self) -> None:
+        await self.own(set())
+
+    async def _on_request(self, msg: Msg) -> None:
+        try:
+            doc = json.loads(msg.data)
+            namespace, actor_id = doc["namespace"], doc["actor_id"]
+        except (ValueError, KeyError):
+            await msg.respond(
+                json.dumps({"error": {"type": "bad", "message": "bad request"}}).encode()
+            )
+            return
+        key = (namespace, actor_id)
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:  # one command at a time per actor on this node
+            reply = await self._run(msg, doc)
+        await msg.respond(json.dumps(reply).encode())
+
+    async def _run(self, msg: Msg, doc: dict[str, Any]) -> dict[str, Any]:
+        namespace, actor_id = doc["namespace"], doc["actor_id"]
+        model = get_aggregate_class(namespace)
+        if model is None:
+            return {"error": {"type": "bad", "message": f"no aggregate for {namespace!r}"}}
+        command = doc.get("command")
+        arguments = doc.get("arguments") or {}
+        command_id = doc.get("command_id")
+        if command is not None and (
+            command.startswith("_") or not callable(getattr(model, command, None))
+        ):
+            return {"error": {"type": "bad", "message": f"unknown command {command!r}"}}
+        shard = int(msg.subject.rsplit(".", 1)[1])
+        for _attempt in range(20):
+            try:
+                actor = await self._load(model, actor_id, shard)
+            except AggregateDoesNotExist:
+                actor = model(actor_id)
+            if command is None:
+                return self._answer(actor, shard)
+            try:
+                with actor.command_context(command_id):
+                    getattr(actor, command)(**arguments)
+            except DomainError as exc:
+                self._forget(namespace, actor_id)  # its state may be half-changed
+                return {"error": {"type": "domain", "message": str(exc)}}
+            except (TypeError, ValueError) as exc:
+                self._forget(namespace, actor_id)
+                return {"error": {"type": "bad", "message": f"{command}: {exc}"}}
+            try:
+                await actor.asave()
+            except VersionConflictError:
+                # Another owner (during a move) or writer got there first; if it was
+                # this very command, answer with what is stored instead of repeating it.
+                self._forget(namespace, actor_id)
+                stored = await self._stored_with_command(model, actor_id, command_id)
+                if stored is not None:
+                    return self._answer(stored, shard)
+                continue
+            self._remember(model, actor, shard)
+            self.served += 1
+            return self._answer(actor, shard)
+        return {"error": {"type": "bad", "message": "too many conflicting writers"}}
+
+    async def _load(self, model: type[Aggregate], actor_id: str, shard: int) -> Aggregate:
+        cached = self._actors.get((model._meta.namespace or "", actor_id))
+        if cached is not None:
+            self._actors.move_to_end((model._meta.namespace or "", actor_id))
+            return cached[1]
+        # Arrived with its shard (or first use): replay from snapshot plus events.
+        actor: Aggregate = await model.objects.aget(actor_id)
+        self._remember(model, actor, shard)
+        return actor
+
+    def _remember(self, model: type[Aggregate], actor: Aggregate, shard: int) -> None:
+        key = (model._meta.namespace or "", actor.actor_id)
+        self._actors[key] = (shard, actor)
+        self._actors.move_to_end(key)
+        if len(self._actors) > self.cache_size:
+            self._actors.popitem(last=False)
+
+    def _forget(self, namespace: str, actor_id: str) -> None:
+        self._actors.pop((namespace, actor_id), None)
+
+    async def _stored_with_command(
+        self, model: type[Aggregate], actor_id: str, command_id: str | None
+    ) -> Aggregate | None:
+        if not command_id:
+            return None
+        actor: Aggregate = await model.objects.aget(actor_id)
+        recent = await model.get_store().aget_events(actor_id, max(actor.version - 50, 0))
+        if any(e.command_id == command_id for e in recent):
+            return actor
+        return None
+
+    def _answer(self, actor: Aggregate, shard: int) -> dict[str, Any]:
+        return {
+            "actor_id": actor.actor_id,
+            "version": actor.version,
+            "state": actor.get_snapshot_state(),
+            "node": self.node_id,
+            "shard": shard,
+        }
