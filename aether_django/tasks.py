@@ -1,0 +1,215 @@
+"""Celery tasks that make each worker a cluster node, and the two lines that wire them up.
+
+Each host's Celery worker is a node, named by ``AETHER["NODE_ID"]`` (or the
+environment variable ``AETHER_NODE_ID``). Celery beat sends four tasks every
+``HEARTBEAT_INTERVAL`` to a *broadcast* queue, so every worker runs each of them:
+
+* ``aether_django.heartbeat`` — this node is alive;
+* ``aether_django.elect_or_renew`` — take the leader lease if free, renew it if held;
+* ``aether_django.detect_failures`` — as leader, rebalance when an owner has died;
+* ``aether_django.rebalance`` — as leader, spread the shards over the live nodes.
+
+All four are idempotent: running one twice, late, or on a node that is not the
+leader does no harm. The worker's main process also serves the commands of the
+shards its node owns (see :mod:`aether_django.cluster.routing`). In a project::
+
+    from aether_django.tasks import setup_cluster
+    setup_cluster(app)          # app is your Celery app
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from datetime import timedelta
+from typing import Any
+
+from celery import Celery, shared_task
+from celery.signals import worker_ready, worker_shutdown
+from kombu.entity import Queue
+from kombu.common import Broadcast
+
+from .cluster import cluster_config, node_id
+from .cluster.coordinator import Coordinator
+from .cluster.routing import ShardHost
+from .runtime import get_runtime
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "BROADCAST_QUEUE",
+    "cluster_celery_config",
+    "detect_failures",
+    "elect_or_renew",
+    "heartbeat",
+    "rebalance",
+    "setup_cluster",
+]
+
+#: The broadcast queue every worker consumes the per-node tasks from.
+BROADCAST_QUEUE = "aether_cluster"
+_TASKS = ("heartbeat", "elect_or_renew", "detect_failures", "rebalance")
+
+_coordinator: Coordinator | None = None
+_lock = threading.Lock()
+
+
+def get_coordinator() -> Coordinator:
+    """This process's Coordinator, for this worker's node id."""
+    global _coordinator
+    with _lock:
+        if _coordinator is None or _coordinator.node_id != node_id():
+            _coordinator = Coordinator(get_runtime(), node_id(), cluster_config())
+        return _coordinator
+
+
+def _run(coro: Any) -> Any:
+    return get_runtime().run(coro)
+
+
+async def _as_leader(coordinator: Coordinator) -> bool:
+    # A task may run in another pool process than the one that won the lease:
+    # trust the server's lease, then the write is fenced by its revision.
+    lease = await coordinator.read_lease()
+    coordinator.lease = (
+        lease if lease is not None and lease.node_id == coordinator.node_id else None
+    )
+    return coordinator.is_leader
+
+
+@shared_task(name="aether_django.heartbeat", ignore_result=True)
+def heartbeat() -> str:
+    """Say this node is alive, with how many shards the map gives it."""
+
+    async def beat() -> str:
+        coordinator = get_coordinator()
+        shard_map = await coordinator.read_shard_map()
+        count = len(shard_map.shards_of(coordinator.node_id)) if shard_map else 0
+        await coordinator.heartbeat(shard_count=count)
+        return coordinator.node_id
+
+    result: str = _run(beat())
+    return result
+
+
+@shared_task(name="aether_django.elect_or_renew", ignore_result=True)
+def elect_or_renew() -> str | None:
+    """Take the lease if nobody holds it, renew it if this node does; return the holder."""
+    lease = _run(get_coordinator().elect_or_renew())
+    return lease.node_id if lease else None
+
+
+@shared_task(name="aether_django.detect_failures", ignore_result=True)
+def detect_failures() -> list[str]:
+    """As leader: the owners in the shard map whose heartbeat expired; rebalance if any."""
+
+    async def detect() -> list[str]:
+        coordinator = get_coordinator()
+        if not await _as_leader(coordinator):
+            return []
+        alive = set(await coordinator.alive_nodes())
+        shard_map = await coordinator.read_shard_map()
+        failed = sorted(set(shard_map.assignment.values()) - alive) if shard_map else []
+        if failed:
+            logger.warning("nodes failed: %s; rebalancing", ", ".join(failed))
+            await coordinator.rebalance()
+        return failed
+
+    result: list[str] = _run(detect())
+    return result
+
+
+@shared_task(name="aether_django.rebalance", ignore_result=True)
+def rebalance() -> int:
+    """As leader: spread the shards over the live nodes; return how many moved."""
+
+    async def run() -> int:
+        coordinator = get_coordinator()
+        if not await _as_leader(coordinator):
+            return 0
+        plan = await coordinator.rebalance()
+        return plan.moved_count if plan else 0
+
+    result: int = _run(run())
+    return result
+
+
+def cluster_celery_config() -> dict[str, Any]:
+    """Celery settings: the broadcast queue, the routes to it and the beat schedule."""
+    interval = timedelta(seconds=cluster_config().heartbeat_interval)
+    broadcast = Broadcast(BROADCAST_QUEUE, routing_key=BROADCAST_QUEUE)
+    names = [f"aether_django.{task}" for task in _TASKS]
+    return {
+        # An explicit routing key on both sides: with Redis, kombu's fanout
+        # delivery matches it, and a default one differs between beat and worker.
+        "task_queues": (Queue("celery"), broadcast),
+        "task_routes": {
+            name: {
+                "queue": BROADCAST_QUEUE,
+                "exchange": BROADCAST_QUEUE,
+                "exchange_type": "fanout",
+                "routing_key": BROADCAST_QUEUE,
+                # Celery does not declare broadcast queues when sending, and kombu's
+                # Redis transport then treats the undeclared exchange as direct.
+                "declare": [broadcast.exchange],
+            }
+            for name in names
+        },
+        "beat_schedule": {
+            name: {"task": name, "schedule": interval, "options": {"expires": 10}} for name in names
+        },
+    }
+
+
+def setup_cluster(app: Celery) -> None:
+    """Make every worker of ``app`` a cluster node: schedule, queues, and shard hosting."""
+    config = cluster_celery_config()
+    schedule = {**(app.conf.beat_schedule or {}), **config.pop("beat_schedule")}
+    app.conf.update(beat_schedule=schedule, **config)
+    worker_ready.connect(_start_hosting, weak=False)
+    worker_shutdown.connect(_stop_hosting, weak=False)
+
+
+# --- serving shards in the worker's main process -------------------------------------------
+_hosting: dict[str, Any] = {}
+
+
+def _start_hosting(**_: Any) -> None:
+    """Follow the shard map and serve this node's shards, on the runtime's loop thread."""
+    runtime = get_runtime()
+    host = ShardHost(runtime, node_id())
+    stop = asyncio.Event()
+
+    async def follow() -> None:
+        coordinator = Coordinator(runtime, node_id(), cluster_config())
+        while not stop.is_set():
+            try:
+                shard_map = await coordinator.read_shard_map()
+                mine = set(shard_map.shards_of(node_id())) if shard_map else set()
+                await host.own(mine)
+            except Exception:
+                logger.warning("following the shard map failed", exc_info=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), coordinator.config.heartbeat_interval)
+        await host.stop()
+
+    _hosting["stop"] = stop
+    _hosting["future"] = asyncio.run_coroutine_threadsafe(follow(), runtime.loop)
+
+
+def _stop_hosting(**_: Any) -> None:
+    stop = _hosting.pop("stop", None)
+    future = _hosting.pop("future", None)
+    if stop is None or future is None:
+        return
+    get_runtime().loop.call_soon_threadsafe(stop.set)
+    try:
+        future.result(5)
+    except Exception:
+        logger.debug("stopping shard hosting failed", exc_info=True)
+    try:
+        get_runtime().run(get_coordinator().leave())
+    except Exception:
+        logger.debug("leaving the cluster failed", exc_info=True)

@@ -1,0 +1,18 @@
+"""The Celery app of the cluster test: two lines make its workers cluster nodes."""
+
+from __future__ import annotations
+
+import os
+
+import django
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
+django.setup()
+
+import tests.aggregates.domain  # noqa: E402, F401  (the aggregates the nodes serve)
+from aether_django.tasks import setup_cluster  # noqa: E402
+
+app = Celery("cluster-test", broker=os.environ.get("AETHER_TEST_BROKER_URL"))
+app.conf.update(worker_hijack_root_logger=False, broker_connection_retry_on_startup=True)
+setup_cluster(app)
