@@ -28,8 +28,8 @@ from typing import Any
 
 from celery import Celery, shared_task
 from celery.signals import worker_ready, worker_shutdown
-from kombu.entity import Queue
 from kombu.common import Broadcast
+from kombu.entity import Queue
 
 from .cluster import cluster_config, node_id
 from .cluster.coordinator import Coordinator
