@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
 import uuid
@@ -55,6 +54,7 @@ from ..events import (
     decode_snapshot,
     encode_event,
     encode_snapshot,
+    with_sequence,
 )
 from .base import (
     AsyncFirstEventStore,
@@ -71,9 +71,8 @@ T = TypeVar("T")
 
 __all__ = ["JetStreamEventStore"]
 
-#: Headers duplicating event fields so readers can skip or filter without decoding.
+#: Header duplicating the event's version, so heads and seeks need no JSON decoding.
 HDR_VERSION = "Aether-Version"
-HDR_EVENT_TYPE = "Aether-Event-Type"
 #: Stream metadata key recording which namespace a stream belongs to.
 META_NAMESPACE = "aether_namespace"
 
@@ -555,7 +554,8 @@ class JetStreamEventStore(AsyncFirstEventStore):
         actor_id = batch[0].actor_id
         attempted = batch[0].version
         deadline = self._deadline()
-        await self._ensure_stream(deadline)
+        if not self._stream_verified:
+            await self._ensure_stream(deadline)
 
         head = self._heads.get(actor_id)
         fresh = head is None
@@ -573,7 +573,7 @@ class JetStreamEventStore(AsyncFirstEventStore):
                     # answer as the first time instead of storing them again.
                     first_seq = head.sequence - len(batch) + 1
                     return [
-                        dataclasses.replace(e, sequence=first_seq + i) for i, e in enumerate(batch)
+                        with_sequence(e, first_seq + i) for i, e in enumerate(batch)
                     ]
                 found = await self._find_unanswered(batch, unknown_after, deadline)
                 if found is not None:
@@ -605,7 +605,7 @@ class JetStreamEventStore(AsyncFirstEventStore):
             self._remember(actor_id, _Head(last_seq, batch[-1].version, batch[-1].id))
             first_seq = last_seq - len(batch) + 1
             return [
-                dataclasses.replace(event, sequence=first_seq + i) for i, event in enumerate(batch)
+                with_sequence(event, first_seq + i) for i, event in enumerate(batch)
             ]
 
     async def _find_unanswered(
@@ -643,11 +643,7 @@ class JetStreamEventStore(AsyncFirstEventStore):
         try:
             reply: Msg | None = None
             for i, (event, payload) in enumerate(zip(batch, payloads, strict=True), start=1):
-                headers = {
-                    _HDR_MSG_ID: event.id,
-                    HDR_VERSION: str(event.version),
-                    HDR_EVENT_TYPE: event.event_type,
-                }
+                headers = {_HDR_MSG_ID: event.id, HDR_VERSION: str(event.version)}
                 if i == 1:
                     headers[_HDR_EXPECTED] = str(expected)
                 if batch_id is not None:
@@ -709,7 +705,7 @@ class JetStreamEventStore(AsyncFirstEventStore):
         first = int(msg.headers[_HDR_SEQUENCE])  # type: ignore[index]
         last = _Head(first + len(batch) - 1, batch[-1].version, batch[-1].id)
         self._remember(batch[0].actor_id, last)
-        return [dataclasses.replace(e, sequence=first + i) for i, e in enumerate(batch)]
+        return [with_sequence(e, first + i) for i, e in enumerate(batch)]
 
     async def _stored_by_id(self, batch: list[Event], deadline: float) -> list[Event]:
         """The stored copies of a batch whose ids the server already holds."""

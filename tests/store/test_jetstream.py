@@ -66,7 +66,6 @@ async def test_one_subject_per_actor_with_event_id_as_msg_id(make_store, nats_ur
         )
         assert msg.headers["Nats-Msg-Id"] == stored.id
         assert msg.headers["Aether-Version"] == "1"
-        assert msg.headers["Aether-Event-Type"] == "Happened"
         assert json.loads(msg.data)["actorId"] == "order-1"
         assert msg.seq == stored.sequence
         assert store.subject_for("order 2") == f"aether.events.{store.namespace}.=b3JkZXIgMg"
