@@ -18,6 +18,8 @@ __all__ = [
     "JetStreamRefused",
     "direct_get_batch",
     "direct_get_last",
+    "event_namespace",
+    "list_event_streams",
     "parse_ack",
 ]
 
@@ -75,3 +77,40 @@ async def direct_get_batch(
     finally:
         await sub.unsubscribe()
     return received
+
+
+def event_namespace(config: dict[str, Any], subject_prefix: str) -> str | None:
+    """The namespace an events stream belongs to, from its metadata (or its subjects)."""
+    namespace = (config.get("metadata") or {}).get("aether_namespace")
+    if namespace:
+        return str(namespace)
+    prefix = subject_prefix + "."
+    for subject in config.get("subjects") or ():
+        if subject.startswith(prefix) and subject.endswith(".*"):
+            return str(subject[len(prefix) : -2])
+    return None
+
+
+async def list_event_streams(
+    nc: Any, subject_prefix: str, timeout: float
+) -> list[tuple[str, str, dict[str, Any]]]:
+    """Every events stream under ``subject_prefix``: (stream, namespace, stream info)."""
+    found: list[tuple[str, str, dict[str, Any]]] = []
+    offset = 0
+    while True:
+        request = {"subject": f"{subject_prefix}.>", "offset": offset}
+        reply = await nc.request(
+            "$JS.API.STREAM.LIST", json.dumps(request).encode(), timeout=timeout
+        )
+        doc = json.loads(reply.data)
+        if "error" in doc:
+            raise JetStreamRefused(doc["error"].get("err_code"), doc["error"].get("description"))
+        streams = doc.get("streams") or []
+        for info in streams:
+            config = info.get("config") or {}
+            namespace = event_namespace(config, subject_prefix)
+            if namespace:
+                found.append((config["name"], namespace, info))
+        offset += len(streams)
+        if not streams or offset >= int(doc.get("total") or 0):
+            return found

@@ -37,8 +37,9 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy, KeyValueConfig
 
-from ..errors import AetherError, InvalidNameError, ReplayError
+from ..errors import InvalidNameError, ReplayError
 from ..events import Event, decode_event, encode_event, format_timestamp, parse_timestamp
+from ..jsapi import event_namespace, list_event_streams
 from ..names import validate_namespace
 from ..patterns import matches
 from ..store.base import Runtime
@@ -299,34 +300,8 @@ class _Feed:
             self._tasks.append(loop.create_task(self._flush_positions()))
 
     async def _list_streams(self) -> list[tuple[str, str]]:
-        found: list[tuple[str, str]] = []
-        offset = 0
-        while True:
-            request = {"subject": f"{self.bus.subject_prefix}.>", "offset": offset}
-            reply = await self._nc.request(
-                "$JS.API.STREAM.LIST", json.dumps(request).encode(), timeout=self.bus.timeout
-            )
-            doc = json.loads(reply.data)
-            if "error" in doc:
-                raise AetherError(f"cannot list streams: {doc['error'].get('description')}")
-            streams = doc.get("streams") or []
-            for info in streams:
-                namespace = self._namespace_of(info.get("config") or {})
-                if namespace:
-                    found.append((info["config"]["name"], namespace))
-            offset += len(streams)
-            if not streams or offset >= int(doc.get("total") or 0):
-                return found
-
-    def _namespace_of(self, config: dict[str, Any]) -> str | None:
-        namespace = (config.get("metadata") or {}).get("aether_namespace")
-        if namespace:
-            return str(namespace)
-        prefix = self.bus.subject_prefix + "."
-        for subject in config.get("subjects") or ():
-            if subject.startswith(prefix) and subject.endswith(".*"):
-                return str(subject[len(prefix) : -2])
-        return None
+        streams = await list_event_streams(self._nc, self.bus.subject_prefix, self.bus.timeout)
+        return [(stream, namespace) for stream, namespace, _ in streams]
 
     async def _on_stream_created(self, msg: Msg) -> None:
         try:
@@ -338,7 +313,8 @@ class _Feed:
         reply = await self._nc.request(
             f"$JS.API.STREAM.INFO.{stream}", b"", timeout=self.bus.timeout
         )
-        namespace = self._namespace_of(json.loads(reply.data).get("config") or {})
+        config = json.loads(reply.data).get("config") or {}
+        namespace = event_namespace(config, self.bus.subject_prefix)
         if namespace:
             await self._consume(stream, namespace, created_later=True)
 

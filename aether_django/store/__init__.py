@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import threading
 
-from .base import EventStore, StoreConfig
+from .base import EventStore, NamespaceInfo, StoreConfig
 from .memory import InMemoryEventStore
 
 __all__ = [
     "EventStore",
     "InMemoryEventStore",
+    "NamespaceInfo",
     "StoreConfig",
+    "alist_namespaces",
     "get_event_store",
+    "list_namespaces",
     "reset_event_stores",
 ]
 
@@ -44,6 +47,25 @@ def get_event_store(namespace: str) -> EventStore:
             store = store_class(namespace, runtime=get_runtime(), config=store_config())
             _stores[namespace] = store
     return store
+
+
+async def alist_namespaces() -> list[str]:
+    """Every namespace the configured store holds events for, sorted."""
+    from ..conf import aether_settings, store_config
+    from ..runtime import get_runtime
+
+    store_class = aether_settings.STORE_CLASS
+    namespaces: list[str] = await store_class.alist_namespaces(
+        runtime=get_runtime(), config=store_config()
+    )
+    return namespaces
+
+
+def list_namespaces() -> list[str]:
+    """Sync twin of :func:`alist_namespaces`."""
+    from ..runtime import get_runtime
+
+    return get_runtime().run(alist_namespaces())
 
 
 def reset_event_stores() -> None:

@@ -26,7 +26,21 @@ from ..names import validate_actor_id
 
 T = TypeVar("T")
 
-__all__ = ["AsyncFirstEventStore", "EventStore", "Runtime", "StoreConfig"]
+__all__ = ["AsyncFirstEventStore", "EventStore", "NamespaceInfo", "Runtime", "StoreConfig"]
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceInfo:
+    """Figures of one namespace's stream, read live from the server."""
+
+    name: str
+    stream: str
+    events: int
+    actors: int
+    bytes: int
+    first_sequence: int
+    last_sequence: int
+    replicas: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +145,28 @@ class EventStore(abc.ABC):
     @abc.abstractmethod
     async def aget_latest_snapshot(self, actor_id: str) -> ActorSnapshot | None: ...
 
+    # --- inspection (API, admin) ----------------------------------------------------
+    def get_info(self) -> NamespaceInfo | None:
+        """Sync twin of :meth:`aget_info`."""
+        raise NotImplementedError
+
+    def get_latest_versions(self, actor_ids: Sequence[str]) -> dict[str, int]:
+        """Sync twin of :meth:`aget_latest_versions`."""
+        raise NotImplementedError
+
+    @abc.abstractmethod
+    async def aget_info(self) -> NamespaceInfo | None:
+        """Figures of this namespace, or None when nothing was ever saved in it."""
+
+    @abc.abstractmethod
+    async def aget_latest_versions(self, actor_ids: Sequence[str]) -> dict[str, int]:
+        """The current version of each of ``actor_ids`` (0 for unknown ones), in one read."""
+
+    @classmethod
+    @abc.abstractmethod
+    async def alist_namespaces(cls, *, runtime: Runtime | None, config: StoreConfig) -> list[str]:
+        """Every namespace this kind of store holds events for, sorted."""
+
     @abc.abstractmethod
     async def asave_snapshot(self, snapshot: ActorSnapshot) -> None: ...
 
@@ -163,6 +199,12 @@ class AsyncFirstEventStore(EventStore):
 
     def save_snapshot(self, snapshot: ActorSnapshot) -> None:
         return self.runtime.run(self.asave_snapshot(snapshot))
+
+    def get_info(self) -> NamespaceInfo | None:
+        return self.runtime.run(self.aget_info())
+
+    def get_latest_versions(self, actor_ids: Sequence[str]) -> dict[str, int]:
+        return self.runtime.run(self.aget_latest_versions(actor_ids))
 
 
 def check_batch(events: Sequence[Event]) -> list[Event]:

@@ -56,8 +56,10 @@ from ..events import (
     encode_snapshot,
     with_sequence,
 )
+from ..jsapi import direct_get_batch, list_event_streams
 from .base import (
     AsyncFirstEventStore,
+    NamespaceInfo,
     Runtime,
     StoreConfig,
     check_batch,
@@ -572,9 +574,7 @@ class JetStreamEventStore(AsyncFirstEventStore):
                     # A repeat of the save that wrote the actor's last events:
                     # answer as the first time instead of storing them again.
                     first_seq = head.sequence - len(batch) + 1
-                    return [
-                        with_sequence(e, first_seq + i) for i, e in enumerate(batch)
-                    ]
+                    return [with_sequence(e, first_seq + i) for i, e in enumerate(batch)]
                 found = await self._find_unanswered(batch, unknown_after, deadline)
                 if found is not None:
                     return found
@@ -604,9 +604,7 @@ class JetStreamEventStore(AsyncFirstEventStore):
                 return await self._stored_by_id(batch, deadline)
             self._remember(actor_id, _Head(last_seq, batch[-1].version, batch[-1].id))
             first_seq = last_seq - len(batch) + 1
-            return [
-                with_sequence(event, first_seq + i) for i, event in enumerate(batch)
-            ]
+            return [with_sequence(event, first_seq + i) for i, event in enumerate(batch)]
 
     async def _find_unanswered(
         self, batch: list[Event], unknown_after: set[int], deadline: float
@@ -745,6 +743,57 @@ class JetStreamEventStore(AsyncFirstEventStore):
             if not page or len(tokens) >= total:
                 break
         return sorted(names.actor_id_from_token(token) for token in tokens)
+
+    async def aget_info(self) -> NamespaceInfo | None:
+        """Figures of the namespace's stream, read live from the server."""
+        deadline = self._deadline()
+        if not await self._stream_exists(deadline):
+            return None
+        try:
+            reply = await self._request(f"$JS.API.STREAM.INFO.{self.stream_name}", b"", deadline)
+        except _NoStream:
+            raise StoreUnavailableError("JetStream did not answer the stream info") from None
+        doc = json.loads(reply.data)
+        if "error" in doc:
+            return None
+        state = doc.get("state") or {}
+        return NamespaceInfo(
+            name=self.namespace,
+            stream=self.stream_name,
+            events=int(state.get("messages", 0)),
+            actors=int(state.get("num_subjects", 0)),
+            bytes=int(state.get("bytes", 0)),
+            first_sequence=int(state.get("first_seq", 0)),
+            last_sequence=int(state.get("last_seq", 0)),
+            replicas=int((doc.get("config") or {}).get("num_replicas", 1)),
+        )
+
+    async def aget_latest_versions(self, actor_ids: Sequence[str]) -> dict[str, int]:
+        """Each actor's current version from one batched read of their last messages."""
+        versions = {actor_id: 0 for actor_id in actor_ids}
+        deadline = self._deadline()
+        if not actor_ids or not await self._stream_exists(deadline):
+            return versions
+        by_subject = {self.subject_for(actor_id): actor_id for actor_id in actor_ids}
+        request = {"multi_last": list(by_subject), "batch": len(by_subject)}
+        nc = await self.runtime.connection()
+        for msg in await direct_get_batch(nc, self.stream_name, request, self.config.timeout):
+            actor_id = by_subject.get((msg.headers or {}).get("Nats-Subject", ""))
+            if actor_id is not None:
+                version = self._head_of(msg, actor_id)[1]
+                if version is None:  # a corrupt last message: ask the slow way
+                    version = (await self._read_head(actor_id, deadline)).version
+                versions[actor_id] = version
+        return versions
+
+    @classmethod
+    async def alist_namespaces(cls, *, runtime: Runtime | None, config: StoreConfig) -> list[str]:
+        """The namespaces that have an events stream on the server."""
+        if runtime is None:
+            raise ValueError("listing JetStream namespaces needs a runtime")
+        nc = await runtime.connection()
+        streams = await list_event_streams(nc, config.subject_prefix, config.timeout)
+        return sorted({namespace for _, namespace, _ in streams})
 
     async def aget_latest_snapshot(self, actor_id: str) -> ActorSnapshot | None:
         names.validate_actor_id(actor_id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from ..errors import PayloadTooLargeError, VersionConflictError
 from ..events import (
@@ -19,7 +19,15 @@ from ..events import (
 from ..names import validate_actor_id, validate_namespace
 
 __all__ = ["InMemoryEventStore"]
-from .base import EventStore, StoreConfig, check_batch, check_from_version, check_snapshot
+from .base import (
+    EventStore,
+    NamespaceInfo,
+    Runtime,
+    StoreConfig,
+    check_batch,
+    check_from_version,
+    check_snapshot,
+)
 
 
 class InMemoryEventStore(EventStore):
@@ -29,8 +37,12 @@ class InMemoryEventStore(EventStore):
     the JetStream store accepts too.
     """
 
+    #: Every instance made in this process, so the namespaces can be listed.
+    _instances: ClassVar[dict[str, InMemoryEventStore]] = {}
+
     def __init__(self, namespace: str, *, config: StoreConfig | None = None, **_: Any) -> None:
         self.namespace = validate_namespace(namespace)
+        InMemoryEventStore._instances[namespace] = self
         self.config = config or StoreConfig()
         self._lock = threading.Lock()
         self._events: dict[str, list[Event]] = {}
@@ -132,3 +144,34 @@ class InMemoryEventStore(EventStore):
 
     async def asave_snapshot(self, snapshot: ActorSnapshot) -> None:
         self.save_snapshot(snapshot)
+
+    def get_info(self) -> NamespaceInfo | None:
+        with self._lock:
+            events = [e for history in self._events.values() for e in history]
+            actors = sum(1 for history in self._events.values() if history)
+        if not events:
+            return None
+        sequences = [e.sequence or 0 for e in events]
+        return NamespaceInfo(
+            name=self.namespace,
+            stream=f"memory:{self.namespace}",
+            events=len(events),
+            actors=actors,
+            bytes=sum(len(encode_event(e)) for e in events),
+            first_sequence=min(sequences),
+            last_sequence=max(sequences),
+        )
+
+    def get_latest_versions(self, actor_ids: Sequence[str]) -> dict[str, int]:
+        with self._lock:
+            return {actor_id: self._current(actor_id) for actor_id in actor_ids}
+
+    async def aget_info(self) -> NamespaceInfo | None:
+        return self.get_info()
+
+    async def aget_latest_versions(self, actor_ids: Sequence[str]) -> dict[str, int]:
+        return self.get_latest_versions(actor_ids)
+
+    @classmethod
+    async def alist_namespaces(cls, *, runtime: Runtime | None, config: StoreConfig) -> list[str]:
+        return sorted(ns for ns, store in cls._instances.items() if store._events)

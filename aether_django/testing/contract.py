@@ -27,7 +27,7 @@ from ..errors import (
     VersionConflictError,
 )
 from ..events import ActorSnapshot, Event
-from ..store.base import EventStore
+from ..store.base import EventStore, StoreConfig
 
 __all__ = ["EventStoreContract", "unique_namespace"]
 
@@ -209,6 +209,24 @@ class EventStoreContract:
         for actor_id in ("b", "a", "c d", "a"):
             store.save_event(ev(actor_id, store.get_latest_version(actor_id) + 1))
         assert store.get_actor_ids() == ["a", "b", "c d"]
+
+    def test_namespace_figures_and_versions_in_one_read(self, store: EventStore) -> None:
+        assert store.get_info() is None
+        assert store.get_latest_versions(["a", "b"]) == {"a": 0, "b": 0}
+        store.save_events([ev("a", 1), ev("a", 2)])
+        store.save_event(ev("b c", 7))
+        info = store.get_info()
+        assert info is not None and info.name == store.namespace
+        assert (info.events, info.actors) == (3, 2)
+        assert info.bytes > 0 and info.last_sequence - info.first_sequence == 2
+        assert store.get_latest_versions(["a", "b c", "zz"]) == {"a": 2, "b c": 7, "zz": 0}
+
+    async def test_the_namespaces_of_a_store_class_are_listed(self, store: EventStore) -> None:
+        await store.asave_event(ev("a", 1))
+        listed = await type(store).alist_namespaces(
+            runtime=getattr(store, "runtime", None), config=getattr(store, "config", StoreConfig())
+        )
+        assert store.namespace in listed
 
     # --- snapshots ------------------------------------------------------------------
     def test_snapshots_round_trip_and_replace(self, store: EventStore) -> None:

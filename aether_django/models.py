@@ -1,0 +1,66 @@
+"""Database models: who may read and write which namespaces."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib.auth.models import Group
+from django.core.exceptions import ValidationError
+from django.db import models
+
+from .errors import InvalidNameError
+from .patterns import validate_pattern
+
+
+def _validate_pattern(value: str) -> None:
+    try:
+        validate_pattern(value)
+    except InvalidNameError as exc:
+        raise ValidationError(str(exc)) from None
+
+
+class NamespaceGrant(models.Model):
+    """Lets a user, or every member of a group, read and/or write the matching namespaces.
+
+    ``pattern`` uses the namespace pattern rules (``orders``, ``acme.*``,
+    ``acme.>``, ``order*``). Superusers need no grant.
+    """
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="aether_grants",
+    )
+    group = models.ForeignKey(
+        Group, null=True, blank=True, on_delete=models.CASCADE, related_name="aether_grants"
+    )
+    pattern = models.CharField(
+        max_length=255,
+        validators=[_validate_pattern],
+        help_text="Namespace pattern: orders, acme.*, acme.> or order*",
+    )
+    can_read = models.BooleanField(default=True)
+    can_write = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["pattern", "id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=(
+                    models.Q(user__isnull=False, group__isnull=True)
+                    | models.Q(user__isnull=True, group__isnull=False)
+                ),
+                name="aether_grant_user_xor_group",
+            )
+        ]
+
+    def __str__(self) -> str:
+        who = f"user {self.user}" if self.user_id else f"group {self.group}"
+        rights = "/".join(r for r, ok in (("read", self.can_read), ("write", self.can_write)) if ok)
+        return f"{who}: {rights or 'nothing'} on {self.pattern}"
+
+    def clean(self) -> None:
+        if (self.user_id is None) == (self.group_id is None):
+            raise ValidationError("A grant is for a user or for a group, not both or neither.")
