@@ -89,3 +89,23 @@ def check_aggregates(app_configs: Any = None, **kwargs: Any) -> list[CheckMessag
                 )
             )
     return messages
+
+
+@register("aether_django")
+def check_api_schema(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """W201: the API's OpenAPI schema needs drf-spectacular's AutoSchema as DRF's default."""
+    from django.apps import apps
+
+    if not apps.is_installed("rest_framework"):
+        return []
+    configured = (getattr(settings, "REST_FRAMEWORK", None) or {}).get("DEFAULT_SCHEMA_CLASS")
+    if configured == "drf_spectacular.openapi.AutoSchema":
+        return []
+    return [
+        Warning(
+            "The aether_django API's schema endpoint needs drf-spectacular.",
+            hint='Set REST_FRAMEWORK["DEFAULT_SCHEMA_CLASS"] = '
+            '"drf_spectacular.openapi.AutoSchema".',
+            id="aether_django.W201",
+        )
+    ]

@@ -30,6 +30,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "drf_spectacular",
     "channels",
     "aether_django",
     "example_project.shop",
@@ -95,6 +96,17 @@ LOGIN_URL = "admin:login"
 # aether_django at its defaults: one JetStream stream per namespace on the server
 # named by AETHER_NATS_URL. See docs/settings.md for every key.
 AETHER: dict[str, Any] = {}
+
+# The API (``/api/aether/``): session login (the admin's) or HTTP basic auth; every
+# caller must be authenticated and is limited by NamespaceGrants (see docs/api.md).
+REST_FRAMEWORK = {
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.SessionAuthentication",
+        "rest_framework.authentication.BasicAuthentication",
+    ],
+}
+SPECTACULAR_SETTINGS = {"TITLE": "aether_django API", "VERSION": "0.1"}
 
 # Celery (example_project/celery.py); the demo runs without it.
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "memory://")

@@ -1,5 +1,5 @@
 """URLs of the example project: the events page at ``/``, the orders page at
-``/orders/`` and the Django admin."""
+``/orders/``, the Django admin and the API at ``/api/aether/``."""
 
 from django.contrib import admin
 from django.urls import include, path
@@ -7,4 +7,5 @@ from django.urls import include, path
 urlpatterns = [
     path("", include("example_project.shop.urls")),
     path("admin/", admin.site.urls),
+    path("api/aether/", include("aether_django.api.urls")),
 ]

@@ -1,6 +1,6 @@
 """URLs used by the runtime and aggregate tests: sync and async views that save events."""
 
-from django.urls import path
+from django.urls import include, path
 
 from . import views
 
@@ -9,4 +9,5 @@ urlpatterns = [
     path("async/<str:namespace>/<str:actor_id>/", views.async_append),
     path("orders/<str:actor_id>/place/", views.order_place),
     path("orders/<str:actor_id>/add-line/", views.order_add_line),
+    path("api/aether/", include("aether_django.api.urls")),
 ]

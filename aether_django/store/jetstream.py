@@ -572,9 +572,8 @@ class JetStreamEventStore(AsyncFirstEventStore):
                     continue
                 if head.last_id == batch[-1].id and head.version == batch[-1].version:
                     # A repeat of the save that wrote the actor's last events:
-                    # answer as the first time instead of storing them again.
-                    first_seq = head.sequence - len(batch) + 1
-                    return [with_sequence(e, first_seq + i) for i, e in enumerate(batch)]
+                    # answer with what is stored instead of storing it again.
+                    return await self._stored_by_id(batch, deadline)
                 found = await self._find_unanswered(batch, unknown_after, deadline)
                 if found is not None:
                     return found
@@ -707,7 +706,8 @@ class JetStreamEventStore(AsyncFirstEventStore):
 
     async def _stored_by_id(self, batch: list[Event], deadline: float) -> list[Event]:
         """The stored copies of a batch whose ids the server already holds."""
-        stored = {e.id: e for e in (await self._replay(batch[0].actor_id, 0, deadline)).events}
+        result = await self._replay(batch[0].actor_id, batch[0].version, deadline)
+        stored = {e.id: e for e in result.events}
         found = [stored.get(event.id) for event in batch]
         if any(e is None for e in found):
             raise EventStoreError(

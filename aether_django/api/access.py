@@ -1,0 +1,44 @@
+"""Who may read and write which namespace, from NamespaceGrant rows (superusers: all)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..patterns import matches
+
+
+class NamespaceAccess:
+    """The grants of one user, loaded once (per request) and matched against namespaces."""
+
+    def __init__(self, user: Any) -> None:
+        self.user = user
+        self.superuser = bool(getattr(user, "is_superuser", False))
+        self._grants: list[tuple[str, bool, bool]] = []
+        if getattr(user, "is_authenticated", False) and not self.superuser:
+            from django.db.models import Q
+
+            from ..models import NamespaceGrant
+
+            rows = NamespaceGrant.objects.filter(
+                Q(user=user) | Q(group__in=user.groups.all())
+            ).values_list("pattern", "can_read", "can_write")
+            self._grants = [(p, bool(r), bool(w)) for p, r, w in rows]
+
+    def can_read(self, namespace: str) -> bool:
+        """Whether the user may read ``namespace`` (a write-only grant does not let them)."""
+        return self.superuser or any(r and matches(p, namespace) for p, r, _ in self._grants)
+
+    def can_write(self, namespace: str) -> bool:
+        return self.superuser or any(w and matches(p, namespace) for p, _, w in self._grants)
+
+    def readable(self, namespaces: list[str]) -> list[str]:
+        return [ns for ns in namespaces if self.can_read(ns)]
+
+
+def access_for(request: Any) -> NamespaceAccess:
+    """The request's NamespaceAccess, made on first use."""
+    access = getattr(request, "_aether_access", None)
+    if access is None:
+        access = NamespaceAccess(request.user)
+        request._aether_access = access
+    return access

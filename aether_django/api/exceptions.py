@@ -1,0 +1,81 @@
+"""API errors: DRF exception classes for aether's errors, and the handler that maps them.
+
+Every error body has a machine-readable ``code``; nothing answers 500 for any input.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import status
+from rest_framework.exceptions import APIException, ValidationError
+from rest_framework.response import Response
+from rest_framework.views import exception_handler
+
+from ..errors import (
+    InvalidEventError,
+    InvalidNameError,
+    PayloadTooLargeError,
+    ReplayError,
+    StoreUnavailableError,
+    VersionConflictError,
+)
+
+
+class VersionConflict(APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = "The actor already has this version or a later one."
+    default_code = "version_conflict"
+
+
+class PayloadTooLarge(APIException):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_detail = "The encoded event is larger than the configured limit."
+    default_code = "payload_too_large"
+
+
+class StoreUnavailable(APIException):
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_detail = "The event store did not answer in time; try again."
+    default_code = "store_unavailable"
+
+
+class CorruptHistory(APIException):
+    status_code = status.HTTP_422_UNPROCESSABLE_ENTITY
+    default_detail = "A stored event of this actor cannot be decoded."
+    default_code = "corrupt_event"
+
+
+def aether_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """DRF's handler, plus aether's errors, and a ``code`` in every error body."""
+    if isinstance(exc, VersionConflictError):
+        return Response(
+            {
+                "code": "version_conflict",
+                "detail": str(exc),
+                "actor_id": exc.actor_id,
+                "attempted_version": exc.attempted_version,
+                "current_version": exc.current_version,
+            },
+            status=status.HTTP_409_CONFLICT,
+        )
+    if isinstance(exc, PayloadTooLargeError):
+        exc = PayloadTooLarge(str(exc))
+    elif isinstance(exc, InvalidNameError | InvalidEventError):
+        exc = ValidationError({"detail": [str(exc)]}, code="invalid")
+    elif isinstance(exc, StoreUnavailableError):
+        exc = StoreUnavailable()
+    elif isinstance(exc, ReplayError):
+        exc = CorruptHistory(f"stored message {exc.sequence} cannot be decoded: {exc.reason}")
+    response = exception_handler(exc, context)
+    if response is None:
+        return None
+    if isinstance(response.data, dict) and "code" not in response.data:
+        if isinstance(exc, ValidationError):
+            response.data = {"code": "invalid", **response.data}
+        elif isinstance(exc, APIException):
+            codes = exc.get_codes()
+            response.data["code"] = codes if isinstance(codes, str) else "error"
+    elif isinstance(response.data, list):
+        response.data = {"code": "invalid", "errors": response.data}
+    return response

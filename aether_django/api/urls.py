@@ -1,0 +1,26 @@
+"""URLs of the API: ``path("api/aether/", include("aether_django.api.urls"))``."""
+
+from __future__ import annotations
+
+from django.urls import path, re_path
+from drf_spectacular.views import SpectacularAPIView
+
+from . import views
+
+app_name = "aether_api"
+
+# Actor ids may hold any printable character, "/" included.
+ACTOR = r"namespaces/(?P<namespace>[^/]+)/actors/(?P<actor_id>.+)"
+
+urlpatterns = [
+    path("namespaces/", views.NamespaceListView.as_view(), name="namespaces"),
+    path("namespaces/<str:namespace>/", views.NamespaceDetailView.as_view(), name="namespace"),
+    path("namespaces/<str:namespace>/actors/", views.ActorListView.as_view(), name="actors"),
+    re_path(rf"^{ACTOR}/events/$", views.EventListView.as_view(), name="events"),
+    re_path(rf"^{ACTOR}/version/$", views.VersionView.as_view(), name="version"),
+    re_path(rf"^{ACTOR}/snapshot/$", views.SnapshotView.as_view(), name="snapshot"),
+    re_path(rf"^{ACTOR}/state/$", views.StateView.as_view(), name="state"),
+    path("cluster/", views.ClusterView.as_view(), name="cluster"),
+    path("cluster/shards/", views.ShardsView.as_view(), name="shards"),
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+]

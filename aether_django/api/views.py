@@ -1,0 +1,400 @@
+"""API views. Every namespace endpoint checks the caller's NamespaceGrants; a namespace the
+caller may not read answers 404, so its existence does not leak."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+from urllib.parse import urlencode
+
+from drf_spectacular.openapi import AutoSchema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import status
+from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
+from rest_framework.permissions import IsAdminUser, IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from ..aggregates import AggregateDoesNotExist, get_aggregate_class
+from ..cluster import cluster_config, shard_of
+from ..cluster.coordinator import Coordinator
+from ..errors import InvalidNameError, VersionConflictError
+from ..events import ActorSnapshot, Event
+from ..names import validate_actor_id, validate_namespace
+from ..runtime import get_runtime
+from ..store import EventStore, get_event_store, list_namespaces
+from . import serializers as s
+from .access import access_for
+from .exceptions import aether_exception_handler
+
+#: Items per page unless ``limit`` says otherwise, and the most ``limit`` may ask for.
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+
+_ERRORS = {
+    400: OpenApiResponse(description="invalid input; the body has a code and field errors"),
+    401: OpenApiResponse(description="not authenticated"),
+    403: OpenApiResponse(description="not allowed"),
+    404: OpenApiResponse(description="no such namespace, actor, or no read grant"),
+    503: OpenApiResponse(description="the event store did not answer in time"),
+}
+_LIMIT = OpenApiParameter("limit", OpenApiTypes.INT, description=f"1..{MAX_LIMIT}")
+
+
+def _limit(request: Request) -> int:
+    raw = request.query_params.get("limit", str(DEFAULT_LIMIT))
+    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        raise ValidationError({"limit": [f"must be an integer from 1 to {MAX_LIMIT}"]})
+    return int(raw)
+
+
+def _positive(request: Request, name: str, default: int | None, *, minimum: int) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 18 or int(raw) < minimum:
+        raise ValidationError({name: [f"must be an integer >= {minimum}"]})
+    return int(raw)
+
+
+def _next_url(request: Request, **params: Any) -> str:
+    query = request.query_params.copy()
+    for key, value in params.items():
+        query[key] = str(value)
+    return request.build_absolute_uri(request.path) + "?" + urlencode(query)
+
+
+class AetherAPIView(APIView):
+    """Base of every view: aether's error bodies and an OpenAPI schema, whatever the
+    project's REST_FRAMEWORK settings say about those."""
+
+    schema = AutoSchema()
+
+    def get_exception_handler(self) -> Any:
+        return aether_exception_handler
+
+
+class NamespaceView(AetherAPIView):
+    """Base: authenticated callers, namespace checked against their grants."""
+
+    permission_classes = [IsAuthenticated]
+
+    def namespace(self, request: Request, namespace: str, *, write: bool = False) -> str:
+        try:
+            validate_namespace(namespace)
+        except InvalidNameError as exc:
+            raise ValidationError({"namespace": [str(exc)]}) from None
+        access = access_for(request)
+        if not access.can_read(namespace):
+            if write and access.can_write(namespace):
+                return namespace
+            raise NotFound("no such namespace")
+        if write and not access.can_write(namespace):
+            raise PermissionDenied("you may not write to this namespace")
+        return namespace
+
+    def store(self, request: Request, namespace: str, *, write: bool = False) -> EventStore:
+        return get_event_store(self.namespace(request, namespace, write=write))
+
+    def actor(self, actor_id: str) -> str:
+        try:
+            return validate_actor_id(actor_id)
+        except InvalidNameError as exc:
+            raise ValidationError({"actor_id": [str(exc)]}) from None
+
+
+def _namespace_body(info: Any) -> dict[str, Any]:
+    return {
+        "name": info.name,
+        "stream": info.stream,
+        "events": info.events,
+        "actors": info.actors,
+        "bytes": info.bytes,
+        "first_sequence": info.first_sequence,
+        "last_sequence": info.last_sequence,
+    }
+
+
+class NamespaceListView(NamespaceView):
+    @extend_schema(responses={200: s.NamespaceSerializer(many=True), **_ERRORS})
+    def get(self, request: Request) -> Response:
+        """The namespaces the caller may read, with their stream's figures."""
+        body = []
+        for namespace in access_for(request).readable(list_namespaces()):
+            info = get_event_store(namespace).get_info()
+            if info is not None:
+                body.append(_namespace_body(info))
+        return Response(body)
+
+
+class NamespaceDetailView(NamespaceView):
+    @extend_schema(responses={200: s.NamespaceSerializer, **_ERRORS})
+    def get(self, request: Request, namespace: str) -> Response:
+        """One namespace's figures."""
+        info = self.store(request, namespace).get_info()
+        if info is None:
+            raise NotFound("no such namespace")
+        return Response(_namespace_body(info))
+
+
+class ActorListView(NamespaceView):
+    @extend_schema(
+        parameters=[_LIMIT, OpenApiParameter("cursor", OpenApiTypes.STR)],
+        responses={200: s.page_of(s.ActorSerializer), **_ERRORS},
+    )
+    def get(self, request: Request, namespace: str) -> Response:
+        """The actors of a namespace, by id, with their version and shard."""
+        store = self.store(request, namespace)
+        limit = _limit(request)
+        after = _decode_cursor(request.query_params.get("cursor"))
+        ids = [a for a in store.get_actor_ids() if after is None or a > after]
+        page = ids[:limit]
+        versions = store.get_latest_versions(page)
+        results = [
+            {"actor_id": a, "version": versions.get(a, 0), "shard": shard_of(a)} for a in page
+        ]
+        more = len(ids) > limit
+        return Response(
+            {
+                "results": results,
+                "next": _next_url(request, cursor=_encode_cursor(page[-1])) if more else None,
+            }
+        )
+
+
+def _encode_cursor(actor_id: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"after": actor_id}).encode()).decode()
+
+
+def _decode_cursor(cursor: str | None) -> str | None:
+    if not cursor:
+        return None
+    try:
+        doc = json.loads(base64.urlsafe_b64decode(cursor.encode("ascii") + b"=="))
+        after = doc["after"]
+        if not isinstance(after, str):
+            raise TypeError
+        return after
+    except (ValueError, KeyError, TypeError, UnicodeError):
+        raise ValidationError({"cursor": ["invalid cursor"]}) from None
+
+
+class EventListView(NamespaceView):
+    @extend_schema(
+        parameters=[OpenApiParameter("from_version", OpenApiTypes.INT), _LIMIT],
+        responses={200: s.page_of(s.EventSerializer), **_ERRORS},
+    )
+    def get(self, request: Request, namespace: str, actor_id: str) -> Response:
+        """The actor's events in version order, from ``from_version`` on (inclusive)."""
+        store = self.store(request, namespace)
+        actor_id = self.actor(actor_id)
+        from_version = _positive(request, "from_version", 0, minimum=0) or 0
+        limit = _limit(request)
+        events = store.get_events(actor_id, from_version)
+        page = events[:limit]
+        more = len(events) > limit
+        return Response(
+            {
+                "results": [s.event_body(e) for e in page],
+                "next": _next_url(request, from_version=page[-1].version + 1) if more else None,
+            }
+        )
+
+    @extend_schema(
+        request=s.AppendOneSerializer,
+        responses={
+            201: s.AppendResultSerializer,
+            409: OpenApiResponse(description="version conflict: code, actor_id, versions"),
+            413: OpenApiResponse(description="an event is larger than the limit"),
+            **_ERRORS,
+        },
+    )
+    def post(self, request: Request, namespace: str, actor_id: str) -> Response:
+        """Append one event with an explicit version, or a batch after ``expected_version``."""
+        store = self.store(request, namespace, write=True)
+        actor_id = self.actor(actor_id)
+        if not isinstance(request.data, dict):
+            raise ValidationError({"non_field_errors": ["expected a JSON object"]})
+        events, client_ids = self._events(request.data, actor_id)
+        try:
+            stored = store.save_events(events)
+        except VersionConflictError as conflict:
+            if not client_ids:
+                raise
+            stored = self._already_stored(store, events, conflict)
+        return Response(
+            {"events": [s.event_body(e) for e in stored]}, status=status.HTTP_201_CREATED
+        )
+
+    def _events(self, body: dict[str, Any], actor_id: str) -> tuple[list[Event], bool]:
+        """The events to store, and whether the client chose every id (retries are then
+        recognisable)."""
+        if "events" in body or "expected_version" in body:
+            batch = s.AppendBatchSerializer(data=body)
+            batch.is_valid(raise_exception=True)
+            first = batch.validated_data["expected_version"] + 1
+            items = batch.validated_data["events"]
+        else:
+            one = s.AppendOneSerializer(data=body)
+            one.is_valid(raise_exception=True)
+            items = [one.validated_data]
+            first = one.validated_data["version"]
+        events = [_event(item, actor_id, first + i) for i, item in enumerate(items)]
+        return events, all(item.get("id") for item in items)
+
+    def _already_stored(
+        self, store: EventStore, events: list[Event], conflict: VersionConflictError
+    ) -> list[Event]:
+        """A retried request whose events (by client-supplied id) are stored already."""
+        stored = {e.version: e for e in store.get_events(events[0].actor_id, events[0].version)}
+        found = [stored.get(e.version) for e in events]
+        if all(f is not None and f.id == e.id for f, e in zip(found, events, strict=True)):
+            return [f for f in found if f is not None]
+        raise conflict
+
+
+def _event(item: dict[str, Any], actor_id: str, version: int) -> Event:
+    fields: dict[str, Any] = {
+        "event_type": item["event_type"],
+        "actor_id": actor_id,
+        "version": version,
+        "data": item.get("data") or {},
+        "metadata": item.get("metadata") or {},
+        "command_id": item.get("command_id") or None,
+    }
+    if item.get("id"):
+        fields["id"] = item["id"]
+    return Event(**fields)
+
+
+class VersionView(NamespaceView):
+    @extend_schema(responses={200: s.VersionSerializer, **_ERRORS})
+    def get(self, request: Request, namespace: str, actor_id: str) -> Response:
+        """The actor's current version (0 for an actor with no events)."""
+        store = self.store(request, namespace)
+        actor_id = self.actor(actor_id)
+        return Response({"actor_id": actor_id, "version": store.get_latest_version(actor_id)})
+
+
+class SnapshotView(NamespaceView):
+    @extend_schema(responses={200: s.SnapshotSerializer, **_ERRORS})
+    def get(self, request: Request, namespace: str, actor_id: str) -> Response:
+        """The actor's latest snapshot (404 when there is none)."""
+        store = self.store(request, namespace)
+        snapshot = store.get_latest_snapshot(self.actor(actor_id))
+        if snapshot is None:
+            raise NotFound("no snapshot")
+        return Response(_snapshot_body(snapshot))
+
+    @extend_schema(request=s.SnapshotSerializer, responses={200: s.SnapshotSerializer, **_ERRORS})
+    def put(self, request: Request, namespace: str, actor_id: str) -> Response:
+        """Save a snapshot of the actor (replacing the previous one)."""
+        store = self.store(request, namespace, write=True)
+        body = s.SnapshotSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        snapshot = ActorSnapshot(
+            actor_id=self.actor(actor_id),
+            version=body.validated_data["version"],
+            state=body.validated_data["state"],
+        )
+        store.save_snapshot(snapshot)
+        return Response(_snapshot_body(snapshot))
+
+
+def _snapshot_body(snapshot: ActorSnapshot) -> dict[str, Any]:
+    return {
+        "actor_id": snapshot.actor_id,
+        "version": snapshot.version,
+        "state": dict(snapshot.state),
+        "timestamp": snapshot.timestamp.isoformat().replace("+00:00", "Z"),
+    }
+
+
+class StateView(NamespaceView):
+    @extend_schema(
+        parameters=[OpenApiParameter("at_version", OpenApiTypes.INT)],
+        responses={200: s.StateSerializer, **_ERRORS},
+    )
+    def get(self, request: Request, namespace: str, actor_id: str) -> Response:
+        """The actor's state (or its state as of ``at_version``), for a registered aggregate."""
+        namespace = self.namespace(request, namespace)
+        actor_id = self.actor(actor_id)
+        at_version = _positive(request, "at_version", None, minimum=1)
+        model = get_aggregate_class(namespace)
+        if model is None:
+            raise NotFound("no aggregate class is registered for this namespace")
+        try:
+            actor = model.objects.get(actor_id, at_version=at_version)
+        except AggregateDoesNotExist:
+            raise NotFound("no such actor") from None
+        return Response(
+            {
+                "actor_id": actor.actor_id,
+                "version": actor.version,
+                "aggregate": model.__name__,
+                "state": actor.get_snapshot_state(),
+            }
+        )
+
+
+class ClusterView(AetherAPIView):
+    """Cluster topology: staff only (it names hosts, and no namespace grant covers it)."""
+
+    permission_classes = [IsAdminUser]
+
+    def coordinator(self) -> Coordinator:
+        return Coordinator(get_runtime(), "api", cluster_config())
+
+    @extend_schema(responses={200: s.ClusterSerializer, **_ERRORS})
+    def get(self, request: Request) -> Response:
+        """The leader, its term, the number of shards and every node's status."""
+        coordinator = self.coordinator()
+        runtime = get_runtime()
+        lease = runtime.run(coordinator.read_lease())
+        nodes = runtime.run(coordinator.nodes())
+        return Response(
+            {
+                "leader": lease.node_id if lease else None,
+                "term": lease.term if lease else None,
+                "num_shards": coordinator.config.num_shards,
+                "nodes": [
+                    {
+                        "node_id": n.node_id,
+                        "status": n.status,
+                        "last_heartbeat": n.last_heartbeat,
+                        "shard_count": n.shard_count,
+                    }
+                    for n in nodes
+                ],
+            }
+        )
+
+
+class ShardsView(ClusterView):
+    @extend_schema(responses={200: s.ShardsSerializer, **_ERRORS})
+    def get(self, request: Request) -> Response:
+        """The shard map: shard -> node, shards per node, shards moved by the last rebalance."""
+        coordinator = self.coordinator()
+        shard_map = get_runtime().run(coordinator.read_shard_map())
+        if shard_map is None:
+            return Response(
+                {
+                    "num_shards": coordinator.config.num_shards,
+                    "term": None,
+                    "moved": 0,
+                    "shards": {},
+                    "counts": {},
+                }
+            )
+        return Response(
+            {
+                "num_shards": shard_map.num_shards,
+                "term": shard_map.term,
+                "moved": shard_map.moved,
+                "shards": {str(k): v for k, v in sorted(shard_map.assignment.items())},
+                "counts": shard_map.counts(),
+            }
+        )
