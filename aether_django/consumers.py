@@ -1,0 +1,239 @@
+"""Live subscriptions over WebSockets (Channels): the protocol of docs/websocket.md.
+
+Client frames: ``{"action": "subscribe", "id", "namespace", "event_types"?,
+"actor_pattern"?, "from"?}`` and ``{"action": "unsubscribe", "id"}``. Server frames:
+``{"type": "subscribed", "id"}``, ``{"type": "unsubscribed", "id"}``,
+``{"type": "event", "id", "namespace", "sequence", "event"}`` and
+``{"type": "error", "id"?, "code", "detail"}``.
+
+Each subscription is a bus subscription read by one task that sends its events in
+stream order; catching up from a sequence and then following live is one ordered
+consumer, so there is no gap and no repeat at the switch. A client that stops
+reading is disconnected with its last delivered sequences instead of slowing
+anyone else down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+
+from .api.access import NamespaceAccess
+from .api.serializers import event_body
+from .bus import Subscription, SubscriptionOverflowError, get_event_bus
+from .errors import AetherError, InvalidNameError
+from .patterns import SubscriptionFilter, is_exact, validate_pattern
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["EventsConsumer"]
+
+
+class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
+    """``ws/aether/``: subscribe to saved events of the namespaces the user may read."""
+
+    #: Largest frame accepted from a client, in bytes; larger ones close the socket.
+    max_frame_bytes = 64 * 1024
+    #: Subscriptions one socket may hold.
+    max_subscriptions = 100
+    #: Frames a client may send per second (averaged over a burst of as many).
+    max_frames_per_second = 50
+    #: Deliveries buffered per subscription before the client counts as too slow.
+    buffer_size = 1000
+    #: Seconds one send may take before the client counts as not reading.
+    send_timeout = 5.0
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        if user is None or not getattr(user, "is_authenticated", False):
+            await self.close(code=4401)
+            return
+        self.access: NamespaceAccess = await database_sync_to_async(NamespaceAccess)(user)
+        self.subscriptions: dict[str, tuple[Subscription, asyncio.Task[None]]] = {}
+        self.delivered: dict[str, int] = {}
+        self.closing = False
+        self._allowance = float(self.max_frames_per_second)
+        self._last_frame = time.monotonic()
+        self._send_lock = asyncio.Lock()
+        await self.accept()
+
+    async def disconnect(self, code: int) -> None:
+        self.closing = True
+        for subscription, task in list(getattr(self, "subscriptions", {}).values()):
+            task.cancel()
+            with contextlib.suppress(Exception):
+                await subscription.aclose()
+        if hasattr(self, "subscriptions"):
+            self.subscriptions.clear()
+
+    # --- receiving --------------------------------------------------------------------
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        size = len(text_data.encode()) if text_data is not None else len(bytes_data or b"")
+        if size > self.max_frame_bytes:
+            await self._close("frame too large", 1009)
+            return
+        if not self._within_rate():
+            await self._close("too many frames", 1008)
+            return
+        if text_data is None:
+            await self._error("bad_frame", "frames must be JSON text")
+            return
+        try:
+            frame = json.loads(text_data)
+        except ValueError:
+            await self._error("bad_json", "the frame is not JSON")
+            return
+        if not isinstance(frame, dict):
+            await self._error("bad_frame", "a frame is a JSON object")
+            return
+        action = frame.get("action")
+        if action == "subscribe":
+            await self._subscribe(frame)
+        elif action == "unsubscribe":
+            await self._unsubscribe(frame)
+        else:
+            await self._error("unknown_action", f"unknown action {action!r}", frame.get("id"))
+
+    def _within_rate(self) -> bool:
+        # Token bucket: a burst of max_frames_per_second, refilled at that rate.
+        now = time.monotonic()
+        rate = float(self.max_frames_per_second)
+        self._allowance = min(rate, self._allowance + (now - self._last_frame) * rate)
+        self._last_frame = now
+        if self._allowance < 1:
+            return False
+        self._allowance -= 1
+        return True
+
+    async def _subscribe(self, frame: dict[str, Any]) -> None:
+        sub_id = frame.get("id")
+        if not isinstance(sub_id, str) or not 0 < len(sub_id) <= 100:
+            await self._error("bad_id", "id must be a string of 1 to 100 characters")
+            return
+        if sub_id in self.subscriptions:
+            await self._error("duplicate_id", "a subscription with this id exists", sub_id)
+            return
+        if len(self.subscriptions) >= self.max_subscriptions:
+            await self._error("too_many_subscriptions", "unsubscribe from something first", sub_id)
+            return
+        try:
+            pattern = validate_pattern(frame.get("namespace"))
+            event_types = frame.get("event_types")
+            if event_types is not None and (
+                not isinstance(event_types, list) or len(event_types) > 100
+            ):
+                raise InvalidNameError("event_types must be a list of at most 100 event types")
+            flt = SubscriptionFilter(
+                event_types=event_types, actor_pattern=frame.get("actor_pattern")
+            )
+            start = _start(frame.get("from", "new"))
+        except (InvalidNameError, ValueError) as exc:
+            await self._error("invalid_subscription", str(exc), sub_id)
+            return
+        if is_exact(pattern) and not self.access.can_read(pattern):
+            # The same answer as for a namespace that does not exist: nothing leaks.
+            await self._error("not_found", "no such namespace", sub_id)
+            return
+        try:
+            subscription = await get_event_bus().asubscribe(  # type: ignore[attr-defined]
+                pattern, flt, start=start, buffer_size=self.buffer_size
+            )
+        except AetherError as exc:
+            await self._error("unavailable", str(exc), sub_id)
+            return
+        task = asyncio.get_running_loop().create_task(self._pump(sub_id, subscription))
+        self.subscriptions[sub_id] = (subscription, task)
+        await self._send({"type": "subscribed", "id": sub_id})
+
+    async def _unsubscribe(self, frame: dict[str, Any]) -> None:
+        sub_id = frame.get("id")
+        entry = self.subscriptions.pop(sub_id, None) if isinstance(sub_id, str) else None
+        if entry is None:
+            await self._error("unknown_id", "no subscription with this id", sub_id)
+            return
+        subscription, task = entry
+        task.cancel()
+        await subscription.aclose()
+        await self._send({"type": "unsubscribed", "id": sub_id})
+
+    # --- sending ------------------------------------------------------------------------
+    async def _pump(self, sub_id: str, subscription: Subscription) -> None:
+        """Send one subscription's events, in order; end the socket if the client lags."""
+        try:
+            async for delivery in subscription:
+                # Wildcards are narrowed to what the user may read.
+                if not self.access.can_read(delivery.namespace):
+                    continue
+                frame = {
+                    "type": "event",
+                    "id": sub_id,
+                    "namespace": delivery.namespace,
+                    "sequence": delivery.sequence,
+                    "event": event_body(delivery.event),
+                }
+                try:
+                    await asyncio.wait_for(self._send(frame), self.send_timeout)
+                except TimeoutError:
+                    await self._too_slow(sub_id)
+                    return
+                if delivery.sequence is not None:
+                    self.delivered[delivery.namespace] = delivery.sequence
+        except SubscriptionOverflowError:
+            await self._too_slow(sub_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("websocket subscription %s failed", sub_id)
+            await self._error("internal", "the subscription failed", sub_id)
+
+    async def _too_slow(self, sub_id: str) -> None:
+        detail = "the client did not keep up; resume with from = last sequence + 1"
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(
+                self._send(
+                    {
+                        "type": "error",
+                        "id": sub_id,
+                        "code": "slow_consumer",
+                        "detail": detail,
+                        "last_sequences": dict(self.delivered),
+                    }
+                ),
+                1.0,
+            )
+        last = ",".join(f"{ns}:{seq}" for ns, seq in sorted(self.delivered.items()))
+        await self._close(f"slow consumer; last delivered {last}"[:120], 4008)
+
+    async def _send(self, frame: dict[str, Any]) -> None:
+        if self.closing:
+            return
+        async with self._send_lock:  # one frame at a time from several pumps
+            await self.send(text_data=json.dumps(frame, separators=(",", ":")))
+
+    async def _error(self, code: str, detail: str, sub_id: Any = None) -> None:
+        frame: dict[str, Any] = {"type": "error", "code": code, "detail": detail}
+        if isinstance(sub_id, str):
+            frame["id"] = sub_id
+        await self._send(frame)
+
+    async def _close(self, reason: str, code: int) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        await self.close(code=code, reason=reason)
+        await self.disconnect(code)
+
+
+def _start(value: Any) -> Any:
+    if value in ("new", "all"):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise ValueError('from must be "new", "all" or a stream sequence >= 1')

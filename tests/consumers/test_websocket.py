@@ -1,0 +1,189 @@
+"""The WebSocket protocol through Channels' WebsocketCommunicator, on a real nats-server."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
+
+from aether_django.consumers import EventsConsumer
+from aether_django.store import get_event_store
+from aether_django.testing.contract import ev
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def base():
+    return f"ws-{uuid.uuid4().hex[:8]}"
+
+
+async def make_user(base, *patterns, superuser=False):
+    from django.contrib.auth.models import User
+
+    from aether_django.models import NamespaceGrant
+
+    def create():
+        name = f"u{uuid.uuid4().hex[:8]}"
+        if superuser:
+            return User.objects.create_superuser(name, password="pw")
+        user = User.objects.create_user(name, password="pw")
+        for pattern in patterns:
+            NamespaceGrant.objects.create(user=user, pattern=pattern, can_read=True)
+        return user
+
+    return await sync_to_async(create)()
+
+
+async def connect(user):
+    communicator = WebsocketCommunicator(EventsConsumer.as_asgi(), "/ws/aether/")
+    communicator.scope["user"] = user
+    connected, _ = await communicator.connect()
+    assert connected
+    return communicator
+
+
+async def frame(communicator, timeout=5):
+    return json.loads(await communicator.receive_from(timeout))
+
+
+async def subscribe(communicator, sub_id, namespace, **options):
+    await communicator.send_to(
+        json.dumps({"action": "subscribe", "id": sub_id, "namespace": namespace, **options})
+    )
+    reply = await frame(communicator)
+    return reply
+
+
+async def test_unauthenticated_sockets_are_refused():
+    from django.contrib.auth.models import AnonymousUser
+
+    communicator = WebsocketCommunicator(EventsConsumer.as_asgi(), "/ws/aether/")
+    communicator.scope["user"] = AnonymousUser()
+    connected, code = await communicator.connect()
+    assert not connected and code == 4401
+
+
+async def test_subscribe_and_receive_saved_events_in_order(base):
+    ns = f"{base}.orders"
+    store = get_event_store(ns)
+    await store.asave_event(ev("a", 1))
+    ws = await connect(await make_user(base, ns))
+    assert await subscribe(ws, "s1", ns) == {"type": "subscribed", "id": "s1"}
+    stored = [await store.asave_event(ev("a", v)) for v in (2, 3, 4)]
+    frames = [await frame(ws) for _ in range(3)]
+    assert [f["sequence"] for f in frames] == [e.sequence for e in stored]
+    assert frames[0]["type"] == "event" and frames[0]["id"] == "s1"
+    assert frames[0]["namespace"] == ns and frames[0]["event"]["version"] == 2
+    await ws.disconnect()
+
+
+async def test_catch_up_from_a_sequence_then_live_without_gap_or_repeat(base):
+    ns = f"{base}.orders"
+    store = get_event_store(ns)
+    stored = await store.asave_events([ev("a", v) for v in range(1, 6)])
+    ws = await connect(await make_user(base, ns))
+    await subscribe(ws, "s", ns, **{"from": stored[2].sequence})
+    later = [await store.asave_event(ev("a", v)) for v in (6, 7)]
+    got = [(await frame(ws))["event"]["version"] for _ in range(5)]
+    assert got == [3, 4, 5, 6, 7]
+    assert later[-1].sequence
+    assert await ws.receive_nothing(0.3)
+    await ws.disconnect()
+
+
+async def test_several_subscriptions_filters_and_unsubscribe(base):
+    ns = f"{base}.orders"
+    store = get_event_store(ns)
+    await store.asave_event(ev("warm", 1))
+    ws = await connect(await make_user(base, f"{base}.>"))
+    await subscribe(ws, "placed", ns, event_types=["OrderPlaced"])
+    await subscribe(ws, "one", ns, actor_pattern="order-7")
+    await store.asave_event(ev("order-7", 1, "OrderShipped"))
+    await store.asave_event(ev("order-8", 1, "OrderPlaced"))
+    got = sorted((f["id"], f["event"]["actor_id"]) for f in [await frame(ws), await frame(ws)])
+    assert got == [("one", "order-7"), ("placed", "order-8")]
+    await ws.send_to(json.dumps({"action": "unsubscribe", "id": "one"}))
+    assert await frame(ws) == {"type": "unsubscribed", "id": "one"}
+    await store.asave_event(ev("order-7", 2, "OrderShipped"))
+    assert await ws.receive_nothing(0.3)
+    await ws.disconnect()
+
+
+async def test_namespaces_without_a_grant_are_refused_or_narrowed(base):
+    mine, theirs = f"{base}.mine", f"{base}.theirs"
+    for ns in (mine, theirs):
+        await get_event_store(ns).asave_event(ev("warm", 1))
+    ws = await connect(await make_user(base, mine))
+    refused = await subscribe(ws, "x", theirs)
+    assert refused["type"] == "error" and refused["code"] == "not_found"
+    assert (await subscribe(ws, "all", f"{base}.*"))["type"] == "subscribed"
+    await get_event_store(theirs).asave_event(ev("secret", 1))
+    await get_event_store(mine).asave_event(ev("visible", 1))
+    delivered = await frame(ws)
+    assert delivered["namespace"] == mine and delivered["event"]["actor_id"] == "visible"
+    assert await ws.receive_nothing(0.3)
+    await ws.disconnect()
+
+
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [
+        ("{not json", "bad_json"),
+        ("[1, 2]", "bad_frame"),
+        ('{"action": "dance"}', "unknown_action"),
+        ('{"action": "subscribe", "id": "s", "namespace": "bad..pattern"}', "invalid_subscription"),
+        (
+            '{"action": "subscribe", "id": "s", "namespace": "ok", "from": "yesterday"}',
+            "invalid_subscription",
+        ),
+        ('{"action": "subscribe", "id": "", "namespace": "ok"}', "bad_id"),
+        ('{"action": "unsubscribe", "id": "nope"}', "unknown_id"),
+    ],
+)
+async def test_bad_frames_get_an_error_frame_and_the_socket_stays_usable(base, text, code):
+    ws = await connect(await make_user(base, superuser=True))
+    await ws.send_to(text)
+    reply = await frame(ws)
+    assert reply["type"] == "error" and reply["code"] == code
+    ns = f"{base}.ok"
+    await get_event_store(ns).asave_event(ev("warm", 1))
+    assert (await subscribe(ws, "fine", ns))["type"] == "subscribed"
+    await ws.disconnect()
+
+
+async def test_huge_frames_and_floods_close_the_socket_others_stay_healthy(base):
+    user = await make_user(base, superuser=True)
+    huge = await connect(user)
+    await huge.send_to("x" * (EventsConsumer.max_frame_bytes + 1))
+    assert (await huge.receive_output(5))["type"] == "websocket.close"
+    flood = await connect(user)
+    for _ in range(EventsConsumer.max_frames_per_second + 10):
+        await flood.send_to('{"action": "unsubscribe", "id": "x"}')
+    closed = False
+    for _ in range(EventsConsumer.max_frames_per_second + 11):
+        output = await flood.receive_output(5)
+        if output["type"] == "websocket.close":
+            closed = output.get("code") == 1008
+            break
+    assert closed
+    healthy = await connect(user)
+    ns = f"{base}.ok"
+    await get_event_store(ns).asave_event(ev("warm", 1))
+    assert (await subscribe(healthy, "s", ns))["type"] == "subscribed"
+    await healthy.disconnect()
+
+
+async def test_too_many_subscriptions_on_one_socket(base, monkeypatch):
+    monkeypatch.setattr(EventsConsumer, "max_subscriptions", 2)
+    ns = f"{base}.ok"
+    await get_event_store(ns).asave_event(ev("warm", 1))
+    ws = await connect(await make_user(base, superuser=True))
+    assert (await subscribe(ws, "a", ns))["type"] == "subscribed"
+    assert (await subscribe(ws, "b", ns))["type"] == "subscribed"
+    assert (await subscribe(ws, "c", ns))["code"] == "too_many_subscriptions"
+    assert (await subscribe(ws, "a", ns))["code"] == "duplicate_id"
+    await ws.disconnect()
