@@ -142,8 +142,10 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             await self._error("not_found", "no such namespace", sub_id)
             return
         try:
+            # overflow="wait": a full buffer holds the JetStream consumer back; a
+            # client that stops reading is caught by the send timeout instead.
             subscription = await get_event_bus().asubscribe(  # type: ignore[attr-defined]
-                pattern, flt, start=start, buffer_size=self.buffer_size
+                pattern, flt, start=start, buffer_size=self.buffer_size, overflow="wait"
             )
         except AetherError as exc:
             await self._error("unavailable", str(exc), sub_id)
@@ -178,13 +180,16 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                     "sequence": delivery.sequence,
                     "event": event_body(delivery.event),
                 }
+                # A frame handed to the server reaches a client that reads its backlog
+                # (the close frame comes after it), so it counts as delivered even
+                # when the send then times out.
+                if delivery.sequence is not None:
+                    self.delivered[delivery.namespace] = delivery.sequence
                 try:
                     await asyncio.wait_for(self._send(frame), self.send_timeout)
                 except TimeoutError:
                     await self._too_slow(sub_id)
                     return
-                if delivery.sequence is not None:
-                    self.delivered[delivery.namespace] = delivery.sequence
         except SubscriptionOverflowError:
             await self._too_slow(sub_id)
         except asyncio.CancelledError:

@@ -15,6 +15,7 @@ from rest_framework.views import exception_handler
 from ..errors import (
     InvalidEventError,
     InvalidNameError,
+    NamespaceCollisionError,
     PayloadTooLargeError,
     ReplayError,
     StoreUnavailableError,
@@ -46,6 +47,30 @@ class CorruptHistory(APIException):
     default_code = "corrupt_event"
 
 
+class CannotApply(APIException):
+    status_code = status.HTTP_422_UNPROCESSABLE_ENTITY
+    default_detail = "The namespace's aggregate class cannot apply a stored event of this actor."
+    default_code = "cannot_apply"
+
+
+class NamespaceCollision(APIException):
+    # The detail names no other namespace: the caller may not be allowed to read it.
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = (
+        "This namespace's stream belongs to another namespace (names that differ only "
+        "in '.' and '__' share a stream); use another name."
+    )
+    default_code = "namespace_collision"
+
+
+class DuplicateEventId(APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = (
+        "An event id of this request is the id of another stored event; event ids must be unique."
+    )
+    default_code = "duplicate_event_id"
+
+
 def aether_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """DRF's handler, plus aether's errors, and a ``code`` in every error body."""
     if isinstance(exc, VersionConflictError):
@@ -65,6 +90,8 @@ def aether_exception_handler(exc: Exception, context: dict[str, Any]) -> Respons
         exc = ValidationError({"detail": [str(exc)]}, code="invalid")
     elif isinstance(exc, StoreUnavailableError):
         exc = StoreUnavailable()
+    elif isinstance(exc, NamespaceCollisionError):
+        exc = NamespaceCollision()
     elif isinstance(exc, ReplayError):
         exc = CorruptHistory(f"stored message {exc.sequence} cannot be decoded: {exc.reason}")
     response = exception_handler(exc, context)

@@ -98,7 +98,15 @@ class Subscription:
         callback: Callback | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
         on_close: Callable[[Subscription], None] | None = None,
+        overflow: str = "end",
     ) -> None:
+        if overflow not in ("end", "wait"):
+            raise ValueError('overflow must be "end" or "wait"')
+        #: "end": a full buffer ends the subscription with SubscriptionOverflowError.
+        #: "wait": a full buffer makes the source wait (backpressure), where the
+        #: source can (stored events stay in the stream meanwhile).
+        self.overflow = overflow
+        self._space: asyncio.Event | None = None
         self.pattern = validate_pattern(pattern)
         self.exact = is_exact(pattern)
         self.filter = filter or SubscriptionFilter()
@@ -172,6 +180,16 @@ class Subscription:
         self._wake()
         return True
 
+    async def adeliver(self, delivery: Delivery) -> bool:
+        """Like :meth:`deliver`, but with ``overflow="wait"`` wait for room instead of ending."""
+        if self.overflow == "wait" and self.callback is None:
+            while len(self._queue) >= self.buffer_size and not self._closed:
+                if self._space is None:
+                    self._space = asyncio.Event()
+                self._space.clear()
+                await self._space.wait()
+        return self.deliver(delivery)
+
     def _resume_point(self) -> dict[str, int]:
         # What the subscriber will have received once it drains the buffer.
         point = dict(self.last_sequences)
@@ -205,6 +223,8 @@ class Subscription:
         self._closed = True
         self._error = error
         self._wake()
+        if self._space is not None:
+            self._space.set()
         if self._on_close is not None:
             self._on_close(self)
 
@@ -235,6 +255,8 @@ class Subscription:
             if self._queue:
                 delivery = self._queue.popleft()
                 self._note(delivery)
+                if self._space is not None:
+                    self._space.set()
                 return delivery
             if self._closed:
                 if self._error is not None:

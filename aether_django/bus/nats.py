@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
 import socket
@@ -38,7 +37,14 @@ from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy, KeyValueConfig
 
 from ..errors import InvalidNameError, ReplayError
-from ..events import Event, decode_event, encode_event, format_timestamp, parse_timestamp
+from ..events import (
+    Event,
+    decode_event,
+    encode_event,
+    format_timestamp,
+    parse_timestamp,
+    with_sequence,
+)
 from ..jsapi import event_namespace, list_event_streams
 from ..names import validate_namespace
 from ..patterns import matches
@@ -122,8 +128,12 @@ class NATSEventBus(EventBus):
         callback: Callback | None = None,
         start: Start = "new",
         durable: str | None = None,
+        overflow: str = "end",
     ) -> Subscription:
         """Subscribe to saved events of the namespaces matching ``namespace_pattern``.
+
+        ``overflow="wait"`` makes a full buffer hold the JetStream consumer back
+        (flow control) instead of ending the subscription.
 
         In async code the consumers are set up in the background (use
         :meth:`asubscribe` to wait until they are); in sync code (``callback``
@@ -146,6 +156,7 @@ class NATSEventBus(EventBus):
             callback=callback,
             loop=loop,
             on_close=self._remove,
+            overflow=overflow,
         )
         feed = _Feed(self, subscription, start, durable)
         subscription.feed = feed  # type: ignore[attr-defined]
@@ -172,6 +183,7 @@ class NATSEventBus(EventBus):
         callback: Callback | None = None,
         start: Start = "new",
         durable: str | None = None,
+        overflow: str = "end",
     ) -> Subscription:
         """Subscribe and wait until the consumers exist, so ``start="new"`` is exact."""
         subscription = self.subscribe(
@@ -181,6 +193,7 @@ class NATSEventBus(EventBus):
             callback=callback,
             start=start,
             durable=durable,
+            overflow=overflow,
         )
         feed: _Feed = subscription.feed  # type: ignore[attr-defined]
         try:
@@ -362,7 +375,7 @@ class _Feed:
         position = await self._load_position(stream) if self.durable else None
 
         async def on_msg(msg: Msg) -> None:
-            self._on_msg(namespace, stream, msg)
+            await self._on_msg(namespace, stream, msg)
 
         js = self._nc.jetstream(timeout=self.bus.timeout)
         self.consumers[stream] = await js.subscribe(
@@ -377,7 +390,7 @@ class _Feed:
         )
 
     # --- receiving ----------------------------------------------------------------------
-    def _on_msg(self, namespace: str, stream: str, msg: Msg) -> None:
+    async def _on_msg(self, namespace: str, stream: str, msg: Msg) -> None:
         sequence = msg.metadata.sequence.stream
         try:
             event = decode_event(msg.data, sequence=sequence)
@@ -389,7 +402,9 @@ class _Feed:
         if not self.sub.filter.matches(event):
             self.bus._count("filtered")
             return
-        if self.sub.deliver(Delivery(namespace, dataclasses.replace(event, sequence=sequence))):
+        # With overflow="wait" this holds nats-py's delivery, and so the consumer's
+        # flow control, until the subscriber makes room.
+        if await self.sub.adeliver(Delivery(namespace, with_sequence(event, sequence))):
             self.bus._count("delivered")
 
     # --- durable positions ----------------------------------------------------------------

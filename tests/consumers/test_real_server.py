@@ -1,0 +1,227 @@
+"""WebSockets through a real ASGI server (uvicorn) and a real client: origin, slow clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+import uuid
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.test import Client, override_settings
+
+from aether_django.consumers import EventsConsumer
+from aether_django.store import get_event_store
+from aether_django.testing import find_free_port
+from aether_django.testing.contract import ev
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def server():
+    """uvicorn serving tests.asgi in a thread of this process (so it shares the test DB)."""
+    import uvicorn
+
+    from tests.asgi import application
+
+    port = find_free_port()
+    config = uvicorn.Config(
+        application, host="127.0.0.1", port=port, log_level="warning", ws="websockets"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield f"127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+async def session_cookie(superuser=True):
+    from django.contrib.auth.models import User
+
+    def login():
+        name = f"u{uuid.uuid4().hex[:8]}"
+        User.objects.create_superuser(name, password="pw")
+        client = Client()
+        assert client.login(username=name, password="pw")
+        return f"sessionid={client.cookies['sessionid'].value}"
+
+    return await sync_to_async(login)()
+
+
+async def test_a_foreign_origin_is_refused():
+    from tests.asgi import application
+
+    with override_settings(ALLOWED_HOSTS=["testserver"]):
+        communicator = WebsocketCommunicator(
+            application, "/ws/aether/", headers=[(b"origin", b"http://elsewhere.example")]
+        )
+        connected, _ = await communicator.connect()
+        assert not connected
+
+
+async def test_events_saved_by_another_process_reach_a_real_websocket_client(server, tmp_path):
+    import sys
+
+    import websockets
+
+    ns = f"ws-{uuid.uuid4().hex[:8]}"
+    await get_event_store(ns).asave_event(ev("warm", 1))
+    cookie = await session_cookie()
+    async with websockets.connect(
+        f"ws://{server}/ws/aether/", additional_headers={"Cookie": cookie}
+    ) as ws:
+        await ws.send(json.dumps({"action": "subscribe", "id": "s", "namespace": ns}))
+        assert json.loads(await ws.recv())["type"] == "subscribed"
+        code = (
+            "import os, django\n"
+            "os.environ['DJANGO_SETTINGS_MODULE'] = 'tests.settings'\n"
+            "django.setup()\n"
+            "from aether_django.store import get_event_store\n"
+            "from aether_django.testing.contract import ev\n"
+            f"get_event_store({ns!r}).save_events([ev('x', 1), ev('x', 2)])\n"
+        )
+        process = await asyncio.create_subprocess_exec(sys.executable, "-c", code)
+        assert await asyncio.wait_for(process.wait(), 60) == 0
+        frames = [json.loads(await asyncio.wait_for(ws.recv(), 10)) for _ in range(2)]
+        assert [f["event"]["version"] for f in frames] == [1, 2]
+
+
+@pytest.mark.slow
+async def test_a_client_that_does_not_read_is_disconnected_and_can_resume(server, monkeypatch):
+    import websockets
+
+    monkeypatch.setattr(EventsConsumer, "send_timeout", 1.0)
+    monkeypatch.setattr(EventsConsumer, "buffer_size", 50)
+    ns = f"ws-{uuid.uuid4().hex[:8]}"
+    store = get_event_store(ns)
+    # Enough data to fill every buffer between the server and a client that does not read
+    # (the kernel's socket buffers on loopback hold several MB).
+    total, blob = 1500, "x" * 16000
+    stored = []
+    for start in range(1, total + 1, 100):
+        stored += await store.asave_events(
+            [ev("a", v, blob=blob) for v in range(start, start + 100)]
+        )
+    cookie = await session_cookie()
+
+    # A raw client with a tiny socket buffer that subscribes and then does not read.
+    host, port = server.split(":")
+    slow = RawWebSocket(host, int(port), cookie)
+    fast = await websockets.connect(
+        f"ws://{server}/ws/aether/", additional_headers={"Cookie": cookie}
+    )
+    slow.send({"action": "subscribe", "id": "s", "namespace": ns, "from": "all"})
+    await fast.send(json.dumps({"action": "subscribe", "id": "f", "namespace": ns, "from": "all"}))
+    assert json.loads(await fast.recv())["type"] == "subscribed"
+    fast_versions = []
+    while len(fast_versions) < total:  # the other client is not slowed down
+        frame = json.loads(await asyncio.wait_for(fast.recv(), 10))
+        fast_versions.append(frame["event"]["version"])
+    assert fast_versions == list(range(1, total + 1))
+    await asyncio.sleep(3)  # the slow client's sends time out meanwhile
+
+    # Now it reads: what was delivered, then the reason and where to resume.
+    received, last = [], None
+    frames = await asyncio.to_thread(slow.read_all)
+    for opcode, payload in frames:
+        if opcode == 1:
+            frame = json.loads(payload)
+            if frame["type"] == "event":
+                received.append(frame["sequence"])
+            elif frame["type"] == "error":
+                assert frame["code"] == "slow_consumer"
+                last = frame["last_sequences"][ns]
+    close_code = int.from_bytes(frames[-1][1][:2], "big") if frames[-1][0] == 8 else None
+    assert close_code == 4008, frames[-1]
+    assert last is not None and received and received[-1] == last
+    assert 0 < len(received) < total
+
+    # It reconnects from last + 1 and misses nothing.
+    async with websockets.connect(
+        f"ws://{server}/ws/aether/", additional_headers={"Cookie": cookie}
+    ) as again:
+        await again.send(
+            json.dumps({"action": "subscribe", "id": "s", "namespace": ns, "from": last + 1})
+        )
+        assert json.loads(await again.recv())["type"] == "subscribed"
+        rest = [
+            json.loads(await asyncio.wait_for(again.recv(), 10))["sequence"]
+            for _ in range(total - len(received))
+        ]
+    assert received + rest == [e.sequence for e in stored]
+    await fast.close()
+
+
+class RawWebSocket:
+    """The least a WebSocket client needs, on a blocking socket that reads only when told."""
+
+    def __init__(self, host: str, port: int, cookie: str) -> None:
+        import base64
+        import os
+
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.sock.connect((host, port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        request = (
+            f"GET /ws/aether/ HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            f"Sec-WebSocket-Version: 13\r\nCookie: {cookie}\r\n\r\n"
+        )
+        self.sock.sendall(request.encode())
+        response = b""
+        while b"\r\n\r\n" not in response:
+            response += self.sock.recv(1)
+        assert b" 101 " in response.split(b"\r\n")[0], response
+        self.buffer = b""
+
+    def send(self, doc: dict) -> None:
+        import os
+
+        payload = json.dumps(doc).encode()
+        mask = os.urandom(4)
+        header = (
+            bytes([0x81, 0x80 | len(payload)])
+            if len(payload) < 126
+            else (bytes([0x81, 0x80 | 126]) + len(payload).to_bytes(2, "big"))
+        )
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        self.sock.sendall(header + mask + masked)
+
+    def _read(self, n: int) -> bytes:
+        while len(self.buffer) < n:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError
+            self.buffer += chunk
+        data, self.buffer = self.buffer[:n], self.buffer[n:]
+        return data
+
+    def read_all(self) -> list[tuple[int, bytes]]:
+        """Every frame until the close frame (or the end of the connection)."""
+        self.sock.settimeout(20)
+        frames = []
+        try:
+            while True:
+                first, second = self._read(2)
+                length = second & 0x7F
+                if length == 126:
+                    length = int.from_bytes(self._read(2), "big")
+                elif length == 127:
+                    length = int.from_bytes(self._read(8), "big")
+                frames.append((first & 0x0F, self._read(length)))
+                if first & 0x0F == 8:
+                    break
+        except (EOFError, OSError):
+            pass
+        self.sock.close()
+        return frames
