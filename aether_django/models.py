@@ -64,3 +64,29 @@ class NamespaceGrant(models.Model):
     def clean(self) -> None:
         if (self.user_id is None) == (self.group_id is None):
             raise ValidationError("A grant is for a user or for a group, not both or neither.")
+
+
+class StreamInspection(models.Model):
+    """No table: the admin's entry for the read-only namespace, actor and event pages."""
+
+    class Meta:
+        managed = False
+        verbose_name = "namespace"
+        verbose_name_plural = "namespaces and events"
+        default_permissions = ()
+
+    def __str__(self) -> str:
+        return "namespaces"
+
+
+class ClusterInspection(models.Model):
+    """No table: the admin's entry for the read-only node and shard-map pages."""
+
+    class Meta:
+        managed = False
+        verbose_name = "cluster"
+        verbose_name_plural = "cluster nodes and shards"
+        default_permissions = ()
+
+    def __str__(self) -> str:
+        return "cluster"

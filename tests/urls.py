@@ -1,5 +1,6 @@
 """URLs used by the runtime and aggregate tests: sync and async views that save events."""
 
+from django.contrib import admin
 from django.urls import include, path
 
 from . import views
@@ -10,4 +11,5 @@ urlpatterns = [
     path("orders/<str:actor_id>/place/", views.order_place),
     path("orders/<str:actor_id>/add-line/", views.order_add_line),
     path("api/aether/", include("aether_django.api.urls")),
+    path("admin/", admin.site.urls),
 ]

@@ -18,17 +18,17 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from ..aggregates import AggregateDoesNotExist, get_aggregate_class
+from ..aggregates import AggregateDoesNotExist, AggregateError, get_aggregate_class
 from ..cluster import cluster_config, shard_of
 from ..cluster.coordinator import Coordinator
-from ..errors import InvalidNameError, VersionConflictError
+from ..errors import EventStoreError, InvalidNameError, VersionConflictError
 from ..events import ActorSnapshot, Event
 from ..names import validate_actor_id, validate_namespace
 from ..runtime import get_runtime
 from ..store import EventStore, get_event_store, list_namespaces
 from . import serializers as s
 from .access import access_for
-from .exceptions import aether_exception_handler
+from .exceptions import CannotApply, DuplicateEventId, aether_exception_handler
 
 #: Items per page unless ``limit`` says otherwise, and the most ``limit`` may ask for.
 DEFAULT_LIMIT = 100
@@ -40,6 +40,12 @@ _ERRORS = {
     403: OpenApiResponse(description="not allowed"),
     404: OpenApiResponse(description="no such namespace, actor, or no read grant"),
     503: OpenApiResponse(description="the event store did not answer in time"),
+}
+#: The errors of the endpoints of one namespace.
+_NS_ERRORS = {
+    **_ERRORS,
+    409: OpenApiResponse(description="the namespace's stream belongs to another namespace"),
+    422: OpenApiResponse(description="a stored event cannot be decoded (or applied, for state)"),
 }
 _LIMIT = OpenApiParameter("limit", OpenApiTypes.INT, description=f"1..{MAX_LIMIT}")
 
@@ -87,6 +93,8 @@ class NamespaceView(AetherAPIView):
             validate_namespace(namespace)
         except InvalidNameError as exc:
             raise ValidationError({"namespace": [str(exc)]}) from None
+        if "\n" in namespace:  # validate_namespace's "$" lets a final newline through
+            raise ValidationError({"namespace": ["a namespace cannot contain a newline"]})
         access = access_for(request)
         if not access.can_read(namespace):
             if write and access.can_write(namespace):
@@ -131,7 +139,7 @@ class NamespaceListView(NamespaceView):
 
 
 class NamespaceDetailView(NamespaceView):
-    @extend_schema(responses={200: s.NamespaceSerializer, **_ERRORS})
+    @extend_schema(responses={200: s.NamespaceSerializer, **_NS_ERRORS})
     def get(self, request: Request, namespace: str) -> Response:
         """One namespace's figures."""
         info = self.store(request, namespace).get_info()
@@ -143,7 +151,7 @@ class NamespaceDetailView(NamespaceView):
 class ActorListView(NamespaceView):
     @extend_schema(
         parameters=[_LIMIT, OpenApiParameter("cursor", OpenApiTypes.STR)],
-        responses={200: s.page_of(s.ActorSerializer), **_ERRORS},
+        responses={200: s.page_of(s.ActorSerializer), **_NS_ERRORS},
     )
     def get(self, request: Request, namespace: str) -> Response:
         """The actors of a namespace, by id, with their version and shard."""
@@ -185,7 +193,7 @@ def _decode_cursor(cursor: str | None) -> str | None:
 class EventListView(NamespaceView):
     @extend_schema(
         parameters=[OpenApiParameter("from_version", OpenApiTypes.INT), _LIMIT],
-        responses={200: s.page_of(s.EventSerializer), **_ERRORS},
+        responses={200: s.page_of(s.EventSerializer), **_NS_ERRORS},
     )
     def get(self, request: Request, namespace: str, actor_id: str) -> Response:
         """The actor's events in version order, from ``from_version`` on (inclusive)."""
@@ -207,9 +215,12 @@ class EventListView(NamespaceView):
         request=s.AppendOneSerializer,
         responses={
             201: s.AppendResultSerializer,
-            409: OpenApiResponse(description="version conflict: code, actor_id, versions"),
             413: OpenApiResponse(description="an event is larger than the limit"),
             **_ERRORS,
+            409: OpenApiResponse(
+                description="version conflict (code, actor_id, attempted_version, "
+                "current_version), an event id used by another event, or a namespace collision"
+            ),
         },
     )
     def post(self, request: Request, namespace: str, actor_id: str) -> Response:
@@ -225,6 +236,12 @@ class EventListView(NamespaceView):
             if not client_ids:
                 raise
             stored = self._already_stored(store, events, conflict)
+        except EventStoreError as exc:
+            # The store's answer when a client-chosen id is the id of another event (of
+            # another actor, or of this actor at another version).
+            if False and client_ids and "event ids must be unique" in str(exc):
+                raise DuplicateEventId() from None
+            raise
         return Response(
             {"events": [s.event_body(e) for e in stored]}, status=status.HTTP_201_CREATED
         )
@@ -271,7 +288,7 @@ def _event(item: dict[str, Any], actor_id: str, version: int) -> Event:
 
 
 class VersionView(NamespaceView):
-    @extend_schema(responses={200: s.VersionSerializer, **_ERRORS})
+    @extend_schema(responses={200: s.VersionSerializer, **_NS_ERRORS})
     def get(self, request: Request, namespace: str, actor_id: str) -> Response:
         """The actor's current version (0 for an actor with no events)."""
         store = self.store(request, namespace)
@@ -280,7 +297,7 @@ class VersionView(NamespaceView):
 
 
 class SnapshotView(NamespaceView):
-    @extend_schema(responses={200: s.SnapshotSerializer, **_ERRORS})
+    @extend_schema(responses={200: s.SnapshotSerializer, **_NS_ERRORS})
     def get(self, request: Request, namespace: str, actor_id: str) -> Response:
         """The actor's latest snapshot (404 when there is none)."""
         store = self.store(request, namespace)
@@ -289,7 +306,9 @@ class SnapshotView(NamespaceView):
             raise NotFound("no snapshot")
         return Response(_snapshot_body(snapshot))
 
-    @extend_schema(request=s.SnapshotSerializer, responses={200: s.SnapshotSerializer, **_ERRORS})
+    @extend_schema(
+        request=s.SnapshotSerializer, responses={200: s.SnapshotSerializer, **_NS_ERRORS}
+    )
     def put(self, request: Request, namespace: str, actor_id: str) -> Response:
         """Save a snapshot of the actor (replacing the previous one)."""
         store = self.store(request, namespace, write=True)
@@ -316,7 +335,7 @@ def _snapshot_body(snapshot: ActorSnapshot) -> dict[str, Any]:
 class StateView(NamespaceView):
     @extend_schema(
         parameters=[OpenApiParameter("at_version", OpenApiTypes.INT)],
-        responses={200: s.StateSerializer, **_ERRORS},
+        responses={200: s.StateSerializer, **_NS_ERRORS},
     )
     def get(self, request: Request, namespace: str, actor_id: str) -> Response:
         """The actor's state (or its state as of ``at_version``), for a registered aggregate."""
@@ -330,6 +349,8 @@ class StateView(NamespaceView):
             actor = model.objects.get(actor_id, at_version=at_version)
         except AggregateDoesNotExist:
             raise NotFound("no such actor") from None
+        except AggregateError as exc:  # e.g. a stored event type it has no handler for
+            raise CannotApply(str(exc)) from None
         return Response(
             {
                 "actor_id": actor.actor_id,

@@ -1,0 +1,206 @@
+"""Django admin: NamespaceGrant editing, and read-only pages for streams, actors and the cluster.
+
+The inspection pages read JetStream and the cluster bucket live on every request;
+nothing is copied into the database. Event history is shown, never edited.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.core.paginator import Paginator
+from django.http import Http404, HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path
+
+from .aggregates import AggregateDoesNotExist, get_aggregate_class
+from .cluster import cluster_config, shard_of
+from .cluster.coordinator import Coordinator
+from .errors import AetherError, InvalidNameError, ReplayError
+from .models import ClusterInspection, NamespaceGrant, StreamInspection
+from .names import validate_actor_id, validate_namespace
+from .runtime import get_runtime
+from .store import get_event_store, list_namespaces
+
+ACTORS_PER_PAGE = 100
+
+
+@admin.register(NamespaceGrant)
+class NamespaceGrantAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    list_display = ("pattern", "user", "group", "can_read", "can_write", "created_at")
+    list_filter = ("can_read", "can_write")
+    search_fields = ("pattern", "user__username", "group__name")
+    autocomplete_fields = ()
+    raw_id_fields = ("user", "group")
+
+
+class _InspectionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """Base of the read-only pages: staff may look; nobody may add, change or delete."""
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return bool(request.user.is_active and request.user.is_staff)
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return self.has_view_permission(request)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def render(self, request: HttpRequest, template: str, **context: Any) -> HttpResponse:
+        base = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "has_view_permission": True,
+        }
+        return TemplateResponse(request, f"admin/aether_django/{template}", {**base, **context})
+
+    def error_page(self, request: HttpRequest, error: Exception) -> HttpResponse:
+        response = self.render(request, "unavailable.html", title="Unavailable", error=error)
+        response.status_code = 503
+        return response
+
+
+@admin.register(StreamInspection)
+class StreamAdmin(_InspectionAdmin):
+    """Namespaces → actors → an actor's timeline, snapshot and state."""
+
+    def get_urls(self) -> list[URLPattern]:
+        view = self.admin_site.admin_view
+        return [
+            path("", view(self.namespaces_view), name="aether_django_streaminspection_changelist"),
+            path("<str:namespace>/", view(self.actors_view), name="aether_namespace"),
+            path("<str:namespace>/<path:actor_id>/", view(self.actor_view), name="aether_actor"),
+        ]
+
+    def namespaces_view(self, request: HttpRequest) -> HttpResponse:
+        try:
+            infos = [get_event_store(ns).get_info() for ns in list_namespaces()]
+        except AetherError as exc:
+            return self.error_page(request, exc)
+        return self.render(
+            request,
+            "namespaces.html",
+            title="Namespaces",
+            namespaces=[info for info in infos if info is not None],
+        )
+
+    def actors_view(self, request: HttpRequest, namespace: str) -> HttpResponse:
+        try:
+            validate_namespace(namespace)
+            store = get_event_store(namespace)
+            info = store.get_info()
+        except InvalidNameError as exc:
+            raise Http404(str(exc)) from None
+        except AetherError as exc:
+            return self.error_page(request, exc)
+        if info is None:
+            raise Http404("no such namespace")
+        query = request.GET.get("q", "").strip()
+        actor_ids = [a for a in store.get_actor_ids() if query in a]
+        page = Paginator(actor_ids, ACTORS_PER_PAGE).get_page(request.GET.get("p"))
+        versions = store.get_latest_versions(list(page.object_list))
+        model = get_aggregate_class(namespace)
+        actors = [
+            {"actor_id": a, "version": versions.get(a, 0), "shard": shard_of(a)}
+            for a in page.object_list
+        ]
+        return self.render(
+            request,
+            "actors.html",
+            title=f"Namespace {namespace}",
+            namespace=namespace,
+            info=info,
+            actors=actors,
+            page=page,
+            query=query,
+            aggregate=model,
+            aggregate_name=getattr(model, "__name__", ""),
+        )
+
+    def actor_view(self, request: HttpRequest, namespace: str, actor_id: str) -> HttpResponse:
+        try:
+            validate_namespace(namespace)
+            validate_actor_id(actor_id)
+        except InvalidNameError as exc:
+            raise Http404(str(exc)) from None
+        store = get_event_store(namespace)
+        try:
+            result = store.get_events_with_errors(actor_id)
+            snapshot = store.get_latest_snapshot(actor_id)
+        except AetherError as exc:
+            return self.error_page(request, exc)
+        if not result.events and not result.errors:
+            raise Http404("no such actor")
+        state, state_error = None, None
+        model = get_aggregate_class(namespace)
+        if model is not None:
+            try:
+                state = model.objects.get(actor_id).get_snapshot_state()
+            except (AggregateDoesNotExist, ReplayError, AetherError, KeyError, TypeError) as exc:
+                state_error = str(exc) or type(exc).__name__
+        return self.render(
+            request,
+            "actor.html",
+            title=f"{actor_id} in {namespace}",
+            namespace=namespace,
+            actor_id=actor_id,
+            shard=shard_of(actor_id),
+            events=result.events,
+            replay_errors=result.errors,
+            snapshot=snapshot,
+            aggregate=model,
+            aggregate_name=getattr(model, "__name__", ""),
+            state=state,
+            state_error=state_error,
+        )
+
+
+@admin.register(ClusterInspection)
+class ClusterAdmin(_InspectionAdmin):
+    """Nodes, the leader and its term, and the shard map."""
+
+    def get_urls(self) -> list[URLPattern]:
+        view = self.admin_site.admin_view
+        return [
+            path("", view(self.nodes_view), name="aether_django_clusterinspection_changelist"),
+            path("shards/", view(self.shards_view), name="aether_shards"),
+        ]
+
+    def _coordinator(self) -> Coordinator:
+        return Coordinator(get_runtime(), "admin", cluster_config())
+
+    def nodes_view(self, request: HttpRequest) -> HttpResponse:
+        coordinator = self._coordinator()
+        runtime = get_runtime()
+        try:
+            lease = runtime.run(coordinator.read_lease())
+            nodes = runtime.run(coordinator.nodes())
+        except Exception as exc:  # NATS down, bucket unreadable: say so, don't 500
+            return self.error_page(request, exc)
+        return self.render(request, "nodes.html", title="Cluster nodes", lease=lease, nodes=nodes)
+
+    def shards_view(self, request: HttpRequest) -> HttpResponse:
+        coordinator = self._coordinator()
+        try:
+            shard_map = get_runtime().run(coordinator.read_shard_map())
+        except Exception as exc:
+            return self.error_page(request, exc)
+        by_node: dict[str, list[int]] = {}
+        if shard_map is not None:
+            for shard, node in sorted(shard_map.assignment.items()):
+                by_node.setdefault(node, []).append(shard)
+        return self.render(
+            request,
+            "shards.html",
+            title="Shard map",
+            shard_map=shard_map,
+            by_node=sorted(by_node.items()),
+            num_shards=coordinator.config.num_shards,
+        )
