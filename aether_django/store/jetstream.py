@@ -744,6 +744,30 @@ class JetStreamEventStore(AsyncFirstEventStore):
                 break
         return sorted(names.actor_id_from_token(token) for token in tokens)
 
+    async def aensure(self, *, create: bool = True) -> list[str]:
+        """Make sure the stream and snapshot bucket exist and are usable; return what was done.
+
+        With ``create=False`` only check; raises StoreConfigurationError or
+        NamespaceCollisionError when something is wrong.
+        """
+        deadline = self._deadline()
+        done: list[str] = []
+        if not await self._stream_exists(deadline):
+            if not create:
+                raise StoreConfigurationError(f"stream {self.stream_name!r} does not exist")
+            await self._ensure_stream(deadline)
+            done.append(f"created stream {self.stream_name}")
+        try:
+            await self._js_call(deadline, "key_value", self.bucket_name)
+        except nats.js.errors.BucketNotFoundError:
+            if not create:
+                raise StoreConfigurationError(
+                    f"snapshot bucket {self.bucket_name!r} does not exist"
+                ) from None
+            await self._ensure_bucket(deadline)
+            done.append(f"created bucket {self.bucket_name}")
+        return done
+
     async def aget_info(self) -> NamespaceInfo | None:
         """Figures of the namespace's stream, read live from the server."""
         deadline = self._deadline()

@@ -1,0 +1,85 @@
+"""``manage.py aether_replay NAMESPACE``: replay (and check) every actor of a namespace."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from aether_django.aggregates import get_aggregate_class
+from aether_django.errors import AetherError
+from aether_django.names import validate_namespace
+from aether_django.store import get_event_store
+
+
+class Command(BaseCommand):
+    help = (
+        "Read every actor of a namespace from its events, report messages that do not "
+        "decode, rebuild each actor with its aggregate class when one is registered, and "
+        "with --verify compare each snapshot with the state replayed without it."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("namespace")
+        parser.add_argument(
+            "--verify", action="store_true", help="check snapshots against a full replay"
+        )
+        parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    def handle(self, *args: Any, namespace: str, **options: Any) -> None:
+        try:
+            validate_namespace(namespace)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
+        store = get_event_store(namespace)
+        model = get_aggregate_class(namespace)
+        try:
+            actor_ids = store.get_actor_ids()
+        except AetherError as exc:
+            raise CommandError(str(exc)) from exc
+        events = 0
+        replay_errors: list[str] = []
+        rebuild_errors: list[str] = []
+        mismatches: list[str] = []
+        progress = not options["no_progress"] and sys.stderr.isatty()
+        for done, actor_id in enumerate(actor_ids, start=1):
+            result = store.get_events_with_errors(actor_id)
+            events += len(result.events)
+            replay_errors += [
+                f"{actor_id}: sequence {e.sequence}: {e.reason}" for e in result.errors
+            ]
+            if model is not None and not result.errors:
+                try:
+                    actor = model.objects.get(actor_id)
+                    if options["verify"]:
+                        snapshot = store.get_latest_snapshot(actor_id)
+                        if snapshot is not None:
+                            replayed = model(actor_id)
+                            for event in result.events:
+                                if event.version <= snapshot.version:
+                                    replayed._apply(model.upcast(event))
+                            stored = snapshot.state.get("state")
+                            if stored != replayed.get_snapshot_state():
+                                mismatches.append(f"{actor_id}: snapshot {snapshot.version}")
+                    del actor
+                except Exception as exc:  # report every actor that cannot be rebuilt
+                    rebuild_errors.append(f"{actor_id}: {type(exc).__name__}: {exc}")
+            if progress:
+                width = 30
+                filled = width * done // max(len(actor_ids), 1)
+                sys.stderr.write(
+                    f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{len(actor_ids)}"
+                )
+        if progress:
+            sys.stderr.write("\n")
+        self.stdout.write(
+            f"{namespace}: {len(actor_ids)} actors, {events} events, "
+            f"{len(replay_errors)} replay errors"
+            + (f", {len(rebuild_errors)} actors not rebuilt" if model else ", no aggregate class")
+            + (f", {len(mismatches)} snapshot mismatches" if options["verify"] else "")
+        )
+        for line in replay_errors + rebuild_errors + mismatches:
+            self.stdout.write(f"  {line}")
+        if replay_errors or rebuild_errors or mismatches:
+            raise CommandError("problems found")
