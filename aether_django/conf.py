@@ -54,6 +54,9 @@ DEFAULTS: dict[str, Any] = {
     "FAILURE_TIMEOUT": 3.0,
     "NUM_SHARDS": 1024,
     "CLUSTER_BUCKET": "aether_cluster",
+    # Bearer token that lets a scraper read metrics/ without a staff session;
+    # empty: staff sessions only.
+    "METRICS_TOKEN": "",
 }
 
 #: Settings that name a class by dotted path.

@@ -12,4 +12,5 @@ urlpatterns = [
     path("orders/<str:actor_id>/add-line/", views.order_add_line),
     path("api/aether/", include("aether_django.api.urls")),
     path("admin/", admin.site.urls),
+    path("aether/", include("aether_django.urls")),
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import threading
 
+from .. import metrics
 from .local import (
     Delivery,
     EventBus,
@@ -55,6 +56,14 @@ def get_event_bus() -> EventBus:
                 timeout=float(s.TIMEOUT),
             )
         return _bus
+
+
+def _subscriptions() -> float:
+    bus = _bus
+    return float(bus.metrics["subscriptions"]) if bus is not None else 0.0
+
+
+metrics.BUS_SUBSCRIPTIONS.read = _subscriptions
 
 
 def reset_event_bus() -> None:

@@ -36,6 +36,7 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy, KeyValueConfig
 
+from .. import metrics
 from ..errors import InvalidNameError, ReplayError
 from ..events import (
     Event,
@@ -402,10 +403,12 @@ class _Feed:
         if not self.sub.filter.matches(event):
             self.bus._count("filtered")
             return
+        metrics.BUS_LAG.observe(max(0.0, (datetime.now(UTC) - event.timestamp).total_seconds()))
         # With overflow="wait" this holds nats-py's delivery, and so the consumer's
         # flow control, until the subscriber makes room.
         if await self.sub.adeliver(Delivery(namespace, with_sequence(event, sequence))):
             self.bus._count("delivered")
+            metrics.BUS_DELIVERED.inc()
 
     # --- durable positions ----------------------------------------------------------------
     def _key(self, stream: str) -> str:

@@ -30,7 +30,7 @@ from typing import Any
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
 
-from .. import __version__
+from .. import __version__, metrics
 from ..jsapi import (
     ERR_WRONG_LAST_SEQUENCE,
     JetStreamRefused,
@@ -292,6 +292,8 @@ class Coordinator:
         await self.setup()
         alive = {info.node_id: info for info in (await self._infos("alive")) if info is not None}
         members = {info.node_id: info for info in await self._infos("members") if info is not None}
+        metrics.NODES.set(len(alive), status="alive")
+        metrics.NODES.set(len(set(members) - set(alive)), status="failed")
         result = []
         for node_id in sorted(set(alive) | set(members)):
             if node_id in alive:
@@ -376,6 +378,7 @@ class Coordinator:
                 current, last = await self._read_lease()  # someone else won
             else:
                 self.lease = Lease(self.node_id, revision, revision, since)
+                metrics.LEADER_CHANGES.inc()
                 logger.info("node %s is leader (term %s)", self.node_id, revision)
                 return self.lease
         self.lease = current if current is not None and current.node_id == self.node_id else None
@@ -459,6 +462,7 @@ class Coordinator:
             moved=plan.moved_count,
         )
         await self.write_shard_map(new_map, current.revision if current else 0)
+        metrics.SHARD_MOVES.inc(plan.moved_count)
         logger.info(
             "leader %s moved %d shards over %d nodes", self.node_id, plan.moved_count, len(alive)
         )

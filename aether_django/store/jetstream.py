@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
@@ -35,7 +36,7 @@ from nats.js.api import (
     StreamConfig,
 )
 
-from .. import names
+from .. import metrics, names
 from ..errors import (
     EventStoreError,
     NamespaceCollisionError,
@@ -539,8 +540,12 @@ class JetStreamEventStore(AsyncFirstEventStore):
         payloads = [self._encode(event) for event in batch]
         # Expected sequences of attempts that were sent but never answered.
         unknown_after: set[int] = set()
+        started = time.perf_counter()
         try:
-            return await self._save(batch, payloads, unknown_after)
+            stored = await self._save(batch, payloads, unknown_after)
+        except VersionConflictError:
+            metrics.SAVE_CONFLICTS.inc(namespace=self.namespace)
+            raise
         except StoreUnavailableError as exc:
             if unknown_after:
                 raise SaveOutcomeUnknownError(
@@ -549,6 +554,9 @@ class JetStreamEventStore(AsyncFirstEventStore):
                     "stored. Saving the same events again is safe."
                 ) from exc
             raise
+        metrics.SAVES.inc(namespace=self.namespace)
+        metrics.SAVE_SECONDS.observe(time.perf_counter() - started)
+        return stored
 
     async def _save(
         self, batch: list[Event], payloads: list[bytes], unknown_after: set[int]
