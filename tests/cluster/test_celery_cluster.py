@@ -76,9 +76,9 @@ def test_celery_workers_elect_a_leader_share_shards_serve_and_fail_over(celery_c
         shard_map = runtime.run(observer.read_shard_map())
         return shard_map if shard_map and set(shard_map.counts()) == set(names) else None
 
-    lease = wait_until(lambda: runtime.run(observer.read_lease()), 40)
+    lease = wait_until(lambda: runtime.run(observer.read_lease()), 60)
     assert lease.node_id in {"w1", "w2"}
-    shard_map = wait_until(lambda: spread_over({"w1", "w2"}), 30)
+    shard_map = wait_until(lambda: spread_over({"w1", "w2"}), 60)
     assert sorted(shard_map.counts().values()) == [50, 50]
 
     # Commands reach the worker that owns the actor's shard.
@@ -92,7 +92,7 @@ def test_celery_workers_elect_a_leader_share_shards_serve_and_fail_over(celery_c
     survivor = "w2" if placed["node"] == "w1" else "w1"
     processes[placed["node"]].kill()
     killed = time.monotonic()
-    wait_until(lambda: spread_over({survivor}), 30)
+    wait_until(lambda: spread_over({survivor}), 60)
     moved_after = time.monotonic() - killed
     answer = wait_until(lambda: _try(lambda: send_command("test-orders", actor)), 30)
     assert answer["node"] == survivor and answer["version"] == 1
