@@ -10,6 +10,7 @@
 
 from .server import (
     MIN_SERVER_VERSION,
+    NatsCluster,
     NatsServer,
     NatsServerError,
     find_free_port,
@@ -19,6 +20,7 @@ from .server import (
 
 __all__ = [
     "MIN_SERVER_VERSION",
+    "NatsCluster",
     "NatsServer",
     "NatsServerError",
     "find_free_port",

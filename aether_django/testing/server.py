@@ -7,6 +7,7 @@ faults that restart and cluster tests need.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -25,6 +26,7 @@ from types import TracebackType
 
 __all__ = [
     "MIN_SERVER_VERSION",
+    "NatsCluster",
     "NatsServer",
     "NatsServerError",
     "find_free_port",
@@ -253,3 +255,69 @@ def nats_server(**kwargs: object) -> Iterator[NatsServer]:
     server = NatsServer(**kwargs)  # type: ignore[arg-type]
     with server:
         yield server
+
+
+class NatsCluster:
+    """Several NatsServers on loopback forming one JetStream cluster (routes to each other)."""
+
+    def __init__(self, size: int = 3, *, name: str = "aether-test") -> None:
+        ports = [find_free_port() for _ in range(size)]
+        routes = [f"nats://127.0.0.1:{port}" for port in ports]
+        self.servers = [
+            NatsServer(
+                name=f"{name}-{i + 1}",
+                cluster_name=name,
+                cluster_port=port,
+                routes=[route for route in routes if not route.endswith(f":{port}")],
+            )
+            for i, port in enumerate(ports)
+        ]
+
+    @property
+    def url(self) -> str:
+        """Every server's client URL, comma-separated (the runtime fails over between them)."""
+        return ",".join(server.url for server in self.servers)
+
+    def start(self, timeout: float = 30.0) -> NatsCluster:
+        for server in self.servers:
+            server.start(wait=False)
+        for server in self.servers:
+            server.wait_ready(timeout)
+        self.wait_for_meta_leader(timeout)
+        return self
+
+    def wait_for_meta_leader(self, timeout: float = 30.0) -> None:
+        """Block until JetStream's meta group has a leader (streams can be created)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for server in self.servers:
+                if not server.running:
+                    continue
+                url = f"http://127.0.0.1:{server.http_port}/jsz"
+                try:
+                    with urllib.request.urlopen(url, timeout=1) as response:
+                        doc = json.loads(response.read())
+                except OSError:
+                    continue
+                if (doc.get("meta_cluster") or {}).get("leader"):
+                    return
+            time.sleep(0.2)
+        raise NatsServerError(f"no JetStream meta leader after {timeout}s")
+
+    def server_named(self, name: str) -> NatsServer:
+        return next(server for server in self.servers if server.name == name)
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.close()
+
+    def __enter__(self) -> NatsCluster:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
