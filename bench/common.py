@@ -25,6 +25,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 import uuid
@@ -37,6 +38,7 @@ __all__ = [
     "Row",
     "base_parser",
     "clock",
+    "code_version",
     "fmt",
     "interleaved",
     "machine_info",
@@ -104,12 +106,45 @@ def machine_info() -> dict[str, Any]:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         usable = os.cpu_count() or 0
+    try:
+        load = "/".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:  # not available
+        load = "unknown"
     return {
         "cpu": model,
         "cores": usable,
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "load average at start (1/5/15 min)": load,
+        "code": code_version(),
     }
+
+
+def code_version() -> str:
+    """The commit measured, and whether aether_django had uncommitted changes (read-only git)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        # --no-optional-locks: only read, never refresh the index.
+        changed = subprocess.run(
+            ["git", "--no-optional-locks", "status", "--porcelain", "--", "aether_django"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split("\n")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    files = [line[3:] for line in changed if line.strip()]
+    if not files:
+        return f"commit {commit}"
+    return f"commit {commit} + uncommitted changes to {', '.join(files)}"
 
 
 async def interleaved(
@@ -145,6 +180,8 @@ def fmt(value: float | None, unit: str) -> str:
     """A number with its unit, rounded sensibly for a table."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
+    if isinstance(value, int):  # a count
+        return f"{value:,} {unit}".strip()
     if unit.endswith("/s"):
         return f"{value:,.0f} {unit}"
     if unit == "ms":

@@ -1,0 +1,674 @@
+"""Failover benchmark: three ``manage.py aether_node`` processes, SIGKILL under command load.
+
+Run from the repository root::
+
+    .venv/bin/python -m bench.failover            # 10 kills, 90-115 s on 2 cores
+    .venv/bin/python -m bench.failover --quick    # 2 kills, about 20 s
+    .venv/bin/python -m bench.failover --kills 5  # another number of kills
+
+One run starts its own nats-server (free ports, file storage in a temporary
+directory) and three node processes, exactly as the cluster tests start them:
+``python -m django aether_node --node-id ... --import tests.aggregates.domain
+--json`` with ``DJANGO_SETTINGS_MODULE=tests.settings`` (heartbeat 1 s, failure
+timeout 3 s, 100 shards), a cluster bucket of its own and ``AETHER_NATS_URL``
+pointing at the server. The benchmark process places 1 000 orders (namespace
+``test-orders``, the tests' ``Order``) and keeps a steady load on them: 24
+sender tasks, each sending ``add_line`` with a unique SKU to a random order with
+``aether_django.cluster.asend_command``, pausing 40 ms between commands.
+
+Then, 10 times (2 with ``--quick``), it kills one node with SIGKILL (the leader
+on odd-numbered kills, another node on even ones), measures, and starts a
+replacement with a fresh node id, so that three nodes run again before the next
+kill:
+
+* detection: kill → the node's heartbeat is gone from an observer's
+  ``Coordinator.alive_nodes()`` (polled every 50 ms);
+* reassignment: kill → the shard map no longer names the node and every
+  survivor reports (on its ``--json`` output) that it follows that map, i.e. it
+  subscribed to its new shards (the tests' "settled");
+* first command on a moved actor: kill → the first successful ``add_line`` on
+  an actor whose shard the killed node owned, answered by another node.
+
+After the run every acknowledged command is checked against the store: the
+event at the acknowledged version must be that command's ``LineAdded`` (same
+SKU). A mismatch is either not stored at all (lost: must be 0) or stored at an
+earlier version (the answer reported a later state). Commands applied twice
+(the same SKU stored twice; with one command id or several; placed in time
+after a kill, while a replacement joined, or elsewhere) and commands stored but
+never acknowledged are counted too. The report ends with a table per kill;
+``--json`` adds every kill and every mismatched acknowledgement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import importlib.metadata
+import itertools
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aether_django.testing import NatsServer
+
+from .common import Report, base_parser, clock, machine_info, median, percentile, progress
+
+ROOT = Path(__file__).resolve().parents[1]
+NAMESPACE = "test-orders"
+NUM_SHARDS = 100
+HEARTBEAT = 1.0
+FAILURE_TIMEOUT = 3.0
+#: How often the observer looks at the cluster while a failover runs.
+POLL = 0.05
+#: The cluster tests' bound on reassignment after a kill.
+REASSIGN_BOUND = FAILURE_TIMEOUT + 5.0
+#: What verify() found, for the JSON output.
+CHECKED: dict[str, Any] = {}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    kills: int
+    actors: int
+    senders: int
+    pause: float
+    steady: float
+
+    @classmethod
+    def full(cls) -> Sizes:
+        return cls(kills=10, actors=1000, senders=24, pause=0.04, steady=2.0)
+
+    @classmethod
+    def quick(cls) -> Sizes:
+        return cls(kills=2, actors=300, senders=24, pause=0.04, steady=1.0)
+
+
+# --- node processes ---------------------------------------------------------------------
+
+
+class NodeProcess:
+    """One ``manage.py aether_node`` process, printing its changes of state as JSON lines."""
+
+    def __init__(self, node_id: str, bucket: str, url: str, log_dir: str) -> None:
+        self.node_id = node_id
+        self.history: list[dict[str, Any]] = []
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "DJANGO_SETTINGS_MODULE": "tests.settings",
+            "AETHER_NATS_URL": url,
+            "AETHER_TEST_CLUSTER_BUCKET": bucket,
+            "AETHER_TEST_NUM_SHARDS": str(NUM_SHARDS),
+        }
+        env.pop("AETHER_NODE_ID", None)
+        self.log_path = Path(log_dir) / f"{node_id}.log"
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "django",
+                    "aether_node",
+                    "--node-id",
+                    node_id,
+                    "--import",
+                    "tests.aggregates.domain",
+                    "--json",
+                ],
+                cwd=ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+            )
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            try:
+                self.history.append(json.loads(line))
+            except ValueError:
+                continue
+
+    @property
+    def last(self) -> dict[str, Any]:
+        return self.history[-1] if self.history else {}
+
+    @property
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self) -> None:
+        """SIGTERM (the node leaves the cluster), then SIGKILL if it lingers."""
+        if not self.running:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+# --- the load ---------------------------------------------------------------------------
+
+
+@dataclass
+class Ack:
+    actor: str
+    sku: str
+    version: int
+    node: str
+    shard: int
+    done: float
+    latency: float
+
+
+@dataclass
+class Failure:
+    actor: str
+    sku: str
+    error: str
+    at: float
+
+
+@dataclass
+class Load:
+    """Commands sent by the sender tasks, and what became of them."""
+
+    acks: list[Ack] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    sent: int = 0
+    stop: bool = False
+
+
+async def sender(index: int, load: Load, actors: list[str], pause: float) -> None:
+    from aether_django.cluster import asend_command
+
+    rng = random.Random(index)
+    for n in itertools.count():
+        if load.stop:
+            return
+        actor = rng.choice(actors)
+        sku = f"s{index}-{n}"
+        load.sent += 1
+        start = clock()
+        try:
+            answer = await asend_command(
+                NAMESPACE, actor, "add_line", sku=sku, quantity=1, price_cents=1
+            )
+        except Exception as exc:
+            load.failures.append(Failure(actor, sku, type(exc).__name__, clock()))
+        else:
+            load.acks.append(
+                Ack(
+                    actor,
+                    sku,
+                    answer["version"],
+                    answer["node"],
+                    answer["shard"],
+                    clock(),
+                    clock() - start,
+                )
+            )
+        await asyncio.sleep(pause)
+
+
+# --- one failover -----------------------------------------------------------------------
+
+
+@dataclass
+class Kill:
+    number: int
+    victim: str
+    was_leader: bool
+    shards: int
+    detection: float | None = None
+    reassignment: float | None = None
+    first_moved: float | None = None
+    served_meanwhile: int = 0
+    failed: int = 0
+    rejoin: float | None = None
+    #: Wall-clock windows (time.time()) of the failover and of the replacement's join,
+    #: to place commands applied twice (stored events carry wall-clock timestamps).
+    failover_window: tuple[float, float] = (0.0, 0.0)
+    join_window: tuple[float, float] = (0.0, 0.0)
+
+
+class Cluster:
+    def __init__(self, url: str, log_dir: str) -> None:
+        from aether_django.cluster.coordinator import ClusterConfig, Coordinator
+        from aether_django.runtime import get_runtime
+
+        self.url = url
+        self.log_dir = log_dir
+        self.bucket = f"bench_cluster_{uuid.uuid4().hex[:8]}"
+        self.observer = Coordinator(
+            get_runtime(),
+            "bench-observer",
+            ClusterConfig(
+                bucket=self.bucket,
+                num_shards=NUM_SHARDS,
+                heartbeat_interval=HEARTBEAT,
+                failure_timeout=FAILURE_TIMEOUT,
+            ),
+        )
+        self.nodes: dict[str, NodeProcess] = {}
+        self.numbers = itertools.count(1)
+
+    def start_node(self) -> str:
+        name = f"node-{next(self.numbers)}"
+        self.nodes[name] = NodeProcess(name, self.bucket, self.url, self.log_dir)
+        return name
+
+    @property
+    def live(self) -> list[str]:
+        return sorted(name for name, node in self.nodes.items() if node.running)
+
+    async def settled(self, names: list[str]) -> Any:
+        """The map once it spreads over exactly ``names`` and each of them follows it."""
+        shard_map = await self.observer.read_shard_map()
+        if shard_map is None or set(shard_map.counts()) != set(names):
+            return None
+        for name in names:
+            if self.nodes[name].last.get("map_revision") != shard_map.revision:
+                return None
+        return shard_map
+
+    async def wait_settled(self, names: list[str], timeout: float) -> Any:
+        deadline = clock() + timeout
+        while clock() < deadline:
+            shard_map = await self.settled(names)
+            if shard_map is not None:
+                return shard_map
+            await asyncio.sleep(POLL)
+        raise RuntimeError(
+            f"the cluster did not settle on {names} within {timeout} s\n" + self.describe()
+        )
+
+    def describe(self) -> str:
+        """Each node's state and the end of its log, to say why it did not settle."""
+        parts = []
+        for name, node in self.nodes.items():
+            status = "running" if node.running else f"exited {node.process.returncode}"
+            tail = ""
+            with contextlib.suppress(OSError):
+                tail = node.log_path.read_text(errors="replace")[-1500:]
+            parts.append(f"--- {name}: {status}, last state {node.last}\n{tail}")
+        return "\n".join(parts)
+
+    def close(self) -> None:
+        for node in self.nodes.values():
+            node.stop()
+
+
+async def failover(cluster: Cluster, load: Load, number: int) -> Kill:
+    from aether_django.cluster import shard_of
+
+    loop = asyncio.get_running_loop()
+    live = cluster.live
+    shard_map = await cluster.wait_settled(live, 30)
+    lease = await cluster.observer.read_lease()
+    leader = lease.node_id if lease else None
+    if number % 2 == 1 and leader in live:
+        victim = leader
+    else:
+        victim = next(name for name in live if name != leader)
+    shards = set(shard_map.shards_of(victim))
+    survivors = [name for name in live if name != victim]
+    kill = Kill(number, victim, victim == leader, len(shards))
+    process = cluster.nodes[victim].process
+    failures_before = len(load.failures)
+    process.kill()
+    killed, killed_wall = clock(), time.time()
+    await loop.run_in_executor(None, process.wait)
+    progress(f"kill {number}: {victim} ({'leader' if kill.was_leader else 'follower'})")
+    deadline = killed + 30
+    while clock() < deadline and (kill.detection is None or kill.reassignment is None):
+        if kill.detection is None and victim not in await cluster.observer.alive_nodes():
+            kill.detection = clock() - killed
+        if kill.reassignment is None and await cluster.settled(survivors) is not None:
+            kill.reassignment = clock() - killed
+        await asyncio.sleep(POLL)
+    if kill.reassignment is None:
+        raise RuntimeError(f"kill {number}: the shards of {victim} were not reassigned in 30 s")
+    # The first command on a moved actor answered by a survivor (wait for it a little).
+    moved_deadline = clock() + 15
+    while clock() < moved_deadline:
+        firsts = [
+            a.done
+            for a in load.acks[-5000:]
+            if a.done > killed and a.node != victim and shard_of(a.actor) in shards
+        ]
+        if firsts:
+            kill.first_moved = min(firsts) - killed
+            break
+        await asyncio.sleep(POLL)
+    reassigned_at = killed + kill.reassignment
+    kill.served_meanwhile = sum(1 for a in load.acks[-5000:] if killed < a.done <= reassigned_at)
+    kill.failover_window = (killed_wall, killed_wall + kill.reassignment)
+    # A replacement with a fresh id, so that three nodes run before the next kill.
+    started, started_wall = clock(), time.time()
+    cluster.start_node()
+    await cluster.wait_settled(cluster.live, 30)
+    kill.rejoin = clock() - started
+    kill.join_window = (started_wall, started_wall + kill.rejoin)
+    kill.failed = len(load.failures) - failures_before
+    return kill
+
+
+# --- checking every acknowledged command ------------------------------------------------
+
+
+async def verify(load: Load, actors: list[str], kills: list[Kill]) -> dict[str, Any]:
+    from tests.aggregates.domain import Order
+
+    store = Order.get_store()
+    stored: dict[str, dict[int, Any]] = {}
+    by_sku: dict[str, list[Any]] = {}
+    for actor in actors:
+        events = await store.aget_events(actor)
+        stored[actor] = {e.version: e for e in events}
+        for e in events:
+            if e.event_type == "LineAdded":
+                by_sku.setdefault(e.data.get("sku"), []).append(e)
+    # Strictly: the event at the acknowledged version must be the command's own.
+    mismatched: list[dict[str, Any]] = []
+    for ack in load.acks:
+        ev = stored[ack.actor].get(ack.version)
+        if ev is None or ev.event_type != "LineAdded" or ev.data.get("sku") != ack.sku:
+            mismatched.append(
+                {
+                    "actor": ack.actor,
+                    "sku": ack.sku,
+                    "acknowledged version": ack.version,
+                    "stored at": sorted(e.version for e in by_sku.get(ack.sku, [])),
+                    "answered by": ack.node,
+                    "latency": round(ack.latency, 3),
+                }
+            )
+    acked = {a.sku for a in load.acks}
+    twice = [events for events in by_sku.values() if len(events) > 1]
+    # When was the second copy stored: during a failover, during a replacement's join?
+    places: Counter[str] = Counter()
+    for events in twice:
+        second = max(e.timestamp for e in events).timestamp()
+        place = "elsewhere"
+        for k in kills:
+            if k.failover_window[0] <= second <= k.failover_window[1] + 3.0:
+                place = "after a kill"
+            elif k.join_window[0] <= second <= k.join_window[1] + 1.0:
+                place = "while a replacement joined"
+        places[place] += 1
+    return {
+        "events checked": sum(len(v) for v in stored.values()),
+        "mismatched": mismatched,
+        "not stored": sum(1 for m in mismatched if not m["stored at"]),
+        "stored earlier": sum(
+            1
+            for m in mismatched
+            if m["stored at"] and max(m["stored at"]) < m["acknowledged version"]
+        ),
+        "applied twice": len(twice),
+        "applied twice, when": dict(places),
+        "same command id": sum(1 for events in twice if len({e.command_id for e in events}) == 1),
+        "stored, not acknowledged": sum(1 for sku in by_sku if sku not in acked),
+    }
+
+
+# --- main -------------------------------------------------------------------------------
+
+
+async def place(actors: list[str]) -> None:
+    from aether_django.cluster import asend_command
+
+    semaphore = asyncio.Semaphore(16)
+
+    async def one(actor: str) -> None:
+        async with semaphore:
+            await asend_command(NAMESPACE, actor, "place", customer="bench")
+
+    await asyncio.gather(*(one(actor) for actor in actors))
+
+
+async def run(sizes: Sizes, report: Report, url: str, log_dir: str) -> list[Kill]:
+    from aether_django.runtime import get_runtime
+
+    cluster = Cluster(url, log_dir)
+    load = Load()
+    kills: list[Kill] = []
+    senders: list[asyncio.Task[None]] = []
+    try:
+        progress("starting 3 node processes")
+        for _ in range(3):
+            cluster.start_node()
+        started = clock()
+        await cluster.wait_settled(cluster.live, 60)
+        report.meta["first settled"] = f"{clock() - started:.1f} s after the processes started"
+        actors = [f"order-{i}" for i in range(sizes.actors)]
+        progress(f"placing {len(actors)} orders")
+        await place(actors)
+        progress(f"load: {sizes.senders} senders, {sizes.pause * 1000:.0f} ms pause")
+        senders = [
+            asyncio.create_task(sender(i, load, actors, sizes.pause)) for i in range(sizes.senders)
+        ]
+        load_started = clock()
+        for number in range(1, sizes.kills + 1):
+            await asyncio.sleep(sizes.steady)
+            kills.append(await failover(cluster, load, number))
+        await asyncio.sleep(sizes.steady)
+        load.stop = True
+        await asyncio.gather(*senders)
+        load_time = clock() - load_started
+        progress("checking every acknowledged command against the store")
+        checked = await verify(load, actors, kills)
+    finally:
+        load.stop = True
+        for task in senders:
+            task.cancel()
+        cluster.close()
+        await get_runtime().aclose()
+    add_rows(report, kills, load, checked, load_time)
+    CHECKED.update(checked)
+    return kills
+
+
+def add_rows(
+    report: Report,
+    kills: list[Kill],
+    load: Load,
+    checked: dict[str, Any],
+    load_time: float,
+) -> None:
+    def stats(values: list[float | None]) -> tuple[float, float]:
+        got = [v for v in values if v is not None]
+        return (median(got), max(got)) if got else (float("nan"), float("nan"))
+
+    n = len(kills)
+    detect = stats([k.detection for k in kills])
+    reassign = stats([k.reassignment for k in kills])
+    first = stats([k.first_moved for k in kills])
+    rejoin = stats([k.rejoin for k in kills])
+    ttl = f"heartbeat TTL {FAILURE_TIMEOUT:.0f} s, renewed every {HEARTBEAT:.0f} s"
+    report.add("1", f"detection, p50 of {n} kills", detect[0], "s", baseline_label=ttl)
+    report.add("1", f"detection, max of {n} kills", detect[1], "s", baseline_label=ttl)
+    report.add("2", f"reassignment, p50 of {n} kills", reassign[0], "s")
+    report.add(
+        "2",
+        f"reassignment, max of {n} kills",
+        reassign[1],
+        "s",
+        baseline_label="the cluster tests' bound",
+        target=f"≤ {REASSIGN_BOUND:.0f} s",
+        met=reassign[1] <= REASSIGN_BOUND,
+    )
+    report.add("3", "first command on a moved actor, p50", first[0], "s")
+    report.add("3", "first command on a moved actor, max", first[1], "s")
+    report.add("4", "replacement node serving (start → settled), p50", rejoin[0], "s")
+    total = load.sent
+    report.add(
+        "5", "commands sent", total, "commands", baseline_label=f"in {load_time:.0f} s of load"
+    )
+    report.add("5", "commands acknowledged", len(load.acks), "commands")
+    latencies = [a.latency * 1000 for a in load.acks]
+    for pct in (50, 99):
+        report.add(
+            "5",
+            f"command latency (send → answer), p{pct}",
+            percentile(latencies, pct),
+            "ms",
+            baseline_label="all acknowledged commands, failovers included",
+        )
+    kinds = Counter(f.error for f in load.failures)
+    report.add(
+        "5",
+        "commands failed (raised)",
+        len(load.failures),
+        "commands",
+        baseline_label=", ".join(f"{k}: {v}" for k, v in kinds.most_common()) or "none",
+    )
+    mismatched = len(checked["mismatched"])
+    report.add(
+        "6",
+        "acknowledged commands not stored at their acknowledged version",
+        mismatched,
+        "",
+        baseline_label=f"{len(load.acks):,} acks checked, {checked['events checked']:,} events",
+        target="0",
+        met=mismatched == 0,
+    )
+    report.add(
+        "6",
+        "  of which not stored at all (lost)",
+        checked["not stored"],
+        "",
+        target="0",
+        met=checked["not stored"] == 0,
+    )
+    report.add(
+        "6",
+        "  of which stored at an earlier version (answer gave a later state)",
+        checked["stored earlier"],
+        "",
+    )
+    when = ", ".join(f"{v} {k}" for k, v in checked["applied twice, when"].items())
+    report.add(
+        "6",
+        "commands applied twice (same SKU stored twice)",
+        checked["applied twice"],
+        "",
+        baseline_label=(
+            f"{when}; {checked['same command id']} with one command id"
+            if checked["applied twice"]
+            else ""
+        ),
+    )
+    report.add("6", "stored but not acknowledged", checked["stored, not acknowledged"], "")
+
+
+def kill_table(kills: list[Kill]) -> str:
+    def s(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.2f} s"
+
+    lines = [
+        "| kill | node | role | shards | detection | reassignment | first moved command "
+        "| acks during failover | failed | replacement serving |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for k in kills:
+        lines.append(
+            f"| {k.number} | {k.victim} | {'leader' if k.was_leader else 'follower'} "
+            f"| {k.shards} | {s(k.detection)} | {s(k.reassignment)} | {s(k.first_moved)} "
+            f"| {k.served_meanwhile} | {k.failed} | {s(k.rejoin)} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = base_parser((__doc__ or "").splitlines()[0])
+    parser.add_argument("--kills", type=int, default=None, help="kills (default: 10, quick 2)")
+    args = parser.parse_args(argv)
+    sizes = Sizes.quick() if args.quick else Sizes.full()
+    if args.kills:
+        sizes = dataclasses.replace(sizes, kills=args.kills)
+    report = Report("aether_django cluster failover under command load")
+    started = clock()
+    with (
+        NatsServer() as server,
+        tempfile.TemporaryDirectory(prefix="aether-bench-failover-") as log_dir,
+    ):
+        # This process talks to the cluster like the tests do: tests.settings, the server's URL.
+        os.environ["DJANGO_SETTINGS_MODULE"] = "tests.settings"
+        os.environ["AETHER_NATS_URL"] = server.url
+        os.environ["AETHER_TEST_NUM_SHARDS"] = str(NUM_SHARDS)
+        import django
+
+        django.setup()
+        server_version = subprocess.run(
+            [server.binary, "--version"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+        report.meta.update(machine_info())
+        report.meta.update(
+            {
+                "mode": "quick" if args.quick else "full",
+                "nats-server": server_version,
+                "nats-py": importlib.metadata.version("nats-py"),
+                "cluster": (
+                    f"3 aether_node processes, {NUM_SHARDS} shards, heartbeat {HEARTBEAT:.0f} s, "
+                    f"failure timeout {FAILURE_TIMEOUT:.0f} s"
+                ),
+                "load": (
+                    f"{sizes.senders} sender tasks, add_line on {sizes.actors} orders, "
+                    f"{sizes.pause * 1000:.0f} ms pause between a sender's commands"
+                ),
+                "kills": f"{sizes.kills} (SIGKILL; the leader on odd-numbered kills)",
+            }
+        )
+        from aether_django.runtime import reset_runtime
+
+        try:
+            kills = asyncio.run(run(sizes, report, server.url, log_dir))
+        finally:
+            with contextlib.suppress(Exception):
+                reset_runtime()
+    report.meta["wall time"] = f"{clock() - started:.0f} s"
+    report.print()
+    print()
+    print("Per kill:")
+    print()
+    print(kill_table(kills))
+    mismatched = CHECKED.get("mismatched", [])
+    if mismatched:
+        print()
+        print("Acknowledged commands not stored at their acknowledged version:")
+        print()
+        for item in mismatched[:20]:
+            print(f"- {json.dumps(item)}")
+    sys.stdout.flush()
+    if args.json:
+        report.write_json(args.json)
+        with open(args.json, encoding="utf-8") as src:
+            doc = json.load(src)
+        doc["kills"] = [dataclasses.asdict(k) for k in kills]
+        doc["mismatched acks"] = CHECKED.get("mismatched", [])
+        with open(args.json, "w", encoding="utf-8") as out:
+            json.dump(doc, out, indent=2)
+            out.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
