@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import collections
 import contextlib
 import copy
 import dataclasses
@@ -72,6 +73,8 @@ A = TypeVar("A", bound="Aggregate")
 
 #: Metadata key holding an event's schema version (absent means 1).
 SCHEMA_KEY = "schema"
+#: Command ids an aggregate remembers (and snapshots) to recognise a repeated command.
+RECENT_COMMANDS = 100
 #: Meta options an aggregate may declare.
 META_OPTIONS = frozenset(
     {"namespace", "snapshot_every", "snapshot_version", "event_schemas", "abstract"}
@@ -303,6 +306,11 @@ class Aggregate:
         self.version = 0
         self._pending: list[Event] = []
         self._command_id: str | None = None
+        # Stream sequence of the last stored event applied, and the command ids of
+        # the last ones: a snapshot keeps both, so loading can start right after it
+        # and a node can tell a command it already ran (see cluster.routing).
+        self._last_sequence = 0
+        self._recent_commands: collections.deque[str] = collections.deque(maxlen=RECENT_COMMANDS)
         for name, default in self._state_fields.items():
             # Each instance gets its own copy of mutable defaults (lists, dicts).
             setattr(self, name, copy.deepcopy(default))
@@ -377,6 +385,14 @@ class Aggregate:
             )
         handler(self, event)
         self.version = event.version
+        if event.sequence:
+            self._last_sequence = event.sequence
+        if event.command_id:
+            self._recent_commands.append(event.command_id)
+
+    def has_recorded(self, command_id: str) -> bool:
+        """Whether one of the last events (up to RECENT_COMMANDS) came from ``command_id``."""
+        return command_id in self._recent_commands
 
     # --- snapshots ---------------------------------------------------------------------
     def get_snapshot_state(self) -> dict[str, Any]:
@@ -400,6 +416,8 @@ class Aggregate:
                 "aggregate": self._meta.label,
                 "snapshot_version": self._meta.snapshot_version,
                 "state": self.get_snapshot_state(),
+                "sequence": self._last_sequence,
+                "recent_commands": list(self._recent_commands),
             },
         )
 
@@ -424,7 +442,8 @@ class Aggregate:
             return
         before = self._pending[0].version - 1
         store = self.get_store()
-        store.save_events(self._pending)
+        stored = store.save_events(self._pending)
+        self._last_sequence = stored[-1].sequence or self._last_sequence
         self._pending = []
         if self._snapshot_due(before):
             try:
@@ -438,7 +457,8 @@ class Aggregate:
             return
         before = self._pending[0].version - 1
         store = self.get_store()
-        await store.asave_events(self._pending)
+        stored = await store.asave_events(self._pending)
+        self._last_sequence = stored[-1].sequence or self._last_sequence
         self._pending = []
         if self._snapshot_due(before):
             try:
@@ -496,6 +516,9 @@ class AggregateManager(Generic[A]):
         if snapshot is not None:
             obj.set_snapshot_state(snapshot.state["state"])
             obj.version = snapshot.version
+            obj._last_sequence = _int(snapshot.state.get("sequence"))
+            commands = snapshot.state.get("recent_commands") or []
+            obj._recent_commands.extend(c for c in commands if isinstance(c, str))
         for event in events:
             if at_version is not None and event.version > at_version:
                 break
@@ -520,7 +543,9 @@ class AggregateManager(Generic[A]):
         snapshot = None
         if self.model._meta.snapshot_every:
             snapshot = self._usable_snapshot(store.get_latest_snapshot(actor_id), at_version)
-        events = store.get_events(actor_id, snapshot.version + 1 if snapshot else 0)
+        events = store.get_events(
+            actor_id, snapshot.version + 1 if snapshot else 0, after_sequence=_after(snapshot)
+        )
         return self._build(actor_id, snapshot, events, at_version)
 
     async def aget(self, actor_id: str, *, at_version: int | None = None) -> A:
@@ -530,7 +555,9 @@ class AggregateManager(Generic[A]):
         snapshot = None
         if self.model._meta.snapshot_every:
             snapshot = self._usable_snapshot(await store.aget_latest_snapshot(actor_id), at_version)
-        events = await store.aget_events(actor_id, snapshot.version + 1 if snapshot else 0)
+        events = await store.aget_events(
+            actor_id, snapshot.version + 1 if snapshot else 0, after_sequence=_after(snapshot)
+        )
         return self._build(actor_id, snapshot, events, at_version)
 
     def create(self, actor_id: str) -> A:
@@ -633,6 +660,15 @@ class AggregateManager(Generic[A]):
                 continue
             return obj
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _after(snapshot: ActorSnapshot | None) -> int:
+    """Where the events after a snapshot start in the stream (0: unknown, search for them)."""
+    return _int(snapshot.state.get("sequence")) if snapshot is not None else 0
 
 
 # --- what the system checks need ------------------------------------------------------------

@@ -26,6 +26,7 @@ import contextlib
 import json
 import logging
 import socket
+import time
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -44,7 +45,6 @@ from ..events import (
     encode_event,
     format_timestamp,
     parse_timestamp,
-    with_sequence,
 )
 from ..jsapi import event_namespace, list_event_streams
 from ..names import validate_namespace
@@ -392,7 +392,7 @@ class _Feed:
 
     # --- receiving ----------------------------------------------------------------------
     async def _on_msg(self, namespace: str, stream: str, msg: Msg) -> None:
-        sequence = msg.metadata.sequence.stream
+        sequence = _stream_sequence(msg)
         try:
             event = decode_event(msg.data, sequence=sequence)
         except ReplayError as exc:
@@ -403,10 +403,10 @@ class _Feed:
         if not self.sub.filter.matches(event):
             self.bus._count("filtered")
             return
-        metrics.BUS_LAG.observe(max(0.0, (datetime.now(UTC) - event.timestamp).total_seconds()))
+        metrics.BUS_LAG.observe(max(0.0, time.time() - event.timestamp.timestamp()))
         # With overflow="wait" this holds nats-py's delivery, and so the consumer's
         # flow control, until the subscriber makes room.
-        if await self.sub.adeliver(Delivery(namespace, with_sequence(event, sequence))):
+        if await self.sub.adeliver(Delivery(namespace, event)):
             self.bus._count("delivered")
             metrics.BUS_DELIVERED.inc()
 
@@ -507,6 +507,17 @@ class _Feed:
                 await self._advisories.unsubscribe()
         if self.durable and self._nc is not None:
             await self._write_positions(confirm=True)
+
+
+def _stream_sequence(msg: Msg) -> int:
+    """The stream sequence from a JetStream delivery's reply subject.
+
+    ``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>...`` (or, with a domain and
+    account hash, two tokens more in front). One split instead of nats-py's full
+    metadata parse, which is a noticeable share of draining a stream.
+    """
+    tokens = (msg.reply or "").split(".")
+    return int(tokens[5] if len(tokens) < 12 else tokens[7])
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

@@ -176,7 +176,10 @@ class ShardHost:
                 actor = await self._load(model, actor_id, shard)
             except AggregateDoesNotExist:
                 actor = model(actor_id)
-            if command is None:
+            if command is None or (command_id and actor.has_recorded(command_id)):
+                # A read, or a command this actor's history already holds (its node died
+                # before answering, or two nodes owned the shard for a moment): answer
+                # without running it again.
                 return self._answer(actor, shard)
             try:
                 with actor.command_context(command_id):

@@ -95,14 +95,20 @@ class EventStore(abc.ABC):
         """Store events of one actor atomically, all or none; return them stored."""
 
     @abc.abstractmethod
-    def get_events(self, actor_id: str, from_version: int = 0) -> list[Event]:
+    def get_events(
+        self, actor_id: str, from_version: int = 0, *, after_sequence: int = 0
+    ) -> list[Event]:
         """Events of ``actor_id`` with version >= ``from_version``, in version order.
 
-        Raises ReplayError when a stored message does not decode.
+        Raises ReplayError when a stored message does not decode. ``after_sequence``
+        is an optional hint — every wanted event lies after that stream sequence
+        (a snapshot knows it) — that lets a store skip searching for the start.
         """
 
     @abc.abstractmethod
-    def get_events_with_errors(self, actor_id: str, from_version: int = 0) -> ReplayResult:
+    def get_events_with_errors(
+        self, actor_id: str, from_version: int = 0, *, after_sequence: int = 0
+    ) -> ReplayResult:
         """Like get_events, but return corrupt messages as ReplayErrors beside the clean events."""
 
     @abc.abstractmethod
@@ -129,11 +135,13 @@ class EventStore(abc.ABC):
     async def asave_events(self, events: Sequence[Event]) -> list[Event]: ...
 
     @abc.abstractmethod
-    async def aget_events(self, actor_id: str, from_version: int = 0) -> list[Event]: ...
+    async def aget_events(
+        self, actor_id: str, from_version: int = 0, *, after_sequence: int = 0
+    ) -> list[Event]: ...
 
     @abc.abstractmethod
     async def aget_events_with_errors(
-        self, actor_id: str, from_version: int = 0
+        self, actor_id: str, from_version: int = 0, *, after_sequence: int = 0
     ) -> ReplayResult: ...
 
     @abc.abstractmethod
@@ -182,11 +190,19 @@ class AsyncFirstEventStore(EventStore):
     def save_events(self, events: Sequence[Event]) -> list[Event]:
         return self.runtime.run(self.asave_events(events))
 
-    def get_events(self, actor_id: str, from_version: int = 0) -> list[Event]:
-        return self.runtime.run(self.aget_events(actor_id, from_version))
+    def get_events(
+        self, actor_id: str, from_version: int = 0, *, after_sequence: int = 0
+    ) -> list[Event]:
+        return self.runtime.run(
+            self.aget_events(actor_id, from_version, after_sequence=after_sequence)
+        )
 
-    def get_events_with_errors(self, actor_id: str, from_version: int = 0) -> ReplayResult:
-        return self.runtime.run(self.aget_events_with_errors(actor_id, from_version))
+    def get_events_with_errors(
+        self, actor_id: str, from_version: int = 0, *, after_sequence: int = 0
+    ) -> ReplayResult:
+        return self.runtime.run(
+            self.aget_events_with_errors(actor_id, from_version, after_sequence=after_sequence)
+        )
 
     def get_latest_version(self, actor_id: str) -> int:
         return self.runtime.run(self.aget_latest_version(actor_id))

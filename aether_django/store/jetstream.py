@@ -476,10 +476,14 @@ class JetStreamEventStore(AsyncFirstEventStore):
             with contextlib.suppress(*_TRANSIENT):
                 await sub.unsubscribe()
 
-    async def _replay(self, actor_id: str, from_version: int, deadline: float) -> ReplayResult:
+    async def _replay(
+        self, actor_id: str, from_version: int, deadline: float, after_sequence: int = 0
+    ) -> ReplayResult:
         subject = self.subject_for(actor_id)
         start = 1
-        if from_version > 1:
+        if after_sequence > 0:
+            start = after_sequence + 1  # the caller knows where to start: no search
+        elif from_version > 1:
             head = await self._read_head(actor_id, deadline)
             if head.sequence == 0 or head.version < from_version:
                 return ReplayResult([], [])
@@ -509,16 +513,22 @@ class JetStreamEventStore(AsyncFirstEventStore):
         return ReplayResult(events, errors)
 
     # --- public async API ---------------------------------------------------
-    async def aget_events_with_errors(self, actor_id: str, from_version: int = 0) -> ReplayResult:
+    async def aget_events_with_errors(
+        self, actor_id: str, from_version: int = 0, *, after_sequence: int = 0
+    ) -> ReplayResult:
         names.validate_actor_id(actor_id)
         check_from_version(from_version)
         deadline = self._deadline()
         if not await self._stream_exists(deadline):
             return ReplayResult([], [])
-        return await self._replay(actor_id, from_version, deadline)
+        return await self._replay(actor_id, from_version, deadline, max(0, int(after_sequence)))
 
-    async def aget_events(self, actor_id: str, from_version: int = 0) -> list[Event]:
-        events, errors = await self.aget_events_with_errors(actor_id, from_version)
+    async def aget_events(
+        self, actor_id: str, from_version: int = 0, *, after_sequence: int = 0
+    ) -> list[Event]:
+        events, errors = await self.aget_events_with_errors(
+            actor_id, from_version, after_sequence=after_sequence
+        )
         if errors:
             raise errors[0]
         return events

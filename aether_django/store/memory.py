@@ -88,10 +88,15 @@ class InMemoryEventStore(EventStore):
             history.extend(stored)
             return stored
 
-    def get_events(self, actor_id: str, from_version: int = 0) -> list[Event]:
+    def get_events(
+        self, actor_id: str, from_version: int = 0, *, after_sequence: int = 0
+    ) -> list[Event]:
         return self.get_events_with_errors(actor_id, from_version).events
 
-    def get_events_with_errors(self, actor_id: str, from_version: int = 0) -> ReplayResult:
+    def get_events_with_errors(
+        self, actor_id: str, from_version: int = 0, *, after_sequence: int = 0
+    ) -> ReplayResult:
+        # after_sequence is only a hint; a dict needs none.
         validate_actor_id(actor_id)
         check_from_version(from_version)
         with self._lock:
@@ -127,10 +132,14 @@ class InMemoryEventStore(EventStore):
     async def asave_events(self, events: Sequence[Event]) -> list[Event]:
         return self.save_events(events)
 
-    async def aget_events(self, actor_id: str, from_version: int = 0) -> list[Event]:
+    async def aget_events(
+        self, actor_id: str, from_version: int = 0, *, after_sequence: int = 0
+    ) -> list[Event]:
         return self.get_events(actor_id, from_version)
 
-    async def aget_events_with_errors(self, actor_id: str, from_version: int = 0) -> ReplayResult:
+    async def aget_events_with_errors(
+        self, actor_id: str, from_version: int = 0, *, after_sequence: int = 0
+    ) -> ReplayResult:
         return self.get_events_with_errors(actor_id, from_version)
 
     async def aget_latest_version(self, actor_id: str) -> int:

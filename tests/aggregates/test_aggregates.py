@@ -230,16 +230,18 @@ def test_snapshots_are_taken_by_policy_and_used_when_loading(monkeypatch):
     snapshot = store.get_latest_snapshot(actor)
     assert snapshot is not None and snapshot.version == 28  # the save that crossed 25
 
+    snapshot_sequence = store.get_events(actor)[27].sequence  # version 28's
     asked = []
     original = type(store).get_events
 
-    def spy(self, actor_id, from_version=0):
-        asked.append(from_version)
-        return original(self, actor_id, from_version)
+    def spy(self, actor_id, from_version=0, *, after_sequence=0):
+        asked.append((from_version, after_sequence))
+        return original(self, actor_id, from_version, after_sequence=after_sequence)
 
     monkeypatch.setattr(type(store), "get_events", spy)
     loaded = Counter.objects.get(actor)
-    assert asked == [29]
+    # From version 29, starting right after the snapshot's stream sequence: no search.
+    assert asked == [(29, snapshot_sequence)]
     assert loaded.count == 30 and loaded.seen == [str(i) for i in range(30)]
 
 
