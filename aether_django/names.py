@@ -16,8 +16,8 @@ MAX_NAMESPACE_LENGTH = 100
 MAX_ACTOR_ID_LENGTH = 255
 
 _TOKEN = r"[A-Za-z0-9_-]+"
-_NAMESPACE_RE = re.compile(rf"^{_TOKEN}(\.{_TOKEN})*$")
-_SAFE_ACTOR_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+_NAMESPACE_RE = re.compile(rf"^{_TOKEN}(\.{_TOKEN})*\Z")
+_SAFE_ACTOR_RE = re.compile(r"^[A-Za-z0-9_-]+\Z")
 # Marks an encoded actor token. '=' is legal in subjects and KV keys but never
 # appears in a safe id, so encoded and plain tokens cannot collide.
 _ENCODED_MARK = "="

@@ -30,8 +30,8 @@ __all__ = [
     "validate_pattern",
 ]
 
-_LITERAL = re.compile(r"^[A-Za-z0-9_-]+$")
-_PREFIX = re.compile(r"^[A-Za-z0-9_-]+\*$")
+_LITERAL = re.compile(r"^[A-Za-z0-9_-]+\Z")
+_PREFIX = re.compile(r"^[A-Za-z0-9_-]+\*\Z")
 #: Longest pattern accepted.
 MAX_PATTERN_LENGTH = 255
 

@@ -2,9 +2,9 @@
 
 Run from the repository root::
 
-    .venv/bin/python -m bench.api              # full run, about a minute and a half
-    .venv/bin/python -m bench.api --quick      # smoke test, about 15 s
-    .venv/bin/python -m bench.api --server uvicorn   # the same under uvicorn
+    .venv/bin/python -m bench.api                   # full run, about 70 s
+    .venv/bin/python -m bench.api --quick           # smoke test, about 20 s
+    .venv/bin/python -m bench.api --server uvicorn  # the same under uvicorn
 
 One run starts its own nats-server (file storage in a temporary directory, free
 ports) and serves the example project (``example_project.asgi:application``) with

@@ -238,8 +238,8 @@ class EventListView(NamespaceView):
             stored = self._already_stored(store, events, conflict)
         except EventStoreError as exc:
             # The store's answer when a client-chosen id is the id of another event (of
-            # another actor, or of this actor at another version).
-            if False and client_ids and "event ids must be unique" in str(exc):
+            # another actor, or of this actor at another version); ids it makes are unique.
+            if "event ids must be unique" in str(exc):
                 raise DuplicateEventId() from None
             raise
         return Response(

@@ -92,3 +92,13 @@ def test_safe_actor_ids_stay_readable():
 def test_invalid_actor_ids_say_which_rule_failed(actor_id, rule):
     with pytest.raises(InvalidActorIdError, match=rule):
         names.validate_actor_id(actor_id)
+
+
+@pytest.mark.parametrize("namespace", ["orders\n", "a.b\n"])
+def test_a_trailing_newline_is_not_a_valid_namespace(namespace):
+    with pytest.raises(InvalidNamespaceError):
+        names.validate_namespace(namespace)
+
+
+def test_a_trailing_newline_is_not_a_safe_actor_token():
+    assert names.actor_token("order\n").startswith("=")

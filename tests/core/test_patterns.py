@@ -123,3 +123,9 @@ def test_filter_arguments_are_checked():
     with pytest.raises(InvalidPatternError):
         SubscriptionFilter(actor_pattern="")
     assert SubscriptionFilter().matches(ev())
+
+
+@pytest.mark.parametrize("pattern", ["orders\n", "order*\n"])
+def test_a_trailing_newline_is_not_a_valid_pattern(pattern):
+    with pytest.raises(InvalidPatternError):
+        validate_pattern(pattern)

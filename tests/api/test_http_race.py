@@ -1,0 +1,194 @@
+"""Concurrency through HTTP: 8 client processes race appends to one actor via daphne.
+
+The test project runs under a real ASGI server (daphne, a process of its own, on a
+free port) with its database in a SQLite file. Eight client OS processes (spawned,
+plain urllib with HTTP basic auth) each read the actor's version, append
+version + 1, and on 409 take ``current_version`` from the body and try the next
+one, until versions 1..TARGET exist. Nothing here depends on timing: there are no
+sleeps, and how often the clients collide is reported, not asserted.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aether_django.testing import find_free_port
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+CLIENTS = 8
+TARGET = 200
+USER, PASSWORD = "racer", "race-pw"
+#: Generous bounds for things that normally take a second or two; only a hung
+#: server or client reaches them.
+START_TIMEOUT = 60.0
+RACE_TIMEOUT = 240.0
+
+
+# --- client side (runs in the spawned processes) ----------------------------------------
+
+
+def _call(method: str, url: str, auth: str, body: Any = None) -> tuple[int, Any]:
+    """One request; the status and the decoded JSON body (errors included)."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method)
+    request.add_header("Authorization", auth)
+    request.add_header("Accept", "application/json")
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, json.loads(error.read())
+
+
+def race(index: int, base: str, auth: str, target: int, barrier: Any, results: Any) -> None:
+    """Append to the actor at ``base`` until it has ``target`` versions; report to ``results``."""
+    won: list[int] = []
+    conflicts: list[tuple[int, int]] = []
+    try:
+        barrier.wait(START_TIMEOUT)
+        status, body = _call("GET", f"{base}/version/", auth)
+        assert status == 200, (status, body)
+        version = body["version"]
+        while version < target:
+            attempt = version + 1
+            event = {"event_type": "Raced", "version": attempt, "data": {"client": index}}
+            status, body = _call("POST", f"{base}/events/", auth, event)
+            if status == 409:
+                assert body["code"] == "version_conflict", body
+                assert body["attempted_version"] == attempt, body
+                conflicts.append((attempt, body["current_version"]))
+                version = body["current_version"]
+                continue
+            assert status == 201, (status, body)
+            (stored,) = body["events"]
+            assert stored["version"] == attempt, body
+            won.append(attempt)
+            version = attempt
+        results.put({"index": index, "won": won, "conflicts": conflicts, "error": None})
+    except BaseException as exc:  # the parent reports it; a child's traceback is easy to miss
+        results.put({"index": index, "won": won, "conflicts": conflicts, "error": repr(exc)})
+
+
+# --- server side ---------------------------------------------------------------------------
+
+
+def _wait_until_serving(url: str, auth: str, daphne: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if daphne.poll() is not None:
+            pytest.fail(f"daphne exited ({daphne.returncode}):\n{log.read_text()[-3000:]}")
+        try:
+            status, _ = _call("GET", url, auth)
+        except (OSError, ValueError):
+            status = 0
+        if status == 200:
+            return
+        time.sleep(0.1)
+    pytest.fail(f"daphne did not answer {url} within {START_TIMEOUT:.0f} s")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture
+def server(tmp_path, nats_server):
+    """The test project under daphne; yields its base URL and an Authorization header."""
+    env = dict(
+        os.environ,
+        DJANGO_SETTINGS_MODULE="tests.settings",
+        AETHER_TEST_DATABASE=str(tmp_path / "db.sqlite3"),
+        AETHER_NATS_URL=nats_server.url,
+        PYTHONUNBUFFERED="1",
+    )
+    subprocess.run(
+        [sys.executable, "-m", "tests.api.asgi", USER, PASSWORD], cwd=ROOT, env=env, check=True
+    )
+    port = find_free_port()
+    log = tmp_path / "daphne.log"
+    command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port)]
+    command.append("tests.api.asgi:application")
+    with log.open("wb") as out:
+        daphne = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    auth = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    base = f"http://127.0.0.1:{port}/api/aether"
+    try:
+        _wait_until_serving(f"{base}/namespaces/", auth, daphne, log)
+        yield base, auth
+    finally:
+        _stop(daphne)
+    assert daphne.returncode is not None
+
+
+def test_8_processes_race_appends_to_one_actor_through_http(server):
+    api, auth = server
+    ns, actor = f"http-race-{uuid.uuid4().hex[:8]}", "order-race"
+    base = f"{api}/namespaces/{ns}/actors/{actor}"
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(CLIENTS), ctx.Queue()
+    clients = [
+        ctx.Process(target=race, args=(i, base, auth, TARGET, barrier, results))
+        for i in range(CLIENTS)
+    ]
+    for client in clients:
+        client.start()
+    try:
+        reports = [results.get(timeout=RACE_TIMEOUT) for _ in clients]
+    finally:
+        for client in clients:
+            client.join(30)
+            if client.exitcode is None:
+                client.kill()
+                client.join()
+    assert [r["error"] for r in reports] == [None] * CLIENTS, reports
+    assert all(client.exitcode == 0 for client in clients)
+
+    status, page = _call("GET", f"{base}/events/?limit=1000", auth)
+    assert status == 200 and page["next"] is None
+    events = page["results"]
+    versions = [e["version"] for e in events]
+    assert versions == list(range(1, TARGET + 1)), "each version stored exactly once, in order"
+    sequences = [e["sequence"] for e in events]
+    assert sequences == sorted(sequences)
+
+    won = sorted(v for r in reports for v in r["won"])
+    assert won == versions, "every acknowledged append is stored, and only those"
+    stored_by = {e["version"]: e["data"]["client"] for e in events}
+    for report in reports:
+        for version in report["won"]:
+            assert stored_by[version] == report["index"], "an acknowledged append was overwritten"
+        for attempted, current in report["conflicts"]:
+            assert attempted <= current <= TARGET, "a 409 must carry a version >= the attempted"
+    conflicts = sum(len(r["conflicts"]) for r in reports)
+    print(f"\n{CLIENTS} HTTP clients, {TARGET} versions, {conflicts} conflicts answered 409")
