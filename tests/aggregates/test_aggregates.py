@@ -395,3 +395,28 @@ def test_8_processes_run_100_updates_each_and_every_command_lands_once(nats_serv
     assert len(counter.seen) == len(set(counter.seen)) == 800
     assert counter.version == 800
     print(f"\n800 commands from 8 processes, {sum(conflicts)} conflicts retried")
+
+
+def test_update_keeps_hot_actors_and_a_stale_copy_costs_only_a_reload(monkeypatch):
+    order = placed_order(lines=0)
+    Order.objects.update(order.actor_id, lambda o: o.add_line("a", 1, 1))
+    loads = []
+    original = type(Order.objects).get
+
+    def counting_get(self, actor_id, **kwargs):
+        loads.append(actor_id)
+        return original(self, actor_id, **kwargs)
+
+    monkeypatch.setattr(type(Order.objects), "get", counting_get)
+    returned = Order.objects.update(order.actor_id, lambda o: o.add_line("b", 1, 1))
+    assert loads == []  # served from memory: one round trip, the save
+    returned.lines.append("not stored")  # the caller's copy is its own
+    # Another writer moves the actor on; the cached copy is stale.
+    other = Order.objects.get(order.actor_id)
+    other.add_line("c", 1, 1)
+    other.save()
+    loads.clear()
+    result = Order.objects.update(order.actor_id, lambda o: o.add_line("d", 1, 1), retries=0)
+    assert loads == [order.actor_id]  # reloaded once, without using up a retry
+    assert [line["sku"] for line in result.lines] == ["a", "b", "c", "d"]
+    assert Order.objects.get(order.actor_id).version == 5
