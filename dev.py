@@ -36,7 +36,7 @@ usage: python3 dev.py test [pytest args...]
   test   ruff check, ruff format --check, mypy and pytest (in that order);
          with pytest arguments, only pytest runs, with those arguments
   demo   start the example project (embedded nats-server, migrations, a demo
-         user, daphne) and print where to look; Ctrl-C stops everything
+         user, uvicorn) and print where to look; Ctrl-C stops everything
 """
 
 

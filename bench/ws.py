@@ -2,9 +2,10 @@
 
 Run from the repository root::
 
-    .venv/bin/python -m bench.ws                 # full run: 1 and 500 clients, about 1-2 min
-    .venv/bin/python -m bench.ws --quick         # 1 and 50 clients, about 20 s
-    .venv/bin/python -m bench.ws --clients 200   # another number of clients
+    .venv/bin/python -m bench.ws                    # full run: 1 and 500 clients, 30-50 s
+    .venv/bin/python -m bench.ws --quick            # 1 and 50 clients, about 10 s
+    .venv/bin/python -m bench.ws --clients 200      # another number of clients
+    .venv/bin/python -m bench.ws --no-compression   # clients do not offer permessage-deflate
 
 One run starts its own nats-server (file storage in a temporary directory, free
 ports) and serves the example project (``example_project.asgi:application``: HTTP

@@ -1,7 +1,12 @@
-"""ASGI entry point of the example project (``daphne example_project.asgi:application``).
+"""ASGI entry point of the example project.
 
-Only HTTP is routed for now; Channels' ProtocolTypeRouter is where WebSocket
-routes will go.
+``python3 dev.py demo`` serves it with uvicorn::
+
+    python -m uvicorn example_project.asgi:application --host 127.0.0.1 --port 8000 --ws websockets
+
+HTTP goes to Django; WebSockets on ``ws/aether/`` go to aether_django's live
+subscriptions (docs/websocket.md), with the session's user (AuthMiddlewareStack)
+and only from origins in ALLOWED_HOSTS (AllowedHostsOriginValidator).
 """
 
 import os
@@ -10,15 +15,26 @@ from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "example_project.settings")
 
-# Set Django up before anything imports models (Channels' routing may).
+# Set Django up before anything imports models (Channels' auth and the consumers do).
 django_asgi_app = get_asgi_application()
 
-from channels.routing import ProtocolTypeRouter  # noqa: E402
+from channels.auth import AuthMiddlewareStack  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
-# daphne does not serve static files; in development (DEBUG) Django does, as
+import aether_django.routing  # noqa: E402
+
+# uvicorn does not serve static files; in development (DEBUG) Django does, as
 # runserver would, so the admin has its styles.
 http_app = ASGIStaticFilesHandler(django_asgi_app) if settings.DEBUG else django_asgi_app
 
-application = ProtocolTypeRouter({"http": http_app})
+application = ProtocolTypeRouter(
+    {
+        "http": http_app,
+        "websocket": AllowedHostsOriginValidator(
+            AuthMiddlewareStack(URLRouter(aether_django.routing.websocket_urlpatterns))
+        ),
+    }
+)

@@ -1,4 +1,4 @@
-"""Run the example project: nats-server, migrations, a demo user and daphne, until Ctrl-C.
+"""Run the example project: nats-server, migrations, a demo user and uvicorn, until Ctrl-C.
 
 Started by ``python3 dev.py demo`` (in the project's virtualenv). It
 
@@ -6,10 +6,14 @@ Started by ``python3 dev.py demo`` (in the project's virtualenv). It
    free port, keeping its data under ``var/nats`` (or uses ``$AETHER_NATS_URL``);
 2. runs ``manage.py migrate`` and creates the staff user ``demo`` with a random
    password, printed once, if that user does not exist yet;
-3. serves ``example_project.asgi:application`` with daphne on 127.0.0.1 and
-   ``$AETHER_DEMO_PORT`` (default 8000), and prints where to look.
+3. serves ``example_project.asgi:application`` (HTTP and the ``ws/aether/``
+   WebSockets) with uvicorn on 127.0.0.1 and ``$AETHER_DEMO_PORT`` (default 8000),
+   and prints where to look.
 
-Ctrl-C, SIGTERM or SIGHUP stop daphne and the nats-server it started.
+uvicorn rather than daphne: its WebSocket sends wait while a client does not read,
+which is how the live subscriptions notice a slow client (docs/websocket.md).
+
+Ctrl-C, SIGTERM or SIGHUP stop uvicorn and the nats-server it started.
 """
 
 from __future__ import annotations
@@ -33,7 +37,10 @@ NATS_DIR = ROOT / "var" / "nats"
 # Pids of the processes the demo runs, so that a later demo can stop the ones
 # left behind when this supervisor could not (it was killed with SIGKILL).
 NATS_PID_FILE = ROOT / "var" / "demo-nats-server.pid"
-DAPHNE_PID_FILE = ROOT / "var" / "demo-daphne.pid"
+UVICORN_PID_FILE = ROOT / "var" / "demo-uvicorn.pid"
+# Where demos that ran daphne kept its pid: a daphne one of them left behind is
+# stopped too, or it would hold the port.
+OLD_DAPHNE_PID_FILE = ROOT / "var" / "demo-daphne.pid"
 ASGI_APP = "example_project.asgi:application"
 SETTINGS = "example_project.settings"
 DEMO_USER = "demo"
@@ -73,7 +80,8 @@ def _port() -> int:
 
 def _port_is_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # As daphne does, so that connections of an earlier run in TIME_WAIT don't count.
+        # As uvicorn (asyncio) does, so that connections of an earlier run in TIME_WAIT
+        # don't count.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
@@ -164,37 +172,39 @@ def ensure_demo_user() -> None:
         connections.close_all()
 
 
-def start_daphne(port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    say(f"Starting daphne on http://127.0.0.1:{port}/ ...")
+def start_uvicorn(port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    say(f"Starting uvicorn on http://127.0.0.1:{port}/ ...")
     process = subprocess.Popen(
         [
             sys.executable,
             "-m",
-            "daphne",
-            "--bind",
+            "uvicorn",
+            ASGI_APP,
+            "--host",
             "127.0.0.1",
             "--port",
             str(port),
-            ASGI_APP,
+            "--ws",
+            "websockets",
         ],
         cwd=ROOT,
         env=env,
         stdin=subprocess.DEVNULL,
         # Its own session: Ctrl-C reaches only this supervisor, which then stops
-        # daphne and nats-server in order.
+        # uvicorn and nats-server in order.
         start_new_session=True,
     )
-    DAPHNE_PID_FILE.write_text(f"{process.pid}\n")
+    UVICORN_PID_FILE.write_text(f"{process.pid}\n")
     return process
 
 
 def wait_for_http(url: str, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    """Block until ``url`` answers, or raise SystemExit if daphne exits or is too slow."""
+    """Block until ``url`` answers, or raise SystemExit if uvicorn exits or is too slow."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         check_stop()
         if process.poll() is not None:
-            raise SystemExit(f"demo: daphne exited early (exit code {process.returncode})")
+            raise SystemExit(f"demo: uvicorn exited early (exit code {process.returncode})")
         try:
             with urllib.request.urlopen(url, timeout=2):
                 return
@@ -202,7 +212,7 @@ def wait_for_http(url: str, process: subprocess.Popen[bytes], timeout: float = 3
             return  # It answered, even if with an error page.
         except OSError:
             time.sleep(0.2)
-    raise SystemExit(f"demo: daphne did not answer {url} within {timeout:.0f}s")
+    raise SystemExit(f"demo: uvicorn did not answer {url} within {timeout:.0f}s")
 
 
 def stop_process(process: subprocess.Popen[bytes], name: str, timeout: float = 10.0) -> None:
@@ -223,7 +233,8 @@ def main() -> int:
     os.chdir(ROOT)
     port = _port()
     (ROOT / "var").mkdir(exist_ok=True)
-    _stop_leftover(DAPHNE_PID_FILE, "daphne", ASGI_APP)
+    _stop_leftover(UVICORN_PID_FILE, "uvicorn", ASGI_APP)
+    _stop_leftover(OLD_DAPHNE_PID_FILE, "daphne", ASGI_APP)
     _stop_leftover(NATS_PID_FILE, "nats-server", str(NATS_DIR))
     if not _port_is_free(port):
         raise SystemExit(
@@ -231,7 +242,7 @@ def main() -> int:
         )
 
     nats: NatsServer | None = None
-    daphne: subprocess.Popen[bytes] | None = None
+    uvicorn: subprocess.Popen[bytes] | None = None
     code = 0
     try:
         url = os.environ.get("AETHER_NATS_URL")
@@ -249,22 +260,23 @@ def main() -> int:
         migrate(env)
         ensure_demo_user()
         check_stop()
-        daphne = start_daphne(port, env)
+        uvicorn = start_uvicorn(port, env)
         base = f"http://127.0.0.1:{port}"
-        wait_for_http(base + "/", daphne)
+        wait_for_http(base + "/", uvicorn)
 
         say()
         say("The example project is running:")
         say(f"  events page   {base}/?namespace=orders&actor=order-1")
         say(f"  orders page   {base}/orders/")
+        say(f"  live feed     {base}/live/?namespace=orders  (log in as {DEMO_USER!r})")
         say(f"  admin         {base}/admin/  (user {DEMO_USER!r})")
         say(f"  NATS          {url}")
         say("Press Ctrl-C to stop.")
         say()
         while True:
             check_stop()
-            if daphne.poll() is not None:
-                say(f"daphne exited (exit code {daphne.returncode}); stopping.")
+            if uvicorn.poll() is not None:
+                say(f"uvicorn exited (exit code {uvicorn.returncode}); stopping.")
                 code = 1
                 break
             if nats is not None and not nats.running:
@@ -280,10 +292,10 @@ def main() -> int:
         code = exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 1
     finally:
         stopped = []
-        if daphne is not None:
-            stop_process(daphne, "daphne")
-            DAPHNE_PID_FILE.unlink(missing_ok=True)
-            stopped.append("daphne")
+        if uvicorn is not None:
+            stop_process(uvicorn, "uvicorn")
+            UVICORN_PID_FILE.unlink(missing_ok=True)
+            stopped.append("uvicorn")
         if nats is not None:
             stop_nats(nats)
             stopped.append("nats-server")

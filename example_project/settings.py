@@ -21,7 +21,9 @@ DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
 ALLOWED_HOSTS = os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",")
 
 INSTALLED_APPS = [
-    # daphne first: its runserver replaces the one of django.contrib.staticfiles.
+    # daphne first: its runserver (which replaces the one of django.contrib.staticfiles)
+    # serves the ASGI application, WebSockets included, so `manage.py runserver` can
+    # show the live page too. The demo serves the project with uvicorn.
     "daphne",
     "django.contrib.admin",
     "django.contrib.auth",

@@ -1,5 +1,6 @@
 """URLs of the example project: the events page at ``/``, the orders page at
-``/orders/``, the Django admin and the API at ``/api/aether/``."""
+``/orders/``, the live feed at ``/live/``, the Django admin and the API at
+``/api/aether/``. The live feed's WebSocket (``ws/aether/``) is routed in asgi.py."""
 
 from django.contrib import admin
 from django.urls import include, path
