@@ -27,7 +27,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 
 from .api.access import NamespaceAccess
 from .api.serializers import event_body
-from .bus import Subscription, SubscriptionOverflowError, get_event_bus
+from .bus import Delivery, Subscription, SubscriptionOverflowError, get_event_bus
 from .errors import AetherError, InvalidNameError
 from .patterns import SubscriptionFilter, is_exact, validate_pattern
 
@@ -57,7 +57,8 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             return
         self.access: NamespaceAccess = await database_sync_to_async(NamespaceAccess)(user)
         self.subscriptions: dict[str, tuple[Subscription, asyncio.Task[None]]] = {}
-        self.delivered: dict[str, int] = {}
+        # Per subscription: namespace -> last stream sequence handed to the server.
+        self.delivered: dict[str, dict[str, int]] = {}
         self.closing = False
         self._allowance = float(self.max_frames_per_second)
         self._last_frame = time.monotonic()
@@ -180,13 +181,10 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                     "sequence": delivery.sequence,
                     "event": event_body(delivery.event),
                 }
-                # A frame handed to the server reaches a client that reads its backlog
-                # (the close frame comes after it), so it counts as delivered even
-                # when the send then times out.
-                if delivery.sequence is not None:
-                    self.delivered[delivery.namespace] = delivery.sequence
                 try:
-                    await asyncio.wait_for(self._send(frame), self.send_timeout)
+                    await self._send(
+                        frame, timeout=self.send_timeout, sub_id=sub_id, delivery=delivery
+                    )
                 except TimeoutError:
                     await self._too_slow(sub_id)
                     return
@@ -208,19 +206,42 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                         "id": sub_id,
                         "code": "slow_consumer",
                         "detail": detail,
-                        "last_sequences": dict(self.delivered),
+                        "last_sequences": dict(self.delivered.get(sub_id, {})),
                     }
                 ),
                 1.0,
             )
-        last = ",".join(f"{ns}:{seq}" for ns, seq in sorted(self.delivered.items()))
+        delivered = self.delivered.get(sub_id, {})
+        last = ",".join(f"{ns}:{seq}" for ns, seq in sorted(delivered.items()))
         await self._close(f"slow consumer; last delivered {last}"[:120], 4008)
 
-    async def _send(self, frame: dict[str, Any]) -> None:
+    async def _send(
+        self,
+        frame: dict[str, Any],
+        *,
+        timeout: float | None = None,
+        sub_id: str | None = None,
+        delivery: Delivery | None = None,
+    ) -> None:
+        """Send one frame (one at a time from several pumps).
+
+        For an event frame, the sequence counts as delivered once the frame is handed
+        to the server: a client that reads its backlog gets it before the close frame,
+        even when the send then times out. Waiting for the lock is not timed, so a
+        frame is never counted without having been handed over.
+        """
         if self.closing:
             return
-        async with self._send_lock:  # one frame at a time from several pumps
-            await self.send(text_data=json.dumps(frame, separators=(",", ":")))
+        text = json.dumps(frame, separators=(",", ":"))
+        async with self._send_lock:
+            if self.closing:
+                return
+            if sub_id is not None and delivery is not None and delivery.sequence is not None:
+                self.delivered.setdefault(sub_id, {})[delivery.namespace] = delivery.sequence
+            if timeout is None:
+                await self.send(text_data=text)
+            else:
+                await asyncio.wait_for(self.send(text_data=text), timeout)
 
     async def _error(self, code: str, detail: str, sub_id: Any = None) -> None:
         frame: dict[str, Any] = {"type": "error", "code": code, "detail": detail}

@@ -124,9 +124,13 @@ class SubscriptionFilter:
     ) -> None:
         if isinstance(event_types, str):
             raise InvalidPatternError("event_types must be a list of event types, not a string")
-        types = frozenset(event_types) if event_types is not None else None
-        if types is not None and not all(isinstance(t, str) and t for t in types):
-            raise InvalidPatternError("event_types must be non-empty strings")
+        types = None
+        if event_types is not None:
+            items = list(event_types)
+            # Check before hashing: a list or dict inside would make frozenset() fail.
+            if not all(isinstance(t, str) and t for t in items):
+                raise InvalidPatternError("event_types must be non-empty strings")
+            types = frozenset(items)
         if actor_pattern is not None:
             if not isinstance(actor_pattern, str) or not actor_pattern:
                 raise InvalidPatternError("actor_pattern must be a non-empty string")

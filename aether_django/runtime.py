@@ -258,11 +258,16 @@ class Runtime:
             self._connecting.pop(loop, None)
 
     async def _connect(self) -> NATS:
+        made: dict[str, NATS] = {}
+
         async def on_error(exc: Exception) -> None:
             logger.debug("NATS connection error: %r", exc)
 
         async def on_disconnect() -> None:
-            if not self._closing:
+            nc = made.get("nc")
+            if self._closing or (nc is not None and nc.is_closed):
+                logger.debug("NATS connection closed")
+            else:
                 logger.warning("NATS disconnected; reconnecting")
 
         async def on_reconnect() -> None:
@@ -292,6 +297,7 @@ class Runtime:
             self._connect_timeout * max(len(servers), 1) + 1,
         )
         nc.options["max_reconnect_attempts"] = reconnect_attempts
+        made["nc"] = nc
         return nc
 
     # --- closing --------------------------------------------------------------

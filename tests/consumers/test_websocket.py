@@ -142,6 +142,14 @@ async def test_namespaces_without_a_grant_are_refused_or_narrowed(base):
         ),
         ('{"action": "subscribe", "id": "", "namespace": "ok"}', "bad_id"),
         ('{"action": "unsubscribe", "id": "nope"}', "unknown_id"),
+        (
+            '{"action": "subscribe", "id": "s", "namespace": "ok", "event_types": [[1]]}',
+            "invalid_subscription",
+        ),
+        (
+            '{"action": "subscribe", "id": "s", "namespace": "ok", "event_types": [{"a": 1}]}',
+            "invalid_subscription",
+        ),
     ],
 )
 async def test_bad_frames_get_an_error_frame_and_the_socket_stays_usable(base, text, code):
