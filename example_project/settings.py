@@ -97,7 +97,9 @@ LOGIN_URL = "admin:login"
 
 # aether_django at its defaults: one JetStream stream per namespace on the server
 # named by AETHER_NATS_URL. See docs/settings.md for every key.
-AETHER: dict[str, Any] = {}
+# The NATS URL comes from AETHER_NATS_URL (the demo, docker-compose); the number of
+# replicas of each stream from AETHER_REPLICAS (3 on docker-compose's 3-server cluster).
+AETHER: dict[str, Any] = {"REPLICAS": int(os.environ.get("AETHER_REPLICAS", "1"))}
 
 # The API (``/api/aether/``): session login (the admin's) or HTTP basic auth; every
 # caller must be authenticated and is limited by NamespaceGrants (see docs/api.md).
