@@ -110,6 +110,15 @@ def format_timestamp(ts: datetime) -> str:
 
 def parse_timestamp(text: str) -> datetime:
     """Parse RFC 3339 (up to nanoseconds, which are truncated to microseconds)."""
+    if len(text) <= 27 and text.endswith("Z") and "T" in text:
+        # The common case (what we write): fromisoformat is several times faster.
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            pass
+        else:
+            if parsed.tzinfo is not None:
+                return parsed if parsed.tzinfo is UTC else parsed.astimezone(UTC)
     m = _TS_RE.match(text)
     if not m:
         raise ValueError(f"not an RFC 3339 timestamp: {text!r}")
