@@ -321,7 +321,10 @@ class Aggregate:
         # the last ones: a snapshot keeps both, so loading can start right after it
         # and a node can tell a command it already ran (see cluster.routing).
         self._last_sequence = 0
-        self._recent_commands: collections.deque[str] = collections.deque(maxlen=RECENT_COMMANDS)
+        # (command id, version of the last event it recorded), oldest first.
+        self._recent_commands: collections.deque[tuple[str, int]] = collections.deque(
+            maxlen=RECENT_COMMANDS
+        )
         for name, default in self._state_fields.items():
             # Each instance gets its own copy of mutable defaults (lists, dicts).
             setattr(self, name, copy.deepcopy(default))
@@ -399,11 +402,17 @@ class Aggregate:
         if event.sequence:
             self._last_sequence = event.sequence
         if event.command_id:
-            self._recent_commands.append(event.command_id)
+            if self._recent_commands and self._recent_commands[-1][0] == event.command_id:
+                self._recent_commands.pop()  # one command, several events: keep the last
+            self._recent_commands.append((event.command_id, event.version))
 
-    def has_recorded(self, command_id: str) -> bool:
-        """Whether one of the last events (up to RECENT_COMMANDS) came from ``command_id``."""
-        return command_id in self._recent_commands
+    def recorded_version(self, command_id: str) -> int | None:
+        """The version of the last event ``command_id`` recorded, if it is among the last
+        RECENT_COMMANDS commands; None otherwise."""
+        for recorded, version in reversed(self._recent_commands):
+            if recorded == command_id:
+                return version
+        return None
 
     # --- snapshots ---------------------------------------------------------------------
     def get_snapshot_state(self) -> dict[str, Any]:
@@ -428,7 +437,7 @@ class Aggregate:
                 "snapshot_version": self._meta.snapshot_version,
                 "state": self.get_snapshot_state(),
                 "sequence": self._last_sequence,
-                "recent_commands": list(self._recent_commands),
+                "recent_commands": [list(pair) for pair in self._recent_commands],
             },
         )
 
@@ -557,8 +566,9 @@ class AggregateManager(Generic[A]):
             obj.set_snapshot_state(snapshot.state["state"])
             obj.version = snapshot.version
             obj._last_sequence = _int(snapshot.state.get("sequence"))
-            commands = snapshot.state.get("recent_commands") or []
-            obj._recent_commands.extend(c for c in commands if isinstance(c, str))
+            for pair in snapshot.state.get("recent_commands") or []:
+                if isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str):
+                    obj._recent_commands.append((pair[0], _int(pair[1])))
         for event in events:
             if at_version is not None and event.version > at_version:
                 break

@@ -176,11 +176,14 @@ class ShardHost:
                 actor = await self._load(model, actor_id, shard)
             except AggregateDoesNotExist:
                 actor = model(actor_id)
-            if command is None or (command_id and actor.has_recorded(command_id)):
-                # A read, or a command this actor's history already holds (its node died
-                # before answering, or two nodes owned the shard for a moment): answer
-                # without running it again.
+            if command is None:
                 return self._answer(actor, shard)
+            done = actor.recorded_version(command_id) if command_id else None
+            if done is not None:
+                # A command this actor's history already holds (its node died before
+                # answering, or two nodes owned the shard for a moment): answer with the
+                # version it was stored at, without running it again.
+                return {**self._answer(actor, shard), "version": done}
             try:
                 with actor.command_context(command_id):
                     getattr(actor, command)(**arguments)

@@ -38,6 +38,8 @@ async def test_a_repeated_command_id_is_answered_without_running_again(nats_url)
         await other.own(set(range(100)))
         assert (await ask("add_line", "c-2", **line))["version"] == 2
         assert (await ask("add_line", "c-3", **line))["version"] == 3
+        # Asked again later, it still answers the version the command was stored at.
+        assert (await ask("add_line", "c-2", **line))["version"] == 2
         await other.stop()
         assert [e.command_id for e in await Order.get_store().aget_events(actor)] == [
             "c-1",
