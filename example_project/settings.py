@@ -112,6 +112,6 @@ REST_FRAMEWORK = {
 }
 SPECTACULAR_SETTINGS = {"TITLE": "aether_django API", "VERSION": "0.1"}
 
-# Celery (example_project/celery.py); the demo runs without it.
+# Celery (example_project/celery.py): the demo passes the broker it starts in CELERY_BROKER_URL.
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "memory://")
 CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND") or None

@@ -1,0 +1,61 @@
+"""Seed the demo with a few orders: ``python -m example_project.demo_seed``.
+
+Run by ``python3 dev.py demo`` once uvicorn answers, in a child process with the
+demo's environment (its ``AETHER_NATS_URL``). Places a few ``Order`` aggregates in
+the ``orders`` namespace, adds lines, pays and ships some; does nothing when the
+namespace has orders already, so a restarted demo keeps its data as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import django
+
+# (actor id, customer, lines as (sku, quantity, price in cents), what happens next)
+ORDERS: list[tuple[str, str, list[tuple[str, int, int]], tuple[str, ...]]] = [
+    ("order-1", "Ann", [("book-42", 2, 1250), ("pen-7", 3, 199)], ("pay", "ship")),
+    ("order-2", "Bob", [("mug-3", 1, 899)], ("pay",)),
+    ("order-3", "Cleo", [("lamp-11", 1, 3499), ("bulb-2", 4, 350)], ()),
+    ("order-4", "Dan", [("chair-5", 2, 4999)], ("cancel",)),
+]
+
+
+def seed() -> list[str]:
+    """Create the demo's orders unless the namespace has some; return the ids created."""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "example_project.settings")
+    django.setup()
+    from example_project.shop.aggregates import Order
+
+    if Order.objects.actor_ids():
+        return []
+
+    def command(actor_id: str, name: str, *args: object, create: bool = False) -> None:
+        def run(order: Order) -> None:
+            getattr(order, name)(*args)
+
+        Order.objects.update(actor_id, run, create=create)
+
+    created = []
+    for actor_id, customer, lines, then in ORDERS:
+        command(actor_id, "place", customer, create=True)
+        for sku, quantity, price in lines:
+            command(actor_id, "add_line", sku, quantity, price)
+        for step in then:
+            command(actor_id, step, *(["changed my mind"] if step == "cancel" else []))
+        created.append(actor_id)
+    return created
+
+
+def main() -> int:
+    created = seed()
+    if created:
+        print(f"Seeded the orders namespace with {', '.join(created)}.", flush=True)
+    else:
+        print("The orders namespace has orders already; not seeding.", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
