@@ -23,12 +23,6 @@ from ..errors import (
 )
 
 
-class VersionConflict(APIException):
-    status_code = status.HTTP_409_CONFLICT
-    default_detail = "The actor already has this version or a later one."
-    default_code = "version_conflict"
-
-
 class PayloadTooLarge(APIException):
     status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
     default_detail = "The encoded event is larger than the configured limit."
