@@ -14,7 +14,7 @@ import tempfile
 import time
 from types import TracebackType
 
-from .server import find_free_port
+from .server import find_free_port, stop_process
 
 __all__ = ["BrokerServer", "BrokerServerError", "broker_binary"]
 
@@ -84,13 +84,7 @@ class BrokerServer:
         raise BrokerServerError(f"the broker did not answer within {timeout}s")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         self._dir.cleanup()
 
     def __enter__(self) -> BrokerServer:

@@ -86,6 +86,18 @@ def _check_version(binary: str) -> None:
         )
 
 
+def stop_process(process: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
+    """Terminate a child process, and kill it if it has not exited after ``timeout``."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 class NatsServer:
     """One nats-server process with JetStream on free loopback ports.
 
@@ -198,14 +210,8 @@ class NatsServer:
         """Stop gracefully (SIGTERM), then SIGKILL if it lingers."""
         if not self.running:
             return
-        assert self.process is not None
         self.resume()
-        self.process.terminate()
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, timeout)
 
     def kill(self) -> None:
         """Kill with SIGKILL: the crash case, with no chance to flush or say goodbye."""
