@@ -7,6 +7,7 @@ is one request (or one batched request) on a connection the caller supplies.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any
 
@@ -17,6 +18,7 @@ __all__ = [
     "ERR_WRONG_LAST_SEQUENCE",
     "JetStreamRefused",
     "direct_get_batch",
+    "direct_get_into",
     "direct_get_last",
     "event_namespace",
     "list_event_streams",
@@ -60,12 +62,25 @@ async def direct_get_batch(
 ) -> list[Msg]:
     """The messages a batched direct get returns (up to the end-of-batch marker)."""
     received: list[Msg] = []
-    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    await direct_get_into(nc, stream, request, timeout, received)
+    return received
+
+
+async def direct_get_into(
+    nc: Any, stream: str, request: dict[str, Any], timeout: float, received: list[Msg]
+) -> Msg:
+    """One batched direct get: append its messages to ``received``; return the status
+    message that ends the batch (204 with ``Nats-Num-Pending``, 404, ...).
+
+    Each call has its own reply subject, so a late answer to a call that timed out
+    never mixes into another.
+    """
+    done: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
 
     async def on_msg(msg: Msg) -> None:
         if msg.headers and "Status" in msg.headers:
             if not done.done():
-                done.set_result(None)
+                done.set_result(msg)
         elif not done.done():
             received.append(msg)
 
@@ -73,10 +88,10 @@ async def direct_get_batch(
     sub = await nc.subscribe(inbox, cb=on_msg)
     try:
         await nc.publish(f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode(), reply=inbox)
-        await asyncio.wait_for(done, timeout)
+        return await asyncio.wait_for(done, timeout)
     finally:
-        await sub.unsubscribe()
-    return received
+        with contextlib.suppress(nats.errors.Error, OSError):
+            await sub.unsubscribe()
 
 
 def event_namespace(config: dict[str, Any], subject_prefix: str) -> str | None:

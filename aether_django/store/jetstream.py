@@ -16,7 +16,6 @@ actor's last message for its head, and batched gets for replay.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -57,7 +56,7 @@ from ..events import (
     encode_snapshot,
     with_sequence,
 )
-from ..jsapi import direct_get_batch, list_event_streams
+from ..jsapi import direct_get_batch, direct_get_into, list_event_streams
 from .base import (
     AsyncFirstEventStore,
     NamespaceInfo,
@@ -455,26 +454,8 @@ class JetStreamEventStore(AsyncFirstEventStore):
         if timeout <= 0:
             raise nats.errors.TimeoutError
         nc = await self.runtime.connection()
-        done: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
-
-        async def on_msg(msg: Msg) -> None:
-            if msg.headers and "Status" in msg.headers:
-                if not done.done():
-                    done.set_result(msg)
-            elif not done.done():
-                received.append(msg)
-
-        inbox = nc.new_inbox()
-        sub = await nc.subscribe(inbox, cb=on_msg)
-        try:
-            payload = json.dumps(
-                {"seq": start, "next_by_subj": subject, "batch": _REPLAY_CHUNK}
-            ).encode()
-            await nc.publish(f"$JS.API.DIRECT.GET.{self.stream_name}", payload, reply=inbox)
-            return await asyncio.wait_for(done, timeout)
-        finally:
-            with contextlib.suppress(*_TRANSIENT):
-                await sub.unsubscribe()
+        request = {"seq": start, "next_by_subj": subject, "batch": _REPLAY_CHUNK}
+        return await direct_get_into(nc, self.stream_name, request, timeout, received)
 
     async def _replay(
         self, actor_id: str, from_version: int, deadline: float, after_sequence: int = 0
