@@ -49,14 +49,12 @@ import importlib.metadata
 import json
 import logging
 import os
-import subprocess
 import sys
 import tempfile
 import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import nats
@@ -67,12 +65,23 @@ from aether_django.aggregates import Aggregate, DomainError, apply
 from aether_django.events import Event
 from aether_django.testing import NatsServer
 
+from ._setup import (
+    DATA,
+    EVENT_TYPE,
+    HDR_EXPECTED,
+    HDR_MSG_ID,
+    add_store_like_stream,
+    finish,
+    nats_meta,
+    parse_only,
+    raw_payload,
+    subject_prefix,
+)
 from .common import (
     Report,
     base_parser,
     clock,
     interleaved,
-    machine_info,
     progress,
 )
 
@@ -83,13 +92,8 @@ try:  # the eventsourcing comparison is skipped when the library is not installe
 except ImportError:  # pragma: no cover
     Application = None  # type: ignore[assignment,misc]
 
-HDR_MSG_ID = "Nats-Msg-Id"
-HDR_EXPECTED = "Nats-Expected-Last-Subject-Sequence"
 HDR_SEQUENCE = "Nats-Sequence"
 
-EVENT_TYPE = "Deposited"
-#: Every command deposits this (the data of store.py's events).
-DATA: dict[str, Any] = {"amount": 1, "currency": "EUR", "reference": "bench"}
 #: Commands on one actor before figure 1 moves on to a fresh one (its history stays short).
 HISTORY = 20
 #: Snapshot interval of the snapshotting aggregate (the example Order's).
@@ -137,20 +141,6 @@ def deposit(account: BenchAccount) -> None:
 
 
 # --- the same command in raw nats-py ----------------------------------------------------
-
-
-def raw_payload(actor_id: str, version: int) -> tuple[str, bytes]:
-    """The JSON document an application using nats-py directly would publish."""
-    event_id = str(uuid.uuid4())
-    doc = {
-        "id": event_id,
-        "eventType": EVENT_TYPE,
-        "actorId": actor_id,
-        "version": version,
-        "data": DATA,
-        "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-    }
-    return event_id, json.dumps(doc, separators=(",", ":")).encode()
 
 
 class RawAccounts:
@@ -352,17 +342,13 @@ class Bench:
         return self.private
 
     async def setup(self) -> None:
-        from aether_django.store.jetstream import JetStreamEventStore
-
         self.nc = await nats.connect(self.url, name="bench-raw")
         self.js = self.nc.jetstream(timeout=10.0)
         # The raw streams are configured exactly like a namespace's (the store's own config).
         streams = []
         for namespace in ("raw-accounts", "raw-accounts-snap"):
-            template = JetStreamEventStore(namespace, runtime=None)  # type: ignore[arg-type]
-            config = template._stream_config()
-            await self.js.add_stream(config)
-            streams.append((str(config.name), template.subject_for("x")[: -len(".x")]))
+            name, template = await add_store_like_stream(self.js, namespace, None)
+            streams.append((name, subject_prefix(template)))
         await self.js.create_key_value(
             KeyValueConfig(bucket="raw_snapshots", history=1, storage=StorageType.FILE, direct=True)
         )
@@ -439,6 +425,38 @@ class Bench:
         await get_runtime().aclose()
 
 
+#: Targets of the command figures: against raw nats-py, and against eventsourcing.
+VS_RAW: dict[str, Any] = {"target": "≥ 0.7x raw", "min_ratio": 0.7}
+VS_ES: dict[str, Any] = {"target": "> 1x eventsourcing", "min_ratio": 1.0}
+
+
+async def measure_commands(
+    b: Bench,
+    variants: dict[str, Callable[[], Awaitable[float]]],
+    es_round: Callable[[], float],
+    rows: list[tuple[str, str, str, str, str, dict[str, Any]]],
+) -> None:
+    """Run the variants (and eventsourcing's, when installed) interleaved; one row per figure.
+
+    Each row is (section, figure, variant, baseline variant, baseline label, target);
+    rows against eventsourcing are left out when it is not installed.
+    """
+    if Application is not None:
+        variants["es"] = lambda: b.in_sync_thread(es_round)
+    res = await interleaved(variants, rounds=b.sizes.rounds, warmup=b.sizes.warmup)
+    for section, figure, value, baseline, label, target in rows:
+        if value in res and baseline in res:
+            b.report.compare(
+                section,
+                figure,
+                "commands/s",
+                res[value],
+                res[baseline],
+                baseline_label=label,
+                **target,
+            )
+
+
 # --- 1. sequential commands, short histories --------------------------------------------
 
 
@@ -509,65 +527,41 @@ async def bench_sequential(b: Bench) -> None:
         "raw": raw_round,
         "raw_thread": lambda: b.in_sync_thread(raw_thread_round),
     }
-    if Application is not None:
-        variants["es"] = lambda: b.in_sync_thread(es_round)
-    res = await interleaved(variants, rounds=sizes.rounds, warmup=sizes.warmup)
-    report = b.report
     label = "raw nats-py: batched direct get + fold + CAS publish"
-    report.compare(
-        "1a",
-        "command, async `aupdate` (history < 20, no snapshots)",
-        "commands/s",
-        res["async"],
-        res["raw"],
-        baseline_label=label,
-        target="≥ 0.7x raw",
-        min_ratio=0.7,
-    )
-    report.compare(
-        "1b",
-        "command, sync `update` from a plain thread",
-        "commands/s",
-        res["sync"],
-        res["raw"],
-        baseline_label=label,
-        target="≥ 0.7x raw",
-        min_ratio=0.7,
-    )
-    if "es" in res:
-        report.compare(
-            "1c",
-            "  sync `update` vs eventsourcing get → command → save",
-            "commands/s",
-            res["sync"],
-            res["es"],
-            baseline_label="eventsourcing, SQLite file",
-            target="> 1x eventsourcing",
-            min_ratio=1.0,
-        )
-        report.compare(
-            "1d",
-            "  async `aupdate` vs eventsourcing",
-            "commands/s",
-            res["async"],
-            res["es"],
-            baseline_label="eventsourcing, SQLite file",
-        )
-        report.compare(
-            "1e",
-            "  raw nats-py itself vs eventsourcing",
-            "commands/s",
-            res["raw"],
-            res["es"],
-            baseline_label="eventsourcing, SQLite file",
-        )
-    report.compare(
-        "1f",
-        "  sync `update` against raw run from the same plain thread",
-        "commands/s",
-        res["sync"],
-        res["raw_thread"],
-        baseline_label="raw nats-py on the sync thread's own loop",
+    es = "eventsourcing, SQLite file"
+    await measure_commands(
+        b,
+        variants,
+        es_round,
+        [
+            (
+                "1a",
+                "command, async `aupdate` (history < 20, no snapshots)",
+                "async",
+                "raw",
+                label,
+                VS_RAW,
+            ),
+            ("1b", "command, sync `update` from a plain thread", "sync", "raw", label, VS_RAW),
+            (
+                "1c",
+                "  sync `update` vs eventsourcing get → command → save",
+                "sync",
+                "es",
+                es,
+                VS_ES,
+            ),
+            ("1d", "  async `aupdate` vs eventsourcing", "async", "es", es, {}),
+            ("1e", "  raw nats-py itself vs eventsourcing", "raw", "es", es, {}),
+            (
+                "1f",
+                "  sync `update` against raw run from the same plain thread",
+                "sync",
+                "raw_thread",
+                "raw nats-py on the sync thread's own loop",
+                {},
+            ),
+        ],
     )
 
 
@@ -611,50 +605,33 @@ async def bench_snapshotted(b: Bench) -> None:
         "sync": lambda: b.in_sync_thread(aether_sync),
         "raw": raw_round,
     }
-    if Application is not None:
-        variants["es"] = lambda: b.in_sync_thread(es_round)
-    res = await interleaved(variants, rounds=sizes.rounds, warmup=sizes.warmup)
-    report = b.report
     label = "raw nats-py: snapshot + tail by sequence + CAS publish"
-    report.compare(
-        "2a",
-        "command, async `aupdate`, snapshot every 20, long-lived actor",
-        "commands/s",
-        res["async"],
-        res["raw"],
-        baseline_label=label,
-        target="≥ 0.7x raw",
-        min_ratio=0.7,
+    es = "eventsourcing, SQLite file, snapshotting"
+    await measure_commands(
+        b,
+        variants,
+        es_round,
+        [
+            (
+                "2a",
+                "command, async `aupdate`, snapshot every 20, long-lived actor",
+                "async",
+                "raw",
+                label,
+                VS_RAW,
+            ),
+            ("2b", "command, sync `update`, same", "sync", "raw", label, VS_RAW),
+            (
+                "2c",
+                "  sync `update` vs eventsourcing with snapshots every 20",
+                "sync",
+                "es",
+                es,
+                VS_ES,
+            ),
+            ("2d", "  raw nats-py itself vs eventsourcing", "raw", "es", es, {}),
+        ],
     )
-    report.compare(
-        "2b",
-        "command, sync `update`, same",
-        "commands/s",
-        res["sync"],
-        res["raw"],
-        baseline_label=label,
-        target="≥ 0.7x raw",
-        min_ratio=0.7,
-    )
-    if "es" in res:
-        report.compare(
-            "2c",
-            "  sync `update` vs eventsourcing with snapshots every 20",
-            "commands/s",
-            res["sync"],
-            res["es"],
-            baseline_label="eventsourcing, SQLite file, snapshotting",
-            target="> 1x eventsourcing",
-            min_ratio=1.0,
-        )
-        report.compare(
-            "2d",
-            "  raw nats-py itself vs eventsourcing",
-            "commands/s",
-            res["raw"],
-            res["es"],
-            baseline_label="eventsourcing, SQLite file, snapshotting",
-        )
 
 
 # --- 3. 100 actors at once --------------------------------------------------------------
@@ -726,49 +703,39 @@ async def bench_concurrent(b: Bench) -> None:
         "snap": aether_snap,
         "raw_snap": raw_snap_round,
     }
-    if Application is not None:
-        variants["es"] = lambda: b.in_sync_thread(es_round)
-    res = await interleaved(variants, rounds=sizes.rounds, warmup=sizes.warmup)
-    report = b.report
-    report.compare(
-        "3a",
-        f"{actors} actors at once, `aupdate`, no snapshots (history < {per})",
-        "commands/s",
-        res["fresh"],
-        res["raw_fresh"],
-        baseline_label="raw nats-py, 100 tasks",
-        target="≥ 0.7x raw",
-        min_ratio=0.7,
+    es = "eventsourcing, snapshotting, one thread"
+    await measure_commands(
+        b,
+        variants,
+        es_round,
+        [
+            (
+                "3a",
+                f"{actors} actors at once, `aupdate`, no snapshots (history < {per})",
+                "fresh",
+                "raw_fresh",
+                "raw nats-py, 100 tasks",
+                VS_RAW,
+            ),
+            (
+                "3b",
+                f"{actors} actors at once, `aupdate`, snapshot every 20",
+                "snap",
+                "raw_snap",
+                "raw nats-py snapshot + tail, 100 tasks",
+                VS_RAW,
+            ),
+            ("3c", "  3b against eventsourcing running the same commands", "snap", "es", es, VS_ES),
+            (
+                "3d",
+                "  raw nats-py (snapshot + tail, 100 tasks) itself vs eventsourcing",
+                "raw_snap",
+                "es",
+                es,
+                {},
+            ),
+        ],
     )
-    report.compare(
-        "3b",
-        f"{actors} actors at once, `aupdate`, snapshot every 20",
-        "commands/s",
-        res["snap"],
-        res["raw_snap"],
-        baseline_label="raw nats-py snapshot + tail, 100 tasks",
-        target="≥ 0.7x raw",
-        min_ratio=0.7,
-    )
-    if "es" in res:
-        report.compare(
-            "3c",
-            "  3b against eventsourcing running the same commands",
-            "commands/s",
-            res["snap"],
-            res["es"],
-            baseline_label="eventsourcing, snapshotting, one thread",
-            target="> 1x eventsourcing",
-            min_ratio=1.0,
-        )
-        report.compare(
-            "3d",
-            "  raw nats-py (snapshot + tail, 100 tasks) itself vs eventsourcing",
-            "commands/s",
-            res["raw_snap"],
-            res["es"],
-            baseline_label="eventsourcing, snapshotting, one thread",
-        )
 
 
 # --- main -------------------------------------------------------------------------------
@@ -818,7 +785,7 @@ def main(argv: list[str] | None = None) -> int:
         "--only", default="", help="comma-separated figures to run, e.g. 1,3 (default: all)"
     )
     args = parser.parse_args(argv)
-    only = [part.strip() for part in args.only.split(",") if part.strip()]
+    only = parse_only(args)
     sizes = Sizes.quick() if args.quick else Sizes.full()
     if args.rounds:
         sizes = dataclasses.replace(sizes, rounds=args.rounds)
@@ -826,15 +793,9 @@ def main(argv: list[str] | None = None) -> int:
     started = clock()
     with NatsServer() as server, tempfile.TemporaryDirectory(prefix="aether-bench-agg-") as tmp:
         configure_django(server.url)
-        server_version = subprocess.run(
-            [server.binary, "--version"], capture_output=True, text=True, check=False
-        ).stdout.strip()
-        report.meta.update(machine_info())
+        nats_meta(report, server, args.quick)
         report.meta.update(
             {
-                "mode": "quick" if args.quick else "full",
-                "nats-server": server_version,
-                "nats-py": importlib.metadata.version("nats-py"),
                 "eventsourcing": (
                     importlib.metadata.version("eventsourcing")
                     if Application is not None
@@ -853,10 +814,7 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(run_all(Bench(server.url, sizes, report, tmp), only))
         finally:
             reset_runtime()
-    report.meta["wall time"] = f"{clock() - started:.0f} s"
-    report.print()
-    if args.json:
-        report.write_json(args.json)
+    finish(report, started, args.json)
     return 0
 
 

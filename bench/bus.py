@@ -37,20 +37,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import importlib.metadata
 import json
 import logging
 import os
-import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import nats
@@ -63,22 +58,26 @@ from aether_django.runtime import Runtime
 from aether_django.store.jetstream import JetStreamEventStore
 from aether_django.testing import NatsServer
 
+from ._setup import (
+    HDR_EXPECTED,
+    HDR_MSG_ID,
+    ROOT,
+    add_store_like_stream,
+    finish,
+    nats_meta,
+    new_event,
+    parse_only,
+    raw_payload,
+)
 from .common import (
     Report,
     base_parser,
     clock,
     interleaved,
-    machine_info,
     median,
     percentile,
     progress,
 )
-
-ROOT = Path(__file__).resolve().parents[1]
-HDR_MSG_ID = "Nats-Msg-Id"
-HDR_EXPECTED = "Nats-Expected-Last-Subject-Sequence"
-EVENT_TYPE = "Deposited"
-DATA: dict[str, Any] = {"amount": 1, "currency": "EUR", "reference": "bench"}
 
 
 def now() -> float:
@@ -118,24 +117,6 @@ class Sizes:
             drain_actors=100,
             drain_rounds=2,
         )
-
-
-def new_event(actor_id: str, version: int) -> Event:
-    return Event(event_type=EVENT_TYPE, actor_id=actor_id, version=version, data=DATA)
-
-
-def raw_payload(actor_id: str, version: int) -> tuple[str, bytes]:
-    """The JSON document an application using nats-py directly would publish."""
-    event_id = str(uuid.uuid4())
-    doc = {
-        "id": event_id,
-        "eventType": EVENT_TYPE,
-        "actorId": actor_id,
-        "version": version,
-        "data": DATA,
-        "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-    }
-    return event_id, json.dumps(doc, separators=(",", ":")).encode()
 
 
 def latency_rows(
@@ -348,10 +329,8 @@ async def bench_remote(report: Report, sizes: Sizes, url: str, runtime: Runtime)
     actor = "acct-latency"
     await store.asave_event(new_event(actor, 1))  # the stream exists before subscribing
     nc = await nats.connect(url, name="bench-raw")
-    raw_template = JetStreamEventStore("raw-latency", runtime=runtime)
-    config = raw_template._stream_config()
     js = nc.jetstream(timeout=10.0)
-    await js.add_stream(config)
+    raw_stream, raw_template = await add_store_like_stream(js, "raw-latency", runtime)
     raw_subject = raw_template.subject_for(actor)
     raw_filter = raw_subject.rsplit(".", 1)[0] + ".*"
 
@@ -362,7 +341,7 @@ async def bench_remote(report: Report, sizes: Sizes, url: str, runtime: Runtime)
         "--serve-subscriber",
         url,
         namespace,
-        str(config.name),
+        raw_stream,
         raw_filter,
         cwd=str(ROOT),
         env={**os.environ, "PYTHONPATH": str(ROOT)},
@@ -579,22 +558,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve_subscriber:
         asyncio.run(serve_subscriber(*args.serve_subscriber))
         return 0
-    only = [part.strip() for part in args.only.split(",") if part.strip()]
+    only = parse_only(args)
     sizes = Sizes.quick() if args.quick else Sizes.full()
     if args.rounds:
         sizes = dataclasses.replace(sizes, rounds=args.rounds, drain_rounds=args.rounds)
     report = Report("aether_django event bus: latency and draining vs baselines")
     started = clock()
     with NatsServer() as server:
-        server_version = subprocess.run(
-            [server.binary, "--version"], capture_output=True, text=True, check=False
-        ).stdout.strip()
-        report.meta.update(machine_info())
+        nats_meta(report, server, args.quick)
         report.meta.update(
             {
-                "mode": "quick" if args.quick else "full",
-                "nats-server": server_version,
-                "nats-py": importlib.metadata.version("nats-py"),
                 "storage": "file (temporary directory)",
                 "samples": (
                     f"local: {sizes.rounds} x {sizes.local_per_round} per variant; "
@@ -604,10 +577,7 @@ def main(argv: list[str] | None = None) -> int:
             }
         )
         asyncio.run(run_all(report, sizes, server.url, only))
-    report.meta["wall time"] = f"{clock() - started:.0f} s"
-    report.print()
-    if args.json:
-        report.write_json(args.json)
+    finish(report, started, args.json)
     return 0
 
 

@@ -44,7 +44,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import importlib.metadata
 import itertools
 import json
 import os
@@ -62,9 +61,9 @@ from typing import Any
 
 from aether_django.testing import NatsServer
 
-from .common import Report, base_parser, clock, machine_info, median, percentile, progress
+from ._setup import ROOT, finish, nats_meta
+from .common import Report, base_parser, clock, median, percentile, progress
 
-ROOT = Path(__file__).resolve().parents[1]
 NAMESPACE = "test-orders"
 NUM_SHARDS = 100
 HEARTBEAT = 1.0
@@ -617,15 +616,9 @@ def main(argv: list[str] | None = None) -> int:
         import django
 
         django.setup()
-        server_version = subprocess.run(
-            [server.binary, "--version"], capture_output=True, text=True, check=False
-        ).stdout.strip()
-        report.meta.update(machine_info())
+        nats_meta(report, server, args.quick)
         report.meta.update(
             {
-                "mode": "quick" if args.quick else "full",
-                "nats-server": server_version,
-                "nats-py": importlib.metadata.version("nats-py"),
                 "cluster": (
                     f"3 aether_node processes, {NUM_SHARDS} shards, heartbeat {HEARTBEAT:.0f} s, "
                     f"failure timeout {FAILURE_TIMEOUT:.0f} s"
@@ -644,8 +637,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             with contextlib.suppress(Exception):
                 reset_runtime()
-    report.meta["wall time"] = f"{clock() - started:.0f} s"
-    report.print()
+    finish(report, started, args.json)
     print()
     print("Per kill:")
     print()
@@ -658,8 +650,7 @@ def main(argv: list[str] | None = None) -> int:
         for item in mismatched[:20]:
             print(f"- {json.dumps(item)}")
     sys.stdout.flush()
-    if args.json:
-        report.write_json(args.json)
+    if args.json:  # the kills and mismatched acks, added to what finish() wrote
         with open(args.json, encoding="utf-8") as src:
             doc = json.load(src)
         doc["kills"] = [dataclasses.asdict(k) for k in kills]

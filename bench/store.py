@@ -30,18 +30,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import importlib.metadata
 import json
 import logging
 import os
-import subprocess
 import sys
 import tempfile
 import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import nats
@@ -49,18 +46,30 @@ import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from aether_django.errors import VersionConflictError
-from aether_django.events import ActorSnapshot, Event
+from aether_django.events import ActorSnapshot
 from aether_django.runtime import Runtime
 from aether_django.store.base import StoreConfig
 from aether_django.store.jetstream import JetStreamEventStore
 from aether_django.testing import NatsServer
 
+from ._setup import (
+    DATA,
+    EVENT_TYPE,
+    HDR_EXPECTED,
+    HDR_MSG_ID,
+    add_store_like_stream,
+    finish,
+    nats_meta,
+    new_event,
+    parse_only,
+    raw_payload,
+    subject_prefix,
+)
 from .common import (
     Report,
     base_parser,
     clock,
     interleaved,
-    machine_info,
     median,
     percentile,
     progress,
@@ -73,13 +82,8 @@ try:  # the eventsourcing comparison is skipped when the library is not installe
 except ImportError:  # pragma: no cover
     Application = None  # type: ignore[assignment,misc]
 
-HDR_MSG_ID = "Nats-Msg-Id"
-HDR_EXPECTED = "Nats-Expected-Last-Subject-Sequence"
 ERR_WRONG_LAST_SEQUENCE = 10071
 
-EVENT_TYPE = "Deposited"
-#: The data of every benchmark event (a small, typical domain event).
-DATA: dict[str, Any] = {"amount": 1, "currency": "EUR", "reference": "bench"}
 #: Events per atomic batch while filling a replay actor.
 FILL_CHUNK = 100
 
@@ -143,24 +147,6 @@ class Sizes:
             conflict_tries=200,
             es_events=100,
         )
-
-
-def new_event(actor_id: str, version: int) -> Event:
-    return Event(event_type=EVENT_TYPE, actor_id=actor_id, version=version, data=DATA)
-
-
-def raw_payload(actor_id: str, version: int) -> tuple[str, bytes]:
-    """What an application using nats-py directly would publish: the same JSON document."""
-    event_id = str(uuid.uuid4())
-    doc = {
-        "id": event_id,
-        "eventType": EVENT_TYPE,
-        "actorId": actor_id,
-        "version": version,
-        "data": DATA,
-        "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-    }
-    return event_id, json.dumps(doc, separators=(",", ":")).encode()
 
 
 class RawActor:
@@ -285,11 +271,8 @@ class Bench:
         writes to a stream with the same storage, limits, duplicate window,
         ``allow_atomic`` and ``allow_direct``.
         """
-        namespace = unique_name(prefix)
-        template = JetStreamEventStore(namespace, runtime=self.runtime)
-        config = template._stream_config()
-        await self.js.add_stream(config)
-        return str(config.name), template.subject_for("x")[: -len(".x")]
+        name, template = await add_store_like_stream(self.js, unique_name(prefix), self.runtime)
+        return name, subject_prefix(template)
 
     async def fill(self, store: JetStreamEventStore, actor_id: str, count: int) -> None:
         """Give ``actor_id`` versions 1..count, in atomic batches."""
@@ -910,22 +893,16 @@ def main(argv: list[str] | None = None) -> int:
         "--only", default="", help="comma-separated figures to run, e.g. 1,4 (default: all)"
     )
     args = parser.parse_args(argv)
-    only = [part.strip() for part in args.only.split(",") if part.strip()]
+    only = parse_only(args)
     sizes = Sizes.quick() if args.quick else Sizes.full()
     if args.rounds:
         sizes = dataclasses.replace(sizes, rounds=args.rounds, seq_rounds=args.rounds)
     report = Report("aether_django event store vs baselines")
     started = clock()
     with NatsServer() as server:
-        server_version = subprocess.run(
-            [server.binary, "--version"], capture_output=True, text=True, check=False
-        ).stdout.strip()
-        report.meta.update(machine_info())
+        nats_meta(report, server, args.quick)
         report.meta.update(
             {
-                "mode": "quick" if args.quick else "full",
-                "nats-server": server_version,
-                "nats-py": importlib.metadata.version("nats-py"),
                 "storage": "file (temporary directory)",
                 "rounds": (
                     f"{sizes.seq_rounds} for figure 1, {sizes.replay_rounds} for replays, "
@@ -939,10 +916,7 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(run_all(Bench(server.url, runtime, sizes, report), only))
         finally:
             runtime.close()
-    report.meta["wall time"] = f"{clock() - started:.0f} s"
-    report.print()
-    if args.json:
-        report.write_json(args.json)
+    finish(report, started, args.json)
     return 0
 
 
