@@ -35,6 +35,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
 import copy
 import dataclasses
@@ -739,6 +740,17 @@ def _after(snapshot: ActorSnapshot | None) -> int:
 # --- what the system checks need ------------------------------------------------------------
 
 
+def _parse(source: str) -> ast.Module:
+    try:
+        return ast.parse(source)
+    except SystemError:
+        # CPython 3.11 (before 3.11.8) can miscount the AST constructor's recursion
+        # depth in a thread that earlier caught a RecursionError (gh-106905): a fresh
+        # thread parses the same source fine.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            return pool.submit(ast.parse, source).result()
+
+
 def recorded_event_types(model: type[Aggregate]) -> set[str] | None:
     """Event types the class's source passes to ``self.record(...)`` as literals.
 
@@ -749,7 +761,7 @@ def recorded_event_types(model: type[Aggregate]) -> set[str] | None:
         if klass is Aggregate or not issubclass(klass, Aggregate):
             continue
         try:
-            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+            tree = _parse(textwrap.dedent(inspect.getsource(klass)))
         except (OSError, TypeError, SyntaxError):
             return None
         for node in ast.walk(tree):
