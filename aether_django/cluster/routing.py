@@ -196,12 +196,10 @@ class ShardHost:
             try:
                 await actor.asave()
             except VersionConflictError:
-                # Another owner (during a move) or writer got there first; if it was
-                # this very command, answer with what is stored instead of repeating it.
+                # Another owner (during a move) or writer got there first: reload. If it
+                # was this very command, the reloaded history says so (recorded_version
+                # above) and it is answered without running again.
                 self._forget(namespace, actor_id)
-                stored = await self._stored_with_command(model, actor_id, command_id)
-                if stored is not None:
-                    return self._answer(stored, shard)
                 continue
             self._remember(model, actor, shard)
             self.served += 1
@@ -227,17 +225,6 @@ class ShardHost:
 
     def _forget(self, namespace: str, actor_id: str) -> None:
         self._actors.pop((namespace, actor_id), None)
-
-    async def _stored_with_command(
-        self, model: type[Aggregate], actor_id: str, command_id: str | None
-    ) -> Aggregate | None:
-        if not command_id:
-            return None
-        actor: Aggregate = await model.objects.aget(actor_id)
-        recent = await model.get_store().aget_events(actor_id, max(actor.version - 50, 0))
-        if any(e.command_id == command_id for e in recent):
-            return actor
-        return None
 
     def _answer(self, actor: Aggregate, shard: int) -> dict[str, Any]:
         return {
