@@ -10,6 +10,7 @@ import itertools
 import time
 import uuid
 
+import nats.errors
 import pytest
 
 from aether_django.cluster.coordinator import ClusterConfig, Coordinator
@@ -24,9 +25,21 @@ pytestmark = pytest.mark.slow
 
 
 async def stream_leader(runtime: Runtime, stream: str) -> str:
-    nc = await runtime.connection()
-    info = await nc.jetstream().stream_info(stream)
-    return info.cluster.leader
+    """The stream's current leader. Right after a server rejoins, the cluster may still be
+    electing one or the client reconnecting, so ask again until there is an answer."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            nc = await runtime.connection()
+            info = await nc.jetstream(timeout=2).stream_info(stream)
+            if info.cluster is not None and info.cluster.leader:
+                return info.cluster.leader
+        except (TimeoutError, nats.errors.Error):
+            if time.monotonic() > deadline:
+                raise
+        if time.monotonic() > deadline:
+            raise AssertionError(f"stream {stream} has no leader after 30 s")
+        await asyncio.sleep(0.25)
 
 
 async def test_saves_survive_losing_a_server_and_the_stream_leader():
@@ -50,6 +63,12 @@ async def test_saves_survive_losing_a_server_and_the_stream_leader():
     ack_times: list[float] = []
     leaders_seen: list[set[str]] = []
     stop = asyncio.Event()
+    saved = asyncio.Event()
+
+    async def saved_after(moment: float) -> None:
+        while not (ack_times and ack_times[-1] > moment):
+            saved.clear()
+            await saved.wait()
 
     async def write() -> None:
         version = 1
@@ -65,6 +84,7 @@ async def test_saves_survive_losing_a_server_and_the_stream_leader():
                 continue
             acknowledged.append(event.id)
             ack_times.append(time.monotonic())
+            saved.set()
             version += 1
             event = Event(event_type="Saved", actor_id="a", version=version)
 
@@ -95,7 +115,11 @@ async def test_saves_survive_losing_a_server_and_the_stream_leader():
         killed_leader = time.monotonic()
         await asyncio.sleep(4)
         leader.start()
-        await asyncio.sleep(3)
+        # Saves resume once a new stream leader is elected (about 7 s here); give a slower
+        # machine up to 30 s, then let a few more saves land.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(saved_after(killed_leader), 30)
+        await asyncio.sleep(1)
     finally:
         stop.set()
         await writer
