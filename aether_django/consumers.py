@@ -16,6 +16,7 @@ anyone else down.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -45,8 +46,11 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     max_subscriptions = 100
     #: Frames a client may send per second (averaged over a burst of as many).
     max_frames_per_second = 50
-    #: Deliveries buffered per subscription before the client counts as too slow.
+    #: Deliveries buffered per catching-up subscription; when full, its consumer waits.
     buffer_size = 1000
+    #: Deliveries buffered per live ("new") subscription before the client counts as
+    #: too slow: room for large atomic batches, which arrive at once.
+    live_buffer_size = 10_000
     #: Seconds one send may take before the client counts as not reading.
     send_timeout = 5.0
 
@@ -63,10 +67,17 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         self._allowance = float(self.max_frames_per_second)
         self._last_frame = time.monotonic()
         self._send_lock = asyncio.Lock()
+        self._loop = asyncio.get_running_loop()
+        self._sending: asyncio.Task[Any] | None = None
+        self._send_started: float | None = None
+        self._send_expired = False
+        self._watch = self._loop.call_later(1.0, self._watch_sends)
         await self.accept()
 
     async def disconnect(self, code: int) -> None:
         self.closing = True
+        if hasattr(self, "_watch"):
+            self._watch.cancel()
         for subscription, task in list(getattr(self, "subscriptions", {}).values()):
             task.cancel()
             with contextlib.suppress(Exception):
@@ -142,11 +153,20 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             # The same answer as for a namespace that does not exist: nothing leaks.
             await self._error("not_found", "no such namespace", sub_id)
             return
+        # Catching up ("all" or a sequence): overflow="wait", so a full buffer holds
+        # this subscription's own JetStream consumer back and a client that stops
+        # reading is caught by the send timeout. Following from "new": overflow="end",
+        # which lets every socket of the process that follows the same pattern share
+        # one consumer (the event is received and decoded once); a client whose
+        # buffer fills is then too slow, like one whose send times out.
+        live = start == "new"
         try:
-            # overflow="wait": a full buffer holds the JetStream consumer back; a
-            # client that stops reading is caught by the send timeout instead.
             subscription = await get_event_bus().asubscribe(  # type: ignore[attr-defined]
-                pattern, flt, start=start, buffer_size=self.buffer_size, overflow="wait"
+                pattern,
+                flt,
+                start=start,
+                buffer_size=self.live_buffer_size if live else self.buffer_size,
+                overflow="end" if live else "wait",
             )
         except AetherError as exc:
             await self._error("unavailable", str(exc), sub_id)
@@ -170,20 +190,25 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     async def _pump(self, sub_id: str, subscription: Subscription) -> None:
         """Send one subscription's events, in order; end the socket if the client lags."""
         try:
+            readable: dict[str, bool] = {}
+            # '{"type":"event","id":"<id>",' — the rest of the frame is the same for
+            # every socket and is encoded once per event (_event_tail).
+            head = '{"type":"event","id":' + json.dumps(sub_id) + ","
             async for delivery in subscription:
                 # Wildcards are narrowed to what the user may read.
-                if not self.access.can_read(delivery.namespace):
+                can_read = readable.get(delivery.namespace)
+                if can_read is None:
+                    can_read = readable[delivery.namespace] = self.access.can_read(
+                        delivery.namespace
+                    )
+                if not can_read:
                     continue
-                frame = {
-                    "type": "event",
-                    "id": sub_id,
-                    "namespace": delivery.namespace,
-                    "sequence": delivery.sequence,
-                    "event": event_body(delivery.event),
-                }
                 try:
-                    await self._send(
-                        frame, timeout=self.send_timeout, sub_id=sub_id, delivery=delivery
+                    await self._send_text(
+                        head + _event_tail(delivery),
+                        timeout=self.send_timeout,
+                        sub_id=sub_id,
+                        delivery=delivery,
                     )
                 except TimeoutError:
                     await self._too_slow(sub_id)
@@ -230,9 +255,23 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         even when the send then times out. Waiting for the lock is not timed, so a
         frame is never counted without having been handed over.
         """
+        await self._send_text(
+            json.dumps(frame, separators=(",", ":")),
+            timeout=timeout,
+            sub_id=sub_id,
+            delivery=delivery,
+        )
+
+    async def _send_text(
+        self,
+        text: str,
+        *,
+        timeout: float | None = None,
+        sub_id: str | None = None,
+        delivery: Delivery | None = None,
+    ) -> None:
         if self.closing:
             return
-        text = json.dumps(frame, separators=(",", ":"))
         async with self._send_lock:
             if self.closing:
                 return
@@ -240,8 +279,35 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                 self.delivered.setdefault(sub_id, {})[delivery.namespace] = delivery.sequence
             if timeout is None:
                 await self.send(text_data=text)
-            else:
-                await asyncio.wait_for(self.send(text_data=text), timeout)
+                return
+            # Timed by _watch_sends rather than asyncio.wait_for or asyncio.timeout,
+            # which would make a task or a timer for every frame of every socket.
+            task = asyncio.current_task()
+            self._sending, self._send_started = task, self._loop.time()
+            try:
+                await self.send(text_data=text)
+            except asyncio.CancelledError:
+                if not self._send_expired or task is None:
+                    raise
+                task.uncancel()
+                raise TimeoutError("the client stopped reading") from None
+            finally:
+                self._sending = self._send_started = None
+
+    def _watch_sends(self) -> None:
+        """Once a second: a send that has taken longer than ``send_timeout`` means the
+        client stopped reading; cancel it, and its pump closes the socket as too slow."""
+        if self.closing:
+            return
+        started, sending = self._send_started, self._sending
+        if (
+            started is not None
+            and sending is not None
+            and self._loop.time() - started > self.send_timeout
+        ):
+            self._send_expired = True
+            sending.cancel()
+        self._watch = self._loop.call_later(1.0, self._watch_sends)
 
     async def _error(self, code: str, detail: str, sub_id: Any = None) -> None:
         frame: dict[str, Any] = {"type": "error", "code": code, "detail": detail}
@@ -255,6 +321,36 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         self.closing = True
         await self.close(code=code, reason=reason)
         await self.disconnect(code)
+
+
+#: Encoded frame tails of recent events, keyed by (namespace, stream sequence): an event
+#: that reaches many sockets is encoded once. A stored event never changes, so the key
+#: is enough; transient events (no sequence) are encoded each time.
+_TAILS: collections.OrderedDict[tuple[str, int], str] = collections.OrderedDict()
+_TAILS_SIZE = 1024
+
+
+def _event_tail(delivery: Delivery) -> str:
+    """``"namespace":…,"sequence":…,"event":{…}}`` of an event frame."""
+    sequence = delivery.sequence
+    key = (delivery.namespace, sequence) if sequence is not None else None
+    if key is not None:
+        tail = _TAILS.get(key)
+        if tail is not None:
+            return tail
+    tail = json.dumps(
+        {
+            "namespace": delivery.namespace,
+            "sequence": sequence,
+            "event": event_body(delivery.event),
+        },
+        separators=(",", ":"),
+    )[1:]
+    if key is not None:
+        _TAILS[key] = tail
+        if len(_TAILS) > _TAILS_SIZE:
+            _TAILS.popitem(last=False)
+    return tail
 
 
 def _start(value: Any) -> Any:

@@ -14,6 +14,8 @@ from typing import Any
 import nats.errors
 from nats.aio.msg import Msg
 
+from .patterns import is_exact
+
 __all__ = [
     "ERR_WRONG_LAST_SEQUENCE",
     "JetStreamRefused",
@@ -107,13 +109,20 @@ def event_namespace(config: dict[str, Any], subject_prefix: str) -> str | None:
 
 
 async def list_event_streams(
-    nc: Any, subject_prefix: str, timeout: float
+    nc: Any, subject_prefix: str, timeout: float, *, pattern: str | None = None
 ) -> list[tuple[str, str, dict[str, Any]]]:
-    """Every events stream under ``subject_prefix``: (stream, namespace, stream info)."""
+    """Every events stream under ``subject_prefix``: (stream, namespace, stream info).
+
+    With an exact namespace as ``pattern`` the server lists only that namespace's
+    stream; a wildcard pattern still lists them all (the caller matches them).
+    """
     found: list[tuple[str, str, dict[str, Any]]] = []
     offset = 0
+    subject = f"{subject_prefix}.>"
+    if pattern is not None and is_exact(pattern):
+        subject = f"{subject_prefix}.{pattern}.*"
     while True:
-        request = {"subject": f"{subject_prefix}.>", "offset": offset}
+        request = {"subject": subject, "offset": offset}
         reply = await nc.request(
             "$JS.API.STREAM.LIST", json.dumps(request).encode(), timeout=timeout
         )

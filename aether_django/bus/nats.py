@@ -14,6 +14,13 @@ handed to the subscriber is kept per namespace in the KV bucket
 ``aether_bus_positions``, and a subscription with the same name resumes after it
 — in order, none missing.
 
+Subscriptions from ``"new"`` without a durable name and with ``overflow="end"``
+that follow the same pattern on the same event loop share one set of consumers:
+each event is received and decoded once and handed to all of them (a process
+serving 500 WebSocket clients of one namespace reads the namespace once, not 500
+times). A subscription joining a running shared feed notes each stream's last
+sequence first and skips what is not newer, so ``"new"`` stays exact.
+
 ``publish(namespace, event)`` is for transient signals that are not stored: it
 delivers to local subscribers at once and to other processes over core NATS,
 at most once (a process that is down, or slow, misses it).
@@ -23,12 +30,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import socket
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -120,6 +128,8 @@ class NATSEventBus(EventBus):
         self.replicas = replicas
         self.timeout = timeout
         self._signals: asyncio.Future[Any] | None = None
+        # (loop, pattern) -> the shared feed of the "new" subscriptions there.
+        self._shared: dict[tuple[asyncio.AbstractEventLoop, str], _Feed] = {}
 
     # --- subscribing ------------------------------------------------------------------
     def subscribe(
@@ -161,21 +171,67 @@ class NATSEventBus(EventBus):
             on_close=self._remove,
             overflow=overflow,
         )
-        feed = _Feed(self, subscription, start, durable)
-        subscription.feed = feed  # type: ignore[attr-defined]
-        subscription._stopper = feed.stop
         self._add(subscription)
         self._listen_for_signals()
+        shared = start == "new" and durable is None and overflow == "end"
         if running is None:
-            future = asyncio.run_coroutine_threadsafe(feed.start(), loop)
+            future = asyncio.run_coroutine_threadsafe(
+                self._attach(subscription, start, durable, shared=shared), loop
+            )
             try:
                 future.result(self.timeout + 5)
             except BaseException:
                 subscription.close()
                 raise
         else:
-            feed.task = loop.create_task(feed.start())
+            subscription._ready = loop.create_task(  # type: ignore[attr-defined]
+                self._attach(subscription, start, durable, shared=shared)
+            )
         return subscription
+
+    async def _attach(
+        self, subscription: Subscription, start: Start, durable: str | None, *, shared: bool
+    ) -> None:
+        """Give ``subscription`` its consumers: its own, or a running shared feed's.
+
+        Runs on the subscription's loop, which owns the shared feeds made on it.
+        """
+        if not shared:
+            feed = _Feed(self, subscription.pattern, start, durable)
+            subscription.feed = feed  # type: ignore[attr-defined]
+            subscription._stopper = functools.partial(feed.arelease, subscription)
+            feed.add(subscription)
+            feed.task = asyncio.current_task()
+            await feed.start()
+            return
+        key = (asyncio.get_running_loop(), subscription.pattern)
+        known = self._shared.get(key)
+        joining = known is not None and not known.stopped
+        if known is None or not joining:
+            known = _Feed(self, subscription.pattern, "new", None, on_empty=self._drop_shared)
+            self._shared[key] = known
+            known.task = asyncio.get_running_loop().create_task(known.start())
+        feed = known
+        subscription.feed = feed  # type: ignore[attr-defined]
+        subscription._stopper = functools.partial(feed.arelease, subscription)
+        if subscription.closed:
+            return
+        if joining:
+            feed.hold(subscription)
+        feed.add(subscription)
+        try:
+            assert feed.task is not None
+            await asyncio.shield(feed.task)
+            if joining:
+                await feed.note_floors(subscription)
+        except BaseException:
+            subscription.close()
+            raise
+
+    def _drop_shared(self, feed: _Feed) -> None:
+        for key, known in list(self._shared.items()):
+            if known is feed:
+                del self._shared[key]
 
     async def asubscribe(
         self,
@@ -198,10 +254,8 @@ class NATSEventBus(EventBus):
             durable=durable,
             overflow=overflow,
         )
-        feed: _Feed = subscription.feed  # type: ignore[attr-defined]
         try:
-            assert feed.task is not None
-            await feed.task
+            await subscription._ready  # type: ignore[attr-defined]
         except BaseException:
             subscription.close()
             raise
@@ -214,9 +268,9 @@ class NATSEventBus(EventBus):
             return
         loop = subscription.loop
         if _running_loop() is loop:
-            feed.stop()
+            feed.release(subscription)
         else:
-            loop.call_soon_threadsafe(feed.stop)
+            loop.call_soon_threadsafe(feed.release, subscription)
 
     # --- transient signals --------------------------------------------------------------
     def publish(self, namespace: str, event: Event) -> int:
@@ -274,13 +328,26 @@ class NATSEventBus(EventBus):
 
 
 class _Feed:
-    """The JetStream consumers behind one subscription, on the subscription's loop."""
+    """The JetStream consumers behind one subscription, or behind the shared "new"
+    subscriptions of one pattern, on their loop."""
 
     def __init__(
-        self, bus: NATSEventBus, subscription: Subscription, start: Start, durable: str | None
+        self,
+        bus: NATSEventBus,
+        pattern: str,
+        start: Start,
+        durable: str | None,
+        *,
+        on_empty: Callable[[_Feed], None] | None = None,
     ) -> None:
         self.bus = bus
-        self.sub = subscription
+        self.pattern = pattern
+        self.subs: list[Subscription] = []
+        # Per joining subscription: namespace -> last stream sequence before it joined,
+        # and what arrived for it while that was being asked.
+        self.floors: dict[Subscription, dict[str, int]] = {}
+        self.held: dict[Subscription, list[Delivery]] = {}
+        self._on_empty = on_empty
         self.start_at = start
         self.durable = durable
         self.task: asyncio.Task[None] | None = None
@@ -298,6 +365,56 @@ class _Feed:
         self._nc: Any = None
         self._stopped = False
 
+    @property
+    def stopped(self) -> bool:
+        return self._stopped or self._stopping is not None
+
+    def add(self, subscription: Subscription) -> None:
+        self.subs.append(subscription)
+        if self.durable:
+            subscription._on_take = self._took
+
+    def release(self, subscription: Subscription) -> asyncio.Task[None] | None:
+        """Detach ``subscription``; stop the consumers (returned) when none is left."""
+        if subscription in self.subs:
+            self.subs.remove(subscription)
+        self.floors.pop(subscription, None)
+        self.held.pop(subscription, None)
+        if self.subs:
+            return None
+        if self._on_empty is not None:
+            self._on_empty(self)
+        return self.stop()
+
+    async def arelease(self, subscription: Subscription) -> None:
+        """:meth:`release`, waiting until the consumers are gone if they are stopped."""
+        stopping = self.release(subscription)
+        if stopping is not None:
+            await stopping
+
+    def hold(self, subscription: Subscription) -> None:
+        """Keep what arrives for a joining subscription until its floors are known."""
+        self.held[subscription] = []
+
+    async def note_floors(self, subscription: Subscription) -> None:
+        """Note where each stream ends now; the joining subscription gets only newer events.
+
+        What arrived meanwhile was held back, and is handed over now if it is newer.
+        """
+        floors: dict[str, int] = {}
+        try:
+            for _, namespace, info in await list_event_streams(
+                self._nc, self.bus.subject_prefix, self.bus.timeout, pattern=self.pattern
+            ):
+                if matches(self.pattern, namespace):
+                    floors[namespace] = int((info.get("state") or {}).get("last_seq") or 0)
+        finally:
+            held = self.held.pop(subscription, [])
+        self.floors[subscription] = floors
+        for delivery in held:
+            if (delivery.sequence or 0) > floors.get(delivery.namespace, 0):
+                subscription.deliver(delivery)
+
     # --- setting up -----------------------------------------------------------------
     async def start(self) -> None:
         self._nc = await self.bus.runtime.connection()
@@ -308,7 +425,6 @@ class _Feed:
         if self.durable:
             await self._ensure_positions_bucket()
             self._since = await self._durable_since()
-            self.sub._on_take = self._took
         for stream, namespace in await self._list_streams():
             await self._consume(stream, namespace, created_later=False)
         loop = asyncio.get_running_loop()
@@ -317,7 +433,9 @@ class _Feed:
             self._tasks.append(loop.create_task(self._flush_positions()))
 
     async def _list_streams(self) -> list[tuple[str, str]]:
-        streams = await list_event_streams(self._nc, self.bus.subject_prefix, self.bus.timeout)
+        streams = await list_event_streams(
+            self._nc, self.bus.subject_prefix, self.bus.timeout, pattern=self.pattern
+        )
         return [(stream, namespace) for stream, namespace, _ in streams]
 
     async def _on_stream_created(self, msg: Msg) -> None:
@@ -372,7 +490,7 @@ class _Feed:
         return ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start)
 
     async def _consume(self, stream: str, namespace: str, *, created_later: bool) -> None:
-        if self._stopped or stream in self.consumers or not matches(self.sub.pattern, namespace):
+        if self._stopped or stream in self.consumers or not matches(self.pattern, namespace):
             return
         self.consumers[stream] = None  # claimed; a concurrent discovery skips it
         self._namespaces[stream] = namespace
@@ -403,23 +521,41 @@ class _Feed:
             self.bus._count("undecodable")
             logger.error("cannot deliver message %s of %s: %s", sequence, stream, exc.reason)
             return
-        if not self.sub.filter.matches(event):
-            self.bus._count("filtered")
-            return
         self._seen += 1
         if self._seen % _LAG_SAMPLE == 0:  # a sample is enough for a lag histogram
             metrics.BUS_LAG.observe(max(0.0, time.time() - event.timestamp.timestamp()))
         delivery = Delivery(namespace, event)
-        # With overflow="wait" this holds nats-py's delivery, and so the consumer's
-        # flow control, until the subscriber makes room.
-        delivered = (
-            await self.sub.adeliver(delivery)
-            if self.sub.overflow == "wait"
-            else self.sub.deliver(delivery)
-        )
-        if delivered:
-            self.bus._count("delivered")
-            metrics.BUS_DELIVERED.inc()
+        if len(self.subs) == 1 and not self.floors and not self.held:
+            sub = self.subs[0]
+            if not sub.filter.matches(event):
+                self.bus._count("filtered")
+                return
+            # With overflow="wait" this holds nats-py's delivery, and so the consumer's
+            # flow control, until the subscriber makes room.
+            delivered = (
+                await sub.adeliver(delivery) if sub.overflow == "wait" else sub.deliver(delivery)
+            )
+            if delivered:
+                self.bus._count("delivered")
+                metrics.BUS_DELIVERED.inc()
+            return
+        # A shared feed: never waits for one subscriber (its subscriptions end on overflow).
+        count = filtered = 0
+        for sub in tuple(self.subs):  # deliver() may end one, which detaches it
+            floor = self.floors.get(sub)
+            if floor is not None and sequence <= floor.get(namespace, 0):
+                continue
+            if not sub.filter.matches(event):
+                filtered += 1
+            elif sub in self.held:
+                self.held[sub].append(delivery)
+            elif sub.deliver(delivery):
+                count += 1
+        if filtered:
+            self.bus._count("filtered", filtered)
+        if count:
+            self.bus._count("delivered", count)
+            metrics.BUS_DELIVERED.inc(count)
 
     # --- durable positions ----------------------------------------------------------------
     def _key(self, stream: str) -> str:

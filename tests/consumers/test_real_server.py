@@ -96,21 +96,34 @@ async def test_events_saved_by_another_process_reach_a_real_websocket_client(ser
 
 
 @pytest.mark.slow
-async def test_a_client_that_does_not_read_is_disconnected_and_can_resume(server, monkeypatch):
+@pytest.mark.parametrize("start", ["all", "new"])
+async def test_a_client_that_does_not_read_is_disconnected_and_can_resume(
+    server, monkeypatch, start
+):
+    """Catching up ("all": each socket has its own consumer, which waits for it) and
+    following live ("new": sockets share one consumer, which never waits for one):
+    either way the client that does not read is cut off and the other is not slowed."""
     import websockets
 
     monkeypatch.setattr(EventsConsumer, "send_timeout", 1.0)
     monkeypatch.setattr(EventsConsumer, "buffer_size", 50)
+    monkeypatch.setattr(EventsConsumer, "live_buffer_size", 50)
     ns = f"ws-{uuid.uuid4().hex[:8]}"
     store = get_event_store(ns)
     # Enough data to fill every buffer between the server and a client that does not read
     # (the kernel's socket buffers on loopback hold several MB).
     total, blob = 1500, "x" * 16000
     stored = []
-    for start in range(1, total + 1, 100):
-        stored += await store.asave_events(
-            [ev("a", v, blob=blob) for v in range(start, start + 100)]
-        )
+
+    async def save_all() -> None:
+        for first in range(1, total + 1, 100):
+            stored.extend(
+                await store.asave_events([ev("a", v, blob=blob) for v in range(first, first + 100)])
+            )
+
+    await store.aensure()
+    if start == "all":
+        await save_all()
     cookie = await session_cookie()
 
     # A raw client with a tiny socket buffer that subscribes and then does not read.
@@ -119,14 +132,19 @@ async def test_a_client_that_does_not_read_is_disconnected_and_can_resume(server
     fast = await websockets.connect(
         f"ws://{server}/ws/aether/", additional_headers={"Cookie": cookie}
     )
-    slow.send({"action": "subscribe", "id": "s", "namespace": ns, "from": "all"})
-    await fast.send(json.dumps({"action": "subscribe", "id": "f", "namespace": ns, "from": "all"}))
+    slow.send({"action": "subscribe", "id": "s", "namespace": ns, "from": start})
+    await fast.send(json.dumps({"action": "subscribe", "id": "f", "namespace": ns, "from": start}))
     assert json.loads(await fast.recv())["type"] == "subscribed"
+    if start == "new":
+        await asyncio.sleep(0.5)  # the slow client's subscription is in place too
+        saving = asyncio.ensure_future(save_all())
     fast_versions = []
     while len(fast_versions) < total:  # the other client is not slowed down
         frame = json.loads(await asyncio.wait_for(fast.recv(), 10))
         fast_versions.append(frame["event"]["version"])
     assert fast_versions == list(range(1, total + 1))
+    if start == "new":
+        await saving
     await asyncio.sleep(3)  # the slow client's sends time out meanwhile
 
     # Now it reads: what was delivered, then the reason and where to resume.
