@@ -6,15 +6,18 @@ Run from the repository root::
     .venv/bin/python -m bench.ws --quick            # 1 and 50 clients, about 10 s
     .venv/bin/python -m bench.ws --clients 200      # another number of clients
     .venv/bin/python -m bench.ws --no-compression   # clients do not offer permessage-deflate
+    .venv/bin/python -m bench.ws --server-deflate   # uvicorn accepts it (its default)
 
 One run starts its own nats-server (file storage in a temporary directory, free
 ports) and serves the example project (``example_project.asgi:application``: HTTP
 and the ``ws/aether/`` consumer) with uvicorn in a child process, the way
-``python3 dev.py demo`` does: ``python -m uvicorn ... --ws websockets``. The
-project's settings are used as they are, except for a temporary SQLite database,
-``DEBUG = False`` and the MD5 password hasher (the API's basic auth checks the
-password on every append, and the default hasher takes a large fraction of a
-second on purpose; the test settings use MD5 for the same reason).
+``python3 dev.py demo`` does: ``python -m uvicorn ... --ws websockets
+--ws-per-message-deflate false`` (so the compression clients offer is declined,
+unless ``--server-deflate``). The project's settings are used as they are, except
+for a temporary SQLite database, ``DEBUG = False`` and the MD5 password hasher
+(the API's basic auth checks the password on every append, and the default hasher
+takes a large fraction of a second on purpose; the test settings use MD5 for the
+same reason).
 
 The benchmark process logs a superuser in (session cookie, as a browser would)
 and opens WebSocket clients (the ``websockets`` library, permessage-deflate
@@ -272,15 +275,29 @@ def raise_open_files_limit(wanted: int) -> str:
 
 
 def start_uvicorn(
-    port: int, env: dict[str, str], profile: str | None = None
+    port: int,
+    env: dict[str, str],
+    profile: str | None = None,
+    *,
+    app: str = ASGI_APP,
+    log: Path | None = None,
+    deflate: bool = False,
 ) -> subprocess.Popen[bytes]:
+    """uvicorn serving ``app`` on 127.0.0.1:``port``; its output goes to ``log`` when given."""
     command = [sys.executable]
     if profile:  # cProfile writes the file when uvicorn exits (on SIGTERM)
         command += ["-m", "cProfile", "-o", profile]
-    command += ["-m", "uvicorn", ASGI_APP, "--host", "127.0.0.1"]
+    command += ["-m", "uvicorn", app, "--host", "127.0.0.1"]
     command += ["--port", str(port), "--ws", "websockets", "--log-level", "warning"]
+    if not deflate:  # as python3 dev.py demo serves it
+        command += ["--ws-per-message-deflate", "false"]
     command += ["--timeout-keep-alive", "300"]  # the appends' connection idles between rounds
-    return subprocess.Popen(command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL)
+    if log is None:
+        return subprocess.Popen(command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL)
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out
+        )
 
 
 def stop_uvicorn(process: subprocess.Popen[bytes]) -> None:
@@ -421,6 +438,13 @@ async def run_all(
             f"NOT MEASURED: a burst did not reach every socket within {DELIVERY_TIMEOUT:.0f} s"
         )
     report.meta["nats-server warnings"] = nats_warnings(nats_log)
+    slowest = sorted(slowest_per_event(latencies["many"], n))
+    if slowest:
+        report.meta[f"slowest socket per event, {n} clients"] = (
+            f"min {slowest[0]:.1f} ms, median {percentile(slowest, 50):.1f} ms, "
+            f"90th {percentile(slowest, 90):.1f} ms, max {slowest[-1]:.1f} ms "
+            f"({len(slowest)} events)"
+        )
 
     section = "1"
     for pct in (50, 99):
@@ -551,6 +575,11 @@ def main(argv: list[str] | None = None) -> int:
         help="clients do not offer permessage-deflate (browsers do)",
     )
     parser.add_argument(
+        "--server-deflate",
+        action="store_true",
+        help="uvicorn accepts permessage-deflate (its default; the demo declines it)",
+    )
+    parser.add_argument(
         "--profile-server", metavar="PATH", help="run uvicorn under cProfile, writing PATH"
     )
     args = parser.parse_args(argv)
@@ -571,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
         progress("migrating a temporary database and logging a user in")
         cookie = prepare_project("ws", Path(tmp), env, login=True)
         progress(f"starting uvicorn on 127.0.0.1:{port}")
-        uvicorn = start_uvicorn(port, env, args.profile_server)
+        uvicorn = start_uvicorn(port, env, args.profile_server, deflate=args.server_deflate)
         try:
             wait_for_server(port, uvicorn, "bench.ws: uvicorn")
             report.meta.update(machine_info())
@@ -579,13 +608,14 @@ def main(argv: list[str] | None = None) -> int:
                 {
                     "mode": "quick" if args.quick else "full",
                     "server": (
-                        f"uvicorn {importlib.metadata.version('uvicorn')} (--ws websockets), "
-                        "one worker, example_project.asgi"
+                        f"uvicorn {importlib.metadata.version('uvicorn')} (--ws websockets, "
+                        + ("permessage-deflate accepted" if args.server_deflate else "declined")
+                        + "), one worker, example_project.asgi"
                     ),
                     "client": (
                         f"websockets {importlib.metadata.version('websockets')} "
                         "in one asyncio process, permessage-deflate "
-                        + ("negotiated (as browsers do)" if sizes.compression else "off")
+                        + ("offered (as browsers do)" if sizes.compression else "not offered")
                     ),
                     "open files limit": limit,
                     "sizes": (

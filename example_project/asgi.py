@@ -2,13 +2,15 @@
 
 ``python3 dev.py demo`` serves it with uvicorn::
 
-    python -m uvicorn example_project.asgi:application --host 127.0.0.1 --port 8000 --ws websockets
+    python -m uvicorn example_project.asgi:application --host 127.0.0.1 --port 8000 --ws websockets \
+        --ws-per-message-deflate false
 
 HTTP goes to Django; WebSockets on ``ws/aether/`` go to aether_django's live
 subscriptions (docs/websocket.md), with the session's user (AuthMiddlewareStack)
 and only from origins in ALLOWED_HOSTS (AllowedHostsOriginValidator).
 """
 
+import gc
 import os
 
 from django.core.asgi import get_asgi_application
@@ -38,3 +40,9 @@ application = ProtocolTypeRouter(
         ),
     }
 )
+
+# Everything loaded so far (Django, the apps, their modules) lives as long as the
+# process: freezing it keeps the cyclic garbage collector from walking it again on
+# every full collection, which with hundreds of open WebSockets otherwise pauses
+# the process for tens of milliseconds at a time (docs/deployment.md).
+gc.freeze()

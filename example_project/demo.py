@@ -287,6 +287,10 @@ def start_uvicorn(port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
             str(port),
             "--ws",
             "websockets",
+            # Frames are small JSON sent to many sockets: compressing each one for
+            # each socket costs more CPU than it saves bandwidth (docs/websocket.md).
+            "--ws-per-message-deflate",
+            "false",
         ],
         cwd=ROOT,
         env=env,
