@@ -8,9 +8,10 @@ Client frames: ``{"action": "subscribe", "id", "namespace", "event_types"?,
 
 Each subscription is a bus subscription read by one task that sends its events in
 stream order; catching up from a sequence and then following live is one ordered
-consumer, so there is no gap and no repeat at the switch. A client that stops
-reading is disconnected with its last delivered sequences instead of slowing
-anyone else down.
+consumer, so there is no gap and no repeat at the switch. Subscriptions from "new"
+share the bus's live feed of their pattern, so an event reaches the process once
+however many sockets follow it. A client that stops reading is disconnected with
+its last delivered sequences instead of slowing anyone else down.
 """
 
 from __future__ import annotations

@@ -609,7 +609,11 @@ def main(argv: list[str] | None = None) -> int:
                     "mode": "quick" if args.quick else "full",
                     "server": (
                         f"uvicorn {importlib.metadata.version('uvicorn')} (--ws websockets, "
-                        + ("permessage-deflate accepted" if args.server_deflate else "declined")
+                        + (
+                            "permessage-deflate accepted"
+                            if args.server_deflate
+                            else "permessage-deflate declined"
+                        )
                         + "), one worker, example_project.asgi"
                     ),
                     "client": (
