@@ -94,7 +94,7 @@ class ReplayResult(NamedTuple):
 
 _TS_RE = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
-    r"(Z|z|[+-]\d{2}:\d{2})$"
+    r"(Z|z|[+-]\d{2}:\d{2})\Z"
 )
 
 
@@ -110,6 +110,9 @@ def format_timestamp(ts: datetime) -> str:
 
 def parse_timestamp(text: str) -> datetime:
     """Parse RFC 3339 (up to nanoseconds, which are truncated to microseconds)."""
+    if not isinstance(text, str):
+        # A stored document may hold anything here; a list has a len() but no endswith().
+        raise TypeError(f"timestamp must be a string, not {type(text).__name__}")
     if len(text) <= 27 and text.endswith("Z") and "T" in text:
         # The common case (what we write): fromisoformat is several times faster.
         try:
@@ -126,12 +129,22 @@ def parse_timestamp(text: str) -> datetime:
     micro = int((frac or "0").ljust(6, "0")[:6])
     iso = f"{year}-{month}-{day}T{hour}:{minute}:{second}.{micro:06d}"
     iso += "+00:00" if zone in ("Z", "z") else zone
-    return datetime.fromisoformat(iso).astimezone(UTC)
+    try:
+        return datetime.fromisoformat(iso).astimezone(UTC)
+    except OverflowError:
+        # "0001-01-01T00:00:00+01:00" is valid RFC 3339 but before datetime.min in UTC.
+        raise ValueError(f"timestamp out of range: {text!r}") from None
 
 
 # --- codec ---------------------------------------------------------------------
 
 _dumps = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+
+#: Deepest nesting of objects and lists accepted in event data and snapshot state.
+#: Python's JSON parser gives up near the interpreter's recursion limit (1000 frames,
+#: shared with whatever is on the stack when it runs), so data nested a little less
+#: deeply than that could be encoded and stored, then fail to decode on a later read.
+MAX_JSON_DEPTH = 500
 
 
 def _check_json_object(value: object, what: str) -> None:
@@ -141,11 +154,35 @@ def _check_json_object(value: object, what: str) -> None:
         )
 
 
+def _check_depth(value: object, raw: bytes, what: str) -> None:
+    """Refuse ``value`` (already encoded as ``raw``) if nested deeper than MAX_JSON_DEPTH."""
+    # Nesting cannot exceed the number of opening brackets, and counting those in C
+    # keeps the walk below off the path of ordinary events.
+    if raw.count(b"{") + raw.count(b"[") <= MAX_JSON_DEPTH:
+        return
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:  # iterative: the point is not to recurse
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        if depth > MAX_JSON_DEPTH:
+            raise InvalidEventError(
+                f"{what} is nested more than {MAX_JSON_DEPTH} levels deep; it could not be "
+                "read back"
+            )
+        stack.extend((child, depth + 1) for child in children)
+
+
 def encode_event(event: Event) -> bytes:
     """Encode an event as JSON with the Go library's field names.
 
     Raises InvalidEventError when the event cannot be represented (data that is not
-    JSON-serialisable, metadata that is not a string map, a naive timestamp).
+    JSON-serialisable or is nested deeper than MAX_JSON_DEPTH, metadata that is not a
+    string map, a naive timestamp).
     """
     _check_json_object(event.data, "data")
     doc: dict[str, Any] = {
@@ -162,9 +199,11 @@ def encode_event(event: Event) -> bytes:
         doc["metadata"] = event.metadata
     doc["timestamp"] = format_timestamp(event.timestamp)
     try:
-        return _dumps(doc).encode("utf-8")
+        raw = _dumps(doc).encode("utf-8")
     except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidEventError(f"event data is not JSON-serialisable: {exc}") from None
+    _check_depth(event.data, raw, "event data")
+    return raw
 
 
 def _check_metadata(metadata: Mapping[str, str]) -> None:
@@ -183,6 +222,14 @@ def validate_event(event: Event) -> None:
         raise InvalidEventError("event_type must be a non-empty string")
     if not isinstance(event.id, str) or not event.id:
         raise InvalidEventError("event id must be a non-empty string")
+    if "\r" in event.id or "\n" in event.id or event.id != event.id.strip():
+        # The id travels as the Nats-Msg-Id header, the server's deduplication key;
+        # nats-py strips header values and turns line breaks into spaces, so such an
+        # id would be deduplicated against another one ("a\rb" and "a\nb" both
+        # become "a b") and not be recognised in its own stored header.
+        raise InvalidEventError(
+            "event id must not contain line breaks or start or end with whitespace"
+        )
     if isinstance(event.version, bool) or not isinstance(event.version, int):
         raise InvalidEventError(f"version must be an integer, not {type(event.version).__name__}")
     if event.version <= 0:
@@ -249,19 +296,26 @@ def encode_snapshot(snapshot: ActorSnapshot) -> bytes:
         "timestamp": format_timestamp(snapshot.timestamp),
     }
     try:
-        return _dumps(doc).encode("utf-8")
+        raw = _dumps(doc).encode("utf-8")
     except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidEventError(f"snapshot state is not JSON-serialisable: {exc}") from None
+    _check_depth(snapshot.state, raw, "snapshot state")
+    return raw
 
 
 def decode_snapshot(raw: bytes) -> ActorSnapshot:
     """Decode a stored snapshot; raise ValueError when it is malformed."""
-    doc = json.loads(raw)
-    if not isinstance(doc, dict) or not isinstance(doc.get("state"), dict):
-        raise ValueError("snapshot is not a JSON object with a 'state' object")
-    return ActorSnapshot(
-        actor_id=doc["actorId"],
-        version=int(doc["version"]),
-        state=doc["state"],
-        timestamp=parse_timestamp(doc["timestamp"]),
-    )
+    try:
+        doc = json.loads(raw)
+        if not isinstance(doc, dict) or not isinstance(doc.get("state"), dict):
+            raise ValueError("snapshot is not a JSON object with a 'state' object")
+        return ActorSnapshot(
+            actor_id=doc["actorId"],
+            version=int(doc["version"]),
+            state=doc["state"],
+            timestamp=parse_timestamp(doc["timestamp"]),
+        )
+    except (KeyError, TypeError, OverflowError, RecursionError) as exc:
+        # A missing field, a list where a number belongs, "version": 1e400 (int(inf)),
+        # nesting deeper than the parser's limit: all just a malformed snapshot.
+        raise ValueError(f"malformed snapshot: {exc!r}") from None

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from rest_framework import status
-from rest_framework.exceptions import APIException, ValidationError
+from rest_framework.exceptions import APIException, ParseError, ValidationError
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
@@ -88,6 +89,16 @@ def aether_exception_handler(exc: Exception, context: dict[str, Any]) -> Respons
         exc = NamespaceCollision()
     elif isinstance(exc, ReplayError):
         exc = CorruptHistory(f"stored message {exc.sequence} cannot be decoded: {exc.reason}")
+    elif isinstance(exc, RequestDataTooBig):
+        # The body is over DATA_UPLOAD_MAX_MEMORY_SIZE (DRF reads request.body for JSON
+        # and forms); left to Django, it would answer its HTML 400 page.
+        exc = PayloadTooLarge("The request body is larger than DATA_UPLOAD_MAX_MEMORY_SIZE.")
+    elif isinstance(exc, TooManyFieldsSent | TooManyFilesSent):
+        exc = ParseError(str(exc))
+    elif isinstance(exc, RecursionError):
+        # JSON nested deeper than Python's recursion limit: the parser (or DRF's
+        # JSONField, re-encoding a value that parsed) gives up with RecursionError.
+        exc = ParseError("JSON parse error - nested too deeply")
     response = exception_handler(exc, context)
     if response is None:
         return None
