@@ -2,19 +2,34 @@
 
 The inspection pages read JetStream and the cluster bucket live on every request;
 nothing is copied into the database. Event history is shown, never edited.
+
+Access: every page is for active staff. The namespace pages follow the same grants as
+the API (:class:`~aether_django.api.access.NamespaceAccess`): the list holds only the
+namespaces the user may read, and the page of any other namespace, or of an actor in
+it, is the 404 of a namespace that does not exist. Superusers see every namespace. The
+cluster pages hold no namespace data and are shown to all staff.
+
+URLs: namespace pages live under ``streaminspection/ns/<namespace>/`` so that no
+namespace name can collide with Django's ``add/``, ``<id>/change/``, ``<id>/delete/``
+and ``<id>/history/`` URLs, which both inspection models answer with 403 on purpose.
+Every inspection page answers 405 to methods other than GET and HEAD.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.contrib import admin
+from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path
+from django.views.decorators.http import require_safe
 
 from .aggregates import AggregateDoesNotExist, get_aggregate_class
+from .api.access import access_for
 from .cluster import cluster_config, shard_of
 from .cluster.coordinator import Coordinator
 from .errors import AetherError, InvalidNameError, ReplayError
@@ -24,6 +39,11 @@ from .runtime import get_runtime
 from .store import get_event_store, list_namespaces
 
 ACTORS_PER_PAGE = 100
+
+# One message for a namespace that does not exist and for one the user may not read,
+# so that the two answers are the same.
+NO_SUCH_NAMESPACE = "no such namespace"
+NO_SUCH_ACTOR = "no such actor"
 
 
 @admin.register(NamespaceGrant)
@@ -36,7 +56,11 @@ class NamespaceGrantAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
 
 class _InspectionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
-    """Base of the read-only pages: staff may look; nobody may add, change or delete."""
+    """Base of the read-only pages: staff may look; nobody may add, change or delete.
+
+    Which namespaces a page may show is decided by the subclass: StreamAdmin applies
+    the user's grants, ClusterAdmin shows no namespace data.
+    """
 
     def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return bool(request.user.is_active and request.user.is_staff)
@@ -52,6 +76,33 @@ class _InspectionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+    def safe_page(self, view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+        """``view`` as an admin page: staff login first, then GET and HEAD only (405)."""
+        # require_safe inside admin_view: a caller who is not staff is sent to the login
+        # page whatever the method, and staff get 405 for anything but GET and HEAD.
+        return self.admin_site.admin_view(require_safe(view))
+
+    def refused_urls(self) -> list[URLPattern]:
+        """Django's add, change, delete and history URLs of this model, answered with 403.
+
+        They come after the model's own pages in ``get_urls``, so they only catch what
+        those do not match.
+        """
+        opts = self.model._meta
+        prefix = f"{opts.app_label}_{opts.model_name}"
+        view = self.admin_site.admin_view(self.refused_view)
+        return [
+            path("add/", view, name=f"{prefix}_add"),
+            path("<path:object_id>/change/", view, name=f"{prefix}_change"),
+            path("<path:object_id>/delete/", view, name=f"{prefix}_delete"),
+            path("<path:object_id>/history/", view, name=f"{prefix}_history"),
+        ]
+
+    def refused_view(self, request: HttpRequest, object_id: str = "") -> HttpResponse:
+        """Any method, any object id: the same 403, which therefore says nothing about
+        whether the object exists."""
+        raise PermissionDenied(f"{self.model._meta.verbose_name_plural} are read-only")
 
     def render(self, request: HttpRequest, template: str, **context: Any) -> HttpResponse:
         base = {
@@ -72,16 +123,33 @@ class StreamAdmin(_InspectionAdmin):
     """Namespaces → actors → an actor's timeline, snapshot and state."""
 
     def get_urls(self) -> list[URLPattern]:
-        view = self.admin_site.admin_view
+        page = self.safe_page
         return [
-            path("", view(self.namespaces_view), name="aether_django_streaminspection_changelist"),
-            path("<str:namespace>/", view(self.actors_view), name="aether_namespace"),
-            path("<str:namespace>/<path:actor_id>/", view(self.actor_view), name="aether_actor"),
+            path("", page(self.namespaces_view), name="aether_django_streaminspection_changelist"),
+            # Under "ns/": a namespace may be called "add", and an actor "x/change".
+            path("ns/<str:namespace>/", page(self.actors_view), name="aether_namespace"),
+            path("ns/<str:namespace>/<path:actor_id>/", page(self.actor_view), name="aether_actor"),
+            *self.refused_urls(),
         ]
 
-    def namespaces_view(self, request: HttpRequest) -> HttpResponse:
+    def check_readable(self, request: HttpRequest, namespace: str, missing: str) -> None:
+        """Raise the 404 ``missing`` unless ``namespace`` is valid and the user may read it.
+
+        Checked before NATS is asked anything: a namespace the user may not read answers
+        the same 404 whether it exists or not, and whether NATS answers or not.
+        """
         try:
-            infos = [get_event_store(ns).get_info() for ns in list_namespaces()]
+            validate_namespace(namespace)
+        except InvalidNameError as exc:
+            raise Http404(str(exc)) from None
+        if not access_for(request).can_read(namespace):
+            raise Http404(missing)
+
+    def namespaces_view(self, request: HttpRequest) -> HttpResponse:
+        access = access_for(request)
+        try:
+            # Figures only of readable namespaces: the others are not even asked about.
+            infos = [get_event_store(ns).get_info() for ns in access.readable(list_namespaces())]
         except AetherError as exc:
             return self.error_page(request, exc)
         return self.render(
@@ -89,19 +157,18 @@ class StreamAdmin(_InspectionAdmin):
             "namespaces.html",
             title="Namespaces",
             namespaces=[info for info in infos if info is not None],
+            sees_all=access.superuser,
         )
 
     def actors_view(self, request: HttpRequest, namespace: str) -> HttpResponse:
+        self.check_readable(request, namespace, NO_SUCH_NAMESPACE)
+        store = get_event_store(namespace)
         try:
-            validate_namespace(namespace)
-            store = get_event_store(namespace)
             info = store.get_info()
-        except InvalidNameError as exc:
-            raise Http404(str(exc)) from None
         except AetherError as exc:
             return self.error_page(request, exc)
         if info is None:
-            raise Http404("no such namespace")
+            raise Http404(NO_SUCH_NAMESPACE)
         query = request.GET.get("q", "").strip()
         actor_ids = [a for a in store.get_actor_ids() if query in a]
         page = Paginator(actor_ids, ACTORS_PER_PAGE).get_page(request.GET.get("p"))
@@ -125,8 +192,8 @@ class StreamAdmin(_InspectionAdmin):
         )
 
     def actor_view(self, request: HttpRequest, namespace: str, actor_id: str) -> HttpResponse:
+        self.check_readable(request, namespace, NO_SUCH_ACTOR)
         try:
-            validate_namespace(namespace)
             validate_actor_id(actor_id)
         except InvalidNameError as exc:
             raise Http404(str(exc)) from None
@@ -137,7 +204,7 @@ class StreamAdmin(_InspectionAdmin):
         except AetherError as exc:
             return self.error_page(request, exc)
         if not result.events and not result.errors:
-            raise Http404("no such actor")
+            raise Http404(NO_SUCH_ACTOR)
         state, state_error = None, None
         model = get_aggregate_class(namespace)
         if model is not None:
@@ -164,13 +231,14 @@ class StreamAdmin(_InspectionAdmin):
 
 @admin.register(ClusterInspection)
 class ClusterAdmin(_InspectionAdmin):
-    """Nodes, the leader and its term, and the shard map."""
+    """Nodes, the leader and its term, and the shard map: no namespace data, so all staff."""
 
     def get_urls(self) -> list[URLPattern]:
-        view = self.admin_site.admin_view
+        page = self.safe_page
         return [
-            path("", view(self.nodes_view), name="aether_django_clusterinspection_changelist"),
-            path("shards/", view(self.shards_view), name="aether_shards"),
+            path("", page(self.nodes_view), name="aether_django_clusterinspection_changelist"),
+            path("shards/", page(self.shards_view), name="aether_shards"),
+            *self.refused_urls(),
         ]
 
     def _coordinator(self) -> Coordinator:

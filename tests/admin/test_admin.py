@@ -1,32 +1,58 @@
-"""The admin pages: grants are editable, history and cluster are read-only, all staff only."""
+"""The admin pages: what they show, grants on namespace pages, and URLs named like Django's.
+
+Who gets which status on every page (anonymous, non-staff users with and without
+grants, staff without grants, superusers; read-only history) is the admin table of
+tests/reliability/test_access_matrix.py. These tests cover what the pages hold, staff
+with grants (user, group, write-only), and namespaces and actors whose names look like
+Django's add, change, delete and history URLs.
+"""
 
 from __future__ import annotations
 
 import uuid
 
 import pytest
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Group, User
 from django.test import Client
 
 from aether_django.cluster.coordinator import ClusterConfig, Coordinator
+from aether_django.events import ActorSnapshot
 from aether_django.models import NamespaceGrant
 from aether_django.runtime import Runtime
 from aether_django.store import get_event_store
 from aether_django.testing.contract import ev
 
 ADMIN = "/admin/aether_django"
+STREAMS = f"{ADMIN}/streaminspection"
 
 
-@pytest.fixture
-def staff(db):
-    user = User.objects.create_user("staffer", password="pw", is_staff=True)
+def logged_in(user: User) -> Client:
     client = Client()
     client.force_login(user)
     return client
 
 
+def staff_user(*patterns: str) -> User:
+    """A staff user (no model permissions) with a read grant on each pattern."""
+    user = User.objects.create_user(f"staff-{uuid.uuid4().hex[:6]}", is_staff=True)
+    for pattern in patterns:
+        NamespaceGrant.objects.create(user=user, pattern=pattern, can_read=True)
+    return user
+
+
 @pytest.fixture
-def ns():
+def staff(db) -> Client:
+    """Staff granted the adm-* namespaces of ``ns`` and the test-orders aggregate's."""
+    return logged_in(staff_user("adm-*", "test-orders"))
+
+
+@pytest.fixture
+def root(db) -> Client:
+    return logged_in(User.objects.create_superuser(f"root-{uuid.uuid4().hex[:6]}"))
+
+
+@pytest.fixture
+def ns() -> str:
     namespace = f"adm-{uuid.uuid4().hex[:8]}"
     store = get_event_store(namespace)
     store.save_events([ev("order-1", 1, "Placed", total=5), ev("order-1", 2, "Paid")])
@@ -34,32 +60,39 @@ def ns():
     return namespace
 
 
+@pytest.fixture
+def other() -> str:
+    """A namespace that the ``staff`` fixture's grants do not match."""
+    namespace = f"oth-{uuid.uuid4().hex[:8]}"
+    get_event_store(namespace).save_event(ev("order-1", 1, "Placed", note="not yours"))
+    return namespace
+
+
 def test_the_namespaces_page_shows_live_figures(staff, ns):
-    response = staff.get(f"{ADMIN}/streaminspection/")
+    response = staff.get(f"{STREAMS}/")
     assert response.status_code == 200
-    assert ns in response.content.decode() and f"{ns}_events" in response.content.decode()
+    page = response.content.decode()
+    assert f'href="{STREAMS}/ns/{ns}/"' in page and f"{ns}_events" in page
 
 
 def test_the_actors_of_a_namespace_are_searchable(staff, ns):
-    page = staff.get(f"{ADMIN}/streaminspection/{ns}/").content.decode()
+    page = staff.get(f"{STREAMS}/ns/{ns}/").content.decode()
     assert "order-1" in page and "order 2" in page
-    found = staff.get(f"{ADMIN}/streaminspection/{ns}/", {"q": "order-"}).content.decode()
+    found = staff.get(f"{STREAMS}/ns/{ns}/", {"q": "order-"}).content.decode()
     assert "order-1" in found and "order 2" not in found
-    assert staff.get(f"{ADMIN}/streaminspection/{ns}-missing/").status_code == 404
+    assert staff.get(f"{STREAMS}/ns/{ns}-missing/").status_code == 404
 
 
 def test_an_actors_timeline_snapshot_and_state(staff, ns):
     get_event_store(ns).save_snapshot(
-        __import__("aether_django.events", fromlist=["ActorSnapshot"]).ActorSnapshot(
-            actor_id="order-1", version=2, state={"paid": True}
-        )
+        ActorSnapshot(actor_id="order-1", version=2, state={"paid": True})
     )
-    page = staff.get(f"{ADMIN}/streaminspection/{ns}/order-1/").content.decode()
+    page = staff.get(f"{STREAMS}/ns/{ns}/order-1/").content.decode()
     assert "Placed" in page and "Paid" in page and "&#x27;total&#x27;: 5" in page
     assert "Version 2" in page and "paid" in page
     assert "No aggregate class is registered" in page
-    assert staff.get(f"{ADMIN}/streaminspection/{ns}/order 2/").status_code == 200
-    assert staff.get(f"{ADMIN}/streaminspection/{ns}/nobody/").status_code == 404
+    assert staff.get(f"{STREAMS}/ns/{ns}/order 2/").status_code == 200
+    assert staff.get(f"{STREAMS}/ns/{ns}/nobody/").status_code == 404
 
 
 def test_the_state_of_a_registered_aggregate_is_shown(staff):
@@ -67,8 +100,79 @@ def test_the_state_of_a_registered_aggregate_is_shown(staff):
 
     actor = f"order-{uuid.uuid4().hex[:6]}"
     Order.objects.update(actor, lambda o: o.place("ann"), create=True)
-    page = staff.get(f"{ADMIN}/streaminspection/test-orders/{actor}/").content.decode()
+    page = staff.get(f"{STREAMS}/ns/test-orders/{actor}/").content.decode()
     assert "Current state" in page and "&#x27;customer&#x27;: &#x27;ann&#x27;" in page
+
+
+def test_staff_see_only_namespaces_they_may_read_and_superusers_see_all(staff, root, ns, other):
+    listed = staff.get(f"{STREAMS}/").content.decode()
+    assert ns in listed and other not in listed
+    assert "Only the namespaces your grants let you read are listed." in listed
+
+    # A namespace the user may not read answers exactly as one that does not exist
+    # (ns-missing matches the user's grant "adm-*" but holds nothing).
+    hidden = staff.get(f"{STREAMS}/ns/{other}/")
+    missing = staff.get(f"{STREAMS}/ns/{ns}-missing/")
+    assert hidden.status_code == missing.status_code == 404
+    assert hidden.content == missing.content and other.encode() not in hidden.content
+    hidden_actor = staff.get(f"{STREAMS}/ns/{other}/order-1/")
+    missing_actor = staff.get(f"{STREAMS}/ns/{ns}/nobody/")
+    assert hidden_actor.status_code == missing_actor.status_code == 404
+    assert hidden_actor.content == missing_actor.content
+
+    everything = root.get(f"{STREAMS}/").content.decode()
+    assert ns in everything and other in everything and "grants let you" not in everything
+    assert "not yours" in root.get(f"{STREAMS}/ns/{other}/order-1/").content.decode()
+
+
+def test_admin_grants_are_the_apis_group_grants_count_write_only_grants_do_not(db, ns):
+    user = staff_user()
+    client = logged_in(user)
+    NamespaceGrant.objects.create(user=user, pattern=ns, can_read=False, can_write=True)
+    assert client.get(f"{STREAMS}/ns/{ns}/").status_code == 404
+    assert ns not in client.get(f"{STREAMS}/").content.decode()
+
+    group = Group.objects.create(name=f"readers-{uuid.uuid4().hex[:6]}")
+    group.user_set.add(user)
+    NamespaceGrant.objects.create(group=group, pattern="adm-*", can_read=True)
+    assert client.get(f"{STREAMS}/ns/{ns}/").status_code == 200
+    assert client.get(f"{STREAMS}/ns/{ns}/order-1/").status_code == 200
+
+
+def test_a_namespace_and_actors_named_like_admin_urls_have_their_pages(db):
+    """Namespace pages are under ns/, so "add" is a namespace there and Django's add URL
+    outside; actor ids may hold slashes, so "x/delete" is an actor."""
+    store = get_event_store("add")
+    actors = ("change", "x/delete", "history")
+    for actor_id in actors:
+        store.save_event(ev(actor_id, store.get_latest_version(actor_id) + 1, "Named"))
+    client = logged_in(staff_user("add"))
+
+    assert f'href="{STREAMS}/ns/add/"' in client.get(f"{STREAMS}/").content.decode()
+    page = client.get(f"{STREAMS}/ns/add/").content.decode()
+    for actor_id in actors:
+        assert f'href="{STREAMS}/ns/add/{actor_id}/"' in page
+        actor_page = client.get(f"{STREAMS}/ns/add/{actor_id}/")
+        assert actor_page.status_code == 200 and "Named" in actor_page.content.decode()
+    # Django's own URLs of the model are refused, whatever follows them.
+    for url in ("add/", "add/change/", "add/delete/", "add/history/"):
+        assert client.get(f"{STREAMS}/{url}").status_code == 403, url
+
+
+def test_inspection_pages_answer_get_and_head_only(staff, ns):
+    for url in (
+        f"{STREAMS}/",
+        f"{STREAMS}/ns/{ns}/",
+        f"{STREAMS}/ns/{ns}/order-1/",
+        f"{ADMIN}/clusterinspection/",
+        f"{ADMIN}/clusterinspection/shards/",
+    ):
+        assert staff.head(url).status_code == 200, url
+        for method in ("put", "patch", "delete", "options"):
+            response = getattr(staff, method)(url)
+            assert response.status_code == 405, (method, url)
+            assert response["Allow"] == "GET, HEAD"
+    assert len(get_event_store(ns).get_events("order-1")) == 2
 
 
 def test_nodes_and_shard_map(staff, nats_url):
@@ -85,33 +189,13 @@ def test_nodes_and_shard_map(staff, nats_url):
         runtime.close()
 
 
-def test_history_cannot_be_changed_and_grants_can(staff, ns, db):
-    assert staff.get(f"{ADMIN}/streaminspection/add/").status_code in (403, 404)
-    assert staff.post(f"{ADMIN}/streaminspection/{ns}/order-1/", {}).status_code in (200, 405)
-    assert len(get_event_store(ns).get_events("order-1")) == 2
-    root = Client()
-    root.force_login(User.objects.create_superuser("root", password="pw"))
+def test_grants_are_edited_in_the_admin_and_checked(root):
     user = User.objects.create_user("reader", password="pw")
     response = root.post(
-        "/admin/aether_django/namespacegrant/add/",
+        f"{ADMIN}/namespacegrant/add/",
         {"user": user.pk, "pattern": "orders.*", "can_read": "on"},
     )
     assert response.status_code == 302
     assert NamespaceGrant.objects.get(user=user).pattern == "orders.*"
-    bad = root.post(
-        "/admin/aether_django/namespacegrant/add/", {"user": user.pk, "pattern": "bad..pattern"}
-    )
+    bad = root.post(f"{ADMIN}/namespacegrant/add/", {"user": user.pk, "pattern": "bad..pattern"})
     assert bad.status_code == 200 and NamespaceGrant.objects.count() == 1
-
-
-def test_non_staff_and_anonymous_users_are_kept_out(db, ns):
-    plain = Client()
-    plain.force_login(User.objects.create_user("plain", password="pw"))
-    for client in (plain, Client()):
-        for url in (
-            f"{ADMIN}/streaminspection/",
-            f"{ADMIN}/streaminspection/{ns}/",
-            f"{ADMIN}/clusterinspection/shards/",
-        ):
-            response = client.get(url)
-            assert response.status_code == 302 and "/login/" in response["Location"]
