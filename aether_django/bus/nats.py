@@ -410,6 +410,8 @@ class _Feed:
                     floors[namespace] = int((info.get("state") or {}).get("last_seq") or 0)
         finally:
             held = self.held.pop(subscription, [])
+        if subscription not in self.subs:
+            return  # closed meanwhile
         self.floors[subscription] = floors
         for delivery in held:
             if (delivery.sequence or 0) > floors.get(delivery.namespace, 0):
