@@ -2,8 +2,8 @@
 
 ``python3 dev.py demo`` serves it with uvicorn::
 
-    python -m uvicorn example_project.asgi:application --host 127.0.0.1 --port 8000 --ws websockets \
-        --ws-per-message-deflate false
+    python -m uvicorn example_project.asgi:application --host 127.0.0.1 --port 8000 \
+        --ws websockets --ws-per-message-deflate false
 
 HTTP goes to Django; WebSockets on ``ws/aether/`` go to aether_django's live
 subscriptions (docs/websocket.md), with the session's user (AuthMiddlewareStack)
