@@ -94,8 +94,9 @@ def test_c1_4_no_events_are_lost_or_overwritten_with_8_racing_processes(nats_ser
     """8 OS processes append to one actor until versions 1..400 exist."""
     ns, actor, target = unique_namespace("race"), "order-race", 400
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(8) as pool:
-        results = pool.starmap(workers.race_append, [(ns, actor, target)] * 8)
+    with ctx.Manager() as manager, ctx.Pool(8) as pool:
+        start = manager.Barrier(8)  # all 8 connected before any appends
+        results = pool.starmap(workers.race_append, [(ns, actor, target, start)] * 8)
 
     events = get_event_store(ns).get_events(actor)
     versions = [e.version for e in events]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 
 def setup_django() -> None:
@@ -12,9 +13,11 @@ def setup_django() -> None:
     django.setup()
 
 
-def race_append(namespace: str, actor_id: str, target: int) -> dict:
+def race_append(namespace: str, actor_id: str, target: int, barrier: Any = None) -> dict:
     """Append to one actor, retrying on conflict, until ``target`` versions exist.
 
+    With ``barrier`` (a multiprocessing barrier) every process connects first and all
+    start appending together, so they race even when starting processes is slow.
     Returns this process's successes and, for each conflict, what it attempted
     and the current version the store reported.
     """
@@ -27,6 +30,8 @@ def race_append(namespace: str, actor_id: str, target: int) -> dict:
     won: list[int] = []
     conflicts: list[tuple[int, int]] = []
     version = store.get_latest_version(actor_id)
+    if barrier is not None:
+        barrier.wait(120)
     while version < target:
         attempt = version + 1
         try:
