@@ -15,7 +15,9 @@ def write_through_faults(
     * refused: ids of saves that raised StoreUnavailableError (the next attempt uses a
       new event, so these must never appear in the stream);
     * unknown: ids of saves that raised SaveOutcomeUnknownError, settled the documented
-      way: saving the same event again until it returns.
+      way: saving the same event again until it returns;
+    * ack_times: when each acknowledged save returned (``time.time()``, comparable
+      across processes), for the time it took to resume after a fault.
     """
     from aether_django.errors import SaveOutcomeUnknownError, StoreUnavailableError
     from aether_django.events import Event
@@ -28,6 +30,7 @@ def write_through_faults(
     acknowledged: list[str] = []
     refused: list[str] = []
     unknown: list[str] = []
+    ack_times: list[float] = []
     started = time.monotonic()
     version = 1
     event = Event(event_type="Saved", actor_id=actor_id, version=1, data={"pid": os.getpid()})
@@ -42,6 +45,7 @@ def write_through_faults(
             event = Event(event_type="Saved", actor_id=actor_id, version=version, data={})
             continue
         acknowledged.append(event.id)
+        ack_times.append(time.time())
         version += 1
         event = Event(event_type="Saved", actor_id=actor_id, version=version, data={})
     runtime.close()
@@ -50,5 +54,6 @@ def write_through_faults(
         "acknowledged": acknowledged,
         "refused": refused,
         "unknown": unknown,
+        "ack_times": ack_times,
         "seconds": time.monotonic() - started,
     }
