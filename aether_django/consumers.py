@@ -214,6 +214,13 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                 except TimeoutError:
                     await self._too_slow(sub_id)
                     return
+                except (OSError, RuntimeError):
+                    # The client closed the socket while this frame was on its way:
+                    # uvicorn raises ClientDisconnected (an OSError, as the ASGI spec
+                    # asks) while the close is in flight, and RuntimeError once it has
+                    # seen it. Not a failure; the disconnect handler ends the subscription.
+                    self.closing = True
+                    return
         except SubscriptionOverflowError:
             await self._too_slow(sub_id)
         except asyncio.CancelledError:

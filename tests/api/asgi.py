@@ -1,9 +1,11 @@
-"""The test project as an ASGI application, for tests that run it under daphne.
+"""The test project as an ASGI application, for tests that run it in a server process.
 
-``daphne tests.api.asgi:application`` serves tests.urls (the API at /api/aether/)
-with tests.settings, whose database is an in-memory SQLite that no other process
-could share. Set ``AETHER_TEST_DATABASE`` to the path of a SQLite file and this
-module uses that file instead; prepare it first with::
+``daphne tests.api.asgi:application`` (or uvicorn) serves the application of
+:mod:`tests.asgi`: tests.urls over HTTP (the API at /api/aether/) and the aether
+WebSocket consumer at ws/aether/, with tests.settings, whose database is an
+in-memory SQLite that no other process could share. Set ``AETHER_TEST_DATABASE`` to
+the path of a SQLite file and this module uses that file instead; prepare it first
+with::
 
     AETHER_TEST_DATABASE=/tmp/db.sqlite3 python -m tests.api.asgi USER PASSWORD
 
@@ -23,9 +25,9 @@ if os.environ.get("AETHER_TEST_DATABASE"):
     # Before setup, so that no connection has read the in-memory default yet.
     settings.DATABASES["default"]["NAME"] = os.environ["AETHER_TEST_DATABASE"]
 
-from django.core.asgi import get_asgi_application
+from tests.asgi import application
 
-application = get_asgi_application()
+__all__ = ["application", "prepare_database"]
 
 
 def prepare_database(username: str, password: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import threading
 import time
@@ -93,6 +94,41 @@ async def test_events_saved_by_another_process_reach_a_real_websocket_client(ser
         assert await asyncio.wait_for(process.wait(), 60) == 0
         frames = [json.loads(await asyncio.wait_for(ws.recv(), 10)) for _ in range(2)]
         assert [f["event"]["version"] for f in frames] == [1, 2]
+
+
+async def test_clients_closing_while_events_flow_are_not_logged_as_failures(server, caplog):
+    """A client that closes while a frame is on its way has ended its subscription, which
+    has not failed (uvicorn raises ClientDisconnected or RuntimeError for that send)."""
+    import websockets
+
+    ns = f"ws-{uuid.uuid4().hex[:8]}"
+    store = get_event_store(ns)
+    await store.asave_event(ev("a", 1))
+    cookie = await session_cookie()
+    stop = asyncio.Event()
+
+    async def write() -> None:
+        version = 2
+        while not stop.is_set():
+            await store.asave_event(ev("a", version))
+            version += 1
+
+    writer = asyncio.ensure_future(write())
+    with caplog.at_level(logging.ERROR, logger="aether_django.consumers"):
+        try:
+            for i in range(100):
+                async with websockets.connect(
+                    f"ws://{server}/ws/aether/", additional_headers={"Cookie": cookie}
+                ) as ws:
+                    await ws.send(json.dumps({"action": "subscribe", "id": "s", "namespace": ns}))
+                    assert json.loads(await ws.recv())["type"] == "subscribed"
+                    for _ in range(i % 3):  # then close with frames in flight
+                        assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "event"
+        finally:
+            stop.set()
+            await writer
+        await asyncio.sleep(0.5)  # the server's side of the last closes
+    assert [r.getMessage() for r in caplog.records if r.name == "aether_django.consumers"] == []
 
 
 @pytest.mark.slow
