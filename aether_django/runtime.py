@@ -228,12 +228,29 @@ class Runtime:
     def _close_portal(self, portal: _Portal) -> None:
         nc = self._conns.pop(portal.loop, None)
         self._connecting.pop(portal.loop, None)
-        if nc is not None and not nc.is_closed:
+        loop = portal.loop
+        if loop.is_closed() or loop.is_running():
+            # Closed already, or in use by a thread right now: nothing to run here
+            # (making the close coroutine anyway would only leave it un-awaited).
+            return
+
+        def finish() -> None:
             try:
-                portal.loop.run_until_complete(asyncio.wait_for(nc.close(), 2.0))
+                if nc is not None and not nc.is_closed:
+                    loop.run_until_complete(asyncio.wait_for(nc.close(), 2.0))
             except Exception:
                 logger.debug("error closing a portal's connection", exc_info=True)
-        portal.loop.close()
+            finally:
+                loop.close()
+
+        if _running_loop() is None:
+            finish()
+        else:
+            # This thread runs another loop (an async caller, or a library such as
+            # Playwright's sync API), and one thread cannot run two: use another.
+            closer = threading.Thread(target=finish, name="aether-portal-close", daemon=True)
+            closer.start()
+            closer.join(3.0)
 
     # --- connections ----------------------------------------------------------
     async def connection(self) -> NATS:
@@ -335,7 +352,9 @@ class Runtime:
             if loop is current:
                 loop.create_task(nc.close())
             elif loop.is_running():
-                asyncio.run_coroutine_threadsafe(nc.close(), loop)
+                # The coroutine is made on the loop, so a loop that stops first leaves
+                # nothing un-awaited behind.
+                loop.call_soon_threadsafe(_close_soon, loop, nc)
         own_loop, thread = self._loop, self._thread
         self._loop, self._thread = None, None
         if own_loop is not None and thread is not None and own_loop.is_running():
@@ -358,6 +377,18 @@ class Runtime:
             if not own_loop.is_running():
                 own_loop.close()
         self._closing = False
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _close_soon(loop: asyncio.AbstractEventLoop, nc: NATS) -> None:
+    if not nc.is_closed:
+        loop.create_task(nc.close())
 
 
 _HEADER_CRLF = b"\r\n"
