@@ -201,7 +201,7 @@ class EventListView(NamespaceView):
         actor_id = self.actor(actor_id)
         from_version = _positive(request, "from_version", 0, minimum=0) or 0
         limit = _limit(request)
-        events = store.get_events(actor_id, from_version)
+        events = store.get_events(actor_id, from_version, limit=limit + 1)  # one more: is there?
         page = events[:limit]
         more = len(events) > limit
         return Response(

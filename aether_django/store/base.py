@@ -96,13 +96,20 @@ class EventStore(abc.ABC):
 
     @abc.abstractmethod
     def get_events(
-        self, actor_id: str, from_version: int = 0, *, after_sequence: int = 0
+        self,
+        actor_id: str,
+        from_version: int = 0,
+        *,
+        after_sequence: int = 0,
+        limit: int | None = None,
     ) -> list[Event]:
         """Events of ``actor_id`` with version >= ``from_version``, in version order.
 
         Raises ReplayError when a stored message does not decode. ``after_sequence``
         is an optional hint — every wanted event lies after that stream sequence
         (a snapshot knows it) — that lets a store skip searching for the start.
+        ``limit`` returns only the first ``limit`` of them, and reads no more than it
+        needs to (a page of a long history).
         """
 
     @abc.abstractmethod
@@ -136,7 +143,12 @@ class EventStore(abc.ABC):
 
     @abc.abstractmethod
     async def aget_events(
-        self, actor_id: str, from_version: int = 0, *, after_sequence: int = 0
+        self,
+        actor_id: str,
+        from_version: int = 0,
+        *,
+        after_sequence: int = 0,
+        limit: int | None = None,
     ) -> list[Event]: ...
 
     @abc.abstractmethod
@@ -191,10 +203,15 @@ class AsyncFirstEventStore(EventStore):
         return self.runtime.run(self.asave_events(events))
 
     def get_events(
-        self, actor_id: str, from_version: int = 0, *, after_sequence: int = 0
+        self,
+        actor_id: str,
+        from_version: int = 0,
+        *,
+        after_sequence: int = 0,
+        limit: int | None = None,
     ) -> list[Event]:
         return self.runtime.run(
-            self.aget_events(actor_id, from_version, after_sequence=after_sequence)
+            self.aget_events(actor_id, from_version, after_sequence=after_sequence, limit=limit)
         )
 
     def get_events_with_errors(
@@ -246,6 +263,13 @@ def check_from_version(from_version: int) -> int:
     if isinstance(from_version, bool) or not isinstance(from_version, int) or from_version < 0:
         raise InvalidEventError(f"from_version must be an integer >= 0, got {from_version!r}")
     return from_version
+
+
+def check_limit(limit: int | None) -> int | None:
+    """Validate the ``limit`` argument of get_events."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise InvalidEventError(f"limit must be None or an integer >= 1, got {limit!r}")
+    return limit
 
 
 def check_snapshot(snapshot: ActorSnapshot) -> None:

@@ -64,6 +64,7 @@ from .base import (
     StoreConfig,
     check_batch,
     check_from_version,
+    check_limit,
     check_snapshot,
 )
 
@@ -417,8 +418,11 @@ class JetStreamEventStore(AsyncFirstEventStore):
                 lo = seq + 1
         return best
 
-    async def _batch_get(self, subject: str, start: int, deadline: float) -> list[Msg]:
-        """Every message of ``subject`` from stream sequence ``start`` on, in order.
+    async def _batch_get(
+        self, subject: str, start: int, deadline: float, most: int | None = None
+    ) -> list[Msg]:
+        """Every message of ``subject`` from stream sequence ``start`` on (or the first
+        ``most`` of them), in order.
 
         Asks for chunks with batched direct gets. Each attempt has its own reply
         subject, so a late answer to an attempt that timed out is ignored.
@@ -427,8 +431,11 @@ class JetStreamEventStore(AsyncFirstEventStore):
         attempt = 0
         while True:
             mark = len(received)
+            size = _REPLAY_CHUNK if most is None else min(_REPLAY_CHUNK, most - mark)
+            if size <= 0:
+                return received
             try:
-                status_msg = await self._get_chunk(subject, start, deadline, received)
+                status_msg = await self._get_chunk(subject, start, deadline, received, size)
             except _TRANSIENT:
                 del received[mark:]
                 await self._pause(deadline, attempt, "replay")
@@ -447,18 +454,23 @@ class JetStreamEventStore(AsyncFirstEventStore):
             start = int(received[-1].headers[_HDR_SEQUENCE]) + 1  # type: ignore[index]
 
     async def _get_chunk(
-        self, subject: str, start: int, deadline: float, received: list[Msg]
+        self, subject: str, start: int, deadline: float, received: list[Msg], size: int
     ) -> Msg:
         """One batched direct get: append the messages to ``received``, return the status."""
         timeout = min(self._remaining(deadline), _ATTEMPT_TIMEOUT * 2)
         if timeout <= 0:
             raise nats.errors.TimeoutError
         nc = await self.runtime.connection()
-        request = {"seq": start, "next_by_subj": subject, "batch": _REPLAY_CHUNK}
+        request = {"seq": start, "next_by_subj": subject, "batch": size}
         return await direct_get_into(nc, self.stream_name, request, timeout, received)
 
     async def _replay(
-        self, actor_id: str, from_version: int, deadline: float, after_sequence: int = 0
+        self,
+        actor_id: str,
+        from_version: int,
+        deadline: float,
+        after_sequence: int = 0,
+        limit: int | None = None,
     ) -> ReplayResult:
         subject = self.subject_for(actor_id)
         start = 1
@@ -469,47 +481,66 @@ class JetStreamEventStore(AsyncFirstEventStore):
             if head.sequence == 0 or head.version < from_version:
                 return ReplayResult([], [])
             start = await self._seek(actor_id, from_version, head, deadline)
-        try:
-            msgs = await self._batch_get(subject, start, deadline)
-        except _NoStream:
-            self._stream_verified = False
-            if not await self._stream_exists(deadline):
-                return ReplayResult([], [])
-            raise StoreUnavailableError("JetStream did not answer the replay") from None
         events: list[Event] = []
         errors: list[ReplayError] = []
-        for msg in msgs:
-            headers = msg.headers or {}
-            seq = int(headers[_HDR_SEQUENCE])
-            version_text = headers.get(HDR_VERSION)
-            if version_text and version_text.isdigit() and int(version_text) < from_version:
-                continue
+        while True:
+            # With a limit, read no more than is still wanted; older versions before
+            # from_version may come first, so go on until enough are in.
+            most = None if limit is None else limit - len(events) - len(errors)
             try:
-                event = decode_event(msg.data, sequence=seq, actor_id=actor_id)
-            except ReplayError as exc:
-                errors.append(exc)
-                continue
-            if event.version >= from_version:
-                events.append(event)
-        return ReplayResult(events, errors)
+                msgs = await self._batch_get(subject, start, deadline, most)
+            except _NoStream:
+                self._stream_verified = False
+                if not await self._stream_exists(deadline):
+                    return ReplayResult([], [])
+                raise StoreUnavailableError("JetStream did not answer the replay") from None
+            for msg in msgs:
+                headers = msg.headers or {}
+                seq = int(headers[_HDR_SEQUENCE])
+                version_text = headers.get(HDR_VERSION)
+                if version_text and version_text.isdigit() and int(version_text) < from_version:
+                    continue
+                try:
+                    event = decode_event(msg.data, sequence=seq, actor_id=actor_id)
+                except ReplayError as exc:
+                    errors.append(exc)
+                    continue
+                if event.version >= from_version:
+                    events.append(event)
+            if limit is None or most is None:
+                return ReplayResult(events, errors)
+            if len(msgs) < most or len(events) + len(errors) >= limit:
+                return ReplayResult(events, errors)
+            start = int(msgs[-1].headers[_HDR_SEQUENCE]) + 1  # type: ignore[index]
 
     # --- public async API ---------------------------------------------------
     async def aget_events_with_errors(
         self, actor_id: str, from_version: int = 0, *, after_sequence: int = 0
     ) -> ReplayResult:
+        return await self._read(actor_id, from_version, after_sequence, None)
+
+    async def _read(
+        self, actor_id: str, from_version: int, after_sequence: int, limit: int | None
+    ) -> ReplayResult:
         names.validate_actor_id(actor_id)
         check_from_version(from_version)
+        check_limit(limit)
         deadline = self._deadline()
         if not await self._stream_exists(deadline):
             return ReplayResult([], [])
-        return await self._replay(actor_id, from_version, deadline, max(0, int(after_sequence)))
+        return await self._replay(
+            actor_id, from_version, deadline, max(0, int(after_sequence)), limit
+        )
 
     async def aget_events(
-        self, actor_id: str, from_version: int = 0, *, after_sequence: int = 0
+        self,
+        actor_id: str,
+        from_version: int = 0,
+        *,
+        after_sequence: int = 0,
+        limit: int | None = None,
     ) -> list[Event]:
-        events, errors = await self.aget_events_with_errors(
-            actor_id, from_version, after_sequence=after_sequence
-        )
+        events, errors = await self._read(actor_id, from_version, after_sequence, limit)
         if errors:
             raise errors[0]
         return events

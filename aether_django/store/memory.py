@@ -26,6 +26,7 @@ from .base import (
     StoreConfig,
     check_batch,
     check_from_version,
+    check_limit,
     check_snapshot,
 )
 
@@ -89,9 +90,15 @@ class InMemoryEventStore(EventStore):
             return stored
 
     def get_events(
-        self, actor_id: str, from_version: int = 0, *, after_sequence: int = 0
+        self,
+        actor_id: str,
+        from_version: int = 0,
+        *,
+        after_sequence: int = 0,
+        limit: int | None = None,
     ) -> list[Event]:
-        return self.get_events_with_errors(actor_id, from_version).events
+        check_limit(limit)
+        return self.get_events_with_errors(actor_id, from_version).events[:limit]
 
     def get_events_with_errors(
         self, actor_id: str, from_version: int = 0, *, after_sequence: int = 0
@@ -133,9 +140,14 @@ class InMemoryEventStore(EventStore):
         return self.save_events(events)
 
     async def aget_events(
-        self, actor_id: str, from_version: int = 0, *, after_sequence: int = 0
+        self,
+        actor_id: str,
+        from_version: int = 0,
+        *,
+        after_sequence: int = 0,
+        limit: int | None = None,
     ) -> list[Event]:
-        return self.get_events(actor_id, from_version)
+        return self.get_events(actor_id, from_version, limit=limit)
 
     async def aget_events_with_errors(
         self, actor_id: str, from_version: int = 0, *, after_sequence: int = 0

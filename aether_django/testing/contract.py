@@ -127,6 +127,26 @@ class EventStoreContract:
         assert [e.version for e in store.get_events("a", 0)] == [1, 3, 5, 7, 9]
         assert store.get_events("a", 10) == []
 
+    def test_get_events_with_a_limit_returns_the_first_ones(self, store: EventStore) -> None:
+        for version in range(1, 11):
+            store.save_event(ev("a", version))
+            store.save_event(ev("b", version))  # interleaved with another actor's
+        assert [e.version for e in store.get_events("a", limit=3)] == [1, 2, 3]
+        assert [e.version for e in store.get_events("a", 4, limit=3)] == [4, 5, 6]
+        assert [e.version for e in store.get_events("a", 9, limit=5)] == [9, 10]
+        assert [e.version for e in store.get_events("a", limit=10)] == list(range(1, 11))
+        assert store.get_events("a", 11, limit=1) == []
+        # A hint that starts the read well before from_version: older versions come
+        # first and do not count towards the limit.
+        first = store.get_events("a", limit=1)[0].sequence or 0
+        assert [e.version for e in store.get_events("a", 5, after_sequence=first, limit=2)] == [
+            5,
+            6,
+        ]
+        for bad in (0, -1, True, "3"):
+            with pytest.raises(InvalidEventError):
+                store.get_events("a", limit=bad)  # type: ignore[arg-type]
+
     def test_actors_are_independent(self, store: EventStore) -> None:
         store.save_event(ev("a", 1))
         store.save_event(ev("b", 1))
