@@ -366,6 +366,13 @@ class Runtime:
                         await asyncio.wait_for(own.close(), timeout)
                     except Exception:  # closing is best effort
                         logger.debug("error closing NATS connection", exc_info=True)
+                # What else runs on this loop (a connection still being made, a
+                # listener starting) ends here rather than being destroyed pending.
+                others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+                for task in others:
+                    task.cancel()
+                if others:
+                    await asyncio.wait(others, timeout=timeout)
 
             try:
                 asyncio.run_coroutine_threadsafe(shutdown(), own_loop).result(timeout + 1)

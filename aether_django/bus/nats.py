@@ -196,6 +196,8 @@ class NATSEventBus(EventBus):
 
         Runs on the subscription's loop, which owns the shared feeds made on it.
         """
+        if subscription.closed:
+            return  # closed before it was attached: nothing to start for it
         if not shared:
             feed = _Feed(self, subscription.pattern, start, durable)
             subscription.feed = feed  # type: ignore[attr-defined]
@@ -214,8 +216,6 @@ class NATSEventBus(EventBus):
         feed = known
         subscription.feed = feed  # type: ignore[attr-defined]
         subscription._stopper = functools.partial(feed.arelease, subscription)
-        if subscription.closed:
-            return
         if joining:
             feed.hold(subscription)
         feed.add(subscription)

@@ -154,3 +154,15 @@ async def test_a_wildcard_shared_feed_covers_namespaces_created_later(bus):
     for sub in (a, b):
         (delivery,) = await take(sub, 1)
         assert (delivery.namespace, delivery.sequence) == (f"{base}.later", stored.sequence)
+
+
+async def test_a_subscription_closed_before_it_is_attached_starts_nothing(bus):
+    ns = unique_namespace()
+    store = JetStreamEventStore(ns, runtime=bus.runtime)
+    await store.asave_event(ev("x", 1))
+    for start in ("new", "all"):
+        sub = bus.subscribe(ns, start=start)  # attached in the background...
+        sub.close()  # ...but closed first
+        await sub._ready
+        assert getattr(sub, "feed", None) is None
+    assert not bus._shared
