@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import json
 import multiprocessing
-import os
 import subprocess
 import sys
 import time
@@ -26,10 +25,10 @@ from typing import Any
 import pytest
 
 from aether_django.testing import find_free_port
+from tests.serverproc import ROOT, prepared_project_env
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
 CLIENTS = 8
 TARGET = 200
 USER, PASSWORD = "racer", "race-pw"
@@ -118,16 +117,7 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 @pytest.fixture
 def server(tmp_path, nats_server):
     """The test project under daphne; yields its base URL and an Authorization header."""
-    env = dict(
-        os.environ,
-        DJANGO_SETTINGS_MODULE="tests.settings",
-        AETHER_TEST_DATABASE=str(tmp_path / "db.sqlite3"),
-        AETHER_NATS_URL=nats_server.url,
-        PYTHONUNBUFFERED="1",
-    )
-    subprocess.run(
-        [sys.executable, "-m", "tests.api.asgi", USER, PASSWORD], cwd=ROOT, env=env, check=True
-    )
+    env = prepared_project_env(tmp_path, nats_server.url, USER, PASSWORD)
     port = find_free_port()
     log = tmp_path / "daphne.log"
     command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port)]

@@ -21,7 +21,6 @@ The longer version: ``.venv/bin/python -m bench.soak`` (10 minutes by default).
 from __future__ import annotations
 
 import base64
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -42,6 +41,7 @@ from bench.soak import (
     Target,
 )
 from bench.ws import start_uvicorn, stop_uvicorn
+from tests.serverproc import prepared_project_env
 
 pytestmark = pytest.mark.slow
 
@@ -71,16 +71,7 @@ def soak_target(tmp_path: Path, nats_server_factory) -> Iterator[Target]:
     """The test project under uvicorn, with a nats-server of its own (so that its
     connection counts are the soak's alone)."""
     nats = nats_server_factory()
-    env = dict(
-        os.environ,
-        DJANGO_SETTINGS_MODULE="tests.settings",
-        AETHER_TEST_DATABASE=str(tmp_path / "db.sqlite3"),
-        AETHER_NATS_URL=nats.url,
-        PYTHONUNBUFFERED="1",
-    )
-    subprocess.run(
-        [sys.executable, "-m", "tests.api.asgi", USER, PASSWORD], cwd=ROOT, env=env, check=True
-    )
+    env = prepared_project_env(tmp_path, nats.url, USER, PASSWORD)
     session = subprocess.run(
         [sys.executable, "-c", LOGIN], cwd=ROOT, env=env, check=True, capture_output=True
     )
