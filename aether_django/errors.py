@@ -50,7 +50,12 @@ class PayloadTooLargeError(InvalidEventError):
     def __init__(self, size: int, limit: int, what: str = "event") -> None:
         self.size = size
         self.limit = limit
+        self.what = what
         super().__init__(f"encoded {what} is {size} bytes; the limit is {limit} bytes")
+
+    def __reduce__(self) -> tuple[type[PayloadTooLargeError], tuple[int, int, str]]:
+        # Keep the fields when the error crosses a process boundary.
+        return (type(self), (self.size, self.limit, self.what))
 
 
 class EventStoreError(AetherError):

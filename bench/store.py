@@ -18,7 +18,11 @@ same run:
 4. replay of a 10 000-event actor: full replay, load from a snapshot, and raw
    nats-py consumers reading the same subject;
 5. conflict-detection latency (stale version to VersionConflictError), p50/p99,
-   with a warm and a cold head cache, against a raw stale publish;
+   with a warm and a cold head cache, against a raw stale publish; and (5c) the
+   racing writer: writer B's cached version is stale because writer A has just
+   saved, so B's save is refused by the server and B reads the current version,
+   against raw nats-py doing the same (a publish with a stale expected sequence,
+   its error, then a direct get of the subject's last message);
 6. the ``eventsourcing`` library on SQLite: sequential saves and a 10 000-event
    replay, against the sync facade.
 
@@ -732,6 +736,88 @@ async def bench_conflict(b: Bench) -> None:
             baseline_label="raw stale publish → error",
             target="p99 < 1 ms",
             max_value=1.0,
+        )
+
+    await bench_racing_conflict(b)
+
+
+async def bench_racing_conflict(b: Bench) -> None:
+    """5c: the conflict two racing writers meet, which only the server can detect.
+
+    Each try, writer A saves the next version; writer B, whose cached head is one
+    version behind, saves the same version. B publishes with the stale expected
+    sequence, the server refuses it, B reads the actor's head again and raises
+    VersionConflictError: two round trips, timed from B's call to the error.
+    """
+    tries = b.sizes.conflict_tries
+    progress(f"5c. racing conflict ({tries} tries each)")
+    namespace = unique_name("bench_race")
+    writer_a, writer_b = b.store(namespace), b.store(namespace)
+    actor = "acct-race"
+    await writer_a.asave_event(new_event(actor, 1))
+    assert await writer_b.aget_latest_version(actor) == 1  # B caches version 1
+
+    stream, raw_prefix = await b.raw_stream("bench_race_raw")
+    raw_a = RawActor(b.nc, f"{raw_prefix}.{actor}", actor)
+    await raw_a.request()
+    raw_b_seq = raw_a.seq  # raw writer B's view of the subject's last sequence
+    direct_get = f"$JS.API.DIRECT.GET.{stream}.{raw_a.subject}"
+
+    aether_version = 1
+
+    async def aether_try() -> float:
+        nonlocal aether_version
+        aether_version += 1
+        await writer_a.asave_event(new_event(actor, aether_version))
+        start = clock()
+        try:
+            await writer_b.asave_event(new_event(actor, aether_version))
+        except VersionConflictError as exc:
+            elapsed = clock() - start
+            assert exc.current_version == aether_version
+            return elapsed
+        raise AssertionError("a racing save on a stale version was accepted")
+
+    async def raw_try() -> float:
+        nonlocal raw_b_seq
+        await raw_a.request()
+        event_id, payload = raw_payload(actor, raw_a.version)
+        start = clock()
+        reply = await b.nc.request(
+            raw_a.subject,
+            payload,
+            timeout=5.0,
+            headers={HDR_MSG_ID: event_id, HDR_EXPECTED: str(raw_b_seq)},
+        )
+        error = json.loads(reply.data).get("error") or {}
+        if error.get("err_code") != ERR_WRONG_LAST_SEQUENCE:
+            raise AssertionError(f"a racing raw publish was not refused: {reply.data!r}")
+        last = await b.nc.request(direct_get, b"", timeout=5.0)
+        current = json.loads(last.data)["version"]
+        elapsed = clock() - start
+        assert current == raw_a.version
+        raw_b_seq = int(last.headers["Nats-Sequence"])
+        return elapsed
+
+    times: dict[str, list[float]] = {"aether": [], "raw": []}
+    warmup = max(tries // 10, 20)
+    for i in range(warmup + tries):
+        # Interleaved try by try, alternating which goes first.
+        pairs = [("aether", aether_try), ("raw", raw_try)]
+        for name, attempt in pairs if i % 2 == 0 else pairs[::-1]:
+            elapsed = await attempt()
+            if i >= warmup:
+                times[name].append(elapsed * 1000)
+    for pct in (50, 99):
+        b.report.add(
+            "5c",
+            f"conflict detected, racing writer (refused save, head read): p{pct}",
+            percentile(times["aether"], pct),
+            "ms",
+            higher_is_better=False,
+            baseline=percentile(times["raw"], pct),
+            baseline_label="raw stale publish → error, then read the current",
+            **({"target": "p99 < 1 ms", "max_value": 1.0} if pct == 99 else {}),
         )
 
 

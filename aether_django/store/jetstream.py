@@ -845,8 +845,14 @@ class JetStreamEventStore(AsyncFirstEventStore):
         """The namespaces that have an events stream on the server."""
         if runtime is None:
             raise ValueError("listing JetStream namespaces needs a runtime")
-        nc = await runtime.connection()
-        streams = await list_event_streams(nc, config.subject_prefix, config.timeout)
+        try:
+            nc = await asyncio.wait_for(runtime.connection(), config.timeout)
+            streams = await list_event_streams(nc, config.subject_prefix, config.timeout)
+        except _TRANSIENT as exc:
+            # The same typed error every other store call gives when NATS is away.
+            raise StoreUnavailableError(
+                f"NATS did not answer within {config.timeout}s (listing namespaces): {exc!r}"
+            ) from None
         return sorted({namespace for _, namespace, _ in streams})
 
     async def aget_latest_snapshot(self, actor_id: str) -> ActorSnapshot | None:

@@ -68,6 +68,9 @@ class EventStoreContract:
         assert [e.version for e in events] == [1, 2, 3]
         assert [e.data["n"] for e in events] == [1, 2, 3]
         assert store.get_latest_version("a-1") == 3
+        result = store.get_events_with_errors("a-1")
+        assert result.events == events and result.errors == []
+        assert store.get_events_with_errors("a-1", 2).events == events[1:]
 
     def test_saved_event_round_trips_every_field(self, store: EventStore) -> None:
         original = Event(
@@ -186,8 +189,10 @@ class EventStoreContract:
             [("a", 1), ("b", 2)],
             [("a", 2), ("a", 2)],
             [("a", 3), ("a", 2)],
+            [("a", 0), ("a", 1)],
+            [("a", 1), ("a", 2), ("a", -3)],
         ],
-        ids=["two-actors", "repeated-version", "decreasing"],
+        ids=["two-actors", "repeated-version", "decreasing", "version-0", "negative-version"],
     )
     def test_invalid_batches_are_refused_whole(
         self, store: EventStore, batch: list[tuple[str, int]]

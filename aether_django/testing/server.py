@@ -74,7 +74,13 @@ def nats_server_binary() -> str:
 
 
 def _check_version(binary: str) -> None:
-    out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False)
+    """Raise NatsServerError unless ``binary`` is nats-server MIN_SERVER_VERSION or newer."""
+    try:
+        out = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, check=False, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise NatsServerError(f"cannot run {binary} --version: {exc}") from None
     match = re.search(r"v(\d+)\.(\d+)\.(\d+)", out.stdout + out.stderr)
     if not match:
         raise NatsServerError(f"cannot tell the version of {binary}")
@@ -98,12 +104,42 @@ def stop_process(process: subprocess.Popen[bytes] | None, timeout: float = 10.0)
         process.wait()
 
 
+def _thread_states(pid: int) -> list[str] | None:
+    """The scheduler state letter of each thread of ``pid``; None where /proc cannot tell."""
+    states = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/stat") as stat:
+                # The state follows the parenthesised command name, which may hold spaces.
+                states.append(stat.read().rpartition(")")[2].split()[0])
+    except (OSError, IndexError):
+        return None
+    return states
+
+
+def _wait_for_threads(pid: int, *, stopped: bool, timeout: float) -> None:
+    """Block until every thread of ``pid`` is stopped (or none is), or raise NatsServerError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        states = _thread_states(pid)
+        if states is None:
+            return  # no /proc (not Linux), or the process is gone: nothing to wait for
+        if all((state in "tT") == stopped for state in states):
+            return
+        if time.monotonic() > deadline:
+            action = "stop" if stopped else "continue"
+            raise NatsServerError(f"nats-server {pid} did not {action} within {timeout}s")
+        time.sleep(0.001)
+
+
 class NatsServer:
     """One nats-server process with JetStream on free loopback ports.
 
     Usable as a context manager. ``routes`` (other servers' cluster URLs) and
     ``cluster_port`` make it part of a JetStream cluster; ``extra_config`` is
-    appended to the generated server configuration.
+    appended to the generated server configuration. ``binary`` (default: see
+    :func:`nats_server_binary`) must be nats-server 2.12 or newer, else
+    NatsServerError is raised.
     """
 
     def __init__(
@@ -119,6 +155,8 @@ class NatsServer:
         extra_config: str = "",
         binary: str | None = None,
     ) -> None:
+        if binary is not None:
+            _check_version(binary)
         self.binary = binary or nats_server_binary()
         self.port = port or find_free_port()
         self.http_port = find_free_port()
@@ -224,17 +262,23 @@ class NatsServer:
         self.stop()
         self.start(timeout)
 
-    def pause(self) -> None:
-        """Freeze the process (SIGSTOP)."""
+    def pause(self, timeout: float = 5.0) -> None:
+        """Freeze the process (SIGSTOP) and return once every thread of it has stopped.
+
+        A signal is delivered asynchronously: without the wait, a request sent right
+        after ``pause()`` can still be answered by a thread running on another core.
+        """
         if self.running:
             assert self.process is not None
             os.kill(self.process.pid, signal.SIGSTOP)
+            _wait_for_threads(self.process.pid, stopped=True, timeout=timeout)
 
-    def resume(self) -> None:
-        """Thaw a paused process (SIGCONT)."""
+    def resume(self, timeout: float = 5.0) -> None:
+        """Thaw a paused process (SIGCONT) and return once none of its threads is stopped."""
         if self.running:
             assert self.process is not None
             os.kill(self.process.pid, signal.SIGCONT)
+            _wait_for_threads(self.process.pid, stopped=False, timeout=timeout)
 
     def close(self) -> None:
         """Stop and delete the temporary store."""

@@ -10,7 +10,9 @@ import sys
 import textwrap
 import threading
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 from django.test import AsyncClient, Client
@@ -19,6 +21,7 @@ from aether_django.errors import SyncCallInAsyncContextError
 from aether_django.runtime import Runtime, get_runtime
 from aether_django.store import get_event_store
 from aether_django.store.jetstream import JetStreamEventStore
+from aether_django.testing import NatsServer
 from aether_django.testing.contract import ev, unique_namespace
 
 from ..store import workers
@@ -167,3 +170,97 @@ def test_sync_calls_from_many_threads_use_a_few_pooled_connections(nats_url):
         assert all(store.get_latest_version(f"a{i}") == 1 for i in range(20))
     finally:
         runtime.close()
+
+
+def _connections(server: NatsServer, state: str = "open") -> list[dict[str, Any]]:
+    """The server's client connections in ``state``, from its monitoring endpoint /connz."""
+    url = f"http://127.0.0.1:{server.http_port}/connz?state={state}"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        connections: list[dict[str, Any]] = json.loads(response.read())["connections"] or []
+    return connections
+
+
+def _wait_until(condition: Any, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_the_runtime_connects_lazily_on_the_first_call(nats_server_factory):
+    server = nats_server_factory()
+    runtime = Runtime(server.url, name="lazy-runtime")
+    try:
+        store = JetStreamEventStore(unique_namespace(), runtime=runtime)
+        assert store.subject_for("a")  # using the store object needs no server
+        assert _connections(server) == [], "a connection was opened before any call"
+        assert runtime._conns == {} and runtime._loop is None and runtime._portals == []
+
+        assert store.get_latest_version("a") == 0
+        assert [c["name"] for c in _connections(server)] == ["lazy-runtime"]
+    finally:
+        runtime.close()
+
+
+_EXIT_SCRIPT = """
+import asyncio
+import atexit
+import json
+
+seen = {{}}
+
+
+def report():
+    # Registered before aether_django is imported, so it runs after the runtime's
+    # own exit hook (atexit runs hooks last-in, first-out).
+    print(json.dumps([nc.is_closed for nc in seen["connections"]]), flush=True)
+
+
+atexit.register(report)
+
+import aether_django.runtime
+from aether_django.runtime import Runtime
+from aether_django.store.jetstream import JetStreamEventStore
+from aether_django.testing.contract import ev
+
+if {without_hook!r}:
+    atexit.unregister(aether_django.runtime._close_all_at_exit)
+runtime = Runtime({url!r}, name={name!r})
+store = JetStreamEventStore("exit-test", runtime=runtime)
+store.save_event(ev("a", store.get_latest_version("a") + 1))  # a sync caller's connection
+asyncio.run_coroutine_threadsafe(runtime.connection(), runtime.loop).result()  # the loop's
+seen["connections"] = list(runtime._conns.values())
+"""
+
+
+def test_the_runtime_closes_its_connections_at_exit(nats_server_factory):
+    server = nats_server_factory()
+
+    def run_child(name: str, *, without_hook: bool) -> list[bool]:
+        script = _EXIT_SCRIPT.format(url=server.url, name=name, without_hook=without_hook)
+        result = subprocess.run(
+            [sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "Traceback" not in result.stderr
+        closed: list[bool] = json.loads(result.stdout)
+        return closed
+
+    # Both of the child's connections were closed by the runtime before the
+    # interpreter went away...
+    assert run_child("exit-child", without_hook=False) == [True, True]
+    # ...which is the runtime's doing: without its exit hook they are still open then.
+    assert run_child("exit-child-unhooked", without_hook=True) == [False, False]
+
+    # The server no longer lists the child's connections.
+    assert _wait_until(
+        lambda: not [c for c in _connections(server) if c["name"].startswith("exit-child")]
+    )
+    closed = [c for c in _connections(server, "closed") if c["name"] == "exit-child"]
+    assert len(closed) == 2

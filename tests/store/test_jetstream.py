@@ -5,9 +5,12 @@ import json
 import time
 
 import nats
+import nats.js.errors
 import pytest
 
+from aether_django import names
 from aether_django.errors import (
+    InvalidNamespaceError,
     NamespaceCollisionError,
     PayloadTooLargeError,
     ReplayError,
@@ -15,6 +18,7 @@ from aether_django.errors import (
     StoreUnavailableError,
     VersionConflictError,
 )
+from aether_django.events import ActorSnapshot
 from aether_django.runtime import Runtime
 from aether_django.store.base import StoreConfig
 from aether_django.store.jetstream import JetStreamEventStore
@@ -57,20 +61,54 @@ async def test_one_stream_per_namespace_with_server_side_guarantees(make_store, 
 
 async def test_one_subject_per_actor_with_event_id_as_msg_id(make_store, nats_url):
     store = make_store()
-    stored = await store.asave_event(ev("order-1", 1))
+    first = await store.asave_event(ev("order-1", 1))
     await store.asave_event(ev("order 2", 1))
+    stored = await store.asave_event(ev("order-1", 2))
     nc = await raw(nats_url)
     try:
-        msg = await nc.jetstream().get_last_msg(
+        js = nc.jetstream()
+        msg = await js.get_last_msg(
             f"{store.namespace}_events", f"aether.events.{store.namespace}.order-1"
         )
         assert msg.headers["Nats-Msg-Id"] == stored.id
-        assert msg.headers["Aether-Version"] == "1"
+        assert msg.headers["Aether-Version"] == "2"
         assert json.loads(msg.data)["actorId"] == "order-1"
         assert msg.seq == stored.sequence
         assert store.subject_for("order 2") == f"aether.events.{store.namespace}.=b3JkZXIgMg"
+        # Each save asks the server to check the subject's last sequence: none for
+        # the actor's first event, the previous event's for the next (the other
+        # actor's event in between does not count).
+        first_msg = await js.get_msg(f"{store.namespace}_events", first.sequence)
+        assert first_msg.headers["Nats-Expected-Last-Subject-Sequence"] == "0"
+        assert msg.headers["Nats-Expected-Last-Subject-Sequence"] == str(first.sequence)
     finally:
         await nc.close()
+
+
+async def test_the_server_refuses_a_write_with_a_stale_expected_sequence(make_store, nats_url):
+    """The version check is the server's: a publish that bypasses the store is refused too."""
+    store = make_store()
+    first = await store.asave_event(ev("order-1", 1))
+    await store.asave_event(ev("order-1", 2))
+    nc = await raw(nats_url)
+    try:
+        js = nc.jetstream()
+        stale = {"Nats-Expected-Last-Subject-Sequence": str(first.sequence)}
+        with pytest.raises(nats.js.errors.BadRequestError) as info:
+            await js.publish(store.subject_for("order-1"), b"{}", headers=stale)
+        assert info.value.err_code == 10071  # wrong last sequence
+        # An actor with no events expects sequence 0; anything else is refused as well.
+        with pytest.raises(nats.js.errors.BadRequestError) as info:
+            await js.publish(
+                store.subject_for("order-9"),
+                b"{}",
+                headers={"Nats-Expected-Last-Subject-Sequence": str(first.sequence)},
+            )
+        assert info.value.err_code == 10071
+    finally:
+        await nc.close()
+    assert [e.version for e in await store.aget_events("order-1")] == [1, 2]
+    assert await store.aget_events("order-9") == []
 
 
 async def test_reading_an_unknown_namespace_creates_nothing(make_store, nats_url):
@@ -123,6 +161,10 @@ async def test_corrupt_messages_are_reported_without_losing_clean_events(make_st
     assert error.actor_id == "a"
     with pytest.raises(ReplayError):
         await store.aget_events("a")
+    # The sync twin reports the same, from a thread without an event loop as a view would.
+    assert await asyncio.to_thread(store.get_events_with_errors, "a") == result
+    with pytest.raises(ReplayError):
+        await asyncio.to_thread(store.get_events, "a")
 
 
 async def test_a_corrupt_last_message_does_not_break_version_checks(make_store, nats_url):
@@ -141,15 +183,36 @@ async def test_a_corrupt_last_message_does_not_break_version_checks(make_store, 
     await fresh.asave_event(ev("a", 3))
 
 
-async def test_namespaces_whose_stream_names_collide_are_refused(make_store):
+async def test_namespaces_whose_stream_names_collide_are_refused(make_store, nats_url):
     base = unique_namespace()
     first = make_store(f"{base}.x")
     await first.asave_event(ev("a", 1))
-    second = make_store(f"{base}__x")
-    with pytest.raises(NamespaceCollisionError, match="belongs to namespace"):
-        await second.asave_event(ev("a", 1))
-    with pytest.raises(NamespaceCollisionError):
-        await second.aget_events("a")
+    # "{base}__x" would share that stream, so its name is refused outright.
+    with pytest.raises(InvalidNamespaceError, match="two underscores"):
+        make_store(f"{base}__x")
+    # A stream an earlier release (which accepted that spelling) made for "{base}__x":
+    # the same stream, recorded for the other name. It is refused, not shared.
+    nc = await raw(nats_url)
+    try:
+        js = nc.jetstream()
+        config = (await js.stream_info(first.stream_name)).config
+        config.metadata = {**(config.metadata or {}), "aether_namespace": f"{base}__x"}
+        await js.update_stream(config)
+    finally:
+        await nc.close()
+    second = make_store(f"{base}.x")
+    try:
+        with pytest.raises(NamespaceCollisionError, match="belongs to namespace"):
+            await second.asave_event(ev("a", 2))
+        with pytest.raises(NamespaceCollisionError):
+            await second.aget_events("a")
+    finally:
+        # Namespace listings elsewhere in the session would meet the refused name.
+        nc = await raw(nats_url)
+        try:
+            await nc.jetstream().delete_stream(first.stream_name)
+        finally:
+            await nc.close()
 
 
 async def test_a_stale_head_in_another_process_is_corrected_by_the_server(make_store):
@@ -188,19 +251,97 @@ async def test_configured_payload_limit(make_store):
     await store.asave_event(ev("a", 1, blob="x" * 100))
 
 
+#: How far past the configured timeout a failing operation may return: time to build
+#: and raise the error, on a loaded machine, not another attempt.
+TIMEOUT_SLACK = 0.5
+
+
+def store_operations(store, actor_id):
+    """Every store operation on one actor, by name, each a fresh coroutine per call."""
+    return {
+        "asave_event": lambda: store.asave_event(ev(actor_id, 1)),
+        "asave_events": lambda: store.asave_events([ev(actor_id, 1), ev(actor_id, 2)]),
+        "aget_events": lambda: store.aget_events(actor_id),
+        "aget_latest_version": lambda: store.aget_latest_version(actor_id),
+        "asave_snapshot": lambda: store.asave_snapshot(
+            ActorSnapshot(actor_id=actor_id, version=1, state={})
+        ),
+        "aget_latest_snapshot": lambda: store.aget_latest_snapshot(actor_id),
+        "alist_namespaces": lambda: type(store).alist_namespaces(
+            runtime=store.runtime, config=store.config
+        ),
+    }
+
+
 async def test_server_down_gives_a_clear_error_within_the_timeout(make_store):
     from aether_django.testing import find_free_port
 
-    store = make_store(url=f"nats://127.0.0.1:{find_free_port()}", timeout=1.0)
-    for call in (
-        lambda: store.asave_event(ev("a", 1)),
-        lambda: store.aget_events("a"),
-        lambda: store.aget_latest_version("a"),
-    ):
+    timeout = 1.0
+    store = make_store(url=f"nats://127.0.0.1:{find_free_port()}", timeout=timeout)
+    for name, call in store_operations(store, "a").items():
         started = time.monotonic()
         with pytest.raises(StoreUnavailableError, match="did not answer"):
             await call()
-        assert time.monotonic() - started < 3.0
+        elapsed = time.monotonic() - started
+        assert elapsed <= timeout + TIMEOUT_SLACK, f"{name} took {elapsed:.2f}s"
+
+
+async def test_an_unresponsive_server_gives_a_typed_error_within_the_timeout(
+    make_store, nats_server_factory
+):
+    """A frozen server (SIGSTOP) keeps the TCP connection open but never answers.
+
+    That is the case the configured timeout governs: every operation must give up
+    with StoreUnavailableError (SaveOutcomeUnknownError for a save that was sent)
+    in time. Saves sent while it was frozen are read by the server once it thaws,
+    so saving the same events again must settle on each stored exactly once.
+    """
+    timeout = 1.0
+    server = nats_server_factory()
+    store = make_store(url=server.url, timeout=timeout)
+    first = await store.asave_event(ev("a", 1))
+    # Make the bucket and every actor's stream position known before the freeze, so
+    # each operation below goes straight to the frozen server.
+    await store.asave_snapshot(ActorSnapshot(actor_id="a", version=1, state={}))
+
+    single = ev("a", 2)
+    batch = [ev("a", 3), ev("a", 4)]
+    snapshot = ActorSnapshot(actor_id="a", version=2, state={"frozen": True})
+    operations = {
+        "asave_event": lambda: store.asave_event(single),
+        "asave_events": lambda: store.asave_events(batch),
+        "aget_events": lambda: store.aget_events("a"),
+        "aget_latest_version": lambda: store.aget_latest_version("a"),
+        "asave_snapshot": lambda: store.asave_snapshot(snapshot),
+        "aget_latest_snapshot": lambda: store.aget_latest_snapshot("a"),
+        "alist_namespaces": lambda: type(store).alist_namespaces(
+            runtime=store.runtime, config=store.config
+        ),
+    }
+    assert operations.keys() == store_operations(store, "a").keys()
+    server.pause()
+    try:
+        for name, call in operations.items():
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailableError, match=r"did not (answer|confirm)") as info:
+                await call()
+            elapsed = time.monotonic() - started
+            assert elapsed <= timeout + TIMEOUT_SLACK, f"{name} took {elapsed:.2f}s"
+            if name.startswith("asave_event"):
+                # The publish reached the socket, so the store cannot know the outcome.
+                assert isinstance(info.value, SaveOutcomeUnknownError), name
+    finally:
+        server.resume()
+
+    # Saving the same events again is the documented way to settle an unknown outcome.
+    assert (await store.asave_event(single)).id == single.id
+    assert [e.id for e in await store.asave_events(batch)] == [e.id for e in batch]
+    await store.asave_snapshot(snapshot)
+    reader = make_store(store.namespace, url=server.url)
+    events = await reader.aget_events("a")
+    assert [e.id for e in events] == [first.id, single.id, batch[0].id, batch[1].id]
+    assert [e.version for e in events] == [1, 2, 3, 4]
+    assert await reader.aget_latest_snapshot("a") == snapshot
 
 
 @pytest.mark.slow
@@ -268,15 +409,42 @@ async def test_an_unconfirmed_save_is_resolved_by_saving_it_again(make_store):
 
 
 async def test_stream_settings_come_from_the_store_config(make_store, nats_url):
-    store = make_store(storage="memory", max_age=3600, duplicate_window=30, immutable=False)
+    store = make_store(
+        storage="memory", max_age=3600, max_bytes=50_000_000, duplicate_window=30, immutable=False
+    )
     await store.asave_event(ev("a", 1))
     nc = await raw(nats_url)
     try:
         config = (await nc.jetstream().stream_info(store.stream_name)).config
         assert getattr(config.storage, "value", config.storage) == "memory"
+        assert getattr(config.retention, "value", config.retention) == "limits"
         assert config.max_age == 3600
+        assert config.max_bytes == 50_000_000
         assert config.duplicate_window == 30
         assert not config.deny_delete and not config.deny_purge
         assert config.max_msg_size == 1024 * 1024 + 4096
+    finally:
+        await nc.close()
+
+
+async def test_a_saved_snapshot_is_in_the_namespaces_bucket_under_the_actors_key(
+    make_store, nats_url
+):
+    store = make_store()
+    await store.asave_event(ev("order 1", 1))
+    snapshot = ActorSnapshot(actor_id="order 1", version=1, state={"total": 30})
+    await store.asave_snapshot(snapshot)
+    nc = await raw(nats_url)
+    try:
+        kv = await nc.jetstream().key_value(f"{store.namespace}_snapshots")
+        entry = await kv.get(names.actor_token("order 1"))
+        stored = json.loads(entry.value or b"")
+        assert (stored["actorId"], stored["version"], stored["state"]) == (
+            "order 1",
+            1,
+            {"total": 30},
+        )
+        assert entry.revision == 1
+        assert (await kv.status()).history == 1  # only the latest snapshot is kept
     finally:
         await nc.close()

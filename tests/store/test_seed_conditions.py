@@ -1,7 +1,12 @@
 """The seed's success conditions for capabilities 1-4, one test each, on the JetStream store.
 
 Test names follow the conditions in shared/seed/aether-capabilities.md:
-``test_c<capability>_<condition>_<what it says>``.
+``test_c<capability>_<condition>_<what it says>`` for the numbered conditions of each
+capability, and ``test_c<capability>_summary_<what it says>`` for the condition of the
+capability in the document's closing "Success Conditions" list. The time metrics of that
+list (conflicts detected in under 1 ms) are measured by ``python -m bench.store``
+(figures 5a-5c), not asserted here; what is asserted is the work done (round trips,
+messages read), which does not depend on how loaded the machine is.
 """
 
 from __future__ import annotations
@@ -10,6 +15,8 @@ import asyncio
 import multiprocessing
 import threading
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -39,6 +46,50 @@ def writers(nats_url):
     yield make
     for runtime in runtimes:
         runtime.close()
+
+
+def client_stats(store: JetStreamEventStore) -> dict[str, int]:
+    """The message counters of the NATS connection the store's sync calls use.
+
+    Sync calls from one thread reuse one pooled connection, so the difference of two
+    readings is what the calls in between sent (``out_msgs``) and received (``in_msgs``).
+    """
+    runtime = store.runtime
+    nc = runtime.run(runtime.connection())
+    return dict(nc.stats)
+
+
+def counted(store: JetStreamEventStore, work: Callable[[], Any]) -> tuple[Any, dict[str, int]]:
+    """Run ``work`` and return its result with the messages it sent and received."""
+    before = client_stats(store)
+    result = work()
+    after = client_stats(store)
+    return result, {key: after[key] - before[key] for key in ("out_msgs", "in_msgs")}
+
+
+def race_in_threads(calls: list[Callable[[], Any]], timeout: float = 30.0) -> list[Any]:
+    """Run each call in its own thread, all released at once; return results or exceptions.
+
+    A barrier makes the threads start together, so the calls really overlap at the
+    server. A thread that has not finished within ``timeout`` fails the test (a deadlock).
+    """
+    barrier = threading.Barrier(len(calls))
+    results: list[Any] = [None] * len(calls)
+
+    def run(i: int) -> None:
+        barrier.wait(timeout)
+        try:
+            results[i] = calls[i]()
+        except Exception as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+    assert not any(thread.is_alive() for thread in threads), "a writer never finished"
+    return results
 
 
 def fold(events: list[Event]) -> dict:
@@ -110,27 +161,84 @@ def test_c1_4_no_events_are_lost_or_overwritten_with_8_racing_processes(nats_ser
     for r in results:
         for version in r["won"]:
             assert by_version[version] == r["pid"], "no acknowledged event was overwritten"
-        for attempted, current in r["conflicts"]:
-            # The reported version existed and was at least the attempted one.
-            assert attempted <= current <= target
+        assert [v for kind, v, _ in r["log"] if kind == "won"] == r["won"]
+        assert [(a, c) for kind, a, c in r["log"] if kind == "conflict"] == r["conflicts"]
+        # Every conflict carried the right current_version: walk the process's own
+        # history in the order it happened.
+        latest_win, latest_current = 0, 0
+        for kind, attempted, current in r["log"]:
+            if kind == "won":
+                latest_win = attempted
+                continue
+            assert by_version[attempted] != r["pid"], (
+                f"process {r['pid']} was refused version {attempted}, which no other process wrote"
+            )
+            assert attempted <= current <= target, "the reported version did not exist"
+            assert current >= latest_current, "a later conflict reported an older version"
+            assert current >= latest_win, "a conflict reported less than the process had won"
+            latest_current = current
     conflicts = sum(len(r["conflicts"]) for r in results)
     assert conflicts > 0, "the processes should actually have raced"
     print(f"\n8 processes, {target} versions, {conflicts} conflicts detected")
 
 
-def test_c1_5_conflicts_are_detected_optimistically_with_one_server_round_trip(writers):
+def test_c1_5_conflicts_are_detected_optimistically_in_two_round_trips_and_no_lock(writers):
     """Detection needs no lock: a stale write is refused by the server's sequence check.
 
-    Its latency (target < 1 ms) is measured by ``python -m bench.store``, not asserted here.
+    The writer whose view is stale sends its write (refused by the server, which
+    compares Nats-Expected-Last-Subject-Sequence with the subject's last sequence) and
+    reads the actor's current version once, for the error: two requests, two answers,
+    nothing taken or released. Its latency (target < 1 ms) is figure 5c of
+    ``python -m bench.store``, not asserted here.
     """
     ns = unique_namespace()
     first, second = writers(ns, 2)
     first.save_event(ev("a", 1))
     second.get_latest_version("a")  # second's view is now version 1
     first.save_event(ev("a", 2))
-    with pytest.raises(VersionConflictError) as info:
-        second.save_event(ev("a", 2))
-    assert info.value.current_version == 2
+
+    def stale_save() -> VersionConflictError:
+        with pytest.raises(VersionConflictError) as info:
+            second.save_event(ev("a", 2))
+        return info.value
+
+    error, traffic = counted(second, stale_save)
+    assert error.current_version == 2
+    assert traffic == {"out_msgs": 2, "in_msgs": 2}, "the refused write and one read"
+
+
+def test_c1_summary_concurrent_saves_of_the_same_version_all_but_one_fail(writers):
+    """Eight threads, each with its own connection, save version 2 at the same moment;
+    a second attempt at that version then fails for every one of them."""
+    ns = unique_namespace()
+    stores = writers(ns, 8)
+    stores[0].save_event(ev("order-1", 1))
+    for store in stores:
+        assert store.get_latest_version("order-1") == 1  # every writer read version 1
+
+    results = race_in_threads(
+        [
+            lambda s=store, i=i: s.save_event(ev("order-1", 2, writer=i))
+            for i, store in enumerate(stores)
+        ]
+    )
+    winners = [r for r in results if isinstance(r, Event)]
+    conflicts = [r for r in results if isinstance(r, VersionConflictError)]
+    assert len(winners) == 1 and len(conflicts) == 7, results
+    assert all(c.current_version == 2 and c.attempted_version == 2 for c in conflicts)
+
+    # A second attempt at the same version fails for everyone, the winner included:
+    # the version is taken, whoever asks.
+    again = race_in_threads(
+        [
+            lambda s=store, i=i: s.save_event(ev("order-1", 2, again=i))
+            for i, store in enumerate(stores)
+        ]
+    )
+    assert all(isinstance(r, VersionConflictError) for r in again), again
+    stored = stores[0].get_events("order-1")
+    assert [e.version for e in stored] == [1, 2]
+    assert stored[1].id == winners[0].id, "no conflict went undetected"
 
 
 # --- Capability 2: rebuild state from event history -------------------------------
@@ -157,26 +265,61 @@ def test_c2_2_replaying_all_events_produces_identical_state_every_time():
     assert states[0]["total"] == sum(range(2, 51))
 
 
-def test_c2_3_snapshot_reduces_replay_to_the_events_after_it():
-    store = get_event_store(unique_namespace())
-    events = _order_events("order-1", 300)
-    store.save_events(events[:150])
-    store.save_events(events[150:])
-    full = fold(store.get_events("order-1"))
-    partial = fold(store.get_events("order-1")[:290])
-    store.save_snapshot(ActorSnapshot(actor_id="order-1", version=290, state=partial))
+def _snapshot_load(store: JetStreamEventStore, actor: str) -> tuple[dict, list[Event]]:
+    """Load an actor the way an aggregate does: its snapshot, then only the events after it.
 
-    snapshot = store.get_latest_snapshot("order-1")
+    The snapshot records the stream sequence its state reaches, so the read of the
+    events after it starts right there instead of searching for them.
+    """
+    snapshot = store.get_latest_snapshot(actor)
     assert snapshot is not None
-    tail = store.get_events("order-1", snapshot.version + 1)
-    assert [e.version for e in tail] == list(range(291, 301))  # 10 events read, not 300
-    state = dict(snapshot.state)
-    state["lines"] = list(state["lines"])
-    for event in tail:
-        state["lines"].append(event.data["sku"])
-        state["total"] += event.data["price"]
-        state["version"] = event.version
-    assert state == full
+    tail = store.get_events(actor, snapshot.version + 1, after_sequence=snapshot.state["sequence"])
+    return dict(snapshot.state), tail
+
+
+def _history_with_snapshot(writers, length: int) -> tuple[JetStreamEventStore, dict]:
+    """An actor with ``length`` events and a snapshot 10 events before the end.
+
+    Returns a reader with a connection of its own (nothing cached) and the full state.
+    """
+    ns = unique_namespace()
+    writer, reader = writers(ns, 2)
+    events = _order_events("order-1", length)
+    for start in range(0, length, 500):  # atomic batches stay well under the server's limit
+        writer.save_events(events[start : start + 500])
+    stored = writer.get_events("order-1")
+    partial = fold(stored[:-10])
+    partial["sequence"] = stored[-11].sequence
+    writer.save_snapshot(ActorSnapshot(actor_id="order-1", version=length - 10, state=partial))
+    return reader, fold(stored)
+
+
+def test_c2_3_snapshot_reduces_replay_from_o_n_to_o_1_after_the_snapshot(writers):
+    """Loading from a snapshot does the same work for 300 events of history as for 3000.
+
+    Work is counted on the reader's connection: requests sent and messages received.
+    A full replay receives one message per event (O(n)); a snapshot load receives the
+    snapshot and the 10 events after it, whatever the length of the history (O(1)),
+    which is also the seed's target of a replay reduced by more than 90 %.
+    """
+    loads = {}
+    for length in (300, 3000):
+        reader, full = _history_with_snapshot(writers, length)
+        (state, tail), load = counted(reader, lambda r=reader: _snapshot_load(r, "order-1"))
+        assert [e.version for e in tail] == list(range(length - 9, length + 1))
+        for event in tail:
+            state["lines"] = [*state["lines"], event.data["sku"]]
+            state["total"] += event.data["price"]
+            state["version"] = event.version
+        del state["sequence"]
+        assert state == full, "snapshot plus the events after it is the full state"
+
+        events, replay = counted(reader, lambda r=reader: r.get_events("order-1"))
+        assert len(events) == length
+        assert replay["in_msgs"] > length, "a full replay receives every event"
+        assert load["in_msgs"] < 0.1 * replay["in_msgs"]
+        loads[length] = load
+    assert loads[300] == loads[3000], f"snapshot load depends on history length: {loads}"
 
 
 def test_c2_4_snapshots_are_optional():
@@ -201,6 +344,29 @@ async def test_c2_5_corrupted_events_are_reported_without_losing_clean_data(nats
     assert [e.version for e in events] == [1, 2, 3, 4]
     assert len(errors) == 1 and isinstance(errors[0], ReplayError)
     assert errors[0].raw == b"{corrupt"
+
+
+def test_c2_summary_get_events_and_replay_produce_identical_state_every_time(writers):
+    """Readers on separate connections, replaying in full or from a snapshot, agree."""
+    ns = unique_namespace()
+    writer, *readers = writers(ns, 4)
+    writer.save_events(_order_events("order-1", 120))
+    full = writer.get_events("order-1")
+    snapshot_state = fold(full[:100])
+    writer.save_snapshot(ActorSnapshot(actor_id="order-1", version=100, state=snapshot_state))
+
+    states = [fold(reader.get_events("order-1")) for reader in readers for _ in range(3)]
+    assert all(state == states[0] for state in states)
+    for reader in readers:
+        snapshot = reader.get_latest_snapshot("order-1")
+        assert snapshot is not None
+        rebuilt = dict(snapshot.state)
+        rebuilt["lines"] = list(rebuilt["lines"])
+        for event in reader.get_events("order-1", snapshot.version + 1):
+            rebuilt["lines"].append(event.data["sku"])
+            rebuilt["total"] += event.data["price"]
+            rebuilt["version"] = event.version
+        assert rebuilt == states[0], "no data was lost replaying from the snapshot"
 
 
 # --- Capability 3: enable safe concurrent writes -----------------------------------
@@ -270,23 +436,88 @@ def test_c3_5_no_locks_are_held_between_reading_and_writing(writers):
     assert info.value.current_version == 11
 
 
+def test_c3_summary_two_writers_race_one_wins_the_other_sees_a_conflict(writers):
+    """Two threads, each with its own connection, save the same next version at once.
+
+    Repeated for many rounds so the writes really overlap at the server. In every
+    round exactly one wins; the loser sees the conflict with the winner's version and
+    its retry goes through. Nothing blocks: each round ends well within its timeout.
+    """
+    ns = unique_namespace()
+    left, right = writers(ns, 2)
+    left.save_event(ev("doc", 1))
+    version = 1
+    for round_number in range(20):
+        assert left.get_latest_version("doc") == right.get_latest_version("doc") == version
+        attempt = version + 1
+        results = race_in_threads(
+            [
+                lambda a=attempt: left.save_event(ev("doc", a, writer="left")),
+                lambda a=attempt: right.save_event(ev("doc", a, writer="right")),
+            ]
+        )
+        won = [r for r in results if isinstance(r, Event)]
+        lost = [r for r in results if isinstance(r, VersionConflictError)]
+        assert len(won) == 1 and len(lost) == 1, (round_number, results)
+        assert lost[0].current_version == attempt
+        loser = right if isinstance(results[1], VersionConflictError) else left
+        assert loser.save_event(ev("doc", lost[0].current_version + 1)).version == attempt + 1
+        version = attempt + 1
+    versions = [e.version for e in left.get_events("doc")]
+    assert versions == list(range(1, version + 1))
+
+
 # --- Capability 4: isolate logical domains using namespaces --------------------------
 
 
-def test_c4_1_to_5_tenant_a_events_are_invisible_to_tenant_b(nats_url):
-    actor = f"order-{uuid.uuid4().hex[:8]}"
-    # 1. two stores with different namespaces
-    tenant_a, tenant_b = get_event_store("tenant-a"), get_event_store("tenant-b")
-    # 2. save to tenant-a
+@pytest.fixture
+def tenants(nats_server):
+    """The seed's two stores, "tenant-a" and "tenant-b", and an actor id no other test uses."""
+    return get_event_store("tenant-a"), get_event_store("tenant-b"), f"order-{uuid.uuid4().hex[:8]}"
+
+
+def test_c4_1_two_stores_are_created_with_namespaces_tenant_a_and_tenant_b(tenants):
+    tenant_a, tenant_b, _ = tenants
+    assert (tenant_a.namespace, tenant_b.namespace) == ("tenant-a", "tenant-b")
+    assert tenant_a is not tenant_b
+
+
+async def test_c4_2_save_event_to_tenant_a_stores_it_in_the_tenant_a_stream(tenants, nats_url):
+    import nats
+
+    tenant_a, _, actor = tenants
+    stored = await tenant_a.asave_event(ev(actor, 1))
+    nc = await nats.connect(nats_url)
+    try:
+        msg = await nc.jetstream().get_msg("tenant-a_events", stored.sequence)
+        assert msg.subject == tenant_a.subject_for(actor)  # type: ignore[attr-defined]
+        assert msg.headers is not None and msg.headers["Nats-Msg-Id"] == stored.id
+    finally:
+        await nc.close()
+
+
+def test_c4_3_get_events_from_tenant_a_returns_the_event(tenants):
+    tenant_a, _, actor = tenants
+    stored = tenant_a.save_event(ev(actor, 1))
+    assert tenant_a.get_events(actor) == [stored]
+
+
+def test_c4_4_get_events_from_tenant_b_returns_empty(tenants):
+    tenant_a, tenant_b, actor = tenants
     tenant_a.save_event(ev(actor, 1))
-    # 3. tenant-a returns the event
-    assert [e.actor_id for e in tenant_a.get_events(actor)] == [actor]
-    # 4. tenant-b returns nothing
     assert tenant_b.get_events(actor) == []
     assert tenant_b.get_latest_version(actor) == 0
-    # 5. stream names are prefixed by the namespace
+
+
+def test_c4_5_stream_names_are_prefixed_tenant_a_events_and_tenant_b_events(tenants):
+    tenant_a, tenant_b, actor = tenants
+    tenant_a.save_event(ev(actor, 1))
+    tenant_b.save_event(ev(actor, 1))
     assert tenant_a.stream_name == "tenant-a_events"  # type: ignore[attr-defined]
     assert tenant_b.stream_name == "tenant-b_events"  # type: ignore[attr-defined]
+    # Both streams exist on the server under those names.
+    streams = {info.stream for info in (tenant_a.get_info(), tenant_b.get_info()) if info}
+    assert streams == {"tenant-a_events", "tenant-b_events"}
 
 
 async def test_c4_5_each_namespace_is_its_own_stream_on_the_server(nats_url):
@@ -302,5 +533,30 @@ async def test_c4_5_each_namespace_is_its_own_stream_on_the_server(nats_url):
         info_b = await js.stream_info(f"{b.namespace}_events")
         assert info_a.state.messages == 1 and info_b.state.messages == 1
         assert set(info_a.config.subjects).isdisjoint(info_b.config.subjects)
+    finally:
+        await nc.close()
+
+
+async def test_c4_summary_events_in_namespace_a_are_invisible_to_namespace_b(nats_url):
+    """Nothing written in A can be read from B: events, versions, snapshots, actor lists."""
+    import nats
+
+    ns_a, ns_b = unique_namespace("iso-a"), unique_namespace("iso-b")
+    a, b = get_event_store(ns_a), get_event_store(ns_b)
+    await a.asave_events([ev("shared", 1), ev("shared", 2)])
+    await a.asave_snapshot(ActorSnapshot(actor_id="shared", version=2, state={"of": "a"}))
+    await b.asave_event(ev("only-b", 1))
+
+    assert await b.aget_events("shared") == []
+    assert await b.aget_latest_version("shared") == 0
+    assert await b.aget_latest_snapshot("shared") is None
+    assert await b.aget_actor_ids() == ["only-b"]
+    assert await a.aget_actor_ids() == ["shared"]
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        subjects_b = (await js.stream_info(f"{ns_b}_events")).config.subjects or []
+        assert all(ns_a not in subject for subject in subjects_b)
+        assert (await js.stream_info(f"{ns_b}_events")).state.messages == 1
     finally:
         await nc.close()

@@ -19,7 +19,9 @@ def race_append(namespace: str, actor_id: str, target: int, barrier: Any = None)
     With ``barrier`` (a multiprocessing barrier) every process connects first and all
     start appending together, so they race even when starting processes is slow.
     Returns this process's successes and, for each conflict, what it attempted
-    and the current version the store reported.
+    and the current version the store reported; ``log`` holds both in the order
+    they happened, as ``("won", version, version)`` and
+    ``("conflict", attempted, current)``.
     """
     setup_django()
     from aether_django.errors import VersionConflictError
@@ -29,6 +31,7 @@ def race_append(namespace: str, actor_id: str, target: int, barrier: Any = None)
     store = get_event_store(namespace)
     won: list[int] = []
     conflicts: list[tuple[int, int]] = []
+    log: list[tuple[str, int, int]] = []
     version = store.get_latest_version(actor_id)
     if barrier is not None:
         barrier.wait(120)
@@ -46,11 +49,13 @@ def race_append(namespace: str, actor_id: str, target: int, barrier: Any = None)
         except VersionConflictError as exc:
             assert exc.attempted_version == attempt
             conflicts.append((attempt, exc.current_version))
+            log.append(("conflict", attempt, exc.current_version))
             version = exc.current_version
             continue
         won.append(attempt)
+        log.append(("won", attempt, attempt))
         version = attempt
-    return {"pid": os.getpid(), "won": won, "conflicts": conflicts}
+    return {"pid": os.getpid(), "won": won, "conflicts": conflicts, "log": log}
 
 
 def save_one(namespace: str, actor_id: str, version: int) -> int:
