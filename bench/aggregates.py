@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    .venv/bin/python -m bench.aggregates            # full run, 70-105 s on 2 cores
+    .venv/bin/python -m bench.aggregates            # full run, 1.5-3 min on 2 cores
     .venv/bin/python -m bench.aggregates --quick    # smoke test, about 10 s
     .venv/bin/python -m bench.aggregates --only 1   # some figures only
 
@@ -27,11 +27,20 @@ interleaved rounds:
    it. The raw baseline keeps its own snapshots (with the stream sequence of
    their last event) in a key-value bucket and reads snapshot + tail;
    eventsourcing snapshots every 20 events too;
-3. 100 actors at once (100 asyncio tasks, ``asyncio.gather``), with fresh
-   actors and no snapshots, and with the 100 long-lived snapshotted actors,
-   against raw nats-py doing the same with 100 tasks, and eventsourcing running
-   the same commands from one thread (SQLite serialises writers; more threads
-   were slower).
+3. 100 actors at once, with fresh actors and no snapshots, and with the 100
+   long-lived snapshotted actors: ``aupdate`` from 100 asyncio tasks
+   (``asyncio.gather``) and ``update`` from 100 threads (one per actor, a pool
+   started before the run), against raw nats-py doing the same with 100 tasks,
+   and eventsourcing running the same commands from one thread (SQLite
+   serialises writers; more threads were slower).
+
+Every command of the main figures is a real load, decide and save, as the
+baselines' commands are: the aggregates measured declare ``Meta.cache_size = 0``,
+so ``update()``/``aupdate()`` read the actor from the store each time instead of
+running the command on the copy they keep of a hot actor. The same commands with
+that cache on (its default) are extra rows marked "cached": there only the first
+command on an actor, or one after another writer, loads it. The cached rows
+have no target: they do less work than the baselines.
 
 Rows marked "raw nats-py itself vs eventsourcing" compare the two baselines, to
 show what any NATS client pays for the network round trips.
@@ -115,6 +124,8 @@ class BenchAccount(Aggregate):
 
     class Meta:
         namespace = "bench-accounts"
+        # No hot-actor cache: every command loads the actor, as the baselines do.
+        cache_size = 0
 
     def deposit(self, amount: int) -> None:
         if amount <= 0:
@@ -132,6 +143,26 @@ class BenchSnapAccount(BenchAccount):
 
     class Meta:
         namespace = "bench-accounts-snap"
+        snapshot_every = SNAPSHOT_EVERY
+        cache_size = 0
+
+
+class BenchCachedAccount(BenchAccount):
+    """The account with update()'s hot-actor cache on (the default): the "cached" rows."""
+
+    class Meta:
+        namespace = "bench-accounts-cached"
+
+
+class BenchCachedSnapAccount(BenchAccount):
+    """The snapshotted account with the hot-actor cache on.
+
+    Its own namespace and actors: a snapshot is labelled with the class that made
+    it, so the two snapshotted classes cannot share actors.
+    """
+
+    class Meta:
+        namespace = "bench-accounts-snap-cached"
         snapshot_every = SNAPSHOT_EVERY
 
 
@@ -319,6 +350,8 @@ class Bench:
         self.js: Any = None
         # Sync callers (aether's sync API, eventsourcing) run on this one plain thread.
         self.sync_thread = ThreadPoolExecutor(1, thread_name_prefix="bench-sync")
+        # Figure 3's sync variants: one thread per actor, started before anything is timed.
+        self.actor_threads = ThreadPoolExecutor(sizes.actors, thread_name_prefix="bench-actor")
         self.es: Any = None
         self.es_snap: Any = None
         self.raw: RawAccounts | None = None
@@ -376,10 +409,11 @@ class Bench:
         self.snap_actors = [f"acct-{i}" for i in range(actors)]
         raw_store = JetStreamEventStore("raw-accounts-snap", runtime=get_runtime())
         for actor in self.snap_actors:
-            account = BenchSnapAccount.objects.create(actor)
-            for _ in range(PREFILL):
-                account.deposit(1)
-            await account.asave()  # one atomic batch, and the snapshot at v100
+            for model in (BenchSnapAccount, BenchCachedSnapAccount):
+                account = model.objects.create(actor)
+                for _ in range(PREFILL):
+                    account.deposit(1)
+                await account.asave()  # one atomic batch, and the snapshot at v100
             # The raw side's history, written in the same wire format, and its snapshot.
             stored = await raw_store.asave_events(
                 [
@@ -415,6 +449,7 @@ class Bench:
 
             await self.in_sync_thread(close_private)
         self.sync_thread.shutdown()
+        self.actor_threads.shutdown()
         if self.nc is not None:
             await self.nc.close()
         for app in (self.es, self.es_snap):
@@ -465,27 +500,33 @@ async def bench_sequential(b: Bench) -> None:
     progress(f"1. sequential commands, no snapshots ({n} a round, {sizes.rounds} rounds)")
     assert b.raw is not None
     raw = b.raw
-    counters = {"async": 0, "sync": 0, "raw": 0}
+    counters = {"async": 0, "sync": 0, "raw": 0, "thread": 0, "async_cached": 0, "sync_cached": 0}
 
     def actor_for(kind: str, i: int) -> str:
         # A fresh actor every HISTORY commands: histories of 0..19 events.
         return f"{kind}-{(counters[kind] + i) // HISTORY}"
 
-    async def aether_async() -> float:
-        start = clock()
-        for i in range(n):
-            await BenchAccount.objects.aupdate(actor_for("async", i), deposit, create=True)
-        elapsed = clock() - start
-        counters["async"] += n
-        return n / elapsed
+    def aether_async(model: type[BenchAccount], kind: str) -> Callable[[], Awaitable[float]]:
+        async def run() -> float:
+            start = clock()
+            for i in range(n):
+                await model.objects.aupdate(actor_for(kind, i), deposit, create=True)
+            elapsed = clock() - start
+            counters[kind] += n
+            return n / elapsed
 
-    def aether_sync() -> float:
-        start = clock()
-        for i in range(n):
-            BenchAccount.objects.update(actor_for("sync", i), deposit, create=True)
-        elapsed = clock() - start
-        counters["sync"] += n
-        return n / elapsed
+        return run
+
+    def aether_sync(model: type[BenchAccount], kind: str) -> Callable[[], Awaitable[float]]:
+        def run() -> float:
+            start = clock()
+            for i in range(n):
+                model.objects.update(actor_for(kind, i), deposit, create=True)
+            elapsed = clock() - start
+            counters[kind] += n
+            return n / elapsed
+
+        return lambda: b.in_sync_thread(run)
 
     async def raw_round() -> float:
         start = clock()
@@ -520,12 +561,13 @@ async def bench_sequential(b: Bench) -> None:
         counters["thread"] += n
         return n / elapsed
 
-    counters["thread"] = 0
     variants: dict[str, Callable[[], Awaitable[float]]] = {
-        "async": aether_async,
-        "sync": lambda: b.in_sync_thread(aether_sync),
+        "async": aether_async(BenchAccount, "async"),
+        "sync": aether_sync(BenchAccount, "sync"),
         "raw": raw_round,
         "raw_thread": lambda: b.in_sync_thread(raw_thread_round),
+        "async_cached": aether_async(BenchCachedAccount, "async_cached"),
+        "sync_cached": aether_sync(BenchCachedAccount, "sync_cached"),
     }
     label = "raw nats-py: batched direct get + fold + CAS publish"
     es = "eventsourcing, SQLite file"
@@ -536,13 +578,20 @@ async def bench_sequential(b: Bench) -> None:
         [
             (
                 "1a",
-                "command, async `aupdate` (history < 20, no snapshots)",
+                "command, async `aupdate` (history < 20, no snapshots), load every command",
                 "async",
                 "raw",
                 label,
                 VS_RAW,
             ),
-            ("1b", "command, sync `update` from a plain thread", "sync", "raw", label, VS_RAW),
+            (
+                "1b",
+                "command, sync `update` from a plain thread, same",
+                "sync",
+                "raw",
+                label,
+                VS_RAW,
+            ),
             (
                 "1c",
                 "  sync `update` vs eventsourcing get → command → save",
@@ -561,6 +610,22 @@ async def bench_sequential(b: Bench) -> None:
                 "raw nats-py on the sync thread's own loop",
                 {},
             ),
+            (
+                "1g",
+                "  cached: async `aupdate` keeping hot actors (loads 1 command in 20)",
+                "async_cached",
+                "raw",
+                label,
+                {},
+            ),
+            (
+                "1h",
+                "  cached: sync `update` keeping hot actors (loads 1 command in 20)",
+                "sync_cached",
+                "raw",
+                label,
+                {},
+            ),
         ],
     )
 
@@ -573,19 +638,26 @@ async def bench_snapshotted(b: Bench) -> None:
     progress(f"2. sequential commands, snapshot every 20 ({n} a round, {sizes.rounds} rounds)")
     assert b.raw_snap is not None
     raw = b.raw_snap
+    # The async and sync variants use different actors; each class has its own namespace.
     async_actor, sync_actor, raw_actor = b.snap_actors[0], b.snap_actors[1], b.snap_actors[0]
 
-    async def aether_async() -> float:
-        start = clock()
-        for _ in range(n):
-            await BenchSnapAccount.objects.aupdate(async_actor, deposit)
-        return n / (clock() - start)
+    def aether_async(model: type[BenchAccount]) -> Callable[[], Awaitable[float]]:
+        async def run() -> float:
+            start = clock()
+            for _ in range(n):
+                await model.objects.aupdate(async_actor, deposit)
+            return n / (clock() - start)
 
-    def aether_sync() -> float:
-        start = clock()
-        for _ in range(n):
-            BenchSnapAccount.objects.update(sync_actor, deposit)
-        return n / (clock() - start)
+        return run
+
+    def aether_sync(model: type[BenchAccount]) -> Callable[[], Awaitable[float]]:
+        def run() -> float:
+            start = clock()
+            for _ in range(n):
+                model.objects.update(sync_actor, deposit)
+            return n / (clock() - start)
+
+        return lambda: b.in_sync_thread(run)
 
     async def raw_round() -> float:
         start = clock()
@@ -601,9 +673,11 @@ async def bench_snapshotted(b: Bench) -> None:
         return n / (clock() - start)
 
     variants: dict[str, Callable[[], Awaitable[float]]] = {
-        "async": aether_async,
-        "sync": lambda: b.in_sync_thread(aether_sync),
+        "async": aether_async(BenchSnapAccount),
+        "sync": aether_sync(BenchSnapAccount),
         "raw": raw_round,
+        "async_cached": aether_async(BenchCachedSnapAccount),
+        "sync_cached": aether_sync(BenchCachedSnapAccount),
     }
     label = "raw nats-py: snapshot + tail by sequence + CAS publish"
     es = "eventsourcing, SQLite file, snapshotting"
@@ -614,7 +688,7 @@ async def bench_snapshotted(b: Bench) -> None:
         [
             (
                 "2a",
-                "command, async `aupdate`, snapshot every 20, long-lived actor",
+                "command, async `aupdate`, snapshot every 20, long-lived actor, load every command",
                 "async",
                 "raw",
                 label,
@@ -630,6 +704,22 @@ async def bench_snapshotted(b: Bench) -> None:
                 VS_ES,
             ),
             ("2d", "  raw nats-py itself vs eventsourcing", "raw", "es", es, {}),
+            (
+                "2e",
+                "  cached: async `aupdate` keeping the hot actor (no load)",
+                "async_cached",
+                "raw",
+                label,
+                {},
+            ),
+            (
+                "2f",
+                "  cached: sync `update` keeping the hot actor (no load)",
+                "sync_cached",
+                "raw",
+                label,
+                {},
+            ),
         ],
     )
 
@@ -644,42 +734,72 @@ async def bench_concurrent(b: Bench) -> None:
     progress(f"3. {actors} actors at once ({per} commands each a round, {sizes.rounds} rounds)")
     assert b.raw is not None and b.raw_snap is not None
     raw, raw_snap = b.raw, b.raw_snap
-    fresh = {"aether": 0, "raw": 0}
+    # Round counters: each fresh variant starts new actors every round.
+    fresh = {"aether": 0, "raw": 0, "sync": 0, "cached": 0}
+
+    def next_generation(kind: str) -> str:
+        generation = fresh[kind]
+        fresh[kind] += 1
+        return f"conc-{kind}-{generation}"
 
     async def gather(one: Callable[[int], Awaitable[None]]) -> float:
         start = clock()
         await asyncio.gather(*(one(i) for i in range(actors)))
         return total / (clock() - start)
 
-    async def aether_fresh() -> float:
+    def in_threads(one: Callable[[int], None]) -> Callable[[], Awaitable[float]]:
+        # Timed on the sync thread, which hands one actor to each pool thread.
+        def run() -> float:
+            start = clock()
+            list(b.actor_threads.map(one, range(actors)))
+            return total / (clock() - start)
+
+        return lambda: b.in_sync_thread(run)
+
+    def aether_fresh(model: type[BenchAccount], kind: str) -> Callable[[], Awaitable[float]]:
         # Fresh actors each round: histories of 0..per-1 events, no snapshots.
-        generation = fresh["aether"]
-        fresh["aether"] += 1
+        async def run() -> float:
+            prefix = next_generation(kind)
 
-        async def one(i: int) -> None:
-            actor = f"conc-{generation}-{i}"
-            for _ in range(per):
-                await BenchAccount.objects.aupdate(actor, deposit, create=True)
+            async def one(i: int) -> None:
+                for _ in range(per):
+                    await model.objects.aupdate(f"{prefix}-{i}", deposit, create=True)
 
-        return await gather(one)
+            return await gather(one)
+
+        return run
 
     async def raw_fresh() -> float:
-        generation = fresh["raw"]
-        fresh["raw"] += 1
+        prefix = next_generation("raw")
 
         async def one(i: int) -> None:
-            actor = f"conc-{generation}-{i}"
             for _ in range(per):
-                await raw.command(actor)
+                await raw.command(f"{prefix}-{i}")
 
         return await gather(one)
 
-    async def aether_snap() -> float:
-        async def one(i: int) -> None:
-            for _ in range(per):
-                await BenchSnapAccount.objects.aupdate(b.snap_actors[i], deposit)
+    def sync_fresh() -> Awaitable[float]:
+        prefix = next_generation("sync")
 
-        return await gather(one)
+        def one(i: int) -> None:
+            for _ in range(per):
+                BenchAccount.objects.update(f"{prefix}-{i}", deposit, create=True)
+
+        return in_threads(one)()
+
+    def aether_snap(model: type[BenchAccount]) -> Callable[[], Awaitable[float]]:
+        async def run() -> float:
+            async def one(i: int) -> None:
+                for _ in range(per):
+                    await model.objects.aupdate(b.snap_actors[i], deposit)
+
+            return await gather(one)
+
+        return run
+
+    def sync_snap_one(i: int) -> None:
+        for _ in range(per):
+            BenchSnapAccount.objects.update(b.snap_actors[i], deposit)
 
     async def raw_snap_round() -> float:
         async def one(i: int) -> None:
@@ -698,10 +818,14 @@ async def bench_concurrent(b: Bench) -> None:
         return total / (clock() - start)
 
     variants: dict[str, Callable[[], Awaitable[float]]] = {
-        "fresh": aether_fresh,
+        "fresh": aether_fresh(BenchAccount, "aether"),
         "raw_fresh": raw_fresh,
-        "snap": aether_snap,
+        "snap": aether_snap(BenchSnapAccount),
         "raw_snap": raw_snap_round,
+        "sync_fresh": sync_fresh,
+        "sync_snap": in_threads(sync_snap_one),
+        "fresh_cached": aether_fresh(BenchCachedAccount, "cached"),
+        "snap_cached": aether_snap(BenchCachedSnapAccount),
     }
     es = "eventsourcing, snapshotting, one thread"
     await measure_commands(
@@ -711,7 +835,8 @@ async def bench_concurrent(b: Bench) -> None:
         [
             (
                 "3a",
-                f"{actors} actors at once, `aupdate`, no snapshots (history < {per})",
+                f"{actors} actors at once, `aupdate`, no snapshots (history < {per}), "
+                "load every command",
                 "fresh",
                 "raw_fresh",
                 "raw nats-py, 100 tasks",
@@ -719,7 +844,7 @@ async def bench_concurrent(b: Bench) -> None:
             ),
             (
                 "3b",
-                f"{actors} actors at once, `aupdate`, snapshot every 20",
+                f"{actors} actors at once, `aupdate`, snapshot every 20, load every command",
                 "snap",
                 "raw_snap",
                 "raw nats-py snapshot + tail, 100 tasks",
@@ -732,6 +857,41 @@ async def bench_concurrent(b: Bench) -> None:
                 "raw_snap",
                 "es",
                 es,
+                {},
+            ),
+            (
+                "3e",
+                f"{actors} actors at once, sync `update` from {actors} threads, no snapshots, "
+                "load every command",
+                "sync_fresh",
+                "raw_fresh",
+                "raw nats-py, 100 tasks",
+                VS_RAW,
+            ),
+            (
+                "3f",
+                f"{actors} actors at once, sync `update` from {actors} threads, snapshot every 20, "
+                "load every command",
+                "sync_snap",
+                "raw_snap",
+                "raw nats-py snapshot + tail, 100 tasks",
+                VS_RAW,
+            ),
+            ("3g", "  3f against eventsourcing", "sync_snap", "es", es, VS_ES),
+            (
+                "3h",
+                "  cached: 3a keeping hot actors (loads the first command of each actor)",
+                "fresh_cached",
+                "raw_fresh",
+                "raw nats-py, 100 tasks",
+                {},
+            ),
+            (
+                "3i",
+                "  cached: 3b keeping hot actors (loads only in the first round)",
+                "snap_cached",
+                "raw_snap",
+                "raw nats-py snapshot + tail, 100 tasks",
                 {},
             ),
         ],

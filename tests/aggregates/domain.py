@@ -1,13 +1,17 @@
-"""The aggregates the tests use: the example shop's Order in a test namespace, and a Counter."""
+"""The aggregates the tests use: the example shop's Order in a test namespace, a Counter,
+an Article whose state needs the snapshot hooks, and a Parcel whose event changed shape."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 from aether_django.aggregates import Aggregate, apply, evolve, upcaster
 from aether_django.events import Event
 from example_project.shop.aggregates import Order as ShopOrder
 from example_project.shop.aggregates import OrderError
 
-__all__ = ["Counter", "Order", "OrderError"]
+__all__ = ["Article", "Counter", "Order", "OrderError", "Parcel"]
 
 
 class Order(ShopOrder):
@@ -50,3 +54,60 @@ class Counter(Aggregate):
     def _incremented(self, event: Event) -> None:
         self.count += 1
         self.seen.append(event.data["by"])
+
+
+class Article(Aggregate):
+    """Tags in a set, which JSON cannot hold: the snapshot hooks store a sorted list."""
+
+    tags: set[str] = set()
+
+    class Meta:
+        namespace = "test-articles"
+        snapshot_every = 5
+        snapshot_version = 2
+
+    def tag(self, name: str) -> None:
+        self.record("Tagged", name=name)
+
+    @apply("Tagged")
+    def _tagged(self, event: Event) -> None:
+        self.tags.add(event.data["name"])
+
+    def get_snapshot_state(self) -> dict[str, Any]:
+        return {**super().get_snapshot_state(), "tags": sorted(self.tags)}
+
+    def set_snapshot_state(self, state: Mapping[str, Any]) -> None:
+        super().set_snapshot_state(state)
+        self.tags = set(state.get("tags", []))
+
+
+class Parcel(Aggregate):
+    """A weight whose event changed shape twice, with an upcaster for each step.
+
+    Schema 1 wrote ``{"weight": <grams>}``; schema 2 renamed the field to
+    ``"grams"``; schema 3 added the ``"source"`` of the reading.
+    """
+
+    grams: int = 0
+    readings: list[str] = []
+
+    class Meta:
+        namespace = "test-parcels"
+        event_schemas = {"Weighed": 3}
+
+    def weigh(self, grams: int, source: str) -> None:
+        self.record("Weighed", grams=grams, source=source)
+
+    @apply("Weighed")
+    def _weighed(self, event: Event) -> None:
+        self.grams = event.data["grams"]
+        self.readings.append(event.data["source"])
+
+    @upcaster("Weighed", schema=1)
+    def _weighed_v1(event: Event) -> Event:  # type: ignore[misc]
+        data = {k: v for k, v in event.data.items() if k != "weight"}
+        return evolve(event, schema=2, data={**data, "grams": event.data["weight"]})
+
+    @upcaster("Weighed", schema=2)
+    def _weighed_v2(event: Event) -> Event:  # type: ignore[misc]
+        return evolve(event, schema=3, data={**event.data, "source": "unknown"})
