@@ -5,7 +5,8 @@ environment variable ``AETHER_NODE_ID``). Celery beat sends four tasks every
 ``HEARTBEAT_INTERVAL`` to a *broadcast* queue, so every worker runs each of them:
 
 * ``aether_django.heartbeat`` — this node is alive;
-* ``aether_django.elect_or_renew`` — take the leader lease if free, renew it if held;
+* ``aether_django.elect_or_renew`` — take the leader lease if free (and then rebalance
+  at once), renew it if held;
 * ``aether_django.detect_failures`` — as leader, rebalance when an owner has died;
 * ``aether_django.rebalance`` — as leader, spread the shards over the live nodes.
 
@@ -57,12 +58,20 @@ _lock = threading.Lock()
 
 
 def get_coordinator() -> Coordinator:
-    """This process's Coordinator, for this worker's node id."""
+    """This process's Coordinator, for this worker's node id and the current settings."""
     global _coordinator
     with _lock:
-        if _coordinator is None or _coordinator.node_id != node_id():
-            _coordinator = Coordinator(get_runtime(), node_id(), cluster_config())
-        return _coordinator
+        name, config, runtime = node_id(), cluster_config(), get_runtime()
+        current = _coordinator
+        # Rebuilt when the settings or the runtime change (tests override them).
+        if (
+            current is None
+            or current.node_id != name
+            or current.config != config
+            or current.runtime is not runtime
+        ):
+            current = _coordinator = Coordinator(runtime, name, config)
+        return current
 
 
 def _run(coro: Any) -> Any:
@@ -96,9 +105,23 @@ def heartbeat() -> str:
 
 @shared_task(name="aether_django.elect_or_renew", ignore_result=True)
 def elect_or_renew() -> str | None:
-    """Take the lease if nobody holds it, renew it if this node does; return the holder."""
-    lease = _run(get_coordinator().elect_or_renew())
-    return lease.node_id if lease else None
+    """Take the lease if nobody holds it, renew it if this node does; return the holder.
+
+    A node that has just taken the lease rebalances in the same task: its
+    predecessor may have died, and waiting for the next ``rebalance`` task could
+    cost one more interval before the dead leader's shards move.
+    """
+
+    async def elect() -> str | None:
+        coordinator = get_coordinator()
+        lease = await coordinator.elect_or_renew()
+        # The term is the revision that created the lease: equal only when just taken.
+        if coordinator.is_leader and lease is not None and lease.revision == lease.term:
+            await coordinator.rebalance()
+        return lease.node_id if lease else None
+
+    result: str | None = _run(elect())
+    return result
 
 
 @shared_task(name="aether_django.detect_failures", ignore_result=True)
@@ -113,7 +136,16 @@ def detect_failures() -> list[str]:
         shard_map = await coordinator.read_shard_map()
         failed = sorted(set(shard_map.assignment.values()) - alive) if shard_map else []
         if failed:
-            logger.warning("nodes failed: %s; rebalancing", ", ".join(failed))
+            lease = coordinator.lease
+            logger.warning(
+                "nodes failed: %s; rebalancing",
+                ", ".join(failed),
+                extra={
+                    "node": coordinator.node_id,
+                    "term": lease.term if lease else None,
+                    "failed": failed,
+                },
+            )
             await coordinator.rebalance()
         return failed
 
@@ -184,15 +216,36 @@ def _start_hosting(**_: Any) -> None:
 
     async def follow() -> None:
         coordinator = Coordinator(runtime, node_id(), cluster_config())
+        changed = asyncio.Event()
+
+        async def on_notice(_msg: Any) -> None:
+            changed.set()
+
+        # The leader announces each map it writes: follow it at once, and poll every
+        # interval as well in case a notice was missed.
+        subscription = None
+        with contextlib.suppress(Exception):
+            subscription = await coordinator.watch_shard_map(on_notice)
         while not stop.is_set():
+            changed.clear()
             try:
                 shard_map = await coordinator.read_shard_map()
                 mine = set(shard_map.shards_of(node_id())) if shard_map else set()
                 await host.own(mine)
             except Exception:
                 logger.warning("following the shard map failed", exc_info=True)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), coordinator.config.heartbeat_interval)
+            wake = asyncio.ensure_future(changed.wait())
+            halt = asyncio.ensure_future(stop.wait())
+            await asyncio.wait(
+                {wake, halt},
+                timeout=coordinator.config.heartbeat_interval,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            wake.cancel()
+            halt.cancel()
+        if subscription is not None:
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
         await host.stop()
 
     _hosting["stop"] = stop

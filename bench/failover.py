@@ -70,8 +70,8 @@ HEARTBEAT = 1.0
 FAILURE_TIMEOUT = 3.0
 #: How often the observer looks at the cluster while a failover runs.
 POLL = 0.05
-#: The cluster tests' bound on reassignment after a kill.
-REASSIGN_BOUND = FAILURE_TIMEOUT + 5.0
+#: The bound on reassignment after a kill that the cluster tests assert ("within 5 s").
+REASSIGN_BOUND = 5.0
 #: What verify() found, for the JSON output.
 CHECKED: dict[str, Any] = {}
 
@@ -510,7 +510,7 @@ def add_rows(
         f"reassignment, max of {n} kills",
         reassign[1],
         "s",
-        baseline_label="the cluster tests' bound",
+        baseline_label="the bound the cluster tests assert",
         target=f"≤ {REASSIGN_BOUND:.0f} s",
         met=reassign[1] <= REASSIGN_BOUND,
     )
@@ -538,6 +538,8 @@ def add_rows(
         len(load.failures),
         "commands",
         baseline_label=", ".join(f"{k}: {v}" for k, v in kinds.most_common()) or "none",
+        target="0",
+        met=len(load.failures) == 0,
     )
     mismatched = len(checked["mismatched"])
     report.add(

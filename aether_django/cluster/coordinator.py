@@ -12,7 +12,10 @@ Consensus is NATS's, not ours: every decision is a compare-and-set on the server
 * **Shard map.** ``shardmap`` is written by the leader only, in one atomic batch
   with a re-put of ``leader`` that expects the leader's current revision: the
   lease revision is the fencing token, so a deposed leader's write (say, after a
-  long pause) is refused whole.
+  long pause) is refused whole. After a write is stored the leader publishes its
+  revision on ``aether.cluster.{bucket}.shardmap`` (plain NATS, not stored), so
+  nodes follow a new map at once instead of at their next tick; the bucket stays
+  the only source of truth, the notice only says when to read it.
 
 The bucket's stream is made here (not by nats-py's KV helper) because it needs
 atomic batches and per-message TTLs.
@@ -24,9 +27,11 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from nats.aio.msg import Msg
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
 
@@ -130,6 +135,9 @@ class ShardMap:
     revision: int = 0
     moved: int = 0
     updated_at: float = field(default_factory=time.time)
+    #: Shards moved by every rebalance so far, carried from map to map by each leader,
+    #: so any process can report the cluster's total (the metrics endpoint does).
+    moves_total: int = 0
 
     def owner(self, shard: int) -> str | None:
         return self.assignment.get(shard)
@@ -152,6 +160,7 @@ class ShardMap:
                 "term": self.term,
                 "moved": self.moved,
                 "updated_at": self.updated_at,
+                "moves_total": self.moves_total,
             },
             separators=(",", ":"),
         ).encode()
@@ -168,6 +177,7 @@ class ShardMap:
             revision=revision,
             moved=int(doc.get("moved", 0)),
             updated_at=float(doc.get("updated_at", 0)),
+            moves_total=int(doc.get("moves_total", 0)),
         )
 
 
@@ -191,6 +201,19 @@ class Coordinator:
 
     def _key(self, key: str) -> str:
         return f"$KV.{self.config.bucket}.{key}"
+
+    @property
+    def map_subject(self) -> str:
+        """Where the leader announces each shard map it wrote (the revision, as text)."""
+        return f"aether.cluster.{self.config.bucket}.shardmap"
+
+    async def watch_shard_map(self, callback: Callable[[Msg], Awaitable[None]]) -> Any:
+        """Call ``callback`` whenever a new shard map is written; return the subscription.
+
+        A notice is only a hint to read the map now: it can be missed (the
+        subscriber was away) and then the next tick's read catches up.
+        """
+        return await (await self._nc()).subscribe(self.map_subject, cb=callback)
 
     async def _nc(self) -> Any:
         return await self.runtime.connection()
@@ -379,7 +402,12 @@ class Coordinator:
             else:
                 self.lease = Lease(self.node_id, revision, revision, since)
                 metrics.LEADER_CHANGES.inc()
-                logger.info("node %s is leader (term %s)", self.node_id, revision)
+                logger.info(
+                    "node %s is leader (term %s)",
+                    self.node_id,
+                    revision,
+                    extra={"node": self.node_id, "term": revision},
+                )
                 return self.lease
         self.lease = current if current is not None and current.node_id == self.node_id else None
         return current
@@ -435,6 +463,12 @@ class Coordinator:
                 ) from exc
             raise
         self.lease = Lease(lease.node_id, lease.term, seq - 1, lease.since)
+        try:
+            # Only after the write is stored: a follower that reads on this notice
+            # must find the new map, and a fenced write must announce nothing.
+            await nc.publish(self.map_subject, str(seq).encode())
+        except Exception:
+            logger.debug("could not announce shard map %d", seq, exc_info=True)
         return ShardMap(
             shard_map.num_shards,
             shard_map.assignment,
@@ -442,6 +476,7 @@ class Coordinator:
             seq,
             shard_map.moved,
             shard_map.updated_at,
+            shard_map.moves_total,
         )
 
     async def rebalance(self) -> Plan | None:
@@ -460,11 +495,21 @@ class Coordinator:
             assignment=plan.assignment,
             term=self.lease.term,
             moved=plan.moved_count,
+            moves_total=(current.moves_total if current else 0) + plan.moved_count,
         )
         await self.write_shard_map(new_map, current.revision if current else 0)
         metrics.SHARD_MOVES.inc(plan.moved_count)
         logger.info(
-            "leader %s moved %d shards over %d nodes", self.node_id, plan.moved_count, len(alive)
+            "leader %s moved %d shards over %d nodes",
+            self.node_id,
+            plan.moved_count,
+            len(alive),
+            extra={
+                "node": self.node_id,
+                "term": self.lease.term,
+                "moved": plan.moved_count,
+                "nodes": len(alive),
+            },
         )
         return plan
 
@@ -489,7 +534,11 @@ class Coordinator:
             await self.rebalance()
         except FencedOutError:
             self.fenced += 1
-            logger.warning("node %s was deposed: its shard-map write was fenced", self.node_id)
+            logger.warning(
+                "node %s was deposed: its shard-map write was fenced",
+                self.node_id,
+                extra={"node": self.node_id},
+            )
 
 
 def _fields(info: NodeInfo) -> dict[str, Any]:

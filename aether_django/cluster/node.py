@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from nats.aio.msg import Msg
+
 from ..store.base import Runtime
-from .coordinator import ClusterConfig, Coordinator
+from .coordinator import ClusterConfig, Coordinator, Lease
 from .routing import ShardHost
 
 logger = logging.getLogger(__name__)
@@ -33,6 +35,7 @@ class ClusterNode:
         self.node_id = node_id
         self.on_change = on_change
         self._last: dict[str, Any] = {}
+        self._leader: Lease | None = None
 
     @property
     def config(self) -> ClusterConfig:
@@ -40,7 +43,16 @@ class ClusterNode:
 
     async def tick(self) -> dict[str, Any]:
         """One round: heartbeat, lease, rebalance if leader, then follow the shard map."""
-        lease = await self.coordinator.tick(shard_count=len(self.host.shards))
+        self._leader = await self.coordinator.tick(shard_count=len(self.host.shards))
+        return await self.follow()
+
+    async def follow(self) -> dict[str, Any]:
+        """Serve exactly the shards the current map gives this node; report any change.
+
+        Also run alone on a map notice between ticks; the leader reported is then
+        the holder the last tick saw.
+        """
+        lease = self._leader
         shard_map = await self.coordinator.read_shard_map()
         mine = set(shard_map.shards_of(self.node_id)) if shard_map else set()
         gained, lost = await self.host.own(mine)
@@ -59,16 +71,60 @@ class ClusterNode:
         return state
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Tick every heartbeat interval until ``stop`` is set; then leave the cluster."""
+        """Tick every heartbeat interval until ``stop`` is set; then leave the cluster.
+
+        Ticks keep a fixed rate (a slow tick does not push the next one later), so
+        a heartbeat or a leader's look at the members is never more than one
+        interval away. Between ticks a new shard map is followed as soon as the
+        leader announces it, not at the next tick: a failover then costs the
+        lease or heartbeat expiry plus at most one interval, not two.
+        """
+        loop = asyncio.get_running_loop()
+        interval = self.config.heartbeat_interval
+        changed = asyncio.Event()
+
+        async def on_notice(_msg: Msg) -> None:
+            changed.set()
+
+        subscription = None
         try:
+            with contextlib.suppress(Exception):  # without notices, ticks still follow
+                subscription = await self.coordinator.watch_shard_map(on_notice)
+            next_tick = loop.time()
             while not stop.is_set():
+                now = loop.time()
+                if now >= next_tick:
+                    next_tick += interval
+                    if next_tick <= now:
+                        # More than an interval behind (a long tick, a paused process):
+                        # tick now, once, rather than in a burst to catch up.
+                        next_tick = now + interval
+                    changed.clear()
+                    await self._guarded(self.tick())
+                    continue
+                if changed.is_set():
+                    changed.clear()
+                    await self._guarded(self.follow())
+                    continue
+                wake = asyncio.ensure_future(changed.wait())
+                halt = asyncio.ensure_future(stop.wait())
                 try:
-                    await self.tick()
-                except Exception:
-                    logger.warning("tick of node %s failed", self.node_id, exc_info=True)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.config.heartbeat_interval)
+                    await asyncio.wait(
+                        {wake, halt}, timeout=next_tick - now, return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
+                    wake.cancel()
+                    halt.cancel()
         finally:
+            if subscription is not None:
+                with contextlib.suppress(Exception):
+                    await subscription.unsubscribe()
             await self.host.stop()
             with contextlib.suppress(Exception):
                 await self.coordinator.leave()
+
+    async def _guarded(self, step: Awaitable[Any]) -> None:
+        try:
+            await step
+        except Exception:
+            logger.warning("tick of node %s failed", self.node_id, exc_info=True)

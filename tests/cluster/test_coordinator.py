@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 import pytest
+from django.test import override_settings
 
+from aether_django.cluster import cluster_config
 from aether_django.cluster.coordinator import (
     ClusterConfig,
     Coordinator,
     FencedOutError,
     ShardMap,
 )
+from aether_django.conf import DEFAULTS
+from aether_django.jsapi import ERR_WRONG_LAST_SEQUENCE, JetStreamRefused
 from aether_django.runtime import Runtime
 
 
@@ -39,9 +44,13 @@ async def test_heartbeats_make_nodes_alive_and_silence_makes_them_failed(cluster
     await a.heartbeat()
     await b.heartbeat()
     assert await observer.alive_nodes() == ["node-a", "node-b"]
-    for _ in range(8):  # only b keeps beating
+    silent_since = time.monotonic()
+    for i in range(8):  # only b keeps beating
         await b.heartbeat()
         await asyncio.sleep(0.2)
+        if i == 1 and time.monotonic() - silent_since < 0.7:
+            # Silent for less than the failure timeout (1 s): still alive.
+            assert await observer.alive_nodes() == ["node-a", "node-b"]
     assert await observer.alive_nodes() == ["node-b"]
     statuses = {n.node_id: n.status for n in await observer.nodes()}
     assert statuses == {"node-a": "failed", "node-b": "alive"}
@@ -132,3 +141,39 @@ async def test_leaving_releases_the_lease_at_once(cluster):
     assert await b.alive_nodes() == []
     lease = await b.elect_or_renew()
     assert lease.node_id == "node-b"
+
+
+def test_the_defaults_are_one_second_heartbeats_three_second_failures_and_1024_shards():
+    expected = (1.0, 3.0, 1024, "aether_cluster")
+    assert (
+        DEFAULTS["HEARTBEAT_INTERVAL"],
+        DEFAULTS["FAILURE_TIMEOUT"],
+        DEFAULTS["NUM_SHARDS"],
+        DEFAULTS["CLUSTER_BUCKET"],
+    ) == expected
+    default = ClusterConfig()
+    assert (
+        default.heartbeat_interval,
+        default.failure_timeout,
+        default.num_shards,
+        default.bucket,
+    ) == expected
+    with override_settings(AETHER={}):  # a project that sets none of them
+        configured = cluster_config()
+    assert configured == default
+
+
+async def test_a_lease_renewal_with_an_out_of_date_revision_is_refused(cluster):
+    a, b = cluster("node-a"), cluster("node-b")
+    held = await a.elect_or_renew()
+    assert held is not None and held.node_id == "node-a"
+    # Behind a's back the lease moves on (as when it expired and b took it).
+    await b._put("leader", b._lease_doc(None, time.time()), expected=held.revision, ttl=1.0)
+    # a's renewal, still expecting the revision it knew, is refused by the server ...
+    with pytest.raises(JetStreamRefused) as refused:
+        await a._put("leader", a._lease_doc(held.term, held.since), expected=held.revision)
+    assert refused.value.code == ERR_WRONG_LAST_SEQUENCE
+    assert (await b.read_lease()).node_id == "node-b"
+    # ... and renewing through the coordinator leaves a following b, not leading.
+    assert (await a.elect_or_renew()).node_id == "node-b"
+    assert not a.is_leader

@@ -112,3 +112,83 @@ def test_invalid_arguments():
     with pytest.raises(ValueError):
         shard_for("x", 0)
     assert plan_assignment(10, []).assignment == {}
+
+
+@given(NODES, st.text())
+def test_the_ring_prefers_every_node_once_starting_with_the_keys_owner(nodes, key):
+    ring = ConsistentHashRing(nodes)
+    preference = ring.preference(key)
+    assert sorted(preference) == sorted(nodes)  # a permutation of the nodes
+    assert preference[0] == ring.node_for(key)
+
+
+@given(NODES, st.text())
+def test_without_its_first_choice_a_key_goes_to_its_second(nodes, key):
+    ring = ConsistentHashRing(nodes)
+    preference = ring.preference(key)
+    ring.remove(preference[0])
+    assert ring.preference(key) == preference[1:]
+
+
+def test_virtual_nodes_spread_keys_near_evenly():
+    nodes = [f"node-{c}" for c in "abcde"]
+    keys = [f"order-{i}" for i in range(10_000)]
+    fair = len(keys) / len(nodes)
+
+    def shares(vnodes: int) -> list[int]:
+        ring = ConsistentHashRing(nodes, vnodes=vnodes)
+        counts = {node: 0 for node in nodes}
+        for key in keys:
+            counts[ring.node_for(key)] += 1
+        return sorted(counts.values())
+
+    many = shares(64)
+    # With 64 points per node no node gets far from its fair share ...
+    assert many[-1] < 1.5 * fair and many[0] > 0.5 * fair, many
+    # ... while one point per node leaves the ring lopsided.
+    one = shares(1)
+    assert one[-1] - one[0] > many[-1] - many[0], (one, many)
+
+
+def test_a_ring_needs_at_least_one_virtual_node_per_node():
+    with pytest.raises(ValueError):
+        ConsistentHashRing(["a"], vnodes=0)
+    with pytest.raises(ValueError):
+        ConsistentHashRing().node_for("x")
+    assert ConsistentHashRing().preference("x") == []
+
+
+@settings(max_examples=200)
+@given(SHARDS, NODES, NODE)
+def test_plans_from_a_previous_map_are_deterministic(num_shards, nodes, new):
+    before = plan_assignment(num_shards, nodes).assignment
+    grown = [*nodes, new]
+    assert plan_assignment(num_shards, list(reversed(grown)), before) == plan_assignment(
+        num_shards, grown, before
+    )
+    shrunk = nodes[1:] or [new]
+    assert plan_assignment(num_shards, list(reversed(shrunk)), before) == plan_assignment(
+        num_shards, shrunk, before
+    )
+
+
+@settings(max_examples=200)
+@given(SHARDS, st.lists(NODE, min_size=2, max_size=6, unique=True), st.data())
+def test_from_an_unbalanced_map_shards_move_only_from_the_fullest_nodes(num_shards, nodes, data):
+    # Any previous map over these nodes, however lopsided.
+    owners = data.draw(st.lists(st.sampled_from(nodes), min_size=num_shards, max_size=num_shards))
+    previous = dict(enumerate(owners))
+    plan = plan_assignment(num_shards, nodes, previous)
+    before, after = shard_counts(previous), shard_counts(plan.assignment)
+    counts = [after.get(n, 0) for n in nodes]
+    assert max(counts) - min(counts) <= 1
+    base = num_shards // len(nodes)
+    for shard in plan.moved:
+        donor, taker = previous[shard], plan.assignment[shard]
+        # Only a node above its share gives, only a node below it takes ...
+        assert before[donor] > base and after[donor] < before[donor]
+        assert before.get(taker, 0) < after[taker]
+    # ... and no more moves than balancing needs: each node ends within one of
+    # the share, having moved exactly the difference.
+    needed = sum(max(0, before.get(n, 0) - after.get(n, 0)) for n in nodes)
+    assert plan.moved_count == needed

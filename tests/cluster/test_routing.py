@@ -1,15 +1,18 @@
-"""Serving commands: the owner runs each command id once, even when asked twice."""
+"""Serving commands on a shard's owner: command ids run once, retries, hot actors, handover."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 
+import pytest
+
 from aether_django.cluster.hashring import shard_for
-from aether_django.cluster.routing import ShardHost, shard_subject
+from aether_django.cluster.routing import ShardHost, ShardUnavailableError, send, shard_subject
 from aether_django.runtime import Runtime
 
-from ..aggregates.domain import Order
+from ..aggregates.domain import Counter, Order
 
 
 async def test_a_repeated_command_id_is_answered_without_running_again(nats_url):
@@ -48,3 +51,156 @@ async def test_a_repeated_command_id_is_answered_without_running_again(nats_url)
         ]
     finally:
         runtime.close()
+
+
+async def test_with_no_owner_a_send_fails_clearly_within_its_timeout(nats_url):
+    runtime = Runtime(nats_url)
+    try:
+        actor = f"order-{uuid.uuid4().hex[:8]}"
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(ShardUnavailableError) as raised:
+            await send(runtime, "test-orders", actor, None, num_shards=100, timeout=0.5)
+        took = loop.time() - started
+        # It kept trying for the whole timeout, and not much longer.
+        assert 0.5 <= took <= 1.0, took
+        subject = shard_subject(shard_for(actor, 100))
+        assert actor in str(raised.value) and subject in str(raised.value)
+    finally:
+        runtime.close()
+
+
+async def test_a_send_retries_while_the_shard_moves_and_succeeds_once_it_has_an_owner(nats_url):
+    runtime = Runtime(nats_url)
+    host = ShardHost(runtime, "node-b")
+    try:
+        actor = f"order-{uuid.uuid4().hex[:8]}"
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        sending = asyncio.ensure_future(
+            send(runtime, "test-orders", actor, "place", num_shards=100, timeout=5, customer="c")
+        )
+        await asyncio.sleep(0.5)
+        assert not sending.done()  # nobody owns the shard yet: still retrying
+        await host.own({shard_for(actor, 100)})  # the shard arrives
+        answer = await asyncio.wait_for(sending, 5)
+        assert answer["node"] == "node-b" and answer["version"] == 1
+        assert loop.time() - started >= 0.5
+    finally:
+        await host.stop()
+        runtime.close()
+
+
+async def test_a_hot_actor_is_loaded_once_and_dropped_when_its_shard_is_lost(nats_url, monkeypatch):
+    loads: list[str] = []
+    load = Order.objects.aget
+
+    async def counting_load(actor_id, **kwargs):
+        loads.append(actor_id)
+        return await load(actor_id, **kwargs)
+
+    monkeypatch.setattr(Order.objects, "aget", counting_load)
+    runtime = Runtime(nats_url)
+    host = ShardHost(runtime, "node-a")
+    try:
+        actor = f"order-{uuid.uuid4().hex[:8]}"
+        shard = shard_for(actor, 100)
+        await host.own({shard})
+
+        async def command(name, **arguments):
+            return await send(runtime, "test-orders", actor, name, num_shards=100, **arguments)
+
+        await command("place", customer="ann")
+        answer = await command("add_line", sku="pen", quantity=1, price_cents=2)
+        assert answer["version"] == 2
+        assert loads == [actor]  # two commands, one load: the second used memory
+
+        # Losing the shard drops the actor (its next owner may change it) ...
+        await host.own(set())
+        await host.own({shard})
+        assert (await command(None))["version"] == 2
+        assert loads == [actor, actor]  # ... so having it back means loading it again
+    finally:
+        await host.stop()
+        runtime.close()
+
+
+async def test_a_shard_handed_to_another_host_is_served_from_snapshot_plus_events(
+    nats_url, monkeypatch
+):
+    runtime = Runtime(nats_url)
+    first, second = ShardHost(runtime, "node-a"), ShardHost(runtime, "node-b")
+    actor = f"counter-{uuid.uuid4().hex[:8]}"
+    shard = shard_for(actor, 100)
+    try:
+        await first.own({shard})
+        for i in range(30):  # Counter snapshots every 25 versions
+            await send(runtime, "test-counters", actor, "increment", num_shards=100, by=f"c{i}")
+        store = Counter.get_store()
+        snapshot = await store.aget_latest_snapshot(actor)
+        assert snapshot is not None and snapshot.version == 25
+
+        reads: list[int] = []
+        read_events = store.aget_events
+
+        async def recording_read(actor_id, from_version=0, **kwargs):
+            if actor_id == actor:
+                reads.append(from_version)
+            return await read_events(actor_id, from_version, **kwargs)
+
+        monkeypatch.setattr(store, "aget_events", recording_read)
+        await first.stop()  # the shard moves
+        await second.own({shard})
+        answer = await send(runtime, "test-counters", actor, None, num_shards=100)
+        assert answer["node"] == "node-b" and answer["version"] == 30
+        assert answer["state"]["count"] == 30
+        assert answer["state"]["seen"] == [f"c{i}" for i in range(30)]
+        assert reads == [26]  # only the 5 events after the snapshot were read
+    finally:
+        await first.stop()
+        await second.stop()
+        runtime.close()
+
+
+async def test_two_hosts_that_both_own_a_shard_never_store_two_versions_at_one_number(nats_url):
+    # As during a move or a split brain: both subscribe, so both receive every request
+    # and both run it on their own (soon stale) in-memory copy of the actor.
+    runtimes = [Runtime(nats_url), Runtime(nats_url)]
+    hosts = [ShardHost(runtimes[0], "node-a"), ShardHost(runtimes[1], "node-b")]
+    actor = f"order-{uuid.uuid4().hex[:8]}"
+    subject = shard_subject(shard_for(actor, 100))
+    try:
+        for host in hosts:
+            await host.own({shard_for(actor, 100)})
+        nc = await runtimes[0].connection()
+
+        async def ask(command, command_id, **arguments):
+            body = {"namespace": "test-orders", "actor_id": actor, "command": command,
+                    "arguments": arguments, "command_id": command_id}  # fmt: skip
+            reply = await nc.request(subject, json.dumps(body).encode(), timeout=10)
+            return json.loads(reply.data)
+
+        assert (await ask("place", "c-place", customer="ann"))["version"] == 1
+        ids = [f"c-{i}" for i in range(12)]
+        answers = await asyncio.gather(
+            *(ask("add_line", i, sku=i, quantity=1, price_cents=1) for i in ids)
+        )
+        await asyncio.sleep(0.5)  # let the slower host finish its copies
+
+        events = await Order.get_store().aget_events(actor)
+        assert [e.version for e in events] == list(range(1, len(ids) + 2))
+        stored = {e.command_id: e.version for e in events}
+        assert len(stored) == len(events)  # each command id stored once
+        # Both received every command, yet exactly one save of each succeeded: the
+        # other host's save conflicted (the store's check), or its reloaded history
+        # already held the command.
+        assert sum(host.served for host in hosts) == len(events)
+        # Each caller was told the version its own command was stored at.
+        assert {i: a["version"] for i, a in zip(ids, answers, strict=True)} == {
+            i: stored[i] for i in ids
+        }
+    finally:
+        for host in hosts:
+            await host.stop()
+        for runtime in runtimes:
+            runtime.close()
