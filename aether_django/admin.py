@@ -17,7 +17,9 @@ Every inspection page answers 405 to methods other than GET and HEAD.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from django.contrib import admin
@@ -27,6 +29,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path
 from django.views.decorators.http import require_safe
+from nats.errors import Error as NatsError
 
 from .aggregates import AggregateDoesNotExist, get_aggregate_class
 from .api.access import access_for
@@ -39,6 +42,10 @@ from .runtime import get_runtime
 from .store import get_event_store, list_namespaces
 
 ACTORS_PER_PAGE = 100
+
+# What the namespace pages answer with the "unavailable" page (503): the store's own
+# errors, and a timeout or lost connection that reaches this far untranslated.
+UNAVAILABLE = (AetherError, OSError, NatsError)
 
 # One message for a namespace that does not exist and for one the user may not read,
 # so that the two answers are the same.
@@ -150,7 +157,7 @@ class StreamAdmin(_InspectionAdmin):
         try:
             # Figures only of readable namespaces: the others are not even asked about.
             infos = [get_event_store(ns).get_info() for ns in access.readable(list_namespaces())]
-        except AetherError as exc:
+        except UNAVAILABLE as exc:
             return self.error_page(request, exc)
         return self.render(
             request,
@@ -165,7 +172,7 @@ class StreamAdmin(_InspectionAdmin):
         store = get_event_store(namespace)
         try:
             info = store.get_info()
-        except AetherError as exc:
+        except UNAVAILABLE as exc:
             return self.error_page(request, exc)
         if info is None:
             raise Http404(NO_SUCH_NAMESPACE)
@@ -201,7 +208,7 @@ class StreamAdmin(_InspectionAdmin):
         try:
             result = store.get_events_with_errors(actor_id)
             snapshot = store.get_latest_snapshot(actor_id)
-        except AetherError as exc:
+        except UNAVAILABLE as exc:
             return self.error_page(request, exc)
         if not result.events and not result.errors:
             raise Http404(NO_SUCH_ACTOR)
@@ -252,7 +259,16 @@ class ClusterAdmin(_InspectionAdmin):
             nodes = runtime.run(coordinator.nodes())
         except Exception as exc:  # NATS down, bucket unreadable: say so, don't 500
             return self.error_page(request, exc)
-        return self.render(request, "nodes.html", title="Cluster nodes", lease=lease, nodes=nodes)
+        now = time.time()
+        rows = [
+            {
+                "node": node,
+                "heartbeat": datetime.fromtimestamp(node.last_heartbeat, UTC),
+                "seconds_ago": max(0.0, round(now - node.last_heartbeat, 1)),
+            }
+            for node in nodes
+        ]
+        return self.render(request, "nodes.html", title="Cluster nodes", lease=lease, nodes=rows)
 
     def shards_view(self, request: HttpRequest) -> HttpResponse:
         coordinator = self._coordinator()

@@ -3,6 +3,11 @@
 Pure: imports neither Django nor nats. Counters and histograms are plain dict
 updates under the GIL, cheap enough for the save path. ``render()`` is what the
 ``metrics/`` endpoint serves.
+
+Most metrics count what this process did. The ``aether_cluster_*`` figures (and
+``aether_cluster_nodes``) describe the whole cluster instead: the endpoint reads
+them from the cluster bucket at each scrape and hands them to ``render(collected)``,
+because the nodes that lead, rebalance and heartbeat (Celery workers) serve no HTTP.
 """
 
 from __future__ import annotations
@@ -10,12 +15,18 @@ from __future__ import annotations
 import bisect
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 __all__ = [
     "BUS_DELIVERED",
     "BUS_LAG",
+    "BUS_OVERFLOWS",
     "BUS_SUBSCRIPTIONS",
+    "CLUSTER_LEADER",
+    "CLUSTER_LEADER_TERM",
+    "CLUSTER_READABLE",
+    "CLUSTER_SHARDS",
+    "CLUSTER_SHARD_MOVES",
     "LEADER_CHANGES",
     "NODES",
     "SAVES",
@@ -25,10 +36,13 @@ __all__ = [
     "Counter",
     "Gauge",
     "Histogram",
+    "Samples",
     "render",
 ]
 
 Labels = tuple[tuple[str, str], ...]
+#: Samples computed at scrape time: (labels, value) pairs, e.g. ``[({"status": "alive"}, 3)]``.
+Samples = Iterable[tuple[Mapping[str, str], float]]
 _metrics: list[_Metric] = []
 
 
@@ -58,6 +72,11 @@ class _Metric:
 
     def lines(self) -> list[str]:
         raise NotImplementedError
+
+    def sample_lines(self, samples: Samples) -> list[str]:
+        """``samples`` as exposition lines of this metric (for values collected at scrape time)."""
+        values = {_labels(dict(labels)): float(value) for labels, value in samples}
+        return [f"{self.name}{_format_labels(k)} {v}" for k, v in sorted(values.items())]
 
 
 class Counter(_Metric):
@@ -135,13 +154,21 @@ class Histogram(_Metric):
         return out
 
 
-def render() -> str:
-    """Every metric in the Prometheus text exposition format (version 0.0.4)."""
+def render(collected: Mapping[_Metric, Samples] | None = None) -> str:
+    """Every metric in the Prometheus text exposition format (version 0.0.4).
+
+    ``collected`` gives the samples of metrics computed at scrape time; they replace
+    whatever this process holds for those metrics, so a stale local value is never
+    shown next to (or instead of) the value just read.
+    """
     out: list[str] = []
     for metric in _metrics:
         out.append(f"# HELP {metric.name} {metric.help}")
         out.append(f"# TYPE {metric.name} {metric.kind}")
-        out.extend(metric.lines())
+        if collected is not None and metric in collected:
+            out.extend(metric.sample_lines(collected[metric]))
+        else:
+            out.extend(metric.lines())
     return "\n".join(out) + "\n"
 
 
@@ -157,6 +184,31 @@ BUS_LAG = Histogram(
     "aether_bus_lag_seconds", "Time from an event's timestamp to its delivery.", _LATENCY
 )
 BUS_SUBSCRIPTIONS = Gauge("aether_bus_subscriptions", "Live bus subscriptions in this process.")
-NODES = Gauge("aether_cluster_nodes", "Nodes by status, as last seen by this process.")
-LEADER_CHANGES = Counter("aether_leader_changes_total", "Times this process took the lease.")
-SHARD_MOVES = Counter("aether_shard_moves_total", "Shards moved by this process's rebalances.")
+BUS_OVERFLOWS = Counter(
+    "aether_bus_overflows_total",
+    "Bus subscriptions ended because their subscriber fell a full buffer behind.",
+)
+NODES = Gauge(
+    "aether_cluster_nodes",
+    "Nodes by status (alive, failed), read from the cluster bucket at each scrape.",
+)
+LEADER_CHANGES = Counter(
+    "aether_leader_changes_total", "Times this process took the leader lease (node processes)."
+)
+SHARD_MOVES = Counter(
+    "aether_shard_moves_total", "Shards moved by this process's rebalances (node processes)."
+)
+# Read from the cluster bucket at each scrape (see the module docstring).
+CLUSTER_READABLE = Gauge(
+    "aether_cluster_readable", "1 when the cluster figures were read at this scrape, else 0."
+)
+CLUSTER_LEADER_TERM = Gauge(
+    "aether_cluster_leader_term",
+    "Term of the leader lease, 0 when nobody holds it; every change is a leader change.",
+)
+CLUSTER_LEADER = Gauge("aether_cluster_leader", "1 for the node that holds the leader lease.")
+CLUSTER_SHARDS = Gauge("aether_cluster_shards", "Shards each node owns in the shard map.")
+CLUSTER_SHARD_MOVES = Counter(
+    "aether_cluster_shard_moves_total",
+    "Shards moved by every rebalance of every leader, as recorded in the shard map.",
+)

@@ -3,20 +3,32 @@
 Mount with ``path("aether/", include("aether_django.urls"))``. ``healthz`` and
 ``readyz`` reveal nothing and need no login (load balancers call them);
 ``metrics`` needs a staff session or ``Authorization: Bearer <METRICS_TOKEN>``.
+
+The cluster figures of ``metrics`` (nodes by status, the leader and its term, shards
+per node, shard moves) are read from the cluster bucket at each scrape, not counted
+in this process: the nodes that lead and rebalance are Celery workers, which serve no
+HTTP, so a web process's own counters would say nothing about them.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import hmac
 import json
+import logging
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from . import metrics
+from .cluster import cluster_config
+from .cluster.coordinator import Coordinator
 from .conf import aether_settings
 from .jsapi import parse_ack
 from .runtime import get_runtime
+
+logger = logging.getLogger(__name__)
 
 
 def healthz(request: HttpRequest) -> HttpResponse:
@@ -56,4 +68,52 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
         return HttpResponse(
             json.dumps({"code": "not_authenticated"}), status=401, content_type="application/json"
         )
-    return HttpResponse(metrics.render(), content_type="text/plain; version=0.0.4")
+    return HttpResponse(metrics.render(cluster_samples()), content_type="text/plain; version=0.0.4")
+
+
+async def _read_cluster(coordinator: Coordinator) -> dict[Any, metrics.Samples]:
+    lease = await coordinator.read_lease()
+    nodes = await coordinator.nodes()
+    shard_map = await coordinator.read_shard_map()
+    statuses = {"alive": 0, "failed": 0}
+    for node in nodes:
+        statuses[node.status] = statuses.get(node.status, 0) + 1
+    return {
+        metrics.CLUSTER_READABLE: [({}, 1)],
+        metrics.NODES: [({"status": status}, n) for status, n in statuses.items()],
+        metrics.CLUSTER_LEADER_TERM: [({}, lease.term if lease else 0)],
+        metrics.CLUSTER_LEADER: [({"node": lease.node_id}, 1)] if lease else [],
+        metrics.CLUSTER_SHARDS: [
+            ({"node": node}, count)
+            for node, count in (shard_map.counts() if shard_map else {}).items()
+        ],
+        metrics.CLUSTER_SHARD_MOVES: [({}, shard_map.moves_total if shard_map else 0)],
+    }
+
+
+def cluster_samples() -> dict[Any, metrics.Samples]:
+    """The cluster figures, read from the cluster bucket now.
+
+    When the bucket cannot be read (NATS away), ``aether_cluster_readable`` is 0 and
+    the other cluster figures have no samples: an absent value, rather than a stale
+    or made-up one.
+    """
+    # Bounded like readyz: a scrape must answer even when NATS does not.
+    timeout = min(float(aether_settings.TIMEOUT), 2.0)
+    config = dataclasses.replace(cluster_config(), timeout=timeout)
+    coordinator = Coordinator(get_runtime(), "metrics", config)
+    empty: dict[Any, metrics.Samples] = {
+        metric: []
+        for metric in (
+            metrics.NODES,
+            metrics.CLUSTER_LEADER_TERM,
+            metrics.CLUSTER_LEADER,
+            metrics.CLUSTER_SHARDS,
+            metrics.CLUSTER_SHARD_MOVES,
+        )
+    }
+    try:
+        return get_runtime().run(asyncio.wait_for(_read_cluster(coordinator), timeout * 3))
+    except Exception:  # NATS down or the bucket unreadable: report it, don't fail the scrape
+        logger.warning("could not read the cluster bucket for metrics", exc_info=True)
+        return {**empty, metrics.CLUSTER_READABLE: [({}, 0)]}

@@ -5,7 +5,10 @@ subscriber falls so far behind that its buffer is full, the subscription is
 ended: the subscriber first receives what was buffered, then
 SubscriptionOverflowError carrying the last stream sequence it received per
 namespace, from which it can resume (from the store, or with a new subscription
-starting at that sequence). The Go original drops events in that case.
+starting at ``overflow.resume_start()``). The Go original drops events in that case.
+A callback subscription is told through its ``on_error`` callback, and every
+overflow is counted (``bus.metrics["overflowed"]`` and the Prometheus counter
+``aether_bus_overflows_total``).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .. import metrics
 from ..errors import AetherError
 from ..events import Event
 from ..names import validate_namespace
@@ -38,6 +42,9 @@ __all__ = [
 DEFAULT_BUFFER_SIZE = 10_000
 
 Callback = Callable[["Delivery"], Any]
+#: Called with the error that ended a callback subscription (for example a
+#: SubscriptionOverflowError); a plain function or a coroutine function.
+ErrorCallback = Callable[[BaseException], Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +64,10 @@ class SubscriptionOverflowError(AetherError):
     """The subscriber fell behind and its buffer filled: the subscription has ended.
 
     ``last_sequences`` maps each namespace to the last stream sequence the
-    subscriber received; resume from there and nothing is missed.
+    subscriber received; resume from there and nothing is missed. Where the bus
+    knows it (``NATSEventBus``), a namespace the subscription reads but received
+    nothing from is listed too, with the sequence the subscription had got past,
+    so :meth:`resume_start` never replays that namespace's older history.
     """
 
     def __init__(self, pattern: str, last_sequences: dict[str, int], buffer_size: int) -> None:
@@ -76,6 +86,14 @@ class SubscriptionOverflowError(AetherError):
             return next(iter(self.last_sequences.values()))
         return None
 
+    def resume_start(self) -> dict[str, int]:
+        """A ``start=`` for a new subscription that continues right after this one.
+
+        Namespaces missing from it (created after the subscription ended) are
+        read from their first event.
+        """
+        return {namespace: seq + 1 for namespace, seq in self.last_sequences.items()}
+
 
 class SubscriptionClosedError(AetherError):
     """The subscription was closed by the bus (for example, its setup failed)."""
@@ -86,7 +104,12 @@ class Subscription:
 
     ``async for delivery in subscription`` yields Delivery objects in the order
     the bus received them (stream order per namespace). ``close()`` ends it.
-    With ``callback=`` the bus calls the callback for each delivery instead.
+    With ``callback=`` the bus calls the callback for each delivery instead, and
+    ``on_error=`` with the error that ends the subscription, if one does.
+
+    A delivery counts as *handled* once the subscriber asks for the next one,
+    calls :meth:`ack`, or closes with :meth:`aclose` (for a callback: once it
+    returns). Durable subscriptions save only handled positions.
     """
 
     def __init__(
@@ -99,6 +122,7 @@ class Subscription:
         loop: asyncio.AbstractEventLoop | None = None,
         on_close: Callable[[Subscription], None] | None = None,
         overflow: str = "end",
+        on_error: ErrorCallback | None = None,
     ) -> None:
         if overflow not in ("end", "wait"):
             raise ValueError('overflow must be "end" or "wait"')
@@ -123,8 +147,15 @@ class Subscription:
         self._closed = False
         self._error: BaseException | None = None
         self._on_close = on_close
-        #: Called with each delivery the subscriber takes (durable positions).
+        self.on_error = on_error
+        #: Called with each delivery once the subscriber has handled it (durable
+        #: positions), never earlier: a crash while handling must not skip it.
         self._on_take: Callable[[Delivery], None] | None = None
+        #: The delivery handed over last and not yet counted as handled.
+        self._pending: Delivery | None = None
+        #: Namespace -> the sequence the source has offered this subscription
+        #: everything up to (set by buses that know it; see _resume_point).
+        self._reached: Callable[[], dict[str, int]] | None = None
         #: Awaited by aclose() to release what the bus set up for this subscription.
         self._stopper: Callable[[], Awaitable[None]] | None = None
         if callback is not None and inspect.iscoroutinefunction(callback):
@@ -141,8 +172,20 @@ class Subscription:
                     await callback(delivery)
                 except Exception:
                     logger.exception("subscriber callback for %r failed", self.pattern)
-        except SubscriptionOverflowError:
-            logger.error("subscription to %r overflowed and ended", self.pattern)
+        except (SubscriptionOverflowError, SubscriptionClosedError) as exc:
+            await self._report(exc)
+
+    async def _report(self, error: BaseException) -> None:
+        """Hand the error that ended a callback subscription to ``on_error`` (or the log)."""
+        if self.on_error is None:
+            logger.error("subscription to %r ended: %s", self.pattern, error)
+            return
+        try:
+            outcome = self.on_error(error)
+            if inspect.isawaitable(outcome):
+                await outcome
+        except Exception:
+            logger.exception("on_error callback for %r failed", self.pattern)
 
     def __repr__(self) -> str:
         return f"<Subscription {self.pattern!r} buffered={len(self._queue)}>"
@@ -196,6 +239,11 @@ class Subscription:
         for delivery in self._queue:
             if delivery.sequence is not None:
                 point[delivery.namespace] = delivery.sequence
+        if self._reached is not None:
+            # Namespaces that delivered nothing: resume where the source had got to,
+            # not from their first event.
+            for namespace, seq in self._reached().items():
+                point.setdefault(namespace, seq)
         return point
 
     def _call(self, delivery: Delivery) -> None:
@@ -204,13 +252,26 @@ class Subscription:
             self.callback(delivery)  # type: ignore[misc]
         except Exception:
             logger.exception("subscriber callback for %r failed", self.pattern)
+        self.ack()  # a plain callback has handled its delivery once it returns
 
     def _note(self, delivery: Delivery) -> None:
         self.received += 1
         if delivery.sequence is not None:
             self.last_sequences[delivery.namespace] = delivery.sequence
         if self._on_take is not None:
-            self._on_take(delivery)
+            self._pending = delivery
+
+    def ack(self) -> None:
+        """Count the delivery taken last as handled now (a durable subscription saves it).
+
+        Asking for the next delivery does the same; call this when a handler
+        finishes long before the next event is wanted.
+        """
+        pending = self._pending
+        if pending is not None:
+            self._pending = None
+            assert self._on_take is not None
+            self._on_take(pending)
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -227,6 +288,12 @@ class Subscription:
             self._space.set()
         if self._on_close is not None:
             self._on_close(self)
+        if error is not None and self.callback is not None and self.on_error is not None:
+            # A plain callback has no pump to report through; it is told here.
+            try:
+                self.on_error(error)
+            except Exception:
+                logger.exception("on_error callback for %r failed", self.pattern)
 
     def fail(self, error: BaseException) -> None:
         """End the subscription with ``error`` (raised to the subscriber after its buffer)."""
@@ -234,15 +301,22 @@ class Subscription:
 
     # --- the subscriber side ----------------------------------------------------------
     def close(self) -> None:
-        """Stop receiving; buffered deliveries are discarded."""
+        """Stop receiving; buffered deliveries are discarded.
+
+        The delivery taken last is not counted as handled (its handler may still
+        be running): a durable subscription gets it again when it resumes. Use
+        :meth:`aclose` when it was handled.
+        """
         self._queue.clear()
         self._end(None)
 
     async def aclose(self) -> None:
-        """Close, and wait until the bus has released everything behind the subscription.
+        """Count the delivery taken last as handled, close, and wait until the bus
+        has released everything behind the subscription.
 
         For a durable subscription this includes saving its position.
         """
+        self.ack()
         self.close()
         if self._stopper is not None:
             await self._stopper()
@@ -251,6 +325,9 @@ class Subscription:
         return self
 
     async def __anext__(self) -> Delivery:
+        # Asking for the next delivery means the previous one was handled.
+        if self._pending is not None:
+            self.ack()
         while True:
             if self._queue:
                 delivery = self._queue.popleft()
@@ -310,14 +387,20 @@ class EventBus:
         *,
         buffer_size: int | None = None,
         callback: Callback | None = None,
+        on_error: ErrorCallback | None = None,
     ) -> Subscription:
         """Subscribe to events of the namespaces matching ``namespace_pattern``.
 
         Without ``callback`` the result is an async iterator and must be created
         on the event loop that will iterate it. A ``callback`` is called for each
         delivery instead: a plain function right where the event arrives (it
-        must return quickly), a coroutine function awaited one delivery at a
-        time, in order, on the loop ``subscribe`` was called on.
+        must return quickly; it has no buffer, so it never overflows), a
+        coroutine function awaited one delivery at a time, in order, on the loop
+        ``subscribe`` was called on, with the subscription's bounded buffer.
+        ``on_error`` is called with the error that ends a callback subscription:
+        SubscriptionOverflowError (with ``resume_start()``) when an async
+        callback falls ``buffer_size`` deliveries behind. Without it the error is
+        only logged.
         """
         loop = _running_loop()
         if callback is None and loop is None:
@@ -332,6 +415,7 @@ class EventBus:
             callback=callback,
             loop=loop,
             on_close=self._remove,
+            on_error=on_error,
         )
         self._add(subscription)
         return subscription
@@ -357,6 +441,7 @@ class EventBus:
                 subscription._error, SubscriptionOverflowError
             ):
                 self._count("overflowed")
+                metrics.BUS_OVERFLOWS.inc()
 
     def unsubscribe(self, subscription: Subscription) -> None:
         """Same as ``subscription.close()``."""
@@ -373,8 +458,10 @@ class EventBus:
     def publish(self, namespace: str, event: Event) -> int:
         """Deliver ``event`` to every matching subscription in this process, now.
 
-        Returns how many subscriptions it was offered to. Nothing is stored: for
-        a durable event, save it with the event store instead.
+        Returns how many subscriptions it was offered to. Nothing is stored, so
+        delivery is at most once: a subscription made later never sees it, and
+        one that has overflowed or closed misses it. For an event that must not
+        be lost, save it with the event store instead.
         """
         validate_namespace(namespace)
         self._count("published")

@@ -9,10 +9,12 @@ rescans now and then) so namespaces created later are covered too.
 
 Start positions: ``"new"`` (events saved after the subscription is ready),
 ``"all"``, a stream sequence (an int, or a dict namespace -> sequence), or a
-``datetime``. A *durable* subscription has a name; the last stream sequence it
-handed to the subscriber is kept per namespace in the KV bucket
-``aether_bus_positions``, and a subscription with the same name resumes after it
-— in order, none missing.
+``datetime``. A *durable* subscription has a name; the last stream sequence its
+subscriber *handled* (asked for the next delivery after it, called ``ack()`` or
+``aclose()``) is saved per namespace in the KV bucket ``aether_bus_positions``
+right after that, with the ids of the last events it handled, and a subscription
+with the same name resumes after it — in order, none missing, and skipping an
+event whose id it has handled already.
 
 Subscriptions from ``"new"`` without a durable name and with ``overflow="end"``
 that follow the same pattern on the same event loop share one set of consumers:
@@ -29,6 +31,7 @@ at most once (a process that is down, or slow, misses it).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import json
@@ -56,9 +59,16 @@ from ..events import (
 )
 from ..jsapi import event_namespace, list_event_streams
 from ..names import validate_namespace
-from ..patterns import matches
+from ..patterns import is_exact, matches, validate_pattern
 from ..store.base import Runtime
-from .local import DEFAULT_BUFFER_SIZE, Callback, Delivery, EventBus, Subscription
+from .local import (
+    DEFAULT_BUFFER_SIZE,
+    Callback,
+    Delivery,
+    ErrorCallback,
+    EventBus,
+    Subscription,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +76,9 @@ __all__ = ["NATSEventBus", "default_node_id"]
 
 #: KV bucket holding the positions of durable subscriptions.
 POSITIONS_BUCKET = "aether_bus_positions"
-#: Seconds between writes of a durable subscription's position.
-POSITION_FLUSH_INTERVAL = 0.05
+#: Ids of the last events a durable subscription handled, kept per namespace with
+#: its position, so an event delivered again after a resume is skipped.
+RECENT_IDS = 100
 #: Seconds between rescans for namespaces created while advisories were missed.
 RESCAN_INTERVAL = 10.0
 HDR_ORIGIN = "Aether-Origin"
@@ -142,11 +153,15 @@ class NATSEventBus(EventBus):
         start: Start = "new",
         durable: str | None = None,
         overflow: str = "end",
+        on_error: ErrorCallback | None = None,
     ) -> Subscription:
         """Subscribe to saved events of the namespaces matching ``namespace_pattern``.
 
         ``overflow="wait"`` makes a full buffer hold the JetStream consumer back
-        (flow control) instead of ending the subscription.
+        (flow control) instead of ending the subscription. ``on_error`` is
+        called with the error that ends a callback subscription (see
+        :meth:`EventBus.subscribe`). An int ``start`` is one stream's sequence,
+        so a wildcard pattern needs a dict of namespace to sequence instead.
 
         In async code the consumers are set up in the background (use
         :meth:`asubscribe` to wait until they are); in sync code (``callback``
@@ -155,6 +170,11 @@ class NATSEventBus(EventBus):
         """
         _check_start(start)
         _check_durable(durable)
+        if isinstance(start, int) and not is_exact(validate_pattern(namespace_pattern)):
+            raise ValueError(
+                f"start={start} is one stream's sequence and {namespace_pattern!r} can match "
+                "several namespaces; pass a dict of namespace to sequence instead"
+            )
         running = _running_loop()
         if callback is None and running is None:
             raise RuntimeError(
@@ -170,6 +190,7 @@ class NATSEventBus(EventBus):
             loop=loop,
             on_close=self._remove,
             overflow=overflow,
+            on_error=on_error,
         )
         self._add(subscription)
         self._listen_for_signals()
@@ -243,6 +264,7 @@ class NATSEventBus(EventBus):
         start: Start = "new",
         durable: str | None = None,
         overflow: str = "end",
+        on_error: ErrorCallback | None = None,
     ) -> Subscription:
         """Subscribe and wait until the consumers exist, so ``start="new"`` is exact."""
         subscription = self.subscribe(
@@ -253,6 +275,7 @@ class NATSEventBus(EventBus):
             start=start,
             durable=durable,
             overflow=overflow,
+            on_error=on_error,
         )
         try:
             await subscription._ready  # type: ignore[attr-defined]
@@ -353,9 +376,22 @@ class _Feed:
         self.task: asyncio.Task[None] | None = None
         self._stopping: asyncio.Task[None] | None = None
         self.consumers: dict[str, Any] = {}
+        # Durable: stream -> last handled sequence, and the ids of the last events
+        # handled there (saved with it); _recent_ids is their union, for lookups.
         self.positions: dict[str, int] = {}
+        self._recent: dict[str, collections.deque[str]] = {}
+        self._recent_ids: set[str] = set()
         self._written: dict[str, int] = {}
-        self._namespaces: dict[str, str] = {}
+        self._dirty: asyncio.Event | None = None
+        self._streams: dict[str, str] = {}  # namespace -> stream
+        # Namespace -> the sequence before the first event this feed reads there,
+        # and the last sequence it has offered to its subscriptions: together the
+        # resume point of a namespace that delivered nothing before an overflow.
+        self._floor: dict[str, int] = {}
+        self._offered: dict[str, int] = {}
+        # Deliveries not yet added to the counters: they are counted once per burst.
+        self._uncounted = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._advisories: Any = None
         self._seen = 0
@@ -371,8 +407,17 @@ class _Feed:
 
     def add(self, subscription: Subscription) -> None:
         self.subs.append(subscription)
+        subscription._reached = functools.partial(self.reached, subscription)
         if self.durable:
             subscription._on_take = self._took
+
+    def reached(self, subscription: Subscription) -> dict[str, int]:
+        """Namespace -> the sequence this feed has offered ``subscription`` everything up to."""
+        point = {**self._floor, **self._offered}
+        for namespace, floor in self.floors.get(subscription, {}).items():
+            # It joined a running feed: older events were never meant for it.
+            point[namespace] = max(point.get(namespace, 0), floor)
+        return point
 
     def release(self, subscription: Subscription) -> asyncio.Task[None] | None:
         """Detach ``subscription``; stop the consumers (returned) when none is left."""
@@ -419,26 +464,31 @@ class _Feed:
 
     # --- setting up -----------------------------------------------------------------
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._nc = await self.bus.runtime.connection()
         # Listen for new streams before listing the existing ones, so none falls between.
         self._advisories = await self._nc.subscribe(
             "$JS.EVENT.ADVISORY.STREAM.CREATED.*", cb=self._on_stream_created
         )
         if self.durable:
+            self._dirty = asyncio.Event()
             await self._ensure_positions_bucket()
             self._since = await self._durable_since()
-        for stream, namespace in await self._list_streams():
-            await self._consume(stream, namespace, created_later=False)
+        for stream, namespace, last_seq in await self._list_streams():
+            await self._consume(stream, namespace, created_later=False, last_seq=last_seq)
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._rescan()))
         if self.durable:
-            self._tasks.append(loop.create_task(self._flush_positions()))
+            self._tasks.append(loop.create_task(self._save_positions()))
 
-    async def _list_streams(self) -> list[tuple[str, str]]:
+    async def _list_streams(self) -> list[tuple[str, str, int]]:
         streams = await list_event_streams(
             self._nc, self.bus.subject_prefix, self.bus.timeout, pattern=self.pattern
         )
-        return [(stream, namespace) for stream, namespace, _ in streams]
+        return [
+            (stream, namespace, int((info.get("state") or {}).get("last_seq") or 0))
+            for stream, namespace, info in streams
+        ]
 
     async def _on_stream_created(self, msg: Msg) -> None:
         try:
@@ -459,7 +509,7 @@ class _Feed:
         while not self._stopped:
             await asyncio.sleep(RESCAN_INTERVAL)
             try:
-                for stream, namespace in await self._list_streams():
+                for stream, namespace, _ in await self._list_streams():
                     await self._consume(stream, namespace, created_later=True)
             except Exception:
                 logger.debug("stream rescan failed", exc_info=True)
@@ -491,23 +541,48 @@ class _Feed:
         assert isinstance(start, int)
         return ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start)
 
-    async def _consume(self, stream: str, namespace: str, *, created_later: bool) -> None:
+    def _start_floor(
+        self, namespace: str, created_later: bool, position: int | None, last_seq: int | None
+    ) -> int | None:
+        """The sequence before the first event this feed reads in ``namespace``, if known."""
+        start = self.start_at
+        if position is not None:
+            return position
+        if created_later or start == "all":
+            return 0
+        if self._since is not None and not isinstance(start, Mapping):
+            return None  # from a time: which sequence that is, is not known here
+        if start == "new":
+            return last_seq  # listed just before the consumer was made
+        if isinstance(start, Mapping):
+            return max(0, start.get(namespace, 1) - 1)
+        if isinstance(start, int):
+            return start - 1
+        return None
+
+    async def _consume(
+        self, stream: str, namespace: str, *, created_later: bool, last_seq: int | None = None
+    ) -> None:
         if self._stopped or stream in self.consumers or not matches(self.pattern, namespace):
             return
         self.consumers[stream] = None  # claimed; a concurrent discovery skips it
-        self._namespaces[stream] = namespace
-        position = await self._load_position(stream) if self.durable else None
-
-        async def on_msg(msg: Msg) -> None:
-            await self._on_msg(namespace, stream, msg)
-
+        self._streams[namespace] = stream
+        position: int | None = None
+        if self.durable:
+            position, handled = await self._load_position(stream)
+            recent = self._recent[stream] = collections.deque(handled, maxlen=RECENT_IDS)
+            self._recent_ids.update(recent)
+        floor = self._start_floor(namespace, created_later, position, last_seq)
+        if floor is not None:
+            self._floor[namespace] = floor
         js = self._nc.jetstream(timeout=self.bus.timeout)
         self.consumers[stream] = await js.subscribe(
             f"{self.bus.subject_prefix}.{namespace}.*",
             stream=stream,
             ordered_consumer=True,
             config=self._config(namespace, created_later, position),
-            cb=on_msg,
+            # nats-py awaits cb(msg): a partial saves a coroutine per message.
+            cb=functools.partial(self._on_msg, namespace, stream),
             idle_heartbeat=2.0,
             pending_msgs_limit=-1,
             pending_bytes_limit=-1,
@@ -526,21 +601,28 @@ class _Feed:
         self._seen += 1
         if self._seen % _LAG_SAMPLE == 0:  # a sample is enough for a lag histogram
             metrics.BUS_LAG.observe(max(0.0, time.time() - event.timestamp.timestamp()))
-        delivery = Delivery(namespace, event)
         if len(self.subs) == 1 and not self.floors and not self.held:
             sub = self.subs[0]
-            if not sub.filter.matches(event):
+            if self._recent_ids and event.id in self._recent_ids:
+                # Handled already (a durable subscription resumed before it): not twice.
+                self.bus._count("duplicates")
+            elif not sub.filter.matches(event):
                 self.bus._count("filtered")
-                return
             # With overflow="wait" this holds nats-py's delivery, and so the consumer's
             # flow control, until the subscriber makes room.
-            delivered = (
-                await sub.adeliver(delivery) if sub.overflow == "wait" else sub.deliver(delivery)
-            )
-            if delivered:
-                self.bus._count("delivered")
-                metrics.BUS_DELIVERED.inc()
+            elif (
+                await sub.adeliver(Delivery(namespace, event))
+                if sub.overflow == "wait"
+                else sub.deliver(Delivery(namespace, event))
+            ):
+                if not self._uncounted:
+                    assert self._loop is not None
+                    self._loop.call_soon(self._count_burst)
+                self._uncounted += 1
+            # After the delivery: an overflow's resume point must not include this event.
+            self._offered[namespace] = sequence
             return
+        delivery = Delivery(namespace, event)
         # A shared feed: never waits for one subscriber (its subscriptions end on overflow).
         count = filtered = 0
         for sub in tuple(self.subs):  # deliver() may end one, which detaches it
@@ -553,8 +635,16 @@ class _Feed:
                 self.held[sub].append(delivery)
             elif sub.deliver(delivery):
                 count += 1
+        self._offered[namespace] = sequence
         if filtered:
             self.bus._count("filtered", filtered)
+        if count:
+            self.bus._count("delivered", count)
+            metrics.BUS_DELIVERED.inc(count)
+
+    def _count_burst(self) -> None:
+        # Runs once the deliveries of one burst (what nats-py had ready) are handed out.
+        count, self._uncounted = self._uncounted, 0
         if count:
             self.bus._count("delivered", count)
             metrics.BUS_DELIVERED.inc(count)
@@ -596,40 +686,51 @@ class _Feed:
         # On its very first start the requested start policy applies as it is.
         return None
 
-    async def _load_position(self, stream: str) -> int | None:
+    async def _load_position(self, stream: str) -> tuple[int | None, list[str]]:
+        """The saved position in ``stream`` and the ids of the last events handled there."""
         js = self._nc.jetstream(timeout=self.bus.timeout)
         kv = await js.key_value(POSITIONS_BUCKET)
         try:
             entry = await kv.get(self._key(stream))
         except nats.js.errors.KeyNotFoundError:
-            return None
-        try:
-            return int(entry.value or b"")
-        except ValueError:
-            return None
+            return None, []
+        return _parse_position(entry.value or b"")
 
     def _took(self, delivery: Delivery) -> None:
+        """The subscriber has handled ``delivery``: it is the position to save now."""
         if delivery.sequence is None:
             return  # a transient event has no position
-        for stream, namespace in self._namespaces.items():
-            if namespace == delivery.namespace:
-                self.positions[stream] = delivery.sequence
+        stream = self._streams.get(delivery.namespace)
+        if stream is None:
+            return
+        self.positions[stream] = delivery.sequence
+        recent = self._recent.setdefault(stream, collections.deque(maxlen=RECENT_IDS))
+        if len(recent) == RECENT_IDS:
+            self._recent_ids.discard(recent[0])
+        recent.append(delivery.event.id)
+        self._recent_ids.add(delivery.event.id)
+        if self._dirty is not None:
+            self._dirty.set()
 
-    async def _flush_positions(self) -> None:
+    async def _save_positions(self) -> None:
+        """Save each handled position as soon as it changes (confirmed by the server).
+
+        While one save is on its way, later positions wait and are saved together.
+        """
+        assert self._dirty is not None
         while not self._stopped:
-            await asyncio.sleep(POSITION_FLUSH_INTERVAL)
-            await self._write_positions(confirm=False)
+            await self._dirty.wait()
+            self._dirty.clear()
+            await self._write_positions()
 
-    async def _write_positions(self, *, confirm: bool) -> None:
+    async def _write_positions(self) -> None:
         for stream, seq in list(self.positions.items()):
             if self._written.get(stream) == seq:
                 continue
             subject = f"$KV.{POSITIONS_BUCKET}.{self._key(stream)}"
+            value = json.dumps({"seq": seq, "ids": list(self._recent.get(stream, ()))})
             try:
-                if confirm:
-                    await self._nc.request(subject, str(seq).encode(), timeout=self.bus.timeout)
-                else:
-                    await self._nc.publish(subject, str(seq).encode())
+                await self._nc.request(subject, value.encode(), timeout=self.bus.timeout)
                 self._written[stream] = seq
             except (TimeoutError, nats.errors.Error):
                 logger.warning("could not save the position of %s", self._key(stream))
@@ -655,7 +756,23 @@ class _Feed:
             with contextlib.suppress(Exception):
                 await self._advisories.unsubscribe()
         if self.durable and self._nc is not None:
-            await self._write_positions(confirm=True)
+            await self._write_positions()
+
+
+def _parse_position(raw: bytes) -> tuple[int | None, list[str]]:
+    """A saved position: ``{"seq": n, "ids": [...]}``, or a bare sequence (older format)."""
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return None, []
+    if isinstance(doc, int) and not isinstance(doc, bool):
+        return doc, []
+    if not isinstance(doc, dict):
+        return None, []
+    seq, ids = doc.get("seq"), doc.get("ids")
+    if not isinstance(seq, int) or isinstance(seq, bool):
+        return None, []
+    return seq, [i for i in ids if isinstance(i, str)] if isinstance(ids, list) else []
 
 
 def _stream_sequence(msg: Msg) -> int:

@@ -9,18 +9,25 @@ Django's add, change, delete and history URLs.
 
 from __future__ import annotations
 
+import re
 import uuid
+from datetime import UTC, datetime
 
 import pytest
+from django.conf import settings
 from django.contrib.auth.models import Group, User
-from django.test import Client
+from django.template.defaultfilters import filesizeformat
+from django.test import Client, override_settings
 
+from aether_django.cluster import shard_of
 from aether_django.cluster.coordinator import ClusterConfig, Coordinator
-from aether_django.events import ActorSnapshot
+from aether_django.events import ActorSnapshot, Event
 from aether_django.models import NamespaceGrant
 from aether_django.runtime import Runtime
 from aether_django.store import get_event_store
 from aether_django.testing.contract import ev
+
+from ..cluster.nodes import wait_until
 
 ADMIN = "/admin/aether_django"
 STREAMS = f"{ADMIN}/streaminspection"
@@ -68,11 +75,64 @@ def other() -> str:
     return namespace
 
 
-def test_the_namespaces_page_shows_live_figures(staff, ns):
+def cells(page: str, first_cell: str) -> list[str]:
+    """The text of each cell of the table row that starts with ``first_cell``."""
+    row = re.search(r"<tr><td>" + re.escape(first_cell) + r"(.*?)</tr>", page, re.S)
+    assert row is not None, first_cell
+    return [
+        re.sub(r"<[^>]+>", "", cell).strip()
+        for cell in re.findall(r"<td[^>]*>(.*?)</td>", row[1], re.S)
+    ]
+
+
+def test_the_namespaces_page_shows_each_figure_live(staff, ns):
+    """Events, actors, bytes, first and last sequence and replicas, read again on each
+    request: one more save shows on the next load."""
+    store = get_event_store(ns)
+    row_start = f'<a href="{STREAMS}/ns/{ns}/">{ns}</a></td>'
     response = staff.get(f"{STREAMS}/")
     assert response.status_code == 200
-    page = response.content.decode()
-    assert f'href="{STREAMS}/ns/{ns}/"' in page and f"{ns}_events" in page
+    info = store.get_info()
+    assert info is not None and info.bytes > 0
+    assert cells(response.content.decode(), row_start) == [
+        f"{ns}_events",
+        "3",  # events
+        "2",  # actors
+        filesizeformat(info.bytes),
+        "1",  # first sequence
+        "3",  # last sequence
+        "1",  # replicas
+    ]
+
+    store.save_event(ev("order-3", 1, "Placed", total=7))
+    again = cells(staff.get(f"{STREAMS}/").content.decode(), row_start)
+    grown = store.get_info()
+    assert grown is not None and grown.bytes > info.bytes
+    assert again[1:3] == ["4", "3"] and again[4:6] == ["1", "4"]
+    assert again[3] == filesizeformat(grown.bytes)
+
+
+def test_the_actors_page_shows_each_actors_version_and_shard_live(staff, ns):
+    page = staff.get(f"{STREAMS}/ns/{ns}/").content.decode()
+    link = f'<a href="{STREAMS}/ns/{ns}/order-1/">order-1</a></td>'
+    assert cells(page, link) == ["2", str(shard_of("order-1"))]
+    assert "(2 actors)" in page
+    get_event_store(ns).save_event(ev("order-1", 3, "Shipped"))
+    page = staff.get(f"{STREAMS}/ns/{ns}/").content.decode()
+    assert cells(page, link) == ["3", str(shard_of("order-1"))]
+    assert "<th>Events</th><td>4</td>" in page and "<td>1 \u2013 4</td>" in page
+
+
+def test_the_actors_page_shows_100_actors_a_page(staff):
+    namespace = f"adm-{uuid.uuid4().hex[:8]}"
+    store = get_event_store(namespace)
+    for i in range(101):
+        store.save_event(ev(f"a-{i:03d}", 1))
+    first = staff.get(f"{STREAMS}/ns/{namespace}/").content.decode()
+    assert first.count(f'href="{STREAMS}/ns/{namespace}/a-') == 100
+    assert "page 1 of 2 (101 actors)" in first and "a-099" in first and "a-100" not in first
+    second = staff.get(f"{STREAMS}/ns/{namespace}/", {"p": 2}).content.decode()
+    assert second.count(f'href="{STREAMS}/ns/{namespace}/a-') == 1 and "a-100" in second
 
 
 def test_the_actors_of_a_namespace_are_searchable(staff, ns):
@@ -93,6 +153,28 @@ def test_an_actors_timeline_snapshot_and_state(staff, ns):
     assert "No aggregate class is registered" in page
     assert staff.get(f"{STREAMS}/ns/{ns}/order 2/").status_code == 200
     assert staff.get(f"{STREAMS}/ns/{ns}/nobody/").status_code == 404
+
+
+def test_the_timeline_shows_each_events_metadata_and_command_id(staff, ns):
+    command_id = f"cmd-{uuid.uuid4().hex[:8]}"
+    get_event_store(ns).save_event(
+        Event(
+            event_type="Shipped",
+            actor_id="order-1",
+            version=3,
+            data={"carrier": "post"},
+            metadata={"user": "ann", "reason": "paid"},
+            command_id=command_id,
+        )
+    )
+    page = staff.get(f"{STREAMS}/ns/{ns}/order-1/").content.decode()
+    shipped = page[page.index("<td>Shipped</td>") :].split("</tr>")[0]
+    assert "&#x27;user&#x27;: &#x27;ann&#x27;" in shipped
+    assert "&#x27;reason&#x27;: &#x27;paid&#x27;" in shipped
+    assert f"command {command_id}" in shipped
+    # Events saved without them show neither.
+    placed = page[page.index("<td>Placed</td>") :].split("</tr>")[0]
+    assert "command " not in placed and "user" not in placed
 
 
 def test_the_state_of_a_registered_aggregate_is_shown(staff):
@@ -173,6 +255,100 @@ def test_inspection_pages_answer_get_and_head_only(staff, ns):
             assert response.status_code == 405, (method, url)
             assert response["Allow"] == "GET, HEAD"
     assert len(get_event_store(ns).get_events("order-1")) == 2
+
+
+@pytest.fixture
+def cluster_bucket():
+    """A cluster bucket of this test's own, which the admin pages read."""
+    bucket = f"adm_{uuid.uuid4().hex[:8]}"
+    with override_settings(AETHER={**settings.AETHER, "CLUSTER_BUCKET": bucket}):
+        yield bucket
+
+
+@pytest.fixture
+def coordinators(nats_url, cluster_bucket):
+    """Make coordinators on the test's bucket; each leaves and closes at the end."""
+    made: list[tuple[Runtime, Coordinator]] = []
+
+    def make(node_id: str) -> Coordinator:
+        runtime = Runtime(nats_url)
+        node = Coordinator(runtime, node_id, ClusterConfig(bucket=cluster_bucket, num_shards=100))
+        made.append((runtime, node))
+        return node
+
+    yield make
+    for runtime, node in made:
+        runtime.run(node.leave())
+        runtime.close()
+
+
+def test_the_shard_map_shows_how_many_shards_the_last_rebalance_moved(staff, coordinators):
+    a, b = coordinators("node-a"), coordinators("node-b")
+    a.runtime.run(a.tick())  # a leads alone: every shard moves to it
+    page = staff.get(f"{ADMIN}/clusterinspection/shards/").content.decode()
+    assert "the last rebalance moved 100 shards." in page
+    assert cells(page, "node-a")[0] == "100"
+
+    b.runtime.run(b.heartbeat())
+    plan = a.runtime.run(a.rebalance())
+    assert plan is not None and plan.moved_count == 50
+    page = staff.get(f"{ADMIN}/clusterinspection/shards/").content.decode()
+    assert f"written by the leader of term {a.lease.term};" in page
+    assert "the last rebalance moved 50 shards." in page
+    assert cells(page, "node-a")[0] == cells(page, "node-b")[0] == "50"
+    shards_of_b = re.findall(r"<span>(\d+)</span>", page.split("<td>node-b</td>")[1])
+    assert sorted(map(int, shards_of_b)) == sorted(plan.moved)
+
+
+def test_the_nodes_page_shows_leader_term_heartbeats_and_a_failed_node(staff, coordinators):
+    a, b = coordinators("node-a"), coordinators("node-b")
+    a.runtime.run(a.tick())
+    b.runtime.run(b.tick())
+    lease = a.runtime.run(a.tick())  # a's second beat names itself as leader
+    infos = b.runtime.run(b.nodes())
+    page = staff.get(f"{ADMIN}/clusterinspection/").content.decode()
+    assert f"Leader: <strong>node-a</strong> (term {lease.term})." in page
+    assert [info.node_id for info in infos] == ["node-a", "node-b"]
+    for info in infos:
+        row = cells(page, info.node_id)
+        assert row[0] == "alive"
+        when = datetime.fromtimestamp(info.last_heartbeat, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        assert re.fullmatch(re.escape(when) + r" UTC \([\d.]+ s ago\)", row[1]), row[1]
+    assert cells(page, "node-a")[3] == "node-a"
+
+    b.runtime.run(b.leave())  # b's heartbeat is gone at once; it is remembered as failed
+    page = staff.get(f"{ADMIN}/clusterinspection/").content.decode()
+    assert cells(page, "node-a")[0] == "alive" and cells(page, "node-b")[0] == "failed"
+    assert '<td class="aether-bad">failed</td>' in page
+
+
+def test_the_pages_say_nats_is_unavailable_with_503_while_the_server_is_stopped(
+    staff, nats_server_factory, monkeypatch
+):
+    server = nats_server_factory(name="aether-admin-down")
+    monkeypatch.setenv("AETHER_NATS_URL", server.url)
+    namespace = f"adm-{uuid.uuid4().hex[:8]}"
+    pages = [
+        f"{STREAMS}/",
+        f"{STREAMS}/ns/{namespace}/",
+        f"{STREAMS}/ns/{namespace}/order-1/",
+        f"{ADMIN}/clusterinspection/",
+        f"{ADMIN}/clusterinspection/shards/",
+    ]
+    with override_settings(AETHER={**settings.AETHER, "TIMEOUT": 1.0}):
+        get_event_store(namespace).save_event(ev("order-1", 1, "Placed"))
+        for url in pages:
+            assert staff.get(url).status_code == 200, url
+        server.stop()
+        for url in pages:
+            response = staff.get(url)
+            assert response.status_code == 503, url
+            page = response.content.decode()
+            assert "<title>Unavailable" in page and "NATS did not answer" in page, url
+        # Back on its port with its data: the pages answer again, with no restart of ours.
+        server.restart()
+        for url in pages:
+            wait_until(lambda url=url: staff.get(url).status_code == 200, timeout=15)
 
 
 def test_nodes_and_shard_map(staff, nats_url):

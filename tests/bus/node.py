@@ -3,13 +3,17 @@
 Run as ``python -m tests.bus.node``. Commands (one JSON object per line):
 
 * ``{"cmd": "subscribe", "label": ..., "pattern": ..., "event_types": [...],
-  "actor_pattern": ..., "durable": ..., "start": ...}`` → ``{"ready": label}``
+  "actor_pattern": ..., "durable": ..., "start": ..., "handle_seconds": ...,
+  "handled_file": ...}`` → ``{"ready": label}``. With ``handle_seconds`` each
+  delivery's handler takes that long; with ``handled_file`` it then appends the
+  event id to that file (so what was handled survives a kill of the process).
 * ``{"cmd": "save", "namespace": ..., "actor_id": ..., "versions": [...],
-  "event_type": ...}`` → ``{"saved": [ids]}``
+  "event_type": ...}`` → ``{"saved": [ids], "started": time.monotonic() before saving}``
 * ``{"cmd": "exit"}`` closes every subscription (saving durable positions) and exits.
 
 Every delivery prints ``{"label", "namespace", "id", "version", "sequence", "actor_id",
-"event_type"}``.
+"event_type", "received"}`` when it is handed over (before its handler runs);
+``received`` is ``time.monotonic()`` there, the clock every process of the machine shares.
 """
 
 from __future__ import annotations
@@ -18,11 +22,18 @@ import asyncio
 import json
 import os
 import sys
+import time
 
 
 def emit(doc: dict) -> None:
     sys.stdout.write(json.dumps(doc) + "\n")
     sys.stdout.flush()
+
+
+def append_line(path: str, text: str) -> None:
+    # Blocking on purpose: the line is in the file before the handler counts as done.
+    with open(path, "a") as out:
+        out.write(text + "\n")
 
 
 async def main() -> None:
@@ -39,8 +50,9 @@ async def main() -> None:
     subscriptions = []
     tasks = []
 
-    async def pump(label, subscription):
+    async def pump(label, subscription, handle_seconds=0.0, handled_file=None):
         async for d in subscription:
+            received = time.monotonic()
             emit(
                 {
                     "label": label,
@@ -50,8 +62,13 @@ async def main() -> None:
                     "sequence": d.sequence,
                     "actor_id": d.event.actor_id,
                     "event_type": d.event.event_type,
+                    "received": received,
                 }
             )
+            if handle_seconds:
+                await asyncio.sleep(handle_seconds)
+            if handled_file:
+                append_line(handled_file, d.event.id)
 
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
@@ -66,7 +83,16 @@ async def main() -> None:
                 cmd["pattern"], filt, durable=cmd.get("durable"), start=cmd.get("start", "new")
             )
             subscriptions.append(sub)
-            tasks.append(asyncio.create_task(pump(cmd["label"], sub)))
+            tasks.append(
+                asyncio.create_task(
+                    pump(
+                        cmd["label"],
+                        sub,
+                        cmd.get("handle_seconds", 0.0),
+                        cmd.get("handled_file"),
+                    )
+                )
+            )
             emit({"ready": cmd["label"]})
         elif cmd["cmd"] == "save":
             store = get_event_store(cmd["namespace"])
@@ -78,8 +104,9 @@ async def main() -> None:
                 )
                 for v in cmd["versions"]
             ]
+            started = time.monotonic()
             stored = await store.asave_events(events)
-            emit({"saved": [e.id for e in stored]})
+            emit({"saved": [e.id for e in stored], "started": started})
         elif cmd["cmd"] == "exit":
             break
     for sub in subscriptions:

@@ -64,8 +64,15 @@ class Node:
         self.wait_for("ready")
 
     def save(self, namespace: str, actor_id: str, versions: list[int], **options) -> list[str]:
+        return self.save_timed(namespace, actor_id, versions, **options)[0]
+
+    def save_timed(
+        self, namespace: str, actor_id: str, versions: list[int], **options
+    ) -> tuple[list[str], float]:
+        """Save; return the ids and the node's ``time.monotonic()`` just before saving."""
         self.send(cmd="save", namespace=namespace, actor_id=actor_id, versions=versions, **options)
-        return self.wait_for("saved")["saved"]
+        reply = self.wait_for("saved")
+        return reply["saved"], reply["started"]
 
     def received(self, label: str, count: int, timeout: float = 10.0) -> list[dict]:
         """Wait until ``label`` has ``count`` deliveries; return them."""

@@ -5,7 +5,8 @@ import threading
 
 import pytest
 
-from aether_django.bus import EventBus, SubscriptionOverflowError
+from aether_django import metrics
+from aether_django.bus import EventBus, SubscriptionClosedError, SubscriptionOverflowError
 from aether_django.events import Event
 from aether_django.patterns import SubscriptionFilter
 
@@ -111,3 +112,53 @@ async def test_closing_stops_delivery():
     assert bus.publish("orders", ev()) == 0
     with pytest.raises(StopAsyncIteration):
         await sub.__anext__()
+
+
+async def test_an_async_callback_that_falls_behind_is_told_where_to_resume():
+    bus = EventBus()
+    overflows_before = metrics.BUS_OVERFLOWS.value()
+    gate = asyncio.Event()
+    handled, errors = [], []
+
+    async def slow(delivery):
+        await gate.wait()
+        handled.append(delivery.sequence)
+
+    async def told(error):
+        errors.append(error)
+
+    bus.subscribe("orders", callback=slow, buffer_size=3, on_error=told)
+    for v in range(1, 7):  # the callback has not run yet: the 4th overflows
+        bus.publish("orders", ev(v, sequence=100 + v))
+    gate.set()
+    for _ in range(100):
+        if errors:
+            break
+        await asyncio.sleep(0.01)
+    # It handles what was buffered, then is handed the error with its resume point.
+    assert handled == [101, 102, 103]
+    (error,) = errors
+    assert isinstance(error, SubscriptionOverflowError)
+    assert error.last_sequence == 103
+    assert error.resume_start() == {"orders": 104}
+    assert bus.metrics["overflowed"] == 1
+    assert metrics.BUS_OVERFLOWS.value() == overflows_before + 1
+    assert "aether_bus_overflows_total " in metrics.render()
+
+
+async def test_a_sync_callback_is_told_when_its_subscription_is_ended():
+    bus = EventBus()
+    errors = []
+    sub = bus.subscribe("orders", callback=lambda d: None, on_error=errors.append)
+    failure = SubscriptionClosedError("setup failed")
+    sub.fail(failure)
+    assert errors == [failure]
+    assert bus.publish("orders", ev()) == 0
+
+
+async def test_publish_is_at_most_once_a_later_subscription_never_sees_it():
+    bus = EventBus()
+    bus.publish("orders", ev(1))
+    late = bus.subscribe("orders")
+    with pytest.raises(TimeoutError):
+        await late.next(0.05)

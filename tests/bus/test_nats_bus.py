@@ -4,12 +4,14 @@ durable resumption, overflow with a resume point, and transient signals."""
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime
 
 import pytest
 
+from aether_django import metrics
 from aether_django.bus import SubscriptionOverflowError
-from aether_django.bus.nats import NATSEventBus
+from aether_django.bus.nats import POSITIONS_BUCKET, NATSEventBus
 from aether_django.patterns import SubscriptionFilter
 from aether_django.runtime import Runtime
 from aether_django.store.jetstream import JetStreamEventStore
@@ -126,6 +128,12 @@ async def test_start_positions(node):
         await a.bus.asubscribe(ns, start="yesterday")
 
 
+async def test_an_int_start_is_refused_for_a_wildcard_pattern(node):
+    a = node("a")
+    with pytest.raises(ValueError, match="dict of namespace to sequence"):
+        a.bus.subscribe(f"{unique_namespace()}.*", start=3, callback=lambda d: None)
+
+
 async def test_a_wildcard_subscription_covers_namespaces_created_later(node):
     a = node("a")
     base = unique_namespace()
@@ -153,6 +161,51 @@ async def test_a_durable_subscription_resumes_where_it_stopped(node):
     await again.aclose()
 
 
+async def test_a_durable_subscription_saves_only_what_was_handled(node):
+    a = node("a")
+    ns = unique_namespace()
+    store = a.store(ns)
+    stored = await store.asave_events([ev("x", v) for v in range(1, 4)])
+    durable = f"handled-{ns}"
+    sub = await a.bus.asubscribe(ns, start="all", durable=durable)
+    await take(sub, 2)  # the 2nd is taken, and its handler has not finished
+    sub.close()  # not aclose(): the 2nd does not count as handled
+    await asyncio.sleep(0.3)
+    again = await node("a-again").bus.asubscribe(ns, start="all", durable=durable)
+    assert [d.event.id for d in await take(again, 2)] == [e.id for e in stored[1:]]
+    await nothing_more(again)
+    await again.aclose()
+
+
+async def test_a_resumed_durable_subscription_skips_events_it_handled_by_their_id(node):
+    a = node("a")
+    ns = unique_namespace()
+    store = a.store(ns)
+    first = await store.asave_events([ev("x", v) for v in range(1, 4)])
+    durable = f"dedupe-{ns}"
+    sub = await a.bus.asubscribe(ns, start="all", durable=durable)
+    await take(sub, 3)
+    await sub.aclose()
+
+    # The position is saved with the ids of the events handled last.
+    js = (await a.runtime.connection()).jetstream()
+    kv = await js.key_value(POSITIONS_BUCKET)
+    key = f"{durable}.{store.stream_name}"
+    saved = json.loads((await kv.get(key)).value)
+    assert saved == {"seq": first[2].sequence, "ids": [e.id for e in first]}
+    # Were the subscription to resume from before them (here: its position set back),
+    # the events it handled already reach it again, and are skipped by their id.
+    await kv.put(key, json.dumps({**saved, "seq": first[0].sequence - 1}).encode())
+
+    later = await store.asave_events([ev("x", v) for v in range(4, 6)])
+    b = node("b")
+    again = await b.bus.asubscribe(ns, start="all", durable=durable)
+    assert [d.event.id for d in await take(again, 2)] == [e.id for e in later]
+    await nothing_more(again)
+    assert b.bus.metrics["duplicates"] == 3
+    await again.aclose()
+
+
 async def test_a_durable_wildcard_subscription_picks_up_new_namespaces(node):
     a = node("a")
     base = unique_namespace()
@@ -170,6 +223,7 @@ async def test_a_durable_wildcard_subscription_picks_up_new_namespaces(node):
 
 async def test_a_slow_subscriber_is_ended_with_a_resume_point_and_can_resume(node):
     a = node("a")
+    overflows_before = metrics.BUS_OVERFLOWS.value()
     ns = unique_namespace()
     store = a.store(ns)
     await store.asave_event(ev("x", 1))
@@ -183,8 +237,53 @@ async def test_a_slow_subscriber_is_ended_with_a_resume_point_and_can_resume(nod
     assert received == [e.sequence for e in stored[:5]]
     resume = info.value.last_sequence
     assert resume == stored[4].sequence
+    assert a.bus.metrics["overflowed"] == 1
+    assert metrics.BUS_OVERFLOWS.value() == overflows_before + 1
     rest = await a.bus.asubscribe(ns, start=resume + 1)
     assert [d.sequence for d in await take(rest, 15)] == [e.sequence for e in stored[5:]]
+
+
+async def test_overflow_wait_holds_the_consumer_and_loses_nothing(node):
+    a = node("a")
+    ns = unique_namespace()
+    store = a.store(ns)
+    await store.asave_event(ev("x", 1))
+    sub = await a.bus.asubscribe(ns, buffer_size=5, overflow="wait")
+    stored = await store.asave_events([ev("x", v) for v in range(2, 52)])
+    await asyncio.sleep(0.5)  # the subscriber reads nothing meanwhile
+    # The consumer is held back: no more than a buffer's worth was handed over.
+    assert a.bus.metrics.get("delivered", 0) <= 5
+    got = await take(sub, 50)
+    assert [d.event.id for d in got] == [e.id for e in stored]
+    await nothing_more(sub)
+    assert a.bus.metrics.get("overflowed", 0) == 0
+
+
+async def test_a_wildcard_overflow_resumes_without_replaying_namespaces_that_delivered_nothing(
+    node,
+):
+    a = node("a")
+    base = unique_namespace()
+    busy, quiet = f"{base}.busy", f"{base}.quiet"
+    for ns in (busy, quiet):  # history from before the subscription
+        await a.store(ns).asave_events([ev("old", v) for v in range(1, 4)])
+    slow = await a.bus.asubscribe(f"{base}.*", buffer_size=5)
+    stored = await a.store(busy).asave_events([ev("x", v) for v in range(1, 11)])
+    await asyncio.sleep(0.3)
+    with pytest.raises(SubscriptionOverflowError) as info:
+        async for _ in slow:
+            pass
+    # The quiet namespace delivered nothing, yet it has a resume point: where it stood.
+    assert info.value.last_sequences == {busy: stored[4].sequence, quiet: 3}
+    assert info.value.resume_start() == {busy: stored[5].sequence, quiet: 4}
+
+    rest = await a.bus.asubscribe(f"{base}.*", start=info.value.resume_start())
+    later = await a.store(quiet).asave_event(ev("new", 1))
+    got = await take(rest, 6)
+    assert sorted((d.namespace, d.sequence) for d in got) == sorted(
+        [(busy, e.sequence) for e in stored[5:]] + [(quiet, later.sequence)]
+    )
+    await nothing_more(rest)  # none of the quiet namespace's older history
 
 
 def test_a_sync_callback_subscription(node):
@@ -219,6 +318,32 @@ async def test_transient_signals_reach_other_nodes_once(node):
     assert local.event.id == remote.event.id == signal.id
     assert local.sequence is None  # not stored
     await nothing_more(on_a)  # its own echo is not delivered twice
+    await nothing_more(on_b)  # and the other node gets it once
+
+
+async def test_a_transient_signal_is_not_stored_or_replayed(node):
+    a, b = node("a"), node("b")
+    ns = unique_namespace()
+    store = a.store(ns)
+    warmup = await store.asave_event(ev("warm", 1))
+    on_b = await b.bus.asubscribe(ns)
+    await asyncio.sleep(0.2)  # b's signal listener is subscribed
+    signal = ev("typing", 1, "UserTyping")
+    a.bus.publish(ns, signal)
+    (remote,) = await take(on_b, 1)
+    assert remote.event.id == signal.id and remote.sequence is None
+    await nothing_more(on_b)  # once
+
+    # Nothing was stored: the stream holds the warm-up event only, and subscribers
+    # made afterwards, from the whole history or durable, never see the signal.
+    js = (await a.runtime.connection()).jetstream()
+    assert (await js.stream_info(store.stream_name)).state.messages == 1
+    replay = await b.bus.asubscribe(ns, start="all")
+    durable = await b.bus.asubscribe(ns, start="all", durable=f"signals-{ns}")
+    for late in (replay, durable):
+        assert [d.event.id for d in await take(late, 1)] == [warmup.id]
+        await nothing_more(late)
+    await durable.aclose()
 
 
 def test_get_event_bus_builds_the_configured_bus():

@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import io
 import json
+import os
+import pty
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import nats
 import pytest
+from django.conf import settings
 from django.core.management import CommandError, call_command
+from django.test import override_settings
+from nats.js.api import StreamConfig
 
+from aether_django.cluster.coordinator import ClusterConfig, Coordinator
 from aether_django.events import ActorSnapshot
+from aether_django.runtime import Runtime
 from aether_django.store import get_event_store
+from aether_django.store.jetstream import META_NAMESPACE as META
 from aether_django.testing.contract import ev
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(*args, **options):
@@ -68,8 +83,88 @@ def test_aether_replay_reports_decoding_errors_and_rebuilds_aggregates(nats_url)
         await nc.close()
 
     asyncio.run(corrupt())
+    out = io.StringIO()
+    with pytest.raises(CommandError, match="problems found"):
+        call_command("aether_replay", ns, "--no-progress", stdout=out, stderr=io.StringIO())
+    summary, *lines = out.getvalue().splitlines()
+    assert summary == f"{ns}: 2 actors, 3 events, 1 replay errors, no aggregate class"
+    # One line per message that does not decode: the actor, its stream sequence, why.
+    assert len(lines) == 1 and lines[0].startswith("  b: sequence 4: "), lines
+    assert len(lines[0]) > len("  b: sequence 4: ")
+
+
+def test_aether_replay_names_each_actor_that_cannot_be_rebuilt():
+    from ..aggregates.domain import Order
+
+    placed = f"order-{uuid.uuid4().hex[:8]}"
+    broken = f"order-{uuid.uuid4().hex[:8]}"
+    Order.objects.update(placed, lambda o: o.place("ann"), create=True)
+    # An event type the aggregate has no handler for: stored fine, but no replay.
+    Order.get_store().save_event(ev(broken, 1, "Teleported"))
+    out = io.StringIO()
     with pytest.raises(CommandError):
-        run("aether_replay", ns)
+        call_command(
+            "aether_replay", "test-orders", "--no-progress", stdout=out, stderr=io.StringIO()
+        )
+    text = out.getvalue()
+    assert "0 replay errors, 1 actors not rebuilt" in text
+    (line,) = [line for line in text.splitlines() if line.startswith(f"  {broken}: ")]
+    assert line == (
+        f"  {broken}: AggregateError: Order cannot apply stored event 'Teleported' "
+        "(version 1): no handler and no upcaster for it"
+    )
+    assert placed not in text  # an actor that rebuilds is not listed
+
+
+def test_aether_replay_draws_its_progress_bar_on_a_terminal(nats_url):
+    """Run under a pseudo-terminal, as a person would: the bar is drawn on stderr,
+    and not with --no-progress. --progress draws it off a terminal too."""
+    ns = f"ops-{uuid.uuid4().hex[:8]}"
+    store = get_event_store(ns)
+    for actor in ("a", "b", "c"):
+        store.save_event(ev(actor, 1))
+
+    terminal = on_a_terminal("aether_replay", ns)
+    assert (
+        "[" + "#" * 30 + "] 3/3" in terminal and "\r[" + "#" * 10 + "." * 20 + "] 1/3" in terminal
+    )
+    assert f"{ns}: 3 actors, 3 events, 0 replay errors" in terminal
+    quiet = on_a_terminal("aether_replay", ns, "--no-progress")
+    assert "] 3/3" not in quiet and f"{ns}: 3 actors" in quiet
+
+    forced = io.StringIO()
+    call_command("aether_replay", ns, "--progress", stdout=io.StringIO(), stderr=forced)
+    assert forced.getvalue().endswith("[" + "#" * 30 + "] 3/3\n")
+    piped = io.StringIO()  # not a terminal: no bar by default
+    call_command("aether_replay", ns, stdout=io.StringIO(), stderr=piped)
+    assert piped.getvalue() == ""
+
+
+def on_a_terminal(*args: str) -> str:
+    """Run ``manage.py *args`` with a pseudo-terminal as its stdout and stderr; its output."""
+    main, child = pty.openpty()
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "django", *args],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=child,
+        stderr=child,
+    )
+    os.close(child)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(main, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(main)
+    assert process.wait(60) == 0, output
+    return output.decode()
 
 
 def test_aether_replay_verifies_snapshots_of_an_aggregate():
@@ -96,3 +191,101 @@ def test_aether_replay_verifies_snapshots_of_an_aggregate():
 def test_aether_replay_refuses_a_bad_namespace():
     with pytest.raises(CommandError):
         run("aether_replay", "bad..ns")
+
+
+def test_aether_status_shows_the_nodes_the_leader_its_term_and_the_last_rebalance(nats_url):
+    bucket = f"ops_{uuid.uuid4().hex[:8]}"
+    runtime = Runtime(nats_url)
+    a, b, c = (
+        Coordinator(runtime, node, ClusterConfig(bucket=bucket, num_shards=100))
+        for node in ("node-a", "node-b", "node-c")
+    )
+    try:
+        lease = runtime.run(a.tick())  # a leads alone and takes the 100 shards
+        runtime.run(b.heartbeat())
+        runtime.run(c.heartbeat())
+        runtime.run(c.leave())  # c joined once and is gone: failed
+        plan = runtime.run(a.rebalance())  # b takes half
+        assert plan is not None and plan.moved_count == 50
+        with override_settings(AETHER={**settings.AETHER, "CLUSTER_BUCKET": bucket}):
+            status = json.loads(run("aether_status", "--json")[0])
+            text, _ = run("aether_status")
+    finally:
+        runtime.run(a.leave())
+        runtime.run(b.leave())
+        runtime.close()
+    assert (status["leader"], status["term"]) == ("node-a", lease.term)
+    assert (status["num_shards"], status["last_rebalance_moved"]) == (100, 50)
+    nodes = {n["node_id"]: n for n in status["nodes"]}
+    assert {k: (n["status"], n["shards"]) for k, n in nodes.items()} == {
+        "node-a": ("alive", 50),
+        "node-b": ("alive", 50),
+        "node-c": ("failed", 0),
+    }
+    assert all(0 <= n["seconds_since_heartbeat"] < 60 for n in nodes.values())
+
+    assert f"Leader    node-a (term {lease.term})" in text
+    assert "Shards    100, last rebalance moved 50" in text
+    lines = {line.split()[1]: line.split() for line in text.splitlines() if "  node " in line}
+    assert lines["node-a"][2:5] == ["alive", "50", "shards,"]
+    assert lines["node-c"][2:5] == ["failed", "0", "shards,"]
+
+
+def test_aether_status_fails_with_a_clear_message_when_nats_is_away(monkeypatch):
+    from aether_django.testing import find_free_port
+
+    url = f"nats://127.0.0.1:{find_free_port()}"
+    monkeypatch.setenv("AETHER_NATS_URL", url)
+    with (
+        override_settings(AETHER={**settings.AETHER, "TIMEOUT": 1.0}),
+        pytest.raises(CommandError, match=f"NATS at {url} did not answer"),
+    ):
+        run("aether_status")
+
+
+def test_aether_streams_check_reports_misconfigured_and_colliding_streams(
+    nats_server_factory, monkeypatch
+):
+    """On a server of its own, so that its broken streams trouble no other test's --all."""
+    server = nats_server_factory(name="aether-streams-check")
+    monkeypatch.setenv("AETHER_NATS_URL", server.url)
+    with override_settings(AETHER={**settings.AETHER}):
+        get_event_store("good").save_event(ev("a", 1))  # a stream, and no snapshot bucket yet
+        out, _ = run("aether_streams", "--all")  # --all: every namespace with a stream
+        assert "good: created bucket good_snapshots" in out
+
+        # A stream made by hand without atomic batches.
+        by_hand(dataclasses.replace(stream_config("plain"), allow_atomic=False))
+        out, err = io.StringIO(), io.StringIO()
+        with pytest.raises(CommandError, match="1 namespace"):
+            call_command("aether_streams", "--check", "--all", stdout=out, stderr=err)
+        assert "good: ok" in out.getvalue()
+        assert (
+            "plain: stream 'plain_events' exists without direct get or atomic batches"
+            in err.getvalue()
+        )
+
+        # A stream of the name "taken" needs, which another namespace's metadata claims.
+        by_hand(dataclasses.replace(stream_config("taken"), metadata={META: "someone-else"}))
+        err = io.StringIO()
+        with pytest.raises(CommandError):
+            call_command("aether_streams", "taken", "--check", stdout=io.StringIO(), stderr=err)
+        assert (
+            "taken: stream 'taken_events' belongs to namespace 'someone-else', not 'taken'"
+            in err.getvalue()
+        )
+
+
+def stream_config(namespace: str) -> StreamConfig:
+    return get_event_store(namespace)._stream_config()  # type: ignore[attr-defined]
+
+
+def by_hand(config: StreamConfig) -> None:
+    async def add() -> None:
+        nc = await nats.connect(os.environ["AETHER_NATS_URL"])
+        try:
+            await nc.jetstream().add_stream(config)
+        finally:
+            await nc.close()
+
+    asyncio.run(add())

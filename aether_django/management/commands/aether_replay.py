@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from nats.errors import Error as NatsError
 
 from aether_django.aggregates import get_aggregate_class
 from aether_django.errors import AetherError
 from aether_django.names import validate_namespace
 from aether_django.store import get_event_store
+
+
+def _plain(text: str) -> str:
+    # stderr is styled as errors (red) on a terminal; the bar is no error.
+    return text
 
 
 class Command(BaseCommand):
@@ -25,7 +30,11 @@ class Command(BaseCommand):
         parser.add_argument(
             "--verify", action="store_true", help="check snapshots against a full replay"
         )
-        parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+        bar = parser.add_mutually_exclusive_group()
+        bar.add_argument(
+            "--progress", action="store_true", help="draw the progress bar even off a terminal"
+        )
+        bar.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     def handle(self, *args: Any, namespace: str, **options: Any) -> None:
         try:
@@ -36,13 +45,14 @@ class Command(BaseCommand):
         model = get_aggregate_class(namespace)
         try:
             actor_ids = store.get_actor_ids()
-        except AetherError as exc:
+        except (AetherError, OSError, NatsError) as exc:  # OSError covers timeouts
             raise CommandError(str(exc)) from exc
         events = 0
         replay_errors: list[str] = []
         rebuild_errors: list[str] = []
         mismatches: list[str] = []
-        progress = not options["no_progress"] and sys.stderr.isatty()
+        # On a terminal by default; a log file would fill with carriage returns.
+        progress = options["progress"] or (not options["no_progress"] and self.stderr.isatty())
         for done, actor_id in enumerate(actor_ids, start=1):
             result = store.get_events_with_errors(actor_id)
             events += len(result.events)
@@ -68,11 +78,14 @@ class Command(BaseCommand):
             if progress:
                 width = 30
                 filled = width * done // max(len(actor_ids), 1)
-                sys.stderr.write(
-                    f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{len(actor_ids)}"
+                self.stderr.write(
+                    f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{len(actor_ids)}",
+                    style_func=_plain,
+                    ending="",
                 )
+                self.stderr.flush()
         if progress:
-            sys.stderr.write("\n")
+            self.stderr.write("", style_func=_plain)
         self.stdout.write(
             f"{namespace}: {len(actor_ids)} actors, {events} events, "
             f"{len(replay_errors)} replay errors"

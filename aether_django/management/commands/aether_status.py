@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from nats.errors import Error as NatsError
 
 from aether_django.cluster import cluster_config, node_id
 from aether_django.cluster.coordinator import Coordinator
@@ -30,7 +31,7 @@ class Command(BaseCommand):
             nodes = runtime.run(coordinator.nodes())
             shard_map = runtime.run(coordinator.read_shard_map())
             infos = [get_event_store(ns).get_info() for ns in list_namespaces()]
-        except (AetherError, OSError, TimeoutError) as exc:
+        except (AetherError, OSError, NatsError) as exc:  # OSError covers timeouts
             raise CommandError(f"NATS at {aether_settings.NATS_URL} did not answer: {exc}") from exc
         now = time.time()
         status: dict[str, Any] = {

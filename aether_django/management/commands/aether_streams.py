@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from nats.errors import Error as NatsError
 
 from aether_django.aggregates import all_aggregates
 from aether_django.errors import AetherError
@@ -29,7 +30,10 @@ class Command(BaseCommand):
         if not namespaces:
             namespaces = {m._meta.namespace for m in all_aggregates() if m._meta.namespace}
         if options["all"]:
-            namespaces |= set(list_namespaces())
+            try:
+                namespaces |= set(list_namespaces())
+            except (AetherError, OSError, NatsError) as exc:
+                raise CommandError(f"cannot list the namespaces: {exc}") from exc
         if not namespaces:
             self.stdout.write("No namespaces to check: name some, or register aggregates.")
             return
@@ -42,7 +46,7 @@ class Command(BaseCommand):
                     self.stdout.write(f"{namespace}: {type(store).__name__} needs no streams")
                     continue
                 done = get_runtime().run(ensure(create=not options["check"]))
-            except (AetherError, ValueError) as exc:
+            except (AetherError, ValueError, OSError, NatsError) as exc:
                 problems += 1
                 self.stderr.write(f"{namespace}: {exc}")
                 continue
