@@ -38,6 +38,14 @@ def validate_namespace(namespace: object) -> str:
             f"invalid namespace {namespace!r}: use tokens of letters, digits, '-' and '_' "
             "separated by single dots"
         )
+    if "__" in namespace or "_." in namespace or "._" in namespace:
+        # Stream names write "." as "__" (namespace_slug), so "a.b" and "a__b", or "a_.b"
+        # and "a._b", would share a stream. Refusing these spellings makes the mapping
+        # one-to-one, so no namespace can be found to exist through another's stream.
+        raise InvalidNamespaceError(
+            f"invalid namespace {namespace!r}: no two underscores in a row and no "
+            "underscore beside a dot (stream names write '.' as '__')"
+        )
     return namespace
 
 
@@ -81,9 +89,11 @@ def actor_id_from_token(token: str) -> str:
 def namespace_slug(namespace: str) -> str:
     """The namespace as used inside stream and bucket names (which forbid dots).
 
-    Dots become double underscores. That can collide (``a.b`` and ``a__b``), so
-    the store records the namespace in the stream's metadata and refuses a stream
-    that belongs to another namespace.
+    Dots become double underscores. validate_namespace refuses the spellings that would
+    collide (``a__b`` beside ``a.b``, ``a_.b`` beside ``a._b``), so this is one-to-one
+    on valid names; the store still records the namespace in the stream's metadata
+    and refuses a stream that belongs to another namespace (one made by an earlier
+    release, which accepted those spellings).
     """
     return namespace.replace(".", "__")
 

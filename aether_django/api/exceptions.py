@@ -19,6 +19,7 @@ from ..errors import (
     NamespaceCollisionError,
     PayloadTooLargeError,
     ReplayError,
+    SaveOutcomeUnknownError,
     StoreUnavailableError,
     VersionConflictError,
 )
@@ -34,6 +35,17 @@ class StoreUnavailable(APIException):
     status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     default_detail = "The event store did not answer in time; try again."
     default_code = "store_unavailable"
+
+
+class OutcomeUnknown(APIException):
+    """An append reached NATS but was never confirmed: it may or may not be stored."""
+
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_detail = (
+        "The event store did not confirm this write; it may have been stored. "
+        "Repeat the request with the same event ids to find out."
+    )
+    default_code = "outcome_unknown"
 
 
 class CorruptHistory(APIException):
@@ -52,8 +64,8 @@ class NamespaceCollision(APIException):
     # The detail names no other namespace: the caller may not be allowed to read it.
     status_code = status.HTTP_409_CONFLICT
     default_detail = (
-        "This namespace's stream belongs to another namespace (names that differ only "
-        "in '.' and '__' share a stream); use another name."
+        "This namespace's stream belongs to another namespace (one whose name differs "
+        "only in '.' and '__', made before such names were refused); use another name."
     )
     default_code = "namespace_collision"
 
@@ -83,6 +95,8 @@ def aether_exception_handler(exc: Exception, context: dict[str, Any]) -> Respons
         exc = PayloadTooLarge(str(exc))
     elif isinstance(exc, InvalidNameError | InvalidEventError):
         exc = ValidationError({"detail": [str(exc)]}, code="invalid")
+    elif isinstance(exc, SaveOutcomeUnknownError):
+        exc = OutcomeUnknown()
     elif isinstance(exc, StoreUnavailableError):
         exc = StoreUnavailable()
     elif isinstance(exc, NamespaceCollisionError):

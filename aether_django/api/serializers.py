@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.extensions import OpenApiSerializerExtension
+from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema_field
 from rest_framework import serializers
 
 from ..events import Event
 from ..names import MAX_ACTOR_ID_LENGTH
 
 
+@extend_schema_field({"type": "object", "additionalProperties": True})
 class JSONObjectField(serializers.JSONField):
     """A JSON object (mapping), as event data and snapshot state must be."""
 
@@ -74,6 +77,18 @@ class AppendBatchSerializer(serializers.Serializer[Any]):
 
     expected_version = serializers.IntegerField(min_value=0, max_value=2**63 - 1000)
     events = NewEventSerializer(many=True, allow_empty=False, max_length=500)  # type: ignore[call-arg]
+
+
+class AppendBatchExtension(OpenApiSerializerExtension):  # type: ignore[no-untyped-call]
+    """Publishes the bounds of ``events`` (drf-spectacular leaves a nested list's out)."""
+
+    target_class = AppendBatchSerializer
+
+    def map_serializer(self, auto_schema: Any, direction: Any) -> Any:
+        schema = auto_schema._map_basic_serializer(self.target, direction)
+        events = self.target.fields["events"]
+        schema["properties"]["events"].update(minItems=1, maxItems=events.max_length)
+        return schema
 
 
 class AppendResultSerializer(serializers.Serializer[Any]):
@@ -147,3 +162,75 @@ def page_of(serializer: type[serializers.Serializer[Any]]) -> type[serializers.S
             "next": serializers.CharField(allow_null=True),
         },
     )
+
+
+# --- error bodies (for the OpenAPI document; the views answer them through exceptions) ---
+
+
+class ErrorSerializer(serializers.Serializer[Any]):
+    """An error: a machine-readable ``code`` (``not_found``, ``permission_denied``,
+    ``payload_too_large``, ``cannot_apply``, ``store_unavailable``, ...) and a message."""
+
+    code = serializers.CharField()
+    detail = serializers.CharField()
+
+
+class ValidationErrorSerializer(serializers.Serializer[Any]):
+    """400: ``code`` is ``invalid`` or ``parse_error``. Beside it, DRF's field errors keyed
+    by field name (a list of messages, or for a batch's events an object keyed by the
+    event's index), ``detail`` for errors of no one field, or ``errors`` for a list."""
+
+    code = serializers.ChoiceField(choices=["invalid", "parse_error"])
+    detail = serializers.JSONField(required=False)
+
+
+class ValidationErrorExtension(OpenApiSerializerExtension):  # type: ignore[no-untyped-call]
+    """Says in the schema that a 400 body carries field errors beside its declared keys."""
+
+    target_class = ValidationErrorSerializer
+
+    def map_serializer(self, auto_schema: Any, direction: Any) -> Any:
+        schema = auto_schema._map_basic_serializer(self.target, direction)
+        schema["additionalProperties"] = True
+        return schema
+
+
+class VersionConflictSerializer(serializers.Serializer[Any]):
+    """409 ``version_conflict``: the actor already has ``attempted_version`` (for a batch,
+    ``expected_version + 1``) or a later one; ``current_version`` is its version now."""
+
+    code = serializers.ChoiceField(choices=["version_conflict"])
+    detail = serializers.CharField()
+    actor_id = serializers.CharField()
+    attempted_version = serializers.IntegerField()
+    current_version = serializers.IntegerField()
+
+
+class OtherConflictSerializer(serializers.Serializer[Any]):
+    """409 of an append other than a version conflict: an event id that belongs to
+    another stored event, or a namespace whose stream belongs to another namespace."""
+
+    code = serializers.ChoiceField(choices=["duplicate_event_id", "namespace_collision"])
+    detail = serializers.CharField()
+
+
+class NamespaceCollisionSerializer(serializers.Serializer[Any]):
+    """409 ``namespace_collision``: the namespace's stream belongs to another namespace
+    (one stored before names that share a stream were refused); the other is not named."""
+
+    code = serializers.ChoiceField(choices=["namespace_collision"])
+    detail = serializers.CharField()
+
+
+#: The append body: one event with a version, or a batch after ``expected_version``.
+APPEND_REQUEST = PolymorphicProxySerializer(
+    component_name="AppendRequest",
+    serializers=[AppendOneSerializer, AppendBatchSerializer],
+    resource_type_field_name=None,
+)
+#: A 409 answer to an append.
+APPEND_CONFLICT = PolymorphicProxySerializer(
+    component_name="AppendConflict",
+    serializers=[VersionConflictSerializer, OtherConflictSerializer],
+    resource_type_field_name=None,
+)

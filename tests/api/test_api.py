@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import os
+import time
 import uuid
 
+import jsonschema
 import pytest
+from django.conf import settings
+from django.test import override_settings
 
+from aether_django import aggregates
 from aether_django.cluster import shard_of
+from aether_django.events import Event
 
 API = "/api/aether"
+MIN_1 = "Ensure this value is greater than or equal to 1."
+NOT_EMPTY = "This list may not be empty."
 
 
 def events_url(ns, actor="order-1"):
@@ -42,6 +52,13 @@ def test_append_a_batch_atomically_after_expected_version(root, ns):
     assert [e["version"] for e in response.data["events"]] == [2, 3]
     stale = root.post(events_url(ns), body, format="json")
     assert stale.status_code == 409
+    assert stale.json() == {
+        "code": "version_conflict",
+        "detail": stale.data["detail"],
+        "actor_id": "order-1",
+        "attempted_version": 2,  # expected_version + 1
+        "current_version": 3,
+    }
     assert [e["version"] for e in root.get(events_url(ns)).data["results"]] == [1, 2, 3]
 
 
@@ -91,25 +108,40 @@ def test_events_are_paged_from_a_version(root, ns):
 
 
 @pytest.mark.parametrize(
-    "body",
+    ("body", "errors"),
     [
-        {"data": {}, "version": 1},
-        {"event_type": "A", "version": 0},
-        {"event_type": "A", "version": "one"},
-        {"event_type": "A", "version": 1, "data": [1, 2]},
-        {"event_type": "A", "version": 1, "metadata": ["k"]},
-        {"expected_version": -1, "events": [{"event_type": "A"}]},
-        {"expected_version": 0, "events": []},
-        {
-            "expected_version": 0,
-            "events": [{"event_type": "A", "id": "x"}, {"event_type": "B", "id": "x"}],
-        },
+        ({"data": {}, "version": 1}, {"event_type": ["This field is required."]}),
+        ({"event_type": "A", "version": 0}, {"version": [MIN_1]}),
+        ({"event_type": "A", "version": "one"}, {"version": ["A valid integer is required."]}),
+        ({"event_type": "A", "version": 1, "data": [1, 2]}, {"data": ["Must be a JSON object."]}),
+        (
+            {"event_type": "A", "version": 1, "metadata": ["k"]},
+            {"metadata": ['Expected a dictionary of items but got type "list".']},
+        ),
+        (
+            {"expected_version": -1, "events": [{"event_type": "A"}]},
+            {"expected_version": ["Ensure this value is greater than or equal to 0."]},
+        ),
+        ({"expected_version": 0, "events": []}, {"events": {"non_field_errors": [NOT_EMPTY]}}),
+        (
+            {"expected_version": 0, "events": [{"event_type": "A"}, {"data": {}}]},
+            {"events": {"1": {"event_type": ["This field is required."]}}},
+        ),
+        (
+            {
+                "expected_version": 0,
+                "events": [{"event_type": "A", "id": "x"}, {"event_type": "B", "id": "x"}],
+            },
+            {"detail": ["event ids within a batch must be distinct"]},
+        ),
     ],
 )
-def test_invalid_bodies_answer_400_with_a_code_and_store_nothing(root, ns, body):
+def test_invalid_bodies_answer_400_with_their_field_errors_and_store_nothing(
+    root, ns, body, errors
+):
     response = root.post(events_url(ns), body, format="json")
     assert response.status_code == 400, response.data
-    assert response.data["code"] == "invalid"
+    assert response.json() == {"code": "invalid", **errors}
     assert root.get(f"{API}/namespaces/{ns}/actors/order-1/version/").data["version"] == 0
 
 
@@ -126,6 +158,67 @@ def test_bad_names_and_parameters(root, ns):
     assert root.get(events_url(ns), {"from_version": "x"}).status_code == 400
     assert root.get(events_url(ns), {"limit": "0"}).status_code == 400
     assert root.get(f"{API}/namespaces/{ns}/actors/", {"cursor": "%%%"}).status_code == 400
+
+
+def test_history_cannot_be_deleted_and_bodies_must_be_json_or_a_form(root, ns):
+    append(root, ns, event_type="A", version=1)
+    deleted = root.delete(events_url(ns))
+    assert deleted.status_code == 405 and deleted.json()["code"] == "method_not_allowed"
+    assert root.delete(f"{API}/namespaces/{ns}/actors/order-1/snapshot/").status_code == 405
+    text = root.post(events_url(ns), "event_type=A", content_type="text/plain")
+    assert text.status_code == 415 and text.json()["code"] == "unsupported_media_type"
+    assert [e["version"] for e in root.get(events_url(ns)).data["results"]] == [1]
+
+
+@pytest.fixture
+def own_nats_server(nats_server_factory):
+    """The API's stores on a nats-server of this test's own, with a 1 s timeout."""
+    server = nats_server_factory()
+    previous = os.environ["AETHER_NATS_URL"]
+    os.environ["AETHER_NATS_URL"] = server.url  # it wins over AETHER["NATS_URL"]
+    # Changing AETHER drops the cached settings, stores and connection, before and after.
+    with override_settings(AETHER={**settings.AETHER, "TIMEOUT": 1.0}):
+        try:
+            yield server
+        finally:
+            os.environ["AETHER_NATS_URL"] = previous
+
+
+def test_a_nats_server_that_stopped_answers_503_until_it_is_back(root, ns, own_nats_server):
+    assert append(root, ns, event_type="A", version=1).status_code == 201
+    own_nats_server.stop()
+    unavailable = {
+        "code": "store_unavailable",
+        "detail": "The event store did not answer in time; try again.",
+    }
+    for response in (root.get(f"{API}/namespaces/{ns}/"), root.get(events_url(ns))):
+        assert response.status_code == 503, response.status_code
+        assert response.json() == unavailable
+    # An append either is refused before it is sent (the client knows the connection is
+    # gone) or is sent and never confirmed; the answer says which.
+    response = append(root, ns, event_type="A", version=2)
+    assert response.status_code == 503, response.status_code
+    assert response.json() in (
+        unavailable,
+        {
+            "code": "outcome_unknown",
+            "detail": "The event store did not confirm this write; it may have been stored. "
+            "Repeat the request with the same event ids to find out.",
+        },
+    )
+    # Started again (same port, same JetStream store): the API answers again once the
+    # connection is back, with the event stored before. The append that answered 503
+    # may be there too when it was sent before the client saw the connection go (then
+    # it answered outcome_unknown), which is why a retry should carry client ids.
+    own_nats_server.start()
+    deadline = time.monotonic() + 30  # reconnecting takes a few seconds at most
+    while (page := root.get(events_url(ns))).status_code == 503:
+        assert time.monotonic() < deadline, "the API did not reconnect"
+        time.sleep(0.2)
+    assert page.status_code == 200
+    stored = [e["version"] for e in page.data["results"]]
+    # store_unavailable promises the append was not stored; outcome_unknown allows both.
+    assert stored == [1] or (stored == [1, 2] and response.json()["code"] == "outcome_unknown")
 
 
 def test_namespaces_and_actors(root, ns):
@@ -184,6 +277,43 @@ def test_state_of_a_registered_aggregate_now_and_at_a_version(root):
     assert root.get(f"{API}/namespaces/test-orders/actors/nobody/state/").status_code == 404
 
 
+def test_state_when_a_handler_raises_on_stored_data_answers_422_cannot_apply(root, ns):
+    # A class of its own in a namespace of its own: a broken actor in the shared
+    # test-orders namespace would break every later test that replays all of it.
+    class Till(aggregates.Aggregate):
+        cents: int = 0
+
+        class Meta:
+            namespace = ns
+
+        @aggregates.apply("Paid")
+        def _paid(self, event: Event) -> None:
+            self.cents += event.data["cents"]  # KeyError on data without "cents"
+
+    try:
+        actor = f"till-{uuid.uuid4().hex[:8]}"
+        assert (
+            append(root, ns, actor, event_type="Paid", version=1, data={"cents": 5}).status_code
+            == 201
+        )
+        # Appended through the API: a Paid without the field its handler reads.
+        bad = append(root, ns, actor, event_type="Paid", version=2, data={})
+        assert bad.status_code == 201
+        url = f"{API}/namespaces/{ns}/actors/{actor}/state/"
+        response = root.get(url)
+        assert response.status_code == 422
+        assert response["Content-Type"] == "application/json"
+        assert response.json() == {
+            "code": "cannot_apply",
+            "detail": "Till cannot build this actor's state from its stored events: "
+            "its code raised KeyError",
+        }
+        before = root.get(url, {"at_version": 1})
+        assert before.status_code == 200 and before.data["state"]["cents"] == 5
+    finally:
+        aggregates._registry.pop(Till._meta.label, None)
+
+
 def test_state_without_an_aggregate_class_is_404(root, ns):
     append(root, ns, event_type="A", version=1)
     assert root.get(f"{API}/namespaces/{ns}/actors/order-1/state/").status_code == 404
@@ -200,12 +330,79 @@ def test_cluster_and_shards(callers):
     assert callers["anonymous"].get(f"{API}/cluster/").status_code in (401, 403)
 
 
-def test_the_openapi_schema(root):
-    response = root.get(f"{API}/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
-    assert response.status_code == 200
-    import json
+def _ref(name):
+    return {"$ref": f"#/components/schemas/{name}"}
 
+
+def test_the_openapi_schema_describes_both_append_forms_and_every_error_body(root, ns):
+    response = root.get(f"{API}/schema/", {"format": "json"})
+    assert response.status_code == 200
     schema = json.loads(response.content)
-    paths = schema["paths"]
-    assert "/api/aether/namespaces/" in paths
-    assert any(p.endswith("/events/") for p in paths)
+    components, paths = schema["components"]["schemas"], schema["paths"]
+    actor = f"{API}/namespaces/{{namespace}}/actors/{{actor_id}}"
+
+    def body(operation, status):
+        return operation["responses"][str(status)]["content"]["application/json"]["schema"]
+
+    # The append body: one event with a version, or a batch after expected_version.
+    post = paths[f"{actor}/events/"]["post"]
+    assert post["requestBody"]["content"]["application/json"]["schema"] == _ref("AppendRequest")
+    assert components["AppendRequest"] == {"oneOf": [_ref("AppendOne"), _ref("AppendBatch")]}
+    assert set(components["AppendOne"]["required"]) == {"event_type", "version"}
+    assert set(components["AppendBatch"]["required"]) == {"expected_version", "events"}
+    assert components["AppendBatch"]["properties"]["events"] == {
+        "type": "array",
+        "items": _ref("NewEvent"),
+        "minItems": 1,
+        "maxItems": 500,
+    }
+    assert "version" not in components["NewEvent"]["properties"]
+    assert components["AppendOne"]["properties"]["data"]["type"] == "object"
+
+    # Its answers: 201, the 409 bodies, and an error body for every other status.
+    assert body(post, 201) == _ref("AppendResult")
+    assert body(post, 409) == _ref("AppendConflict")
+    assert components["AppendConflict"] == {
+        "oneOf": [_ref("VersionConflict"), _ref("OtherConflict")]
+    }
+    assert set(components["VersionConflict"]["required"]) == {
+        "code",
+        "detail",
+        "actor_id",
+        "attempted_version",
+        "current_version",
+    }
+    for status in (401, 403, 404, 413, 415, 422, 503):
+        assert body(post, status) == _ref("Error"), status
+    assert body(post, 400) == _ref("ValidationError")
+    assert components["ValidationError"]["additionalProperties"] is True
+    assert set(components["Error"]["required"]) == {"code", "detail"}
+
+    # 413 on a snapshot too, and the error bodies of every namespace endpoint.
+    assert body(paths[f"{actor}/snapshot/"]["put"], 413) == _ref("Error")
+    for path, operations in paths.items():
+        if "{namespace}" not in path:
+            continue
+        for method, operation in operations.items():
+            assert body(operation, 400) == _ref("ValidationError"), (method, path)
+            assert body(operation, 409) in (_ref("NamespaceCollision"), _ref("AppendConflict"))
+            for status in (401, 403, 404, 422, 503):
+                assert body(operation, status) == _ref("Error"), (method, path, status)
+
+    # Real answers match the published bodies.
+    def valid(instance, name):
+        jsonschema.validate(instance, {**_ref(name), "components": schema["components"]})
+
+    append(root, ns, event_type="A", version=1)
+    conflict = append(root, ns, event_type="A", version=1)
+    valid(conflict.json(), "AppendConflict")
+    valid(conflict.json(), "VersionConflict")
+    with pytest.raises(jsonschema.ValidationError):
+        valid(conflict.json(), "OtherConflict")  # so oneOf picks exactly one
+    batch = {"expected_version": 1, "events": [{"event_type": "B"}, {"data": {}}]}
+    invalid = root.post(events_url(ns), batch, format="json")
+    assert invalid.status_code == 400
+    valid(invalid.json(), "ValidationError")
+    missing = root.get(f"{API}/namespaces/{ns}/actors/order-1/snapshot/")
+    assert missing.status_code == 404
+    valid(missing.json(), "Error")

@@ -4,8 +4,11 @@ The test project runs under a real ASGI server (daphne, a process of its own, on
 free port) with its database in a SQLite file. Eight client OS processes (spawned,
 plain urllib with HTTP basic auth) each read the actor's version, append
 version + 1, and on 409 take ``current_version`` from the body and try the next
-one, until versions 1..TARGET exist. Nothing here depends on timing: there are no
-sleeps, and how often the clients collide is reported, not asserted.
+one, until versions 1..TARGET exist. Each 409's ``current_version`` is checked
+against when every version was stored, as the clients saw it: each request is timed
+(sent, answered) on the machine's monotonic clock, and a version was stored within
+the request that won it. Nothing here depends on speed: there are no sleeps, and how
+often the clients collide is reported, not asserted.
 """
 
 from __future__ import annotations
@@ -58,9 +61,15 @@ def _call(method: str, url: str, auth: str, body: Any = None) -> tuple[int, Any]
 
 
 def race(index: int, base: str, auth: str, target: int, barrier: Any, results: Any) -> None:
-    """Append to the actor at ``base`` until it has ``target`` versions; report to ``results``."""
-    won: list[int] = []
-    conflicts: list[tuple[int, int]] = []
+    """Append to the actor at ``base`` until it has ``target`` versions; report to ``results``.
+
+    Every append is reported with when it was sent and when its answer came back
+    (``time.monotonic()``, one clock for every process of the machine): as
+    ``(version, sent, received)`` when won, ``(attempted, current, sent, received)``
+    on a 409.
+    """
+    won: list[tuple[int, float, float]] = []
+    conflicts: list[tuple[int, int, float, float]] = []
     try:
         barrier.wait(START_TIMEOUT)
         status, body = _call("GET", f"{base}/version/", auth)
@@ -69,17 +78,19 @@ def race(index: int, base: str, auth: str, target: int, barrier: Any, results: A
         while version < target:
             attempt = version + 1
             event = {"event_type": "Raced", "version": attempt, "data": {"client": index}}
+            sent = time.monotonic()
             status, body = _call("POST", f"{base}/events/", auth, event)
+            received = time.monotonic()
             if status == 409:
                 assert body["code"] == "version_conflict", body
                 assert body["attempted_version"] == attempt, body
-                conflicts.append((attempt, body["current_version"]))
+                conflicts.append((attempt, body["current_version"], sent, received))
                 version = body["current_version"]
                 continue
             assert status == 201, (status, body)
             (stored,) = body["events"]
             assert stored["version"] == attempt, body
-            won.append(attempt)
+            won.append((attempt, sent, received))
             version = attempt
         results.put({"index": index, "won": won, "conflicts": conflicts, "error": None})
     except BaseException as exc:  # the parent reports it; a child's traceback is easy to miss
@@ -172,13 +183,30 @@ def test_8_processes_race_appends_to_one_actor_through_http(server):
     sequences = [e["sequence"] for e in events]
     assert sequences == sorted(sequences)
 
-    won = sorted(v for r in reports for v in r["won"])
+    won = sorted(v for r in reports for v, _, _ in r["won"])
     assert won == versions, "every acknowledged append is stored, and only those"
     stored_by = {e["version"]: e["data"]["client"] for e in events}
+    # When each version was stored: within the request that won it, between its
+    # sending and its 201.
+    stored_within = {v: (sent, received) for r in reports for v, sent, received in r["won"]}
     for report in reports:
-        for version in report["won"]:
+        for version, _, _ in report["won"]:
             assert stored_by[version] == report["index"], "an acknowledged append was overwritten"
-        for attempted, current in report["conflicts"]:
+        for attempted, current, sent, received in report["conflicts"]:
             assert attempted <= current <= TARGET, "a 409 must carry a version >= the attempted"
+            # current_version is the actor's version at some moment while the server
+            # handled the losing request, between `sent` and `received`: so version
+            # `current` was stored by then (the request that stored it had been sent
+            # before the 409 came back), and version `current + 1` was not yet (its
+            # 201 came back after the losing request was sent). A stale version (a
+            # cache, a read before the check) or one from the future breaks one of them.
+            assert stored_within[current][0] <= received, (
+                f"409 for {attempted} said {current}, which was stored only later"
+            )
+            if current < TARGET:
+                assert stored_within[current + 1][1] >= sent, (
+                    f"409 for {attempted} said {current}, but {current + 1} was stored "
+                    "before the request was sent"
+                )
     conflicts = sum(len(r["conflicts"]) for r in reports)
     print(f"\n{CLIENTS} HTTP clients, {TARGET} versions, {conflicts} conflicts answered 409")

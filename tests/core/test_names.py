@@ -18,6 +18,8 @@ NAMESPACES = (
     st.lists(TOKEN, min_size=1, max_size=5)
     .map(".".join)
     .filter(lambda ns: len(ns) <= names.MAX_NAMESPACE_LENGTH)
+    # Spellings that would share a stream with another name are refused (tested below).
+    .filter(lambda ns: "__" not in ns and "_." not in ns and "._" not in ns)
 )
 ACTOR_IDS = st.text(min_size=1, max_size=names.MAX_ACTOR_ID_LENGTH).filter(str.isprintable)
 SUBJECT_TOKEN = re.compile(r"^[^.*>\s]+$")
@@ -54,11 +56,22 @@ def test_seed_stream_names():
         ("ü", "letters, digits"),
         ("x" * 101, "at most 100"),
         (None, "must be a string"),
+        ("a__b", "two underscores"),
+        ("a_.b", "underscore beside a dot"),
+        ("a._b", "underscore beside a dot"),
     ],
 )
 def test_invalid_namespaces_say_which_rule_failed(namespace, rule):
     with pytest.raises(InvalidNamespaceError, match=rule):
         names.validate_namespace(namespace)
+
+
+@given(NAMESPACES)
+def test_different_valid_namespaces_have_different_stream_names(namespace):
+    # The stream name gives the namespace back, so no two valid names share a stream.
+    slug = names.stream_name(namespace).removesuffix("_events")
+    assert slug.replace("__", ".") == namespace
+    assert names.snapshot_bucket(namespace) == f"{slug}_snapshots"
 
 
 def test_invalid_namespace_is_a_value_error():
