@@ -16,9 +16,10 @@ Started by ``python3 dev.py demo`` (in the project's virtualenv). It
    prints where to look.
 
 ``$AETHER_DEMO_VAR`` moves the demo's own state (NATS store, pid files, beat
-schedule, logs) from ``var/`` elsewhere; the SQLite database stays in ``var/``
-(example_project.settings). ``$AETHER_DEMO_USER`` names the staff user (default
-``demo``).
+schedule, logs) from ``var/`` elsewhere; ``$AETHER_DEMO_DB`` names the SQLite
+database file (default ``var/db.sqlite3``, read by example_project.settings; a
+missing file is created and migrated). ``$AETHER_DEMO_USER`` names the staff user
+(default ``demo``).
 
 uvicorn rather than daphne: its WebSocket sends wait while a client does not read,
 which is how the live subscriptions notice a slow client (docs/websocket.md).
@@ -60,6 +61,8 @@ OLD_DAPHNE_PID_FILE = VAR / "demo-daphne.pid"
 WORKER_LOG = VAR / "celery-worker.log"
 BEAT_LOG = VAR / "celery-beat.log"
 BEAT_SCHEDULE = VAR / "celerybeat-schedule"
+# The same default as example_project.settings, which reads the same variable.
+DATABASE = Path(os.environ.get("AETHER_DEMO_DB") or ROOT / "var" / "db.sqlite3").resolve()
 ASGI_APP = "example_project.asgi:application"
 CELERY_APP = "example_project.celery"
 SETTINGS = "example_project.settings"
@@ -232,7 +235,9 @@ def seed(env: dict[str, str]) -> None:
 
 
 def migrate(env: dict[str, str]) -> None:
-    say("Applying database migrations (var/db.sqlite3) ...")
+    say(f"Applying database migrations ({DATABASE}) ...")
+    # SQLite creates the file, not its directory.
+    DATABASE.parent.mkdir(parents=True, exist_ok=True)
     done = subprocess.run(
         [sys.executable, "manage.py", "migrate", "--no-input", "--verbosity", "0"],
         cwd=ROOT,
@@ -399,6 +404,8 @@ def main() -> int:
         say(f"  API           {base}/api/aether/namespaces/  (basic auth or the admin login)")
         say(f"  admin         {base}/admin/  ({login})")
         say(f"  shard map     {base}/admin/aether_django/clusterinspection/shards/")
+        say(f"  health        {base}/aether/healthz/  and readiness {base}/aether/readyz/")
+        say(f"  metrics       {base}/aether/metrics/  (Prometheus text; the admin login)")
         say(f"  NATS          {url}")
         say(f"  Celery        broker {broker_url}, node {NODE_ID!r}, logs in {VAR}")
         say("Press Ctrl-C to stop.")

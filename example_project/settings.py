@@ -70,7 +70,9 @@ TEMPLATES = [
 DATABASES: dict[str, dict[str, Any]] = {
     "default": {
         "ENGINE": "django.db.backends.sqlite3",
-        "NAME": VAR_DIR / "db.sqlite3",
+        # AETHER_DEMO_DB points the demo at another SQLite file (a fresh one is
+        # migrated on start), so a second demo need not share var/db.sqlite3.
+        "NAME": os.environ.get("AETHER_DEMO_DB") or VAR_DIR / "db.sqlite3",
     }
 }
 if os.environ.get("POSTGRES_HOST"):

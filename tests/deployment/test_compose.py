@@ -1,11 +1,20 @@
 """docker-compose.yml describes the production shape (these machines cannot run Docker)."""
 
+import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 COMPOSE = yaml.safe_load((Path(__file__).resolve().parents[2] / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
+
+
+@pytest.fixture
+def example_project_urls(settings):
+    """Resolve URLs with the example project's URLconf."""
+    settings.ROOT_URLCONF = "example_project.urls"
+    settings.INSTALLED_APPS = [*settings.INSTALLED_APPS, "example_project.shop"]
 
 
 def env(service):
@@ -61,7 +70,45 @@ def test_the_processes_and_their_order():
         assert all(
             depends[s] == {"condition": "service_healthy"} for s in ("nats-1", "postgres", "redis")
         )
-    assert SERVICES["app"]["ports"] == ["8000:8000"]
+
+
+def test_only_the_proxy_is_published_so_the_app_scales_without_a_port_clash():
+    # `docker compose up --scale app=N` fails when app publishes a fixed host port.
+    published = {name for name, service in SERVICES.items() if service.get("ports")}
+    assert published == {"proxy"}
+    assert SERVICES["proxy"]["ports"] == ["8000:8000"]
+    assert SERVICES["app"]["expose"] == ["8000"]
+    assert "deploy" not in SERVICES["app"]  # no fixed replica count pinned in the file
+
+
+def test_the_proxy_spreads_requests_over_every_healthy_app_replica():
+    proxy = SERVICES["proxy"]
+    assert proxy["image"].startswith("caddy:2")
+    assert proxy["depends_on"] == {"app": {"condition": "service_healthy"}}
+    [mount] = proxy["configs"]
+    assert mount == {"source": "caddyfile", "target": "/etc/caddy/Caddyfile"}
+    caddyfile = COMPOSE["configs"]["caddyfile"]["content"].split()
+    # Listens on the published port; upstreams are the A records of `app`, one per
+    # replica, looked up again every few seconds so a scale change is followed.
+    assert caddyfile[:3] == [":8000", "{", "reverse_proxy"]
+    assert caddyfile[caddyfile.index("dynamic") :][:4] == ["dynamic", "a", "app", "8000"]
+    assert caddyfile[caddyfile.index("refresh") + 1] == "5s"
+
+
+def test_the_app_has_a_readiness_healthcheck(example_project_urls):
+    from django.urls import resolve
+
+    check = SERVICES["app"]["healthcheck"]
+    command = check["test"]
+    assert command[:3] == ["CMD", "python", "-c"]
+    [url] = re.findall(r"'(http://[^']+)'", command[3])
+    assert url == "http://127.0.0.1:8000/aether/readyz/"
+    # 127.0.0.1 must be an allowed host, or Django answers the check with 400.
+    assert "127.0.0.1" in env("app")["DJANGO_ALLOWED_HOSTS"].split(",")
+    # The example project mounts aether_django's readiness view there.
+    assert resolve("/aether/readyz/").view_name == "aether:readyz"
+    # A 503 from readyz makes urlopen raise, so the check fails until NATS answers.
+    assert "urlopen(" in command[3]
 
 
 def test_the_settings_read_the_replicas(monkeypatch):
