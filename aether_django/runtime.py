@@ -14,8 +14,10 @@ while most Django code is sync. The runtime therefore keeps
   idle, so a keeper thread runs each idle portal for a moment every second to
   answer server pings and notice reconnects, and closes portals idle for long;
 * one background thread with its own loop and connection, for work that must
-  run all the time (subscriptions), and for sync calls made from a thread that
-  already runs an event loop (only allowed with DJANGO_ALLOW_ASYNC_UNSAFE).
+  run all the time (subscriptions), for sync calls made while MAX_BUSY_PORTALS
+  portals are busy (many threads at once share one loop better than they run
+  a loop each), and for sync calls made from a thread that already runs an
+  event loop (only allowed with DJANGO_ALLOW_ASYNC_UNSAFE).
 
 Everything is created on first use, created again in a child after ``fork()``
 (Celery prefork, gunicorn), and closed at interpreter exit. Connections reconnect
@@ -53,6 +55,12 @@ _RUNTIMES: weakref.WeakSet[Runtime] = weakref.WeakSet()
 KEEPER_INTERVAL = 1.0
 #: Seconds after which an unused portal (beyond the first) is closed.
 PORTAL_IDLE_CLOSE = 60.0
+#: Sync calls running at once on portals before further ones go to the loop thread.
+#: A portal is the fastest way for a few threads (no thread hand-off), but each is a
+#: loop and a connection of its own: with many threads at once, one shared loop
+#: multiplexing every call over one connection does the same work with far less
+#: switching between threads (bench/aggregates.py figure 3e: measured there).
+MAX_BUSY_PORTALS = 4
 # Objects inherited from the parent across fork(): kept referenced so that the
 # garbage collector never closes, in the child, sockets the parent still uses.
 _INHERITED: list[Any] = []
@@ -90,6 +98,7 @@ class Runtime:
         self._closing = False
         # Idle portals, most recently used last.
         self._portals: list[_Portal] = []
+        self._busy_portals = 0
         self._portal_lock = threading.Lock()
         self._keeper: threading.Thread | None = None
         self._keeper_stop = threading.Event()
@@ -153,18 +162,21 @@ class Runtime:
             )
         if not isinstance(coro, Coroutine):
             raise TypeError("Runtime.run() takes a coroutine")
-        if running is not None:
-            # This thread's loop is busy: hand the call to the loop thread.
+        portal = None if running is not None else self._take_portal()
+        if portal is None:
+            # This thread's loop is busy, or many sync calls are running at once:
+            # hand the call to the loop thread.
             future: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(
                 coro, self._loop_thread()
             )
             return future.result()
-        portal = self._take_portal()
         try:
             result: T = portal.loop.run_until_complete(coro)
         except BaseException:
             # A KeyboardInterrupt may leave the loop half-way: never reuse it then.
             if portal.loop.is_running() or not _loop_is_clean(portal.loop):
+                with self._portal_lock:
+                    self._busy_portals -= 1
                 _INHERITED.append(portal)
                 raise
             self._give_back(portal)
@@ -173,8 +185,12 @@ class Runtime:
         return result
 
     # --- portals --------------------------------------------------------------
-    def _take_portal(self) -> _Portal:
+    def _take_portal(self) -> _Portal | None:
+        """An idle portal, a new one, or None when MAX_BUSY_PORTALS are in use."""
         with self._portal_lock:
+            if self._busy_portals >= MAX_BUSY_PORTALS:
+                return None
+            self._busy_portals += 1
             if self._portals:
                 return self._portals.pop()
         if self._keeper is None:
@@ -184,6 +200,7 @@ class Runtime:
     def _give_back(self, portal: _Portal) -> None:
         portal.last_used = time.monotonic()
         with self._portal_lock:
+            self._busy_portals -= 1
             self._portals.append(portal)
 
     def _start_keeper(self) -> None:

@@ -40,7 +40,14 @@ so ``update()``/``aupdate()`` read the actor from the store each time instead of
 running the command on the copy they keep of a hot actor. The same commands with
 that cache on (its default) are extra rows marked "cached": there only the first
 command on an actor, or one after another writer, loads it. The cached rows
-have no target: they do less work than the baselines.
+have no target against raw nats-py (they do less work), but two compare like
+with like against eventsourcing: "defaults" (aether's cache on, eventsourcing's
+off, as each ships) and "both cached" (eventsourcing's aggregate cache on too,
+which reads only the events after the cached version).
+
+The sync figures of section 3 run from 100 threads; raw nats-py is asyncio-only,
+so the like-for-like baseline for them (3j, 3k) is raw nats-py from the same 100
+threads, each running its own loop and connection, as sync code would have to.
 
 Rows marked "raw nats-py itself vs eventsourcing" compare the two baselines, to
 show what any NATS client pays for the network round trips.
@@ -60,6 +67,7 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -353,6 +361,7 @@ class Bench:
         # Figure 3's sync variants: one thread per actor, started before anything is timed.
         self.actor_threads = ThreadPoolExecutor(sizes.actors, thread_name_prefix="bench-actor")
         self.es: Any = None
+        self.es_cached: Any = None
         self.es_snap: Any = None
         self.raw: RawAccounts | None = None
         self.raw_snap: RawAccounts | None = None
@@ -361,6 +370,10 @@ class Bench:
         self.es_snap_ids: list[uuid.UUID] = []
         #: The sync thread's own loop and raw client (figure 1f).
         self.private: tuple[asyncio.AbstractEventLoop, RawAccounts] | None = None
+        #: Figure 3's raw baseline for sync callers: each actor thread's own loop and
+        #: raw clients (plain and snapshotting), made on first use in a warm-up round.
+        self.thread_clients = threading.local()
+        self.thread_loops: list[tuple[asyncio.AbstractEventLoop, Any]] = []
 
     async def in_sync_thread(self, fn: Callable[[], float]) -> float:
         return await asyncio.get_running_loop().run_in_executor(self.sync_thread, fn)
@@ -373,6 +386,23 @@ class Bench:
             nc = loop.run_until_complete(nats.connect(self.url, name="bench-raw-sync"))
             self.private = (loop, RawAccounts(nc, self.raw.stream, self.raw.prefix))
         return self.private
+
+    def actor_thread_raw(self) -> tuple[asyncio.AbstractEventLoop, RawAccounts, RawAccounts]:
+        """This actor thread's loop and raw clients (call on an actor thread)."""
+        mine = getattr(self.thread_clients, "raw", None)
+        if mine is None:
+            assert self.raw is not None and self.raw_snap is not None
+            loop = asyncio.new_event_loop()
+            nc = loop.run_until_complete(nats.connect(self.url, name="bench-raw-thread"))
+            raw_snap = self.raw_snap
+            mine = (
+                loop,
+                RawAccounts(nc, self.raw.stream, self.raw.prefix),
+                RawAccounts(nc, raw_snap.stream, raw_snap.prefix, raw_snap.bucket, raw_snap.every),
+            )
+            self.thread_clients.raw = mine
+            self.thread_loops.append((loop, nc))
+        return mine
 
     async def setup(self) -> None:
         self.nc = await nats.connect(self.url, name="bench-raw")
@@ -389,13 +419,17 @@ class Bench:
         self.raw_snap = RawAccounts(self.nc, *streams[1], "raw_snapshots", SNAPSHOT_EVERY)
         if Application is not None:
 
-            def env(name: str) -> dict[str, str]:
+            def env(name: str, **more: str) -> dict[str, str]:
                 return {
                     "PERSISTENCE_MODULE": "eventsourcing.sqlite",
                     "SQLITE_DBNAME": os.path.join(self.tmp, name),
+                    **more,
                 }
 
             self.es = EsApp(env=env("es.sqlite"))
+            # Its optional aggregate cache (off by default): a command reads only the
+            # events after the cached version (fast-forward), like aether's hot actors.
+            self.es_cached = EsApp(env=env("es-cached.sqlite", AGGREGATE_CACHE_MAXSIZE="1000"))
             self.es_snap = EsSnapApp(env=env("es-snap.sqlite"))
 
     async def prefill(self) -> None:
@@ -448,11 +482,20 @@ class Bench:
                 return 0.0
 
             await self.in_sync_thread(close_private)
+
+        def close_thread_loops() -> float:
+            # Each actor thread's loop is idle now; run each once more to close its client.
+            for loop, nc in self.thread_loops:
+                loop.run_until_complete(nc.close())
+                loop.close()
+            return 0.0
+
+        await self.in_sync_thread(close_thread_loops)
         self.sync_thread.shutdown()
         self.actor_threads.shutdown()
         if self.nc is not None:
             await self.nc.close()
-        for app in (self.es, self.es_snap):
+        for app in (self.es, self.es_cached, self.es_snap):
             if app is not None:
                 app.close()
         from aether_django.runtime import get_runtime
@@ -536,15 +579,20 @@ async def bench_sequential(b: Bench) -> None:
         counters["raw"] += n
         return n / elapsed
 
-    def es_round() -> float:
-        app = b.es
-        start = clock()
-        for _ in range(n // HISTORY):
-            account = EsAccount(1)  # the fresh actor's first command
-            app.save(account)
-            for _ in range(HISTORY - 1):
-                es_command(app, account.id)
-        return (n // HISTORY) * HISTORY / (clock() - start)
+    def es_rounds(app_of: Callable[[], Any]) -> Callable[[], float]:
+        def round_() -> float:
+            app = app_of()
+            start = clock()
+            for _ in range(n // HISTORY):
+                account = EsAccount(1)  # the fresh actor's first command
+                app.save(account)
+                for _ in range(HISTORY - 1):
+                    es_command(app, account.id)
+            return (n // HISTORY) * HISTORY / (clock() - start)
+
+        return round_
+
+    es_round = es_rounds(lambda: b.es)
 
     def raw_thread_round() -> float:
         # Raw nats-py as sync code would have to use it: the plain thread runs its
@@ -569,6 +617,9 @@ async def bench_sequential(b: Bench) -> None:
         "async_cached": aether_async(BenchCachedAccount, "async_cached"),
         "sync_cached": aether_sync(BenchCachedAccount, "sync_cached"),
     }
+    if Application is not None:
+        cached_round = es_rounds(lambda: b.es_cached)
+        variants["es_cached"] = lambda: b.in_sync_thread(cached_round)
     label = "raw nats-py: batched direct get + fold + CAS publish"
     es = "eventsourcing, SQLite file"
     await measure_commands(
@@ -625,6 +676,22 @@ async def bench_sequential(b: Bench) -> None:
                 "raw",
                 label,
                 {},
+            ),
+            (
+                "1i",
+                "  defaults: sync `update` (hot actors kept) vs eventsourcing (no cache)",
+                "sync_cached",
+                "es",
+                es,
+                VS_ES,
+            ),
+            (
+                "1j",
+                "  both cached: sync `update` vs eventsourcing with its aggregate cache",
+                "sync_cached",
+                "es_cached",
+                "eventsourcing, SQLite file, aggregate cache with fast-forward",
+                VS_ES,
             ),
         ],
     )
@@ -720,6 +787,14 @@ async def bench_snapshotted(b: Bench) -> None:
                 label,
                 {},
             ),
+            (
+                "2g",
+                "  defaults: sync `update` (hot actor kept) vs eventsourcing with snapshots",
+                "sync_cached",
+                "es",
+                es,
+                VS_ES,
+            ),
         ],
     )
 
@@ -735,7 +810,7 @@ async def bench_concurrent(b: Bench) -> None:
     assert b.raw is not None and b.raw_snap is not None
     raw, raw_snap = b.raw, b.raw_snap
     # Round counters: each fresh variant starts new actors every round.
-    fresh = {"aether": 0, "raw": 0, "sync": 0, "cached": 0}
+    fresh = {"aether": 0, "raw": 0, "sync": 0, "cached": 0, "raw_threads": 0}
 
     def next_generation(kind: str) -> str:
         generation = fresh[kind]
@@ -801,6 +876,23 @@ async def bench_concurrent(b: Bench) -> None:
         for _ in range(per):
             BenchSnapAccount.objects.update(b.snap_actors[i], deposit)
 
+    def raw_threads_fresh() -> Awaitable[float]:
+        # Raw nats-py as sync code has to use it: each thread runs its own loop and
+        # connection (nats-py is asyncio-only), the same threads as 3e.
+        prefix = next_generation("raw_threads")
+
+        def one(i: int) -> None:
+            loop, raw_thread, _ = b.actor_thread_raw()
+            for _ in range(per):
+                loop.run_until_complete(raw_thread.command(f"{prefix}-{i}"))
+
+        return in_threads(one)()
+
+    def raw_threads_snap_one(i: int) -> None:
+        loop, _, raw_thread_snap = b.actor_thread_raw()
+        for _ in range(per):
+            loop.run_until_complete(raw_thread_snap.command(b.snap_actors[i]))
+
     async def raw_snap_round() -> float:
         async def one(i: int) -> None:
             for _ in range(per):
@@ -824,6 +916,8 @@ async def bench_concurrent(b: Bench) -> None:
         "raw_snap": raw_snap_round,
         "sync_fresh": sync_fresh,
         "sync_snap": in_threads(sync_snap_one),
+        "raw_threads_fresh": raw_threads_fresh,
+        "raw_threads_snap": in_threads(raw_threads_snap_one),
         "fresh_cached": aether_fresh(BenchCachedAccount, "cached"),
         "snap_cached": aether_snap(BenchCachedSnapAccount),
     }
@@ -878,6 +972,22 @@ async def bench_concurrent(b: Bench) -> None:
                 VS_RAW,
             ),
             ("3g", "  3f against eventsourcing", "sync_snap", "es", es, VS_ES),
+            (
+                "3j",
+                "  3e against raw nats-py from the same threads, each on its own loop",
+                "sync_fresh",
+                "raw_threads_fresh",
+                f"raw nats-py, {actors} threads with a loop and connection each",
+                {},
+            ),
+            (
+                "3k",
+                "  3f against raw nats-py from the same threads, each on its own loop",
+                "sync_snap",
+                "raw_threads_snap",
+                f"raw nats-py snapshot + tail, {actors} threads with a loop and connection each",
+                {},
+            ),
             (
                 "3h",
                 "  cached: 3a keeping hot actors (loads the first command of each actor)",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import multiprocessing
 import os
@@ -168,6 +169,42 @@ def test_sync_calls_from_many_threads_use_a_few_pooled_connections(nats_url):
             thread.join()
         assert len(runtime._portals) == 1
         assert all(store.get_latest_version(f"a{i}") == 1 for i in range(20))
+    finally:
+        runtime.close()
+
+
+def test_many_sync_calls_at_once_share_the_loop_thread_beyond_a_few_portals(nats_url):
+    from aether_django.runtime import MAX_BUSY_PORTALS
+
+    runtime = Runtime(nats_url)
+    try:
+        store = JetStreamEventStore(unique_namespace(), runtime=runtime)
+        threads = 4 * MAX_BUSY_PORTALS
+        start = threading.Barrier(threads)
+        on_loop_thread: list[bool] = []
+
+        async def save(i: int) -> int:
+            # Which loop runs this call: a portal (its own thread) or the shared one.
+            on_loop_thread.append(asyncio.get_running_loop() is runtime._loop)
+            await asyncio.sleep(0.05)  # keep the portals busy while the others arrive
+            return (await store.asave_event(ev(f"t{i}", 1))).version
+
+        def call(i: int) -> None:
+            start.wait()
+            assert runtime.run(save(i)) == 1
+
+        workers = [threading.Thread(target=call, args=(i,)) for i in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(30)
+        assert len(on_loop_thread) == threads
+        # Never more than MAX_BUSY_PORTALS portals; every other call went to the loop thread.
+        assert len(runtime._portals) <= MAX_BUSY_PORTALS
+        assert on_loop_thread.count(False) <= MAX_BUSY_PORTALS
+        assert on_loop_thread.count(True) >= threads - MAX_BUSY_PORTALS
+        assert runtime._busy_portals == 0
+        assert all(store.get_latest_version(f"t{i}") == 1 for i in range(threads))
     finally:
         runtime.close()
 
