@@ -41,8 +41,15 @@ application = ProtocolTypeRouter(
     }
 )
 
+# Django imports the URLconf, and with it every view, serializer and schema module,
+# on the first request; import it now so that it is frozen below with the rest.
+from django.urls import get_resolver  # noqa: E402
+
+get_resolver().url_patterns  # noqa: B018
+
 # Everything loaded so far (Django, the apps, their modules) lives as long as the
 # process: freezing it keeps the cyclic garbage collector from walking it again on
 # every full collection, which with hundreds of open WebSockets otherwise pauses
 # the process for tens of milliseconds at a time (docs/deployment.md).
 gc.freeze()
+gc.set_threshold(700, 10, 100)
