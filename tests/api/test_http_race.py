@@ -16,19 +16,17 @@ from __future__ import annotations
 import base64
 import json
 import multiprocessing
-import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 import uuid
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from aether_django.testing import find_free_port
-from tests.serverproc import ROOT, prepared_project_env
+from tests.serverproc import prepared_project_env, serving
 
 pytestmark = pytest.mark.slow
 
@@ -100,55 +98,19 @@ def race(index: int, base: str, auth: str, target: int, barrier: Any, results: A
 # --- server side ---------------------------------------------------------------------------
 
 
-def _wait_until_serving(url: str, auth: str, daphne: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if daphne.poll() is not None:
-            pytest.fail(f"daphne exited ({daphne.returncode}):\n{log.read_text()[-3000:]}")
-        try:
-            status, _ = _call("GET", url, auth)
-        except (OSError, ValueError):
-            status = 0
-        if status == 200:
-            return
-        time.sleep(0.1)
-    pytest.fail(f"daphne did not answer {url} within {START_TIMEOUT:.0f} s")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 @pytest.fixture
 def server(tmp_path, nats_server):
     """The test project under daphne; yields its base URL and an Authorization header."""
     env = prepared_project_env(tmp_path, nats_server.url, USER, PASSWORD)
     port = find_free_port()
-    log = tmp_path / "daphne.log"
     command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port)]
     command.append("tests.api.asgi:application")
-    with log.open("wb") as out:
-        daphne = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
     auth = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
     base = f"http://127.0.0.1:{port}/api/aether"
-    try:
-        _wait_until_serving(f"{base}/namespaces/", auth, daphne, log)
+    ready = f"{base}/namespaces/"
+    log = tmp_path / "daphne.log"
+    with serving(command, env, log, ready, {"Authorization": auth}, START_TIMEOUT) as daphne:
         yield base, auth
-    finally:
-        _stop(daphne)
     assert daphne.returncode is not None
 
 

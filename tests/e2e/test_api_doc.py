@@ -24,9 +24,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +31,7 @@ from typing import Any
 import pytest
 
 from aether_django.testing import find_free_port
+from tests.serverproc import serving
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -136,37 +134,12 @@ def example_project(tmp_path, nats_server_factory):
     ):
         subprocess.run([sys.executable, *command], cwd=ROOT, env=env, check=True, timeout=120)
     port = find_free_port()
-    log = tmp_path / "uvicorn.log"
     command = [sys.executable, "-m", "uvicorn", "example_project.asgi:application"]
     command += ["--host", "127.0.0.1", "--port", str(port)]
-    with log.open("wb") as output:
-        server = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
     base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            assert server.poll() is None, log.read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"{base}/api/aether/schema/", timeout=5):
-                    break
-            except (OSError, urllib.error.HTTPError):
-                assert time.monotonic() < deadline, "uvicorn did not answer in time"
-                time.sleep(0.2)
+    log = tmp_path / "uvicorn.log"
+    with serving(command, env, log, f"{base}/api/aether/schema/", timeout=START_TIMEOUT):
         yield base
-    finally:
-        server.terminate()
-        try:
-            server.wait(15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
 
 
 def test_the_shell_examples_answer_what_the_doc_says(example_project, tmp_path):
