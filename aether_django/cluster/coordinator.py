@@ -195,6 +195,9 @@ class Coordinator:
         self.stream = f"KV_{self.config.bucket}"
         self.started_at = time.time()
         self.lease: Lease | None = None
+        #: The leader this node saw at its last election round (itself, another, None);
+        #: heartbeats report it, so the admin shows which leader every node follows.
+        self.seen_leader: str | None = None
         #: Shard-map writes of this node that the lease fence refused.
         self.fenced = 0
         self._ready = False
@@ -270,7 +273,7 @@ class Coordinator:
     async def heartbeat(self, shard_count: int = 0, address: str = "") -> NodeInfo:
         """Say this node is alive (the server forgets it after ``failure_timeout``)."""
         await self.setup()
-        leader = self.lease.node_id if self.lease else None
+        leader = self.lease.node_id if self.lease else self.seen_leader
         info = NodeInfo(
             node_id=self.node_id,
             started_at=self.started_at,
@@ -381,6 +384,7 @@ class Coordinator:
                     ttl=self.config.failure_timeout,
                 )
                 self.lease = Lease(self.node_id, current.term, revision, current.since)
+                self.seen_leader = self.node_id
                 return self.lease
             except JetStreamRefused as exc:
                 if exc.code != ERR_WRONG_LAST_SEQUENCE:
@@ -401,6 +405,7 @@ class Coordinator:
                 current, last = await self._read_lease()  # someone else won
             else:
                 self.lease = Lease(self.node_id, revision, revision, since)
+                self.seen_leader = self.node_id
                 metrics.LEADER_CHANGES.inc()
                 logger.info(
                     "node %s is leader (term %s)",
@@ -410,6 +415,7 @@ class Coordinator:
                 )
                 return self.lease
         self.lease = current if current is not None and current.node_id == self.node_id else None
+        self.seen_leader = current.node_id if current is not None else None
         return current
 
     @property
