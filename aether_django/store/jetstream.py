@@ -796,7 +796,31 @@ class JetStreamEventStore(AsyncFirstEventStore):
                 ) from None
             await self._ensure_bucket(deadline)
             done.append(f"created bucket {self.bucket_name}")
+        info = await self._js_call(deadline, "stream_info", self.stream_name)
+        drift = self._drift(info.config)
+        if drift:
+            # Existing streams are never changed here: a replica or storage change is
+            # an operator's decision (nats stream edit), not a side effect of a check.
+            raise StoreConfigurationError(
+                f"stream {self.stream_name!r} differs from the settings: {'; '.join(drift)}"
+            )
         return done
+
+    def _drift(self, actual: StreamConfig) -> list[str]:
+        """How an existing stream's settings differ from what this store would create."""
+        wanted = self._stream_config()
+        drift = []
+        for name, label in (
+            ("num_replicas", "replicas"),
+            ("storage", "storage"),
+            ("max_msg_size", "largest message"),
+        ):
+            have, want = getattr(actual, name), getattr(wanted, name)
+            have = getattr(have, "value", have)  # StorageType -> "file" / "memory"
+            want = getattr(want, "value", want)
+            if have != want:
+                drift.append(f"{label} {have}, configured {want}")
+        return drift
 
     async def aget_info(self) -> NamespaceInfo | None:
         """Figures of the namespace's stream, read live from the server."""

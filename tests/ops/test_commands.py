@@ -265,6 +265,16 @@ def test_aether_streams_check_reports_misconfigured_and_colliding_streams(
             in err.getvalue()
         )
 
+        # A stream whose settings drifted from AETHER: fewer replicas than configured.
+        with override_settings(AETHER={**settings.AETHER, "REPLICAS": 3}):
+            err = io.StringIO()
+            with pytest.raises(CommandError, match="1 namespace"):
+                call_command("aether_streams", "good", "--check", stdout=io.StringIO(), stderr=err)
+            assert (
+                "good: stream 'good_events' differs from the settings: replicas 1, configured 3"
+                in err.getvalue()
+            )
+
         # A stream of the name "taken" needs, which another namespace's metadata claims.
         by_hand(dataclasses.replace(stream_config("taken"), metadata={META: "someone-else"}))
         err = io.StringIO()
