@@ -14,6 +14,8 @@ from typing import Any
 import nats.errors
 from nats.aio.msg import Msg
 
+from .errors import InvalidNameError
+from .names import validate_namespace
 from .patterns import is_exact
 
 __all__ = [
@@ -108,6 +110,17 @@ def event_namespace(config: dict[str, Any], subject_prefix: str) -> str | None:
     return None
 
 
+def _addressable(namespace: str) -> bool:
+    """Whether ``namespace`` is a valid name. A stream an earlier release made for a
+    spelling refused now ("a__b") cannot be read or written through any API, so the
+    listings leave it out rather than offer it and fail on it."""
+    try:
+        validate_namespace(namespace)
+    except InvalidNameError:
+        return False
+    return True
+
+
 async def list_event_streams(
     nc: Any, subject_prefix: str, timeout: float, *, pattern: str | None = None
 ) -> list[tuple[str, str, dict[str, Any]]]:
@@ -133,7 +146,7 @@ async def list_event_streams(
         for info in streams:
             config = info.get("config") or {}
             namespace = event_namespace(config, subject_prefix)
-            if namespace:
+            if namespace and _addressable(namespace):
                 found.append((config["name"], namespace, info))
         offset += len(streams)
         if not streams or offset >= int(doc.get("total") or 0):
