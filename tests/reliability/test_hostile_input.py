@@ -45,7 +45,7 @@ from urllib.parse import quote
 import pytest
 from django.conf import settings as django_settings
 from django.contrib.auth.models import User
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from rest_framework.test import APIClient
 
@@ -301,6 +301,7 @@ def test_a_namespace_is_refused_or_works_on_the_server() -> None:
 
     @fuzz_settings(max_examples=150)
     @given(text=NAME_TEXT)
+    @example(text="_")  # valid alone, invalid under the prefix
     def fuzz(text: str) -> None:
         try:
             validate_namespace(text)
@@ -314,6 +315,12 @@ def test_a_namespace_is_refused_or_works_on_the_server() -> None:
         scoped = text if text.startswith(PREFIX + ".") else f"{PREFIX}.{text}"
         if len(scoped) > MAX_NAMESPACE_LENGTH:
             tally.count("accepted, too long to scope")
+            return
+        if text.startswith("_"):
+            # "_x" is valid alone, but "prefix._x" puts an underscore beside a dot.
+            with pytest.raises(InvalidNameError):
+                validate_namespace(scoped)
+            tally.count("accepted, refused when scoped")
             return
         validate_namespace(scoped)
         store = get_event_store(scoped)
