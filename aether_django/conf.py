@@ -32,6 +32,11 @@ DEFAULTS: dict[str, Any] = {
     # Stream settings for each namespace's "{namespace}_events" stream.
     "STORAGE": "file",
     "REPLICAS": 1,
+    # Whether the nats-server(s) run with `jetstream { sync_interval: always }`
+    # (every write on disk before it is acknowledged). A client cannot see the
+    # server's configuration, so the project says; only the system check W301
+    # reads it.
+    "NATS_SYNC_ALWAYS": False,
     "MAX_AGE": 0,
     "MAX_BYTES": -1,
     "DUPLICATE_WINDOW": 120,
