@@ -8,7 +8,7 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning, register
 
-from .conf import DEFAULTS
+from .conf import DEFAULTS, aether_settings
 
 
 @register("aether_django")
@@ -29,6 +29,52 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
             id="aether_django.E001",
         )
         for key in sorted(set(value) - set(DEFAULTS))
+    ]
+
+
+@register("aether_django")
+def check_durability(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """W301/W302: in production (DEBUG off), what one replica's acknowledged save survives.
+
+    With one replica an acknowledgement means one server has the event. On file
+    storage that server syncs to disk every ``sync_interval`` (2 minutes by
+    default), so an OS crash or power loss within that window loses acknowledged
+    events, unless it syncs every write. The server's configuration is not
+    visible to a client (JetStream's account information carries limits only, and
+    the monitoring port is not the application's to reach, least of all while
+    checks run, perhaps with no server up), so ``AETHER["NATS_SYNC_ALWAYS"]``
+    declares it.
+    """
+    if settings.DEBUG or not isinstance(getattr(settings, "AETHER", {}), dict):
+        return []
+    try:
+        replicas = int(aether_settings.REPLICAS)
+    except (TypeError, ValueError):
+        return []
+    if replicas > 1:
+        return []
+    if aether_settings.STORAGE == "memory":
+        return [
+            Warning(
+                "AETHER['STORAGE'] is 'memory' with one replica: an acknowledged save is "
+                "lost when the nats-server stops, crashes or restarts.",
+                hint="Use 'file' storage in production, or AETHER['REPLICAS'] = 3 on a "
+                "three-server cluster. See docs/deployment.md.",
+                id="aether_django.W302",
+            )
+        ]
+    if aether_settings.NATS_SYNC_ALWAYS:
+        return []
+    return [
+        Warning(
+            "AETHER['REPLICAS'] is 1 on a nats-server that does not sync every write: "
+            "an acknowledged save survives a crash of nats-server, but not an OS crash "
+            "or power loss within the server's sync_interval (2 minutes by default).",
+            hint="Run nats-server with `jetstream { sync_interval: always }` and set "
+            "AETHER['NATS_SYNC_ALWAYS'] = True, or run three servers with "
+            "AETHER['REPLICAS'] = 3. See docs/deployment.md.",
+            id="aether_django.W301",
+        )
     ]
 
 

@@ -32,6 +32,11 @@ DEFAULTS: dict[str, Any] = {
     # Stream settings for each namespace's "{namespace}_events" stream.
     "STORAGE": "file",
     "REPLICAS": 1,
+    # Whether the nats-server(s) run with `jetstream { sync_interval: always }`
+    # (every write on disk before it is acknowledged). A client cannot see the
+    # server's configuration, so the project says; only the system check W301
+    # reads it.
+    "NATS_SYNC_ALWAYS": False,
     "MAX_AGE": 0,
     "MAX_BYTES": -1,
     "DUPLICATE_WINDOW": 120,
@@ -44,6 +49,11 @@ DEFAULTS: dict[str, Any] = {
     # Deliveries a subscription buffers before it overflows (and ends, saying
     # where to resume).
     "BUS_BUFFER_SIZE": 10_000,
+    # A subscription's callback that raises gets its delivery again this many
+    # times, after BUS_HANDLER_BACKOFF seconds doubling each time; then the
+    # subscription stops at that event (SubscriptionHandlerError).
+    "BUS_HANDLER_RETRIES": 3,
+    "BUS_HANDLER_BACKOFF": 0.5,
     # This process's name in the cluster; None means host name plus a random
     # suffix. The environment variable AETHER_NODE_ID wins over it.
     "NODE_ID": None,

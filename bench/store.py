@@ -24,7 +24,11 @@ same run:
    against raw nats-py doing the same (a publish with a stale expected sequence,
    its error, then a direct get of the subject's last message);
 6. the ``eventsourcing`` library on SQLite: sequential saves and a 10 000-event
-   replay, against the sync facade.
+   replay, against the sync facade;
+7. what syncing every write costs: sequential and concurrent saves on a second
+   nats-server started with ``sync_interval: always`` (every write on disk
+   before it is acknowledged), against the same saves on the first one, which
+   keeps JetStream's default (a disk sync every 2 minutes).
 
 Targets are printed as met or not met, never asserted. Every figure uses a fresh
 namespace (and a fresh raw stream) so none sees another's data.
@@ -217,8 +221,18 @@ class RawActor:
 class Bench:
     """What every figure needs: the server URL, the runtime, a raw connection, the report."""
 
-    def __init__(self, url: str, runtime: Runtime, sizes: Sizes, report: Report) -> None:
+    def __init__(
+        self,
+        url: str,
+        runtime: Runtime,
+        sizes: Sizes,
+        report: Report,
+        *,
+        synced_url: str | None = None,
+    ) -> None:
         self.url = url
+        #: A server that syncs every write (figure 7), None when 7 is not run.
+        self.synced_url = synced_url
         self.runtime = runtime
         self.sizes = sizes
         self.report = report
@@ -947,6 +961,84 @@ async def bench_eventsourcing(b: Bench) -> None:
     )
 
 
+# --- 7. syncing every write -------------------------------------------------------
+
+
+async def bench_sync_always(b: Bench) -> None:
+    sizes = b.sizes
+    n, actors, per = sizes.seq_events, sizes.actors, sizes.per_actor
+    progress(f"7. saves with sync_interval: always ({n} sequential, {actors} x {per} concurrent)")
+    assert b.synced_url is not None
+    synced_runtime = Runtime(b.synced_url, name="aether-bench-synced")
+    try:
+        stores = {
+            "default": b.store(unique_name("bench_sync_default")),
+            "always": JetStreamEventStore(
+                unique_name("bench_sync_always"),
+                runtime=synced_runtime,
+                config=StoreConfig(storage="file"),
+            ),
+        }
+        versions: dict[tuple[str, int], int] = {}
+
+        def sequential(kind: str) -> Callable[[], Awaitable[float]]:
+            async def run() -> float:
+                store, v = stores[kind], versions.get((kind, -1), 0)
+                start = clock()
+                for _ in range(n):
+                    v += 1
+                    await store.asave_event(new_event("acct-seq", v))
+                versions[(kind, -1)] = v
+                return n / (clock() - start)
+
+            return run
+
+        def concurrent(kind: str) -> Callable[[], Awaitable[float]]:
+            async def one_actor(i: int) -> None:
+                v = versions.get((kind, i), 0)
+                for _ in range(per):
+                    v += 1
+                    await stores[kind].asave_event(new_event(f"acct-{i}", v))
+                versions[(kind, i)] = v
+
+            async def run() -> float:
+                start = clock()
+                await asyncio.gather(*(one_actor(i) for i in range(actors)))
+                return actors * per / (clock() - start)
+
+            return run
+
+        res = await interleaved(
+            {
+                "seq_default": sequential("default"),
+                "seq_always": sequential("always"),
+                "conc_default": concurrent("default"),
+                "conc_always": concurrent("always"),
+            },
+            rounds=sizes.rounds,
+            warmup=sizes.warmup,
+        )
+    finally:
+        await synced_runtime.aclose()
+    label = "default server: a sync every 2 min"
+    b.report.compare(
+        "7a",
+        "save one event, async, on a server with `sync_interval: always`",
+        "events/s",
+        res["seq_always"],
+        res["seq_default"],
+        baseline_label=label,
+    )
+    b.report.compare(
+        "7b",
+        f"saves across {actors} actors, {actors} concurrent tasks, `sync_interval: always`",
+        "events/s",
+        res["conc_always"],
+        res["conc_default"],
+        baseline_label=label,
+    )
+
+
 # --- main ---------------------------------------------------------------------------
 
 
@@ -957,6 +1049,7 @@ SECTIONS: dict[str, Callable[[Bench], Awaitable[None]]] = {
     "4": bench_replay,
     "5": bench_conflict,
     "6": bench_eventsourcing,
+    "7": bench_sync_always,
 }
 
 
@@ -985,11 +1078,13 @@ def main(argv: list[str] | None = None) -> int:
         sizes = dataclasses.replace(sizes, rounds=args.rounds, seq_rounds=args.rounds)
     report = Report("aether_django event store vs baselines")
     started = clock()
-    with NatsServer() as server:
+    # Figure 7's server syncs every write; the main one keeps JetStream's default.
+    with NatsServer() as server, NatsServer(sync_interval="always") as synced:
         nats_meta(report, server, args.quick)
         report.meta.update(
             {
-                "storage": "file (temporary directory)",
+                "storage": "file (temporary directory); figure 7 also on a second "
+                "server with sync_interval: always",
                 "rounds": (
                     f"{sizes.seq_rounds} for figure 1, {sizes.replay_rounds} for replays, "
                     f"{sizes.rounds} otherwise, after warm-up; values are medians, ratios "
@@ -999,7 +1094,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         runtime = Runtime(server.url, name="aether-bench")
         try:
-            asyncio.run(run_all(Bench(server.url, runtime, sizes, report), only))
+            bench = Bench(server.url, runtime, sizes, report, synced_url=synced.url)
+            asyncio.run(run_all(bench, only))
         finally:
             runtime.close()
     finish(report, started, args.json)

@@ -158,7 +158,12 @@ def stop_leftovers() -> None:
 def new_nats() -> NatsServer:
     """A nats-server (not started yet) on a free port with its store under var/nats."""
     NATS_DIR.mkdir(parents=True, exist_ok=True)
-    return NatsServer(store_dir=NATS_DIR, name="aether-demo")
+    # One server and one replica: with JetStream's default (a disk sync every 2
+    # minutes) an acknowledged save would survive a crash of nats-server but not
+    # of the machine. The demo keeps its data across runs and is the one-server
+    # shape projects start from, and its few writes do not feel a sync each, so
+    # every write is synced before it is acknowledged (docs/deployment.md).
+    return NatsServer(store_dir=NATS_DIR, name="aether-demo", sync_interval="always")
 
 
 def start_nats(server: NatsServer) -> None:

@@ -101,7 +101,13 @@ LOGIN_URL = "admin:login"
 # named by AETHER_NATS_URL. See docs/settings.md for every key.
 # The NATS URL comes from AETHER_NATS_URL (the demo, docker-compose); the number of
 # replicas of each stream from AETHER_REPLICAS (3 on docker-compose's 3-server cluster).
-AETHER: dict[str, Any] = {"REPLICAS": int(os.environ.get("AETHER_REPLICAS", "1"))}
+# The demo's server and docker-compose's servers sync every write to disk before
+# acknowledging it (sync_interval: always); NATS_SYNC_ALWAYS says so, for the
+# system check aether_django.W301.
+AETHER: dict[str, Any] = {
+    "REPLICAS": int(os.environ.get("AETHER_REPLICAS", "1")),
+    "NATS_SYNC_ALWAYS": True,
+}
 
 # The API (``/api/aether/``): session login (the admin's) or HTTP basic auth; every
 # caller must be authenticated and is limited by NamespaceGrants (see docs/api.md).

@@ -53,5 +53,9 @@ AETHER = {
     "NUM_SHARDS": int(os.environ.get("AETHER_TEST_NUM_SHARDS", "100")),
     "CLUSTER_BUCKET": os.environ.get("AETHER_TEST_CLUSTER_BUCKET", "aether_cluster"),
 }
+# The test servers keep their store in a temporary directory and sync it at
+# JetStream's default interval (aether_django.testing.NatsServer says why), so
+# the warning for production with one replica on such a server does not apply.
+SILENCED_SYSTEM_CHECKS = ["aether_django.W301"]
 # Tests create many users; the default hasher is slow on purpose.
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -17,6 +17,7 @@ from .local import (
     EventBus,
     Subscription,
     SubscriptionClosedError,
+    SubscriptionHandlerError,
     SubscriptionOverflowError,
 )
 
@@ -25,6 +26,7 @@ __all__ = [
     "EventBus",
     "Subscription",
     "SubscriptionClosedError",
+    "SubscriptionHandlerError",
     "SubscriptionOverflowError",
     "get_event_bus",
     "reset_event_bus",
@@ -54,6 +56,8 @@ def get_event_bus() -> EventBus:
                 buffer_size=int(s.BUS_BUFFER_SIZE),
                 replicas=int(s.REPLICAS),
                 timeout=float(s.TIMEOUT),
+                handler_retries=int(s.BUS_HANDLER_RETRIES),
+                handler_backoff=float(s.BUS_HANDLER_BACKOFF),
             )
         return _bus
 

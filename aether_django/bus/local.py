@@ -9,6 +9,14 @@ starting at ``overflow.resume_start()``). The Go original drops events in that c
 A callback subscription is told through its ``on_error`` callback, and every
 overflow is counted (``bus.metrics["overflowed"]`` and the Prometheus counter
 ``aether_bus_overflows_total``).
+
+A handler that raises has not handled its delivery. A callback's delivery is
+handed to it again after a wait that doubles each time (``handler_backoff``
+seconds first); when it has failed ``handler_retries`` times more, the
+subscription stops at that event with SubscriptionHandlerError, which names it,
+and whose ``resume_start()`` starts at it. An iterating subscriber says the same
+with :meth:`Subscription.nack`. The event is never counted as handled, so a
+durable subscription resumes at it instead of going past it.
 """
 
 from __future__ import annotations
@@ -35,11 +43,19 @@ __all__ = [
     "EventBus",
     "Subscription",
     "SubscriptionClosedError",
+    "SubscriptionHandlerError",
     "SubscriptionOverflowError",
 ]
 
 #: Deliveries a subscription buffers before it overflows, unless told otherwise.
 DEFAULT_BUFFER_SIZE = 10_000
+#: Times a delivery whose handler failed is handed over again before the
+#: subscription stops at it, unless told otherwise.
+DEFAULT_HANDLER_RETRIES = 3
+#: Seconds before the first of those retries; each further wait is twice the one
+#: before, up to MAX_HANDLER_BACKOFF.
+DEFAULT_HANDLER_BACKOFF = 0.5
+MAX_HANDLER_BACKOFF = 30.0
 
 Callback = Callable[["Delivery"], Any]
 #: Called with the error that ended a callback subscription (for example a
@@ -95,6 +111,49 @@ class SubscriptionOverflowError(AetherError):
         return {namespace: seq + 1 for namespace, seq in self.last_sequences.items()}
 
 
+class SubscriptionHandlerError(AetherError):
+    """A delivery's handler kept failing: the subscription stopped at that event.
+
+    The event was not counted as handled (a durable subscription with the same
+    name resumes at it) and nothing after it was handed over. ``delivery`` is
+    the event, ``attempts`` how often its handler ran, and the handler's last
+    exception is ``__cause__``. ``last_sequences`` maps each namespace to the
+    last stream sequence handled before it, and :meth:`resume_start` is a
+    ``start=`` that begins at the failed event.
+    """
+
+    def __init__(
+        self,
+        pattern: str,
+        delivery: Delivery,
+        attempts: int,
+        error: BaseException,
+        last_sequences: dict[str, int],
+    ) -> None:
+        self.pattern = pattern
+        self.delivery = delivery
+        self.namespace = delivery.namespace
+        self.sequence = delivery.sequence
+        self.event_id = delivery.event.id
+        self.attempts = attempts
+        self.last_sequences = dict(last_sequences)
+        event = delivery.event
+        super().__init__(
+            f"the handler of subscription {pattern!r} failed {attempts} times on event "
+            f"{event.id} ({event.event_type} of {event.actor_id!r}, namespace "
+            f"{delivery.namespace!r}, sequence {delivery.sequence}): {error!r}; "
+            "the subscription stopped at it"
+        )
+        self.__cause__ = error
+
+    def resume_start(self) -> dict[str, int]:
+        """A ``start=`` for a new subscription that begins at the failed event.
+
+        Namespaces missing from it are read from their first event.
+        """
+        return {namespace: seq + 1 for namespace, seq in self.last_sequences.items()}
+
+
 class SubscriptionClosedError(AetherError):
     """The subscription was closed by the bus (for example, its setup failed)."""
 
@@ -109,7 +168,11 @@ class Subscription:
 
     A delivery counts as *handled* once the subscriber asks for the next one,
     calls :meth:`ack`, or closes with :meth:`aclose` (for a callback: once it
-    returns). Durable subscriptions save only handled positions.
+    returns without raising). Durable subscriptions save only handled positions.
+    A callback that raises gets the delivery again, ``handler_retries`` times at
+    most, after ``handler_backoff`` seconds doubling each time; then the
+    subscription ends with SubscriptionHandlerError. An iterating subscriber
+    whose handler failed calls :meth:`nack` for the same.
     """
 
     def __init__(
@@ -123,6 +186,8 @@ class Subscription:
         on_close: Callable[[Subscription], None] | None = None,
         overflow: str = "end",
         on_error: ErrorCallback | None = None,
+        handler_retries: int = DEFAULT_HANDLER_RETRIES,
+        handler_backoff: float = DEFAULT_HANDLER_BACKOFF,
     ) -> None:
         if overflow not in ("end", "wait"):
             raise ValueError('overflow must be "end" or "wait"')
@@ -137,6 +202,10 @@ class Subscription:
         if buffer_size < 1:
             raise ValueError("buffer_size must be at least 1")
         self.buffer_size = buffer_size
+        if handler_retries < 0 or handler_backoff < 0:
+            raise ValueError("handler_retries and handler_backoff must not be negative")
+        self.handler_retries = handler_retries
+        self.handler_backoff = handler_backoff
         self.callback = callback
         self.loop = loop
         self._pump_task: asyncio.Task[None] | None = None
@@ -153,6 +222,12 @@ class Subscription:
         self._on_take: Callable[[Delivery], None] | None = None
         #: The delivery handed over last and not yet counted as handled.
         self._pending: Delivery | None = None
+        #: The delivery handed over last, and how often in a row its handler failed.
+        self._last: Delivery | None = None
+        self._failures = 0
+        #: A delivery whose handler failed, with the error: handed over again
+        #: (after a wait) before anything else.
+        self._retry: tuple[Delivery, BaseException] | None = None
         #: Namespace -> the sequence the source has offered this subscription
         #: everything up to (set by buses that know it; see _resume_point).
         self._reached: Callable[[], dict[str, int]] | None = None
@@ -165,15 +240,52 @@ class Subscription:
             self.callback = None
             self._pump_task = loop.create_task(self._pump(callback))
 
-    async def _pump(self, callback: Callable[[Delivery], Awaitable[Any]]) -> None:
+    async def _pump(
+        self,
+        callback: Callable[[Delivery], Awaitable[Any]],
+        *,
+        sync_callback: Callback | None = None,
+    ) -> None:
+        """Await ``callback`` for each delivery in order; a failed one is retried first.
+
+        With ``sync_callback`` (a plain callback that failed), hand deliveries to it
+        directly again as soon as the retried one and those queued meanwhile are done.
+        """
         try:
             async for delivery in self:
                 try:
                     await callback(delivery)
-                except Exception:
-                    logger.exception("subscriber callback for %r failed", self.pattern)
-        except (SubscriptionOverflowError, SubscriptionClosedError) as exc:
+                except Exception as exc:
+                    self._log_failure(delivery, exc)
+                    self.nack(exc)
+                    continue
+                if (
+                    sync_callback is not None
+                    and not self._queue
+                    and self._retry is None
+                    and not self._closed
+                ):
+                    self.ack()
+                    self.callback = sync_callback
+                    self._pump_task = None
+                    return
+        except (
+            SubscriptionOverflowError,
+            SubscriptionClosedError,
+            SubscriptionHandlerError,
+        ) as exc:
             await self._report(exc)
+
+    def _log_failure(self, delivery: Delivery, error: BaseException) -> None:
+        logger.error(
+            "subscriber callback for %r failed on event %s (%s, sequence %s), attempt %d",
+            self.pattern,
+            delivery.event.id,
+            delivery.namespace,
+            delivery.sequence,
+            self._failures + 1,
+            exc_info=error,
+        )
 
     async def _report(self, error: BaseException) -> None:
         """Hand the error that ended a callback subscription to ``on_error`` (or the log)."""
@@ -247,19 +359,87 @@ class Subscription:
         return point
 
     def _call(self, delivery: Delivery) -> None:
+        callback = self.callback
+        assert callback is not None
         self._note(delivery)
-        try:
-            self.callback(delivery)  # type: ignore[misc]
-        except Exception:
-            logger.exception("subscriber callback for %r failed", self.pattern)
-        self.ack()  # a plain callback has handled its delivery once it returns
+        while True:
+            try:
+                callback(delivery)
+            except Exception as exc:
+                self._log_failure(delivery, exc)
+                self.nack(exc)
+            else:
+                self._retry = None
+                self.ack()  # a plain callback has handled its delivery once it returns
+                return
+            if self.loop is not None:
+                break
+            # Called in the publisher's thread, with no loop to wait on: retried at once.
+            if self._failures > self.handler_retries:
+                assert self._retry is not None
+                error = self._retry[1]
+                self._retry = None
+                self._stop_at(delivery, error)
+                return
+        # Wait on the loop before retrying: meanwhile later deliveries queue up (in
+        # order, buffer_size at most) and a pump hands them over once it succeeds.
+        assert self.loop is not None
+        self.callback = None
+        sync_callback = callback
 
-    def _note(self, delivery: Delivery) -> None:
-        self.received += 1
+        async def call(delivery: Delivery) -> None:
+            sync_callback(delivery)
+
+        self._pump_task = self.loop.create_task(self._pump(call, sync_callback=sync_callback))
+
+    def _note(self, delivery: Delivery, *, again: bool = False) -> None:
+        if not again:
+            self.received += 1
+            self._failures = 0
+        self._last = delivery
         if delivery.sequence is not None:
             self.last_sequences[delivery.namespace] = delivery.sequence
         if self._on_take is not None:
             self._pending = delivery
+
+    def nack(self, error: BaseException | None = None) -> None:
+        """The delivery taken last was not handled (its handler raised ``error``).
+
+        It is not counted as handled, and it is what the subscription hands over
+        next, after a wait (``handler_backoff`` seconds, doubling each time). Once
+        it has failed ``handler_retries`` times more, the subscription ends with
+        SubscriptionHandlerError naming it instead, so a durable subscription
+        resumes at it.
+        """
+        delivery = self._last
+        if delivery is None or (self._closed and self._error is None):
+            return
+        self._pending = None
+        self._failures += 1
+        self._retry = (delivery, error or RuntimeError("the handler did not handle it"))
+
+    def _backoff(self) -> float:
+        return float(min(self.handler_backoff * 2 ** (self._failures - 1), MAX_HANDLER_BACKOFF))
+
+    def _stop_at(self, delivery: Delivery, error: BaseException) -> SubscriptionHandlerError:
+        """End the subscription at ``delivery``, whose handler kept failing."""
+        point = dict(self.last_sequences)
+        if delivery.sequence is not None:
+            point[delivery.namespace] = delivery.sequence - 1
+        for queued in self._queue:  # discarded: never handed over
+            if queued.sequence is not None:
+                point.setdefault(queued.namespace, queued.sequence - 1)
+        if self._reached is not None:
+            for namespace, seq in self._reached().items():
+                point.setdefault(namespace, seq)
+        failure = SubscriptionHandlerError(self.pattern, delivery, self._failures, error, point)
+        self._queue.clear()
+        if self._closed:
+            # It overflowed while the handler was retried: this event comes first.
+            self._error = failure
+        else:
+            self._end(failure)
+        return failure
 
     def ack(self) -> None:
         """Count the delivery taken last as handled now (a durable subscription saves it).
@@ -308,6 +488,7 @@ class Subscription:
         :meth:`aclose` when it was handled.
         """
         self._queue.clear()
+        self._retry = None
         self._end(None)
 
     async def aclose(self) -> None:
@@ -321,6 +502,20 @@ class Subscription:
         if self._stopper is not None:
             await self._stopper()
 
+    async def __aenter__(self) -> Subscription:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        """:meth:`aclose` when the block finished; when it raised, the delivery
+        taken last was not handled, so only :meth:`close` (and release)."""
+        if exc_type is None:
+            await self.aclose()
+            return
+        self._pending = None
+        self.close()
+        if self._stopper is not None:
+            await self._stopper()
+
     def __aiter__(self) -> Subscription:
         return self
 
@@ -329,6 +524,17 @@ class Subscription:
         if self._pending is not None:
             self.ack()
         while True:
+            if self._retry is not None:
+                delivery, error = self._retry
+                if self._failures > self.handler_retries:
+                    self._retry = None
+                    raise self._stop_at(delivery, error)
+                await asyncio.sleep(self._backoff())
+                if self._retry is None:
+                    continue  # closed meanwhile
+                self._retry = None
+                self._note(delivery, again=True)
+                return delivery
             if self._queue:
                 delivery = self._queue.popleft()
                 self._note(delivery)
@@ -357,10 +563,20 @@ class EventBus:
     receives on the event loop it was created on.
     """
 
-    def __init__(self, *, buffer_size: int = DEFAULT_BUFFER_SIZE, **_: object) -> None:
+    def __init__(
+        self,
+        *,
+        buffer_size: int = DEFAULT_BUFFER_SIZE,
+        handler_retries: int = DEFAULT_HANDLER_RETRIES,
+        handler_backoff: float = DEFAULT_HANDLER_BACKOFF,
+        **_: object,
+    ) -> None:
         # Extra keyword arguments (runtime, node_id, ...) are what get_event_bus
         # passes to every bus class; an in-process bus needs none of them.
         self.buffer_size = buffer_size
+        #: How a subscription retries a delivery whose callback raised (Subscription).
+        self.handler_retries = handler_retries
+        self.handler_backoff = handler_backoff
         self._lock = threading.Lock()
         self._exact: dict[str, list[Subscription]] = collections.defaultdict(list)
         self._wildcard: list[Subscription] = []
@@ -399,8 +615,9 @@ class EventBus:
         ``subscribe`` was called on, with the subscription's bounded buffer.
         ``on_error`` is called with the error that ends a callback subscription:
         SubscriptionOverflowError (with ``resume_start()``) when an async
-        callback falls ``buffer_size`` deliveries behind. Without it the error is
-        only logged.
+        callback falls ``buffer_size`` deliveries behind, SubscriptionHandlerError
+        when the callback kept raising on one delivery (retried first, see
+        :class:`Subscription`). Without it the error is only logged.
         """
         loop = _running_loop()
         if callback is None and loop is None:
@@ -416,6 +633,8 @@ class EventBus:
             loop=loop,
             on_close=self._remove,
             on_error=on_error,
+            handler_retries=self.handler_retries,
+            handler_backoff=self.handler_backoff,
         )
         self._add(subscription)
         return subscription

@@ -63,6 +63,8 @@ from ..patterns import is_exact, matches, validate_pattern
 from ..store.base import Runtime
 from .local import (
     DEFAULT_BUFFER_SIZE,
+    DEFAULT_HANDLER_BACKOFF,
+    DEFAULT_HANDLER_RETRIES,
     Callback,
     Delivery,
     ErrorCallback,
@@ -129,9 +131,15 @@ class NATSEventBus(EventBus):
         buffer_size: int = DEFAULT_BUFFER_SIZE,
         replicas: int = 1,
         timeout: float = 5.0,
+        handler_retries: int = DEFAULT_HANDLER_RETRIES,
+        handler_backoff: float = DEFAULT_HANDLER_BACKOFF,
         **_: Any,
     ) -> None:
-        super().__init__(buffer_size=buffer_size)
+        super().__init__(
+            buffer_size=buffer_size,
+            handler_retries=handler_retries,
+            handler_backoff=handler_backoff,
+        )
         self.runtime = runtime
         self.subject_prefix = subject_prefix
         self.signal_prefix = subject_prefix.rsplit(".", 1)[0] + ".signals"
@@ -191,6 +199,8 @@ class NATSEventBus(EventBus):
             on_close=self._remove,
             overflow=overflow,
             on_error=on_error,
+            handler_retries=self.handler_retries,
+            handler_backoff=self.handler_backoff,
         )
         self._add(subscription)
         self._listen_for_signals()

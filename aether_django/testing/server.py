@@ -137,7 +137,16 @@ class NatsServer:
 
     Usable as a context manager. ``routes`` (other servers' cluster URLs) and
     ``cluster_port`` make it part of a JetStream cluster; ``extra_config`` is
-    appended to the generated server configuration. ``binary`` (default: see
+    appended to the generated server configuration.
+
+    ``sync_interval`` is JetStream's: how often file storage is flushed to disk
+    (``"always"``: every write before it is acknowledged). None keeps the
+    server's default (2 minutes), chosen on purpose for tests and benchmarks: the
+    store is a temporary directory deleted by :meth:`close`, the faults tests
+    inject are process kills (``kill()``), which the default survives because the
+    writes are already in the operating system's page cache, and a disk sync
+    per write would slow every save. An OS crash or power loss is what it does
+    not survive; see docs/deployment.md. ``binary`` (default: see
     :func:`nats_server_binary`) must be nats-server 2.12 or newer, else
     NatsServerError is raised.
     """
@@ -154,6 +163,7 @@ class NatsServer:
         max_payload: int = 8 * 1024 * 1024,
         extra_config: str = "",
         binary: str | None = None,
+        sync_interval: str | None = None,
     ) -> None:
         if binary is not None:
             _check_version(binary)
@@ -171,6 +181,7 @@ class NatsServer:
         self.routes = list(routes)
         self.max_payload = max_payload
         self.extra_config = extra_config
+        self.sync_interval = sync_interval
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = self.store_dir / f"{self.name}.log"
 
@@ -192,8 +203,10 @@ class NatsServer:
             f'  store_dir: "{self.store_dir / "js"}"',
             "  max_memory_store: 1GB",
             "  max_file_store: 10GB",
-            "}",
         ]
+        if self.sync_interval is not None:
+            lines.append(f"  sync_interval: {self.sync_interval}")
+        lines += ["}"]
         if self.cluster_name:
             routes = ", ".join(f'"{route}"' for route in self.routes)
             lines += [

@@ -31,6 +31,8 @@ class Node:
         )
         self.lines: queue.Queue[dict] = queue.Queue()
         self.deliveries: dict[str, list[dict]] = {}
+        #: label -> the error that ended that subscription, as the node printed it.
+        self.endings: dict[str, dict] = {}
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
@@ -54,8 +56,7 @@ class Node:
                 doc = self.lines.get(timeout=remaining)
             except queue.Empty:
                 continue
-            if "label" in doc:
-                self.deliveries.setdefault(doc["label"], []).append(doc)
+            self._keep(doc)
             if key in doc:
                 return doc
 
@@ -82,9 +83,21 @@ class Node:
                 doc = self.lines.get(timeout=0.05)
             except queue.Empty:
                 continue
-            if "label" in doc:
-                self.deliveries.setdefault(doc["label"], []).append(doc)
+            self._keep(doc)
         return list(self.deliveries.get(label, []))
+
+    def _keep(self, doc: dict) -> None:
+        if "label" in doc:
+            self.deliveries.setdefault(doc["label"], []).append(doc)
+        if "ended" in doc:
+            self.endings[doc["ended"]] = doc
+
+    def ending(self, label: str, timeout: float = 10.0) -> dict | None:
+        """The error that ended subscription ``label``; None if it did not end in time."""
+        deadline = time.monotonic() + timeout
+        while label not in self.endings and time.monotonic() < deadline:
+            self.received("\0never", 1, timeout=0.05)
+        return self.endings.get(label)
 
     def settle(self, wait: float = 0.5) -> None:
         """Collect whatever arrives within ``wait`` seconds."""

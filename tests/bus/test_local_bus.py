@@ -6,7 +6,12 @@ import threading
 import pytest
 
 from aether_django import metrics
-from aether_django.bus import EventBus, SubscriptionClosedError, SubscriptionOverflowError
+from aether_django.bus import (
+    EventBus,
+    SubscriptionClosedError,
+    SubscriptionHandlerError,
+    SubscriptionOverflowError,
+)
 from aether_django.events import Event
 from aether_django.patterns import SubscriptionFilter
 
@@ -162,3 +167,123 @@ async def test_publish_is_at_most_once_a_later_subscription_never_sees_it():
     late = bus.subscribe("orders")
     with pytest.raises(TimeoutError):
         await late.next(0.05)
+
+
+# --- a handler that raises ------------------------------------------------------------
+
+
+async def test_a_nacked_delivery_comes_again_after_a_wait_before_anything_newer():
+    bus = EventBus(handler_backoff=0.05)
+    sub = bus.subscribe("orders")
+    for v in (1, 2):
+        bus.publish("orders", ev(v, sequence=v))
+    first = await sub.next(1)
+    sub.nack(RuntimeError("down"))
+    started = asyncio.get_running_loop().time()
+    again = await sub.next(1)
+    assert again is first
+    assert asyncio.get_running_loop().time() - started >= 0.05
+    assert (await sub.next(1)).event.version == 2
+    assert sub.received == 2
+
+
+async def test_an_iterator_whose_handler_keeps_failing_raises_an_error_naming_the_event():
+    bus = EventBus(handler_retries=2, handler_backoff=0.01)
+    sub = bus.subscribe("orders")
+    for v in (1, 2, 3):
+        bus.publish("orders", ev(v, sequence=v))
+    seen = []
+    with pytest.raises(SubscriptionHandlerError) as stopped:
+        async for delivery in sub:
+            seen.append(delivery.event.version)
+            if delivery.event.version == 2:
+                sub.nack(ValueError("bad data"))
+    assert seen == [1, 2, 2, 2]  # tried once, then retried twice; 3 never handed over
+    error = stopped.value
+    assert error.sequence == 2 and error.attempts == 3 and error.namespace == "orders"
+    assert isinstance(error.__cause__, ValueError)
+    assert error.resume_start() == {"orders": 2}
+    assert error.event_id in str(error)
+    assert sub.closed
+
+
+async def test_an_async_callback_that_keeps_failing_ends_with_on_error_and_stops_there():
+    bus = EventBus(handler_retries=1, handler_backoff=0.01)
+    calls, errors = [], []
+
+    async def handle(delivery):
+        calls.append(delivery.event.version)
+        if delivery.event.version == 2:
+            raise RuntimeError("boom")
+
+    sub = bus.subscribe("orders", callback=handle, on_error=errors.append)
+    for v in (1, 2, 3):
+        bus.publish("orders", ev(v, sequence=v))
+    for _ in range(100):
+        if errors:
+            break
+        await asyncio.sleep(0.01)
+    assert calls == [1, 2, 2]
+    (error,) = errors
+    assert isinstance(error, SubscriptionHandlerError) and error.sequence == 2
+    assert sub.closed
+
+
+async def test_a_sync_callback_is_retried_on_its_loop_while_later_deliveries_wait_in_order():
+    bus = EventBus(handler_backoff=0.02)
+    calls, errors = [], []
+    failures = {"left": 2}
+
+    def handle(delivery):
+        calls.append(delivery.event.version)
+        if delivery.event.version == 2 and failures["left"]:
+            failures["left"] -= 1
+            raise RuntimeError("not yet")
+
+    sub = bus.subscribe("orders", callback=handle, on_error=errors.append)
+    for v in (1, 2, 3, 4):
+        bus.publish("orders", ev(v, sequence=v))
+    for _ in range(100):
+        if len(calls) >= 6:
+            break
+        await asyncio.sleep(0.01)
+    assert calls == [1, 2, 2, 2, 3, 4]
+    # Recovered: deliveries go straight to the callback again.
+    bus.publish("orders", ev(5, sequence=5))
+    assert calls[-1] == 5 and sub.callback is handle
+    assert errors == [] and not sub.closed
+
+
+def test_a_sync_callback_without_a_loop_is_retried_at_once_then_stops_with_on_error():
+    bus = EventBus(handler_retries=2)
+    calls, errors = [], []
+
+    def handle(delivery):
+        calls.append(delivery.event.version)
+        raise RuntimeError("always")
+
+    sub = bus.subscribe("orders", callback=handle, on_error=errors.append)
+    bus.publish("orders", ev(1, sequence=1))
+    bus.publish("orders", ev(2, sequence=2))  # the subscription has stopped: not offered
+    assert calls == [1, 1, 1]
+    (error,) = errors
+    assert isinstance(error, SubscriptionHandlerError) and error.attempts == 3
+    assert sub.closed
+
+
+async def test_close_while_a_retry_waits_ends_the_subscription_quietly():
+    bus = EventBus(handler_backoff=5)
+    sub = bus.subscribe("orders")
+    bus.publish("orders", ev(1, sequence=1))
+    await sub.next(1)
+    sub.nack()
+    waiting = asyncio.ensure_future(sub.next(10))
+    await asyncio.sleep(0.05)
+    sub.close()
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(waiting, 6)
+
+
+def test_negative_retry_settings_are_refused():
+    with pytest.raises(ValueError):
+        EventBus(handler_retries=-1).subscribe("orders", callback=print)

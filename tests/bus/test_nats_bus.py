@@ -177,6 +177,23 @@ async def test_a_durable_subscription_saves_only_what_was_handled(node):
     await again.aclose()
 
 
+async def test_a_block_that_raised_does_not_count_its_delivery_as_handled(node):
+    a = node("a")
+    ns = unique_namespace()
+    store = a.store(ns)
+    stored = await store.asave_events([ev("x", v) for v in range(1, 5)])
+    durable = f"raised-{ns}"
+    with pytest.raises(RuntimeError):
+        async with await a.bus.asubscribe(ns, start="all", durable=durable) as sub:
+            async for delivery in sub:
+                if delivery.event.version == 3:
+                    raise RuntimeError("handler failed")
+    again = await node("a-again").bus.asubscribe(ns, start="all", durable=durable)
+    assert [d.event.id for d in await take(again, 2)] == [e.id for e in stored[2:]]
+    await nothing_more(again)
+    await again.aclose()
+
+
 async def test_a_resumed_durable_subscription_skips_events_it_handled_by_their_id(node):
     a = node("a")
     ns = unique_namespace()

@@ -1,12 +1,16 @@
 """docker-compose.yml describes the production shape (these machines cannot run Docker)."""
 
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-COMPOSE = yaml.safe_load((Path(__file__).resolve().parents[2] / "docker-compose.yml").read_text())
+from aether_django.testing import nats_server_binary
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
 
 
@@ -47,6 +51,26 @@ def test_three_nats_servers_form_one_jetstream_cluster():
     image = SERVICES["nats-1"]["image"]
     major, minor = (int(p) for p in image.split(":")[1].split("-")[0].split(".")[:2])
     assert (major, minor) >= (2, 12)
+
+
+def test_the_nats_servers_sync_every_write_before_acknowledging_it(tmp_path):
+    # The three servers share one Docker host: a power loss hits all of them at once.
+    config = COMPOSE["configs"]["nats-jetstream"]["content"]
+    assert re.search(r"jetstream\s*\{[^}]*\bsync_interval:\s*always\b", config)
+    for name in ("nats-1", "nats-2", "nats-3"):
+        assert SERVICES[name]["configs"] == [
+            {"source": "nats-jetstream", "target": "/etc/nats/jetstream.conf"}
+        ]
+        assert SERVICES[name]["command"].startswith("--config /etc/nats/jetstream.conf ")
+    # nats-server accepts the file (checked with the test suite's binary).
+    conf = tmp_path / "jetstream.conf"
+    conf.write_text(config)
+    checked = subprocess.run(
+        [nats_server_binary(), "-t", "-c", str(conf)], capture_output=True, text=True, timeout=30
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    # The example project says so, for the system check aether_django.W301.
+    assert '"NATS_SYNC_ALWAYS": True' in (ROOT / "example_project" / "settings.py").read_text()
 
 
 def test_app_worker_and_beat_use_every_nats_server_with_three_replicas():

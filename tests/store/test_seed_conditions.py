@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -117,8 +118,38 @@ async def race_ten_writers(writers) -> list:
 
 
 async def test_c1_1_multiple_writers_can_attempt_to_update_the_same_actor_simultaneously(writers):
-    results = await race_ten_writers(writers)
-    assert len(results) == 10  # every writer got an answer; none blocked the others
+    ns = unique_namespace()
+    stores = writers(ns, 10)
+    await stores[0].asave_event(ev("order-1", 1))
+    spans: list[tuple[float, float]] = []
+
+    async def attempt(i: int, store: JetStreamEventStore) -> Event:
+        started = time.monotonic()
+        try:
+            return await store.asave_event(ev("order-1", 2, writer=i))
+        finally:
+            spans.append((started, time.monotonic()))
+
+    results = await asyncio.gather(
+        *(attempt(i, s) for i, s in enumerate(stores)), return_exceptions=True
+    )
+    # Simultaneous: every attempt was under way before the first one was answered.
+    assert len(spans) == 10
+    assert max(start for start, _ in spans) < min(end for _, end in spans)
+    # Each writer's outcome is a stored event or a version conflict, nothing else.
+    history = await stores[0].aget_events("order-1")
+    assert [e.version for e in history] == [1, 2]
+    for i, result in enumerate(results):
+        if isinstance(result, Event):
+            assert result == history[1] and result.data == {"writer": i}
+        else:
+            assert isinstance(result, VersionConflictError), f"writer {i}: {result!r}"
+            assert (result.actor_id, result.attempted_version, result.current_version) == (
+                "order-1",
+                2,
+                2,
+            )
+    assert any(isinstance(r, Event) for r in results)  # the stored version 2 is one of them
 
 
 async def test_c1_2_at_most_one_writer_succeeds_others_receive_version_conflict(writers):
