@@ -217,9 +217,19 @@ class ShardHost:
         arguments = doc.get("arguments") or {}
         command_id = doc.get("command_id")
         if command is not None and (
-            command.startswith("_") or not callable(getattr(model, command, None))
+            not isinstance(command, str) or command not in model._meta.commands
         ):
-            return {"error": {"type": "bad", "message": f"unknown command {command!r}"}}
+            # Only declared commands: any other method (save, set_snapshot_state, a
+            # helper) would let a message on the shard's subject bypass the aggregate's
+            # rules.
+            return {
+                "error": {
+                    "type": "bad",
+                    "message": f"{command!r} is not a command of {model.__name__} "
+                    f"({namespace!r}); mark the method with @command or list it in "
+                    "Meta.commands",
+                }
+            }
         shard = int(msg.subject.rsplit(".", 1)[1])
         for _attempt in range(20):
             # The actor leaves the cache while a command runs on it and returns only

@@ -9,10 +9,11 @@ import uuid
 
 import pytest
 
-from aether_django.aggregates import Aggregate, apply
+from aether_django.aggregates import Aggregate, apply, command
 from aether_django.cluster.hashring import shard_for
 from aether_django.cluster.routing import (
     CommandError,
+    RemoteDomainError,
     ShardHost,
     ShardUnavailableError,
     send,
@@ -227,6 +228,7 @@ class Flaky(Aggregate):
     class Meta:
         namespace = "test-flaky"
 
+    @command
     def bump(self, fail: bool = False) -> None:
         self.record("Bumped")
         if fail:
@@ -354,3 +356,46 @@ async def test_a_command_that_fails_unexpectedly_is_an_error_and_leaves_no_trace
     assert await Flaky.get_store().aget_latest_version(actor) == 1
     answer = await send_("c-2")
     assert answer["version"] == 2 and answer["state"]["count"] == 2
+
+
+# --- only declared commands run ------------------------------------------------------------
+
+
+async def test_a_request_naming_a_method_that_is_not_a_command_is_refused(order_host):
+    runtime, _host = order_host
+    actor = f"order-{uuid.uuid4().hex[:8]}"
+    nc = await runtime.connection()
+    subject = shard_subject(shard_for(actor, 100))
+
+    async def ask(command, **arguments):
+        body = {"namespace": "test-orders", "actor_id": actor, "command": command,
+                "arguments": arguments, "command_id": uuid.uuid4().hex}  # fmt: skip
+        reply = await nc.request(subject, json.dumps(body).encode(), timeout=5)
+        return json.loads(reply.data)
+
+    assert (await ask("place", customer="ann"))["version"] == 1
+    # Someone who can publish on the shard's subject tries to skip the order's rules:
+    # make it look paid, then ship it; or call the base API, a handler, a helper.
+    forged = {"status": "paid", "customer": "ann", "lines": [], "total_cents": 0}
+    attempts = [
+        ("set_snapshot_state", {"state": forged}),
+        ("save", {}),
+        ("record", {"event_type": "OrderPaid"}),
+        ("_placed", {"event": None}),
+        ("get_store", {}),
+        ("recorded_version", {"command_id": "x"}),
+        (["place"], {}),
+        (7, {}),
+    ]
+    for command_name, arguments in attempts:
+        error = (await ask(command_name, **arguments)).get("error")
+        assert error and error["type"] == "bad", (command_name, error)
+        assert "is not a command of Order" in error["message"]
+    with pytest.raises(CommandError, match="'set_snapshot_state' is not a command of Order"):
+        await send(runtime, "test-orders", actor, "set_snapshot_state", num_shards=100,
+                   state=forged)  # fmt: skip
+    # The rules still hold: an order that was never paid cannot be shipped.
+    with pytest.raises(RemoteDomainError, match="only a paid order can be shipped"):
+        await send(runtime, "test-orders", actor, "ship", num_shards=100)
+    assert [e.event_type for e in await Order.get_store().aget_events(actor)] == ["OrderPlaced"]
+    assert (await ask(None))["state"]["status"] == "placed"
