@@ -175,14 +175,14 @@ class ShardHost:
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:  # one command at a time per actor on this node
             try:
-                reply = await self._run(msg, doc)
+                reply = json.dumps(await self._run(msg, doc)).encode()
             except Exception as exc:
-                # Whatever went wrong (loading, a store error, a bug), the caller gets an
-                # answer instead of waiting for its timeout, and the actor's copy in
-                # memory, which may be half-changed, is dropped.
+                # Whatever went wrong (loading, a store error, a bug, state that is not
+                # JSON), the caller gets an answer instead of waiting for its timeout,
+                # and the actor's copy in memory, which may be half-changed, is dropped.
                 self._forget(namespace, actor_id)
-                reply = self._failure(exc, doc)
-        await msg.respond(json.dumps(reply).encode())
+                reply = json.dumps(self._failure(exc, doc)).encode()
+        await msg.respond(reply)
 
     def _failure(self, exc: Exception, doc: dict[str, Any]) -> dict[str, Any]:
         """Log a command that could not be completed and say why in the reply."""
@@ -193,6 +193,13 @@ class ShardHost:
             what,
             doc.get("command_id"),
             exc_info=exc,
+            extra={
+                "node": self.node_id,
+                "namespace": doc["namespace"],
+                "actor_id": doc["actor_id"],
+                "command": doc.get("command"),
+                "command_id": doc.get("command_id"),
+            },
         )
         if isinstance(exc, SaveOutcomeUnknownError):
             kind = "unknown"
