@@ -102,6 +102,13 @@ LOGIN_URL = "admin:login"
 # The NATS URL comes from AETHER_NATS_URL (the demo, docker-compose); the number of
 # replicas of each stream from AETHER_REPLICAS (3 on docker-compose's 3-server cluster).
 AETHER: dict[str, Any] = {"REPLICAS": int(os.environ.get("AETHER_REPLICAS", "1"))}
+# NATS credentials, from AETHER_NATS_USER and AETHER_NATS_PASSWORD: docker-compose gives
+# the web app and the workers users of their own (docs/security.md).
+if os.environ.get("AETHER_NATS_USER"):
+    AETHER["NATS_OPTIONS"] = {
+        "user": os.environ["AETHER_NATS_USER"],
+        "password": os.environ.get("AETHER_NATS_PASSWORD", ""),
+    }
 
 # The API (``/api/aether/``): session login (the admin's) or HTTP basic auth; every
 # caller must be authenticated and is limited by NamespaceGrants (see docs/api.md).
