@@ -307,6 +307,8 @@ class ShardHost:
         return True
 
     def _remember(self, model: type[Aggregate], actor: Aggregate, shard: int) -> None:
+        if shard not in self._subscriptions:
+            return  # the shard was lost while the command ran: its next owner may change it
         key = (model._meta.namespace or "", actor.actor_id)
         self._actors[key] = (shard, actor)
         self._actors.move_to_end(key)
