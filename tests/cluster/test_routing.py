@@ -399,3 +399,45 @@ async def test_a_request_naming_a_method_that_is_not_a_command_is_refused(order_
         await send(runtime, "test-orders", actor, "ship", num_shards=100)
     assert [e.event_type for e in await Order.get_store().aget_events(actor)] == ["OrderPlaced"]
     assert (await ask(None))["state"]["status"] == "placed"
+
+
+async def test_a_shard_lost_while_a_command_saves_leaves_no_stale_actor_behind(
+    order_host, monkeypatch
+):
+    runtime, host = order_host
+    actor = f"order-{uuid.uuid4().hex[:8]}"
+    shard = shard_for(actor, 100)
+    store = Order.get_store()
+    await send(runtime, "test-orders", actor, "place", num_shards=100, customer="ann")
+    save, saving, release = store.asave_events, asyncio.Event(), asyncio.Event()
+
+    async def slow_save(events, *args, **kwargs):
+        saving.set()
+        await release.wait()
+        return await save(events, *args, **kwargs)
+
+    monkeypatch.setattr(store, "asave_events", slow_save)
+    sending = asyncio.ensure_future(
+        send(runtime, "test-orders", actor, "add_line", num_shards=100, command_id="c-line",
+             timeout=8, sku="pen", quantity=1, price_cents=2)
+    )  # fmt: skip
+    await asyncio.wait_for(saving.wait(), 5)
+    await host.own(set(range(100)) - {shard})  # the shard moves away mid-save
+    release.set()
+    await asyncio.sleep(0.2)
+    monkeypatch.setattr(store, "asave_events", save)
+    # Its new owner changes the order meanwhile; when the shard comes back, the
+    # actor is loaded again, not served from a copy made before the move.
+    await Order.objects.aupdate(actor, lambda o: o.cancel("changed elsewhere"))
+    await host.own(set(range(100)))
+    answer = await send(runtime, "test-orders", actor, None, num_shards=100)
+    events = await store.aget_events(actor)
+    assert (answer["version"], answer["state"]["status"]) == (len(events), "cancelled")
+    # The command that was cut off is either stored and answered at its version, or
+    # refused now (the order is cancelled): never answered without being stored.
+    try:
+        result = await sending
+    except RemoteDomainError:
+        assert "c-line" not in [e.command_id for e in events]
+    else:
+        assert {e.command_id: e.version for e in events}["c-line"] == result["version"]
