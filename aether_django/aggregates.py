@@ -1,8 +1,8 @@
 """Model-like aggregates: declare an actor like a Django model, load it, change it, save it safely.
 
 An aggregate class declares its namespace and options in ``Meta``, its state as
-annotated class attributes with defaults, commands that ``record()`` events, and
-handlers (``@apply("EventType")``) that change state from events::
+annotated class attributes with defaults, commands (``@command``) that ``record()``
+events, and handlers (``@apply("EventType")``) that change state from events::
 
     class Order(Aggregate):
         status: str = "new"
@@ -12,6 +12,7 @@ handlers (``@apply("EventType")``) that change state from events::
             namespace = "orders"
             snapshot_every = 50
 
+        @command
         def place(self, customer):
             if self.status != "new":
                 raise DomainError("the order was placed already")
@@ -66,12 +67,14 @@ __all__ = [
     "UpdateRetriesExhausted",
     "all_aggregates",
     "apply",
+    "command",
     "evolve",
     "get_aggregate_class",
     "upcaster",
 ]
 
 A = TypeVar("A", bound="Aggregate")
+F = TypeVar("F", bound=Callable[..., Any])
 
 #: Metadata key holding an event's schema version (absent means 1).
 SCHEMA_KEY = "schema"
@@ -79,7 +82,15 @@ SCHEMA_KEY = "schema"
 RECENT_COMMANDS = 100
 #: Meta options an aggregate may declare.
 META_OPTIONS = frozenset(
-    {"namespace", "snapshot_every", "snapshot_version", "event_schemas", "abstract", "cache_size"}
+    {
+        "namespace",
+        "snapshot_every",
+        "snapshot_version",
+        "event_schemas",
+        "abstract",
+        "cache_size",
+        "commands",
+    }
 )
 #: Aggregates update() keeps in memory per class unless Meta.cache_size says otherwise.
 DEFAULT_CACHE_SIZE = 1000
@@ -133,6 +144,19 @@ def apply(event_type: str) -> Callable[[Callable[[A, Event], None]], Callable[[A
         return fn
 
     return mark
+
+
+def command(fn: F) -> F:
+    """Mark a method as a command: one that other nodes may run by name.
+
+    A routed command (``aether_django.cluster.send_command``) runs only methods
+    declared this way or listed in ``Meta.commands``; any other name, public or
+    not, is refused, so a message on a shard's subject cannot call ``save``,
+    ``set_snapshot_state`` or a helper. Called directly in Python, a command is an
+    ordinary method. Inherited like handlers.
+    """
+    fn._aether_command = True  # type: ignore[attr-defined]
+    return fn
 
 
 def upcaster(event_type: str, schema: int) -> Callable[[Callable[[Event], Event]], Any]:
@@ -218,6 +242,14 @@ class Options:
         ):
             self.problems.append("Meta.cache_size must be an integer >= 0")
             self.cache_size = DEFAULT_CACHE_SIZE
+        listed = raw.get("commands", ())
+        if isinstance(listed, str) or not all(isinstance(n, str) for n in listed):
+            self.problems.append("Meta.commands must be a list of method names")
+            listed = ()
+        self.listed_commands: tuple[str, ...] = tuple(listed)
+        # Set by the class once its methods are known: the names send_command may run.
+        self.commands: frozenset[str] = frozenset()
+        self.command_problems: list[str] = []
 
     @property
     def label(self) -> str:
@@ -272,6 +304,7 @@ class Aggregate:
         cls._meta = Options(cls, cls.__dict__.get("Meta"))
         cls._collect_state_fields()
         cls._collect_handlers()
+        cls._collect_commands()
         cls.DoesNotExist = type(
             "DoesNotExist",
             (AggregateDoesNotExist,),
@@ -312,6 +345,29 @@ class Aggregate:
         cls._handlers = handlers
         cls._upcasters = upcasters
         cls._duplicate_handlers = duplicates
+
+    @classmethod
+    def _collect_commands(cls) -> None:
+        declared = {
+            name
+            for klass in cls.__mro__
+            for name, value in vars(klass).items()
+            if getattr(value, "_aether_command", False)
+        }
+        declared.update(cls._meta.listed_commands)
+        commands: set[str] = set()
+        problems: list[str] = []
+        for name in sorted(declared):
+            if name.startswith("_"):
+                problems.append(f"{name!r} starts with '_' and cannot be a command")
+            elif name in _BASE_API:
+                problems.append(f"{name!r} is part of Aggregate's own API, not a command")
+            elif not callable(getattr(cls, name, None)):
+                problems.append(f"Meta.commands names {name!r}, which is not a method")
+            else:
+                commands.add(name)
+        cls._meta.commands = frozenset(commands)
+        cls._meta.command_problems = problems
 
     def __init__(self, actor_id: str) -> None:
         self.actor_id = validate_actor_id(actor_id)
@@ -486,6 +542,10 @@ class Aggregate:
                 await store.asave_snapshot(self._snapshot())
             except AetherError:
                 logger.warning("could not save a snapshot of %r", self, exc_info=True)
+
+
+#: Names of the base class's own API: never commands, even when declared.
+_BASE_API = frozenset({"objects", *(name for name in dir(Aggregate) if not name.startswith("_"))})
 
 
 # --- the manager ------------------------------------------------------------------------------

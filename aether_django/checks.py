@@ -80,7 +80,7 @@ def check_durability(app_configs: Any = None, **kwargs: Any) -> list[CheckMessag
 
 @register("aether_django")
 def check_aggregates(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    """E101-E105, W102: aggregate declarations that cannot work as written."""
+    """E101-E106, W102: aggregate declarations that cannot work as written."""
     from .aggregates import all_aggregates, recorded_event_types
 
     messages: list[CheckMessage] = []
@@ -109,6 +109,16 @@ def check_aggregates(app_configs: Any = None, **kwargs: Any) -> list[CheckMessag
         for problem in meta.problems:
             messages.append(
                 Error(f"Aggregate {meta.label}: {problem}.", obj=model, id="aether_django.E104")
+            )
+        for problem in meta.command_problems:
+            messages.append(
+                Error(
+                    f"Aggregate {meta.label}: {problem}.",
+                    hint="Declare as commands (@command or Meta.commands) only public "
+                    "methods of your own that check the aggregate's rules and record events.",
+                    obj=model,
+                    id="aether_django.E106",
+                )
             )
         recorded = recorded_event_types(model)
         if recorded is not None:

@@ -39,7 +39,9 @@ import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
+import nats.errors
 from nats.aio.client import Client as NATS
+from nats.aio.subscription import Subscription
 
 from .errors import SyncCallInAsyncContextError
 
@@ -295,7 +297,31 @@ class Runtime:
         made: dict[str, NATS] = {}
 
         async def on_error(exc: Exception) -> None:
-            logger.debug("NATS connection error: %r", exc)
+            nc = made.get("nc")
+            server = getattr(nc, "connected_url", None) if nc is not None else None
+            address = server.netloc if server else None
+            where = f"NATS connection {self._name!r} ({address or 'no server'})"
+            extra: dict[str, Any] = {"connection": self._name, "server": address}
+            if isinstance(exc, _CONNECTION_ERRORS):
+                # Each failed reconnect attempt lands here, up to ten a second while the
+                # server is away; the disconnect and reconnect callbacks report the
+                # outage once instead.
+                logger.debug("%s: %r", where, exc)
+                return
+            if isinstance(exc, nats.errors.SlowConsumerError):
+                logger.error(
+                    "%s: messages on %s dropped, its subscriber does not keep up",
+                    where,
+                    exc.subject,
+                    extra={**extra, "subject": exc.subject},
+                )
+                return
+            # An exception from a subscription's callback (a shard host, a bus
+            # listener, a watcher) or an error the server sent: nothing else reports it.
+            description, subject = _describe_async_error(exc)
+            logger.error(
+                "%s: %s", where, description, exc_info=exc, extra={**extra, "subject": subject}
+            )
 
         async def on_disconnect() -> None:
             nc = made.get("nc")
@@ -401,6 +427,42 @@ class Runtime:
             if not own_loop.is_running():
                 own_loop.close()
         self._closing = False
+
+
+#: Errors nats-py reports while the connection is down or being re-established.
+_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncio.TimeoutError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.StaleConnectionError,
+    nats.errors.NoServersError,
+    nats.errors.UnexpectedEOF,
+    nats.errors.FlushTimeoutError,
+)
+
+
+def _describe_async_error(exc: BaseException) -> tuple[str, str | None]:
+    """Say where an error handed to the error callback came from, as far as can be told,
+    and the subject of the message being handled (None when unknown).
+
+    nats-py passes only the exception; when a subscription's callback raised it, the
+    first frame of its traceback is the subscription's delivery loop, whose locals
+    name the subscription and the message.
+    """
+    tb = exc.__traceback__
+    frame_locals = tb.tb_frame.f_locals if tb is not None else {}
+    sub, msg = frame_locals.get("self"), frame_locals.get("msg")
+    callback = getattr(sub, "_cb", None)
+    if isinstance(sub, Subscription) and callback is not None:
+        name = getattr(callback, "__qualname__", None) or repr(callback)
+        subject = getattr(msg, "subject", None) or sub.subject
+        return (
+            f"the callback {name} of the subscription to {sub.subject!r} raised "
+            f"{type(exc).__name__} on a message on {subject!r}",
+            subject,
+        )
+    return f"error reported by the client or the server: {type(exc).__name__}: {exc}", None
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

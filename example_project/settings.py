@@ -108,6 +108,13 @@ AETHER: dict[str, Any] = {
     "REPLICAS": int(os.environ.get("AETHER_REPLICAS", "1")),
     "NATS_SYNC_ALWAYS": True,
 }
+# NATS credentials, from AETHER_NATS_USER and AETHER_NATS_PASSWORD: docker-compose gives
+# the web app and the workers users of their own (docs/security.md).
+if os.environ.get("AETHER_NATS_USER"):
+    AETHER["NATS_OPTIONS"] = {
+        "user": os.environ["AETHER_NATS_USER"],
+        "password": os.environ.get("AETHER_NATS_PASSWORD", ""),
+    }
 
 # The API (``/api/aether/``): session login (the admin's) or HTTP basic auth; every
 # caller must be authenticated and is limited by NamespaceGrants (see docs/api.md).

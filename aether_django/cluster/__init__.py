@@ -75,13 +75,22 @@ def shard_of(actor_id: str) -> int:
 
 
 async def asend_command(
-    namespace: str, actor_id: str, command: str | None = None, **arguments: Any
+    namespace: str,
+    actor_id: str,
+    command: str | None = None,
+    *,
+    command_id: str | None = None,
+    **arguments: Any,
 ) -> dict[str, Any]:
     """Run ``command(**arguments)`` on the node that owns the actor; return its new state.
 
-    Without ``command`` it only reads the actor's state there. Raises
-    RemoteDomainError when the aggregate refuses, ShardUnavailableError when no
-    node owns the shard for ``TIMEOUT`` seconds (a move that does not settle).
+    Without ``command`` it only reads the actor's state there. Answers only once the
+    command's events are stored. Raises RemoteDomainError when the aggregate refuses,
+    ShardUnavailableError when no node owns the shard for ``2 * TIMEOUT`` seconds (a
+    move that does not settle), StoreUnavailableError or SaveOutcomeUnknownError when
+    the owner could not store the events, CommandError when the command failed there.
+    Pass the same ``command_id`` to send a command again after one of those errors:
+    it is run at most once.
     """
     from ..conf import aether_settings
     from ..runtime import get_runtime
@@ -94,14 +103,22 @@ async def asend_command(
         command,
         num_shards=int(aether_settings.NUM_SHARDS),
         timeout=float(aether_settings.TIMEOUT) * 2,
+        command_id=command_id,
         **arguments,
     )
 
 
 def send_command(
-    namespace: str, actor_id: str, command: str | None = None, **arguments: Any
+    namespace: str,
+    actor_id: str,
+    command: str | None = None,
+    *,
+    command_id: str | None = None,
+    **arguments: Any,
 ) -> dict[str, Any]:
     """Sync twin of :func:`asend_command`."""
     from ..runtime import get_runtime
 
-    return get_runtime().run(asend_command(namespace, actor_id, command, **arguments))
+    return get_runtime().run(
+        asend_command(namespace, actor_id, command, command_id=command_id, **arguments)
+    )

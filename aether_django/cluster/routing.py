@@ -23,7 +23,12 @@ import nats.errors
 from nats.aio.msg import Msg
 
 from ..aggregates import Aggregate, AggregateDoesNotExist, DomainError, get_aggregate_class
-from ..errors import AetherError, VersionConflictError
+from ..errors import (
+    AetherError,
+    SaveOutcomeUnknownError,
+    StoreUnavailableError,
+    VersionConflictError,
+)
 from ..store.base import Runtime
 from .hashring import shard_for
 
@@ -59,12 +64,21 @@ async def send(
     num_shards: int,
     timeout: float = 10.0,
     attempt_timeout: float = 2.0,
+    command_id: str | None = None,
     **arguments: Any,
 ) -> dict[str, Any]:
     """Run ``command(**arguments)`` on the actor's owner (or just read it, with no command).
 
-    Returns ``{"actor_id", "version", "state", "node", "shard"}``. Retries while nobody
-    owns the shard; ShardUnavailableError when that lasts ``timeout`` seconds.
+    Returns ``{"actor_id", "version", "state", "node", "shard"}`` only once the
+    command's events are stored. Retries while nobody owns the shard;
+    ShardUnavailableError when that lasts ``timeout`` seconds. When the owner could
+    not store the events it raises StoreUnavailableError (nothing was stored) or
+    SaveOutcomeUnknownError (they may be stored); CommandError when the command
+    failed there for another reason; RemoteDomainError when the aggregate refused it.
+
+    ``command_id`` (a fresh one by default) is stored with the command's events; a
+    command sent again with the same id is run at most once, so after one of those
+    errors sending it again with the same id is safe.
     """
     request = json.dumps(
         {
@@ -72,7 +86,7 @@ async def send(
             "actor_id": actor_id,
             "command": command,
             "arguments": arguments,
-            "command_id": str(uuid.uuid4()),
+            "command_id": command_id or str(uuid.uuid4()),
         }
     ).encode()
     subject = shard_subject(shard_for(actor_id, num_shards))
@@ -101,7 +115,12 @@ async def send(
             if error.get("type") == "moved":
                 await asyncio.sleep(0.05)
                 continue
-            raise CommandError(error.get("message", "the command failed"))
+            message = error.get("message", "the command failed")
+            if error.get("type") == "unknown":
+                raise SaveOutcomeUnknownError(message)
+            if error.get("type") == "unavailable":
+                raise StoreUnavailableError(message)
+            raise CommandError(message)
         return doc
 
 
@@ -147,7 +166,7 @@ class ShardHost:
         try:
             doc = json.loads(msg.data)
             namespace, actor_id = doc["namespace"], doc["actor_id"]
-        except (ValueError, KeyError):
+        except (ValueError, KeyError, TypeError):
             await msg.respond(
                 json.dumps({"error": {"type": "bad", "message": "bad request"}}).encode()
             )
@@ -155,8 +174,46 @@ class ShardHost:
         key = (namespace, actor_id)
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:  # one command at a time per actor on this node
-            reply = await self._run(msg, doc)
-        await msg.respond(json.dumps(reply).encode())
+            try:
+                reply = json.dumps(await self._run(msg, doc)).encode()
+            except Exception as exc:
+                # Whatever went wrong (loading, a store error, a bug, state that is not
+                # JSON), the caller gets an answer instead of waiting for its timeout,
+                # and the actor's copy in memory, which may be half-changed, is dropped.
+                self._forget(namespace, actor_id)
+                reply = json.dumps(self._failure(exc, doc)).encode()
+        await msg.respond(reply)
+
+    def _failure(self, exc: Exception, doc: dict[str, Any]) -> dict[str, Any]:
+        """Log a command that could not be completed and say why in the reply."""
+        what = f"{doc.get('command') or 'read'} on {doc['namespace']}/{doc['actor_id']}"
+        logger.error(
+            "node %s: %s (command id %s) failed",
+            self.node_id,
+            what,
+            doc.get("command_id"),
+            exc_info=exc,
+            extra={
+                "node": self.node_id,
+                "namespace": doc["namespace"],
+                "actor_id": doc["actor_id"],
+                "command": doc.get("command"),
+                "command_id": doc.get("command_id"),
+            },
+        )
+        if isinstance(exc, SaveOutcomeUnknownError):
+            kind = "unknown"
+            message = (
+                f"{what}: the save was not confirmed and the history does not show it yet; "
+                "send it again with the same command id"
+            )
+        elif isinstance(exc, StoreUnavailableError):
+            kind = "unavailable"
+            message = f"{what}: nothing was stored ({exc}); send it again with the same command id"
+        else:
+            kind = "failed"
+            message = f"{what} failed on node {self.node_id}: {type(exc).__name__}: {exc}"
+        return {"error": {"type": kind, "message": message}}
 
     async def _run(self, msg: Msg, doc: dict[str, Any]) -> dict[str, Any]:
         namespace, actor_id = doc["namespace"], doc["actor_id"]
@@ -167,31 +224,42 @@ class ShardHost:
         arguments = doc.get("arguments") or {}
         command_id = doc.get("command_id")
         if command is not None and (
-            command.startswith("_") or not callable(getattr(model, command, None))
+            not isinstance(command, str) or command not in model._meta.commands
         ):
-            return {"error": {"type": "bad", "message": f"unknown command {command!r}"}}
+            # Only declared commands: any other method (save, set_snapshot_state, a
+            # helper) would let a message on the shard's subject bypass the aggregate's
+            # rules.
+            return {
+                "error": {
+                    "type": "bad",
+                    "message": f"{command!r} is not a command of {model.__name__} "
+                    f"({namespace!r}); mark the method with @command or list it in "
+                    "Meta.commands",
+                }
+            }
         shard = int(msg.subject.rsplit(".", 1)[1])
         for _attempt in range(20):
-            try:
-                actor = await self._load(model, actor_id, shard)
-            except AggregateDoesNotExist:
-                actor = model(actor_id)
+            # The actor leaves the cache while a command runs on it and returns only
+            # once its state is known to match the store: a command that fails half-way
+            # or a save that fails leaves nothing behind that a retry could mistake
+            # for done.
+            actor = await self._take(model, actor_id)
             if command is None:
+                self._remember(model, actor, shard)
                 return self._answer(actor, shard)
             done = actor.recorded_version(command_id) if command_id else None
             if done is not None:
                 # A command this actor's history already holds (its node died before
                 # answering, or two nodes owned the shard for a moment): answer with the
                 # version it was stored at, without running it again.
+                self._remember(model, actor, shard)
                 return {**self._answer(actor, shard), "version": done}
             try:
                 with actor.command_context(command_id):
                     getattr(actor, command)(**arguments)
             except DomainError as exc:
-                self._forget(namespace, actor_id)  # its state may be half-changed
                 return {"error": {"type": "domain", "message": str(exc)}}
             except (TypeError, ValueError) as exc:
-                self._forget(namespace, actor_id)
                 return {"error": {"type": "bad", "message": f"{command}: {exc}"}}
             try:
                 await actor.asave()
@@ -199,24 +267,48 @@ class ShardHost:
                 # Another owner (during a move) or writer got there first: reload. If it
                 # was this very command, the reloaded history says so (recorded_version
                 # above) and it is answered without running again.
-                self._forget(namespace, actor_id)
                 continue
+            except SaveOutcomeUnknownError:
+                # The events may be stored. Only the history can say: reload, and answer
+                # "done" if it holds the command; otherwise the caller must ask again.
+                if command_id and await self._stored(model, actor_id, command_id, shard):
+                    continue
+                raise
             self._remember(model, actor, shard)
             self.served += 1
             return self._answer(actor, shard)
         return {"error": {"type": "bad", "message": "too many conflicting writers"}}
 
-    async def _load(self, model: type[Aggregate], actor_id: str, shard: int) -> Aggregate:
-        cached = self._actors.get((model._meta.namespace or "", actor_id))
+    async def _take(self, model: type[Aggregate], actor_id: str) -> Aggregate:
+        """The actor, out of the cache (or loaded; a new one if it has no events)."""
+        cached = self._actors.pop((model._meta.namespace or "", actor_id), None)
         if cached is not None:
-            self._actors.move_to_end((model._meta.namespace or "", actor_id))
             return cached[1]
         # Arrived with its shard (or first use): replay from snapshot plus events.
-        actor: Aggregate = await model.objects.aget(actor_id)
-        self._remember(model, actor, shard)
+        try:
+            actor: Aggregate = await model.objects.aget(actor_id)
+        except AggregateDoesNotExist:
+            actor = model(actor_id)
         return actor
 
+    async def _stored(
+        self, model: type[Aggregate], actor_id: str, command_id: str, shard: int
+    ) -> bool:
+        """Whether the stored history holds ``command_id`` (then the actor is cached)."""
+        try:
+            actor = await model.objects.aget(actor_id)
+        except AggregateDoesNotExist:
+            return False
+        except AetherError:
+            return False  # cannot tell: the caller hears that the outcome is unknown
+        if actor.recorded_version(command_id) is None:
+            return False
+        self._remember(model, actor, shard)
+        return True
+
     def _remember(self, model: type[Aggregate], actor: Aggregate, shard: int) -> None:
+        if shard not in self._subscriptions:
+            return  # the shard was lost while the command ran: its next owner may change it
         key = (model._meta.namespace or "", actor.actor_id)
         self._actors[key] = (shard, actor)
         self._actors.move_to_end(key)

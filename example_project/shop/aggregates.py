@@ -6,7 +6,7 @@ with OrderError (a DomainError), never with a storage error.
 
 from __future__ import annotations
 
-from aether_django.aggregates import Aggregate, DomainError, apply
+from aether_django.aggregates import Aggregate, DomainError, apply, command
 from aether_django.events import Event
 
 
@@ -27,7 +27,8 @@ class Order(Aggregate):
         namespace = "orders"
         snapshot_every = 20
 
-    # --- commands --------------------------------------------------------------
+    # --- commands (@command: other nodes may run them by name) ------------------
+    @command
     def place(self, customer: str) -> None:
         if self.status != "new":
             raise OrderError(f"the order is already {self.status}")
@@ -35,6 +36,7 @@ class Order(Aggregate):
             raise OrderError("an order needs a customer")
         self.record("OrderPlaced", customer=customer.strip())
 
+    @command
     def add_line(self, sku: str, quantity: int, price_cents: int) -> None:
         if self.status != "placed":
             raise OrderError(f"lines can only be added to a placed order, not a {self.status} one")
@@ -46,6 +48,7 @@ class Order(Aggregate):
             raise OrderError("the price cannot be negative")
         self.record("LineAdded", sku=sku.strip(), quantity=quantity, price_cents=price_cents)
 
+    @command
     def pay(self) -> None:
         if self.status != "placed":
             raise OrderError(f"only a placed order can be paid, not a {self.status} one")
@@ -53,11 +56,13 @@ class Order(Aggregate):
             raise OrderError("an order without lines cannot be paid")
         self.record("OrderPaid", amount_cents=self.total_cents)
 
+    @command
     def ship(self) -> None:
         if self.status != "paid":
             raise OrderError(f"only a paid order can be shipped, not a {self.status} one")
         self.record("OrderShipped")
 
+    @command
     def cancel(self, reason: str = "") -> None:
         if self.status in ("shipped", "cancelled"):
             raise OrderError(f"a {self.status} order cannot be cancelled")

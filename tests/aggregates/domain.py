@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from aether_django.aggregates import Aggregate, apply, evolve, upcaster
+from aether_django.aggregates import Aggregate, apply, command, evolve, upcaster
 from aether_django.events import Event
 from example_project.shop.aggregates import Order as ShopOrder
 from example_project.shop.aggregates import OrderError
@@ -47,6 +47,7 @@ class Counter(Aggregate):
         namespace = "test-counters"
         snapshot_every = 25
 
+    @command
     def increment(self, by: str) -> None:
         self.record("Incremented", by=by)
 
@@ -66,6 +67,7 @@ class Article(Aggregate):
         snapshot_every = 5
         snapshot_version = 2
 
+    @command
     def tag(self, name: str) -> None:
         self.record("Tagged", name=name)
 
@@ -95,6 +97,7 @@ class Parcel(Aggregate):
         namespace = "test-parcels"
         event_schemas = {"Weighed": 3}
 
+    @command
     def weigh(self, grams: int, source: str) -> None:
         self.record("Weighed", grams=grams, source=source)
 

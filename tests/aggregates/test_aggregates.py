@@ -24,6 +24,7 @@ from aether_django.aggregates import (
     AggregateError,
     UpdateRetriesExhausted,
     apply,
+    command,
     evolve,
     get_aggregate_class,
     upcaster,
@@ -691,6 +692,64 @@ print(model.__module__, model.__name__)
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["example_project.shop.aggregates", "Order"]
+
+
+def test_commands_are_the_declared_methods_inherited_or_listed(scratch_registry):
+    assert Order._meta.commands == {"place", "add_line", "pay", "ship", "cancel"}
+
+    class Listed(Order):
+        class Meta:
+            namespace = "listed-orders"
+            commands = ["describe"]
+
+        def describe(self):
+            self.record("OrderPlaced", customer="x")
+
+        def helper(self):
+            pass
+
+    # Decorated commands are inherited, Meta.commands adds to them, and any other
+    # method (the base class's API, handlers, helpers) is not a command.
+    assert Listed._meta.commands == {"place", "add_line", "pay", "ship", "cancel", "describe"}
+    assert not {"save", "asave", "set_snapshot_state", "record", "_placed", "helper"} & set(
+        Listed._meta.commands
+    )
+    assert [m for m in run_checks() if m.id == "aether_django.E106"] == []
+
+
+def test_check_a_declared_command_that_cannot_be_one(scratch_registry):
+    class Bad(Aggregate):
+        class Meta:
+            namespace = "bad-commands"
+            commands = ["save", "missing", "_hidden"]
+
+        @command
+        def set_snapshot_state(self, state):
+            super().set_snapshot_state(state)
+
+        @command
+        def _private(self):
+            pass
+
+    messages = [m for m in run_checks() if m.id == "aether_django.E106"]
+    assert sorted(m.msg.split("'")[1] for m in messages) == [
+        "_hidden",
+        "_private",
+        "missing",
+        "save",
+        "set_snapshot_state",
+    ]
+    assert all(m.obj is Bad for m in messages)
+    assert Bad._meta.commands == frozenset()  # none of them can be run remotely
+
+
+def test_check_meta_commands_must_be_a_list_of_names(scratch_registry):
+    class Bad(Aggregate):
+        class Meta:
+            namespace = "bad-commands"
+            commands = "place"
+
+    assert [m.id for m in run_checks() if m.obj is Bad] == ["aether_django.E104"]
 
 
 def test_check_two_aggregates_in_one_namespace(scratch_registry):

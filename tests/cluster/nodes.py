@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -104,3 +105,34 @@ def wait_until(condition: Callable[[], Any], timeout: float, interval: float = 0
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         time.sleep(interval)
+
+
+@dataclass
+class LeaderChange:
+    """How a leader lease changed hands after its holder was killed (monotonic times)."""
+
+    new: Any
+    killed: float
+    expired: float  # when the old lease was seen gone (or, if never seen gone, last seen)
+    gone_seen: bool
+    elected: float
+
+
+def watch_leader_change(
+    read_lease: Callable[[], Any], old: Any, killed: float, timeout: float = 15.0
+) -> LeaderChange:
+    """Poll the lease every 50 ms until someone other than ``old``'s holder holds it."""
+    last_seen_old = killed
+    gone_at = None
+    while True:
+        lease = read_lease()
+        now = time.monotonic()
+        if lease is not None and lease.node_id != old.node_id:
+            expired = gone_at if gone_at is not None else last_seen_old
+            return LeaderChange(lease, killed, expired, gone_at is not None, now)
+        if lease is None and gone_at is None:
+            gone_at = now
+        elif lease is not None:
+            last_seen_old = now
+        assert now < killed + timeout, f"no new leader within {timeout} s of the kill"
+        time.sleep(0.05)

@@ -12,6 +12,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -22,10 +24,11 @@ from aether_django.runtime import Runtime
 from aether_django.testing.broker import BrokerServer
 from aether_django.testing.contract import unique_namespace  # noqa: F401
 
-from .nodes import wait_until
+from .nodes import wait_until, watch_leader_change
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
+HEARTBEAT = 1.0
 
 
 @pytest.fixture
@@ -52,6 +55,7 @@ def celery_cluster(nats_url, tmp_path, monkeypatch):
             stdout=subprocess.DEVNULL, stderr=(tmp_path / f"{name}.log").open("w"),
         )  # fmt: skip
 
+    started = time.monotonic()
     worker("w1")
     worker("w2")
     processes["beat"] = subprocess.Popen(
@@ -62,7 +66,7 @@ def celery_cluster(nats_url, tmp_path, monkeypatch):
     runtime = Runtime(nats_url)
     observer = Coordinator(runtime, "observer", ClusterConfig(bucket=bucket, num_shards=100))
     try:
-        yield processes, observer, runtime
+        yield CeleryCluster(processes, worker, observer, runtime, started)
     finally:
         for process in processes.values():
             if process.poll() is None:
@@ -77,17 +81,33 @@ def celery_cluster(nats_url, tmp_path, monkeypatch):
             broker.stop()
 
 
-def test_celery_workers_elect_a_leader_share_shards_serve_and_fail_over(celery_cluster):
-    processes, observer, runtime = celery_cluster
+@dataclass
+class CeleryCluster:
+    processes: dict[str, subprocess.Popen]
+    start_worker: Callable[[str], None]
+    observer: Coordinator
+    runtime: Runtime
+    started: float  # monotonic time the workers and beat were spawned
 
-    def spread_over(names):
-        shard_map = runtime.run(observer.read_shard_map())
+    def lease(self):
+        return self.runtime.run(self.observer.read_lease())
+
+    def spread_over(self, names):
+        shard_map = self.runtime.run(self.observer.read_shard_map())
         return shard_map if shard_map and set(shard_map.counts()) == set(names) else None
 
-    lease = wait_until(lambda: runtime.run(observer.read_lease()), 60)
+
+def test_celery_workers_elect_a_leader_share_shards_serve_and_fail_over(celery_cluster):
+    cluster = celery_cluster
+
+    # Start-up: a leader within 5 s of starting the workers and beat, their own
+    # start-up (Python, Django, Celery, the broker and NATS connections) included.
+    lease = wait_until(cluster.lease, 60, interval=0.05)
+    elected_after = time.monotonic() - cluster.started
     assert lease.node_id in {"w1", "w2"}
-    shard_map = wait_until(lambda: spread_over({"w1", "w2"}), 60)
+    shard_map = wait_until(lambda: cluster.spread_over({"w1", "w2"}), 60)
     assert sorted(shard_map.counts().values()) == [50, 50]
+    print(f"\nleader {lease.node_id} elected {elected_after:.1f}s after start (incl. start-up)")
 
     # Commands reach the worker that owns the actor's shard.
     actor = f"order-{uuid.uuid4().hex[:8]}"
@@ -96,15 +116,37 @@ def test_celery_workers_elect_a_leader_share_shards_serve_and_fail_over(celery_c
     )
     assert placed["node"] == shard_map.owner(placed["shard"])
 
-    # A worker dies: beat's tasks on the other notice, take over and move its shards.
-    survivor = "w2" if placed["node"] == "w1" else "w1"
-    processes[placed["node"]].kill()
+    # The leader dies: the survivor takes the lease within 2 x HEARTBEAT of its
+    # expiry (as for aether_node) and the dead leader's shards within 5 s of the kill.
+    old = cluster.lease()
+    survivor = "w2" if old.node_id == "w1" else "w1"
+    cluster.processes[old.node_id].kill()
     killed = time.monotonic()
-    wait_until(lambda: spread_over({survivor}), 60)
-    moved_after = time.monotonic() - killed
+    change = watch_leader_change(cluster.lease, old, killed)
+    assert change.new.node_id == survivor and change.new.term > old.term
+    wait_until(lambda: cluster.spread_over({survivor}), 60, interval=0.05)
+    leader_moved = time.monotonic() - killed
     answer = wait_until(lambda: _try(lambda: send_command("test-orders", actor)), 30)
     assert answer["node"] == survivor and answer["version"] == 1
-    print(f"\nshards of the killed worker moved after {moved_after:.1f}s")
+    print(
+        f"leader {old.node_id} killed: new leader after {change.elected - killed:.1f}s "
+        f"({change.elected - change.expired:.2f}s after its lease expired), "
+        f"shards moved after {leader_moved:.1f}s"
+    )
+
+    # A worker that is not the leader dies: its shards move within 5 s of the kill.
+    cluster.start_worker("w3")
+    wait_until(lambda: cluster.spread_over({survivor, "w3"}), 60)
+    cluster.processes["w3"].kill()
+    killed = time.monotonic()
+    wait_until(lambda: cluster.spread_over({survivor}), 60, interval=0.05)
+    follower_moved = time.monotonic() - killed
+    print(f"follower w3 killed: shards moved after {follower_moved:.1f}s")
+
+    assert elected_after <= 5.0, elected_after
+    assert change.elected - change.expired <= 2 * HEARTBEAT + 0.3, change.elected - change.expired
+    assert leader_moved <= 5.0, leader_moved
+    assert follower_moved <= 5.0, follower_moved
 
 
 def _try(call):

@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 
 import pytest
 
+from aether_django.aggregates import Aggregate, apply, command
 from aether_django.cluster.hashring import shard_for
-from aether_django.cluster.routing import ShardHost, ShardUnavailableError, send, shard_subject
+from aether_django.cluster.routing import (
+    CommandError,
+    RemoteDomainError,
+    ShardHost,
+    ShardUnavailableError,
+    send,
+    shard_subject,
+)
+from aether_django.errors import SaveOutcomeUnknownError, StoreUnavailableError
+from aether_django.events import Event
 from aether_django.runtime import Runtime
 
 from ..aggregates.domain import Counter, Order
@@ -204,3 +215,229 @@ async def test_two_hosts_that_both_own_a_shard_never_store_two_versions_at_one_n
             await host.stop()
         for runtime in runtimes:
             runtime.close()
+
+
+# --- a failed save is never answered as done -------------------------------------------
+
+
+class Flaky(Aggregate):
+    """Records, then fails for an unexpected reason when asked to."""
+
+    count: int = 0
+
+    class Meta:
+        namespace = "test-flaky"
+
+    @command
+    def bump(self, fail: bool = False) -> None:
+        self.record("Bumped")
+        if fail:
+            raise RuntimeError("a bug after recording")
+
+    @apply("Bumped")
+    def _bumped(self, event: Event) -> None:
+        self.count += 1
+
+
+def _routing_errors(caplog):
+    return [
+        r
+        for r in caplog.records
+        if r.name == "aether_django.cluster.routing" and r.levelno >= logging.ERROR
+    ]
+
+
+@pytest.fixture
+async def order_host(nats_url):
+    runtime = Runtime(nats_url)
+    host = ShardHost(runtime, "node-a")
+    await host.own(set(range(100)))
+    yield runtime, host
+    await host.stop()
+    runtime.close()
+
+
+async def _ids(store, actor):
+    return [e.command_id for e in await store.aget_events(actor)]
+
+
+async def test_a_save_nats_refused_is_an_error_and_a_retry_with_the_same_id_stores_it(
+    order_host, monkeypatch, caplog
+):
+    runtime, _host = order_host
+    actor = f"order-{uuid.uuid4().hex[:8]}"
+    store = Order.get_store()
+
+    async def send_(name, command_id, **arguments):
+        return await send(runtime, "test-orders", actor, name, num_shards=100,
+                          command_id=command_id, timeout=6, **arguments)  # fmt: skip
+
+    assert (await send_("place", "c-1", customer="ann"))["version"] == 1
+    save = store.asave_events
+    failures = []
+
+    async def unavailable(events, *args, **kwargs):
+        failures.append([e.command_id for e in events])
+        raise StoreUnavailableError("NATS did not answer")
+
+    monkeypatch.setattr(store, "asave_events", unavailable)
+    line = {"sku": "pen", "quantity": 1, "price_cents": 2}
+    with pytest.raises(StoreUnavailableError, match="nothing was stored"):
+        await send_("add_line", "c-2", **line)
+    assert failures == [["c-2"]]  # tried once: the caller decides whether to retry
+    assert await store.aget_latest_version(actor) == 1
+    assert any(actor in r.getMessage() for r in _routing_errors(caplog))
+
+    # The caller retries with the same command id: the owner runs it again (its
+    # failed copy of the actor was dropped) and stores it this time.
+    monkeypatch.setattr(store, "asave_events", save)
+    again = await send_("add_line", "c-2", **line)
+    assert again["version"] == 2 and len(again["state"]["lines"]) == 1
+    assert await _ids(store, actor) == ["c-1", "c-2"]
+    # Later reads agree with the store.
+    assert (await send_(None, None))["version"] == 2
+
+
+async def test_an_unconfirmed_save_is_done_only_when_the_history_shows_it(order_host, monkeypatch):
+    runtime, _host = order_host
+    store = Order.get_store()
+    save = store.asave_events
+    line = {"sku": "pen", "quantity": 1, "price_cents": 2}
+
+    async def stored_but_unconfirmed(events, *args, **kwargs):
+        await save(events, *args, **kwargs)
+        raise SaveOutcomeUnknownError("no answer after the publish")
+
+    async def lost(events, *args, **kwargs):
+        raise SaveOutcomeUnknownError("no answer after the publish")
+
+    async def send_(actor, name, command_id, **arguments):
+        return await send(runtime, "test-orders", actor, name, num_shards=100,
+                          command_id=command_id, timeout=6, **arguments)  # fmt: skip
+
+    # Stored although unconfirmed: the history shows it, so it is answered as done.
+    first = f"order-{uuid.uuid4().hex[:8]}"
+    await send_(first, "place", "c-1", customer="ann")
+    monkeypatch.setattr(store, "asave_events", stored_but_unconfirmed)
+    assert (await send_(first, "add_line", "c-2", **line))["version"] == 2
+    monkeypatch.setattr(store, "asave_events", save)
+    assert await _ids(store, first) == ["c-1", "c-2"]
+
+    # Not stored: the caller is told the outcome is unknown, and a retry stores it once.
+    second = f"order-{uuid.uuid4().hex[:8]}"
+    await send_(second, "place", "c-1", customer="bob")
+    monkeypatch.setattr(store, "asave_events", lost)
+    with pytest.raises(SaveOutcomeUnknownError):
+        await send_(second, "add_line", "c-2", **line)
+    monkeypatch.setattr(store, "asave_events", save)
+    assert await store.aget_latest_version(second) == 1
+    assert (await send_(second, "add_line", "c-2", **line))["version"] == 2
+    assert (await send_(second, "add_line", "c-2", **line))["version"] == 2
+    assert await _ids(store, second) == ["c-1", "c-2"]
+
+
+async def test_a_command_that_fails_unexpectedly_is_an_error_and_leaves_no_trace(
+    order_host, caplog
+):
+    runtime, _host = order_host
+    actor = f"flaky-{uuid.uuid4().hex[:8]}"
+
+    async def send_(command_id, **arguments):
+        return await send(runtime, "test-flaky", actor, "bump", num_shards=100,
+                          command_id=command_id, timeout=6, **arguments)  # fmt: skip
+
+    assert (await send_("c-1"))["version"] == 1
+    with pytest.raises(CommandError, match="RuntimeError: a bug after recording"):
+        await send_("c-2", fail=True)
+    assert any(actor in r.getMessage() and r.exc_info for r in _routing_errors(caplog)), (
+        caplog.records
+    )
+    # Nothing was stored, and the half-run command is not remembered as done.
+    assert await Flaky.get_store().aget_latest_version(actor) == 1
+    answer = await send_("c-2")
+    assert answer["version"] == 2 and answer["state"]["count"] == 2
+
+
+# --- only declared commands run ------------------------------------------------------------
+
+
+async def test_a_request_naming_a_method_that_is_not_a_command_is_refused(order_host):
+    runtime, _host = order_host
+    actor = f"order-{uuid.uuid4().hex[:8]}"
+    nc = await runtime.connection()
+    subject = shard_subject(shard_for(actor, 100))
+
+    async def ask(command, **arguments):
+        body = {"namespace": "test-orders", "actor_id": actor, "command": command,
+                "arguments": arguments, "command_id": uuid.uuid4().hex}  # fmt: skip
+        reply = await nc.request(subject, json.dumps(body).encode(), timeout=5)
+        return json.loads(reply.data)
+
+    assert (await ask("place", customer="ann"))["version"] == 1
+    # Someone who can publish on the shard's subject tries to skip the order's rules:
+    # make it look paid, then ship it; or call the base API, a handler, a helper.
+    forged = {"status": "paid", "customer": "ann", "lines": [], "total_cents": 0}
+    attempts = [
+        ("set_snapshot_state", {"state": forged}),
+        ("save", {}),
+        ("record", {"event_type": "OrderPaid"}),
+        ("_placed", {"event": None}),
+        ("get_store", {}),
+        ("recorded_version", {"command_id": "x"}),
+        (["place"], {}),
+        (7, {}),
+    ]
+    for command_name, arguments in attempts:
+        error = (await ask(command_name, **arguments)).get("error")
+        assert error and error["type"] == "bad", (command_name, error)
+        assert "is not a command of Order" in error["message"]
+    with pytest.raises(CommandError, match="'set_snapshot_state' is not a command of Order"):
+        await send(runtime, "test-orders", actor, "set_snapshot_state", num_shards=100,
+                   state=forged)  # fmt: skip
+    # The rules still hold: an order that was never paid cannot be shipped.
+    with pytest.raises(RemoteDomainError, match="only a paid order can be shipped"):
+        await send(runtime, "test-orders", actor, "ship", num_shards=100)
+    assert [e.event_type for e in await Order.get_store().aget_events(actor)] == ["OrderPlaced"]
+    assert (await ask(None))["state"]["status"] == "placed"
+
+
+async def test_a_shard_lost_while_a_command_saves_leaves_no_stale_actor_behind(
+    order_host, monkeypatch
+):
+    runtime, host = order_host
+    actor = f"order-{uuid.uuid4().hex[:8]}"
+    shard = shard_for(actor, 100)
+    store = Order.get_store()
+    await send(runtime, "test-orders", actor, "place", num_shards=100, customer="ann")
+    save, saving, release = store.asave_events, asyncio.Event(), asyncio.Event()
+
+    async def slow_save(events, *args, **kwargs):
+        saving.set()
+        await release.wait()
+        return await save(events, *args, **kwargs)
+
+    monkeypatch.setattr(store, "asave_events", slow_save)
+    sending = asyncio.ensure_future(
+        send(runtime, "test-orders", actor, "add_line", num_shards=100, command_id="c-line",
+             timeout=8, sku="pen", quantity=1, price_cents=2)
+    )  # fmt: skip
+    await asyncio.wait_for(saving.wait(), 5)
+    await host.own(set(range(100)) - {shard})  # the shard moves away mid-save
+    release.set()
+    await asyncio.sleep(0.2)
+    monkeypatch.setattr(store, "asave_events", save)
+    # Its new owner changes the order meanwhile; when the shard comes back, the
+    # actor is loaded again, not served from a copy made before the move.
+    await Order.objects.aupdate(actor, lambda o: o.cancel("changed elsewhere"))
+    await host.own(set(range(100)))
+    answer = await send(runtime, "test-orders", actor, None, num_shards=100)
+    events = await store.aget_events(actor)
+    assert (answer["version"], answer["state"]["status"]) == (len(events), "cancelled")
+    # The command that was cut off is either stored and answered at its version, or
+    # refused now (the order is cancelled): never answered without being stored.
+    try:
+        result = await sending
+    except RemoteDomainError:
+        assert "c-line" not in [e.command_id for e in events]
+    else:
+        assert {e.command_id: e.version for e in events}["c-line"] == result["version"]

@@ -21,7 +21,7 @@ from aether_django.cluster.coordinator import ClusterConfig, Coordinator
 from aether_django.runtime import Runtime, get_runtime
 
 from ..aggregates.domain import Order
-from .nodes import NodeProcess, wait_until
+from .nodes import NodeProcess, wait_until, watch_leader_change
 
 pytestmark = pytest.mark.slow
 
@@ -93,9 +93,12 @@ def three(cluster):
 def test_c5_1_three_nodes_start_and_one_is_elected_leader(cluster):
     started = time.monotonic()
     cluster.start("node-a", "node-b", "node-c")
-    lease = wait_until(cluster.lease, 15)
+    lease = wait_until(cluster.lease, 15, interval=0.05)
     elected_after = time.monotonic() - started
     assert lease.node_id in {"node-a", "node-b", "node-c"}
+    # Within 5 s of starting the processes, their own start-up (Python, Django,
+    # connecting to NATS) included.
+    assert elected_after <= 5.0, elected_after
     print(f"\nleader {lease.node_id} elected {elected_after:.1f}s after start (incl. start-up)")
 
 
@@ -129,35 +132,19 @@ def test_c5_3_and_4_when_the_leader_stops_a_new_one_is_elected_in_time(three):
     old = three.lease()
     three.nodes[old.node_id].kill()
     killed = time.monotonic()
-    # Watch the lease closely: when the old one was last seen, when it was gone,
-    # and when a new holder appeared.
-    last_seen_old = killed
-    gone_at = None
-    deadline = killed + 15
-    while True:
-        lease = three.lease()
-        now = time.monotonic()
-        if lease is not None and lease.node_id != old.node_id:
-            new, elected_at = lease, now
-            break
-        if lease is None and gone_at is None:
-            gone_at = now
-        elif lease is not None:
-            last_seen_old = now
-        assert now < deadline, "no new leader within 15 s of the kill"
-        time.sleep(0.05)
-    assert new.term > old.term
+    change = watch_leader_change(three.lease, old, killed)
+    assert change.new.term > old.term
     # 3. The lease lives FAILURE_TIMEOUT after its last renewal (at most one
     # interval before the kill) ...
-    assert gone_at is None or gone_at - killed <= FAILURE_TIMEOUT + 0.5, gone_at - killed
+    if change.gone_seen:
+        assert change.expired - killed <= FAILURE_TIMEOUT + 0.5, change.expired - killed
     # 4. ... and a survivor takes it within 2 x HEARTBEAT of its expiry (each node
     # ticks every interval; 0.3 s covers the observer's 50 ms polling and reads).
     # Had the expiry fallen between two polls, the last sighting bounds it.
-    expired = gone_at if gone_at is not None else last_seen_old
-    assert elected_at - expired <= 2 * HEARTBEAT + 0.3, elected_at - expired
+    assert change.elected - change.expired <= 2 * HEARTBEAT + 0.3, change.elected - change.expired
     print(
-        f"\nnew leader {new.node_id} {elected_at - killed:.1f}s after the old one died, "
-        f"{elected_at - expired:.2f}s after its lease expired"
+        f"\nnew leader {change.new.node_id} {change.elected - killed:.1f}s after the old one "
+        f"died, {change.elected - change.expired:.2f}s after its lease expired"
     )
 
 

@@ -1,5 +1,6 @@
 """docker-compose.yml describes the production shape (these machines cannot run Docker)."""
 
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -55,18 +56,25 @@ def test_three_nats_servers_form_one_jetstream_cluster():
 
 def test_the_nats_servers_sync_every_write_before_acknowledging_it(tmp_path):
     # The three servers share one Docker host: a power loss hits all of them at once.
-    config = COMPOSE["configs"]["nats-jetstream"]["content"]
+    config = COMPOSE["configs"]["nats-server"]["content"]
     assert re.search(r"jetstream\s*\{[^}]*\bsync_interval:\s*always\b", config)
     for name in ("nats-1", "nats-2", "nats-3"):
         assert SERVICES[name]["configs"] == [
-            {"source": "nats-jetstream", "target": "/etc/nats/jetstream.conf"}
+            {"source": "nats-server", "target": "/etc/nats/nats-server.conf"},
+            {"source": "nats-auth", "target": "/etc/nats/auth.conf"},
         ]
-        assert SERVICES[name]["command"].startswith("--config /etc/nats/jetstream.conf ")
-    # nats-server accepts the file (checked with the test suite's binary).
-    conf = tmp_path / "jetstream.conf"
-    conf.write_text(config)
+        assert SERVICES[name]["command"].startswith("--config /etc/nats/nats-server.conf ")
+        assert SERVICES[name]["command"].count("--config") == 1  # the server reads one file
+    # nats-server accepts the files as laid out in the containers (checked with the test
+    # suite's binary; the users' passwords come from the environment as in compose).
+    (tmp_path / "nats-server.conf").write_text(config)
+    (tmp_path / "auth.conf").write_text(COMPOSE["configs"]["nats-auth"]["content"].replace("$$", "$"))
     checked = subprocess.run(
-        [nats_server_binary(), "-t", "-c", str(conf)], capture_output=True, text=True, timeout=30
+        [nats_server_binary(), "-t", "-c", str(tmp_path / "nats-server.conf")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "NATS_APP_PASSWORD": "x1", "NATS_WORKER_PASSWORD": "x2"},
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
     # The example project says so, for the system check aether_django.W301.

@@ -301,3 +301,37 @@ def test_the_runtime_closes_its_connections_at_exit(nats_server_factory):
     )
     closed = [c for c in _connections(server, "closed") if c["name"] == "exit-child"]
     assert len(closed) == 2
+
+
+async def test_an_error_in_a_subscription_callback_is_logged_at_error_with_its_subject(
+    nats_url, caplog
+):
+    runtime = Runtime(nats_url, name="callback-test")
+    subject = f"test.callback.{os.getpid()}.{time.monotonic_ns()}"
+    handled = asyncio.Event()
+
+    async def broken(msg):
+        handled.set()
+        raise RuntimeError("the handler failed")
+
+    try:
+        nc = await runtime.connection()
+        await nc.subscribe(subject, cb=broken)
+        await nc.publish(subject, b"x")
+        await asyncio.wait_for(handled.wait(), 5)
+        for _ in range(50):
+            records = [
+                r for r in caplog.records if r.name == "aether_django.runtime" and r.exc_info
+            ]
+            if records:
+                break
+            await asyncio.sleep(0.02)
+        [record] = records
+        assert record.levelname == "ERROR"
+        assert str(record.exc_info[1]) == "the handler failed"
+        # Which connection and which subscription: enough to find the failing handler.
+        message = record.getMessage()
+        assert subject in message and "callback-test" in message and "broken" in message
+        assert (record.connection, record.subject) == ("callback-test", subject)
+    finally:
+        runtime.close()
