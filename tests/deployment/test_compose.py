@@ -68,7 +68,9 @@ def test_the_nats_servers_sync_every_write_before_acknowledging_it(tmp_path):
     # nats-server accepts the files as laid out in the containers (checked with the test
     # suite's binary; the users' passwords come from the environment as in compose).
     (tmp_path / "nats-server.conf").write_text(config)
-    (tmp_path / "auth.conf").write_text(COMPOSE["configs"]["nats-auth"]["content"].replace("$$", "$"))
+    (tmp_path / "auth.conf").write_text(
+        COMPOSE["configs"]["nats-auth"]["content"].replace("$$", "$")
+    )
     checked = subprocess.run(
         [nats_server_binary(), "-t", "-c", str(tmp_path / "nats-server.conf")],
         capture_output=True,
