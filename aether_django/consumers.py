@@ -146,7 +146,7 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             flt = SubscriptionFilter(
                 event_types=event_types, actor_pattern=frame.get("actor_pattern")
             )
-            start = _start(frame.get("from", "new"))
+            start = _start(frame.get("from", "new"), pattern)
         except (InvalidNameError, ValueError) as exc:
             await self._error("invalid_subscription", str(exc), sub_id)
             return
@@ -361,9 +361,20 @@ def _event_tail(delivery: Delivery) -> str:
     return tail
 
 
-def _start(value: Any) -> Any:
-    if value in ("new", "all"):
+#: Largest stream sequence JetStream can hold (a uint64); larger ones are refused here
+#: rather than by the server, so a client gets the same error frame as for any bad ``from``.
+_MAX_SEQUENCE = 2**64 - 1
+
+
+def _start(value: Any, pattern: str) -> Any:
+    if value in ("new", "all") and isinstance(value, str):
         return value
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= _MAX_SEQUENCE:
+        if not is_exact(pattern):
+            # A sequence numbers one namespace's stream; a pattern can match several.
+            raise ValueError(
+                "from may be a stream sequence only with an exact namespace; with a "
+                'pattern use "new" or "all", or one subscription per namespace'
+            )
         return value
     raise ValueError('from must be "new", "all" or a stream sequence >= 1')

@@ -174,3 +174,18 @@ async def test_too_many_subscriptions_on_one_socket(base, monkeypatch):
     assert (await subscribe(ws, "c", ns))["code"] == "too_many_subscriptions"
     assert (await subscribe(ws, "a", ns))["code"] == "duplicate_id"
     await ws.disconnect()
+
+
+@pytest.mark.parametrize("pattern", ["{base}.*", "{base}.>", "{base}.ord*", ">"])
+async def test_a_numeric_from_with_a_wildcard_gets_an_error_frame(base, pattern):
+    """A stream sequence belongs to one namespace: with a pattern it is refused, and the
+    socket stays open and usable."""
+    ns = f"{base}.orders"
+    await get_event_store(ns).asave_event(ev("warm", 1))
+    ws = await connect(await make_user(base, superuser=True))
+    reply = await subscribe(ws, "s", pattern.format(base=base), **{"from": 5})
+    assert reply["type"] == "error" and reply["code"] == "invalid_subscription", reply
+    assert reply["id"] == "s" and "from" in reply["detail"]
+    assert (await subscribe(ws, "s", ns, **{"from": 1}))["type"] == "subscribed"
+    assert (await frame(ws))["event"]["actor_id"] == "warm"
+    await ws.disconnect()
