@@ -54,6 +54,10 @@ DEFAULTS: dict[str, Any] = {
     "FAILURE_TIMEOUT": 3.0,
     "NUM_SHARDS": 1024,
     "CLUSTER_BUCKET": "aether_cluster",
+    # WebSockets (EventsConsumer): sockets one user may hold open in one process
+    # (more are closed with 4429), and subscriptions over all of them.
+    "WS_MAX_SOCKETS_PER_USER": 20,
+    "WS_MAX_SUBSCRIPTIONS_PER_USER": 200,
     # Bearer token that lets a scraper read metrics/ without a staff session;
     # empty: staff sessions only.
     "METRICS_TOKEN": "",

@@ -21,6 +21,7 @@ import collections
 import contextlib
 import json
 import logging
+import threading
 import time
 from typing import Any
 
@@ -30,12 +31,18 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from .api.access import NamespaceAccess
 from .api.serializers import event_body
 from .bus import Delivery, Subscription, SubscriptionOverflowError, get_event_bus
+from .conf import aether_settings
 from .errors import AetherError, InvalidNameError
-from .patterns import SubscriptionFilter, is_exact, validate_pattern
+from .patterns import SubscriptionFilter, is_exact, overlaps, validate_pattern
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["EventsConsumer"]
+
+#: The open sockets of each user in this process (user pk -> consumers): the per-user
+#: limits count them. Consumers of one process may run on several loops and threads.
+_SOCKETS: dict[Any, set[EventsConsumer]] = {}
+_SOCKETS_LOCK = threading.Lock()
 
 
 class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
@@ -60,8 +67,30 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         if user is None or not getattr(user, "is_authenticated", False):
             await self.close(code=4401)
             return
-        self.access: NamespaceAccess = await database_sync_to_async(NamespaceAccess)(user)
         self.subscriptions: dict[str, tuple[Subscription, asyncio.Task[None]]] = {}
+        self.user_key = user.pk
+        with _SOCKETS_LOCK:
+            sockets = _SOCKETS.setdefault(self.user_key, set())
+            too_many = len(sockets) >= int(aether_settings.WS_MAX_SOCKETS_PER_USER)
+            if not too_many:
+                sockets.add(self)
+        if too_many:
+            # Accepted first, so the client sees the error frame and the close code
+            # (a socket closed before it is accepted is only a refused handshake).
+            self.closing = True
+            await self.accept()
+            await self.send(
+                text_data=json.dumps(
+                    {
+                        "type": "error",
+                        "code": "too_many_sockets",
+                        "detail": "this user has too many sockets open; close one first",
+                    }
+                )
+            )
+            await self.close(code=4429, reason="too many sockets")
+            return
+        self.access: NamespaceAccess = await database_sync_to_async(NamespaceAccess)(user)
         # Per subscription: namespace -> last stream sequence handed to the server.
         self.delivered: dict[str, dict[str, int]] = {}
         self.closing = False
@@ -77,6 +106,13 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
 
     async def disconnect(self, code: int) -> None:
         self.closing = True
+        user_key = getattr(self, "user_key", None)
+        with _SOCKETS_LOCK:
+            sockets = _SOCKETS.get(user_key)
+            if sockets is not None:
+                sockets.discard(self)
+                if not sockets:
+                    del _SOCKETS[user_key]
         if hasattr(self, "_watch"):
             self._watch.cancel()
         for subscription, task in list(getattr(self, "subscriptions", {}).values()):
@@ -88,6 +124,8 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
 
     # --- receiving --------------------------------------------------------------------
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.closing:
+            return  # refused at connect, or being closed: nothing more is read
         size = len(text_data.encode()) if text_data is not None else len(bytes_data or b"")
         if size > self.max_frame_bytes:
             await self._close("frame too large", 1009)
@@ -114,6 +152,12 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         else:
             await self._error("unknown_action", f"unknown action {action!r}", frame.get("id"))
 
+    def _user_subscriptions(self) -> int:
+        """Subscriptions held by all sockets of this socket's user in this process."""
+        with _SOCKETS_LOCK:
+            sockets = list(_SOCKETS.get(self.user_key, ()))
+        return sum(len(getattr(socket, "subscriptions", ())) for socket in sockets)
+
     def _within_rate(self) -> bool:
         # Token bucket: a burst of max_frames_per_second, refilled at that rate.
         now = time.monotonic()
@@ -136,6 +180,13 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         if len(self.subscriptions) >= self.max_subscriptions:
             await self._error("too_many_subscriptions", "unsubscribe from something first", sub_id)
             return
+        if self._user_subscriptions() >= int(aether_settings.WS_MAX_SUBSCRIPTIONS_PER_USER):
+            await self._error(
+                "too_many_subscriptions",
+                "this user's sockets hold too many subscriptions; unsubscribe from something first",
+                sub_id,
+            )
+            return
         try:
             pattern = validate_pattern(frame.get("namespace"))
             event_types = frame.get("event_types")
@@ -154,6 +205,14 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             # The same answer as for a namespace that does not exist: nothing leaks.
             await self._error("not_found", "no such namespace", sub_id)
             return
+        # A pattern is narrowed to the user's read grants that can match with it: the
+        # bus makes consumers only on those namespaces' streams, never on the others.
+        readable = None if is_exact(pattern) else _readable(self.access, pattern)
+        if readable is not None and not readable:
+            await self._error(
+                "not_found", "no namespace this user may read matches the pattern", sub_id
+            )
+            return
         # Catching up ("all" or a sequence): overflow="wait", so a full buffer holds
         # this subscription's own JetStream consumer back and a client that stops
         # reading is caught by the send timeout. Following from "new": overflow="end",
@@ -168,6 +227,7 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                 start=start,
                 buffer_size=self.live_buffer_size if live else self.buffer_size,
                 overflow="end" if live else "wait",
+                readable=readable,
             )
         except AetherError as exc:
             await self._error("unavailable", str(exc), sub_id)
@@ -364,6 +424,18 @@ def _event_tail(delivery: Delivery) -> str:
 #: Largest stream sequence JetStream can hold (a uint64); larger ones are refused here
 #: rather than by the server, so a client gets the same error frame as for any bad ``from``.
 _MAX_SEQUENCE = 2**64 - 1
+
+
+def _readable(access: NamespaceAccess, pattern: str) -> frozenset[str] | None:
+    """The user's read-grant patterns that can match a namespace ``pattern`` matches.
+
+    None for a superuser (everything); empty when no namespace the user may read can
+    match ``pattern``.
+    """
+    if access.superuser:
+        return None
+    # NamespaceAccess keeps its grants as (pattern, can_read, can_write).
+    return frozenset(p for p, can_read, _ in access._grants if can_read and overlaps(p, pattern))
 
 
 def _start(value: Any, pattern: str) -> Any:

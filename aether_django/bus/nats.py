@@ -23,6 +23,12 @@ serving 500 WebSocket clients of one namespace reads the namespace once, not 500
 times). A subscription joining a running shared feed notes each stream's last
 sequence first and skips what is not newer, so ``"new"`` stays exact.
 
+``readable=`` (a set of namespace patterns) narrows a subscription to the
+namespaces matching one of them: consumers are made only on their streams, so a
+wildcard subscription of a user with few grants never reads the others (the
+WebSocket consumer passes the user's read grants). Shared feeds are shared only
+by subscriptions with the same ``readable``.
+
 ``publish(namespace, event)`` is for transient signals that are not stored: it
 delivers to local subscribers at once and to other processes over core NATS,
 at most once (a process that is down, or slow, misses it).
@@ -139,8 +145,8 @@ class NATSEventBus(EventBus):
         self.replicas = replicas
         self.timeout = timeout
         self._signals: asyncio.Future[Any] | None = None
-        # (loop, pattern) -> the shared feed of the "new" subscriptions there.
-        self._shared: dict[tuple[asyncio.AbstractEventLoop, str], _Feed] = {}
+        # (loop, pattern, readable) -> the shared feed of the "new" subscriptions there.
+        self._shared: dict[tuple[asyncio.AbstractEventLoop, str, frozenset[str] | None], _Feed] = {}
 
     # --- subscribing ------------------------------------------------------------------
     def subscribe(
@@ -154,8 +160,12 @@ class NATSEventBus(EventBus):
         durable: str | None = None,
         overflow: str = "end",
         on_error: ErrorCallback | None = None,
+        readable: frozenset[str] | None = None,
     ) -> Subscription:
         """Subscribe to saved events of the namespaces matching ``namespace_pattern``.
+
+        ``readable``: when given, only namespaces that also match one of these
+        patterns are read (no consumer is made on the other streams).
 
         ``overflow="wait"`` makes a full buffer hold the JetStream consumer back
         (flow control) instead of ending the subscription. ``on_error`` is
@@ -170,6 +180,8 @@ class NATSEventBus(EventBus):
         """
         _check_start(start)
         _check_durable(durable)
+        if readable is not None:
+            readable = frozenset(validate_pattern(p) for p in readable)
         if isinstance(start, int) and not is_exact(validate_pattern(namespace_pattern)):
             raise ValueError(
                 f"start={start} is one stream's sequence and {namespace_pattern!r} can match "
@@ -192,6 +204,7 @@ class NATSEventBus(EventBus):
             overflow=overflow,
             on_error=on_error,
         )
+        subscription.readable = readable  # type: ignore[attr-defined]
         self._add(subscription)
         self._listen_for_signals()
         shared = start == "new" and durable is None and overflow == "end"
@@ -219,19 +232,27 @@ class NATSEventBus(EventBus):
         """
         if subscription.closed:
             return  # closed before it was attached: nothing to start for it
+        readable: frozenset[str] | None = subscription.readable  # type: ignore[attr-defined]
         if not shared:
-            feed = _Feed(self, subscription.pattern, start, durable)
+            feed = _Feed(self, subscription.pattern, start, durable, readable=readable)
             subscription.feed = feed  # type: ignore[attr-defined]
             subscription._stopper = functools.partial(feed.arelease, subscription)
             feed.add(subscription)
             feed.task = asyncio.current_task()
             await feed.start()
             return
-        key = (asyncio.get_running_loop(), subscription.pattern)
+        key = (asyncio.get_running_loop(), subscription.pattern, readable)
         known = self._shared.get(key)
         joining = known is not None and not known.stopped
         if known is None or not joining:
-            known = _Feed(self, subscription.pattern, "new", None, on_empty=self._drop_shared)
+            known = _Feed(
+                self,
+                subscription.pattern,
+                "new",
+                None,
+                on_empty=self._drop_shared,
+                readable=readable,
+            )
             self._shared[key] = known
             known.task = asyncio.get_running_loop().create_task(known.start())
         feed = known
@@ -265,6 +286,7 @@ class NATSEventBus(EventBus):
         durable: str | None = None,
         overflow: str = "end",
         on_error: ErrorCallback | None = None,
+        readable: frozenset[str] | None = None,
     ) -> Subscription:
         """Subscribe and wait until the consumers exist, so ``start="new"`` is exact."""
         subscription = self.subscribe(
@@ -276,6 +298,7 @@ class NATSEventBus(EventBus):
             durable=durable,
             overflow=overflow,
             on_error=on_error,
+            readable=readable,
         )
         try:
             await subscription._ready  # type: ignore[attr-defined]
@@ -362,9 +385,12 @@ class _Feed:
         durable: str | None,
         *,
         on_empty: Callable[[_Feed], None] | None = None,
+        readable: frozenset[str] | None = None,
     ) -> None:
         self.bus = bus
         self.pattern = pattern
+        # Only namespaces matching one of these are read (None: every match of pattern).
+        self.readable = readable
         self.subs: list[Subscription] = []
         # Per joining subscription: namespace -> last stream sequence before it joined,
         # and what arrived for it while that was being asked.
@@ -404,6 +430,12 @@ class _Feed:
     @property
     def stopped(self) -> bool:
         return self._stopped or self._stopping is not None
+
+    def covers(self, namespace: str) -> bool:
+        """Whether this feed reads ``namespace``: its pattern and ``readable`` match it."""
+        if not matches(self.pattern, namespace):
+            return False
+        return self.readable is None or any(matches(p, namespace) for p in self.readable)
 
     def add(self, subscription: Subscription) -> None:
         self.subs.append(subscription)
@@ -451,7 +483,7 @@ class _Feed:
             for _, namespace, info in await list_event_streams(
                 self._nc, self.bus.subject_prefix, self.bus.timeout, pattern=self.pattern
             ):
-                if matches(self.pattern, namespace):
+                if self.covers(namespace):
                     floors[namespace] = int((info.get("state") or {}).get("last_seq") or 0)
         finally:
             held = self.held.pop(subscription, [])
@@ -563,7 +595,7 @@ class _Feed:
     async def _consume(
         self, stream: str, namespace: str, *, created_later: bool, last_seq: int | None = None
     ) -> None:
-        if self._stopped or stream in self.consumers or not matches(self.pattern, namespace):
+        if self._stopped or stream in self.consumers or not self.covers(namespace):
             return
         self.consumers[stream] = None  # claimed; a concurrent discovery skips it
         self._streams[namespace] = stream
