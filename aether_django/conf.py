@@ -58,6 +58,9 @@ DEFAULTS: dict[str, Any] = {
     # (more are closed with 4429), and subscriptions over all of them.
     "WS_MAX_SOCKETS_PER_USER": 20,
     "WS_MAX_SUBSCRIPTIONS_PER_USER": 200,
+    # Seconds between checks of each socket's grants, account and session: a revoked
+    # grant, a logout or a deactivated user takes effect within this time.
+    "WS_ACCESS_CHECK_INTERVAL": 10.0,
     # Bearer token that lets a scraper read metrics/ without a staff session;
     # empty: staff sessions only.
     "METRICS_TOKEN": "",

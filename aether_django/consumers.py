@@ -12,6 +12,11 @@ consumer, so there is no gap and no repeat at the switch. Subscriptions from "ne
 share the bus's live feed of their pattern, so an event reaches the process once
 however many sockets follow it. A client that stops reading is disconnected with
 its last delivered sequences instead of slowing anyone else down.
+
+Grants, the user's account and the session are checked again every
+``WS_ACCESS_CHECK_INTERVAL`` seconds: a subscription that relied on a revoked grant
+ends with an ``access_revoked`` error frame, and the socket of a user who logged out
+or was deactivated is closed with 4401.
 """
 
 from __future__ import annotations
@@ -21,8 +26,11 @@ import collections
 import contextlib
 import json
 import logging
+import random
 import threading
 import time
+from importlib import import_module
+from types import SimpleNamespace
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -61,6 +69,8 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     live_buffer_size = 10_000
     #: Seconds one send may take before the client counts as not reading.
     send_timeout = 5.0
+    #: Set once the socket is being closed (or was refused): nothing more is read or sent.
+    closing = False
 
     async def connect(self) -> None:
         user = self.scope.get("user")
@@ -91,6 +101,10 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             await self.close(code=4429, reason="too many sockets")
             return
         self.access: NamespaceAccess = await database_sync_to_async(NamespaceAccess)(user)
+        self.session_key: str | None = await database_sync_to_async(_session_key)(self.scope, user)
+        # Per subscription: what its user may read of its pattern when it was made
+        # (None: all of it), compared with the grants at each access check.
+        self.scopes: dict[str, frozenset[str] | None] = {}
         # Per subscription: namespace -> last stream sequence handed to the server.
         self.delivered: dict[str, dict[str, int]] = {}
         self.closing = False
@@ -102,6 +116,7 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         self._send_started: float | None = None
         self._send_expired = False
         self._watch = self._loop.call_later(1.0, self._watch_sends)
+        self._access_check = self._loop.create_task(self._check_access())
         await self.accept()
 
     async def disconnect(self, code: int) -> None:
@@ -115,6 +130,9 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                     del _SOCKETS[user_key]
         if hasattr(self, "_watch"):
             self._watch.cancel()
+        check = getattr(self, "_access_check", None)
+        if check is not None and check is not asyncio.current_task():
+            check.cancel()
         for subscription, task in list(getattr(self, "subscriptions", {}).values()):
             task.cancel()
             with contextlib.suppress(Exception):
@@ -234,6 +252,7 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             return
         task = asyncio.get_running_loop().create_task(self._pump(sub_id, subscription))
         self.subscriptions[sub_id] = (subscription, task)
+        self.scopes[sub_id] = readable
         await self._send({"type": "subscribed", "id": sub_id})
 
     async def _unsubscribe(self, frame: dict[str, Any]) -> None:
@@ -242,10 +261,72 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         if entry is None:
             await self._error("unknown_id", "no subscription with this id", sub_id)
             return
+        assert isinstance(sub_id, str)  # it had an entry
+        self.scopes.pop(sub_id, None)
         subscription, task = entry
         task.cancel()
         await subscription.aclose()
         await self._send({"type": "unsubscribed", "id": sub_id})
+
+    # --- checking access again -----------------------------------------------------------
+    async def _check_access(self) -> None:
+        """Every ``WS_ACCESS_CHECK_INTERVAL`` seconds: end what the user may no longer read.
+
+        The first check comes after a random part of the interval, so that sockets
+        opened together do not all query the database at the same moment.
+        """
+        interval = float(aether_settings.WS_ACCESS_CHECK_INTERVAL)
+        delay = interval * random.uniform(0.5, 1.0)
+        while not self.closing:
+            await asyncio.sleep(delay)
+            delay = interval
+            try:
+                access = await database_sync_to_async(_current_access)(
+                    self.access.user, self.session_key
+                )
+            except Exception:
+                # A database hiccup is not a revocation; the next check tries again.
+                logger.warning("could not check a websocket's grants", exc_info=True)
+                continue
+            if self.closing:
+                return
+            if access is None:
+                await self._error("access_revoked", "the user logged out or cannot log in now")
+                await self._close("logged out", 4401)
+                return
+            self.access = access
+            for sub_id in list(self.subscriptions):
+                if not self._still_readable(sub_id):
+                    await self._revoke(sub_id)
+
+    def _still_readable(self, sub_id: str) -> bool:
+        """Whether the current grants cover everything subscription ``sub_id`` reads."""
+        subscription, _ = self.subscriptions[sub_id]
+        if is_exact(subscription.pattern):
+            return self.access.can_read(subscription.pattern)
+        now = _readable(self.access, subscription.pattern)
+        then = self.scopes.get(sub_id)
+        return now is None or (then is not None and then <= now)
+
+    async def _revoke(self, sub_id: str) -> None:
+        """End a subscription that relied on a revoked grant; its error is its last frame."""
+        entry = self.subscriptions.pop(sub_id, None)
+        self.scopes.pop(sub_id, None)
+        if entry is None:
+            return
+        subscription, task = entry
+        task.cancel()
+        with contextlib.suppress(Exception):
+            await subscription.aclose()
+        await self._send(
+            {
+                "type": "error",
+                "id": sub_id,
+                "code": "access_revoked",
+                "detail": "the user may no longer read what this subscription reads",
+                "last_sequences": dict(self.delivered.get(sub_id, {})),
+            }
+        )
 
     # --- sending ------------------------------------------------------------------------
     async def _pump(self, sub_id: str, subscription: Subscription) -> None:
@@ -255,13 +336,16 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             # '{"type":"event","id":"<id>",' — the rest of the frame is the same for
             # every socket and is encoded once per event (_event_tail).
             head = '{"type":"event","id":' + json.dumps(sub_id) + ","
+            access = self.access
             async for delivery in subscription:
+                if access is not self.access:
+                    # The grants were loaded again: what was readable may not be now.
+                    access = self.access
+                    readable.clear()
                 # Wildcards are narrowed to what the user may read.
                 can_read = readable.get(delivery.namespace)
                 if can_read is None:
-                    can_read = readable[delivery.namespace] = self.access.can_read(
-                        delivery.namespace
-                    )
+                    can_read = readable[delivery.namespace] = access.can_read(delivery.namespace)
                 if not can_read:
                     continue
                 try:
@@ -424,6 +508,49 @@ def _event_tail(delivery: Delivery) -> str:
 #: Largest stream sequence JetStream can hold (a uint64); larger ones are refused here
 #: rather than by the server, so a client gets the same error frame as for any bad ``from``.
 _MAX_SEQUENCE = 2**64 - 1
+
+
+def _session_key(scope: dict[str, Any], user: Any) -> str | None:
+    """The key of the session that logged ``user`` in to this socket, if one did.
+
+    Only such a socket is checked against its session later (a logout ends it); a user
+    put in the scope some other way is checked against their account alone.
+    """
+    from django.contrib.auth import SESSION_KEY
+
+    session = scope.get("session")
+    if session is None:
+        return None
+    try:
+        if str(session.get(SESSION_KEY)) != str(user.pk):
+            return None
+        key = session.session_key
+    except Exception:
+        return None
+    return str(key) if key else None
+
+
+def _current_access(user: Any, session_key: str | None) -> NamespaceAccess | None:
+    """The grants of ``user`` now; None when they logged out or may not log in now.
+
+    With a session: Django's own check of it (the session still exists and names the
+    user, the password did not change since, the user is still active). Without one:
+    the account still exists and is active.
+    """
+    from django.conf import settings
+    from django.contrib.auth import get_user, get_user_model
+
+    current: Any
+    if session_key is not None:
+        engine = import_module(settings.SESSION_ENGINE)
+        current = get_user(SimpleNamespace(session=engine.SessionStore(session_key)))  # type: ignore[arg-type]
+    else:
+        current = get_user_model()._default_manager.filter(pk=user.pk).first()
+        if current is not None and not current.is_active:
+            current = None
+    if current is None or not current.is_authenticated or current.pk != user.pk:
+        return None
+    return NamespaceAccess(current)
 
 
 def _readable(access: NamespaceAccess, pattern: str) -> frozenset[str] | None:

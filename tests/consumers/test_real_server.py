@@ -6,8 +6,6 @@ import asyncio
 import json
 import logging
 import socket
-import threading
-import time
 import uuid
 
 import pytest
@@ -17,32 +15,9 @@ from django.test import Client, override_settings
 
 from aether_django.consumers import EventsConsumer
 from aether_django.store import get_event_store
-from aether_django.testing import find_free_port
 from aether_django.testing.contract import ev
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def server():
-    """uvicorn serving tests.asgi in a thread of this process (so it shares the test DB)."""
-    import uvicorn
-
-    from tests.asgi import application
-
-    port = find_free_port()
-    config = uvicorn.Config(
-        application, host="127.0.0.1", port=port, log_level="warning", ws="websockets"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
 
 
 async def session_cookie(superuser=True):
