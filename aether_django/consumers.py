@@ -244,6 +244,7 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                 flt,
                 start=start,
                 buffer_size=self.live_buffer_size if live else self.buffer_size,
+                buffer_bytes=int(aether_settings.WS_BUFFER_BYTES),
                 overflow="end" if live else "wait",
                 readable=readable,
             )
@@ -477,9 +478,12 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
 
 #: Encoded frame tails of recent events, keyed by (namespace, stream sequence): an event
 #: that reaches many sockets is encoded once. A stored event never changes, so the key
-#: is enough; transient events (no sequence) are encoded each time.
+#: is enough; transient events (no sequence) are encoded each time. At most _TAILS_SIZE
+#: of them and WS_FRAME_CACHE_BYTES in all (_tails_bytes; the JSON is ASCII, so its
+#: length is its size in bytes), the oldest dropped first.
 _TAILS: collections.OrderedDict[tuple[str, int], str] = collections.OrderedDict()
 _TAILS_SIZE = 1024
+_tails_bytes = 0
 
 
 def _event_tail(delivery: Delivery) -> str:
@@ -499,10 +503,20 @@ def _event_tail(delivery: Delivery) -> str:
         separators=(",", ":"),
     )[1:]
     if key is not None:
-        _TAILS[key] = tail
-        if len(_TAILS) > _TAILS_SIZE:
-            _TAILS.popitem(last=False)
+        _remember(key, tail)
     return tail
+
+
+def _remember(key: tuple[str, int], tail: str) -> None:
+    global _tails_bytes
+    budget = int(aether_settings.WS_FRAME_CACHE_BYTES)
+    if key in _TAILS or len(tail) > budget:
+        return  # larger than the whole cache: encoded again for each socket instead
+    _TAILS[key] = tail
+    _tails_bytes += len(tail)
+    while len(_TAILS) > _TAILS_SIZE or _tails_bytes > budget:
+        _, dropped = _TAILS.popitem(last=False)
+        _tails_bytes -= len(dropped)
 
 
 #: Largest stream sequence JetStream can hold (a uint64); larger ones are refused here

@@ -68,6 +68,7 @@ from ..names import validate_namespace
 from ..patterns import is_exact, matches, validate_pattern
 from ..store.base import Runtime
 from .local import (
+    DEFAULT_BUFFER_BYTES,
     DEFAULT_BUFFER_SIZE,
     Callback,
     Delivery,
@@ -133,11 +134,12 @@ class NATSEventBus(EventBus):
         subject_prefix: str = "aether.events",
         node_id: str | None = None,
         buffer_size: int = DEFAULT_BUFFER_SIZE,
+        buffer_bytes: int = DEFAULT_BUFFER_BYTES,
         replicas: int = 1,
         timeout: float = 5.0,
         **_: Any,
     ) -> None:
-        super().__init__(buffer_size=buffer_size)
+        super().__init__(buffer_size=buffer_size, buffer_bytes=buffer_bytes)
         self.runtime = runtime
         self.subject_prefix = subject_prefix
         self.signal_prefix = subject_prefix.rsplit(".", 1)[0] + ".signals"
@@ -161,13 +163,16 @@ class NATSEventBus(EventBus):
         overflow: str = "end",
         on_error: ErrorCallback | None = None,
         readable: frozenset[str] | None = None,
+        buffer_bytes: int | None = None,
     ) -> Subscription:
         """Subscribe to saved events of the namespaces matching ``namespace_pattern``.
 
         ``readable``: when given, only namespaces that also match one of these
         patterns are read (no consumer is made on the other streams).
 
-        ``overflow="wait"`` makes a full buffer hold the JetStream consumer back
+        ``buffer_size`` and ``buffer_bytes`` bound the buffer in deliveries and in
+        bytes of stored events. ``overflow="wait"`` makes a full buffer hold the
+        JetStream consumer back
         (flow control) instead of ending the subscription. ``on_error`` is
         called with the error that ends a callback subscription (see
         :meth:`EventBus.subscribe`). An int ``start`` is one stream's sequence,
@@ -198,6 +203,7 @@ class NATSEventBus(EventBus):
             namespace_pattern,
             filter,
             buffer_size=buffer_size or self.buffer_size,
+            buffer_bytes=buffer_bytes or self.buffer_bytes,
             callback=callback,
             loop=loop,
             on_close=self._remove,
@@ -287,6 +293,7 @@ class NATSEventBus(EventBus):
         overflow: str = "end",
         on_error: ErrorCallback | None = None,
         readable: frozenset[str] | None = None,
+        buffer_bytes: int | None = None,
     ) -> Subscription:
         """Subscribe and wait until the consumers exist, so ``start="new"`` is exact."""
         subscription = self.subscribe(
@@ -299,6 +306,7 @@ class NATSEventBus(EventBus):
             overflow=overflow,
             on_error=on_error,
             readable=readable,
+            buffer_bytes=buffer_bytes,
         )
         try:
             await subscription._ready  # type: ignore[attr-defined]
@@ -643,9 +651,9 @@ class _Feed:
             # With overflow="wait" this holds nats-py's delivery, and so the consumer's
             # flow control, until the subscriber makes room.
             elif (
-                await sub.adeliver(Delivery(namespace, event))
+                await sub.adeliver(Delivery(namespace, event, len(msg.data)))
                 if sub.overflow == "wait"
-                else sub.deliver(Delivery(namespace, event))
+                else sub.deliver(Delivery(namespace, event, len(msg.data)))
             ):
                 if not self._uncounted:
                     assert self._loop is not None
@@ -654,7 +662,7 @@ class _Feed:
             # After the delivery: an overflow's resume point must not include this event.
             self._offered[namespace] = sequence
             return
-        delivery = Delivery(namespace, event)
+        delivery = Delivery(namespace, event, len(msg.data))
         # A shared feed: never waits for one subscriber (its subscriptions end on overflow).
         count = filtered = 0
         for sub in tuple(self.subs):  # deliver() may end one, which detaches it
