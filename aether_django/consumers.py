@@ -100,8 +100,14 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             )
             await self.close(code=4429, reason="too many sockets")
             return
-        self.access: NamespaceAccess = await database_sync_to_async(NamespaceAccess)(user)
-        self.session_key: str | None = await database_sync_to_async(_session_key)(self.scope, user)
+        try:
+            self.access: NamespaceAccess = await database_sync_to_async(NamespaceAccess)(user)
+            self.session_key: str | None = await database_sync_to_async(_session_key)(
+                self.scope, user
+            )
+        except BaseException:
+            self._forget_socket()  # never accepted: its place is free again
+            raise
         # Per subscription: what its user may read of its pattern when it was made
         # (None: all of it), compared with the grants at each access check.
         self.scopes: dict[str, frozenset[str] | None] = {}
@@ -119,8 +125,8 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         self._access_check = self._loop.create_task(self._check_access())
         await self.accept()
 
-    async def disconnect(self, code: int) -> None:
-        self.closing = True
+    def _forget_socket(self) -> None:
+        """Take this socket out of its user's count."""
         user_key = getattr(self, "user_key", None)
         with _SOCKETS_LOCK:
             sockets = _SOCKETS.get(user_key)
@@ -128,6 +134,10 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                 sockets.discard(self)
                 if not sockets:
                     del _SOCKETS[user_key]
+
+    async def disconnect(self, code: int) -> None:
+        self.closing = True
+        self._forget_socket()
         if hasattr(self, "_watch"):
             self._watch.cancel()
         check = getattr(self, "_access_check", None)

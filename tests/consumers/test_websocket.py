@@ -300,3 +300,27 @@ async def test_sockets_and_subscriptions_per_user_are_limited(base, settings):
     assert (await subscribe(fourth, "e", ns))["type"] == "subscribed"
     for socket in (second, fourth, other):
         await socket.disconnect()
+
+
+async def test_a_socket_whose_connect_fails_frees_its_place(base, settings, monkeypatch):
+    from django.conf import settings as django_settings
+
+    from aether_django import consumers
+
+    settings.AETHER = {**django_settings.AETHER, "WS_MAX_SOCKETS_PER_USER": 1}
+    user = await make_user(base, f"{base}.ok")
+
+    def broken(user):
+        raise RuntimeError("the database is away")
+
+    monkeypatch.setattr(consumers, "NamespaceAccess", broken)
+    failing = WebsocketCommunicator(EventsConsumer.as_asgi(), "/ws/aether/")
+    failing.scope["user"] = user
+    with pytest.raises(RuntimeError):
+        await failing.connect()
+    monkeypatch.undo()
+    settings.AETHER = {**django_settings.AETHER, "WS_MAX_SOCKETS_PER_USER": 1}
+    ws = await connect(user)
+    await ws.send_to(json.dumps({"action": "unsubscribe", "id": "x"}))
+    assert (await frame(ws))["code"] == "unknown_id"
+    await ws.disconnect()
