@@ -302,7 +302,14 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             if self.closing:
                 return
             if access is None:
-                await self._error("access_revoked", "the user logged out or cannot log in now")
+                for _, task in self.subscriptions.values():
+                    task.cancel()  # not one more event frame
+                # Timed like _too_slow's frame: a client that does not read is closed anyway.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(
+                        self._error("access_revoked", "the user logged out or cannot log in now"),
+                        1.0,
+                    )
                 await self._close("logged out", 4401)
                 return
             self.access = access
@@ -329,15 +336,21 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         task.cancel()
         with contextlib.suppress(Exception):
             await subscription.aclose()
-        await self._send(
-            {
-                "type": "error",
-                "id": sub_id,
-                "code": "access_revoked",
-                "detail": "the user may no longer read what this subscription reads",
-                "last_sequences": dict(self.delivered.get(sub_id, {})),
-            }
-        )
+        # The subscription has ended before this frame; a client that does not read it
+        # within a second must not hold up the checks of the others.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(
+                self._send(
+                    {
+                        "type": "error",
+                        "id": sub_id,
+                        "code": "access_revoked",
+                        "detail": "the user may no longer read what this subscription reads",
+                        "last_sequences": dict(self.delivered.get(sub_id, {})),
+                    }
+                ),
+                1.0,
+            )
 
     # --- sending ------------------------------------------------------------------------
     async def _pump(self, sub_id: str, subscription: Subscription) -> None:
@@ -529,11 +542,6 @@ def _remember(key: tuple[str, int], tail: str) -> None:
         _tails_bytes -= len(dropped)
 
 
-#: Largest stream sequence JetStream can hold (a uint64); larger ones are refused here
-#: rather than by the server, so a client gets the same error frame as for any bad ``from``.
-_MAX_SEQUENCE = 2**64 - 1
-
-
 def _session_key(scope: dict[str, Any], user: Any) -> str | None:
     """The key of the session that logged ``user`` in to this socket, if one did.
 
@@ -587,6 +595,11 @@ def _readable(access: NamespaceAccess, pattern: str) -> frozenset[str] | None:
         return None
     # NamespaceAccess keeps its grants as (pattern, can_read, can_write).
     return frozenset(p for p, can_read, _ in access._grants if can_read and overlaps(p, pattern))
+
+
+#: Largest stream sequence JetStream can hold (a uint64); larger ones are refused here
+#: rather than by the server, so a client gets the same error frame as for any bad ``from``.
+_MAX_SEQUENCE = 2**64 - 1
 
 
 def _start(value: Any, pattern: str) -> Any:
