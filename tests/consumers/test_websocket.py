@@ -238,12 +238,15 @@ async def test_a_pattern_no_grant_can_match_makes_no_consumer_and_gets_an_error(
     for ns in (f"{base}", f"{base}.orders", f"{base}.eu.orders"):
         await get_event_store(ns).asave_event(ev("warm", 1))
     ws = await connect(await make_user(base, *(g.format(base=base) for g in grants)))
-    since = now()
-    reply = await subscribe(ws, "s", pattern.format(base=base), **{"from": start})
-    assert reply["type"] == "error" and reply["code"] == "not_found", reply
-    assert await consumers_made_since(nats_url, since) == []
-    assert await ws.receive_nothing(0.3)
-    await ws.disconnect()
+    try:
+        since = now()
+        reply = await subscribe(ws, "s", pattern.format(base=base), **{"from": start})
+        assert reply["type"] == "error" and reply["code"] == "not_found", reply
+        assert await consumers_made_since(nats_url, since) == []
+        assert await ws.receive_nothing(0.3)
+    finally:
+        # Always: a subscription left behind would make consumers during later tests.
+        await ws.disconnect()
 
 
 @pytest.mark.parametrize("start", ["all", "new"])
@@ -254,16 +257,18 @@ async def test_a_pattern_overlapping_grants_partly_reads_only_granted_streams(
     for ns in (eu, us):
         await get_event_store(ns).asave_event(ev("warm", 1))
     ws = await connect(await make_user(base, f"{base}.eu.*"))
-    since = now()
-    assert (await subscribe(ws, "s", ">", **{"from": start}))["type"] == "subscribed"
-    made = await consumers_made_since(nats_url, since)
-    assert {stream for stream, _ in made} == {get_event_store(eu).stream_name}, made
-    await get_event_store(us).asave_event(ev("late", 1))
-    await get_event_store(eu).asave_event(ev("late", 1))
-    got = [await frame(ws) for _ in range(2 if start == "all" else 1)]
-    assert {f["namespace"] for f in got} == {eu}
-    assert await ws.receive_nothing(0.3)
-    await ws.disconnect()
+    try:
+        since = now()
+        assert (await subscribe(ws, "s", ">", **{"from": start}))["type"] == "subscribed"
+        made = await consumers_made_since(nats_url, since)
+        assert {stream for stream, _ in made} == {get_event_store(eu).stream_name}, made
+        await get_event_store(us).asave_event(ev("late", 1))
+        await get_event_store(eu).asave_event(ev("late", 1))
+        got = [await frame(ws) for _ in range(2 if start == "all" else 1)]
+        assert {f["namespace"] for f in got} == {eu}
+        assert await ws.receive_nothing(0.3)
+    finally:
+        await ws.disconnect()
 
 
 async def test_sockets_and_subscriptions_per_user_are_limited(base, settings):
