@@ -54,6 +54,9 @@ DEFAULTS: dict[str, Any] = {
     # subscription stops at that event (SubscriptionHandlerError).
     "BUS_HANDLER_RETRIES": 3,
     "BUS_HANDLER_BACKOFF": 0.5,
+    # Bytes of stored events a subscription buffers before it overflows the same way
+    # (a single larger event still fits into an empty buffer).
+    "BUS_BUFFER_BYTES": 64 * 1024 * 1024,
     # This process's name in the cluster; None means host name plus a random
     # suffix. The environment variable AETHER_NODE_ID wins over it.
     "NODE_ID": None,
@@ -64,6 +67,18 @@ DEFAULTS: dict[str, Any] = {
     "FAILURE_TIMEOUT": 3.0,
     "NUM_SHARDS": 1024,
     "CLUSTER_BUCKET": "aether_cluster",
+    # WebSockets (EventsConsumer): sockets one user may hold open in one process
+    # (more are closed with 4429), and subscriptions over all of them.
+    "WS_MAX_SOCKETS_PER_USER": 20,
+    "WS_MAX_SUBSCRIPTIONS_PER_USER": 200,
+    # Seconds between checks of each socket's grants, account and session: a revoked
+    # grant, a logout or a deactivated user takes effect within this time.
+    "WS_ACCESS_CHECK_INTERVAL": 10.0,
+    # Bytes of stored events each WebSocket subscription buffers (a catching-up one
+    # then waits; a live one is too slow and ends), and bytes of encoded event frames
+    # the process keeps so that an event reaching many sockets is encoded once.
+    "WS_BUFFER_BYTES": 16 * 1024 * 1024,
+    "WS_FRAME_CACHE_BYTES": 16 * 1024 * 1024,
     # Bearer token that lets a scraper read metrics/ without a staff session;
     # empty: staff sessions only.
     "METRICS_TOKEN": "",

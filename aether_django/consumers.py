@@ -12,6 +12,11 @@ consumer, so there is no gap and no repeat at the switch. Subscriptions from "ne
 share the bus's live feed of their pattern, so an event reaches the process once
 however many sockets follow it. A client that stops reading is disconnected with
 its last delivered sequences instead of slowing anyone else down.
+
+Grants, the user's account and the session are checked again every
+``WS_ACCESS_CHECK_INTERVAL`` seconds: a subscription that relied on a revoked grant
+ends with an ``access_revoked`` error frame, and the socket of a user who logged out
+or was deactivated is closed with 4401.
 """
 
 from __future__ import annotations
@@ -21,7 +26,11 @@ import collections
 import contextlib
 import json
 import logging
+import random
+import threading
 import time
+from importlib import import_module
+from types import SimpleNamespace
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -30,12 +39,18 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from .api.access import NamespaceAccess
 from .api.serializers import event_body
 from .bus import Delivery, Subscription, SubscriptionOverflowError, get_event_bus
+from .conf import aether_settings
 from .errors import AetherError, InvalidNameError
-from .patterns import SubscriptionFilter, is_exact, validate_pattern
+from .patterns import SubscriptionFilter, is_exact, overlaps, validate_pattern
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["EventsConsumer"]
+
+#: The open sockets of each user in this process (user pk -> consumers): the per-user
+#: limits count them. Consumers of one process may run on several loops and threads.
+_SOCKETS: dict[Any, set[EventsConsumer]] = {}
+_SOCKETS_LOCK = threading.Lock()
 
 
 class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
@@ -54,14 +69,48 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     live_buffer_size = 10_000
     #: Seconds one send may take before the client counts as not reading.
     send_timeout = 5.0
+    #: Set once the socket is being closed (or was refused): nothing more is read or sent.
+    closing = False
 
     async def connect(self) -> None:
         user = self.scope.get("user")
         if user is None or not getattr(user, "is_authenticated", False):
             await self.close(code=4401)
             return
-        self.access: NamespaceAccess = await database_sync_to_async(NamespaceAccess)(user)
         self.subscriptions: dict[str, tuple[Subscription, asyncio.Task[None]]] = {}
+        self.user_key = user.pk
+        with _SOCKETS_LOCK:
+            sockets = _SOCKETS.setdefault(self.user_key, set())
+            too_many = len(sockets) >= int(aether_settings.WS_MAX_SOCKETS_PER_USER)
+            if not too_many:
+                sockets.add(self)
+        if too_many:
+            # Accepted first, so the client sees the error frame and the close code
+            # (a socket closed before it is accepted is only a refused handshake).
+            self.closing = True
+            await self.accept()
+            await self.send(
+                text_data=json.dumps(
+                    {
+                        "type": "error",
+                        "code": "too_many_sockets",
+                        "detail": "this user has too many sockets open; close one first",
+                    }
+                )
+            )
+            await self.close(code=4429, reason="too many sockets")
+            return
+        try:
+            self.access: NamespaceAccess = await database_sync_to_async(NamespaceAccess)(user)
+            self.session_key: str | None = await database_sync_to_async(_session_key)(
+                self.scope, user
+            )
+        except BaseException:
+            self._forget_socket()  # never accepted: its place is free again
+            raise
+        # Per subscription: what its user may read of its pattern when it was made
+        # (None: all of it), compared with the grants at each access check.
+        self.scopes: dict[str, frozenset[str] | None] = {}
         # Per subscription: namespace -> last stream sequence handed to the server.
         self.delivered: dict[str, dict[str, int]] = {}
         self.closing = False
@@ -73,12 +122,27 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         self._send_started: float | None = None
         self._send_expired = False
         self._watch = self._loop.call_later(1.0, self._watch_sends)
+        self._access_check = self._loop.create_task(self._check_access())
         await self.accept()
+
+    def _forget_socket(self) -> None:
+        """Take this socket out of its user's count."""
+        user_key = getattr(self, "user_key", None)
+        with _SOCKETS_LOCK:
+            sockets = _SOCKETS.get(user_key)
+            if sockets is not None:
+                sockets.discard(self)
+                if not sockets:
+                    del _SOCKETS[user_key]
 
     async def disconnect(self, code: int) -> None:
         self.closing = True
+        self._forget_socket()
         if hasattr(self, "_watch"):
             self._watch.cancel()
+        check = getattr(self, "_access_check", None)
+        if check is not None and check is not asyncio.current_task():
+            check.cancel()
         for subscription, task in list(getattr(self, "subscriptions", {}).values()):
             task.cancel()
             with contextlib.suppress(Exception):
@@ -88,6 +152,8 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
 
     # --- receiving --------------------------------------------------------------------
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.closing:
+            return  # refused at connect, or being closed: nothing more is read
         size = len(text_data.encode()) if text_data is not None else len(bytes_data or b"")
         if size > self.max_frame_bytes:
             await self._close("frame too large", 1009)
@@ -114,6 +180,12 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         else:
             await self._error("unknown_action", f"unknown action {action!r}", frame.get("id"))
 
+    def _user_subscriptions(self) -> int:
+        """Subscriptions held by all sockets of this socket's user in this process."""
+        with _SOCKETS_LOCK:
+            sockets = list(_SOCKETS.get(self.user_key, ()))
+        return sum(len(getattr(socket, "subscriptions", ())) for socket in sockets)
+
     def _within_rate(self) -> bool:
         # Token bucket: a burst of max_frames_per_second, refilled at that rate.
         now = time.monotonic()
@@ -136,6 +208,13 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         if len(self.subscriptions) >= self.max_subscriptions:
             await self._error("too_many_subscriptions", "unsubscribe from something first", sub_id)
             return
+        if self._user_subscriptions() >= int(aether_settings.WS_MAX_SUBSCRIPTIONS_PER_USER):
+            await self._error(
+                "too_many_subscriptions",
+                "this user's sockets hold too many subscriptions; unsubscribe from something first",
+                sub_id,
+            )
+            return
         try:
             pattern = validate_pattern(frame.get("namespace"))
             event_types = frame.get("event_types")
@@ -146,13 +225,21 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             flt = SubscriptionFilter(
                 event_types=event_types, actor_pattern=frame.get("actor_pattern")
             )
-            start = _start(frame.get("from", "new"))
+            start = _start(frame.get("from", "new"), pattern)
         except (InvalidNameError, ValueError) as exc:
             await self._error("invalid_subscription", str(exc), sub_id)
             return
         if is_exact(pattern) and not self.access.can_read(pattern):
             # The same answer as for a namespace that does not exist: nothing leaks.
             await self._error("not_found", "no such namespace", sub_id)
+            return
+        # A pattern is narrowed to the user's read grants that can match with it: the
+        # bus makes consumers only on those namespaces' streams, never on the others.
+        readable = None if is_exact(pattern) else _readable(self.access, pattern)
+        if readable is not None and not readable:
+            await self._error(
+                "not_found", "no namespace this user may read matches the pattern", sub_id
+            )
             return
         # Catching up ("all" or a sequence): overflow="wait", so a full buffer holds
         # this subscription's own JetStream consumer back and a client that stops
@@ -167,13 +254,16 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                 flt,
                 start=start,
                 buffer_size=self.live_buffer_size if live else self.buffer_size,
+                buffer_bytes=int(aether_settings.WS_BUFFER_BYTES),
                 overflow="end" if live else "wait",
+                readable=readable,
             )
         except AetherError as exc:
             await self._error("unavailable", str(exc), sub_id)
             return
         task = asyncio.get_running_loop().create_task(self._pump(sub_id, subscription))
         self.subscriptions[sub_id] = (subscription, task)
+        self.scopes[sub_id] = readable
         await self._send({"type": "subscribed", "id": sub_id})
 
     async def _unsubscribe(self, frame: dict[str, Any]) -> None:
@@ -182,10 +272,85 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         if entry is None:
             await self._error("unknown_id", "no subscription with this id", sub_id)
             return
+        assert isinstance(sub_id, str)  # it had an entry
+        self.scopes.pop(sub_id, None)
         subscription, task = entry
         task.cancel()
         await subscription.aclose()
         await self._send({"type": "unsubscribed", "id": sub_id})
+
+    # --- checking access again -----------------------------------------------------------
+    async def _check_access(self) -> None:
+        """Every ``WS_ACCESS_CHECK_INTERVAL`` seconds: end what the user may no longer read.
+
+        The first check comes after a random part of the interval, so that sockets
+        opened together do not all query the database at the same moment.
+        """
+        interval = float(aether_settings.WS_ACCESS_CHECK_INTERVAL)
+        delay = interval * random.uniform(0.5, 1.0)
+        while not self.closing:
+            await asyncio.sleep(delay)
+            delay = interval
+            try:
+                access = await database_sync_to_async(_current_access)(
+                    self.access.user, self.session_key
+                )
+            except Exception:
+                # A database hiccup is not a revocation; the next check tries again.
+                logger.warning("could not check a websocket's grants", exc_info=True)
+                continue
+            if self.closing:
+                return
+            if access is None:
+                for _, task in self.subscriptions.values():
+                    task.cancel()  # not one more event frame
+                # Timed like _too_slow's frame: a client that does not read is closed anyway.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(
+                        self._error("access_revoked", "the user logged out or cannot log in now"),
+                        1.0,
+                    )
+                await self._close("logged out", 4401)
+                return
+            self.access = access
+            for sub_id in list(self.subscriptions):
+                if not self._still_readable(sub_id):
+                    await self._revoke(sub_id)
+
+    def _still_readable(self, sub_id: str) -> bool:
+        """Whether the current grants cover everything subscription ``sub_id`` reads."""
+        subscription, _ = self.subscriptions[sub_id]
+        if is_exact(subscription.pattern):
+            return self.access.can_read(subscription.pattern)
+        now = _readable(self.access, subscription.pattern)
+        then = self.scopes.get(sub_id)
+        return now is None or (then is not None and then <= now)
+
+    async def _revoke(self, sub_id: str) -> None:
+        """End a subscription that relied on a revoked grant; its error is its last frame."""
+        entry = self.subscriptions.pop(sub_id, None)
+        self.scopes.pop(sub_id, None)
+        if entry is None:
+            return
+        subscription, task = entry
+        task.cancel()
+        with contextlib.suppress(Exception):
+            await subscription.aclose()
+        # The subscription has ended before this frame; a client that does not read it
+        # within a second must not hold up the checks of the others.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(
+                self._send(
+                    {
+                        "type": "error",
+                        "id": sub_id,
+                        "code": "access_revoked",
+                        "detail": "the user may no longer read what this subscription reads",
+                        "last_sequences": dict(self.delivered.get(sub_id, {})),
+                    }
+                ),
+                1.0,
+            )
 
     # --- sending ------------------------------------------------------------------------
     async def _pump(self, sub_id: str, subscription: Subscription) -> None:
@@ -195,13 +360,16 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             # '{"type":"event","id":"<id>",' — the rest of the frame is the same for
             # every socket and is encoded once per event (_event_tail).
             head = '{"type":"event","id":' + json.dumps(sub_id) + ","
+            access = self.access
             async for delivery in subscription:
+                if access is not self.access:
+                    # The grants were loaded again: what was readable may not be now.
+                    access = self.access
+                    readable.clear()
                 # Wildcards are narrowed to what the user may read.
                 can_read = readable.get(delivery.namespace)
                 if can_read is None:
-                    can_read = readable[delivery.namespace] = self.access.can_read(
-                        delivery.namespace
-                    )
+                    can_read = readable[delivery.namespace] = access.can_read(delivery.namespace)
                 if not can_read:
                     continue
                 try:
@@ -333,9 +501,12 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
 
 #: Encoded frame tails of recent events, keyed by (namespace, stream sequence): an event
 #: that reaches many sockets is encoded once. A stored event never changes, so the key
-#: is enough; transient events (no sequence) are encoded each time.
+#: is enough; transient events (no sequence) are encoded each time. At most _TAILS_SIZE
+#: of them and WS_FRAME_CACHE_BYTES in all (_tails_bytes; the JSON is ASCII, so its
+#: length is its size in bytes), the oldest dropped first.
 _TAILS: collections.OrderedDict[tuple[str, int], str] = collections.OrderedDict()
 _TAILS_SIZE = 1024
+_tails_bytes = 0
 
 
 def _event_tail(delivery: Delivery) -> str:
@@ -355,15 +526,91 @@ def _event_tail(delivery: Delivery) -> str:
         separators=(",", ":"),
     )[1:]
     if key is not None:
-        _TAILS[key] = tail
-        if len(_TAILS) > _TAILS_SIZE:
-            _TAILS.popitem(last=False)
+        _remember(key, tail)
     return tail
 
 
-def _start(value: Any) -> Any:
-    if value in ("new", "all"):
+def _remember(key: tuple[str, int], tail: str) -> None:
+    global _tails_bytes
+    budget = int(aether_settings.WS_FRAME_CACHE_BYTES)
+    if key in _TAILS or len(tail) > budget:
+        return  # larger than the whole cache: encoded again for each socket instead
+    _TAILS[key] = tail
+    _tails_bytes += len(tail)
+    while len(_TAILS) > _TAILS_SIZE or _tails_bytes > budget:
+        _, dropped = _TAILS.popitem(last=False)
+        _tails_bytes -= len(dropped)
+
+
+def _session_key(scope: dict[str, Any], user: Any) -> str | None:
+    """The key of the session that logged ``user`` in to this socket, if one did.
+
+    Only such a socket is checked against its session later (a logout ends it); a user
+    put in the scope some other way is checked against their account alone.
+    """
+    from django.contrib.auth import SESSION_KEY
+
+    session = scope.get("session")
+    if session is None:
+        return None
+    try:
+        if str(session.get(SESSION_KEY)) != str(user.pk):
+            return None
+        key = session.session_key
+    except Exception:
+        return None
+    return str(key) if key else None
+
+
+def _current_access(user: Any, session_key: str | None) -> NamespaceAccess | None:
+    """The grants of ``user`` now; None when they logged out or may not log in now.
+
+    With a session: Django's own check of it (the session still exists and names the
+    user, the password did not change since, the user is still active). Without one:
+    the account still exists and is active.
+    """
+    from django.conf import settings
+    from django.contrib.auth import get_user, get_user_model
+
+    current: Any
+    if session_key is not None:
+        engine = import_module(settings.SESSION_ENGINE)
+        current = get_user(SimpleNamespace(session=engine.SessionStore(session_key)))  # type: ignore[arg-type]
+    else:
+        current = get_user_model()._default_manager.filter(pk=user.pk).first()
+        if current is not None and not current.is_active:
+            current = None
+    if current is None or not current.is_authenticated or current.pk != user.pk:
+        return None
+    return NamespaceAccess(current)
+
+
+def _readable(access: NamespaceAccess, pattern: str) -> frozenset[str] | None:
+    """The user's read-grant patterns that can match a namespace ``pattern`` matches.
+
+    None for a superuser (everything); empty when no namespace the user may read can
+    match ``pattern``.
+    """
+    if access.superuser:
+        return None
+    # NamespaceAccess keeps its grants as (pattern, can_read, can_write).
+    return frozenset(p for p, can_read, _ in access._grants if can_read and overlaps(p, pattern))
+
+
+#: Largest stream sequence JetStream can hold (a uint64); larger ones are refused here
+#: rather than by the server, so a client gets the same error frame as for any bad ``from``.
+_MAX_SEQUENCE = 2**64 - 1
+
+
+def _start(value: Any, pattern: str) -> Any:
+    if value in ("new", "all") and isinstance(value, str):
         return value
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= _MAX_SEQUENCE:
+        if not is_exact(pattern):
+            # A sequence numbers one namespace's stream; a pattern can match several.
+            raise ValueError(
+                "from may be a stream sequence only with an exact namespace; with a "
+                'pattern use "new" or "all", or one subscription per namespace'
+            )
         return value
     raise ValueError('from must be "new", "all" or a stream sequence >= 1')

@@ -27,6 +27,7 @@ __all__ = [
     "SubscriptionFilter",
     "is_exact",
     "matches",
+    "overlaps",
     "validate_pattern",
 ]
 
@@ -94,6 +95,37 @@ def matches(pattern: str, name: str) -> bool:
         elif token != part:
             return False
     return True
+
+
+def _tokens_overlap(a: str, b: str) -> bool:
+    """Whether one namespace token can match both ``a`` and ``b`` (neither is ``>``)."""
+    if a == "*" or b == "*" or a == b:
+        return True
+    a_prefix, b_prefix = a.endswith("*"), b.endswith("*")
+    if a_prefix and b_prefix:
+        return a.startswith(b[:-1]) or b.startswith(a[:-1])
+    if a_prefix:
+        return b.startswith(a[:-1])
+    if b_prefix:
+        return a.startswith(b[:-1])
+    return False
+
+
+def overlaps(a: str, b: str) -> bool:
+    """Whether some namespace matches both patterns ``a`` and ``b`` (both valid)."""
+    a_tokens, a_tail = _compiled(a)
+    b_tokens, b_tail = _compiled(b)
+    a_head = a_tokens[:-1] if a_tail else a_tokens
+    b_head = b_tokens[:-1] if b_tail else b_tokens
+    if not a_tail and not b_tail and len(a_head) != len(b_head):
+        return False
+    # A trailing '>' stands for one or more tokens: the other pattern needs more
+    # tokens than what comes before it, unless it ends in '>' too.
+    if a_tail and not b_tail and len(b_head) <= len(a_head):
+        return False
+    if b_tail and not a_tail and len(a_head) <= len(b_head):
+        return False
+    return all(_tokens_overlap(x, y) for x, y in zip(a_head, b_head, strict=False))
 
 
 def _actor_matches(pattern: str, actor_id: str) -> bool:

@@ -54,6 +54,7 @@ def get_event_bus() -> EventBus:
                 subject_prefix=str(s.SUBJECT_PREFIX),
                 node_id=node_id(),
                 buffer_size=int(s.BUS_BUFFER_SIZE),
+                buffer_bytes=int(s.BUS_BUFFER_BYTES),
                 replicas=int(s.REPLICAS),
                 timeout=float(s.TIMEOUT),
                 handler_retries=int(s.BUS_HANDLER_RETRIES),

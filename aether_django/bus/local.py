@@ -1,6 +1,7 @@
 """The in-process event bus: subscriptions by namespace pattern and filter, bounded buffers.
 
-A subscription never loses events silently. Each has a bounded buffer; when a
+A subscription never loses events silently. Each has a bounded buffer, in deliveries
+(``buffer_size``) and in bytes of stored events (``buffer_bytes``); when a
 subscriber falls so far behind that its buffer is full, the subscription is
 ended: the subscriber first receives what was buffered, then
 SubscriptionOverflowError carrying the last stream sequence it received per
@@ -56,6 +57,9 @@ DEFAULT_HANDLER_RETRIES = 3
 #: before, up to MAX_HANDLER_BACKOFF.
 DEFAULT_HANDLER_BACKOFF = 0.5
 MAX_HANDLER_BACKOFF = 30.0
+#: Bytes of stored events a subscription buffers before it overflows, unless told
+#: otherwise: 10 000 events of up to 1 MiB each would be 10 GiB.
+DEFAULT_BUFFER_BYTES = 64 * 1024 * 1024
 
 Callback = Callable[["Delivery"], Any]
 #: Called with the error that ended a callback subscription (for example a
@@ -69,6 +73,9 @@ class Delivery:
 
     namespace: str
     event: Event
+    #: Bytes of the event as stored (what a buffer's byte budget counts); 0 when not
+    #: known, for a transient event.
+    size: int = 0
 
     @property
     def sequence(self) -> int | None:
@@ -183,6 +190,7 @@ class Subscription:
         buffer_size: int = DEFAULT_BUFFER_SIZE,
         callback: Callback | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
+        buffer_bytes: int = DEFAULT_BUFFER_BYTES,
         on_close: Callable[[Subscription], None] | None = None,
         overflow: str = "end",
         on_error: ErrorCallback | None = None,
@@ -206,6 +214,12 @@ class Subscription:
             raise ValueError("handler_retries and handler_backoff must not be negative")
         self.handler_retries = handler_retries
         self.handler_backoff = handler_backoff
+        if buffer_bytes < 1:
+            raise ValueError("buffer_bytes must be at least 1")
+        #: The buffer is also full once the events in it add up to this many bytes
+        #: (one event larger than that is still taken into an empty buffer).
+        self.buffer_bytes = buffer_bytes
+        self._queued_bytes = 0
         self.callback = callback
         self.loop = loop
         self._pump_task: asyncio.Task[None] | None = None
@@ -326,19 +340,26 @@ class Subscription:
         if self.callback is not None:
             self._call(delivery)
             return True
-        if len(self._queue) >= self.buffer_size:
+        if self._full(delivery):
             self._end(
-                SubscriptionOverflowError(self.pattern, self._resume_point(), self.buffer_size)
+                SubscriptionOverflowError(self.pattern, self._resume_point(), len(self._queue))
             )
             return False
         self._queue.append(delivery)
+        self._queued_bytes += delivery.size
         self._wake()
         return True
+
+    def _full(self, delivery: Delivery) -> bool:
+        """Whether the buffer has no room for ``delivery``, by count or by bytes."""
+        if len(self._queue) >= self.buffer_size:
+            return True
+        return bool(self._queue) and self._queued_bytes + delivery.size > self.buffer_bytes
 
     async def adeliver(self, delivery: Delivery) -> bool:
         """Like :meth:`deliver`, but with ``overflow="wait"`` wait for room instead of ending."""
         if self.overflow == "wait" and self.callback is None:
-            while len(self._queue) >= self.buffer_size and not self._closed:
+            while self._full(delivery) and not self._closed:
                 if self._space is None:
                     self._space = asyncio.Event()
                 self._space.clear()
@@ -434,6 +455,7 @@ class Subscription:
                 point.setdefault(namespace, seq)
         failure = SubscriptionHandlerError(self.pattern, delivery, self._failures, error, point)
         self._queue.clear()
+        self._queued_bytes = 0
         if self._closed:
             # It overflowed while the handler was retried: this event comes first.
             self._error = failure
@@ -489,6 +511,7 @@ class Subscription:
         """
         self._queue.clear()
         self._retry = None
+        self._queued_bytes = 0
         self._end(None)
 
     async def aclose(self) -> None:
@@ -537,6 +560,7 @@ class Subscription:
                 return delivery
             if self._queue:
                 delivery = self._queue.popleft()
+                self._queued_bytes -= delivery.size
                 self._note(delivery)
                 if self._space is not None:
                     self._space.set()
@@ -569,6 +593,7 @@ class EventBus:
         buffer_size: int = DEFAULT_BUFFER_SIZE,
         handler_retries: int = DEFAULT_HANDLER_RETRIES,
         handler_backoff: float = DEFAULT_HANDLER_BACKOFF,
+        buffer_bytes: int = DEFAULT_BUFFER_BYTES,
         **_: object,
     ) -> None:
         # Extra keyword arguments (runtime, node_id, ...) are what get_event_bus
@@ -577,6 +602,7 @@ class EventBus:
         #: How a subscription retries a delivery whose callback raised (Subscription).
         self.handler_retries = handler_retries
         self.handler_backoff = handler_backoff
+        self.buffer_bytes = buffer_bytes
         self._lock = threading.Lock()
         self._exact: dict[str, list[Subscription]] = collections.defaultdict(list)
         self._wildcard: list[Subscription] = []
@@ -604,6 +630,7 @@ class EventBus:
         buffer_size: int | None = None,
         callback: Callback | None = None,
         on_error: ErrorCallback | None = None,
+        buffer_bytes: int | None = None,
     ) -> Subscription:
         """Subscribe to events of the namespaces matching ``namespace_pattern``.
 
@@ -615,9 +642,10 @@ class EventBus:
         ``subscribe`` was called on, with the subscription's bounded buffer.
         ``on_error`` is called with the error that ends a callback subscription:
         SubscriptionOverflowError (with ``resume_start()``) when an async
-        callback falls ``buffer_size`` deliveries behind, SubscriptionHandlerError
-        when the callback kept raising on one delivery (retried first, see
-        :class:`Subscription`). Without it the error is only logged.
+        callback falls ``buffer_size`` deliveries (or ``buffer_bytes`` bytes of
+        stored events) behind, SubscriptionHandlerError when the callback kept
+        raising on one delivery (retried first, see :class:`Subscription`).
+        Without it the error is only logged.
         """
         loop = _running_loop()
         if callback is None and loop is None:
@@ -629,6 +657,7 @@ class EventBus:
             namespace_pattern,
             filter,
             buffer_size=buffer_size or self.buffer_size,
+            buffer_bytes=buffer_bytes or self.buffer_bytes,
             callback=callback,
             loop=loop,
             on_close=self._remove,

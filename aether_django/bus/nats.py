@@ -23,6 +23,12 @@ serving 500 WebSocket clients of one namespace reads the namespace once, not 500
 times). A subscription joining a running shared feed notes each stream's last
 sequence first and skips what is not newer, so ``"new"`` stays exact.
 
+``readable=`` (a set of namespace patterns) narrows a subscription to the
+namespaces matching one of them: consumers are made only on their streams, so a
+wildcard subscription of a user with few grants never reads the others (the
+WebSocket consumer passes the user's read grants). Shared feeds are shared only
+by subscriptions with the same ``readable``.
+
 ``publish(namespace, event)`` is for transient signals that are not stored: it
 delivers to local subscribers at once and to other processes over core NATS,
 at most once (a process that is down, or slow, misses it).
@@ -62,6 +68,7 @@ from ..names import validate_namespace
 from ..patterns import is_exact, matches, validate_pattern
 from ..store.base import Runtime
 from .local import (
+    DEFAULT_BUFFER_BYTES,
     DEFAULT_BUFFER_SIZE,
     DEFAULT_HANDLER_BACKOFF,
     DEFAULT_HANDLER_RETRIES,
@@ -129,6 +136,7 @@ class NATSEventBus(EventBus):
         subject_prefix: str = "aether.events",
         node_id: str | None = None,
         buffer_size: int = DEFAULT_BUFFER_SIZE,
+        buffer_bytes: int = DEFAULT_BUFFER_BYTES,
         replicas: int = 1,
         timeout: float = 5.0,
         handler_retries: int = DEFAULT_HANDLER_RETRIES,
@@ -137,6 +145,7 @@ class NATSEventBus(EventBus):
     ) -> None:
         super().__init__(
             buffer_size=buffer_size,
+            buffer_bytes=buffer_bytes,
             handler_retries=handler_retries,
             handler_backoff=handler_backoff,
         )
@@ -147,8 +156,8 @@ class NATSEventBus(EventBus):
         self.replicas = replicas
         self.timeout = timeout
         self._signals: asyncio.Future[Any] | None = None
-        # (loop, pattern) -> the shared feed of the "new" subscriptions there.
-        self._shared: dict[tuple[asyncio.AbstractEventLoop, str], _Feed] = {}
+        # (loop, pattern, readable) -> the shared feed of the "new" subscriptions there.
+        self._shared: dict[tuple[asyncio.AbstractEventLoop, str, frozenset[str] | None], _Feed] = {}
 
     # --- subscribing ------------------------------------------------------------------
     def subscribe(
@@ -162,10 +171,17 @@ class NATSEventBus(EventBus):
         durable: str | None = None,
         overflow: str = "end",
         on_error: ErrorCallback | None = None,
+        readable: frozenset[str] | None = None,
+        buffer_bytes: int | None = None,
     ) -> Subscription:
         """Subscribe to saved events of the namespaces matching ``namespace_pattern``.
 
-        ``overflow="wait"`` makes a full buffer hold the JetStream consumer back
+        ``readable``: when given, only namespaces that also match one of these
+        patterns are read (no consumer is made on the other streams).
+
+        ``buffer_size`` and ``buffer_bytes`` bound the buffer in deliveries and in
+        bytes of stored events. ``overflow="wait"`` makes a full buffer hold the
+        JetStream consumer back
         (flow control) instead of ending the subscription. ``on_error`` is
         called with the error that ends a callback subscription (see
         :meth:`EventBus.subscribe`). An int ``start`` is one stream's sequence,
@@ -178,6 +194,8 @@ class NATSEventBus(EventBus):
         """
         _check_start(start)
         _check_durable(durable)
+        if readable is not None:
+            readable = frozenset(validate_pattern(p) for p in readable)
         if isinstance(start, int) and not is_exact(validate_pattern(namespace_pattern)):
             raise ValueError(
                 f"start={start} is one stream's sequence and {namespace_pattern!r} can match "
@@ -194,6 +212,7 @@ class NATSEventBus(EventBus):
             namespace_pattern,
             filter,
             buffer_size=buffer_size or self.buffer_size,
+            buffer_bytes=buffer_bytes or self.buffer_bytes,
             callback=callback,
             loop=loop,
             on_close=self._remove,
@@ -202,6 +221,7 @@ class NATSEventBus(EventBus):
             handler_retries=self.handler_retries,
             handler_backoff=self.handler_backoff,
         )
+        subscription.readable = readable  # type: ignore[attr-defined]
         self._add(subscription)
         self._listen_for_signals()
         shared = start == "new" and durable is None and overflow == "end"
@@ -229,19 +249,27 @@ class NATSEventBus(EventBus):
         """
         if subscription.closed:
             return  # closed before it was attached: nothing to start for it
+        readable: frozenset[str] | None = subscription.readable  # type: ignore[attr-defined]
         if not shared:
-            feed = _Feed(self, subscription.pattern, start, durable)
+            feed = _Feed(self, subscription.pattern, start, durable, readable=readable)
             subscription.feed = feed  # type: ignore[attr-defined]
             subscription._stopper = functools.partial(feed.arelease, subscription)
             feed.add(subscription)
             feed.task = asyncio.current_task()
             await feed.start()
             return
-        key = (asyncio.get_running_loop(), subscription.pattern)
+        key = (asyncio.get_running_loop(), subscription.pattern, readable)
         known = self._shared.get(key)
         joining = known is not None and not known.stopped
         if known is None or not joining:
-            known = _Feed(self, subscription.pattern, "new", None, on_empty=self._drop_shared)
+            known = _Feed(
+                self,
+                subscription.pattern,
+                "new",
+                None,
+                on_empty=self._drop_shared,
+                readable=readable,
+            )
             self._shared[key] = known
             known.task = asyncio.get_running_loop().create_task(known.start())
         feed = known
@@ -275,6 +303,8 @@ class NATSEventBus(EventBus):
         durable: str | None = None,
         overflow: str = "end",
         on_error: ErrorCallback | None = None,
+        readable: frozenset[str] | None = None,
+        buffer_bytes: int | None = None,
     ) -> Subscription:
         """Subscribe and wait until the consumers exist, so ``start="new"`` is exact."""
         subscription = self.subscribe(
@@ -286,6 +316,8 @@ class NATSEventBus(EventBus):
             durable=durable,
             overflow=overflow,
             on_error=on_error,
+            readable=readable,
+            buffer_bytes=buffer_bytes,
         )
         try:
             await subscription._ready  # type: ignore[attr-defined]
@@ -372,9 +404,12 @@ class _Feed:
         durable: str | None,
         *,
         on_empty: Callable[[_Feed], None] | None = None,
+        readable: frozenset[str] | None = None,
     ) -> None:
         self.bus = bus
         self.pattern = pattern
+        # Only namespaces matching one of these are read (None: every match of pattern).
+        self.readable = readable
         self.subs: list[Subscription] = []
         # Per joining subscription: namespace -> last stream sequence before it joined,
         # and what arrived for it while that was being asked.
@@ -414,6 +449,12 @@ class _Feed:
     @property
     def stopped(self) -> bool:
         return self._stopped or self._stopping is not None
+
+    def covers(self, namespace: str) -> bool:
+        """Whether this feed reads ``namespace``: its pattern and ``readable`` match it."""
+        if not matches(self.pattern, namespace):
+            return False
+        return self.readable is None or any(matches(p, namespace) for p in self.readable)
 
     def add(self, subscription: Subscription) -> None:
         self.subs.append(subscription)
@@ -461,7 +502,7 @@ class _Feed:
             for _, namespace, info in await list_event_streams(
                 self._nc, self.bus.subject_prefix, self.bus.timeout, pattern=self.pattern
             ):
-                if matches(self.pattern, namespace):
+                if self.covers(namespace):
                     floors[namespace] = int((info.get("state") or {}).get("last_seq") or 0)
         finally:
             held = self.held.pop(subscription, [])
@@ -573,7 +614,7 @@ class _Feed:
     async def _consume(
         self, stream: str, namespace: str, *, created_later: bool, last_seq: int | None = None
     ) -> None:
-        if self._stopped or stream in self.consumers or not matches(self.pattern, namespace):
+        if self._stopped or stream in self.consumers or not self.covers(namespace):
             return
         self.consumers[stream] = None  # claimed; a concurrent discovery skips it
         self._streams[namespace] = stream
@@ -621,9 +662,9 @@ class _Feed:
             # With overflow="wait" this holds nats-py's delivery, and so the consumer's
             # flow control, until the subscriber makes room.
             elif (
-                await sub.adeliver(Delivery(namespace, event))
+                await sub.adeliver(Delivery(namespace, event, len(msg.data)))
                 if sub.overflow == "wait"
-                else sub.deliver(Delivery(namespace, event))
+                else sub.deliver(Delivery(namespace, event, len(msg.data)))
             ):
                 if not self._uncounted:
                     assert self._loop is not None
@@ -632,7 +673,7 @@ class _Feed:
             # After the delivery: an overflow's resume point must not include this event.
             self._offered[namespace] = sequence
             return
-        delivery = Delivery(namespace, event)
+        delivery = Delivery(namespace, event, len(msg.data))
         # A shared feed: never waits for one subscriber (its subscriptions end on overflow).
         count = filtered = 0
         for sub in tuple(self.subs):  # deliver() may end one, which detaches it

@@ -7,7 +7,6 @@ import json
 import logging
 import socket
 import threading
-import time
 import uuid
 
 import pytest
@@ -17,32 +16,9 @@ from django.test import Client, override_settings
 
 from aether_django.consumers import EventsConsumer
 from aether_django.store import get_event_store
-from aether_django.testing import find_free_port
 from aether_django.testing.contract import ev
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def server():
-    """uvicorn serving tests.asgi in a thread of this process (so it shares the test DB)."""
-    import uvicorn
-
-    from tests.asgi import application
-
-    port = find_free_port()
-    config = uvicorn.Config(
-        application, host="127.0.0.1", port=port, log_level="warning", ws="websockets"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
 
 
 async def session_cookie(superuser=True):
@@ -279,3 +255,105 @@ class RawWebSocket:
             pass
         self.sock.close()
         return frames
+
+
+def rss_bytes() -> int:
+    """This process's resident set size, from /proc/self/status."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+class PeakRSS:
+    """Samples this process's RSS every 20 ms in a thread; ``growth`` is the peak over
+    the RSS when sampling began."""
+
+    def __init__(self) -> None:
+        self.base = self.peak = rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, rss_bytes())
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak - self.base
+
+
+MIB = 1024 * 1024
+
+
+async def test_large_events_for_clients_that_do_not_read_keep_memory_bounded(
+    server, settings, monkeypatch
+):
+    """Events near the size limit, for sockets following live that stop reading: the
+    server process holds at most the byte budgets (each subscription's buffer, the frame
+    cache), not thousands of events. Measured as the RSS of this process, which runs the
+    server. (A socket catching up has a JetStream consumer of its own, which the NATS
+    client may hold up to the server's flow-control window of; see docs/websocket.md.)"""
+    import gc
+
+    settings.AETHER = {
+        **settings.AETHER,
+        "WS_BUFFER_BYTES": 2 * MIB,
+        "WS_FRAME_CACHE_BYTES": 2 * MIB,
+    }
+    monkeypatch.setattr(EventsConsumer, "send_timeout", 30.0)  # they stay stuck meanwhile
+    ns = f"ws-{uuid.uuid4().hex[:8]}"
+    store = get_event_store(ns)
+    await store.aensure()
+    count, blob, start = 80, "y" * (900 * 1024), "new"
+    total = count * len(blob)
+
+    async def save_all() -> None:
+        for version in range(1, count + 1):
+            await store.asave_event(ev("a", version, blob=blob))
+
+    cookie = await session_cookie()
+    host, port = server.split(":")
+    gc.collect()
+    peak = PeakRSS()
+    # Clients that subscribe and never read, each subscription with its own buffer.
+    stuck = [RawWebSocket(host, int(port), cookie) for _ in range(3)]
+    for client in stuck:
+        for sub_id in ("s", "t"):
+            client.send({"action": "subscribe", "id": sub_id, "namespace": ns, "from": start})
+    await asyncio.sleep(0.5)  # subscribed
+    await save_all()
+    await asyncio.sleep(2)  # the server has read what it will read
+    growth = peak.stop()
+    for client in stuck:
+        client.sock.close()
+    # Budgets: 2 MiB per buffer (the buffers share the events), 2 MiB of frames, the
+    # frames on their way in the kernel's socket buffers, and what saving the events
+    # takes here: far below the 70 MiB that buffering every event would take.
+    assert growth < 30 * MIB, (growth / MIB, total / MIB)
+
+
+async def test_the_frame_cache_keeps_to_its_byte_budget(settings):
+    """An event that reaches many sockets is encoded once and cached: large events do
+    not fill the cache's 1024 places, they are dropped at WS_FRAME_CACHE_BYTES."""
+    import dataclasses
+    import gc
+
+    from aether_django import consumers
+    from aether_django.bus import Delivery
+
+    settings.AETHER = {**settings.AETHER, "WS_FRAME_CACHE_BYTES": 4 * MIB}
+    blob = "c" * (900 * 1024)
+    gc.collect()
+    peak = PeakRSS()
+    for sequence in range(1, 81):
+        event = dataclasses.replace(ev("a", sequence, blob=blob), sequence=sequence)
+        consumers._event_tail(Delivery(f"cache-{uuid.uuid4().hex[:6]}", event))
+    gc.collect()
+    growth = peak.stop()
+    cached = sum(len(tail) for tail in consumers._TAILS.values())
+    assert cached <= 4 * MIB
+    assert growth < 20 * MIB, growth / MIB

@@ -174,3 +174,158 @@ async def test_too_many_subscriptions_on_one_socket(base, monkeypatch):
     assert (await subscribe(ws, "c", ns))["code"] == "too_many_subscriptions"
     assert (await subscribe(ws, "a", ns))["code"] == "duplicate_id"
     await ws.disconnect()
+
+
+@pytest.mark.parametrize("pattern", ["{base}.*", "{base}.>", "{base}.ord*", ">"])
+async def test_a_numeric_from_with_a_wildcard_gets_an_error_frame(base, pattern):
+    """A stream sequence belongs to one namespace: with a pattern it is refused, and the
+    socket stays open and usable."""
+    ns = f"{base}.orders"
+    await get_event_store(ns).asave_event(ev("warm", 1))
+    ws = await connect(await make_user(base, superuser=True))
+    reply = await subscribe(ws, "s", pattern.format(base=base), **{"from": 5})
+    assert reply["type"] == "error" and reply["code"] == "invalid_subscription", reply
+    assert reply["id"] == "s" and "from" in reply["detail"]
+    assert (await subscribe(ws, "s", ns, **{"from": 1}))["type"] == "subscribed"
+    assert (await frame(ws))["event"]["actor_id"] == "warm"
+    await ws.disconnect()
+
+
+async def consumers_made_since(nats_url, since):
+    """(stream, consumer) of every consumer on the server created at or after ``since``."""
+    import datetime as dt
+
+    import nats
+
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        found = []
+        for stream in await js.streams_info():
+            for info in await js.consumers_info(stream.config.name):
+                created = info.created
+                if isinstance(created, str):
+                    created = dt.datetime.fromisoformat(created.replace("Z", "+00:00")[:26])
+                if created.replace(tzinfo=created.tzinfo or dt.UTC) >= since:
+                    found.append((stream.config.name, info.name))
+        return found
+    finally:
+        await nc.close()
+
+
+def now():
+    import datetime as dt
+
+    return dt.datetime.now(dt.UTC)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "grants"),
+    [
+        (">", ()),
+        ("*", ()),
+        ("ws*", ()),
+        ("{base}.>", ()),
+        ("{base}.>", ("elsewhere.>", "other", "{base}")),
+        ("{base}.*", ("{base}.eu.*", "w*")),
+        ("ws*", ("wz*", "ws.x")),
+    ],
+)
+@pytest.mark.parametrize("start", ["all", "new"])
+async def test_a_pattern_no_grant_can_match_makes_no_consumer_and_gets_an_error(
+    base, nats_url, pattern, grants, start
+):
+    for ns in (f"{base}", f"{base}.orders", f"{base}.eu.orders"):
+        await get_event_store(ns).asave_event(ev("warm", 1))
+    ws = await connect(await make_user(base, *(g.format(base=base) for g in grants)))
+    try:
+        since = now()
+        reply = await subscribe(ws, "s", pattern.format(base=base), **{"from": start})
+        assert reply["type"] == "error" and reply["code"] == "not_found", reply
+        assert await consumers_made_since(nats_url, since) == []
+        assert await ws.receive_nothing(0.3)
+    finally:
+        # Always: a subscription left behind would make consumers during later tests.
+        await ws.disconnect()
+
+
+@pytest.mark.parametrize("start", ["all", "new"])
+async def test_a_pattern_overlapping_grants_partly_reads_only_granted_streams(
+    base, nats_url, start
+):
+    eu, us = f"{base}.eu.orders", f"{base}.us.orders"
+    for ns in (eu, us):
+        await get_event_store(ns).asave_event(ev("warm", 1))
+    ws = await connect(await make_user(base, f"{base}.eu.*"))
+    try:
+        since = now()
+        assert (await subscribe(ws, "s", ">", **{"from": start}))["type"] == "subscribed"
+        made = await consumers_made_since(nats_url, since)
+        assert {stream for stream, _ in made} == {get_event_store(eu).stream_name}, made
+        await get_event_store(us).asave_event(ev("late", 1))
+        await get_event_store(eu).asave_event(ev("late", 1))
+        got = [await frame(ws) for _ in range(2 if start == "all" else 1)]
+        assert {f["namespace"] for f in got} == {eu}
+        assert await ws.receive_nothing(0.3)
+    finally:
+        await ws.disconnect()
+
+
+async def test_sockets_and_subscriptions_per_user_are_limited(base, settings):
+    from django.conf import settings as django_settings
+
+    settings.AETHER = {
+        **django_settings.AETHER,
+        "WS_MAX_SOCKETS_PER_USER": 2,
+        "WS_MAX_SUBSCRIPTIONS_PER_USER": 3,
+    }
+    ns = f"{base}.ok"
+    await get_event_store(ns).asave_event(ev("warm", 1))
+    user = await make_user(base, ns)
+    first, second = await connect(user), await connect(user)
+    third = WebsocketCommunicator(EventsConsumer.as_asgi(), "/ws/aether/")
+    third.scope["user"] = user
+    connected, _ = await third.connect()
+    assert connected
+    assert (await frame(third))["code"] == "too_many_sockets"
+    closed = await third.receive_output(5)
+    assert closed == {"type": "websocket.close", "code": 4429, "reason": "too many sockets"}
+    # Another user is not affected.
+    other = await connect(await make_user(base, ns))
+    assert (await subscribe(other, "x", ns))["type"] == "subscribed"
+    for sub_id, socket in (("a", first), ("b", first), ("c", second)):
+        assert (await subscribe(socket, sub_id, ns))["type"] == "subscribed"
+    assert (await subscribe(second, "d", ns))["code"] == "too_many_subscriptions"
+    await first.send_to(json.dumps({"action": "unsubscribe", "id": "a"}))
+    assert (await frame(first))["type"] == "unsubscribed"
+    assert (await subscribe(second, "d", ns))["type"] == "subscribed"
+    # A closed socket frees its place.
+    await first.disconnect()
+    fourth = await connect(user)
+    assert (await subscribe(fourth, "e", ns))["type"] == "subscribed"
+    for socket in (second, fourth, other):
+        await socket.disconnect()
+
+
+async def test_a_socket_whose_connect_fails_frees_its_place(base, settings, monkeypatch):
+    from django.conf import settings as django_settings
+
+    from aether_django import consumers
+
+    settings.AETHER = {**django_settings.AETHER, "WS_MAX_SOCKETS_PER_USER": 1}
+    user = await make_user(base, f"{base}.ok")
+
+    def broken(user):
+        raise RuntimeError("the database is away")
+
+    monkeypatch.setattr(consumers, "NamespaceAccess", broken)
+    failing = WebsocketCommunicator(EventsConsumer.as_asgi(), "/ws/aether/")
+    failing.scope["user"] = user
+    with pytest.raises(RuntimeError):
+        await failing.connect()
+    monkeypatch.undo()
+    settings.AETHER = {**django_settings.AETHER, "WS_MAX_SOCKETS_PER_USER": 1}
+    ws = await connect(user)
+    await ws.send_to(json.dumps({"action": "unsubscribe", "id": "x"}))
+    assert (await frame(ws))["code"] == "unknown_id"
+    await ws.disconnect()

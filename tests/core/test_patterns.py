@@ -9,6 +9,7 @@ from aether_django.patterns import (
     InvalidPatternError,
     SubscriptionFilter,
     matches,
+    overlaps,
     validate_pattern,
 )
 
@@ -129,3 +130,52 @@ def test_filter_arguments_are_checked():
 def test_a_trailing_newline_is_not_a_valid_pattern(pattern):
     with pytest.raises(InvalidPatternError):
         validate_pattern(pattern)
+
+
+OVERLAP_PATTERNS = [
+    "a",
+    "b",
+    "a.b",
+    "a.c",
+    "a.*",
+    "*",
+    "*.b",
+    "a.>",
+    ">",
+    "b.>",
+    "a*",
+    "ab*",
+    "abc",
+    "x.*.z",
+    "x.y.>",
+    "a.b.c",
+    "a.*.*",
+    "*.>",
+]
+OVERLAP_NAMES = [
+    "a",
+    "b",
+    "ab",
+    "abc",
+    "abd",
+    "a.b",
+    "a.c",
+    "ab.b",
+    "x.y.z",
+    "x.q.z",
+    "a.b.c",
+    "a.b.c.d",
+    "x.y",
+    "b.b",
+    "a.bb",
+    "q",
+]
+
+
+@pytest.mark.parametrize("a", OVERLAP_PATTERNS)
+@pytest.mark.parametrize("b", OVERLAP_PATTERNS)
+def test_overlaps_agrees_with_matching_some_name(a, b):
+    """Two patterns overlap exactly when some namespace matches both (checked on a set
+    of names that has one for every pair that overlaps)."""
+    some = any(matches(a, name) and matches(b, name) for name in OVERLAP_NAMES)
+    assert overlaps(a, b) == some == overlaps(b, a)

@@ -222,7 +222,6 @@ class Ws:
 REFUSED = Ws("refused", 4401)
 ACCEPTED = Ws("accepted")
 NOT_FOUND = Ws("error", "not_found")
-SUB_0 = Ws("subscribed")
 SUB_G = Ws("subscribed", delivers=frozenset({"granted"}))
 SUB_H = Ws("subscribed", delivers=frozenset({"hidden"}))
 SUB_GH = Ws("subscribed", delivers=frozenset({"granted", "hidden"}))
@@ -252,9 +251,10 @@ WS_TABLE: tuple[WsRow, ...] = (
           (REFUSED,  NOT_FOUND, SUB_G,     SUB_G,     SUB_G,     NOT_FOUND, SUB_G)),
     WsRow("subscribe {hidden}", (_subscribe("{hidden}"),),
           (REFUSED,  NOT_FOUND, NOT_FOUND, NOT_FOUND, NOT_FOUND, NOT_FOUND, SUB_H)),
-    # A pattern is accepted whatever the grants and narrowed to what the caller may read.
+    # A pattern is narrowed to what the caller may read; one that no read grant of the
+    # caller can match is refused like a namespace without a grant.
     WsRow("subscribe {both} (a pattern)", (_subscribe("{both}"),),
-          (REFUSED,  SUB_0,     SUB_G,     SUB_G,     SUB_G,     SUB_0,     SUB_GH)),
+          (REFUSED,  NOT_FOUND, SUB_G,     SUB_G,     SUB_G,     NOT_FOUND, SUB_GH)),
     # Callers whose subscribe was refused have nothing to unsubscribe.
     WsRow("unsubscribe", (_subscribe("{granted}"), {"action": "unsubscribe", "id": "s"}),
           (REFUSED,  UNKNOWN,   UNSUB,     UNSUB,     UNSUB,     UNKNOWN,   UNSUB)),
@@ -590,16 +590,18 @@ async def test_narrowing_holds_when_sockets_of_different_callers_share_a_pattern
     """Sockets following the same pattern from "new" may share one bus consumer in a
     process; each must still get only what its own user may read."""
     sockets = {}
-    for kind in ("superuser", "read_grant", "no_grant"):
+    for kind in ("superuser", "read_grant", "wildcard_grant", "no_grant"):
         communicator, connected, _ = await open_socket(await sync_to_async(make_caller)(kind))
         assert connected
         await communicator.send_to(json.dumps(_subscribe(BOTH)))
-        assert (await next_frame(communicator))["type"] == "subscribed"
+        expected = "error" if kind == "no_grant" else "subscribed"
+        assert (await next_frame(communicator))["type"] == expected
         sockets[kind] = communicator
     try:
         await save_in_both(actor, 2)
         await assert_deliveries(sockets["superuser"], actor, frozenset({"granted", "hidden"}))
         await assert_deliveries(sockets["read_grant"], actor, frozenset({"granted"}))
+        await assert_deliveries(sockets["wildcard_grant"], actor, frozenset({"granted"}))
         await assert_deliveries(sockets["no_grant"], actor, frozenset())
     finally:
         for communicator in sockets.values():
