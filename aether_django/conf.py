@@ -57,6 +57,9 @@ DEFAULTS: dict[str, Any] = {
     # Bearer token that lets a scraper read metrics/ without a staff session;
     # empty: staff sessions only.
     "METRICS_TOKEN": "",
+    # The HTTP API. Serve the OpenAPI schema to anonymous callers too (it describes
+    # every endpoint; by default only authenticated users may read it).
+    "API_SCHEMA_PUBLIC": False,
 }
 
 #: Settings that name a class by dotted path.

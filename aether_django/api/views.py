@@ -12,9 +12,11 @@ from urllib.parse import urlencode
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.views import SpectacularAPIView
 from rest_framework import status
 from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
-from rest_framework.permissions import IsAdminUser, IsAuthenticated
+from rest_framework.permissions import AllowAny, BasePermission, IsAdminUser, IsAuthenticated
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -22,6 +24,7 @@ from rest_framework.views import APIView
 from ..aggregates import AggregateDoesNotExist, AggregateError, get_aggregate_class
 from ..cluster import cluster_config, shard_of
 from ..cluster.coordinator import Coordinator
+from ..conf import aether_settings
 from ..errors import EventStoreError, InvalidNameError, ReplayError, VersionConflictError
 from ..events import ActorSnapshot, Event
 from ..names import validate_actor_id, validate_namespace
@@ -401,6 +404,30 @@ class StateView(NamespaceView):
                 "state": state,
             }
         )
+
+
+class SchemaView(SpectacularAPIView):
+    """The OpenAPI schema: for authenticated callers, or anyone with API_SCHEMA_PUBLIC.
+
+    It names every endpoint, parameter and error, which is a map of the API for whoever
+    probes it; a project that publishes its API turns the setting on. The setting is
+    read per request, so it wins over drf-spectacular's SERVE_PERMISSIONS.
+    """
+
+    def get_permissions(self) -> list[BasePermission]:
+        if aether_settings.API_SCHEMA_PUBLIC:
+            return [AllowAny()]
+        return [IsAuthenticated()]
+
+    def get_exception_handler(self) -> Any:
+        return aether_exception_handler
+
+    def handle_exception(self, exc: Exception) -> Response:
+        # An error body is JSON like every other error of the API, not an OpenAPI
+        # document in YAML (the renderer the schema's own negotiation would pick).
+        self.request.accepted_renderer = JSONRenderer()
+        self.request.accepted_media_type = JSONRenderer.media_type
+        return super().handle_exception(exc)
 
 
 class ClusterView(AetherAPIView):

@@ -406,3 +406,13 @@ def test_the_openapi_schema_describes_both_append_forms_and_every_error_body(roo
     missing = root.get(f"{API}/namespaces/{ns}/actors/order-1/snapshot/")
     assert missing.status_code == 404
     valid(missing.json(), "Error")
+
+
+def test_the_schema_is_for_authenticated_callers_unless_a_setting_opens_it(callers):
+    anonymous = callers["anonymous"].get(f"{API}/schema/", {"format": "json"})
+    assert anonymous.status_code == 403
+    assert anonymous.json()["code"] == "not_authenticated"
+    assert callers["no_grant"].get(f"{API}/schema/", {"format": "json"}).status_code == 200
+    with override_settings(AETHER={**settings.AETHER, "API_SCHEMA_PUBLIC": True}):
+        opened = callers["anonymous"].get(f"{API}/schema/", {"format": "json"})
+        assert opened.status_code == 200 and "openapi" in opened.json()

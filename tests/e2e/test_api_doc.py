@@ -138,7 +138,7 @@ def example_project(tmp_path, nats_server_factory):
     command += ["--host", "127.0.0.1", "--port", str(port)]
     base = f"http://127.0.0.1:{port}"
     log = tmp_path / "uvicorn.log"
-    with serving(command, env, log, f"{base}/api/aether/schema/", timeout=START_TIMEOUT):
+    with serving(command, env, log, f"{base}/aether/healthz/", timeout=START_TIMEOUT):
         yield base
 
 

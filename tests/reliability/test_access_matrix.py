@@ -191,9 +191,9 @@ HTTP_TABLE: tuple[HttpRow, ...] = (
             (ANON,      DENY,      DENY,       DENY,       DENY,      OK,        OK)),
     HttpRow("GET /api/aether/cluster/shards/",
             (ANON,      DENY,      DENY,       DENY,       DENY,      OK,        OK)),
-    # Public: it describes the API, not the data.
+    # Any logged-in user (AETHER["API_SCHEMA_PUBLIC"] opens it to anyone).
     HttpRow("GET /api/aether/schema/",
-            (OK,        OK,        OK,         OK,         OK,        OK,        OK)),
+            (ANON,      OK,        OK,         OK,         OK,        OK,        OK)),
     # Operations endpoints (aether_django.urls): load balancers call these two.
     HttpRow("GET /aether/healthz/",
             (OK,        OK,        OK,         OK,         OK,        OK,        OK)),
