@@ -254,6 +254,9 @@ class EventListView(NamespaceView):
         if not isinstance(request.data, dict):
             raise ValidationError({"non_field_errors": ["expected a JSON object"]})
         events, client_ids = self._events(request.data, actor_id)
+        self._check_step(
+            store, events, batch="events" in request.data or "expected_version" in request.data
+        )
         try:
             stored = store.save_events(events)
         except VersionConflictError as conflict:
@@ -285,6 +288,30 @@ class EventListView(NamespaceView):
             first = one.validated_data["version"]
         events = [_event(item, actor_id, first + i) for i, item in enumerate(items)]
         return events, all(item.get("id") for item in items)
+
+    def _check_step(self, store: EventStore, events: list[Event], *, batch: bool) -> None:
+        """Refuse a first version more than API_MAX_VERSION_GAP above the actor's current one.
+
+        Gaps are allowed, but one append at the top of the version range would leave
+        the actor no version to move on to. A first version within the bound is within
+        it whatever the actor's version, so only larger ones cost a read. A concurrent
+        append only raises the current version, so it cannot make a refused step pass.
+        """
+        gap = int(aether_settings.API_MAX_VERSION_GAP)
+        first = events[0].version
+        if first <= gap:
+            return
+        current = store.get_latest_version(events[0].actor_id)
+        if first - current > gap:
+            field = "expected_version" if batch else "version"
+            raise ValidationError(
+                {
+                    field: [
+                        f"the first version, {first}, is more than {gap} above the actor's "
+                        f"current version {current} (API_MAX_VERSION_GAP)"
+                    ]
+                }
+            )
 
     def _already_stored(
         self, store: EventStore, events: list[Event], conflict: VersionConflictError
