@@ -60,6 +60,9 @@ DEFAULTS: dict[str, Any] = {
     # The HTTP API. Serve the OpenAPI schema to anonymous callers too (it describes
     # every endpoint; by default only authenticated users may read it).
     "API_SCHEMA_PUBLIC": False,
+    # Accept PUT snapshot/ (a snapshot is loaded as an aggregate's state, so writing
+    # one is writing state without an event; off unless a project needs it).
+    "API_SNAPSHOT_WRITES": False,
     # Largest step an append through the API may take above the actor's current
     # version, so that no request can push an actor to the top of the version range.
     "API_MAX_VERSION_GAP": 1_000_000,

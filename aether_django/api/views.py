@@ -361,14 +361,25 @@ class SnapshotView(NamespaceView):
         request=s.SnapshotSerializer, responses={200: s.SnapshotSerializer, **_WRITE_ERRORS}
     )
     def put(self, request: Request, namespace: str, actor_id: str) -> Response:
-        """Save a snapshot of the actor (replacing the previous one)."""
+        """Save a snapshot of the actor (replacing the previous one), when
+        API_SNAPSHOT_WRITES allows it."""
         store = self.store(request, namespace, write=True)
+        if not aether_settings.API_SNAPSHOT_WRITES:
+            # An aggregate loads a snapshot as its state: writing one writes state
+            # without an event, which only a project that needs it turns on.
+            raise PermissionDenied(
+                "snapshot writes through the API are turned off (AETHER['API_SNAPSHOT_WRITES'])"
+            )
+        actor_id = self.actor(actor_id)
         body = s.SnapshotSerializer(data=request.data)
         body.is_valid(raise_exception=True)
+        version = body.validated_data["version"]
+        # The stored version only grows, so a snapshot within it now stays within it.
+        stored = store.get_latest_version(actor_id)
+        if version > stored:
+            raise ValidationError({"version": [f"{version} is above the actor's version {stored}"]})
         snapshot = ActorSnapshot(
-            actor_id=self.actor(actor_id),
-            version=body.validated_data["version"],
-            state=body.validated_data["state"],
+            actor_id=actor_id, version=version, state=body.validated_data["state"]
         )
         store.save_snapshot(snapshot)
         return Response(_snapshot_body(snapshot))

@@ -312,15 +312,17 @@ def test_a_stream_made_for_a_name_refused_now_answers_409_without_naming_it(
     assert refused.status_code == 400 and "two underscores" in str(refused.data)
     legacy_stream(underscored)
     assert stream_name(dotted) == f"{ns}__b_events"
+    with override_settings(AETHER={**django_settings.AETHER, "API_SNAPSHOT_WRITES": True}):
+        snapshot = root.put(
+            f"{API}/namespaces/{dotted}/actors/a/snapshot/",
+            {"version": 1, "state": {}},
+            format="json",
+        )
     for response in (
         root.get(f"{API}/namespaces/{dotted}/"),
         root.get(events_url(dotted)),
         root.post(events_url(dotted), {"event_type": "A", "version": 2}, format="json"),
-        root.put(
-            f"{API}/namespaces/{dotted}/actors/a/snapshot/",
-            {"version": 1, "state": {}},
-            format="json",
-        ),
+        snapshot,
     ):
         assert response.status_code == 409, response.status_code
         assert response.data["code"] == "namespace_collision"

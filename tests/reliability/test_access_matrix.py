@@ -182,9 +182,10 @@ HTTP_TABLE: tuple[HttpRow, ...] = (
             (ANON,      HIDE,      OK,         OK,         OK,        HIDE,      OK)),
     HttpRow("GET /api/aether/namespaces/{granted}/actors/{actor}/snapshot/",
             (ANON,      HIDE,      OK,         OK,         OK,        HIDE,      OK)),
+    # Off unless AETHER["API_SNAPSHOT_WRITES"]: a snapshot is loaded as state.
     HttpRow("PUT /api/aether/namespaces/{granted}/actors/{actor}/snapshot/",
             body=SNAPSHOT, writes="granted", expect=
-            (ANON,      HIDE,      DENY,       OK,         OK,        HIDE,      OK)),
+            (ANON,      HIDE,      DENY,       DENY,       DENY,      HIDE,      DENY)),
     HttpRow("GET /api/aether/namespaces/{granted}/actors/{actor}/state/",
             (ANON,      HIDE,      OK,         OK,         OK,        HIDE,      OK)),
     HttpRow("GET /api/aether/cluster/",
