@@ -17,6 +17,7 @@ Every inspection page answers 405 to methods other than GET and HEAD.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -31,21 +32,26 @@ from django.urls import URLPattern, path
 from django.views.decorators.http import require_safe
 from nats.errors import Error as NatsError
 
-from .aggregates import AggregateDoesNotExist, get_aggregate_class
+from .aggregates import AggregateDoesNotExist, AggregateError, get_aggregate_class
 from .api.access import access_for
 from .cluster import cluster_config, shard_of
 from .cluster.coordinator import Coordinator
-from .errors import AetherError, InvalidNameError, ReplayError
+from .errors import AetherError, EventStoreError, InvalidNameError, ReplayError
 from .models import ClusterInspection, NamespaceGrant, StreamInspection
 from .names import validate_actor_id, validate_namespace
 from .runtime import get_runtime
 from .store import get_event_store, list_namespaces
+
+logger = logging.getLogger(__name__)
 
 ACTORS_PER_PAGE = 100
 
 # What the namespace pages answer with the "unavailable" page (503): the store's own
 # errors, and a timeout or lost connection that reaches this far untranslated.
 UNAVAILABLE = (AetherError, OSError, NatsError)
+# The part of those that building an actor's state can meet and that says nothing about
+# the actor's history: the actor page answers them with the same 503.
+STORE_FAULTS = (EventStoreError, OSError, NatsError)
 
 # One message for a namespace that does not exist and for one the user may not read,
 # so that the two answers are the same.
@@ -177,9 +183,12 @@ class StreamAdmin(_InspectionAdmin):
         if info is None:
             raise Http404(NO_SUCH_NAMESPACE)
         query = request.GET.get("q", "").strip()
-        actor_ids = [a for a in store.get_actor_ids() if query in a]
-        page = Paginator(actor_ids, ACTORS_PER_PAGE).get_page(request.GET.get("p"))
-        versions = store.get_latest_versions(list(page.object_list))
+        try:
+            actor_ids = [a for a in store.get_actor_ids() if query in a]
+            page = Paginator(actor_ids, ACTORS_PER_PAGE).get_page(request.GET.get("p"))
+            versions = store.get_latest_versions(list(page.object_list))
+        except UNAVAILABLE as exc:
+            return self.error_page(request, exc)
         model = get_aggregate_class(namespace)
         actors = [
             {"actor_id": a, "version": versions.get(a, 0), "shard": shard_of(a)}
@@ -194,7 +203,9 @@ class StreamAdmin(_InspectionAdmin):
             actors=actors,
             page=page,
             query=query,
-            aggregate=model,
+            # A flag, not the class: a template calls what is callable, and an
+            # aggregate class cannot be built without an actor id.
+            aggregate=model is not None,
             aggregate_name=getattr(model, "__name__", ""),
         )
 
@@ -217,8 +228,23 @@ class StreamAdmin(_InspectionAdmin):
         if model is not None:
             try:
                 state = model.objects.get(actor_id).get_snapshot_state()
-            except (AggregateDoesNotExist, ReplayError, AetherError, KeyError, TypeError) as exc:
+            except (AggregateDoesNotExist, AggregateError, ReplayError) as exc:
                 state_error = str(exc) or type(exc).__name__
+            except STORE_FAULTS as exc:
+                # The store's own errors (NATS gone mid-page) are the page's, as above.
+                return self.error_page(request, exc)
+            except Exception as exc:
+                # The project's code (a handler, an upcaster, set_snapshot_state) raised
+                # on stored data: a fact about the history, shown beside it, not a 500.
+                logger.warning(
+                    "%s raised %s building %r of namespace %r for the admin",
+                    model.__name__,
+                    type(exc).__name__,
+                    actor_id,
+                    namespace,
+                    exc_info=True,
+                )
+                state_error = f"{type(exc).__name__}: {exc}"
         return self.render(
             request,
             "actor.html",
@@ -229,7 +255,9 @@ class StreamAdmin(_InspectionAdmin):
             events=result.events,
             replay_errors=result.errors,
             snapshot=snapshot,
-            aggregate=model,
+            # A flag, not the class: a template calls what is callable, and an
+            # aggregate class cannot be built without an actor id.
+            aggregate=model is not None,
             aggregate_name=getattr(model, "__name__", ""),
             state=state,
             state_error=state_error,

@@ -376,3 +376,89 @@ def test_grants_are_edited_in_the_admin_and_checked(root):
     assert NamespaceGrant.objects.get(user=user).pattern == "orders.*"
     bad = root.post(f"{ADMIN}/namespacegrant/add/", {"user": user.pk, "pattern": "bad..pattern"})
     assert bad.status_code == 200 and NamespaceGrant.objects.count() == 1
+
+
+# --- NATS lost in the middle of a page, and project code that raises ------------------------
+
+
+@pytest.fixture
+def dropping(staff, nats_server_factory, monkeypatch):
+    """A namespace on a server of its own, and ``drop_before(name)``: stop that server
+    just before the store's method ``name`` runs, so NATS goes away in the middle of a
+    page, after the page's first reads answered."""
+    server = nats_server_factory(name="aether-admin-drop")
+    monkeypatch.setenv("AETHER_NATS_URL", server.url)
+    namespace = f"adm-{uuid.uuid4().hex[:8]}"
+    with override_settings(AETHER={**settings.AETHER, "TIMEOUT": 1.0}):
+        store = get_event_store(namespace)
+        store.save_events([ev("order-1", 1, "Placed"), ev("order-1", 2, "Paid")])
+
+        def drop_before(name):
+            original = getattr(store, name)
+
+            def stop_then_call(*args, **kwargs):
+                server.stop()
+                return original(*args, **kwargs)
+
+            monkeypatch.setattr(store, name, stop_then_call)
+
+        yield namespace, drop_before
+
+
+def assert_unavailable(response):
+    assert response.status_code == 503
+    page = response.content.decode()
+    assert "<title>Unavailable" in page and "NATS did not answer" in page
+
+
+def test_the_actors_page_answers_503_when_nats_goes_away_after_its_first_read(staff, dropping):
+    namespace, drop_before = dropping
+    drop_before("get_actor_ids")
+    assert_unavailable(staff.get(f"{STREAMS}/ns/{namespace}/"))
+
+
+def test_the_actor_page_answers_503_when_nats_goes_away_while_it_builds_the_state(staff, dropping):
+    from aether_django import aggregates
+
+    namespace, drop_before = dropping
+
+    class Dropped(aggregates.Aggregate):
+        class Meta:
+            namespace = dropping[0]
+
+        @aggregates.apply("Placed")
+        def _placed(self, event: Event) -> None:
+            pass
+
+        @aggregates.apply("Paid")
+        def _paid(self, event: Event) -> None:
+            pass
+
+    try:
+        before = staff.get(f"{STREAMS}/ns/{namespace}/order-1/").content.decode()
+        assert '<pre class="aether-json">{}</pre>' in before  # the state, built
+        drop_before("get_events")  # the page's own reads ran; the aggregate's fail
+        assert_unavailable(staff.get(f"{STREAMS}/ns/{namespace}/order-1/"))
+    finally:
+        aggregates._registry.pop(Dropped._meta.label, None)
+
+
+def test_the_actor_page_shows_any_exception_of_the_projects_code_as_a_state_error(staff, ns):
+    from aether_django import aggregates
+
+    class Raising(aggregates.Aggregate):
+        class Meta:
+            namespace = ns
+
+        @aggregates.apply("Placed")
+        def _placed(self, event: Event) -> None:
+            raise ValueError("a handler that does not expect this data")
+
+    try:
+        response = staff.get(f"{STREAMS}/ns/{ns}/order-1/")
+        assert response.status_code == 200
+        page = response.content.decode()
+        assert "cannot be rebuilt" in page and "ValueError" in page
+        assert "Placed" in page  # the timeline is still shown
+    finally:
+        aggregates._registry.pop(Raising._meta.label, None)
