@@ -40,7 +40,7 @@ from .errors import AetherError, EventStoreError, InvalidNameError, ReplayError
 from .models import ClusterInspection, NamespaceGrant, StreamInspection
 from .names import validate_actor_id, validate_namespace
 from .runtime import get_runtime
-from .store import get_event_store, list_namespaces
+from .store import get_event_store, get_existing_event_store, list_namespaces
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +61,8 @@ NO_SUCH_ACTOR = "no such actor"
 
 @admin.register(NamespaceGrant)
 class NamespaceGrantAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
-    list_display = ("pattern", "user", "group", "can_read", "can_write", "created_at")
-    list_filter = ("can_read", "can_write")
+    list_display = ("pattern", "user", "group", "can_read", "can_write", "can_create", "created_at")
+    list_filter = ("can_read", "can_write", "can_create")
     search_fields = ("pattern", "user__username", "group__name")
     autocomplete_fields = ()
     raw_id_fields = ("user", "group")
@@ -175,8 +175,8 @@ class StreamAdmin(_InspectionAdmin):
 
     def actors_view(self, request: HttpRequest, namespace: str) -> HttpResponse:
         self.check_readable(request, namespace, NO_SUCH_NAMESPACE)
-        store = get_event_store(namespace)
         try:
+            store = get_existing_event_store(namespace)
             info = store.get_info()
         except UNAVAILABLE as exc:
             return self.error_page(request, exc)
@@ -215,8 +215,8 @@ class StreamAdmin(_InspectionAdmin):
             validate_actor_id(actor_id)
         except InvalidNameError as exc:
             raise Http404(str(exc)) from None
-        store = get_event_store(namespace)
         try:
+            store = get_existing_event_store(namespace)
             result = store.get_events_with_errors(actor_id)
             snapshot = store.get_latest_snapshot(actor_id)
         except UNAVAILABLE as exc:

@@ -38,6 +38,8 @@ DEFAULTS: dict[str, Any] = {
     "IMMUTABLE": True,
     # Actors whose head each store keeps in memory to save a read per write.
     "HEAD_CACHE_SIZE": 10_000,
+    # Namespaces whose store objects a process keeps; the least recently used go.
+    "STORE_CACHE_SIZE": 256,
     # The event bus get_event_bus() builds: NATSEventBus delivers saved events
     # to every process; aether_django.bus.EventBus stays inside one process.
     "BUS_CLASS": "aether_django.bus.nats.NATSEventBus",

@@ -29,7 +29,7 @@ from ..errors import EventStoreError, InvalidNameError, ReplayError, VersionConf
 from ..events import ActorSnapshot, Event
 from ..names import validate_actor_id, validate_namespace
 from ..runtime import get_runtime
-from ..store import EventStore, get_event_store, list_namespaces
+from ..store import EventStore, get_event_store, get_existing_event_store, list_namespaces
 from . import serializers as s
 from .access import access_for
 from .exceptions import CannotApply, DuplicateEventId, aether_exception_handler
@@ -130,7 +130,22 @@ class NamespaceView(AetherAPIView):
         return namespace
 
     def store(self, request: Request, namespace: str, *, write: bool = False) -> EventStore:
-        return get_event_store(self.namespace(request, namespace, write=write))
+        """The namespace's store, after the grant checks.
+
+        A namespace that does not exist gets a store that is not kept (reads of made-up
+        names fill no cache). A write to it would create it, which takes a grant with
+        ``can_create``.
+        """
+        namespace = self.namespace(request, namespace, write=write)
+        store = get_existing_event_store(namespace)
+        if write and not store.exists():
+            if not access_for(request).can_create(namespace):
+                raise PermissionDenied(
+                    "this namespace does not exist; creating it takes a grant with "
+                    "can_create (besides can_write)"
+                )
+            return get_event_store(namespace)
+        return store
 
     def actor(self, actor_id: str) -> str:
         try:

@@ -166,6 +166,14 @@ class EventStore(abc.ABC):
     async def aget_latest_snapshot(self, actor_id: str) -> ActorSnapshot | None: ...
 
     # --- inspection (API, admin) ----------------------------------------------------
+    def exists(self) -> bool:
+        """Sync twin of :meth:`aexists`."""
+        return self.get_info() is not None
+
+    async def aexists(self) -> bool:
+        """Whether anything was ever saved in this namespace (its stream exists)."""
+        return await self.aget_info() is not None
+
     def get_info(self) -> NamespaceInfo | None:
         """Sync twin of :meth:`aget_info`."""
         raise NotImplementedError
@@ -235,6 +243,9 @@ class AsyncFirstEventStore(EventStore):
 
     def get_info(self) -> NamespaceInfo | None:
         return self.runtime.run(self.aget_info())
+
+    def exists(self) -> bool:
+        return self.runtime.run(self.aexists())
 
     def get_latest_versions(self, actor_ids: Sequence[str]) -> dict[str, int]:
         return self.runtime.run(self.aget_latest_versions(actor_ids))

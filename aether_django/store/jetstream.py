@@ -822,6 +822,10 @@ class JetStreamEventStore(AsyncFirstEventStore):
                 drift.append(f"{label} {have}, configured {want}")
         return drift
 
+    async def aexists(self) -> bool:
+        """Whether the namespace's stream exists (one read, then remembered)."""
+        return await self._stream_exists(self._deadline())
+
     async def aget_info(self) -> NamespaceInfo | None:
         """Figures of the namespace's stream, read live from the server."""
         deadline = self._deadline()

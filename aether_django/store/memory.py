@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import threading
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -43,12 +44,21 @@ class InMemoryEventStore(EventStore):
 
     def __init__(self, namespace: str, *, config: StoreConfig | None = None, **_: Any) -> None:
         self.namespace = validate_namespace(namespace)
-        InMemoryEventStore._instances[namespace] = self
         self.config = config or StoreConfig()
-        self._lock = threading.Lock()
-        self._events: dict[str, list[Event]] = {}
-        self._snapshots: dict[str, ActorSnapshot] = {}
-        self._sequence = 0
+        # Every instance of a namespace shares the first one's data, as every JetStream
+        # store of a namespace shares its stream: a store dropped from get_event_store's
+        # cache and built again still sees what was saved.
+        first = InMemoryEventStore._instances.setdefault(namespace, self)
+        if first is self:
+            self._lock = threading.Lock()
+            self._events: dict[str, list[Event]] = {}
+            self._snapshots: dict[str, ActorSnapshot] = {}
+            self._sequence = itertools.count(1)
+        else:
+            self._lock = first._lock
+            self._events = first._events
+            self._snapshots = first._snapshots
+            self._sequence = first._sequence
 
     # --- helpers ------------------------------------------------------------
     def _encode(self, event: Event) -> Event:
@@ -84,8 +94,7 @@ class InMemoryEventStore(EventStore):
                 raise VersionConflictError(actor_id, batch[0].version, current)
             stored = []
             for event in decoded:
-                self._sequence += 1
-                stored.append(dataclasses.replace(event, sequence=self._sequence))
+                stored.append(dataclasses.replace(event, sequence=next(self._sequence)))
             history.extend(stored)
             return stored
 
@@ -165,6 +174,13 @@ class InMemoryEventStore(EventStore):
 
     async def asave_snapshot(self, snapshot: ActorSnapshot) -> None:
         self.save_snapshot(snapshot)
+
+    def exists(self) -> bool:
+        with self._lock:
+            return any(self._events.values())
+
+    async def aexists(self) -> bool:
+        return self.exists()
 
     def get_info(self) -> NamespaceInfo | None:
         with self._lock:
