@@ -68,6 +68,8 @@ DEFAULTS: dict[str, Any] = {
     # Largest step an append through the API may take above the actor's current
     # version, so that no request can push an actor to the top of the version range.
     "API_MAX_VERSION_GAP": 1_000_000,
+    # Encoded bytes of events one page of events/ holds at most (at least one event).
+    "API_PAGE_BYTES": 4 * 1024 * 1024,
 }
 
 #: Settings that name a class by dotted path.

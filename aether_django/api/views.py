@@ -236,14 +236,17 @@ class EventListView(NamespaceView):
         responses={200: s.page_of(s.EventSerializer), **_NS_ERRORS},
     )
     def get(self, request: Request, namespace: str, actor_id: str) -> Response:
-        """The actor's events in version order, from ``from_version`` on (inclusive)."""
+        """The actor's events in version order, from ``from_version`` on (inclusive): at
+        most ``limit`` of them and at most API_PAGE_BYTES of encoded events (at least one)."""
         store = self.store(request, namespace)
         actor_id = self.actor(actor_id)
         from_version = _positive(request, "from_version", 0, minimum=0) or 0
         limit = _limit(request)
-        events = store.get_events(actor_id, from_version, limit=limit + 1)  # one more: is there?
-        page = events[:limit]
-        more = len(events) > limit
+        # Bounded by bytes too: events may be 1 MiB each, and limit=1000 of those would
+        # be a page of a GiB. The page then ends early, with a next link.
+        page, more = store.get_events_page(
+            actor_id, from_version, limit=limit, max_bytes=int(aether_settings.API_PAGE_BYTES)
+        )
         return Response(
             {
                 "results": [s.event_body(e) for e in page],

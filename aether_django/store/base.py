@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from ..errors import InvalidEventError
-from ..events import ActorSnapshot, Event, ReplayResult, validate_event
+from ..events import ActorSnapshot, Event, ReplayResult, encode_event, validate_event
 from ..names import validate_actor_id
 
 T = TypeVar("T")
@@ -165,6 +165,29 @@ class EventStore(abc.ABC):
     @abc.abstractmethod
     async def aget_latest_snapshot(self, actor_id: str) -> ActorSnapshot | None: ...
 
+    # --- pages (API) ------------------------------------------------------------
+    def get_events_page(
+        self, actor_id: str, from_version: int = 0, *, limit: int, max_bytes: int
+    ) -> tuple[list[Event], bool]:
+        """Sync twin of :meth:`aget_events_page`."""
+        check_page(limit, max_bytes)
+        events = self.get_events(actor_id, from_version, limit=limit + 1)
+        return _within_bytes(events, limit, max_bytes)
+
+    async def aget_events_page(
+        self, actor_id: str, from_version: int = 0, *, limit: int, max_bytes: int
+    ) -> tuple[list[Event], bool]:
+        """A page of the actor's events from ``from_version`` on, and whether more follow.
+
+        The page holds at most ``limit`` events, and at most ``max_bytes`` of encoded
+        events, but always the first one. This default reads ``limit + 1`` events and
+        cuts them; a store whose events may be large overrides it to read no more than
+        the page (plus one event) in the first place.
+        """
+        check_page(limit, max_bytes)
+        events = await self.aget_events(actor_id, from_version, limit=limit + 1)
+        return _within_bytes(events, limit, max_bytes)
+
     # --- inspection (API, admin) ----------------------------------------------------
     def exists(self) -> bool:
         """Sync twin of :meth:`aexists`."""
@@ -247,8 +270,33 @@ class AsyncFirstEventStore(EventStore):
     def exists(self) -> bool:
         return self.runtime.run(self.aexists())
 
+    def get_events_page(
+        self, actor_id: str, from_version: int = 0, *, limit: int, max_bytes: int
+    ) -> tuple[list[Event], bool]:
+        return self.runtime.run(
+            self.aget_events_page(actor_id, from_version, limit=limit, max_bytes=max_bytes)
+        )
+
     def get_latest_versions(self, actor_ids: Sequence[str]) -> dict[str, int]:
         return self.runtime.run(self.aget_latest_versions(actor_ids))
+
+
+def _within_bytes(events: list[Event], limit: int, max_bytes: int) -> tuple[list[Event], bool]:
+    """The first of ``events`` that fit ``limit`` and ``max_bytes`` (at least one), and
+    whether any are left over."""
+    used = 0
+    for count, event in enumerate(events[:limit]):
+        used += len(encode_event(event))
+        if count and used > max_bytes:
+            return events[:count], True
+    return events[:limit], len(events) > limit
+
+
+def check_page(limit: int, max_bytes: int) -> None:
+    """Validate the ``limit`` and ``max_bytes`` arguments of get_events_page."""
+    for name, value in (("limit", limit), ("max_bytes", max_bytes)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InvalidEventError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 def check_batch(events: Sequence[Event]) -> list[Event]:

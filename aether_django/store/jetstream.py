@@ -65,6 +65,7 @@ from .base import (
     check_batch,
     check_from_version,
     check_limit,
+    check_page,
     check_snapshot,
 )
 
@@ -454,14 +455,26 @@ class JetStreamEventStore(AsyncFirstEventStore):
             start = int(received[-1].headers[_HDR_SEQUENCE]) + 1  # type: ignore[index]
 
     async def _get_chunk(
-        self, subject: str, start: int, deadline: float, received: list[Msg], size: int
+        self,
+        subject: str,
+        start: int,
+        deadline: float,
+        received: list[Msg],
+        size: int,
+        max_bytes: int | None = None,
     ) -> Msg:
-        """One batched direct get: append the messages to ``received``, return the status."""
+        """One batched direct get: append the messages to ``received``, return the status.
+
+        With ``max_bytes`` the server stops once it has sent that many bytes (the
+        message that reaches it included).
+        """
         timeout = min(self._remaining(deadline), _ATTEMPT_TIMEOUT * 2)
         if timeout <= 0:
             raise nats.errors.TimeoutError
         nc = await self.runtime.connection()
-        request = {"seq": start, "next_by_subj": subject, "batch": size}
+        request: dict[str, Any] = {"seq": start, "next_by_subj": subject, "batch": size}
+        if max_bytes is not None:
+            request["max_bytes"] = max_bytes
         return await direct_get_into(nc, self.stream_name, request, timeout, received)
 
     async def _replay(
@@ -512,6 +525,66 @@ class JetStreamEventStore(AsyncFirstEventStore):
             if len(msgs) < most or len(events) + len(errors) >= limit:
                 return ReplayResult(events, errors)
             start = int(msgs[-1].headers[_HDR_SEQUENCE]) + 1  # type: ignore[index]
+
+    async def aget_events_page(
+        self, actor_id: str, from_version: int = 0, *, limit: int, max_bytes: int
+    ) -> tuple[list[Event], bool]:
+        """A page of at most ``limit`` events and ``max_bytes`` encoded bytes (at least
+        one event), and whether more follow.
+
+        Each batched get asks the server for no more than the bytes still wanted, and
+        the server stops once it has sent that much; so a page costs its own bytes plus
+        at most one event, whatever ``limit`` says, even when events are large.
+        """
+        names.validate_actor_id(actor_id)
+        check_from_version(from_version)
+        check_page(limit, max_bytes)
+        deadline = self._deadline()
+        if not await self._stream_exists(deadline):
+            return [], False
+        subject = self.subject_for(actor_id)
+        start = 1
+        if from_version > 1:
+            head = await self._read_head(actor_id, deadline)
+            if head.sequence == 0 or head.version < from_version:
+                return [], False
+            start = await self._seek(actor_id, from_version, head, deadline)
+        events: list[Event] = []
+        used = attempt = 0
+        while True:
+            received: list[Msg] = []
+            try:
+                status_msg = await self._get_chunk(
+                    subject,
+                    start,
+                    deadline,
+                    received,
+                    min(_REPLAY_CHUNK, limit + 1 - len(events)),
+                    max_bytes=max(1, max_bytes - used),
+                )
+            except _TRANSIENT:
+                await self._pause(deadline, attempt, "page of events")
+                attempt += 1
+                continue
+            headers = status_msg.headers or {}
+            status = headers.get("Status")
+            if status == "404" or not received:
+                return events, False
+            if status == "503":
+                raise StoreUnavailableError("JetStream did not answer the read of a page")
+            if status != "204":
+                raise EventStoreError(f"page of {self.stream_name!r} got status {status}")
+            for msg in received:
+                seq = int((msg.headers or {})[_HDR_SEQUENCE])
+                used += len(msg.data)
+                if len(events) == limit or (events and used > max_bytes):
+                    return events, True  # this one is the next page's
+                event = decode_event(msg.data, sequence=seq, actor_id=actor_id)
+                if event.version >= from_version:
+                    events.append(event)
+            if int(headers.get("Nats-Num-Pending", "0") or 0) <= 0:
+                return events, False
+            start = int((received[-1].headers or {})[_HDR_SEQUENCE]) + 1
 
     # --- public async API ---------------------------------------------------
     async def aget_events_with_errors(

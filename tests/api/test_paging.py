@@ -1,0 +1,94 @@
+"""Pages of the API stay bounded: a page of events by bytes as well as by count."""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.test import override_settings
+
+from aether_django.store import get_event_store
+from aether_django.testing.contract import ev
+
+API = "/api/aether"
+MiB = 1024 * 1024
+#: Events of nearly the largest size accepted (MAX_EVENT_BYTES, 1 MiB by default).
+BIG = 900 * 1024
+COUNT = 48  # about 42 MiB of events
+
+
+def events_url(ns, actor="big"):
+    return f"{API}/namespaces/{ns}/actors/{actor}/events/"
+
+
+def _status(field: str) -> int:
+    """A figure of /proc/self/status, in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(field)
+
+
+def peak_growth(call):
+    """How far this process's resident memory rose above its level before ``call``."""
+    gc.collect()
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current VmRSS
+    base = _status("VmRSS")
+    result = call()
+    return result, _status("VmHWM") - base
+
+
+@pytest.fixture
+def big_actor(ns):
+    store = get_event_store(ns)
+    for version in range(1, COUNT + 1):
+        store.save_event(ev("big", version, "Blob", blob="x" * BIG, n=version))
+    return ns
+
+
+def test_a_page_of_large_events_ends_at_the_byte_budget_and_memory_stays_bounded(root, big_actor):
+    ns = big_actor
+    response, growth = peak_growth(lambda: root.get(events_url(ns), {"limit": 1000}))
+    assert response.status_code == 200
+    # The whole history is about 42 MiB: a request that built it all would grow the
+    # process by several times that. A page of 4 MiB, its JSON and its copies stay
+    # well under 40 MiB.
+    assert growth < 40 * MiB, f"grew by {growth / MiB:.0f} MiB"
+    page = response.json()
+    budget = 4 * MiB  # API_PAGE_BYTES's default
+    assert 1 <= len(page["results"]) <= budget // BIG
+    assert page["next"] is not None and "from_version=" in page["next"]
+    del response, page
+
+    # Following next reads every event once, in order, each page within the budget.
+    seen, url = [], events_url(ns) + "?limit=1000"
+    while url:
+        body = root.get(url).json()
+        assert sum(len(e["data"]["blob"]) for e in body["results"]) <= budget
+        seen += [e["version"] for e in body["results"]]
+        url = body["next"]
+    assert seen == list(range(1, COUNT + 1))
+
+
+def test_the_byte_budget_is_a_setting_and_a_page_holds_at_least_one_event(root, big_actor):
+    ns = big_actor
+    with override_settings(AETHER={**settings.AETHER, "API_PAGE_BYTES": 1000}):
+        one = root.get(events_url(ns), {"limit": 5}).json()
+        assert [e["version"] for e in one["results"]] == [1]
+        assert "from_version=2" in one["next"]
+    with override_settings(AETHER={**settings.AETHER, "API_PAGE_BYTES": 3 * BIG + 3000}):
+        three = root.get(events_url(ns), {"limit": 5, "from_version": 46}).json()
+        assert [e["version"] for e in three["results"]] == [46, 47, 48]
+        assert three["next"] is None
+
+
+def test_small_events_still_fill_a_page_by_count(root, ns):
+    store = get_event_store(ns)
+    store.save_events([ev("small", v) for v in range(1, 8)])
+    body = root.get(events_url(ns, "small"), {"limit": 3}).json()
+    assert [e["version"] for e in body["results"]] == [1, 2, 3]
+    assert "from_version=4" in body["next"]
+    last = root.get(events_url(ns, "small"), {"limit": 4, "from_version": 4}).json()
+    assert [e["version"] for e in last["results"]] == [4, 5, 6, 7] and last["next"] is None
