@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
 
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
@@ -183,16 +184,33 @@ class StreamAdmin(_InspectionAdmin):
         if info is None:
             raise Http404(NO_SUCH_NAMESPACE)
         query = request.GET.get("q", "").strip()
+        after = request.GET.get("after") or None
         try:
-            actor_ids = [a for a in store.get_actor_ids() if query in a]
-            page = Paginator(actor_ids, ACTORS_PER_PAGE).get_page(request.GET.get("p"))
-            versions = store.get_latest_versions(list(page.object_list))
+            if after is not None:
+                validate_actor_id(after)
+            at = int(request.GET.get("at", "0"))
+        except (InvalidNameError, ValueError):
+            raise Http404("invalid page") from None
+        page, next_query = None, None
+        try:
+            if query:
+                # A search for a part of an id reads the whole actor list: that is
+                # what it takes, and only staff can ask.
+                matches = [a for a in store.get_actor_ids() if query in a]
+                page = Paginator(matches, ACTORS_PER_PAGE).get_page(request.GET.get("p"))
+                actor_ids = list(page.object_list)
+            else:
+                # Browsing reads one page of the listing (see the API's actor list).
+                listing = store.get_actor_page(after, ACTORS_PER_PAGE, at=max(0, at))
+                actor_ids = listing.actor_ids
+                if listing.next_at is not None:
+                    next_query = urlencode({"after": actor_ids[-1], "at": listing.next_at})
+            versions = store.get_latest_versions(actor_ids)
         except UNAVAILABLE as exc:
             return self.error_page(request, exc)
         model = get_aggregate_class(namespace)
         actors = [
-            {"actor_id": a, "version": versions.get(a, 0), "shard": shard_of(a)}
-            for a in page.object_list
+            {"actor_id": a, "version": versions.get(a, 0), "shard": shard_of(a)} for a in actor_ids
         ]
         return self.render(
             request,
@@ -202,6 +220,8 @@ class StreamAdmin(_InspectionAdmin):
             info=info,
             actors=actors,
             page=page,
+            next_query=next_query,
+            first_page=after is not None,
             query=query,
             # A flag, not the class: a template calls what is callable, and an
             # aggregate class cannot be built without an actor id.

@@ -194,39 +194,46 @@ class ActorListView(NamespaceView):
         responses={200: s.page_of(s.ActorSerializer), **_NS_ERRORS},
     )
     def get(self, request: Request, namespace: str) -> Response:
-        """The actors of a namespace, by id, with their version and shard."""
+        """The actors of a namespace, in the order of their subject tokens (ids of
+        letters, digits, '-' and '_' in byte order), with their version and shard."""
         store = self.store(request, namespace)
         limit = _limit(request)
-        after = _decode_cursor(request.query_params.get("cursor"))
-        ids = [a for a in store.get_actor_ids() if after is None or a > after]
-        page = ids[:limit]
-        versions = store.get_latest_versions(page)
+        after, at = _decode_cursor(request.query_params.get("cursor"))
+        page = store.get_actor_page(after, limit, at=at)
+        versions = store.get_latest_versions(page.actor_ids)
         results = [
-            {"actor_id": a, "version": versions.get(a, 0), "shard": shard_of(a)} for a in page
+            {"actor_id": a, "version": versions.get(a, 0), "shard": shard_of(a)}
+            for a in page.actor_ids
         ]
-        more = len(ids) > limit
+        cursor = None
+        if page.next_at is not None:
+            cursor = _encode_cursor(page.actor_ids[-1], page.next_at)
         return Response(
             {
                 "results": results,
-                "next": _next_url(request, cursor=_encode_cursor(page[-1])) if more else None,
+                "next": _next_url(request, cursor=cursor) if cursor else None,
             }
         )
 
 
-def _encode_cursor(actor_id: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps({"after": actor_id}).encode()).decode()
+def _encode_cursor(actor_id: str, at: int) -> str:
+    """The cursor of the page after ``actor_id``; ``at`` is its rank, a hint only."""
+    return base64.urlsafe_b64encode(json.dumps({"after": actor_id, "at": at}).encode()).decode()
 
 
-def _decode_cursor(cursor: str | None) -> str | None:
+def _decode_cursor(cursor: str | None) -> tuple[str | None, int]:
     if not cursor:
-        return None
+        return None, 0
     try:
         doc = json.loads(base64.urlsafe_b64decode(cursor.encode("ascii") + b"=="))
-        after = doc["after"]
-        if not isinstance(after, str):
+        after, at = doc["after"], doc.get("at", 0)
+        if not isinstance(after, str) or isinstance(at, bool) or not isinstance(at, int):
             raise TypeError
-        return after
-    except (ValueError, KeyError, TypeError, UnicodeError):
+        validate_actor_id(after)
+        if not 0 <= at < 2**63:
+            raise ValueError
+        return after, at
+    except (ValueError, KeyError, TypeError, UnicodeError, InvalidNameError):
         raise ValidationError({"cursor": ["invalid cursor"]}) from None
 
 

@@ -15,6 +15,7 @@ a coroutine (for async views and consumers). Both have the same semantics:
 from __future__ import annotations
 
 import abc
+import bisect
 import itertools
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
@@ -22,11 +23,19 @@ from typing import Any, Protocol, TypeVar
 
 from ..errors import InvalidEventError
 from ..events import ActorSnapshot, Event, ReplayResult, encode_event, validate_event
-from ..names import validate_actor_id
+from ..names import actor_id_from_token, actor_token, validate_actor_id
 
 T = TypeVar("T")
 
-__all__ = ["AsyncFirstEventStore", "EventStore", "NamespaceInfo", "Runtime", "StoreConfig"]
+__all__ = [
+    "ActorPage",
+    "AsyncFirstEventStore",
+    "EventStore",
+    "NamespaceInfo",
+    "Runtime",
+    "StoreConfig",
+    "actor_order",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +50,28 @@ class NamespaceInfo:
     first_sequence: int
     last_sequence: int
     replicas: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ActorPage:
+    """One page of a namespace's actor ids, in the order of their subject tokens.
+
+    ``next_at`` is where the next page starts in that order (a hint for the next
+    call's ``at``; the next call is correct without it), or None on the last page.
+    """
+
+    actor_ids: list[str]
+    next_at: int | None
+
+
+def actor_order(actor_id: str) -> str:
+    """The key actor pages are sorted by: the actor's subject token, byte by byte.
+
+    Ids of letters, digits, '-' and '_' are their own token, so they come in byte
+    order; any other id is '=' and its base64 (see names.actor_token), so it sorts
+    among them by that encoding.
+    """
+    return actor_token(actor_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +219,20 @@ class EventStore(abc.ABC):
         events = await self.aget_events(actor_id, from_version, limit=limit + 1)
         return _within_bytes(events, limit, max_bytes)
 
+    def get_actor_page(self, after: str | None, limit: int, *, at: int = 0) -> ActorPage:
+        """Sync twin of :meth:`aget_actor_page`."""
+        return _actor_page(self.get_actor_ids(), after, limit)
+
+    async def aget_actor_page(self, after: str | None, limit: int, *, at: int = 0) -> ActorPage:
+        """Up to ``limit`` actor ids that come after ``after`` (None: from the start) in
+        :func:`actor_order`.
+
+        ``at`` is the ``next_at`` of the page before, a hint where to look; pages are
+        right without it. This default sorts every id; a store with many actors
+        overrides it to read about a page's worth.
+        """
+        return _actor_page(await self.aget_actor_ids(), after, limit)
+
     # --- inspection (API, admin) ----------------------------------------------------
     def exists(self) -> bool:
         """Sync twin of :meth:`aexists`."""
@@ -270,6 +315,9 @@ class AsyncFirstEventStore(EventStore):
     def exists(self) -> bool:
         return self.runtime.run(self.aexists())
 
+    def get_actor_page(self, after: str | None, limit: int, *, at: int = 0) -> ActorPage:
+        return self.runtime.run(self.aget_actor_page(after, limit, at=at))
+
     def get_events_page(
         self, actor_id: str, from_version: int = 0, *, limit: int, max_bytes: int
     ) -> tuple[list[Event], bool]:
@@ -279,6 +327,15 @@ class AsyncFirstEventStore(EventStore):
 
     def get_latest_versions(self, actor_ids: Sequence[str]) -> dict[str, int]:
         return self.runtime.run(self.aget_latest_versions(actor_ids))
+
+
+def _actor_page(actor_ids: list[str], after: str | None, limit: int) -> ActorPage:
+    check_page(limit, 1)
+    tokens = sorted(actor_order(a) for a in actor_ids)
+    start = 0 if after is None else bisect.bisect_right(tokens, actor_order(after))
+    page = [actor_id_from_token(t) for t in tokens[start : start + limit]]
+    more = start + limit < len(tokens)
+    return ActorPage(page, start + limit if more else None)
 
 
 def _within_bytes(events: list[Event], limit: int, max_bytes: int) -> tuple[list[Event], bool]:

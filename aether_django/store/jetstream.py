@@ -16,8 +16,10 @@ actor's last message for its head, and batched gets for replay.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import json
 import logging
+import threading
 import time
 import uuid
 from collections import OrderedDict
@@ -58,10 +60,12 @@ from ..events import (
 )
 from ..jsapi import direct_get_batch, direct_get_into, list_event_streams
 from .base import (
+    ActorPage,
     AsyncFirstEventStore,
     NamespaceInfo,
     Runtime,
     StoreConfig,
+    actor_order,
     check_batch,
     check_from_version,
     check_limit,
@@ -113,6 +117,27 @@ class _Head(NamedTuple):
     sequence: int
     version: int
     last_id: str | None = None
+
+
+class _Window(NamedTuple):
+    """Part of a stream's subject listing, sorted, as one STREAM.INFO reply gave it."""
+
+    #: The stream's (number of subjects, first sequence) when read: while both stay the
+    #: same, no actor came or went (history is only appended to, or aged out from the
+    #: front), so the window still holds.
+    key: tuple[int, int]
+    #: The rank of ``tokens[0]`` in the whole sorted listing.
+    offset: int
+    tokens: list[str]
+    #: Subjects in the whole listing.
+    total: int
+
+
+#: Listing windows kept, by (runtime, stream), least recently used first. A window holds
+#: up to the server's cap of subjects per reply (100,000), so only a few are kept.
+_WINDOWS: OrderedDict[tuple[int, str], _Window] = OrderedDict()
+_WINDOWS_KEPT = 4
+_WINDOWS_LOCK = threading.Lock()
 
 
 class _WrongLastSequence(Exception):
@@ -846,6 +871,111 @@ class JetStreamEventStore(AsyncFirstEventStore):
             if not page or len(tokens) >= total:
                 break
         return sorted(names.actor_id_from_token(token) for token in tokens)
+
+    async def aget_actor_page(self, after: str | None, limit: int, *, at: int = 0) -> ActorPage:
+        """Up to ``limit`` actor ids after ``after``, in subject-token order.
+
+        The server sorts the stream's subjects and answers from a rank on (``offset``),
+        up to its cap per reply. A page reads one such window, positioned by ``at``
+        (the rank of the previous page's last id) and checked against ``after``;
+        the window is kept, so the pages that follow cost one small STREAM.INFO
+        (is the listing unchanged?) and a slice, until actors come or go.
+        """
+        check_page(limit, 1)
+        deadline = self._deadline()
+        if not await self._stream_exists(deadline):
+            return ActorPage([], None)
+        after_token = None if after is None else actor_order(after)
+        slot = (id(self.runtime), self.stream_name)
+        with _WINDOWS_LOCK:
+            window = _WINDOWS.get(slot)
+        start = None
+        if window is not None and window.key == await self._listing_key(deadline):
+            start = self._start_in(window, after_token, limit)
+        if window is None or start is None:
+            window, start = await self._locate(after_token, limit, max(0, at), deadline)
+        with _WINDOWS_LOCK:
+            _WINDOWS[slot] = window
+            _WINDOWS.move_to_end(slot)
+            while len(_WINDOWS) > _WINDOWS_KEPT:
+                _WINDOWS.popitem(last=False)
+        page = window.tokens[start : start + limit]
+        last_rank = window.offset + start + len(page) - 1
+        more = last_rank + 1 < window.total
+        return ActorPage(
+            [names.actor_id_from_token(token) for token in page], last_rank if more else None
+        )
+
+    @staticmethod
+    def _start_in(window: _Window, after_token: str | None, limit: int) -> int | None:
+        """Where the page after ``after_token`` starts in ``window``, or None when the
+        window does not hold that page (it starts before the window, or runs past it)."""
+        if after_token is None:
+            start = 0
+            if window.offset > 0:
+                return None
+        else:
+            if window.offset > 0 and (not window.tokens or window.tokens[0] > after_token):
+                return None
+            start = bisect.bisect_right(window.tokens, after_token)
+        if start + limit > len(window.tokens) and window.offset + len(window.tokens) < window.total:
+            return None
+        return start
+
+    async def _locate(
+        self, after_token: str | None, limit: int, at: int, deadline: float
+    ) -> tuple[_Window, int]:
+        """Read the window that holds the page after ``after_token``, starting at rank
+        ``at`` and moving only when the listing changed since ``at`` was given."""
+        offset = at if after_token is not None else 0
+        back = limit
+        while True:
+            window = await self._read_window(offset, deadline)
+            start = self._start_in(window, after_token, limit)
+            if start is not None:
+                return window, start
+            if window.offset > 0 and (
+                not window.tokens or (after_token is not None and window.tokens[0] > after_token)
+            ):
+                # Actors before the cursor are gone (aged out): its rank moved back.
+                offset, back = max(0, offset - back), back * 4
+            else:
+                # The page runs past this reply (the server caps one): read on from the
+                # cursor, which is in this window.
+                assert after_token is not None
+                offset = window.offset + max(0, bisect.bisect_right(window.tokens, after_token) - 1)
+                if offset == window.offset:
+                    return window, bisect.bisect_right(window.tokens, after_token)
+
+    async def _stream_info(self, request: dict[str, Any], deadline: float) -> dict[str, Any]:
+        try:
+            reply = await self._request(
+                f"$JS.API.STREAM.INFO.{self.stream_name}", json.dumps(request).encode(), deadline
+            )
+        except _NoStream:
+            raise StoreUnavailableError("JetStream did not answer the stream info") from None
+        doc: dict[str, Any] = json.loads(reply.data)
+        if "error" in doc:
+            raise EventStoreError(f"stream info failed: {doc['error'].get('description')}")
+        return doc
+
+    @staticmethod
+    def _key_of(doc: dict[str, Any]) -> tuple[int, int]:
+        state = doc.get("state") or {}
+        return int(state.get("num_subjects", 0)), int(state.get("first_seq", 0))
+
+    async def _listing_key(self, deadline: float) -> tuple[int, int]:
+        return self._key_of(await self._stream_info({}, deadline))
+
+    async def _read_window(self, offset: int, deadline: float) -> _Window:
+        prefix = self._subject_prefix + "."
+        doc = await self._stream_info({"subjects_filter": prefix + "*", "offset": offset}, deadline)
+        subjects = (doc.get("state") or {}).get("subjects") or {}
+        # The server sorts before it applies the offset; sorting the reply again keeps
+        # the order ours whatever order the map arrives in.
+        tokens = sorted(subject[len(prefix) :] for subject in subjects)
+        total = int(doc.get("total") or 0) or len(tokens)
+        return _Window(self._key_of(doc), offset, tokens, total)
 
     async def aensure(self, *, create: bool = True) -> list[str]:
         """Make sure the stream and snapshot bucket exist and are usable; return what was done.

@@ -27,7 +27,7 @@ from ..errors import (
     VersionConflictError,
 )
 from ..events import ActorSnapshot, Event
-from ..store.base import EventStore, StoreConfig
+from ..store.base import EventStore, StoreConfig, actor_order
 
 __all__ = ["EventStoreContract", "unique_namespace"]
 
@@ -129,6 +129,29 @@ class EventStoreContract:
         assert [e.version for e in store.get_events("a", 6)] == [7, 9]
         assert [e.version for e in store.get_events("a", 0)] == [1, 3, 5, 7, 9]
         assert store.get_events("a", 10) == []
+
+    def test_actor_pages_walk_every_actor_once_in_subject_token_order(
+        self, store: EventStore
+    ) -> None:
+        ids = ["b", "a-1", "c d", "Z", "é", "a_2", "0"]
+        for actor_id in ids:
+            store.save_event(ev(actor_id, 1))
+        in_order = sorted(ids, key=actor_order)
+        seen, after, at = [], None, 0
+        while True:
+            page = store.get_actor_page(after, 2, at=at)
+            assert 1 <= len(page.actor_ids) <= 2
+            seen += page.actor_ids
+            if page.next_at is None:
+                break
+            after, at = page.actor_ids[-1], page.next_at
+        assert seen == in_order
+        # ``at`` is a hint: a wrong one gives the same page.
+        for hint in (0, 3, 10**6):
+            assert store.get_actor_page(in_order[2], 3, at=hint).actor_ids == in_order[3:6]
+        last = store.get_actor_page(in_order[-1], 5)
+        assert last.actor_ids == [] and last.next_at is None
+        assert store.get_actor_page("zzz", 5).actor_ids == []  # after every token
 
     def test_a_page_of_events_is_bounded_by_count_and_by_bytes(self, store: EventStore) -> None:
         for version in range(1, 6):

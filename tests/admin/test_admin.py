@@ -116,7 +116,7 @@ def test_the_actors_page_shows_each_actors_version_and_shard_live(staff, ns):
     page = staff.get(f"{STREAMS}/ns/{ns}/").content.decode()
     link = f'<a href="{STREAMS}/ns/{ns}/order-1/">order-1</a></td>'
     assert cells(page, link) == ["2", str(shard_of("order-1"))]
-    assert "(2 actors)" in page
+    assert "2 of 2 actors" in page
     get_event_store(ns).save_event(ev("order-1", 3, "Shipped"))
     page = staff.get(f"{STREAMS}/ns/{ns}/").content.decode()
     assert cells(page, link) == ["3", str(shard_of("order-1"))]
@@ -130,9 +130,14 @@ def test_the_actors_page_shows_100_actors_a_page(staff):
         store.save_event(ev(f"a-{i:03d}", 1))
     first = staff.get(f"{STREAMS}/ns/{namespace}/").content.decode()
     assert first.count(f'href="{STREAMS}/ns/{namespace}/a-') == 100
-    assert "page 1 of 2 (101 actors)" in first and "a-099" in first and "a-100" not in first
-    second = staff.get(f"{STREAMS}/ns/{namespace}/", {"p": 2}).content.decode()
-    assert second.count(f'href="{STREAMS}/ns/{namespace}/a-') == 1 and "a-100" in second
+    assert "100 of 101 actors" in first and "a-099" in first and "a-100" not in first
+    next_link = re.search(r'<a href="\?(after=[^"]+)">next</a>', first)
+    assert next_link is not None
+    second = staff.get(f"{STREAMS}/ns/{namespace}/?" + next_link[1].replace("&amp;", "&"))
+    page = second.content.decode()
+    assert page.count(f'href="{STREAMS}/ns/{namespace}/a-') == 1 and "a-100" in page
+    assert ">next</a>" not in page and "first page" in page
+    assert staff.get(f"{STREAMS}/ns/{namespace}/", {"at": "x"}).status_code == 404
 
 
 def test_the_actors_of_a_namespace_are_searchable(staff, ns):
@@ -413,8 +418,14 @@ def assert_unavailable(response):
 
 def test_the_actors_page_answers_503_when_nats_goes_away_after_its_first_read(staff, dropping):
     namespace, drop_before = dropping
-    drop_before("get_actor_ids")
+    drop_before("get_actor_page")
     assert_unavailable(staff.get(f"{STREAMS}/ns/{namespace}/"))
+
+
+def test_the_actor_search_answers_503_when_nats_goes_away_after_its_first_read(staff, dropping):
+    namespace, drop_before = dropping
+    drop_before("get_actor_ids")
+    assert_unavailable(staff.get(f"{STREAMS}/ns/{namespace}/", {"q": "order"}))
 
 
 def test_the_actor_page_answers_503_when_nats_goes_away_while_it_builds_the_state(staff, dropping):
