@@ -195,5 +195,13 @@ def test_the_store_cache_is_bounded(db, ns):
 def test_in_memory_stores_of_one_namespace_share_its_events(ns):
     # A store dropped from the cache is built again: with the in-memory store, the new
     # object must see what the old one stored.
+    early = InMemoryEventStore(ns)  # built before anything was saved
     InMemoryEventStore(ns).save_event(ev("a", 1))
     assert InMemoryEventStore(ns).get_latest_version("a") == 1
+    assert early.get_latest_version("a") == 1
+    early.save_event(ev("a", 2))
+    assert InMemoryEventStore(ns).get_latest_version("a") == 2
+    # Reading a namespace that does not exist registers nothing.
+    other = f"{ns}-unknown"
+    assert InMemoryEventStore(other).get_latest_version("a") == 0
+    assert other not in InMemoryEventStore._instances
