@@ -131,6 +131,14 @@ class _Window(NamedTuple):
     tokens: list[str]
     #: Subjects in the whole listing.
     total: int
+    #: The stream's last sequence when read: new actors have their first event after it.
+    last_seq: int
+
+
+#: Messages (and bytes of them) a kept window reads to learn the actors created since it
+#: was read; beyond that, the window is read again instead.
+_CATCH_UP_MESSAGES = 1000
+_CATCH_UP_BYTES = 4 * 1024 * 1024
 
 
 #: Listing windows kept, by (runtime, stream), least recently used first. A window holds
@@ -879,7 +887,8 @@ class JetStreamEventStore(AsyncFirstEventStore):
         up to its cap per reply. A page reads one such window, positioned by ``at``
         (the rank of the previous page's last id) and checked against ``after``;
         the window is kept, so the pages that follow cost one small STREAM.INFO
-        (is the listing unchanged?) and a slice, until actors come or go.
+        (is the listing unchanged?) and a slice. New actors are added to it from the
+        events stored since (a bounded read); actors aged out make it read again.
         """
         check_page(limit, 1)
         deadline = self._deadline()
@@ -890,7 +899,9 @@ class JetStreamEventStore(AsyncFirstEventStore):
         with _WINDOWS_LOCK:
             window = _WINDOWS.get(slot)
         start = None
-        if window is not None and window.key == await self._listing_key(deadline):
+        if window is not None:
+            window = await self._refresh(window, deadline)
+        if window is not None:
             start = self._start_in(window, after_token, limit)
         if window is None or start is None:
             window, start = await self._locate(after_token, limit, max(0, at), deadline)
@@ -947,6 +958,52 @@ class JetStreamEventStore(AsyncFirstEventStore):
                 if offset == window.offset:
                     return window, bisect.bisect_right(window.tokens, after_token)
 
+    async def _refresh(self, window: _Window, deadline: float) -> _Window | None:
+        """``window`` brought up to date, or None when it must be read again.
+
+        Actors only come (their first event is appended) or go (history aged out from
+        the front, which moves the first sequence). When only new ones came, their
+        first events lie after the window's last sequence: reading those (up to
+        _CATCH_UP_MESSAGES) finds them, and they are put in their places.
+        """
+        state = (await self._stream_info({}, deadline)).get("state") or {}
+        subjects, first_seq = int(state.get("num_subjects", 0)), int(state.get("first_seq", 0))
+        last_seq = int(state.get("last_seq", 0))
+        if (subjects, first_seq) == window.key:
+            return window
+        new = subjects - window.key[0]
+        whole = window.offset == 0 and len(window.tokens) >= window.total
+        # Only a window of the whole listing can tell a new actor from an old one
+        # outside it; only a listing that lost none (same first sequence) can be patched.
+        if first_seq != window.key[1] or new < 0 or not whole:
+            return None
+        prefix = self._subject_prefix + "."
+        received: list[Msg] = []
+        try:
+            await self._get_chunk(
+                prefix + "*",
+                window.last_seq + 1,
+                deadline,
+                received,
+                _CATCH_UP_MESSAGES,
+                max_bytes=_CATCH_UP_BYTES,
+            )
+        except _TRANSIENT:
+            return None
+        tokens, found = list(window.tokens), 0
+        for msg in received:
+            subject = (msg.headers or {}).get("Nats-Subject", "")
+            token = subject[len(prefix) :]
+            place = bisect.bisect_left(tokens, token)
+            if not subject.startswith(prefix) or tokens[place : place + 1] == [token]:
+                continue  # an actor already listed
+            tokens.insert(place, token)
+            found += 1
+            if found == new:
+                # Every new actor is found; no other can hide further on.
+                return _Window((subjects, first_seq), 0, tokens, len(tokens), last_seq)
+        return None
+
     async def _stream_info(self, request: dict[str, Any], deadline: float) -> dict[str, Any]:
         try:
             reply = await self._request(
@@ -964,9 +1021,6 @@ class JetStreamEventStore(AsyncFirstEventStore):
         state = doc.get("state") or {}
         return int(state.get("num_subjects", 0)), int(state.get("first_seq", 0))
 
-    async def _listing_key(self, deadline: float) -> tuple[int, int]:
-        return self._key_of(await self._stream_info({}, deadline))
-
     async def _read_window(self, offset: int, deadline: float) -> _Window:
         prefix = self._subject_prefix + "."
         doc = await self._stream_info({"subjects_filter": prefix + "*", "offset": offset}, deadline)
@@ -975,7 +1029,8 @@ class JetStreamEventStore(AsyncFirstEventStore):
         # the order ours whatever order the map arrives in.
         tokens = sorted(subject[len(prefix) :] for subject in subjects)
         total = int(doc.get("total") or 0) or len(tokens)
-        return _Window(self._key_of(doc), offset, tokens, total)
+        last_seq = int((doc.get("state") or {}).get("last_seq", 0))
+        return _Window(self._key_of(doc), offset, tokens, total, last_seq)
 
     async def aensure(self, *, create: bool = True) -> list[str]:
         """Make sure the stream and snapshot bucket exist and are usable; return what was done.

@@ -175,3 +175,51 @@ def test_walking_the_actor_pages_reads_the_listing_once_not_once_a_page(root, ns
     _, versions = spent(lambda: [store.get_latest_versions(p) for p in pages])
     listing = walking - versions
     assert listing < 3 * one_listing, (listing, one_listing)
+
+
+def test_actors_created_during_a_walk_are_added_to_the_kept_listing_not_reread(root, ns):
+    """On a namespace where actors are being created, each page finds one more actor:
+    the kept listing learns it from the events stored since, instead of reading the
+    whole listing again on every page."""
+    from aether_django.runtime import get_runtime
+
+    store = get_event_store(ns)
+    count, limit = 2000, 100
+    for i in range(count):
+        store.save_event(ev(f"actor-{i:05d}", 1))
+
+    async def received() -> int:
+        nc = await get_runtime().connection()
+        return int(nc.stats["in_bytes"])
+
+    before = get_runtime().run(received())
+    store.get_actor_ids()
+    one_listing = get_runtime().run(received()) - before
+
+    pages, created = [], []
+    before = get_runtime().run(received())
+    body = root.get(actors_url(ns), {"limit": limit}).json()
+    while True:
+        pages.append([a["actor_id"] for a in body["results"]])
+        # One new actor after the cursor and one before it, between every two pages.
+        for actor_id in (f"zz-{len(created):03d}", f"aa-{len(created):03d}"):
+            store.save_event(ev(actor_id, 1))
+            created.append(actor_id)
+        if body["next"] is None:
+            break
+        body = root.get(body["next"]).json()
+    walking = get_runtime().run(received()) - before
+    seen = [a for p in pages for a in p]
+    assert len(seen) == len(set(seen))
+    assert [a for a in seen if a.startswith("actor-")] == [f"actor-{i:05d}" for i in range(count)]
+    after_cursor = [a for a in created if a.startswith("zz-")]
+    assert set(after_cursor[:-1]) <= set(seen), "new actors after the cursor are shown"
+    assert not any(a.startswith("aa-") for a in seen[limit:]), "none before the cursor"
+    # Besides the listing, each page reads its actors' last events (their versions)
+    # and the walk stored 2 events a page; a listing read again on every page would
+    # add one listing a page.
+    before = get_runtime().run(received())
+    for page in pages:
+        store.get_latest_versions(page)
+    versions = get_runtime().run(received()) - before
+    assert walking - versions < 3 * one_listing, (walking - versions, one_listing)
