@@ -17,10 +17,12 @@ Every inspection page answers 405 to methods other than GET and HEAD.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
 
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
@@ -31,21 +33,26 @@ from django.urls import URLPattern, path
 from django.views.decorators.http import require_safe
 from nats.errors import Error as NatsError
 
-from .aggregates import AggregateDoesNotExist, get_aggregate_class
+from .aggregates import AggregateDoesNotExist, AggregateError, get_aggregate_class
 from .api.access import access_for
 from .cluster import cluster_config, shard_of
 from .cluster.coordinator import Coordinator
-from .errors import AetherError, InvalidNameError, ReplayError
+from .errors import AetherError, EventStoreError, InvalidNameError, ReplayError
 from .models import ClusterInspection, NamespaceGrant, StreamInspection
 from .names import validate_actor_id, validate_namespace
 from .runtime import get_runtime
-from .store import get_event_store, list_namespaces
+from .store import get_event_store, get_existing_event_store, list_namespaces
+
+logger = logging.getLogger(__name__)
 
 ACTORS_PER_PAGE = 100
 
 # What the namespace pages answer with the "unavailable" page (503): the store's own
 # errors, and a timeout or lost connection that reaches this far untranslated.
 UNAVAILABLE = (AetherError, OSError, NatsError)
+# The part of those that building an actor's state can meet and that says nothing about
+# the actor's history: the actor page answers them with the same 503.
+STORE_FAULTS = (EventStoreError, OSError, NatsError)
 
 # One message for a namespace that does not exist and for one the user may not read,
 # so that the two answers are the same.
@@ -55,8 +62,8 @@ NO_SUCH_ACTOR = "no such actor"
 
 @admin.register(NamespaceGrant)
 class NamespaceGrantAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
-    list_display = ("pattern", "user", "group", "can_read", "can_write", "created_at")
-    list_filter = ("can_read", "can_write")
+    list_display = ("pattern", "user", "group", "can_read", "can_write", "can_create", "created_at")
+    list_filter = ("can_read", "can_write", "can_create")
     search_fields = ("pattern", "user__username", "group__name")
     autocomplete_fields = ()
     raw_id_fields = ("user", "group")
@@ -169,21 +176,41 @@ class StreamAdmin(_InspectionAdmin):
 
     def actors_view(self, request: HttpRequest, namespace: str) -> HttpResponse:
         self.check_readable(request, namespace, NO_SUCH_NAMESPACE)
-        store = get_event_store(namespace)
         try:
+            store = get_existing_event_store(namespace)
             info = store.get_info()
         except UNAVAILABLE as exc:
             return self.error_page(request, exc)
         if info is None:
             raise Http404(NO_SUCH_NAMESPACE)
         query = request.GET.get("q", "").strip()
-        actor_ids = [a for a in store.get_actor_ids() if query in a]
-        page = Paginator(actor_ids, ACTORS_PER_PAGE).get_page(request.GET.get("p"))
-        versions = store.get_latest_versions(list(page.object_list))
+        after = request.GET.get("after") or None
+        try:
+            if after is not None:
+                validate_actor_id(after)
+            at = int(request.GET.get("at", "0"))
+        except (InvalidNameError, ValueError):
+            raise Http404("invalid page") from None
+        page, next_query = None, None
+        try:
+            if query:
+                # A search for a part of an id reads the whole actor list: that is
+                # what it takes, and only staff can ask.
+                matches = [a for a in store.get_actor_ids() if query in a]
+                page = Paginator(matches, ACTORS_PER_PAGE).get_page(request.GET.get("p"))
+                actor_ids = list(page.object_list)
+            else:
+                # Browsing reads one page of the listing (see the API's actor list).
+                listing = store.get_actor_page(after, ACTORS_PER_PAGE, at=max(0, at))
+                actor_ids = listing.actor_ids
+                if listing.next_at is not None:
+                    next_query = urlencode({"after": actor_ids[-1], "at": listing.next_at})
+            versions = store.get_latest_versions(actor_ids)
+        except UNAVAILABLE as exc:
+            return self.error_page(request, exc)
         model = get_aggregate_class(namespace)
         actors = [
-            {"actor_id": a, "version": versions.get(a, 0), "shard": shard_of(a)}
-            for a in page.object_list
+            {"actor_id": a, "version": versions.get(a, 0), "shard": shard_of(a)} for a in actor_ids
         ]
         return self.render(
             request,
@@ -193,8 +220,12 @@ class StreamAdmin(_InspectionAdmin):
             info=info,
             actors=actors,
             page=page,
+            next_query=next_query,
+            first_page=after is not None,
             query=query,
-            aggregate=model,
+            # A flag, not the class: a template calls what is callable, and an
+            # aggregate class cannot be built without an actor id.
+            aggregate=model is not None,
             aggregate_name=getattr(model, "__name__", ""),
         )
 
@@ -204,8 +235,8 @@ class StreamAdmin(_InspectionAdmin):
             validate_actor_id(actor_id)
         except InvalidNameError as exc:
             raise Http404(str(exc)) from None
-        store = get_event_store(namespace)
         try:
+            store = get_existing_event_store(namespace)
             result = store.get_events_with_errors(actor_id)
             snapshot = store.get_latest_snapshot(actor_id)
         except UNAVAILABLE as exc:
@@ -217,8 +248,23 @@ class StreamAdmin(_InspectionAdmin):
         if model is not None:
             try:
                 state = model.objects.get(actor_id).get_snapshot_state()
-            except (AggregateDoesNotExist, ReplayError, AetherError, KeyError, TypeError) as exc:
+            except (AggregateDoesNotExist, AggregateError, ReplayError) as exc:
                 state_error = str(exc) or type(exc).__name__
+            except STORE_FAULTS as exc:
+                # The store's own errors (NATS gone mid-page) are the page's, as above.
+                return self.error_page(request, exc)
+            except Exception as exc:
+                # The project's code (a handler, an upcaster, set_snapshot_state) raised
+                # on stored data: a fact about the history, shown beside it, not a 500.
+                logger.warning(
+                    "%s raised %s building %r of namespace %r for the admin",
+                    model.__name__,
+                    type(exc).__name__,
+                    actor_id,
+                    namespace,
+                    exc_info=True,
+                )
+                state_error = f"{type(exc).__name__}: {exc}"
         return self.render(
             request,
             "actor.html",
@@ -229,7 +275,9 @@ class StreamAdmin(_InspectionAdmin):
             events=result.events,
             replay_errors=result.errors,
             snapshot=snapshot,
-            aggregate=model,
+            # A flag, not the class: a template calls what is callable, and an
+            # aggregate class cannot be built without an actor id.
+            aggregate=model is not None,
             aggregate_name=getattr(model, "__name__", ""),
             state=state,
             state_error=state_error,

@@ -615,6 +615,23 @@ class AggregateManager(Generic[A]):
             return None
         return snapshot
 
+    def _within_history(self, snapshot: ActorSnapshot, stored_version: int) -> bool:
+        """Whether ``snapshot`` is at or below the actor's last stored version.
+
+        A snapshot above it describes events that were never stored (one written
+        straight into the bucket, say): loading it would make its state the actor's
+        and number the next event after it, so it is ignored and the events replayed.
+        """
+        if snapshot.version <= stored_version:
+            return True
+        logger.warning(
+            "ignoring snapshot of %s at version %s: the actor's last stored version is %s",
+            snapshot.actor_id,
+            snapshot.version,
+            stored_version,
+        )
+        return False
+
     def _build(
         self,
         actor_id: str,
@@ -657,6 +674,13 @@ class AggregateManager(Generic[A]):
         events = store.get_events(
             actor_id, snapshot.version + 1 if snapshot else 0, after_sequence=_after(snapshot)
         )
+        # Nothing stored after the snapshot: it must not claim more than is stored.
+        if (
+            snapshot is not None
+            and not events
+            and not self._within_history(snapshot, store.get_latest_version(actor_id))
+        ):
+            snapshot, events = None, store.get_events(actor_id)
         return self._build(actor_id, snapshot, events, at_version)
 
     async def aget(self, actor_id: str, *, at_version: int | None = None) -> A:
@@ -669,6 +693,12 @@ class AggregateManager(Generic[A]):
         events = await store.aget_events(
             actor_id, snapshot.version + 1 if snapshot else 0, after_sequence=_after(snapshot)
         )
+        if (
+            snapshot is not None
+            and not events
+            and not self._within_history(snapshot, await store.aget_latest_version(actor_id))
+        ):
+            snapshot, events = None, await store.aget_events(actor_id)
         return self._build(actor_id, snapshot, events, at_version)
 
     def create(self, actor_id: str) -> A:

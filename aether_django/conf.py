@@ -43,6 +43,8 @@ DEFAULTS: dict[str, Any] = {
     "IMMUTABLE": True,
     # Actors whose head each store keeps in memory to save a read per write.
     "HEAD_CACHE_SIZE": 10_000,
+    # Namespaces whose store objects a process keeps; the least recently used go.
+    "STORE_CACHE_SIZE": 256,
     # The event bus get_event_bus() builds: NATSEventBus delivers saved events
     # to every process; aether_django.bus.EventBus stays inside one process.
     "BUS_CLASS": "aether_django.bus.nats.NATSEventBus",
@@ -82,6 +84,17 @@ DEFAULTS: dict[str, Any] = {
     # Bearer token that lets a scraper read metrics/ without a staff session;
     # empty: staff sessions only.
     "METRICS_TOKEN": "",
+    # The HTTP API. Serve the OpenAPI schema to anonymous callers too (it describes
+    # every endpoint; by default only authenticated users may read it).
+    "API_SCHEMA_PUBLIC": False,
+    # Accept PUT snapshot/ (a snapshot is loaded as an aggregate's state, so writing
+    # one is writing state without an event; off unless a project needs it).
+    "API_SNAPSHOT_WRITES": False,
+    # Largest step an append through the API may take above the actor's current
+    # version, so that no request can push an actor to the top of the version range.
+    "API_MAX_VERSION_GAP": 1_000_000,
+    # Encoded bytes of events one page of events/ holds at most (at least one event).
+    "API_PAGE_BYTES": 4 * 1024 * 1024,
 }
 
 #: Settings that name a class by dotted path.

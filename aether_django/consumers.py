@@ -41,7 +41,7 @@ from .api.serializers import event_body
 from .bus import Delivery, Subscription, SubscriptionOverflowError, get_event_bus
 from .conf import aether_settings
 from .errors import AetherError, InvalidNameError
-from .patterns import SubscriptionFilter, is_exact, overlaps, validate_pattern
+from .patterns import SubscriptionFilter, is_exact, validate_pattern
 
 logger = logging.getLogger(__name__)
 
@@ -235,7 +235,7 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             return
         # A pattern is narrowed to the user's read grants that can match with it: the
         # bus makes consumers only on those namespaces' streams, never on the others.
-        readable = None if is_exact(pattern) else _readable(self.access, pattern)
+        readable = None if is_exact(pattern) else self.access.read_patterns(pattern)
         if readable is not None and not readable:
             await self._error(
                 "not_found", "no namespace this user may read matches the pattern", sub_id
@@ -322,7 +322,7 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         subscription, _ = self.subscriptions[sub_id]
         if is_exact(subscription.pattern):
             return self.access.can_read(subscription.pattern)
-        now = _readable(self.access, subscription.pattern)
+        now = self.access.read_patterns(subscription.pattern)
         then = self.scopes.get(sub_id)
         return now is None or (then is not None and then <= now)
 
@@ -583,18 +583,6 @@ def _current_access(user: Any, session_key: str | None) -> NamespaceAccess | Non
     if current is None or not current.is_authenticated or current.pk != user.pk:
         return None
     return NamespaceAccess(current)
-
-
-def _readable(access: NamespaceAccess, pattern: str) -> frozenset[str] | None:
-    """The user's read-grant patterns that can match a namespace ``pattern`` matches.
-
-    None for a superuser (everything); empty when no namespace the user may read can
-    match ``pattern``.
-    """
-    if access.superuser:
-        return None
-    # NamespaceAccess keeps its grants as (pattern, can_read, can_write).
-    return frozenset(p for p, can_read, _ in access._grants if can_read and overlaps(p, pattern))
 
 
 #: Largest stream sequence JetStream can hold (a uint64); larger ones are refused here

@@ -22,7 +22,10 @@ class NamespaceGrant(models.Model):
     """Lets a user, or every member of a group, read and/or write the matching namespaces.
 
     ``pattern`` uses the namespace pattern rules (``orders``, ``acme.*``,
-    ``acme.>``, ``order*``). Superusers need no grant.
+    ``acme.>``, ``order*``). Writing to a namespace that does not exist yet creates it
+    (a stream and a bucket on the server), which takes ``can_create`` besides
+    ``can_write``: a wildcard write grant alone cannot make namespaces without end.
+    Superusers need no grant.
     """
 
     user = models.ForeignKey(
@@ -42,6 +45,13 @@ class NamespaceGrant(models.Model):
     )
     can_read = models.BooleanField(default=True)
     can_write = models.BooleanField(default=False)
+    can_create = models.BooleanField(
+        default=False,
+        help_text=(
+            "Together with write: the first write to a matching namespace that does not "
+            "exist yet creates it (its stream and snapshot bucket)"
+        ),
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -58,7 +68,8 @@ class NamespaceGrant(models.Model):
 
     def __str__(self) -> str:
         who = f"user {self.user}" if self.user_id else f"group {self.group}"
-        rights = "/".join(r for r, ok in (("read", self.can_read), ("write", self.can_write)) if ok)
+        flags = (("read", self.can_read), ("write", self.can_write), ("create", self.can_create))
+        rights = "/".join(r for r, ok in flags if ok)
         return f"{who}: {rights or 'nothing'} on {self.pattern}"
 
     def clean(self) -> None:

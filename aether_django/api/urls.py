@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from django.urls import path, re_path
-from drf_spectacular.views import SpectacularAPIView
 
 from . import views
 
@@ -22,5 +21,5 @@ urlpatterns = [
     re_path(rf"^{ACTOR}/state/$", views.StateView.as_view(), name="state"),
     path("cluster/", views.ClusterView.as_view(), name="cluster"),
     path("cluster/shards/", views.ShardsView.as_view(), name="shards"),
-    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("schema/", views.SchemaView.as_view(), name="schema"),
 ]

@@ -12,9 +12,11 @@ from urllib.parse import urlencode
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.views import SpectacularAPIView
 from rest_framework import status
 from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
-from rest_framework.permissions import IsAdminUser, IsAuthenticated
+from rest_framework.permissions import AllowAny, BasePermission, IsAdminUser, IsAuthenticated
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -22,11 +24,12 @@ from rest_framework.views import APIView
 from ..aggregates import AggregateDoesNotExist, AggregateError, get_aggregate_class
 from ..cluster import cluster_config, shard_of
 from ..cluster.coordinator import Coordinator
+from ..conf import aether_settings
 from ..errors import EventStoreError, InvalidNameError, ReplayError, VersionConflictError
 from ..events import ActorSnapshot, Event
 from ..names import validate_actor_id, validate_namespace
 from ..runtime import get_runtime
-from ..store import EventStore, get_event_store, list_namespaces
+from ..store import EventStore, get_event_store, get_existing_event_store, list_namespaces
 from . import serializers as s
 from .access import access_for
 from .exceptions import CannotApply, DuplicateEventId, aether_exception_handler
@@ -127,7 +130,22 @@ class NamespaceView(AetherAPIView):
         return namespace
 
     def store(self, request: Request, namespace: str, *, write: bool = False) -> EventStore:
-        return get_event_store(self.namespace(request, namespace, write=write))
+        """The namespace's store, after the grant checks.
+
+        A namespace that does not exist gets a store that is not kept (reads of made-up
+        names fill no cache). A write to it would create it, which takes a grant with
+        ``can_create``.
+        """
+        namespace = self.namespace(request, namespace, write=write)
+        store = get_existing_event_store(namespace)
+        if write and not store.exists():
+            if not access_for(request).can_create(namespace):
+                raise PermissionDenied(
+                    "this namespace does not exist; creating it takes a grant with "
+                    "can_create (besides can_write)"
+                )
+            return get_event_store(namespace)
+        return store
 
     def actor(self, actor_id: str) -> str:
         try:
@@ -176,39 +194,46 @@ class ActorListView(NamespaceView):
         responses={200: s.page_of(s.ActorSerializer), **_NS_ERRORS},
     )
     def get(self, request: Request, namespace: str) -> Response:
-        """The actors of a namespace, by id, with their version and shard."""
+        """The actors of a namespace, in the order of their subject tokens (ids of
+        letters, digits, '-' and '_' in byte order), with their version and shard."""
         store = self.store(request, namespace)
         limit = _limit(request)
-        after = _decode_cursor(request.query_params.get("cursor"))
-        ids = [a for a in store.get_actor_ids() if after is None or a > after]
-        page = ids[:limit]
-        versions = store.get_latest_versions(page)
+        after, at = _decode_cursor(request.query_params.get("cursor"))
+        page = store.get_actor_page(after, limit, at=at)
+        versions = store.get_latest_versions(page.actor_ids)
         results = [
-            {"actor_id": a, "version": versions.get(a, 0), "shard": shard_of(a)} for a in page
+            {"actor_id": a, "version": versions.get(a, 0), "shard": shard_of(a)}
+            for a in page.actor_ids
         ]
-        more = len(ids) > limit
+        cursor = None
+        if page.next_at is not None:
+            cursor = _encode_cursor(page.actor_ids[-1], page.next_at)
         return Response(
             {
                 "results": results,
-                "next": _next_url(request, cursor=_encode_cursor(page[-1])) if more else None,
+                "next": _next_url(request, cursor=cursor) if cursor else None,
             }
         )
 
 
-def _encode_cursor(actor_id: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps({"after": actor_id}).encode()).decode()
+def _encode_cursor(actor_id: str, at: int) -> str:
+    """The cursor of the page after ``actor_id``; ``at`` is its rank, a hint only."""
+    return base64.urlsafe_b64encode(json.dumps({"after": actor_id, "at": at}).encode()).decode()
 
 
-def _decode_cursor(cursor: str | None) -> str | None:
+def _decode_cursor(cursor: str | None) -> tuple[str | None, int]:
     if not cursor:
-        return None
+        return None, 0
     try:
         doc = json.loads(base64.urlsafe_b64decode(cursor.encode("ascii") + b"=="))
-        after = doc["after"]
-        if not isinstance(after, str):
+        after, at = doc["after"], doc.get("at", 0)
+        if not isinstance(after, str) or isinstance(at, bool) or not isinstance(at, int):
             raise TypeError
-        return after
-    except (ValueError, KeyError, TypeError, UnicodeError):
+        validate_actor_id(after)
+        if not 0 <= at < 2**63:
+            raise ValueError
+        return after, at
+    except (ValueError, KeyError, TypeError, UnicodeError, InvalidNameError):
         raise ValidationError({"cursor": ["invalid cursor"]}) from None
 
 
@@ -218,14 +243,17 @@ class EventListView(NamespaceView):
         responses={200: s.page_of(s.EventSerializer), **_NS_ERRORS},
     )
     def get(self, request: Request, namespace: str, actor_id: str) -> Response:
-        """The actor's events in version order, from ``from_version`` on (inclusive)."""
+        """The actor's events in version order, from ``from_version`` on (inclusive): at
+        most ``limit`` of them and at most API_PAGE_BYTES of encoded events (at least one)."""
         store = self.store(request, namespace)
         actor_id = self.actor(actor_id)
         from_version = _positive(request, "from_version", 0, minimum=0) or 0
         limit = _limit(request)
-        events = store.get_events(actor_id, from_version, limit=limit + 1)  # one more: is there?
-        page = events[:limit]
-        more = len(events) > limit
+        # Bounded by bytes too: events may be 1 MiB each, and limit=1000 of those would
+        # be a page of a GiB. The page then ends early, with a next link.
+        page, more = store.get_events_page(
+            actor_id, from_version, limit=limit, max_bytes=int(aether_settings.API_PAGE_BYTES)
+        )
         return Response(
             {
                 "results": [s.event_body(e) for e in page],
@@ -251,6 +279,9 @@ class EventListView(NamespaceView):
         if not isinstance(request.data, dict):
             raise ValidationError({"non_field_errors": ["expected a JSON object"]})
         events, client_ids = self._events(request.data, actor_id)
+        self._check_step(
+            store, events, batch="events" in request.data or "expected_version" in request.data
+        )
         try:
             stored = store.save_events(events)
         except VersionConflictError as conflict:
@@ -282,6 +313,30 @@ class EventListView(NamespaceView):
             first = one.validated_data["version"]
         events = [_event(item, actor_id, first + i) for i, item in enumerate(items)]
         return events, all(item.get("id") for item in items)
+
+    def _check_step(self, store: EventStore, events: list[Event], *, batch: bool) -> None:
+        """Refuse a first version more than API_MAX_VERSION_GAP above the actor's current one.
+
+        Gaps are allowed, but one append at the top of the version range would leave
+        the actor no version to move on to. A first version within the bound is within
+        it whatever the actor's version, so only larger ones cost a read. A concurrent
+        append only raises the current version, so it cannot make a refused step pass.
+        """
+        gap = int(aether_settings.API_MAX_VERSION_GAP)
+        first = events[0].version
+        if first <= gap:
+            return
+        current = store.get_latest_version(events[0].actor_id)
+        if first - current > gap:
+            field = "expected_version" if batch else "version"
+            raise ValidationError(
+                {
+                    field: [
+                        f"the first version, {first}, is more than {gap} above the actor's "
+                        f"current version {current} (API_MAX_VERSION_GAP)"
+                    ]
+                }
+            )
 
     def _already_stored(
         self, store: EventStore, events: list[Event], conflict: VersionConflictError
@@ -331,14 +386,25 @@ class SnapshotView(NamespaceView):
         request=s.SnapshotSerializer, responses={200: s.SnapshotSerializer, **_WRITE_ERRORS}
     )
     def put(self, request: Request, namespace: str, actor_id: str) -> Response:
-        """Save a snapshot of the actor (replacing the previous one)."""
+        """Save a snapshot of the actor (replacing the previous one), when
+        API_SNAPSHOT_WRITES allows it."""
         store = self.store(request, namespace, write=True)
+        if not aether_settings.API_SNAPSHOT_WRITES:
+            # An aggregate loads a snapshot as its state: writing one writes state
+            # without an event, which only a project that needs it turns on.
+            raise PermissionDenied(
+                "snapshot writes through the API are turned off (AETHER['API_SNAPSHOT_WRITES'])"
+            )
+        actor_id = self.actor(actor_id)
         body = s.SnapshotSerializer(data=request.data)
         body.is_valid(raise_exception=True)
+        version = body.validated_data["version"]
+        # The stored version only grows, so a snapshot within it now stays within it.
+        stored = store.get_latest_version(actor_id)
+        if version > stored:
+            raise ValidationError({"version": [f"{version} is above the actor's version {stored}"]})
         snapshot = ActorSnapshot(
-            actor_id=self.actor(actor_id),
-            version=body.validated_data["version"],
-            state=body.validated_data["state"],
+            actor_id=actor_id, version=version, state=body.validated_data["state"]
         )
         store.save_snapshot(snapshot)
         return Response(_snapshot_body(snapshot))
@@ -401,6 +467,30 @@ class StateView(NamespaceView):
                 "state": state,
             }
         )
+
+
+class SchemaView(SpectacularAPIView):
+    """The OpenAPI schema: for authenticated callers, or anyone with API_SCHEMA_PUBLIC.
+
+    It names every endpoint, parameter and error, which is a map of the API for whoever
+    probes it; a project that publishes its API turns the setting on. The setting is
+    read per request, so it wins over drf-spectacular's SERVE_PERMISSIONS.
+    """
+
+    def get_permissions(self) -> list[BasePermission]:
+        if aether_settings.API_SCHEMA_PUBLIC:
+            return [AllowAny()]
+        return [IsAuthenticated()]
+
+    def get_exception_handler(self) -> Any:
+        return aether_exception_handler
+
+    def handle_exception(self, exc: Exception) -> Response:
+        # An error body is JSON like every other error of the API, not an OpenAPI
+        # document in YAML (the renderer the schema's own negotiation would pick).
+        self.request.accepted_renderer = JSONRenderer()
+        self.request.accepted_media_type = JSONRenderer.media_type
+        return super().handle_exception(exc)
 
 
 class ClusterView(AetherAPIView):

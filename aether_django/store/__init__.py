@@ -9,6 +9,7 @@ that wires them to ``settings.AETHER`` and the process runtime, the way
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 
 from .base import EventStore, NamespaceInfo, StoreConfig
 from .memory import InMemoryEventStore
@@ -20,33 +21,74 @@ __all__ = [
     "StoreConfig",
     "alist_namespaces",
     "get_event_store",
+    "get_existing_event_store",
     "list_namespaces",
     "reset_event_stores",
 ]
 
-_stores: dict[str, EventStore] = {}
+#: The stores built so far, least recently used first; at most STORE_CACHE_SIZE.
+_stores: OrderedDict[str, EventStore] = OrderedDict()
 _lock = threading.Lock()
 
 
-def get_event_store(namespace: str) -> EventStore:
-    """The process's store for ``namespace`` (one instance per namespace, reused).
-
-    Builds ``AETHER["STORE_CLASS"]`` (JetStream by default) with the namespace,
-    the process runtime and the store settings.
-    """
-    store = _stores.get(namespace)
-    if store is not None:
-        return store
+def _build(namespace: str) -> EventStore:
     from ..conf import aether_settings, store_config
     from ..runtime import get_runtime
 
+    store_class = aether_settings.STORE_CLASS
+    store: EventStore = store_class(namespace, runtime=get_runtime(), config=store_config())
+    return store
+
+
+def _cached(namespace: str) -> EventStore | None:
     with _lock:
         store = _stores.get(namespace)
-        if store is None:
-            store_class = aether_settings.STORE_CLASS
-            store = store_class(namespace, runtime=get_runtime(), config=store_config())
-            _stores[namespace] = store
-    return store
+        if store is not None:
+            _stores.move_to_end(namespace)
+        return store
+
+
+def _keep(namespace: str, store: EventStore) -> EventStore:
+    """Cache ``store`` (or the one another thread cached first) and drop the least
+    recently used beyond STORE_CACHE_SIZE. A dropped store only loses its caches (the
+    head hints, the checked stream): the next call builds a new one."""
+    from ..conf import aether_settings
+
+    with _lock:
+        kept = _stores.setdefault(namespace, store)
+        _stores.move_to_end(namespace)
+        while len(_stores) > max(1, int(aether_settings.STORE_CACHE_SIZE)):
+            _stores.popitem(last=False)
+    return kept
+
+
+def get_event_store(namespace: str) -> EventStore:
+    """The process's store for ``namespace`` (reused while it stays in the cache).
+
+    Builds ``AETHER["STORE_CLASS"]`` (JetStream by default) with the namespace,
+    the process runtime and the store settings, and keeps at most
+    ``AETHER["STORE_CACHE_SIZE"]`` of them, the most recently used.
+    """
+    store = _cached(namespace)
+    if store is not None:
+        return store
+    return _keep(namespace, _build(namespace))
+
+
+def get_existing_event_store(namespace: str) -> EventStore:
+    """A store for reading ``namespace`` that keeps nothing for a namespace that does
+    not exist.
+
+    The cached store when there is one; otherwise a new one, cached only when the
+    namespace exists (has a stream). Reads of names that exist nowhere, which anyone
+    with a wildcard grant can make up without end, so fill no cache. Such a store
+    reads as empty, like any store of a namespace without events.
+    """
+    store = _cached(namespace)
+    if store is not None:
+        return store
+    store = _build(namespace)
+    return _keep(namespace, store) if store.exists() else store
 
 
 async def alist_namespaces() -> list[str]:

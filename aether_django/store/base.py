@@ -15,18 +15,27 @@ a coroutine (for async views and consumers). Both have the same semantics:
 from __future__ import annotations
 
 import abc
+import bisect
 import itertools
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from ..errors import InvalidEventError
-from ..events import ActorSnapshot, Event, ReplayResult, validate_event
-from ..names import validate_actor_id
+from ..events import ActorSnapshot, Event, ReplayResult, encode_event, validate_event
+from ..names import actor_id_from_token, actor_token, validate_actor_id
 
 T = TypeVar("T")
 
-__all__ = ["AsyncFirstEventStore", "EventStore", "NamespaceInfo", "Runtime", "StoreConfig"]
+__all__ = [
+    "ActorPage",
+    "AsyncFirstEventStore",
+    "EventStore",
+    "NamespaceInfo",
+    "Runtime",
+    "StoreConfig",
+    "actor_order",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +50,28 @@ class NamespaceInfo:
     first_sequence: int
     last_sequence: int
     replicas: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ActorPage:
+    """One page of a namespace's actor ids, in the order of their subject tokens.
+
+    ``next_at`` is where the next page starts in that order (a hint for the next
+    call's ``at``; the next call is correct without it), or None on the last page.
+    """
+
+    actor_ids: list[str]
+    next_at: int | None
+
+
+def actor_order(actor_id: str) -> str:
+    """The key actor pages are sorted by: the actor's subject token, byte by byte.
+
+    Ids of letters, digits, '-' and '_' are their own token, so they come in byte
+    order; any other id is '=' and its base64 (see names.actor_token), so it sorts
+    among them by that encoding.
+    """
+    return actor_token(actor_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +196,52 @@ class EventStore(abc.ABC):
     @abc.abstractmethod
     async def aget_latest_snapshot(self, actor_id: str) -> ActorSnapshot | None: ...
 
+    # --- pages (API) ------------------------------------------------------------
+    def get_events_page(
+        self, actor_id: str, from_version: int = 0, *, limit: int, max_bytes: int
+    ) -> tuple[list[Event], bool]:
+        """Sync twin of :meth:`aget_events_page`."""
+        check_page(limit, max_bytes)
+        events = self.get_events(actor_id, from_version, limit=limit + 1)
+        return _within_bytes(events, limit, max_bytes)
+
+    async def aget_events_page(
+        self, actor_id: str, from_version: int = 0, *, limit: int, max_bytes: int
+    ) -> tuple[list[Event], bool]:
+        """A page of the actor's events from ``from_version`` on, and whether more follow.
+
+        The page holds at most ``limit`` events, and at most ``max_bytes`` of encoded
+        events, but always the first one. This default reads ``limit + 1`` events and
+        cuts them; a store whose events may be large overrides it to read no more than
+        the page (plus one event) in the first place.
+        """
+        check_page(limit, max_bytes)
+        events = await self.aget_events(actor_id, from_version, limit=limit + 1)
+        return _within_bytes(events, limit, max_bytes)
+
+    def get_actor_page(self, after: str | None, limit: int, *, at: int = 0) -> ActorPage:
+        """Sync twin of :meth:`aget_actor_page`."""
+        return _actor_page(self.get_actor_ids(), after, limit)
+
+    async def aget_actor_page(self, after: str | None, limit: int, *, at: int = 0) -> ActorPage:
+        """Up to ``limit`` actor ids that come after ``after`` (None: from the start) in
+        :func:`actor_order`.
+
+        ``at`` is the ``next_at`` of the page before, a hint where to look; pages are
+        right without it. This default sorts every id; a store with many actors
+        overrides it to read about a page's worth.
+        """
+        return _actor_page(await self.aget_actor_ids(), after, limit)
+
     # --- inspection (API, admin) ----------------------------------------------------
+    def exists(self) -> bool:
+        """Sync twin of :meth:`aexists`."""
+        return self.get_info() is not None
+
+    async def aexists(self) -> bool:
+        """Whether anything was ever saved in this namespace (its stream exists)."""
+        return await self.aget_info() is not None
+
     def get_info(self) -> NamespaceInfo | None:
         """Sync twin of :meth:`aget_info`."""
         raise NotImplementedError
@@ -236,8 +312,48 @@ class AsyncFirstEventStore(EventStore):
     def get_info(self) -> NamespaceInfo | None:
         return self.runtime.run(self.aget_info())
 
+    def exists(self) -> bool:
+        return self.runtime.run(self.aexists())
+
+    def get_actor_page(self, after: str | None, limit: int, *, at: int = 0) -> ActorPage:
+        return self.runtime.run(self.aget_actor_page(after, limit, at=at))
+
+    def get_events_page(
+        self, actor_id: str, from_version: int = 0, *, limit: int, max_bytes: int
+    ) -> tuple[list[Event], bool]:
+        return self.runtime.run(
+            self.aget_events_page(actor_id, from_version, limit=limit, max_bytes=max_bytes)
+        )
+
     def get_latest_versions(self, actor_ids: Sequence[str]) -> dict[str, int]:
         return self.runtime.run(self.aget_latest_versions(actor_ids))
+
+
+def _actor_page(actor_ids: list[str], after: str | None, limit: int) -> ActorPage:
+    check_page(limit, 1)
+    tokens = sorted(actor_order(a) for a in actor_ids)
+    start = 0 if after is None else bisect.bisect_right(tokens, actor_order(after))
+    page = [actor_id_from_token(t) for t in tokens[start : start + limit]]
+    more = start + limit < len(tokens)
+    return ActorPage(page, start + limit if more else None)
+
+
+def _within_bytes(events: list[Event], limit: int, max_bytes: int) -> tuple[list[Event], bool]:
+    """The first of ``events`` that fit ``limit`` and ``max_bytes`` (at least one), and
+    whether any are left over."""
+    used = 0
+    for count, event in enumerate(events[:limit]):
+        used += len(encode_event(event))
+        if count and used > max_bytes:
+            return events[:count], True
+    return events[:limit], len(events) > limit
+
+
+def check_page(limit: int, max_bytes: int) -> None:
+    """Validate the ``limit`` and ``max_bytes`` arguments of get_events_page."""
+    for name, value in (("limit", limit), ("max_bytes", max_bytes)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InvalidEventError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 def check_batch(events: Sequence[Event]) -> list[Event]:

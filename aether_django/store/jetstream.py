@@ -16,8 +16,10 @@ actor's last message for its head, and batched gets for replay.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import json
 import logging
+import threading
 import time
 import uuid
 from collections import OrderedDict
@@ -58,13 +60,16 @@ from ..events import (
 )
 from ..jsapi import direct_get_batch, direct_get_into, list_event_streams
 from .base import (
+    ActorPage,
     AsyncFirstEventStore,
     NamespaceInfo,
     Runtime,
     StoreConfig,
+    actor_order,
     check_batch,
     check_from_version,
     check_limit,
+    check_page,
     check_snapshot,
 )
 
@@ -112,6 +117,35 @@ class _Head(NamedTuple):
     sequence: int
     version: int
     last_id: str | None = None
+
+
+class _Window(NamedTuple):
+    """Part of a stream's subject listing, sorted, as one STREAM.INFO reply gave it."""
+
+    #: The stream's (number of subjects, first sequence) when read: while both stay the
+    #: same, no actor came or went (history is only appended to, or aged out from the
+    #: front), so the window still holds.
+    key: tuple[int, int]
+    #: The rank of ``tokens[0]`` in the whole sorted listing.
+    offset: int
+    tokens: list[str]
+    #: Subjects in the whole listing.
+    total: int
+    #: The stream's last sequence when read: new actors have their first event after it.
+    last_seq: int
+
+
+#: Messages (and bytes of them) a kept window reads to learn the actors created since it
+#: was read; beyond that, the window is read again instead.
+_CATCH_UP_MESSAGES = 1000
+_CATCH_UP_BYTES = 4 * 1024 * 1024
+
+
+#: Listing windows kept, by (runtime, stream), least recently used first. A window holds
+#: up to the server's cap of subjects per reply (100,000), so only a few are kept.
+_WINDOWS: OrderedDict[tuple[int, str], _Window] = OrderedDict()
+_WINDOWS_KEPT = 4
+_WINDOWS_LOCK = threading.Lock()
 
 
 class _WrongLastSequence(Exception):
@@ -454,14 +488,26 @@ class JetStreamEventStore(AsyncFirstEventStore):
             start = int(received[-1].headers[_HDR_SEQUENCE]) + 1  # type: ignore[index]
 
     async def _get_chunk(
-        self, subject: str, start: int, deadline: float, received: list[Msg], size: int
+        self,
+        subject: str,
+        start: int,
+        deadline: float,
+        received: list[Msg],
+        size: int,
+        max_bytes: int | None = None,
     ) -> Msg:
-        """One batched direct get: append the messages to ``received``, return the status."""
+        """One batched direct get: append the messages to ``received``, return the status.
+
+        With ``max_bytes`` the server stops once it has sent that many bytes (the
+        message that reaches it included).
+        """
         timeout = min(self._remaining(deadline), _ATTEMPT_TIMEOUT * 2)
         if timeout <= 0:
             raise nats.errors.TimeoutError
         nc = await self.runtime.connection()
-        request = {"seq": start, "next_by_subj": subject, "batch": size}
+        request: dict[str, Any] = {"seq": start, "next_by_subj": subject, "batch": size}
+        if max_bytes is not None:
+            request["max_bytes"] = max_bytes
         return await direct_get_into(nc, self.stream_name, request, timeout, received)
 
     async def _replay(
@@ -512,6 +558,66 @@ class JetStreamEventStore(AsyncFirstEventStore):
             if len(msgs) < most or len(events) + len(errors) >= limit:
                 return ReplayResult(events, errors)
             start = int(msgs[-1].headers[_HDR_SEQUENCE]) + 1  # type: ignore[index]
+
+    async def aget_events_page(
+        self, actor_id: str, from_version: int = 0, *, limit: int, max_bytes: int
+    ) -> tuple[list[Event], bool]:
+        """A page of at most ``limit`` events and ``max_bytes`` encoded bytes (at least
+        one event), and whether more follow.
+
+        Each batched get asks the server for no more than the bytes still wanted, and
+        the server stops once it has sent that much; so a page costs its own bytes plus
+        at most one event, whatever ``limit`` says, even when events are large.
+        """
+        names.validate_actor_id(actor_id)
+        check_from_version(from_version)
+        check_page(limit, max_bytes)
+        deadline = self._deadline()
+        if not await self._stream_exists(deadline):
+            return [], False
+        subject = self.subject_for(actor_id)
+        start = 1
+        if from_version > 1:
+            head = await self._read_head(actor_id, deadline)
+            if head.sequence == 0 or head.version < from_version:
+                return [], False
+            start = await self._seek(actor_id, from_version, head, deadline)
+        events: list[Event] = []
+        used = attempt = 0
+        while True:
+            received: list[Msg] = []
+            try:
+                status_msg = await self._get_chunk(
+                    subject,
+                    start,
+                    deadline,
+                    received,
+                    min(_REPLAY_CHUNK, limit + 1 - len(events)),
+                    max_bytes=max(1, max_bytes - used),
+                )
+            except _TRANSIENT:
+                await self._pause(deadline, attempt, "page of events")
+                attempt += 1
+                continue
+            headers = status_msg.headers or {}
+            status = headers.get("Status")
+            if status == "404" or not received:
+                return events, False
+            if status == "503":
+                raise StoreUnavailableError("JetStream did not answer the read of a page")
+            if status != "204":
+                raise EventStoreError(f"page of {self.stream_name!r} got status {status}")
+            for msg in received:
+                seq = int((msg.headers or {})[_HDR_SEQUENCE])
+                used += len(msg.data)
+                if len(events) == limit or (events and used > max_bytes):
+                    return events, True  # this one is the next page's
+                event = decode_event(msg.data, sequence=seq, actor_id=actor_id)
+                if event.version >= from_version:
+                    events.append(event)
+            if int(headers.get("Nats-Num-Pending", "0") or 0) <= 0:
+                return events, False
+            start = int((received[-1].headers or {})[_HDR_SEQUENCE]) + 1
 
     # --- public async API ---------------------------------------------------
     async def aget_events_with_errors(
@@ -774,6 +880,158 @@ class JetStreamEventStore(AsyncFirstEventStore):
                 break
         return sorted(names.actor_id_from_token(token) for token in tokens)
 
+    async def aget_actor_page(self, after: str | None, limit: int, *, at: int = 0) -> ActorPage:
+        """Up to ``limit`` actor ids after ``after``, in subject-token order.
+
+        The server sorts the stream's subjects and answers from a rank on (``offset``),
+        up to its cap per reply. A page reads one such window, positioned by ``at``
+        (the rank of the previous page's last id) and checked against ``after``;
+        the window is kept, so the pages that follow cost one small STREAM.INFO
+        (is the listing unchanged?) and a slice. New actors are added to it from the
+        events stored since (a bounded read); actors aged out make it read again.
+        """
+        check_page(limit, 1)
+        deadline = self._deadline()
+        if not await self._stream_exists(deadline):
+            return ActorPage([], None)
+        after_token = None if after is None else actor_order(after)
+        slot = (id(self.runtime), self.stream_name)
+        with _WINDOWS_LOCK:
+            window = _WINDOWS.get(slot)
+        start = None
+        if window is not None:
+            window = await self._refresh(window, deadline)
+        if window is not None:
+            start = self._start_in(window, after_token, limit)
+        if window is None or start is None:
+            window, start = await self._locate(after_token, limit, max(0, at), deadline)
+        with _WINDOWS_LOCK:
+            _WINDOWS[slot] = window
+            _WINDOWS.move_to_end(slot)
+            while len(_WINDOWS) > _WINDOWS_KEPT:
+                _WINDOWS.popitem(last=False)
+        page = window.tokens[start : start + limit]
+        last_rank = window.offset + start + len(page) - 1
+        more = last_rank + 1 < window.total
+        return ActorPage(
+            [names.actor_id_from_token(token) for token in page], last_rank if more else None
+        )
+
+    @staticmethod
+    def _start_in(window: _Window, after_token: str | None, limit: int) -> int | None:
+        """Where the page after ``after_token`` starts in ``window``, or None when the
+        window does not hold that page (it starts before the window, or runs past it)."""
+        if after_token is None:
+            start = 0
+            if window.offset > 0:
+                return None
+        else:
+            if window.offset > 0 and (not window.tokens or window.tokens[0] > after_token):
+                return None
+            start = bisect.bisect_right(window.tokens, after_token)
+        if start + limit > len(window.tokens) and window.offset + len(window.tokens) < window.total:
+            return None
+        return start
+
+    async def _locate(
+        self, after_token: str | None, limit: int, at: int, deadline: float
+    ) -> tuple[_Window, int]:
+        """Read the window that holds the page after ``after_token``, starting at rank
+        ``at`` and moving only when the listing changed since ``at`` was given."""
+        offset = at if after_token is not None else 0
+        back = limit
+        while True:
+            window = await self._read_window(offset, deadline)
+            start = self._start_in(window, after_token, limit)
+            if start is not None:
+                return window, start
+            if window.offset > 0 and (
+                not window.tokens or (after_token is not None and window.tokens[0] > after_token)
+            ):
+                # Actors before the cursor are gone (aged out): its rank moved back.
+                offset, back = max(0, offset - back), back * 4
+            else:
+                # The page runs past this reply (the server caps one): read on from the
+                # cursor, which is in this window.
+                assert after_token is not None
+                offset = window.offset + max(0, bisect.bisect_right(window.tokens, after_token) - 1)
+                if offset == window.offset:
+                    return window, bisect.bisect_right(window.tokens, after_token)
+
+    async def _refresh(self, window: _Window, deadline: float) -> _Window | None:
+        """``window`` brought up to date, or None when it must be read again.
+
+        Actors only come (their first event is appended) or go (history aged out from
+        the front, which moves the first sequence). When only new ones came, their
+        first events lie after the window's last sequence: reading those (up to
+        _CATCH_UP_MESSAGES) finds them, and they are put in their places.
+        """
+        state = (await self._stream_info({}, deadline)).get("state") or {}
+        subjects, first_seq = int(state.get("num_subjects", 0)), int(state.get("first_seq", 0))
+        last_seq = int(state.get("last_seq", 0))
+        if (subjects, first_seq) == window.key:
+            return window
+        new = subjects - window.key[0]
+        whole = window.offset == 0 and len(window.tokens) >= window.total
+        # Only a window of the whole listing can tell a new actor from an old one
+        # outside it; only a listing that lost none (same first sequence) can be patched.
+        if first_seq != window.key[1] or new < 0 or not whole:
+            return None
+        prefix = self._subject_prefix + "."
+        received: list[Msg] = []
+        try:
+            await self._get_chunk(
+                prefix + "*",
+                window.last_seq + 1,
+                deadline,
+                received,
+                _CATCH_UP_MESSAGES,
+                max_bytes=_CATCH_UP_BYTES,
+            )
+        except _TRANSIENT:
+            return None
+        tokens, found = list(window.tokens), 0
+        for msg in received:
+            subject = (msg.headers or {}).get("Nats-Subject", "")
+            token = subject[len(prefix) :]
+            place = bisect.bisect_left(tokens, token)
+            if not subject.startswith(prefix) or tokens[place : place + 1] == [token]:
+                continue  # an actor already listed
+            tokens.insert(place, token)
+            found += 1
+            if found == new:
+                # Every new actor is found; no other can hide further on.
+                return _Window((subjects, first_seq), 0, tokens, len(tokens), last_seq)
+        return None
+
+    async def _stream_info(self, request: dict[str, Any], deadline: float) -> dict[str, Any]:
+        try:
+            reply = await self._request(
+                f"$JS.API.STREAM.INFO.{self.stream_name}", json.dumps(request).encode(), deadline
+            )
+        except _NoStream:
+            raise StoreUnavailableError("JetStream did not answer the stream info") from None
+        doc: dict[str, Any] = json.loads(reply.data)
+        if "error" in doc:
+            raise EventStoreError(f"stream info failed: {doc['error'].get('description')}")
+        return doc
+
+    @staticmethod
+    def _key_of(doc: dict[str, Any]) -> tuple[int, int]:
+        state = doc.get("state") or {}
+        return int(state.get("num_subjects", 0)), int(state.get("first_seq", 0))
+
+    async def _read_window(self, offset: int, deadline: float) -> _Window:
+        prefix = self._subject_prefix + "."
+        doc = await self._stream_info({"subjects_filter": prefix + "*", "offset": offset}, deadline)
+        subjects = (doc.get("state") or {}).get("subjects") or {}
+        # The server sorts before it applies the offset; sorting the reply again keeps
+        # the order ours whatever order the map arrives in.
+        tokens = sorted(subject[len(prefix) :] for subject in subjects)
+        total = int(doc.get("total") or 0) or len(tokens)
+        last_seq = int((doc.get("state") or {}).get("last_seq", 0))
+        return _Window(self._key_of(doc), offset, tokens, total, last_seq)
+
     async def aensure(self, *, create: bool = True) -> list[str]:
         """Make sure the stream and snapshot bucket exist and are usable; return what was done.
 
@@ -821,6 +1079,10 @@ class JetStreamEventStore(AsyncFirstEventStore):
             if have != want:
                 drift.append(f"{label} {have}, configured {want}")
         return drift
+
+    async def aexists(self) -> bool:
+        """Whether the namespace's stream exists (one read, then remembered)."""
+        return await self._stream_exists(self._deadline())
 
     async def aget_info(self) -> NamespaceInfo | None:
         """Figures of the namespace's stream, read live from the server."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import threading
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -43,12 +44,36 @@ class InMemoryEventStore(EventStore):
 
     def __init__(self, namespace: str, *, config: StoreConfig | None = None, **_: Any) -> None:
         self.namespace = validate_namespace(namespace)
-        InMemoryEventStore._instances[namespace] = self
         self.config = config or StoreConfig()
+        # Every instance of a namespace shares the data of the first that saved in it, as
+        # every JetStream store of a namespace shares its stream: a store dropped from
+        # get_event_store's cache and built again still sees what was saved. Only a save
+        # registers an instance, so reading a namespace that does not exist keeps nothing.
         self._lock = threading.Lock()
         self._events: dict[str, list[Event]] = {}
         self._snapshots: dict[str, ActorSnapshot] = {}
-        self._sequence = 0
+        self._sequence = itertools.count(1)
+        first = InMemoryEventStore._instances.get(namespace)
+        if first is not None:
+            self._share(first)
+
+    def _share(self, first: InMemoryEventStore) -> None:
+        self._lock = first._lock
+        self._events = first._events
+        self._snapshots = first._snapshots
+        self._sequence = first._sequence
+
+    def _follow(self) -> None:
+        """Before a read: share the registered data if another instance saved first."""
+        first = InMemoryEventStore._instances.get(self.namespace)
+        if first is not None and first._events is not self._events:
+            self._share(first)
+
+    def _claim(self) -> None:
+        """Before a save: register as the namespace's data, or share the registered one."""
+        first = InMemoryEventStore._instances.setdefault(self.namespace, self)
+        if first is not self and first._events is not self._events:
+            self._share(first)
 
     # --- helpers ------------------------------------------------------------
     def _encode(self, event: Event) -> Event:
@@ -72,6 +97,7 @@ class InMemoryEventStore(EventStore):
             return []
         decoded = [self._encode(event) for event in batch]
         actor_id = batch[0].actor_id
+        self._claim()
         with self._lock:
             history = self._events.setdefault(actor_id, [])
             current = history[-1].version if history else 0
@@ -84,8 +110,7 @@ class InMemoryEventStore(EventStore):
                 raise VersionConflictError(actor_id, batch[0].version, current)
             stored = []
             for event in decoded:
-                self._sequence += 1
-                stored.append(dataclasses.replace(event, sequence=self._sequence))
+                stored.append(dataclasses.replace(event, sequence=next(self._sequence)))
             history.extend(stored)
             return stored
 
@@ -106,21 +131,25 @@ class InMemoryEventStore(EventStore):
         # after_sequence is only a hint; a dict needs none.
         validate_actor_id(actor_id)
         check_from_version(from_version)
+        self._follow()
         with self._lock:
             events = [e for e in self._events.get(actor_id, ()) if e.version >= from_version]
         return ReplayResult(events, [])
 
     def get_latest_version(self, actor_id: str) -> int:
         validate_actor_id(actor_id)
+        self._follow()
         with self._lock:
             return self._current(actor_id)
 
     def get_actor_ids(self) -> list[str]:
+        self._follow()
         with self._lock:
             return sorted(actor for actor, events in self._events.items() if events)
 
     def get_latest_snapshot(self, actor_id: str) -> ActorSnapshot | None:
         validate_actor_id(actor_id)
+        self._follow()
         with self._lock:
             return self._snapshots.get(actor_id)
 
@@ -129,6 +158,7 @@ class InMemoryEventStore(EventStore):
         raw = encode_snapshot(snapshot)
         if len(raw) > self.config.max_event_bytes:
             raise PayloadTooLargeError(len(raw), self.config.max_event_bytes, "snapshot")
+        self._claim()
         with self._lock:
             self._snapshots[snapshot.actor_id] = snapshot
 
@@ -166,7 +196,16 @@ class InMemoryEventStore(EventStore):
     async def asave_snapshot(self, snapshot: ActorSnapshot) -> None:
         self.save_snapshot(snapshot)
 
+    def exists(self) -> bool:
+        self._follow()
+        with self._lock:
+            return any(self._events.values())
+
+    async def aexists(self) -> bool:
+        return self.exists()
+
     def get_info(self) -> NamespaceInfo | None:
+        self._follow()
         with self._lock:
             events = [e for history in self._events.values() for e in history]
             actors = sum(1 for history in self._events.values() if history)
@@ -184,6 +223,7 @@ class InMemoryEventStore(EventStore):
         )
 
     def get_latest_versions(self, actor_ids: Sequence[str]) -> dict[str, int]:
+        self._follow()
         with self._lock:
             return {actor_id: self._current(actor_id) for actor_id in actor_ids}
 

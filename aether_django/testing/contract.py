@@ -27,7 +27,7 @@ from ..errors import (
     VersionConflictError,
 )
 from ..events import ActorSnapshot, Event
-from ..store.base import EventStore, StoreConfig
+from ..store.base import EventStore, StoreConfig, actor_order
 
 __all__ = ["EventStoreContract", "unique_namespace"]
 
@@ -129,6 +129,54 @@ class EventStoreContract:
         assert [e.version for e in store.get_events("a", 6)] == [7, 9]
         assert [e.version for e in store.get_events("a", 0)] == [1, 3, 5, 7, 9]
         assert store.get_events("a", 10) == []
+
+    def test_actor_pages_walk_every_actor_once_in_subject_token_order(
+        self, store: EventStore
+    ) -> None:
+        ids = ["b", "a-1", "c d", "Z", "é", "a_2", "0"]
+        for actor_id in ids:
+            store.save_event(ev(actor_id, 1))
+        in_order = sorted(ids, key=actor_order)
+        seen, after, at = [], None, 0
+        while True:
+            page = store.get_actor_page(after, 2, at=at)
+            assert 1 <= len(page.actor_ids) <= 2
+            seen += page.actor_ids
+            if page.next_at is None:
+                break
+            after, at = page.actor_ids[-1], page.next_at
+        assert seen == in_order
+        # ``at`` is a hint: a wrong one gives the same page.
+        for hint in (0, 3, 10**6):
+            assert store.get_actor_page(in_order[2], 3, at=hint).actor_ids == in_order[3:6]
+        last = store.get_actor_page(in_order[-1], 5)
+        assert last.actor_ids == [] and last.next_at is None
+        assert store.get_actor_page("zzz", 5).actor_ids == []  # after every token
+
+    def test_a_page_of_events_is_bounded_by_count_and_by_bytes(self, store: EventStore) -> None:
+        for version in range(1, 6):
+            store.save_event(ev("a", version, blob="x" * 1000))
+            store.save_event(ev("b", version))  # interleaved with another actor's
+
+        def page(from_version: int, limit: int, max_bytes: int) -> tuple[list[int], bool]:
+            events, more = store.get_events_page(
+                "a", from_version, limit=limit, max_bytes=max_bytes
+            )
+            return [e.version for e in events], more
+
+        assert page(0, 2, 10**6) == ([1, 2], True)
+        assert page(3, 10, 10**6) == ([3, 4, 5], False)
+        assert page(5, 1, 10**6) == ([5], False)
+        assert page(6, 10, 10**6) == ([], False)
+        # Each event encodes to a little over 1000 bytes.
+        assert page(0, 10, 2500) == ([1, 2], True)
+        assert page(2, 10, 1) == ([2], True), "always at least one event"
+        assert store.get_events_page("nobody", limit=5, max_bytes=10) == ([], False)
+        for bad in (0, -1, True):
+            with pytest.raises(InvalidEventError):
+                store.get_events_page("a", limit=bad, max_bytes=10)
+            with pytest.raises(InvalidEventError):
+                store.get_events_page("a", limit=1, max_bytes=bad)
 
     def test_get_events_with_a_limit_returns_the_first_ones(self, store: EventStore) -> None:
         for version in range(1, 11):

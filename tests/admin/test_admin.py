@@ -116,7 +116,7 @@ def test_the_actors_page_shows_each_actors_version_and_shard_live(staff, ns):
     page = staff.get(f"{STREAMS}/ns/{ns}/").content.decode()
     link = f'<a href="{STREAMS}/ns/{ns}/order-1/">order-1</a></td>'
     assert cells(page, link) == ["2", str(shard_of("order-1"))]
-    assert "(2 actors)" in page
+    assert "2 of 2 actors" in page
     get_event_store(ns).save_event(ev("order-1", 3, "Shipped"))
     page = staff.get(f"{STREAMS}/ns/{ns}/").content.decode()
     assert cells(page, link) == ["3", str(shard_of("order-1"))]
@@ -130,9 +130,14 @@ def test_the_actors_page_shows_100_actors_a_page(staff):
         store.save_event(ev(f"a-{i:03d}", 1))
     first = staff.get(f"{STREAMS}/ns/{namespace}/").content.decode()
     assert first.count(f'href="{STREAMS}/ns/{namespace}/a-') == 100
-    assert "page 1 of 2 (101 actors)" in first and "a-099" in first and "a-100" not in first
-    second = staff.get(f"{STREAMS}/ns/{namespace}/", {"p": 2}).content.decode()
-    assert second.count(f'href="{STREAMS}/ns/{namespace}/a-') == 1 and "a-100" in second
+    assert "100 of 101 actors" in first and "a-099" in first and "a-100" not in first
+    next_link = re.search(r'<a href="\?(after=[^"]+)">next</a>', first)
+    assert next_link is not None
+    second = staff.get(f"{STREAMS}/ns/{namespace}/?" + next_link[1].replace("&amp;", "&"))
+    page = second.content.decode()
+    assert page.count(f'href="{STREAMS}/ns/{namespace}/a-') == 1 and "a-100" in page
+    assert ">next</a>" not in page and "first page" in page
+    assert staff.get(f"{STREAMS}/ns/{namespace}/", {"at": "x"}).status_code == 404
 
 
 def test_the_actors_of_a_namespace_are_searchable(staff, ns):
@@ -376,3 +381,95 @@ def test_grants_are_edited_in_the_admin_and_checked(root):
     assert NamespaceGrant.objects.get(user=user).pattern == "orders.*"
     bad = root.post(f"{ADMIN}/namespacegrant/add/", {"user": user.pk, "pattern": "bad..pattern"})
     assert bad.status_code == 200 and NamespaceGrant.objects.count() == 1
+
+
+# --- NATS lost in the middle of a page, and project code that raises ------------------------
+
+
+@pytest.fixture
+def dropping(staff, nats_server_factory, monkeypatch):
+    """A namespace on a server of its own, and ``drop_before(name)``: stop that server
+    just before the store's method ``name`` runs, so NATS goes away in the middle of a
+    page, after the page's first reads answered."""
+    server = nats_server_factory(name="aether-admin-drop")
+    monkeypatch.setenv("AETHER_NATS_URL", server.url)
+    namespace = f"adm-{uuid.uuid4().hex[:8]}"
+    with override_settings(AETHER={**settings.AETHER, "TIMEOUT": 1.0}):
+        store = get_event_store(namespace)
+        store.save_events([ev("order-1", 1, "Placed"), ev("order-1", 2, "Paid")])
+
+        def drop_before(name):
+            original = getattr(store, name)
+
+            def stop_then_call(*args, **kwargs):
+                server.stop()
+                return original(*args, **kwargs)
+
+            monkeypatch.setattr(store, name, stop_then_call)
+
+        yield namespace, drop_before
+
+
+def assert_unavailable(response):
+    assert response.status_code == 503
+    page = response.content.decode()
+    assert "<title>Unavailable" in page and "NATS did not answer" in page
+
+
+def test_the_actors_page_answers_503_when_nats_goes_away_after_its_first_read(staff, dropping):
+    namespace, drop_before = dropping
+    drop_before("get_actor_page")
+    assert_unavailable(staff.get(f"{STREAMS}/ns/{namespace}/"))
+
+
+def test_the_actor_search_answers_503_when_nats_goes_away_after_its_first_read(staff, dropping):
+    namespace, drop_before = dropping
+    drop_before("get_actor_ids")
+    assert_unavailable(staff.get(f"{STREAMS}/ns/{namespace}/", {"q": "order"}))
+
+
+def test_the_actor_page_answers_503_when_nats_goes_away_while_it_builds_the_state(staff, dropping):
+    from aether_django import aggregates
+
+    namespace, drop_before = dropping
+
+    class Dropped(aggregates.Aggregate):
+        class Meta:
+            namespace = dropping[0]
+
+        @aggregates.apply("Placed")
+        def _placed(self, event: Event) -> None:
+            pass
+
+        @aggregates.apply("Paid")
+        def _paid(self, event: Event) -> None:
+            pass
+
+    try:
+        before = staff.get(f"{STREAMS}/ns/{namespace}/order-1/").content.decode()
+        assert '<pre class="aether-json">{}</pre>' in before  # the state, built
+        drop_before("get_events")  # the page's own reads ran; the aggregate's fail
+        assert_unavailable(staff.get(f"{STREAMS}/ns/{namespace}/order-1/"))
+    finally:
+        aggregates._registry.pop(Dropped._meta.label, None)
+
+
+def test_the_actor_page_shows_any_exception_of_the_projects_code_as_a_state_error(staff, ns):
+    from aether_django import aggregates
+
+    class Raising(aggregates.Aggregate):
+        class Meta:
+            namespace = ns
+
+        @aggregates.apply("Placed")
+        def _placed(self, event: Event) -> None:
+            raise ValueError("a handler that does not expect this data")
+
+    try:
+        response = staff.get(f"{STREAMS}/ns/{ns}/order-1/")
+        assert response.status_code == 200
+        page = response.content.decode()
+        assert "cannot be rebuilt" in page and "ValueError" in page
+        assert "Placed" in page  # the timeline is still shown
+    finally:
+        aggregates._registry.pop(Raising._meta.label, None)

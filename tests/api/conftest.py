@@ -18,17 +18,23 @@ def ns() -> str:
 
 @pytest.fixture
 def callers(db, ns):
-    """APIClients for: anonymous, no grant, read, write, wildcard (via group), staff, superuser."""
+    """APIClients for: anonymous, no grant, read, write, wildcard (via group), staff, superuser.
+
+    The write and wildcard grants may create namespaces too (``can_create``)."""
 
     def user(name, **flags):
         return User.objects.create_user(name, password="pw", **flags)
 
     reader, writer, member = user("reader"), user("writer"), user("member")
     NamespaceGrant.objects.create(user=reader, pattern=ns, can_read=True, can_write=False)
-    NamespaceGrant.objects.create(user=writer, pattern=ns, can_read=True, can_write=True)
+    NamespaceGrant.objects.create(
+        user=writer, pattern=ns, can_read=True, can_write=True, can_create=True
+    )
     group = Group.objects.create(name="api-all")
     group.user_set.add(member)
-    NamespaceGrant.objects.create(group=group, pattern="api-*", can_read=True, can_write=True)
+    NamespaceGrant.objects.create(
+        group=group, pattern="api-*", can_read=True, can_write=True, can_create=True
+    )
     users = {
         "anonymous": None,
         "no_grant": user("nobody"),

@@ -256,11 +256,13 @@ def test_version_and_snapshot(root, ns):
     append(root, ns, event_type="A", version=1)
     assert root.get(version_url).data["version"] == 1
     assert root.get(snapshot_url).status_code == 404
-    saved = root.put(snapshot_url, {"version": 1, "state": {"n": 1}}, format="json")
-    assert saved.status_code == 200
-    got = root.get(snapshot_url).data
-    assert (got["version"], got["state"]) == (1, {"n": 1})
-    assert root.put(snapshot_url, {"version": 1, "state": [1]}, format="json").status_code == 400
+    with override_settings(AETHER={**settings.AETHER, "API_SNAPSHOT_WRITES": True}):
+        saved = root.put(snapshot_url, {"version": 1, "state": {"n": 1}}, format="json")
+        assert saved.status_code == 200
+        got = root.get(snapshot_url).data
+        assert (got["version"], got["state"]) == (1, {"n": 1})
+        refused = root.put(snapshot_url, {"version": 1, "state": [1]}, format="json")
+        assert refused.status_code == 400
 
 
 def test_state_of_a_registered_aggregate_now_and_at_a_version(root):
@@ -406,3 +408,13 @@ def test_the_openapi_schema_describes_both_append_forms_and_every_error_body(roo
     missing = root.get(f"{API}/namespaces/{ns}/actors/order-1/snapshot/")
     assert missing.status_code == 404
     valid(missing.json(), "Error")
+
+
+def test_the_schema_is_for_authenticated_callers_unless_a_setting_opens_it(callers):
+    anonymous = callers["anonymous"].get(f"{API}/schema/", {"format": "json"})
+    assert anonymous.status_code == 403
+    assert anonymous.json()["code"] == "not_authenticated"
+    assert callers["no_grant"].get(f"{API}/schema/", {"format": "json"}).status_code == 200
+    with override_settings(AETHER={**settings.AETHER, "API_SCHEMA_PUBLIC": True}):
+        opened = callers["anonymous"].get(f"{API}/schema/", {"format": "json"})
+        assert opened.status_code == 200 and "openapi" in opened.json()

@@ -52,11 +52,12 @@ from typing import Any
 import nats
 import pytest
 import schemathesis
+from django.conf import settings as django_settings
 from django.contrib.auth.models import User
 from django.core import signals
 from django.core.wsgi import get_wsgi_application
 from django.db import close_old_connections
-from django.test import Client
+from django.test import Client, override_settings
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
@@ -124,7 +125,9 @@ STATE_PARAMETERS: dict[str, dict[str, Any]] = {
 
 
 def _published_schema() -> dict[str, Any]:
-    response = Client().get(f"{API}/schema/", {"format": "json"})
+    # Read at import, before any user exists: open the schema for this one request.
+    with override_settings(AETHER={**django_settings.AETHER, "API_SCHEMA_PUBLIC": True}):
+        response = Client().get(f"{API}/schema/", {"format": "json"})
     assert response.status_code == 200, response.status_code
     schema: dict[str, Any] = json.loads(response.content)
     return schema
@@ -309,15 +312,17 @@ def test_a_stream_made_for_a_name_refused_now_answers_409_without_naming_it(
     assert refused.status_code == 400 and "two underscores" in str(refused.data)
     legacy_stream(underscored)
     assert stream_name(dotted) == f"{ns}__b_events"
+    with override_settings(AETHER={**django_settings.AETHER, "API_SNAPSHOT_WRITES": True}):
+        snapshot = root.put(
+            f"{API}/namespaces/{dotted}/actors/a/snapshot/",
+            {"version": 1, "state": {}},
+            format="json",
+        )
     for response in (
         root.get(f"{API}/namespaces/{dotted}/"),
         root.get(events_url(dotted)),
         root.post(events_url(dotted), {"event_type": "A", "version": 2}, format="json"),
-        root.put(
-            f"{API}/namespaces/{dotted}/actors/a/snapshot/",
-            {"version": 1, "state": {}},
-            format="json",
-        ),
+        snapshot,
     ):
         assert response.status_code == 409, response.status_code
         assert response.data["code"] == "namespace_collision"

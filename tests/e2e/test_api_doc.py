@@ -138,7 +138,7 @@ def example_project(tmp_path, nats_server_factory):
     command += ["--host", "127.0.0.1", "--port", str(port)]
     base = f"http://127.0.0.1:{port}"
     log = tmp_path / "uvicorn.log"
-    with serving(command, env, log, f"{base}/api/aether/schema/", timeout=START_TIMEOUT):
+    with serving(command, env, log, f"{base}/aether/healthz/", timeout=START_TIMEOUT):
         yield base
 
 
@@ -153,7 +153,7 @@ def test_the_shell_examples_answer_what_the_doc_says(example_project, tmp_path):
         "'the password the demo printed'", f"'{PASSWORD}'"
     )
     found = paragraphs(examples)
-    assert [p.status for p in found] == [201, 409, 201, 200, 200, 404, 400, 200, 200]
+    assert [p.status for p in found] == [201, 409, 201, 200, 200, 403, 404, 400, 200, 200]
 
     first_run = {}
     for index, paragraph in enumerate(found):
@@ -181,7 +181,7 @@ def test_the_shell_examples_answer_what_the_doc_says(example_project, tmp_path):
     }
     batch = json_body(first_run[2][0][1])
     assert [e["version"] for e in batch["events"]] == [2, 3]
-    state = json_body(first_run[7][0][1])
+    state = json_body(first_run[8][0][1])
     assert state["actor_id"] == "order-1" and state["aggregate"] == "Order"
 
     # A second run: the first append now answers 409; the batch, with ids, 201 again

@@ -23,7 +23,8 @@ The callers, and the two namespaces every test uses:
 GRANTED (``<base>.eu.orders``) is what the grants name; HIDDEN (``<base>.us.orders``) is
 matched by no grant, so only the superuser reaches it through the API and WebSockets.
 Both hold the same actor id, with different data, so that a leak would show. In the
-tables, ``{granted}``, ``{hidden}``, ``{actor}`` (fresh per test), ``{both}`` (the
+tables, ``{granted}``, ``{hidden}``, ``{actor}`` (fresh per test), ``{fresh}`` (a
+namespace under the wildcard grant that does not exist yet), ``{both}`` (the
 WebSocket pattern ``<base>.*.orders``), ``{bad}`` (an invalid name) and ``{grant}`` (a
 NamespaceGrant of a bystander) are filled in when a test runs.
 
@@ -72,8 +73,10 @@ from django.urls import URLPattern, resolve
 from rest_framework.test import APIClient
 
 from aether_django import aggregates
+from aether_django.conf import store_config
 from aether_django.events import ActorSnapshot, Event
 from aether_django.models import NamespaceGrant
+from aether_django.runtime import get_runtime
 from aether_django.store import get_event_store
 from aether_django.store.jetstream import JetStreamEventStore
 from aether_django.testing.contract import ev
@@ -144,6 +147,8 @@ class HttpRow:
     writes: str | None = None
     #: Staff may see every namespace's name here (metrics are labelled by namespace).
     staff_sees_all: bool = False
+    #: A successful call creates {fresh}; any other answer leaves it absent.
+    creates: bool = False
 
     @property
     def method(self) -> str:
@@ -175,6 +180,12 @@ HTTP_TABLE: tuple[HttpRow, ...] = (
     HttpRow("POST /api/aether/namespaces/{granted}/actors/{actor}/events/",
             body=APPEND, writes="granted", expect=
             (ANON,      HIDE,      DENY,       CREATED,    CREATED,   HIDE,      CREATED)),
+    # A namespace that does not exist yet ({fresh}, matched by the wildcard grant): a
+    # write would create it, which takes can_create (no caller kind but the superuser
+    # has it); the grant checks come first, so the others answer as for any write.
+    HttpRow("POST /api/aether/namespaces/{fresh}/actors/{actor}/events/",
+            body=APPEND, creates=True, expect=
+            (ANON,      HIDE,      HIDE,       HIDE,       DENY,      HIDE,      CREATED)),
     HttpRow("POST /api/aether/namespaces/{hidden}/actors/{actor}/events/",
             body=APPEND, writes="hidden", expect=
             (ANON,      HIDE,      HIDE,       HIDE,       HIDE,      HIDE,      CREATED)),
@@ -182,18 +193,19 @@ HTTP_TABLE: tuple[HttpRow, ...] = (
             (ANON,      HIDE,      OK,         OK,         OK,        HIDE,      OK)),
     HttpRow("GET /api/aether/namespaces/{granted}/actors/{actor}/snapshot/",
             (ANON,      HIDE,      OK,         OK,         OK,        HIDE,      OK)),
+    # Off unless AETHER["API_SNAPSHOT_WRITES"]: a snapshot is loaded as state.
     HttpRow("PUT /api/aether/namespaces/{granted}/actors/{actor}/snapshot/",
             body=SNAPSHOT, writes="granted", expect=
-            (ANON,      HIDE,      DENY,       OK,         OK,        HIDE,      OK)),
+            (ANON,      HIDE,      DENY,       DENY,       DENY,      HIDE,      DENY)),
     HttpRow("GET /api/aether/namespaces/{granted}/actors/{actor}/state/",
             (ANON,      HIDE,      OK,         OK,         OK,        HIDE,      OK)),
     HttpRow("GET /api/aether/cluster/",
             (ANON,      DENY,      DENY,       DENY,       DENY,      OK,        OK)),
     HttpRow("GET /api/aether/cluster/shards/",
             (ANON,      DENY,      DENY,       DENY,       DENY,      OK,        OK)),
-    # Public: it describes the API, not the data.
+    # Any logged-in user (AETHER["API_SCHEMA_PUBLIC"] opens it to anyone).
     HttpRow("GET /api/aether/schema/",
-            (OK,        OK,        OK,         OK,         OK,        OK,        OK)),
+            (ANON,      OK,        OK,         OK,         OK,        OK,        OK)),
     # Operations endpoints (aether_django.urls): load balancers call these two.
     HttpRow("GET /aether/healthz/",
             (OK,        OK,        OK,         OK,         OK,        OK,        OK)),
@@ -485,9 +497,10 @@ def test_http(row: HttpRow, kind: str, expected: Http, actor: str) -> None:
         # A real session login, so DRF's SessionAuthentication does the work.
         client.force_login(user)
     before = history(actor)
+    fresh = f"{BASE}.eu.new-{uuid.uuid4().hex[:8]}"
     response = client.generic(
         row.method,
-        fill(row.path, actor=actor),
+        fill(row.path, actor=actor, fresh=fresh),
         json.dumps(row.body) if row.body is not None else "",
         content_type="application/json",
     )
@@ -504,6 +517,9 @@ def test_http(row: HttpRow, kind: str, expected: Http, actor: str) -> None:
     succeeded = 200 <= response.status_code < 300
     for label in NAMESPACES:
         assert (before[label] != after[label]) == (succeeded and row.writes == label), label
+    if row.creates:
+        created = JetStreamEventStore(fresh, runtime=get_runtime(), config=store_config())
+        assert created.exists() == succeeded
 
     if kind != "superuser" and not (kind == "staff" and row.staff_sees_all):
         assert HIDDEN not in text and SECRET not in text
@@ -666,7 +682,9 @@ def test_every_http_endpoint_and_method_is_in_the_table() -> None:
     from aether_django import urls as ops_urls
     from aether_django.api import urls as api_urls
 
-    covered = {(resolve(fill(row.path, actor="a")).view_name, row.method) for row in HTTP_TABLE}
+    covered = {
+        (resolve(fill(row.path, actor="a", fresh="f")).view_name, row.method) for row in HTTP_TABLE
+    }
     for module in (api_urls, ops_urls):
         for pattern in module.urlpatterns:
             assert isinstance(pattern, URLPattern) and pattern.name, pattern

@@ -45,6 +45,7 @@ from urllib.parse import quote
 import pytest
 from django.conf import settings as django_settings
 from django.contrib.auth.models import User
+from django.test import override_settings
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from rest_framework.test import APIClient
@@ -836,6 +837,12 @@ def url(namespace: str, actor: str, endpoint: str) -> str:
     return f"{API}/{where}/{endpoint}/"
 
 
+#: Snapshot writes through the API are off by default; these tests send every kind of
+#: body to them, so they turn them on.
+SNAPSHOT_WRITES = override_settings(AETHER={**django_settings.AETHER, "API_SNAPSHOT_WRITES": True})
+
+
+@SNAPSHOT_WRITES
 def test_api_writes_answer_2xx_or_a_json_4xx_and_the_api_keeps_serving(root: APIClient) -> None:
     tally = Tally("API writes")
     ns = f"{PREFIX}.api"
@@ -851,6 +858,18 @@ def test_api_writes_answer_2xx_or_a_json_4xx_and_the_api_keeps_serving(root: API
         nonlocal slowest, read_back
         namespace, actor = target
         method = "PUT" if call.endpoint == "snapshot" else "POST"
+        valid_target = namespace == ns and validate_ok(actor)
+        expect = call.expect
+        # A snapshot (these are at version 1) above the actor's stored version is
+        # refused with 400, before its size is checked: an actor without events has no
+        # version to describe.
+        if (
+            call.endpoint == "snapshot"
+            and expect in (frozenset({200}), frozenset({413}))
+            and valid_target
+            and get_event_store(ns).get_latest_version(actor) < 1
+        ):
+            expect = (expect - {200}) | {400}
         started = time.perf_counter()
         response = send(
             root, method, url(namespace, actor, call.endpoint), call.body, call.content_type
@@ -866,9 +885,8 @@ def test_api_writes_answer_2xx_or_a_json_4xx_and_the_api_keeps_serving(root: API
         body = json.loads(response.content)
         if status >= 400:
             assert isinstance(body, dict) and isinstance(body.get("code"), str), body
-        valid_target = namespace == ns and validate_ok(actor)
-        if call.expect is not None and valid_target:
-            assert status in call.expect, (status, body)
+        if expect is not None and valid_target:
+            assert status in expect, (status, body)
         if 200 <= status < 300:
             # What was accepted reads back (only it: earlier large events stay unread).
             if call.endpoint == "events":
@@ -905,6 +923,7 @@ def post_json(client: APIClient, path: str, body: str | bytes, method: str = "PO
     return send(client, method, path, body, "application/json")
 
 
+@SNAPSHOT_WRITES
 def test_json_nested_past_the_parser_limit_is_400_not_500(root: APIClient) -> None:
     deep = nested(10_000, "[")
     body = '{"event_type": "A", "version": 1, "data": {"k": ' + deep + "}}"
