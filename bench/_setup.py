@@ -125,6 +125,8 @@ DEBUG = False
 ALLOWED_HOSTS = ["127.0.0.1"]
 DATABASES = {{"default": {{"ENGINE": "django.db.backends.sqlite3", "NAME": {db!r}}}}}
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+# One user opens every client's socket: lift the per-user WebSocket limits.
+AETHER = {{**AETHER, "WS_MAX_SOCKETS_PER_USER": 100_000, "WS_MAX_SUBSCRIPTIONS_PER_USER": 100_000}}
 """
 
 

@@ -53,6 +53,11 @@ AETHER = {
     "NUM_SHARDS": int(os.environ.get("AETHER_TEST_NUM_SHARDS", "100")),
     "CLUSTER_BUCKET": os.environ.get("AETHER_TEST_CLUSTER_BUCKET", "aether_cluster"),
 }
+# A server process whose clients are all one user (the soak) lifts the per-user
+# WebSocket limits with AETHER_TEST_WS_PER_USER.
+if os.environ.get("AETHER_TEST_WS_PER_USER"):
+    AETHER["WS_MAX_SOCKETS_PER_USER"] = int(os.environ["AETHER_TEST_WS_PER_USER"])
+    AETHER["WS_MAX_SUBSCRIPTIONS_PER_USER"] = int(os.environ["AETHER_TEST_WS_PER_USER"])
 # The test servers keep their store in a temporary directory and sync it at
 # JetStream's default interval (aether_django.testing.NatsServer says why), so
 # the warning for production with one replica on such a server does not apply.

@@ -72,6 +72,7 @@ def soak_target(tmp_path: Path, nats_server_factory) -> Iterator[Target]:
     connection counts are the soak's alone)."""
     nats = nats_server_factory()
     env = prepared_project_env(tmp_path, nats.url, USER, PASSWORD)
+    env["AETHER_TEST_WS_PER_USER"] = str(10 * CLIENTS)  # every client is USER
     session = subprocess.run(
         [sys.executable, "-c", LOGIN], cwd=ROOT, env=env, check=True, capture_output=True
     )
