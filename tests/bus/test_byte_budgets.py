@@ -74,13 +74,14 @@ async def test_small_events_still_fill_by_count(bus):
             await sub.next(5)
 
 
-@pytest.mark.parametrize("wildcard", [False, True])
-async def test_a_slow_catching_up_subscriber_gets_every_event_once_in_order(bus, caplog, wildcard):
-    """A subscriber catching up on large events that reads, but slowly: its consumer is
-    held to the byte budget (what the NATS client queued beyond it is dropped and read
-    again from where the subscriber got to), and it still receives every event once, in
-    order, with filtered events in between, while the process stays far below the
-    stream's size."""
+@pytest.mark.parametrize("kind", ["all", "wildcard", "new", "durable"])
+async def test_a_slow_catching_up_subscriber_gets_every_event_once_in_order(bus, caplog, kind):
+    """A subscriber with a consumer of its own, on large events, that reads, but slowly:
+    its consumer is held to the byte budget (what the NATS client queued beyond it is
+    dropped and read again from where the subscriber got to), and it still receives
+    every event once, in order, with filtered events in between, while the process
+    stays far below the stream's size. From "all" (one namespace or two), from "new"
+    with events saved meanwhile, and durable, closed and resumed halfway."""
     import gc
     import logging
 
@@ -88,32 +89,50 @@ async def test_a_slow_catching_up_subscriber_gets_every_event_once_in_order(bus,
     from tests.consumers.test_real_server import PeakRSS
 
     prefix = unique_namespace("slow")
-    namespaces = [f"{prefix}-a", f"{prefix}-b"] if wildcard else [prefix]
-    wanted: dict[str, list[int]] = {}
-    for ns in namespaces:
-        store = JetStreamEventStore(ns, runtime=bus.runtime)
-        for first in range(1, 101, 5):
-            # Four large events with a small one in between that the filter leaves out.
-            batch = [
-                ev("a", v, "Skipped") if v == first + 2 else ev("a", v, blob=BLOB)
-                for v in range(first, first + 5)
-            ]
-            saved = await store.asave_events(batch)
-            wanted.setdefault(ns, []).extend(e.sequence for e in saved if e.event_type != "Skipped")
+    namespaces = [f"{prefix}-a", f"{prefix}-b"] if kind == "wildcard" else [prefix]
+    pattern = f"{prefix}-*" if kind == "wildcard" else prefix
+    wanted: dict[str, list[int]] = {ns: [] for ns in namespaces}
+
+    async def save_all() -> None:
+        for ns in namespaces:
+            store = JetStreamEventStore(ns, runtime=bus.runtime)
+            for first in range(1, 101, 5):
+                # Four large events with a small one in between that the filter leaves out.
+                batch = [
+                    ev("a", v, "Skipped") if v == first + 2 else ev("a", v, blob=BLOB)
+                    for v in range(first, first + 5)
+                ]
+                saved = await store.asave_events(batch)
+                wanted[ns].extend(e.sequence for e in saved if e.event_type != "Skipped")
+
+    async def subscribe():
+        return await bus.asubscribe(
+            pattern,
+            SubscriptionFilter(event_types=["Happened"]),
+            start="new" if kind == "new" else "all",
+            overflow="wait",
+            durable=prefix if kind == "durable" else None,
+        )
+
+    if kind == "new":
+        await JetStreamEventStore(prefix, runtime=bus.runtime).aensure()
+    else:
+        await save_all()
     gc.collect()
     peak = PeakRSS()
     with caplog.at_level(logging.WARNING):
-        sub = await bus.asubscribe(
-            f"{prefix}-*" if wildcard else prefix,
-            SubscriptionFilter(event_types=["Happened"]),
-            start="all",
-            overflow="wait",
-        )
+        sub = await subscribe()
+        saving = asyncio.ensure_future(save_all() if kind == "new" else asyncio.sleep(0))
         got: dict[str, list[int]] = {ns: [] for ns in namespaces}
-        for _ in range(sum(len(seqs) for seqs in wanted.values())):
+        total = 80 * len(namespaces)
+        for i in range(total):
+            if kind == "durable" and i == total // 2:
+                await sub.aclose()  # handled so far: it resumes after the last one
+                sub = await subscribe()
             delivery = await sub.next(20)
             got[delivery.namespace].append(delivery.sequence)
             await asyncio.sleep(0.02)  # a slow reader
+        await saving
         with pytest.raises(TimeoutError):
             await sub.next(1)  # nothing twice
         await sub.aclose()
