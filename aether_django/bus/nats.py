@@ -688,9 +688,10 @@ class _Feed:
             pending_msgs_limit=-1,
             pending_bytes_limit=limit,
         )
-        if self._stopped:  # stopped while it was made
-            with contextlib.suppress(Exception):
-                await consumer.unsubscribe()
+        if self._stopped or self._generation.get(stream, 0) != generation:
+            # Stopped while it was made, or it dropped messages already (a replacement
+            # is on its way): it must not stay behind, unreferenced.
+            await _discard(consumer)
             return
         self.consumers[stream] = consumer
 
@@ -717,15 +718,7 @@ class _Feed:
     async def _restart(self, stream: str, namespace: str) -> None:
         old = self.consumers.get(stream)
         if old is not None:
-            # Also cancels a delivery it holds waiting for room: it is read again.
-            with contextlib.suppress(Exception):
-                await old.unsubscribe()
-            # nats-py keeps the messages it had queued until its subscription, which
-            # refers to itself, is collected; they are read again, so let them go now.
-            queue = old._pending_queue
-            while not queue.empty():
-                queue.get_nowait()
-            old._pending_size = 0
+            await _discard(old)
         if self.subs:
             # Start again once the subscriber has made room, not for each event it takes.
             await self.subs[0].half_empty()
@@ -924,6 +917,21 @@ class _Feed:
                 await self._advisories.unsubscribe()
         if self.durable and self._nc is not None:
             await self._write_positions()
+
+
+async def _discard(consumer: Any) -> None:
+    """Unsubscribe a consumer replaced after the client dropped some of its messages.
+
+    This also cancels a delivery it holds waiting for room in the buffer, and frees
+    what nats-py had queued for it (kept until its subscription, which refers to
+    itself, is collected): all of it is read again by the replacement.
+    """
+    with contextlib.suppress(Exception):  # unsubscribed already, or the connection is gone
+        await consumer.unsubscribe()
+    queue = consumer._pending_queue
+    while not queue.empty():
+        queue.get_nowait()
+    consumer._pending_size = 0
 
 
 def _parse_position(raw: bytes) -> tuple[int | None, list[str]]:
