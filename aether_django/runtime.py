@@ -66,6 +66,20 @@ MAX_BUSY_PORTALS = 4
 # Objects inherited from the parent across fork(): kept referenced so that the
 # garbage collector never closes, in the child, sockets the parent still uses.
 _INHERITED: list[Any] = []
+# Callbacks of nats-py subscriptions whose dropped messages their owner expects and
+# recovers from (a bus consumer held to a byte budget) -> what to call instead of
+# logging an error. Keyed by the callback: it exists before the subscription does.
+_DROP_HANDLERS: weakref.WeakKeyDictionary[Any, Callable[[], None]] = weakref.WeakKeyDictionary()
+
+
+def handle_dropped_messages(callback: Any, handler: Callable[[], None]) -> None:
+    """Call ``handler`` (on the connection's loop) instead of logging an error when
+    nats-py drops messages of the subscription made with ``callback`` because its
+    pending limit is reached.
+
+    Register before subscribing, so that no drop comes before the handler.
+    """
+    _DROP_HANDLERS[callback] = handler
 
 
 class Runtime:
@@ -309,6 +323,12 @@ class Runtime:
                 logger.debug("%s: %r", where, exc)
                 return
             if isinstance(exc, nats.errors.SlowConsumerError):
+                callback = getattr(exc.sub, "_cb", None)
+                handler = _DROP_HANDLERS.get(callback) if callback is not None else None
+                if handler is not None:
+                    logger.debug("%s: messages on %s dropped, as expected", where, exc.subject)
+                    handler()
+                    return
                 logger.error(
                     "%s: messages on %s dropped, its subscriber does not keep up",
                     where,

@@ -366,6 +366,25 @@ class Subscription:
                 await self._space.wait()
         return self.deliver(delivery)
 
+    async def half_empty(self) -> None:
+        """Wait until the buffer is at most half full, by count and by bytes (or closed).
+
+        A source that stopped reading because the buffer was full starts again then,
+        so that it does not restart for each delivery the subscriber takes.
+        """
+        while (
+            not self._closed
+            and self.callback is None
+            and (
+                2 * len(self._queue) > self.buffer_size
+                or 2 * self._queued_bytes > self.buffer_bytes
+            )
+        ):
+            if self._space is None:
+                self._space = asyncio.Event()
+            self._space.clear()
+            await self._space.wait()
+
     def _resume_point(self) -> dict[str, int]:
         # What the subscriber will have received once it drains the buffer.
         point = dict(self.last_sequences)

@@ -23,6 +23,15 @@ serving 500 WebSocket clients of one namespace reads the namespace once, not 500
 times). A subscription joining a running shared feed notes each stream's last
 sequence first and skips what is not newer, so ``"new"`` stays exact.
 
+A subscription with consumers of its own (catching up, durable, or
+``overflow="wait"``) lets the NATS client queue at most its byte budget for each
+of them (and more than one message of the stream's largest size): nats-server
+pushes up to its flow-control window (32 MiB) to a consumer whose subscriber
+does not read, so the client drops what is over the budget, and the consumer is
+replaced by one reading on from after the last event offered to the subscription,
+once the subscriber has read half its buffer. Nothing is skipped or repeated;
+``bus.metrics["restarts"]`` counts the replacements.
+
 ``readable=`` (a set of namespace patterns) narrows a subscription to the
 namespaces matching one of them: consumers are made only on their streams, so a
 wildcard subscription of a user with few grants never reads the others (the
@@ -66,6 +75,7 @@ from ..events import (
 from ..jsapi import event_namespace, list_event_streams
 from ..names import validate_namespace
 from ..patterns import is_exact, matches, validate_pattern
+from ..runtime import handle_dropped_messages
 from ..store.base import Runtime
 from .local import (
     DEFAULT_BUFFER_BYTES,
@@ -91,6 +101,9 @@ RECENT_IDS = 100
 #: Seconds between rescans for namespaces created while advisories were missed.
 RESCAN_INTERVAL = 10.0
 HDR_ORIGIN = "Aether-Origin"
+#: Attempts (a second apart) to replace a consumer whose messages the client dropped
+#: before its subscription ends with the error.
+RESTART_ATTEMPTS = 5
 #: One delivery in this many is timed for the bus-lag histogram.
 _LAG_SAMPLE = 16
 
@@ -269,6 +282,7 @@ class NATSEventBus(EventBus):
                 None,
                 on_empty=self._drop_shared,
                 readable=readable,
+                shared=True,
             )
             self._shared[key] = known
             known.task = asyncio.get_running_loop().create_task(known.start())
@@ -405,8 +419,11 @@ class _Feed:
         *,
         on_empty: Callable[[_Feed], None] | None = None,
         readable: frozenset[str] | None = None,
+        shared: bool = False,
     ) -> None:
         self.bus = bus
+        # Shared by subscriptions from "new": its consumers never wait for one of them.
+        self.shared = shared
         self.pattern = pattern
         # Only namespaces matching one of these are read (None: every match of pattern).
         self.readable = readable
@@ -434,6 +451,14 @@ class _Feed:
         # resume point of a namespace that delivered nothing before an overflow.
         self._floor: dict[str, int] = {}
         self._offered: dict[str, int] = {}
+        # A feed of one subscription holds what the NATS client queues for each of its
+        # consumers to a byte budget: when the client drops a message over it, the
+        # consumer is replaced by one reading from after the last event offered.
+        # Stream -> the generation of its consumer (what a replaced one still hands
+        # over is ignored), and what its first consumer was made with.
+        self._generation: dict[str, int] = {}
+        self._largest: dict[str, int] = {}  # stream -> its max_msg_size, when it has one
+        self._origin: dict[str, tuple[bool, int | None]] = {}
         # Deliveries not yet added to the counters: they are counted once per burst.
         self._uncounted = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -536,10 +561,17 @@ class _Feed:
         streams = await list_event_streams(
             self._nc, self.bus.subject_prefix, self.bus.timeout, pattern=self.pattern
         )
+        for stream, _, info in streams:
+            self._note_largest(stream, info.get("config") or {})
         return [
             (stream, namespace, int((info.get("state") or {}).get("last_seq") or 0))
             for stream, namespace, info in streams
         ]
+
+    def _note_largest(self, stream: str, config: Mapping[str, Any]) -> None:
+        largest = config.get("max_msg_size")
+        if isinstance(largest, int) and largest > 0:
+            self._largest[stream] = largest
 
     async def _on_stream_created(self, msg: Msg) -> None:
         try:
@@ -552,6 +584,7 @@ class _Feed:
             f"$JS.API.STREAM.INFO.{stream}", b"", timeout=self.bus.timeout
         )
         config = json.loads(reply.data).get("config") or {}
+        self._note_largest(stream, config)
         namespace = event_namespace(config, self.bus.subject_prefix)
         if namespace:
             await self._consume(stream, namespace, created_later=True)
@@ -626,21 +659,95 @@ class _Feed:
         floor = self._start_floor(namespace, created_later, position, last_seq)
         if floor is not None:
             self._floor[namespace] = floor
+        self._origin[stream] = (created_later, position)
+        await self._subscribe(stream, namespace, self._config(namespace, created_later, position))
+
+    async def _subscribe(self, stream: str, namespace: str, config: ConsumerConfig) -> None:
+        """Make the ordered consumer of ``stream`` (its first, or a replacement)."""
+        generation = self._generation.get(stream, 0)
+        # nats-py awaits cb(msg): a partial saves a coroutine per message.
+        callback = functools.partial(self._on_msg, namespace, stream, generation)
+        limit = -1
+        if not self.shared:
+            # What the client may queue for this consumer: the subscription's byte
+            # budget, and more than one message of the largest size the stream takes,
+            # or such a message would be dropped each time it is read.
+            largest = self._largest.get(stream) or self._nc.max_payload
+            limit = max(self.subs[0].buffer_bytes if self.subs else 0, largest + 1)
+            handle_dropped_messages(
+                callback, functools.partial(self._dropped, stream, namespace, generation)
+            )
         js = self._nc.jetstream(timeout=self.bus.timeout)
-        self.consumers[stream] = await js.subscribe(
+        consumer = await js.subscribe(
             f"{self.bus.subject_prefix}.{namespace}.*",
             stream=stream,
             ordered_consumer=True,
-            config=self._config(namespace, created_later, position),
-            # nats-py awaits cb(msg): a partial saves a coroutine per message.
-            cb=functools.partial(self._on_msg, namespace, stream),
+            config=config,
+            cb=callback,
             idle_heartbeat=2.0,
             pending_msgs_limit=-1,
-            pending_bytes_limit=-1,
+            pending_bytes_limit=limit,
         )
+        if self._stopped or self._generation.get(stream, 0) != generation:
+            # Stopped while it was made, or it dropped messages already (a replacement
+            # is on its way): it must not stay behind, unreferenced.
+            await _discard(consumer)
+            return
+        self.consumers[stream] = consumer
+
+    def _dropped(self, stream: str, namespace: str, generation: int) -> None:
+        """The NATS client dropped a message of ``stream``'s consumer (its queue reached
+        the budget, as when the subscriber does not read): replace the consumer.
+
+        nats-py's ordered consumer cannot be trusted to notice (it counts the dropped
+        message as delivered), so everything it hands over from now on is ignored
+        and a new consumer reads on from the last event offered to the subscription.
+        """
+        if self._stopped or self._generation.get(stream, 0) != generation:
+            return  # stopping, or replaced already
+        self._generation[stream] = generation + 1
+        self.bus._count("restarts")
+        task = asyncio.get_running_loop().create_task(self._restart(stream, namespace))
+        self._tasks.append(task)
+        task.add_done_callback(self._forget_task)
+
+    def _forget_task(self, task: asyncio.Task[Any]) -> None:
+        with contextlib.suppress(ValueError):
+            self._tasks.remove(task)
+
+    async def _restart(self, stream: str, namespace: str) -> None:
+        old = self.consumers.get(stream)
+        if old is not None:
+            await _discard(old)
+        if self.subs:
+            # Start again once the subscriber has made room, not for each event it takes.
+            await self.subs[0].half_empty()
+        if self._stopped:
+            return
+        after = self._offered.get(namespace, self._floor.get(namespace))
+        if after is not None:
+            config = ConsumerConfig(
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after + 1
+            )
+        else:  # nothing offered yet, from a start without a known sequence: as before
+            config = self._config(namespace, *self._origin[stream])
+        for attempt in range(RESTART_ATTEMPTS):
+            try:
+                await self._subscribe(stream, namespace, config)
+                return
+            except Exception as exc:
+                if attempt + 1 < RESTART_ATTEMPTS and not self._stopped:
+                    await asyncio.sleep(1.0)
+                    continue
+                # Without its consumer the subscription would silently stop receiving.
+                logger.error("could not read %s again: %r", stream, exc)
+                for sub in tuple(self.subs):
+                    sub.fail(exc)
 
     # --- receiving ----------------------------------------------------------------------
-    async def _on_msg(self, namespace: str, stream: str, msg: Msg) -> None:
+    async def _on_msg(self, namespace: str, stream: str, generation: int, msg: Msg) -> None:
+        if generation != self._generation.get(stream, 0):
+            return  # from a consumer replaced after a message was dropped
         sequence = _stream_sequence(msg)
         try:
             event = decode_event(msg.data, sequence=sequence)
@@ -803,11 +910,28 @@ class _Feed:
             if consumer is not None:
                 with contextlib.suppress(Exception):
                     await consumer.unsubscribe()
+        # Their callbacks key the drop handlers, which refer to this feed: let both go.
+        self.consumers = dict.fromkeys(self.consumers)
         if self._advisories is not None:
             with contextlib.suppress(Exception):
                 await self._advisories.unsubscribe()
         if self.durable and self._nc is not None:
             await self._write_positions()
+
+
+async def _discard(consumer: Any) -> None:
+    """Unsubscribe a consumer replaced after the client dropped some of its messages.
+
+    This also cancels a delivery it holds waiting for room in the buffer, and frees
+    what nats-py had queued for it (kept until its subscription, which refers to
+    itself, is collected): all of it is read again by the replacement.
+    """
+    with contextlib.suppress(Exception):  # unsubscribed already, or the connection is gone
+        await consumer.unsubscribe()
+    queue = consumer._pending_queue
+    while not queue.empty():
+        queue.get_nowait()
+    consumer._pending_size = 0
 
 
 def _parse_position(raw: bytes) -> tuple[int | None, list[str]]:

@@ -72,3 +72,119 @@ async def test_small_events_still_fill_by_count(bus):
     with pytest.raises(SubscriptionOverflowError):
         for _ in range(5):
             await sub.next(5)
+
+
+@pytest.mark.parametrize("kind", ["all", "wildcard", "new", "durable"])
+async def test_a_slow_catching_up_subscriber_gets_every_event_once_in_order(bus, caplog, kind):
+    """A subscriber with a consumer of its own, on large events, that reads, but slowly:
+    its consumer is held to the byte budget (what the NATS client queued beyond it is
+    dropped and read again from where the subscriber got to), and it still receives
+    every event once, in order, with filtered events in between, while the process
+    stays far below the stream's size. From "all" (one namespace or two), from "new"
+    with events saved meanwhile, and durable, closed and resumed halfway."""
+    import gc
+    import logging
+
+    from aether_django.patterns import SubscriptionFilter
+    from tests.consumers.test_real_server import PeakRSS
+
+    prefix = unique_namespace("slow")
+    namespaces = [f"{prefix}-a", f"{prefix}-b"] if kind == "wildcard" else [prefix]
+    pattern = f"{prefix}-*" if kind == "wildcard" else prefix
+    wanted: dict[str, list[int]] = {ns: [] for ns in namespaces}
+
+    async def save_all() -> None:
+        for ns in namespaces:
+            store = JetStreamEventStore(ns, runtime=bus.runtime)
+            for first in range(1, 101, 5):
+                # Four large events with a small one in between that the filter leaves out.
+                batch = [
+                    ev("a", v, "Skipped") if v == first + 2 else ev("a", v, blob=BLOB)
+                    for v in range(first, first + 5)
+                ]
+                saved = await store.asave_events(batch)
+                wanted[ns].extend(e.sequence for e in saved if e.event_type != "Skipped")
+
+    async def subscribe():
+        return await bus.asubscribe(
+            pattern,
+            SubscriptionFilter(event_types=["Happened"]),
+            start="new" if kind == "new" else "all",
+            overflow="wait",
+            durable=prefix if kind == "durable" else None,
+        )
+
+    if kind == "new":
+        await JetStreamEventStore(prefix, runtime=bus.runtime).aensure()
+    else:
+        await save_all()
+    gc.collect()
+    peak = PeakRSS()
+    with caplog.at_level(logging.WARNING):
+        sub = await subscribe()
+        saving = asyncio.ensure_future(save_all() if kind == "new" else asyncio.sleep(0))
+        got: dict[str, list[int]] = {ns: [] for ns in namespaces}
+        total = 80 * len(namespaces)
+        for i in range(total):
+            if kind == "durable" and i == total // 2:
+                await sub.aclose()  # handled so far: it resumes after the last one
+                sub = await subscribe()
+            delivery = await sub.next(20)
+            got[delivery.namespace].append(delivery.sequence)
+            await asyncio.sleep(0.02)  # a slow reader
+        await saving
+        with pytest.raises(TimeoutError):
+            await sub.next(1)  # nothing twice
+        await sub.aclose()
+    growth = peak.stop()
+    assert got == wanted
+    # 2 MiB buffer + 2 MiB queued in the NATS client per namespace, not the 72 MB stream.
+    assert growth < 40 * MIB, growth / MIB
+    assert bus.metrics.get("restarts", 0) > 0  # the consumer was held to its budget
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+async def test_the_nats_clients_ordered_consumer_does_not_recover_what_it_drops(bus, nats_url):
+    """Why the bus replaces a consumer itself when the NATS client drops its messages:
+    nats-py counts a dropped message as delivered before it drops it, so its ordered
+    consumer sees no gap and never reads it again. With a pending limit alone, a
+    subscriber that is slow for a moment would miss events."""
+    import nats
+
+    ns = unique_namespace()
+    store = JetStreamEventStore(ns, runtime=bus.runtime)
+    saved = await store.asave_events([ev("a", v, blob=BLOB) for v in range(1, 21)])
+    dropped = []
+
+    async def on_error(error: Exception) -> None:
+        dropped.append(error)
+
+    nc = await nats.connect(nats_url, error_cb=on_error)
+    got = []
+
+    async def slow(msg) -> None:
+        got.append(msg.metadata.sequence.stream)
+        await asyncio.sleep(0.1)
+
+    try:
+        await nc.jetstream().subscribe(
+            f"aether.events.{ns}.*",
+            stream=store.stream_name,
+            ordered_consumer=True,
+            cb=slow,
+            idle_heartbeat=0.5,  # its gap checks run with each heartbeat
+            pending_bytes_limit=2 * MIB,
+        )
+        await asyncio.sleep(5)  # far longer than 20 events at 0.1 s each take
+    finally:
+        await nc.close()
+    assert dropped
+    assert len(got) == len(set(got)) < len(saved)  # some never arrive
+    # With the bus, the same subscriber gets every one (see the tests above).
+    sub = await bus.asubscribe(ns, start="all", overflow="wait")
+    received = []
+    for _ in saved:
+        received.append((await sub.next(10)).sequence)
+        await asyncio.sleep(0.1)
+    assert received == [e.sequence for e in saved]
+    await sub.aclose()

@@ -14,6 +14,7 @@ from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.test import Client, override_settings
 
+from aether_django.bus import get_event_bus
 from aether_django.consumers import EventsConsumer
 from aether_django.store import get_event_store
 from aether_django.testing.contract import ev
@@ -236,20 +237,24 @@ class RawWebSocket:
         data, self.buffer = self.buffer[:n], self.buffer[n:]
         return data
 
+    def read_frame(self) -> tuple[int, bytes]:
+        """The next frame: (opcode, payload)."""
+        first, second = self._read(2)
+        length = second & 0x7F
+        if length == 126:
+            length = int.from_bytes(self._read(2), "big")
+        elif length == 127:
+            length = int.from_bytes(self._read(8), "big")
+        return first & 0x0F, self._read(length)
+
     def read_all(self) -> list[tuple[int, bytes]]:
         """Every frame until the close frame (or the end of the connection)."""
         self.sock.settimeout(20)
         frames = []
         try:
             while True:
-                first, second = self._read(2)
-                length = second & 0x7F
-                if length == 126:
-                    length = int.from_bytes(self._read(2), "big")
-                elif length == 127:
-                    length = int.from_bytes(self._read(8), "big")
-                frames.append((first & 0x0F, self._read(length)))
-                if first & 0x0F == 8:
+                frames.append(self.read_frame())
+                if frames[-1][0] == 8:
                     break
         except (EOFError, OSError):
             pass
@@ -295,8 +300,7 @@ async def test_large_events_for_clients_that_do_not_read_keep_memory_bounded(
     """Events near the size limit, for sockets following live that stop reading: the
     server process holds at most the byte budgets (each subscription's buffer, the frame
     cache), not thousands of events. Measured as the RSS of this process, which runs the
-    server. (A socket catching up has a JetStream consumer of its own, which the NATS
-    client may hold up to the server's flow-control window of; see docs/websocket.md.)"""
+    server. (Sockets catching up: see the next test.)"""
     import gc
 
     settings.AETHER = {
@@ -357,3 +361,90 @@ async def test_the_frame_cache_keeps_to_its_byte_budget(settings):
     cached = sum(len(tail) for tail in consumers._TAILS.values())
     assert cached <= 4 * MIB
     assert growth < 20 * MIB, growth / MIB
+
+
+async def test_catching_up_subscriptions_of_clients_that_do_not_read_keep_memory_bounded(
+    server, settings, monkeypatch
+):
+    """Sockets catching up ("all": each subscription has a JetStream consumer of its own)
+    on a stream of large events, then not reading: the process holds about two byte
+    budgets per subscription (its buffer and what the NATS client may queue for its
+    consumer), not what nats-server pushes up to its flow-control window (32 MiB and
+    more per consumer). Measured as the RSS of this process, which runs the server."""
+    import gc
+
+    settings.AETHER = {
+        **settings.AETHER,
+        "WS_BUFFER_BYTES": 2 * MIB,
+        "WS_FRAME_CACHE_BYTES": 2 * MIB,
+    }
+    monkeypatch.setattr(EventsConsumer, "send_timeout", 30.0)  # they stay stuck meanwhile
+    ns = f"ws-{uuid.uuid4().hex[:8]}"
+    store = get_event_store(ns)
+    blob = "y" * (900 * 1024)
+    for first in range(1, 61, 5):
+        await store.asave_events([ev("a", v, blob=blob) for v in range(first, first + 5)])
+    cookie = await session_cookie()
+    host, port = server.split(":")
+    gc.collect()
+    peak = PeakRSS()
+    stuck = [RawWebSocket(host, int(port), cookie) for _ in range(3)]
+    for client in stuck:
+        for sub_id in ("s", "t"):
+            client.send({"action": "subscribe", "id": sub_id, "namespace": ns, "from": "all"})
+    # Long enough for the server's stalled-consumer heartbeats (every 2 s) to come by.
+    await asyncio.sleep(6)
+    growth = peak.stop()
+    for client in stuck:
+        client.sock.close()
+    # Six subscriptions with 2 MiB budgets: 2 x 2 MiB each, plus the events in hand
+    # (decoded, being encoded and sent) and what the allocator keeps; each could
+    # otherwise hold the whole 54 MB stream (335 MiB were measured so).
+    assert growth < 90 * MIB, growth / MIB
+
+
+async def test_a_slow_catching_up_client_gets_every_large_event_once_in_order(
+    server, settings, caplog, monkeypatch
+):
+    """A client catching up on large events that reads, but slowly: its subscription's
+    consumer is held to the byte budget (what the NATS client queued beyond it is read
+    again from where the client got to), and the client still receives every event
+    exactly once, in order, with nothing logged as a failure."""
+    settings.AETHER = {**settings.AETHER, "WS_BUFFER_BYTES": 2 * MIB}
+    monkeypatch.setattr(EventsConsumer, "send_timeout", 30.0)  # it pauses for 6 s
+    ns = f"ws-{uuid.uuid4().hex[:8]}"
+    store = get_event_store(ns)
+    blob = "s" * (900 * 1024)
+    stored = []
+    for first in range(1, 41, 5):
+        stored.extend(
+            await store.asave_events([ev("a", v, blob=blob) for v in range(first, first + 5)])
+        )
+    cookie = await session_cookie()
+    restarts = get_event_bus().metrics.get("restarts", 0)
+    host, port = server.split(":")
+    # A client with a tiny socket buffer: what it does not read waits in the server.
+    client = RawWebSocket(host, int(port), cookie)
+    client.sock.settimeout(20)
+    with caplog.at_level(logging.WARNING):
+        client.send({"action": "subscribe", "id": "s", "namespace": ns, "from": "all"})
+        received = []
+        while len(received) < len(stored):
+            opcode, payload = await asyncio.to_thread(client.read_frame)
+            assert opcode == 1, (opcode, payload[:200])
+            frame = json.loads(payload)
+            if frame["type"] == "subscribed":
+                continue
+            assert frame["type"] == "event", frame
+            received.append(frame["sequence"])
+            # A reader that stops for a while (nats-server pushes to the consumer
+            # again at its stalled-consumer heartbeats), then reads slowly.
+            await asyncio.sleep(6 if len(received) == 3 else 0.05)
+        client.sock.settimeout(1)
+        with pytest.raises(OSError):  # a timeout: nothing twice
+            client.read_frame()
+        client.sock.close()
+    assert received == [e.sequence for e in stored]
+    # The consumer was held to its budget: messages were dropped and read again.
+    assert get_event_bus().metrics.get("restarts", 0) > restarts
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
