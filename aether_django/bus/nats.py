@@ -234,13 +234,12 @@ class NATSEventBus(EventBus):
             handler_retries=self.handler_retries,
             handler_backoff=self.handler_backoff,
         )
-        subscription.readable = readable  # type: ignore[attr-defined]
         self._add(subscription)
         self._listen_for_signals()
         shared = start == "new" and durable is None and overflow == "end"
         if running is None:
             future = asyncio.run_coroutine_threadsafe(
-                self._attach(subscription, start, durable, shared=shared), loop
+                self._attach(subscription, start, durable, shared=shared, readable=readable), loop
             )
             try:
                 future.result(self.timeout + 5)
@@ -249,12 +248,18 @@ class NATSEventBus(EventBus):
                 raise
         else:
             subscription._ready = loop.create_task(  # type: ignore[attr-defined]
-                self._attach(subscription, start, durable, shared=shared)
+                self._attach(subscription, start, durable, shared=shared, readable=readable)
             )
         return subscription
 
     async def _attach(
-        self, subscription: Subscription, start: Start, durable: str | None, *, shared: bool
+        self,
+        subscription: Subscription,
+        start: Start,
+        durable: str | None,
+        *,
+        shared: bool,
+        readable: frozenset[str] | None,
     ) -> None:
         """Give ``subscription`` its consumers: its own, or a running shared feed's.
 
@@ -262,7 +267,6 @@ class NATSEventBus(EventBus):
         """
         if subscription.closed:
             return  # closed before it was attached: nothing to start for it
-        readable: frozenset[str] | None = subscription.readable  # type: ignore[attr-defined]
         if not shared:
             feed = _Feed(self, subscription.pattern, start, durable, readable=readable)
             subscription.feed = feed  # type: ignore[attr-defined]
