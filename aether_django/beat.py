@@ -94,6 +94,7 @@ class BeatLeaseMixin(_SchedulerBase):  # type: ignore[misc]  # celery is untyped
         self._checked_at = float("-inf")
         self._runs: dict[str, float] = {}
         self._seen_holder: str | None = None
+        self._unreachable = False
         self.active = False
         super().__init__(*args, **kwargs)
 
@@ -122,14 +123,18 @@ class BeatLeaseMixin(_SchedulerBase):  # type: ignore[misc]  # celery is untyped
         except Exception:
             # Unknown whether the lease is still held: send nothing until a
             # renewal succeeds. Standbys take over if it does not in time.
-            logger.warning(
+            # Said once per outage, not at every poll.
+            logger.log(
+                logging.DEBUG if self._unreachable else logging.WARNING,
                 "beat %s could not reach the beat lease; sending nothing",
                 self.beat_id,
                 exc_info=True,
                 extra={"beat": self.beat_id},
             )
+            self._unreachable = True
             self.active = False
             return False
+        self._unreachable = False
         self.active = lease.held is not None
         if self.active:
             self._renewed_at = started

@@ -337,6 +337,15 @@ def test_killed_active_beat_is_replaced_and_the_cluster_does_not_notice(beat_clu
     heartbeats = [s for s in sent if s.task == "aether_django.heartbeat"]
     assert 4 <= len(heartbeats) <= 6, len(heartbeats)
 
+    # A beat stopped normally (SIGTERM) releases the lease: the other takes over at once.
+    cluster.signal(standby, signal.SIGTERM)
+    stopped = time.monotonic()
+    wait_until(lambda: cluster.active_beat() == old_active, 3 * HEARTBEAT, interval=0.05)
+    handed_over = watch.first(old_active, stopped) or time.monotonic()
+    print(f"{standby} stopped: {old_active} active after {handed_over - stopped:.2f}s")
+    assert handed_over - stopped <= 1.5, handed_over - stopped
+    watch.stop()
+
 
 def test_paused_active_beat_resumes_as_standby_and_sends_nothing(beat_cluster):
     cluster = beat_cluster
