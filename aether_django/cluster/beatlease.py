@@ -99,8 +99,12 @@ class BeatLease:
 
         ``self.held`` is set when this beat holds the lease afterwards, None
         otherwise. A renewal the server refuses (the lease expired and someone
-        took it, or it was released) means this beat no longer holds it.
+        took it, or it was released) means this beat no longer holds it. When
+        this returns the lease as held, it was written by this call.
         """
+        return await self._acquire_or_renew(adopt=True)
+
+    async def _acquire_or_renew(self, *, adopt: bool) -> BeatHolder | None:
         held = self.held
         if held is not None:
             try:
@@ -121,11 +125,12 @@ class BeatLease:
                 self.held = BeatHolder(self.beat_id, revision, held.term, held.since)
                 return self.held
         current, last = await self._read()
-        if current is not None and current.beat_id == self.beat_id:
+        if current is not None and current.beat_id == self.beat_id and adopt:
             # This beat's own lease: a renewal was stored but its reply was lost.
-            # Beat ids are unique per process, so nobody else wrote it.
+            # Beat ids are unique per process, so nobody else wrote it. Renewed at
+            # once, since it is unknown how long ago it was written.
             self.held = current
-            return current
+            return await self._acquire_or_renew(adopt=False)
         if current is not None:
             return current
         since = time.time()

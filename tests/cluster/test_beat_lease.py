@@ -56,6 +56,16 @@ def test_a_lease_not_renewed_expires_and_the_standby_takes_it(runtime, config):
     assert a.held is None
 
 
+def test_a_lease_written_under_its_own_id_is_taken_back_and_renewed_at_once(runtime, config):
+    # As when a renewal was stored but its reply never came: the beat does not know
+    # it holds the lease, finds its own id on it, and renews it (a fresh write).
+    before = runtime.run(BeatLease(runtime, "beat-a", config).acquire_or_renew())
+    again = BeatLease(runtime, "beat-a", config)
+    holder = runtime.run(again.acquire_or_renew())
+    assert again.held == holder and holder.term == before.term
+    assert holder.revision > before.revision
+
+
 def test_the_ttl_is_rounded_up_to_whole_seconds(runtime, config):
     # The server counts message TTLs in whole seconds: 1.5 s would live 1 s.
     assert BeatLease(runtime, "x", config, ttl=1.5).ttl == 2.0
