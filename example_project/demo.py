@@ -1,4 +1,4 @@
-"""Run the example project: nats-server, a Celery broker, worker and beat, and uvicorn.
+"""Run the example project: nats-server, a Celery broker, a worker and two beats, and uvicorn.
 
 Started by ``python3 dev.py demo`` (in the project's virtualenv). It
 
@@ -58,7 +58,7 @@ WORKER_PID_FILE = VAR / "demo-celery-worker.pid"
 # Two beats, as on two hosts: the holder of the beat lease sends, the other stands by.
 BEATS = (1, 2)
 BEAT_PID_FILES = {n: VAR / f"demo-celery-beat-{n}.pid" for n in BEATS}
-# Where demos that ran a single beat kept its pid, log and schedule.
+# Where demos that ran a single beat kept its pid and log.
 OLD_BEAT_PID_FILE = VAR / "demo-celery-beat.pid"
 OLD_BEAT_LOG = VAR / "celery-beat.log"
 # Where demos that ran daphne kept its pid: a daphne one of them left behind is
