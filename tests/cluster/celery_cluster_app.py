@@ -1,4 +1,9 @@
-"""The Celery app of the cluster test: two lines make its workers cluster nodes."""
+"""The Celery app of the cluster test: two lines make its workers cluster nodes.
+
+With ``AETHER_TEST_PROBE_PERIOD`` set, the project also has a periodic task of
+its own, ``tests.probe``, sent every that many seconds to the ``probe`` queue,
+which no worker consumes: the beat tests count its messages there.
+"""
 
 from __future__ import annotations
 
@@ -15,4 +20,13 @@ from aether_django.tasks import setup_cluster  # noqa: E402
 
 app = Celery("cluster-test", broker=os.environ.get("AETHER_TEST_BROKER_URL"))
 app.conf.update(worker_hijack_root_logger=False, broker_connection_retry_on_startup=True)
+probe_period = os.environ.get("AETHER_TEST_PROBE_PERIOD")
+if probe_period:
+    app.conf.beat_schedule = {
+        "probe": {
+            "task": "tests.probe",
+            "schedule": float(probe_period),
+            "options": {"queue": "probe"},
+        }
+    }
 setup_cluster(app)

@@ -36,6 +36,7 @@ def test_the_services_are_all_there():
         "app",
         "worker",
         "beat",
+        "beat-2",
         "migrate",
     }
 
@@ -76,7 +77,12 @@ def test_the_nats_servers_sync_every_write_before_acknowledging_it(tmp_path):
         capture_output=True,
         text=True,
         timeout=30,
-        env={**os.environ, "NATS_APP_PASSWORD": "x1", "NATS_WORKER_PASSWORD": "x2"},
+        env={
+            **os.environ,
+            "NATS_APP_PASSWORD": "x1",
+            "NATS_WORKER_PASSWORD": "x2",
+            "NATS_BEAT_PASSWORD": "x3",
+        },
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
     # The example project says so, for the system check aether_django.W301.
@@ -84,7 +90,7 @@ def test_the_nats_servers_sync_every_write_before_acknowledging_it(tmp_path):
 
 
 def test_app_worker_and_beat_use_every_nats_server_with_three_replicas():
-    for name in ("app", "worker", "beat", "migrate"):
+    for name in ("app", "worker", "beat", "beat-2", "migrate"):
         assert env(name)["AETHER_NATS_URL"] == (
             "nats://nats-1:4222,nats://nats-2:4222,nats://nats-3:4222"
         )
@@ -97,8 +103,9 @@ def test_the_processes_and_their_order():
     assert SERVICES["app"]["command"][0] == "uvicorn"
     assert "example_project.asgi:application" in SERVICES["app"]["command"]
     assert SERVICES["worker"]["command"][:4] == ["celery", "-A", "example_project.celery", "worker"]
-    assert "beat" in SERVICES["beat"]["command"]
-    for name in ("app", "worker", "beat"):
+    for name in ("beat", "beat-2"):
+        assert SERVICES[name]["command"][:4] == ["celery", "-A", "example_project.celery", "beat"]
+    for name in ("app", "worker", "beat", "beat-2"):
         depends = SERVICES[name]["depends_on"]
         assert depends["migrate"] == {"condition": "service_completed_successfully"}
         assert all(
@@ -152,3 +159,13 @@ def test_the_settings_read_the_replicas(monkeypatch):
     import example_project.settings as settings
 
     assert importlib.reload(settings).AETHER["REPLICAS"] == 3
+
+
+def test_two_beats_run_with_the_leased_scheduler():
+    # Several beats may run (one per host): only the holder of the beat lease sends.
+    beats = [name for name, service in SERVICES.items() if "beat" in service.get("command", [])]
+    assert sorted(beats) == ["beat", "beat-2"]
+    assert SERVICES["beat"]["command"] == SERVICES["beat-2"]["command"]
+    # setup_cluster makes LeasedScheduler the beat scheduler; no --scheduler overrides it.
+    assert "setup_cluster(app)" in (ROOT / "example_project" / "celery.py").read_text()
+    assert not any(a in ("-S", "--scheduler") for a in SERVICES["beat"]["command"])

@@ -21,6 +21,7 @@ from django.conf import settings
 from django.test import override_settings
 
 from aether_django.bus.nats import NATSEventBus
+from aether_django.cluster.beatlease import BeatLease
 from aether_django.cluster.coordinator import ClusterConfig
 from aether_django.cluster.hashring import shard_for
 from aether_django.cluster.node import ClusterNode
@@ -33,7 +34,11 @@ from aether_django.testing.contract import ev, unique_namespace
 from ..aggregates.domain import Order
 
 COMPOSE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
-PASSWORDS = {"NATS_APP_PASSWORD": "appSecret7x", "NATS_WORKER_PASSWORD": "workerSecret9y"}
+PASSWORDS = {
+    "NATS_APP_PASSWORD": "appSecret7x",
+    "NATS_WORKER_PASSWORD": "workerSecret9y",
+    "NATS_BEAT_PASSWORD": "beatSecret3z",
+}
 
 
 def auth_config() -> str:
@@ -75,7 +80,8 @@ def test_the_compose_file_gives_each_role_a_user():
         for name, service in services.items()
     }
     assert users["app"] == "app" and users["worker"] == "worker"
-    assert users["beat"] is None and users["migrate"] is None  # they do not use NATS
+    assert users["beat"] == users["beat-2"] == "beat"
+    assert users["migrate"] is None  # it does not use NATS
     # No password is written in the file: each comes from the environment.
     assert services["app"]["environment"]["AETHER_NATS_PASSWORD"].startswith(
         "${NATS_APP_PASSWORD:?"
@@ -83,6 +89,10 @@ def test_the_compose_file_gives_each_role_a_user():
     assert services["worker"]["environment"]["AETHER_NATS_PASSWORD"].startswith(
         "${NATS_WORKER_PASSWORD:?"
     )
+    for name in ("beat", "beat-2"):
+        assert services[name]["environment"]["AETHER_NATS_PASSWORD"].startswith(
+            "${NATS_BEAT_PASSWORD:?"
+        )
 
 
 def test_the_example_settings_pass_the_user_to_nats(monkeypatch):
@@ -183,3 +193,32 @@ async def test_each_role_can_do_its_work_and_the_app_cannot_pose_as_a_node(secur
         await node.host.stop()
         bus.close()
         app.close()
+
+
+async def test_the_beat_user_holds_the_beat_lease_and_touches_nothing_else(secured):
+    options = {"user": "beat", "password": PASSWORDS["NATS_BEAT_PASSWORD"]}
+    beat = Runtime(secured.url, options=options)
+    config = ClusterConfig(bucket="aether_cluster", num_shards=100)
+    node = ClusterNode(get_runtime(), "worker-1", config)
+    try:
+        # A beat may start before any worker: it creates the cluster bucket.
+        lease = BeatLease(beat, "beat-a", config)
+        holder = await lease.acquire_or_renew()
+        assert holder is not None and holder.beat_id == "beat-a"
+        assert await lease.renew_with_runs({"report": 1.0}) is not None
+        assert await lease.read_runs() == {"report": 1.0}
+        await node.tick()  # the worker's user runs the cluster in the same bucket
+        # The beat cannot pose as a node: a forged leader lease is never stored.
+        nc = await beat.connection()
+        with pytest.raises(nats.errors.TimeoutError):
+            await nc.request(
+                "$KV.aether_cluster.leader",
+                json.dumps({"node_id": "beat", "term": 1}).encode(),
+                timeout=1,
+            )
+        current = await node.coordinator.read_lease()
+        assert current is not None and current.node_id == "worker-1"
+        await lease.release()
+    finally:
+        await node.host.stop()
+        beat.close()

@@ -40,7 +40,8 @@ PID_FILES = [
     "demo-broker.pid",
     "demo-uvicorn.pid",
     "demo-celery-worker.pid",
-    "demo-celery-beat.pid",
+    "demo-celery-beat-1.pid",
+    "demo-celery-beat-2.pid",
 ]
 SHARDS = "/admin/aether_django/clusterinspection/shards/"
 
@@ -318,7 +319,7 @@ def test_the_readme_demo_command_brings_everything_up_and_ctrl_c_leaves_no_proce
         status, body = get(f"{base}/aether/readyz/")
         assert status == 200 and json.loads(body)["status"] == "ready", body
 
-        # Beat and the worker elect the node and write the shard map within a few ticks.
+        # The beats and the worker elect the node and write the shard map within a few ticks.
         cluster: dict[str, Any] = {}
         shards: dict[str, Any] = {}
         deadline = time.monotonic() + 30
@@ -335,6 +336,19 @@ def test_the_readme_demo_command_brings_everything_up_and_ctrl_c_leaves_no_proce
         assert cluster.get("leader") == "demo-node-1", cluster
         assert [n["node_id"] for n in cluster["nodes"]] == ["demo-node-1"]
         assert shards["counts"] == {"demo-node-1": shards["num_shards"]}, shards
+
+        # Two beats run: one holds the beat lease and sends, the other stands by.
+        beat_logs = [tmp_path / "var" / f"celery-beat-{n}.log" for n in (1, 2)]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            logs = [log.read_text(errors="replace") for log in beat_logs]
+            if sorted("is active" in log for log in logs) == [False, True] and all(
+                "is active" in log or "stands by" in log for log in logs
+            ):
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"not one active and one standing-by beat: {logs}")
 
         # The printed credentials open the admin, its shard map and the metrics.
         status, _ = get(f"{base}/aether/metrics/")
@@ -363,8 +377,9 @@ def test_the_readme_demo_command_brings_everything_up_and_ctrl_c_leaves_no_proce
                 process.wait()
     output.join()
     started |= sampler.join()
-    assert "Stopped uvicorn, Celery worker, Celery beat, the Celery broker, nats-server." in (
-        output.text
+    assert (
+        "Stopped uvicorn, Celery worker, Celery beat 1, Celery beat 2, the Celery broker, "
+        "nats-server." in output.text
     )
     # Every process the demo started (seen while it ran, from its own sessions too) is
     # gone once it returns: none is left to finish in the background.

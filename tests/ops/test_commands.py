@@ -20,6 +20,7 @@ from django.core.management import CommandError, call_command
 from django.test import override_settings
 from nats.js.api import StreamConfig
 
+from aether_django.cluster.beatlease import BeatLease
 from aether_django.cluster.coordinator import ClusterConfig, Coordinator
 from aether_django.events import ActorSnapshot
 from aether_django.runtime import Runtime
@@ -50,6 +51,22 @@ def test_aether_status_shows_streams_and_cluster():
     assert status["num_shards"] == 100 and "leader" in status
     text, _ = run("aether_status")
     assert ns in text and "Leader" in text
+
+
+def test_aether_status_names_the_active_beat(nats_url):
+    from aether_django.cluster import cluster_config
+
+    runtime = Runtime(nats_url)
+    lease = BeatLease(runtime, "host-1-4242-abcd", cluster_config())
+    try:
+        holder = runtime.run(lease.acquire_or_renew())
+        status = json.loads(run("aether_status", "--json")[0])
+        assert (status["beat"], status["beat_term"]) == ("host-1-4242-abcd", holder.term)
+        assert f"Beat      host-1-4242-abcd (term {holder.term})" in run("aether_status")[0]
+        runtime.run(lease.release())
+        assert json.loads(run("aether_status", "--json")[0])["beat"] is None
+    finally:
+        runtime.close()
 
 
 def test_aether_streams_creates_and_checks(nats_url):

@@ -10,6 +10,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from nats.errors import Error as NatsError
 
 from aether_django.cluster import cluster_config, node_id
+from aether_django.cluster.beatlease import BeatLease
 from aether_django.cluster.coordinator import Coordinator
 from aether_django.conf import aether_settings
 from aether_django.errors import AetherError
@@ -18,7 +19,9 @@ from aether_django.store import get_event_store, list_namespaces
 
 
 class Command(BaseCommand):
-    help = "Show NATS, the cluster (leader, nodes, shards) and every namespace's stream."
+    help = (
+        "Show NATS, the cluster (leader, active beat, nodes, shards) and every namespace's stream."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--json", action="store_true", help="print one JSON document")
@@ -28,6 +31,7 @@ class Command(BaseCommand):
         try:
             coordinator = Coordinator(runtime, node_id(), cluster_config())
             lease = runtime.run(coordinator.read_lease())
+            beat = runtime.run(BeatLease(runtime, node_id(), cluster_config()).read())
             nodes = runtime.run(coordinator.nodes())
             shard_map = runtime.run(coordinator.read_shard_map())
             infos = [get_event_store(ns).get_info() for ns in list_namespaces()]
@@ -38,6 +42,9 @@ class Command(BaseCommand):
             "nats_url": str(aether_settings.NATS_URL),
             "leader": lease.node_id if lease else None,
             "term": lease.term if lease else None,
+            # The Celery beat holding the beat lease: the one that sends the schedule.
+            "beat": beat.beat_id if beat else None,
+            "beat_term": beat.term if beat else None,
             "nodes": [
                 {
                     "node_id": n.node_id,
@@ -61,6 +68,8 @@ class Command(BaseCommand):
         self.stdout.write(f"NATS      {status['nats_url']}")
         leader = status["leader"] or "none"
         self.stdout.write(f"Leader    {leader} (term {status['term']})")
+        beat_holder = status["beat"] or "none (no Celery beat holds the beat lease)"
+        self.stdout.write(f"Beat      {beat_holder} (term {status['beat_term']})")
         self.stdout.write(
             f"Shards    {status['num_shards']}, last rebalance moved "
             f"{status['last_rebalance_moved']}"
