@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import time
+from pathlib import Path
 
 import django
 from celery import Celery
@@ -16,3 +18,13 @@ from aether_django.tasks import setup_cluster  # noqa: E402
 app = Celery("cluster-test", broker=os.environ.get("AETHER_TEST_BROKER_URL"))
 app.conf.update(worker_hijack_root_logger=False, broker_connection_retry_on_startup=True)
 setup_cluster(app)
+
+
+@app.task(name="tests.cluster.sleep", ignore_result=True)
+def sleep(seconds: float, marker: str = "") -> None:
+    """A user task that holds its pool slot (the main thread, with the solo pool)."""
+    if marker:
+        Path(marker).touch()  # says the task has started, for the test to wait on
+    time.sleep(seconds)
+    if marker:
+        Path(f"{marker}.done").touch()
