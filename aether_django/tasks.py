@@ -36,6 +36,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -73,6 +74,7 @@ _TASKS = ("heartbeat", "elect_or_renew", "detect_failures", "rebalance")
 CLOCK_TASKS = frozenset({TICK_TASK, *(f"aether_django.{task}" for task in _TASKS)})
 
 _driver: ClusterNode | None = None
+_on_change: Callable[[dict[str, Any]], None] | None = None
 _lock = threading.Lock()
 
 
@@ -198,8 +200,17 @@ def cluster_celery_config() -> dict[str, Any]:
     }
 
 
-def setup_cluster(app: Celery) -> None:
-    """Make every worker of ``app`` a cluster node: schedule, routes, and the clock step."""
+def setup_cluster(
+    app: Celery, *, on_change: Callable[[dict[str, Any]], None] | None = None
+) -> None:
+    """Make every worker of ``app`` a cluster node: schedule, routes, and the clock step.
+
+    ``on_change`` is called, on the node's loop thread, with each change of the
+    node's state (leader, term, shards, map revision; what ``aether_node --json``
+    prints); it must not block.
+    """
+    global _on_change
+    _on_change = on_change
     config = cluster_celery_config()
     schedule = {**(app.conf.beat_schedule or {}), **config.pop("beat_schedule")}
     app.conf.update(beat_schedule=schedule, **config)
@@ -231,7 +242,7 @@ class ClusterService:
 
     def start(self) -> None:
         runtime = get_runtime()
-        self.node = ClusterNode(runtime, node_id(), cluster_config())
+        self.node = ClusterNode(runtime, node_id(), cluster_config(), on_change=_on_change)
         self._stop, self._clock = asyncio.Event(), asyncio.Event()
         self._loop = runtime.loop
         self._future = asyncio.run_coroutine_threadsafe(

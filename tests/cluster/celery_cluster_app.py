@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import django
 from celery import Celery
@@ -17,7 +20,17 @@ from aether_django.tasks import setup_cluster  # noqa: E402
 
 app = Celery("cluster-test", broker=os.environ.get("AETHER_TEST_BROKER_URL"))
 app.conf.update(worker_hijack_root_logger=False, broker_connection_retry_on_startup=True)
-setup_cluster(app)
+
+
+def report(change: dict[str, Any]) -> None:
+    """Print each change of the node's state as a JSON line, as ``aether_node --json`` does."""
+    # The real stdout: Celery redirects sys.stdout to its logger in workers.
+    assert sys.__stdout__ is not None
+    sys.__stdout__.write(json.dumps(change) + "\n")
+    sys.__stdout__.flush()
+
+
+setup_cluster(app, on_change=report)
 
 
 @app.task(name="tests.cluster.sleep", ignore_result=True)
