@@ -15,11 +15,13 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from celery import Celery
 
+from aether_django import tasks
 from aether_django.cluster.coordinator import ClusterConfig, Coordinator
 from aether_django.runtime import Runtime
 from aether_django.testing.broker import BrokerServer
@@ -51,6 +53,8 @@ class CeleryCluster:
             self.runtime, "observer", ClusterConfig(bucket=self.bucket, num_shards=num_shards)
         )
         self.client = Celery("cluster-test-client", broker=self.broker_url, set_as_current=False)
+        # Routes as the workers' app has them: the cluster tasks go to the fanout exchange.
+        self.client.conf.task_routes = tasks.cluster_celery_config()["task_routes"]
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
         self.processes[name] = subprocess.Popen(
@@ -84,6 +88,13 @@ class CeleryCluster:
                 "tests.cluster.sleep", args=[seconds, str(marker)], queue=f"user.{name}"
             )
         return markers
+
+    def send_ticks(self, count: int, expires: float) -> None:
+        """Send ``count`` cluster ticks at once, as beat would, expiring ``expires`` s from now
+        (in the past when negative)."""
+        when = datetime.now(UTC) + timedelta(seconds=expires)
+        for _ in range(count):
+            self.client.send_task(tasks.TICK_TASK, expires=when)
 
     def kill(self, name: str) -> None:
         self.processes[name].kill()

@@ -95,8 +95,8 @@ def test_a_worker_whose_pool_is_busy_stays_alive_keeps_its_shards_and_answers(
     assert max(latencies) < 1.0, max(latencies)
 
 
-def _heartbeat_gaps(cluster: CeleryCluster, node: str, seconds: float) -> list[float]:
-    """The time between the node's consecutive heartbeats, watched for ``seconds``."""
+def _heartbeats(cluster: CeleryCluster, node: str, seconds: float) -> list[float]:
+    """The times of the node's heartbeats (its own clock), watched for ``seconds``."""
     beats: list[float] = []
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -105,7 +105,23 @@ def _heartbeat_gaps(cluster: CeleryCluster, node: str, seconds: float) -> list[f
         if not beats or info.last_heartbeat != beats[-1]:
             beats.append(info.last_heartbeat)
         time.sleep(0.05)
+    return beats
+
+
+def _heartbeat_gaps(cluster: CeleryCluster, node: str, seconds: float) -> list[float]:
+    """The time between the node's consecutive heartbeats, watched for ``seconds``."""
+    beats = _heartbeats(cluster, node, seconds)
     return [b - a for a, b in itertools.pairwise(beats[1:])]  # the first gap may be partial
+
+
+def _after_a_heartbeat(cluster: CeleryCluster, node: str, delay: float) -> float:
+    """Wait for the node's next heartbeat, then ``delay`` s more; return that heartbeat."""
+    first = cluster.nodes()[node].last_heartbeat
+    beat = wait_until(
+        lambda: (b := cluster.nodes()[node].last_heartbeat) != first and b, 5, interval=0.02
+    )
+    time.sleep(delay)
+    return float(beat)
 
 
 def test_beat_is_the_clock_and_a_silent_beat_does_not_make_nodes_fail(
@@ -120,7 +136,18 @@ def test_beat_is_the_clock_and_a_silent_beat_does_not_make_nodes_fail(
 
     paced = _heartbeat_gaps(cluster, "w1", 6)
     cluster.pause("beat")  # beat is silent: the nodes tick on their own, 1.5 intervals apart
-    silent = _heartbeat_gaps(cluster, "w1", 8)
+    silent = _heartbeat_gaps(cluster, "w1", 6)
+
+    # Stale ticks (past their expiry, as after a long stall) run nothing: 0.6 s after a
+    # heartbeat, 20 of them; the next heartbeat is still the fallback's, 1.5 s after.
+    last = _after_a_heartbeat(cluster, "w1", 0.6)
+    cluster.send_ticks(20, expires=-1.0)
+    stale = [b - last for b in _heartbeats(cluster, "w1", 1.0) if last < b < last + 1.4]
+    # A burst of 20 fresh ticks is one round, not 20.
+    last = _after_a_heartbeat(cluster, "w1", 0.6)
+    cluster.send_ticks(20, expires=1.0)
+    burst = [b - last for b in _heartbeats(cluster, "w1", 0.8) if last < b < last + 1.4]
+
     cluster.resume("beat")
     time.sleep(2)
     resumed = _heartbeat_gaps(cluster, "w1", 6)
@@ -128,11 +155,23 @@ def test_beat_is_the_clock_and_a_silent_beat_does_not_make_nodes_fail(
     print(
         f"\nheartbeat gaps: beat running {min(paced):.2f}-{max(paced):.2f}s, "
         f"beat stopped {min(silent):.2f}-{max(silent):.2f}s, "
-        f"beat resumed {min(resumed):.2f}-{max(resumed):.2f}s"
+        f"beat resumed {min(resumed):.2f}-{max(resumed):.2f}s; "
+        f"heartbeats after 20 stale ticks {stale}, after a burst of 20 {burst}"
     )
     assert all(0.7 <= gap <= 1.3 for gap in paced), paced  # one per beat tick
     assert all(1.3 <= gap <= 1.8 for gap in silent), silent  # the late-tick fallback
+    assert stale == [], stale  # within 1.4 s of the last heartbeat: none
+    assert len(burst) == 1 and 0.5 <= burst[0] <= 1.0, burst  # one round, on the burst
     assert all(0.5 <= gap <= 1.3 for gap in resumed), resumed  # beat again, no burst
     after = cluster.lease()
     assert (after.node_id, after.term) == (lease.node_id, lease.term)  # leadership untouched
     assert {n: i.status for n, i in cluster.nodes().items()} == {"w1": "alive", "w2": "alive"}
+
+    # A worker that stops (SIGTERM) leaves at once, not when its heartbeat expires.
+    cluster.processes["w2"].terminate()
+    stopped = time.monotonic()
+    wait_until(lambda: "w2" not in cluster.run(cluster.observer.alive_nodes()), 10, 0.05)
+    left = time.monotonic() - stopped
+    cluster.processes["w2"].wait(10)
+    print(f"w2 left {left:.2f}s after SIGTERM")
+    assert left < 2.0, left
