@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -42,7 +43,6 @@ from typing import Any
 
 from celery import Celery, bootsteps, shared_task
 from kombu.common import Broadcast
-from kombu.connection import Connection
 from kombu.message import Message
 from kombu.messaging import Consumer
 
@@ -89,7 +89,7 @@ def get_driver() -> ClusterNode:
     with _lock:
         name, config, runtime = node_id(), cluster_config(), get_runtime()
         service = _service
-        if service is not None and service.node is not None:
+        if service is not None and service.node is not None and service.pid == os.getpid():
             node = service.node
             if node.node_id == name and node.config == config and node.runtime is runtime:
                 return node
@@ -231,6 +231,8 @@ class ClusterService:
     def __init__(self, app: Celery) -> None:
         self.app = app
         self.node: ClusterNode | None = None
+        #: The process the node runs in: a pool process forked later is not it.
+        self.pid = os.getpid()
         self.received = 0
         self.stale = 0
         self._halt = threading.Event()
@@ -242,6 +244,7 @@ class ClusterService:
 
     def start(self) -> None:
         runtime = get_runtime()
+        self.pid = os.getpid()
         self.node = ClusterNode(runtime, node_id(), cluster_config(), on_change=_on_change)
         self._stop, self._clock = asyncio.Event(), asyncio.Event()
         self._loop = runtime.loop
@@ -261,7 +264,8 @@ class ClusterService:
         self._future = None
         if future is None or stop is None:
             return
-        get_runtime().loop.call_soon_threadsafe(stop.set)
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(stop.set)
         try:
             future.result(5)  # the driver stops hosting and leaves the cluster
         except Exception:
@@ -280,7 +284,9 @@ class ClusterService:
         while not self._halt.is_set():
             try:
                 with (
-                    Connection(self.app.conf.broker_url) as connection,
+                    # The app's own broker settings (transport options, TLS), so the
+                    # fanout delivery matches what beat sends.
+                    self.app.connection_for_read() as connection,
                     Consumer(connection, [queue], on_message=self._on_message, no_ack=True),
                 ):
                     while not self._halt.is_set():
