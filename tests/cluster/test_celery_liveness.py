@@ -175,3 +175,37 @@ def test_beat_is_the_clock_and_a_silent_beat_does_not_make_nodes_fail(
     cluster.processes["w2"].wait(10)
     print(f"w2 left {left:.2f}s after SIGTERM")
     assert left < 2.0, left
+
+
+def test_with_beat_killed_the_nodes_keep_their_leader_and_shards_and_serve(
+    cluster: CeleryCluster,
+) -> None:
+    cluster.worker("w1")
+    cluster.worker("w2")
+    cluster.beat()
+    shard_map = wait_until(lambda: cluster.spread_over({"w1", "w2"}), 60)
+    lease = cluster.lease()
+    actors = [f"counter-{uuid.uuid4().hex[:8]}" for _ in range(4)]
+    for actor in actors:
+        wait_until(lambda a=actor: _try(lambda: _increment(a)), 30)
+
+    cluster.kill("beat")  # no clock at all: the nodes tick on their own
+    killed = time.monotonic()
+    samples, latencies = 0, []
+    while time.monotonic() < killed + 15:
+        sampled = time.monotonic()
+        assert {n: i.status for n, i in cluster.nodes().items()} == {"w1": "alive", "w2": "alive"}
+        now = cluster.lease()
+        assert (now.node_id, now.term) == (lease.node_id, lease.term)
+        assert cluster.shard_map().revision == shard_map.revision  # nothing moved
+        started = time.monotonic()
+        _increment(actors[samples % len(actors)])
+        latencies.append(time.monotonic() - started)
+        samples += 1
+        time.sleep(max(0.0, sampled + SAMPLE - time.monotonic()))
+    print(
+        f"\nbeat killed: {samples} samples over 15 s, same leader and term, no node failed, "
+        f"routed command max {max(latencies) * 1000:.0f} ms"
+    )
+    assert samples >= 25
+    assert max(latencies) < 1.0
