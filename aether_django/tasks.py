@@ -1,18 +1,30 @@
-"""Celery tasks that make each worker a cluster node, and the two lines that wire them up.
+"""Celery tasks and a worker bootstep that make each worker a cluster node.
 
 Each host's Celery worker is a node, named by ``AETHER["NODE_ID"]`` (or the
-environment variable ``AETHER_NODE_ID``). Celery beat sends four tasks every
-``HEARTBEAT_INTERVAL`` to a *broadcast* queue, so every worker runs each of them:
+environment variable ``AETHER_NODE_ID``), driven by the same
+:class:`~aether_django.cluster.node.ClusterNode` as ``manage.py aether_node``.
 
-* ``aether_django.heartbeat`` — this node is alive;
-* ``aether_django.elect_or_renew`` — take the leader lease if free (and then rebalance
-  at once), renew it if held;
-* ``aether_django.detect_failures`` — as leader, rebalance when an owner has died;
-* ``aether_django.rebalance`` — as leader, spread the shards over the live nodes.
+Celery beat is the clock: every ``HEARTBEAT_INTERVAL`` it sends
+``aether_django.tick`` to a fanout exchange. In each worker's *main process*,
+a bootstep (:class:`ClusterStep`) consumes it on a connection of its own, on a
+queue the task pool does not read, and runs one round of the node's duties on
+the runtime's loop thread, where the node also serves the commands of its
+shards (see :mod:`aether_django.cluster.routing`):
 
-All four are idempotent: running one twice, late, or on a node that is not the
-leader does no harm. The worker's main process also serves the commands of the
-shards its node owns (see :mod:`aether_django.cluster.routing`). In a project::
+* heartbeat — this node is alive;
+* elect or renew — take the leader lease if free (and then rebalance at once),
+  renew it if held;
+* detect failures and rebalance — as leader, spread the shards over the live
+  nodes when an owner died or a node joined.
+
+So a pool that is busy with long user tasks (solo or prefork) never delays a
+heartbeat or a routed command. A tick older than one interval is dropped; a
+node whose tick is more than 1.5 intervals late ticks on its own until beat's
+tick comes back (a beat failing over does not make nodes look failed).
+
+The tasks ``aether_django.heartbeat``, ``elect_or_renew``, ``detect_failures``
+and ``rebalance`` (and ``tick``) stay, idempotent, for projects that call them:
+they run the same driver's steps. In a project::
 
     from aether_django.tasks import setup_cluster
     setup_cluster(app)          # app is your Celery app
@@ -27,47 +39,66 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import threading
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from celery import Celery, shared_task
-from celery.signals import worker_ready, worker_shutdown
+from celery import Celery, bootsteps, shared_task
 from kombu.common import Broadcast
-from kombu.entity import Queue
+from kombu.message import Message
+from kombu.messaging import Consumer
 
 from .beat import use_leased_scheduler
 from .cluster import cluster_config, node_id
 from .cluster.coordinator import Coordinator
-from .cluster.routing import ShardHost
+from .cluster.node import ClusterNode
 from .runtime import get_runtime
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "BROADCAST_QUEUE",
+    "ClusterStep",
     "cluster_celery_config",
     "detect_failures",
     "elect_or_renew",
     "heartbeat",
     "rebalance",
     "setup_cluster",
+    "tick",
 ]
 
-#: The broadcast queue every worker consumes the per-node tasks from.
+#: The fanout exchange beat sends the cluster tick to; each worker binds a queue of its own.
 BROADCAST_QUEUE = "aether_cluster"
+#: The task beat sends every interval: one round of the node's duties.
+TICK_TASK = "aether_django.tick"
 _TASKS = ("heartbeat", "elect_or_renew", "detect_failures", "rebalance")
+#: Every task name the worker's clock consumer takes as beat's tick.
+CLOCK_TASKS = frozenset({TICK_TASK, *(f"aether_django.{task}" for task in _TASKS)})
 
-_coordinator: Coordinator | None = None
+_driver: ClusterNode | None = None
+_on_change: Callable[[dict[str, Any]], None] | None = None
 _lock = threading.Lock()
 
 
-def get_coordinator() -> Coordinator:
-    """This process's Coordinator, for this worker's node id and the current settings."""
-    global _coordinator
+def get_driver() -> ClusterNode:
+    """This process's cluster driver: the worker's own while it runs, else one per process.
+
+    In the worker's main process it is the node :class:`ClusterStep` runs (it hosts
+    the shards); in a pool process, or outside a worker, a driver that hosts none,
+    for this node id and the current settings.
+    """
+    global _driver
     with _lock:
         name, config, runtime = node_id(), cluster_config(), get_runtime()
-        current = _coordinator
+        service = _service
+        if service is not None and service.node is not None and service.pid == os.getpid():
+            node = service.node
+            if node.node_id == name and node.config == config and node.runtime is runtime:
+                return node
+        current = _driver
         # Rebuilt when the settings or the runtime change (tests override them).
         if (
             current is None
@@ -75,114 +106,81 @@ def get_coordinator() -> Coordinator:
             or current.config != config
             or current.runtime is not runtime
         ):
-            current = _coordinator = Coordinator(runtime, name, config)
+            current = _driver = ClusterNode(runtime, name, config, hosting=False)
         return current
+
+
+def get_coordinator() -> Coordinator:
+    """The coordinator of this process's cluster driver."""
+    return get_driver().coordinator
 
 
 def _run(coro: Any) -> Any:
     return get_runtime().run(coro)
 
 
-async def _as_leader(coordinator: Coordinator) -> bool:
-    # A task may run in another pool process than the one that won the lease:
-    # trust the server's lease, then the write is fenced by its revision.
-    lease = await coordinator.read_lease()
-    coordinator.lease = (
-        lease if lease is not None and lease.node_id == coordinator.node_id else None
-    )
-    return coordinator.is_leader
+@shared_task(name=TICK_TASK, ignore_result=True)
+def tick() -> str | None:
+    """One round of the node's duties (what the worker's clock runs); return the leader."""
+    state: dict[str, Any] = _run(get_driver().tick())
+    leader: str | None = state["leader"]
+    return leader
 
 
 @shared_task(name="aether_django.heartbeat", ignore_result=True)
 def heartbeat() -> str:
     """Say this node is alive, with how many shards the map gives it."""
-
-    async def beat() -> str:
-        coordinator = get_coordinator()
-        shard_map = await coordinator.read_shard_map()
-        count = len(shard_map.shards_of(coordinator.node_id)) if shard_map else 0
-        await coordinator.heartbeat(shard_count=count)
-        return coordinator.node_id
-
-    result: str = _run(beat())
-    return result
+    driver = get_driver()
+    _run(driver.heartbeat())
+    return driver.node_id
 
 
 @shared_task(name="aether_django.elect_or_renew", ignore_result=True)
 def elect_or_renew() -> str | None:
-    """Take the lease if nobody holds it, renew it if this node does; return the holder.
-
-    A node that has just taken the lease rebalances in the same task: its
-    predecessor may have died, and waiting for the next ``rebalance`` task could
-    cost one more interval before the dead leader's shards move.
-    """
-
-    async def elect() -> str | None:
-        coordinator = get_coordinator()
-        lease = await coordinator.elect_or_renew()
-        # The term is the revision that created the lease: equal only when just taken.
-        if coordinator.is_leader and lease is not None and lease.revision == lease.term:
-            await coordinator.rebalance()
-        return lease.node_id if lease else None
-
-    result: str | None = _run(elect())
-    return result
+    """Take the lease if nobody holds it (and rebalance at once), renew it if this node does;
+    return the holder."""
+    lease = _run(get_driver().elect())
+    return lease.node_id if lease else None
 
 
 @shared_task(name="aether_django.detect_failures", ignore_result=True)
 def detect_failures() -> list[str]:
     """As leader: the owners in the shard map whose heartbeat expired; rebalance if any."""
-
-    async def detect() -> list[str]:
-        coordinator = get_coordinator()
-        if not await _as_leader(coordinator):
-            return []
-        alive = set(await coordinator.alive_nodes())
-        shard_map = await coordinator.read_shard_map()
-        failed = sorted(set(shard_map.assignment.values()) - alive) if shard_map else []
-        if failed:
-            lease = coordinator.lease
-            logger.warning(
-                "nodes failed: %s; rebalancing",
-                ", ".join(failed),
-                extra={
-                    "node": coordinator.node_id,
-                    "term": lease.term if lease else None,
-                    "failed": failed,
-                },
-            )
-            await coordinator.rebalance()
-        return failed
-
-    result: list[str] = _run(detect())
-    return result
+    driver = get_driver()
+    failed: list[str] = _run(driver.detect_failures())
+    if failed:
+        lease = driver.coordinator.lease
+        logger.warning(
+            "nodes failed: %s; rebalancing",
+            ", ".join(failed),
+            extra={"node": driver.node_id, "term": lease.term if lease else None, "failed": failed},
+        )
+    return failed
 
 
 @shared_task(name="aether_django.rebalance", ignore_result=True)
 def rebalance() -> int:
     """As leader: spread the shards over the live nodes; return how many moved."""
+    moved: int = _run(get_driver().rebalance())
+    return moved
 
-    async def run() -> int:
-        coordinator = get_coordinator()
-        if not await _as_leader(coordinator):
-            return 0
-        plan = await coordinator.rebalance()
-        return plan.moved_count if plan else 0
 
-    result: int = _run(run())
-    return result
+def _exchange() -> Broadcast:
+    return Broadcast(BROADCAST_QUEUE, routing_key=BROADCAST_QUEUE)
 
 
 def cluster_celery_config() -> dict[str, Any]:
-    """Celery settings: the broadcast queue, the routes to it and the beat schedule."""
-    interval = timedelta(seconds=cluster_config().heartbeat_interval)
-    expires = cluster_config().failure_timeout
-    broadcast = Broadcast(BROADCAST_QUEUE, routing_key=BROADCAST_QUEUE)
-    names = [f"aether_django.{task}" for task in _TASKS]
+    """Celery settings: the routes to the fanout exchange and the beat schedule.
+
+    The exchange is not among the worker's task queues: the pool never runs the
+    cluster tasks, :class:`ClusterStep` consumes them in the main process.
+    """
+    interval = cluster_config().heartbeat_interval
+    exchange = _exchange().exchange
+    names = [TICK_TASK, *(f"aether_django.{task}" for task in _TASKS)]
     return {
         # An explicit routing key on both sides: with Redis, kombu's fanout
         # delivery matches it, and a default one differs between beat and worker.
-        "task_queues": (Queue("celery"), broadcast),
         "task_routes": {
             name: {
                 "queue": BROADCAST_QUEUE,
@@ -191,88 +189,166 @@ def cluster_celery_config() -> dict[str, Any]:
                 "routing_key": BROADCAST_QUEUE,
                 # Celery does not declare broadcast queues when sending, and kombu's
                 # Redis transport then treats the undeclared exchange as direct.
-                "declare": [broadcast.exchange],
+                "declare": [exchange],
             }
             for name in names
         },
         "beat_schedule": {
-            # A tick older than FAILURE_TIMEOUT is stale (newer ones were sent since):
-            # workers drop it rather than run a burst of them late.
-            name: {"task": name, "schedule": interval, "options": {"expires": expires}}
-            for name in names
+            # Expires after one interval: the worker drops an older tick rather than
+            # run it late (a burst of stale ticks must not change leadership).
+            TICK_TASK: {
+                "task": TICK_TASK,
+                "schedule": timedelta(seconds=interval),
+                "options": {"expires": interval},
+            }
         },
     }
 
 
-def setup_cluster(app: Celery) -> None:
-    """Make every worker of ``app`` a cluster node: schedule, queues, and shard hosting."""
+def setup_cluster(
+    app: Celery, *, on_change: Callable[[dict[str, Any]], None] | None = None
+) -> None:
+    """Make every worker of ``app`` a cluster node: schedule, routes, and the clock step.
+
+    ``on_change`` is called, on the node's loop thread, with each change of the
+    node's state (leader, term, shards, map revision; what ``aether_node --json``
+    prints); it must not block.
+    """
+    global _on_change
+    _on_change = on_change
     config = cluster_celery_config()
     schedule = {**(app.conf.beat_schedule or {}), **config.pop("beat_schedule")}
     app.conf.update(beat_schedule=schedule, **config)
     use_leased_scheduler(app)  # several beats may run: the lease holder sends
-    worker_ready.connect(_start_hosting, weak=False)
-    worker_shutdown.connect(_stop_hosting, weak=False)
+    if ClusterStep not in app.steps["worker"]:
+        app.steps["worker"].add(ClusterStep)
 
 
-# --- serving shards in the worker's main process -------------------------------------------
-_hosting: dict[str, Any] = {}
+# --- the node in the worker's main process -------------------------------------------------
+class ClusterService:
+    """The worker's node: the driver on the runtime's loop, paced by beat's tick.
 
+    A thread with a broker connection of its own consumes the tick from a queue
+    bound to the fanout exchange (the pool never sees it) and sets the driver's
+    clock; the driver runs on the runtime's loop thread, where shard hosting and
+    its NATS connection live. Neither waits for the pool.
+    """
 
-def _start_hosting(**_: Any) -> None:
-    """Follow the shard map and serve this node's shards, on the runtime's loop thread."""
-    runtime = get_runtime()
-    host = ShardHost(runtime, node_id())
-    stop = asyncio.Event()
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+        self.node: ClusterNode | None = None
+        #: The process the node runs in: a pool process forked later is not it.
+        self.pid = os.getpid()
+        self.received = 0
+        self.stale = 0
+        self._halt = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._future: Any = None
+        self._stop: asyncio.Event | None = None
+        self._clock: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def follow() -> None:
-        coordinator = Coordinator(runtime, node_id(), cluster_config())
-        changed = asyncio.Event()
+    def start(self) -> None:
+        runtime = get_runtime()
+        self.pid = os.getpid()
+        self.node = ClusterNode(runtime, node_id(), cluster_config(), on_change=_on_change)
+        self._stop, self._clock = asyncio.Event(), asyncio.Event()
+        self._loop = runtime.loop
+        self._future = asyncio.run_coroutine_threadsafe(
+            self.node.run(self._stop, self._clock), runtime.loop
+        )
+        self._thread = threading.Thread(
+            target=self._consume, name="aether-cluster-clock", daemon=True
+        )
+        self._thread.start()
 
-        async def on_notice(_msg: Any) -> None:
-            changed.set()
+    def stop(self) -> None:
+        self._halt.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        future, stop = self._future, self._stop
+        self._future = None
+        if future is None or stop is None:
+            return
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(stop.set)
+        try:
+            future.result(5)  # the driver stops hosting and leaves the cluster
+        except Exception:
+            logger.debug("stopping the cluster node failed", exc_info=True)
 
-        # The leader announces each map it writes: follow it at once, and poll every
-        # interval as well in case a notice was missed.
-        subscription = None
-        with contextlib.suppress(Exception):
-            subscription = await coordinator.watch_shard_map(on_notice)
-        while not stop.is_set():
-            changed.clear()
+    terminate = stop
+
+    def _consume(self) -> None:
+        # Each worker binds a queue of its own (a unique, auto-deleted name) to the
+        # fanout exchange, so every worker gets every tick.
+        queue = Broadcast(
+            BROADCAST_QUEUE,
+            routing_key=BROADCAST_QUEUE,
+            queue=f"{BROADCAST_QUEUE}.{node_id()}.{id(self):x}",
+        )
+        while not self._halt.is_set():
             try:
-                shard_map = await coordinator.read_shard_map()
-                mine = set(shard_map.shards_of(node_id())) if shard_map else set()
-                await host.own(mine)
+                with (
+                    # The app's own broker settings (transport options, TLS), so the
+                    # fanout delivery matches what beat sends.
+                    self.app.connection_for_read() as connection,
+                    Consumer(connection, [queue], on_message=self._on_message, no_ack=True),
+                ):
+                    while not self._halt.is_set():
+                        with contextlib.suppress(TimeoutError):  # a chance to see the halt
+                            connection.drain_events(timeout=0.5)
             except Exception:
-                logger.warning("following the shard map failed", exc_info=True)
-            wake = asyncio.ensure_future(changed.wait())
-            halt = asyncio.ensure_future(stop.wait())
-            await asyncio.wait(
-                {wake, halt},
-                timeout=coordinator.config.heartbeat_interval,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-            wake.cancel()
-            halt.cancel()
-        if subscription is not None:
-            with contextlib.suppress(Exception):
-                await subscription.unsubscribe()
-        await host.stop()
+                # The broker is away: the driver ticks on its own meanwhile.
+                logger.warning("cluster tick consumer failed; reconnecting", exc_info=True)
+                self._halt.wait(1.0)
 
-    _hosting["stop"] = stop
-    _hosting["future"] = asyncio.run_coroutine_threadsafe(follow(), runtime.loop)
+    def _on_message(self, message: Message) -> None:
+        headers = message.headers or {}
+        if headers.get("task") not in CLOCK_TASKS:
+            return
+        self.received += 1
+        if _expired(headers.get("expires")):
+            self.stale += 1
+            logger.debug("dropped a stale cluster tick %s", headers.get("id"))
+            return
+        clock, loop = self._clock, self._loop
+        if clock is not None and loop is not None:
+            loop.call_soon_threadsafe(clock.set)
 
 
-def _stop_hosting(**_: Any) -> None:
-    stop = _hosting.pop("stop", None)
-    future = _hosting.pop("future", None)
-    if stop is None or future is None:
-        return
-    get_runtime().loop.call_soon_threadsafe(stop.set)
+def _expired(expires: Any) -> bool:
+    if not expires:
+        return False
     try:
-        future.result(5)
-    except Exception:
-        logger.debug("stopping shard hosting failed", exc_info=True)
-    try:
-        get_runtime().run(get_coordinator().leave())
-    except Exception:
-        logger.debug("leaving the cluster failed", exc_info=True)
+        when = datetime.fromisoformat(str(expires))
+    except ValueError:
+        return False
+    now = datetime.now(UTC) if when.tzinfo else datetime.now()
+    return when < now
+
+
+_service: ClusterService | None = None
+
+
+class ClusterStep(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Worker bootstep: run this worker's cluster node in its main process.
+
+    Started after the pool (prefork children are forked before the node's
+    threads exist) and before the consumer, whose start blocks.
+    """
+
+    requires = ("celery.worker.components:Pool",)
+
+    def create(self, parent: Any) -> ClusterService:
+        global _service
+        _service = ClusterService(parent.app)
+        return _service
+
+    def stop(self, parent: Any) -> None:
+        global _service
+        if self.obj is not None:
+            self.obj.stop()
+        _service = None
+
+    terminate = stop

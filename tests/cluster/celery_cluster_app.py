@@ -7,7 +7,12 @@ which no worker consumes: the beat tests count its messages there.
 
 from __future__ import annotations
 
+import json
 import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
 
 import django
 from celery import Celery
@@ -29,4 +34,24 @@ if probe_period:
             "options": {"queue": "probe"},
         }
     }
-setup_cluster(app)
+
+
+def report(change: dict[str, Any]) -> None:
+    """Print each change of the node's state as a JSON line, as ``aether_node --json`` does."""
+    # The real stdout: Celery redirects sys.stdout to its logger in workers.
+    assert sys.__stdout__ is not None
+    sys.__stdout__.write(json.dumps(change) + "\n")
+    sys.__stdout__.flush()
+
+
+setup_cluster(app, on_change=report)
+
+
+@app.task(name="tests.cluster.sleep", ignore_result=True)
+def sleep(seconds: float, marker: str = "") -> None:
+    """A user task that holds its pool slot (the main thread, with the solo pool)."""
+    if marker:
+        Path(marker).touch()  # says the task has started, for the test to wait on
+    time.sleep(seconds)
+    if marker:
+        Path(f"{marker}.done").touch()

@@ -32,7 +32,7 @@ from aether_django.cluster import send_command
 from aether_django.cluster.beatlease import BeatHolder, BeatLease
 from aether_django.cluster.coordinator import ClusterConfig, Coordinator
 from aether_django.runtime import Runtime
-from aether_django.tasks import BROADCAST_QUEUE
+from aether_django.tasks import BROADCAST_QUEUE, TICK_TASK
 from aether_django.testing.broker import BrokerServer
 from aether_django.testing.contract import unique_namespace  # noqa: F401
 
@@ -334,7 +334,7 @@ def test_killed_active_beat_is_replaced_and_the_cluster_does_not_notice(beat_clu
     sent = ticks.between(window_start, time.monotonic())
     senders = {s.beat.split()[0] for s in sent}
     assert len(senders) == 1 and cluster.holder().beat_id in senders, senders
-    heartbeats = [s for s in sent if s.task == "aether_django.heartbeat"]
+    heartbeats = [s for s in sent if s.task == TICK_TASK]
     assert 4 <= len(heartbeats) <= 6, len(heartbeats)
 
     # A beat stopped normally (SIGTERM) releases the lease: the other takes over at once.
@@ -383,7 +383,7 @@ def test_paused_active_beat_resumes_as_standby_and_sends_nothing(beat_cluster):
     after = ticks.between(resumed, time.monotonic())
     from_paused = [s for s in after if s.beat.split()[0] == paused_id]
     # Exactly one schedule: one heartbeat tick per interval, never two close together.
-    heartbeats = [s.at for s in after if s.task == "aether_django.heartbeat"]
+    heartbeats = [s.at for s in after if s.task == TICK_TASK]
     tick_gaps = [b - a for a, b in itertools.pairwise(heartbeats)]
     gaps = _probe_gaps(probes, stopped, time.monotonic())
     print(

@@ -5,12 +5,9 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from datetime import timedelta
 
 import pytest
 from celery import Celery
-from django.conf import settings
-from django.test import override_settings
 
 from aether_django import tasks
 from aether_django.beat import LEASED_SCHEDULER, BeatLeaseMixin, LeasedScheduler
@@ -109,11 +106,3 @@ def test_a_projects_own_scheduler_is_kept_with_a_warning(caplog):
         tasks.setup_cluster(app)
     assert app.conf.beat_scheduler == "django_celery_beat.schedulers:DatabaseScheduler"
     assert "BeatLeaseMixin" in caplog.text
-
-
-def test_cluster_ticks_expire_after_the_failure_timeout():
-    with override_settings(AETHER={**settings.AETHER, "HEARTBEAT_INTERVAL": 0.5}):
-        schedule = tasks.cluster_celery_config()["beat_schedule"]
-    for entry in schedule.values():
-        assert entry["schedule"] == timedelta(seconds=0.5)
-        assert entry["options"]["expires"] == 3.0

@@ -11,14 +11,13 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from celery import Celery
 from django.conf import settings
 from django.test import override_settings
-from kombu.common import Broadcast
 
 from aether_django import tasks
 from aether_django.cluster.coordinator import ClusterConfig, Coordinator
@@ -134,24 +133,22 @@ def test_leader_only_tasks_write_nothing_on_a_node_that_does_not_lead(cluster: C
     assert cluster.shard_map().revision == moved.revision
 
 
-def test_the_beat_schedule_sends_the_four_tasks_every_heartbeat_to_the_broadcast_queue() -> None:
+def test_the_beat_schedule_sends_one_tick_every_heartbeat_to_the_fanout_exchange() -> None:
     with override_settings(AETHER={**settings.AETHER, "HEARTBEAT_INTERVAL": 2.5}):
         config = tasks.cluster_celery_config()
     schedule = config["beat_schedule"]
-    assert sorted(schedule) == sorted(TASK_NAMES)
-    for name, entry in schedule.items():
-        assert entry["task"] == name
-        assert entry["schedule"] == timedelta(seconds=2.5)
-    for name in TASK_NAMES:
+    assert sorted(schedule) == [tasks.TICK_TASK]
+    entry = schedule[tasks.TICK_TASK]
+    assert entry["task"] == tasks.TICK_TASK
+    assert entry["schedule"] == timedelta(seconds=2.5)
+    assert entry["options"]["expires"] == 2.5  # a tick older than an interval is dropped
+    for name in [tasks.TICK_TASK, *TASK_NAMES]:
         route = config["task_routes"][name]
         assert route["queue"] == route["exchange"] == tasks.BROADCAST_QUEUE
         assert route["exchange_type"] == "fanout"
-    broadcasts = [q for q in config["task_queues"] if isinstance(q, Broadcast)]
-    # One fanout exchange; each worker binds a queue of its own to it, so every
-    # worker gets every task.
-    assert [q.exchange.name for q in broadcasts] == [tasks.BROADCAST_QUEUE]
-    assert broadcasts[0].exchange.type == "fanout"
-    assert "celery" in {q.name for q in config["task_queues"]}  # ordinary tasks still flow
+        assert route["declare"][0].type == "fanout"
+    # The pool does not consume the exchange: the worker's main process does.
+    assert "task_queues" not in config
 
 
 def test_setting_up_the_cluster_keeps_the_projects_own_beat_schedule() -> None:
@@ -159,7 +156,16 @@ def test_setting_up_the_cluster_keeps_the_projects_own_beat_schedule() -> None:
     mine = {"task": "shop.tasks.nightly_report", "schedule": timedelta(hours=24)}
     app.conf.beat_schedule = {"nightly-report": mine}
     tasks.setup_cluster(app)
+    tasks.setup_cluster(app)  # twice is once
     schedule = app.conf.beat_schedule
     assert schedule["nightly-report"] == mine
-    assert set(schedule) == {"nightly-report", *TASK_NAMES}
+    assert set(schedule) == {"nightly-report", tasks.TICK_TASK}
     assert app.conf.task_routes["aether_django.heartbeat"]["queue"] == tasks.BROADCAST_QUEUE
+    assert list(app.steps["worker"]).count(tasks.ClusterStep) == 1
+
+
+def test_a_tick_older_than_its_expiry_is_stale() -> None:
+    now = datetime.now(UTC)
+    assert tasks._expired((now - timedelta(seconds=0.1)).isoformat())
+    assert not tasks._expired((now + timedelta(seconds=1)).isoformat())
+    assert not tasks._expired(None)
