@@ -210,8 +210,9 @@ def start_celery(kind: str, env: dict[str, str], number: int = 1) -> subprocess.
     command = [sys.executable, "-m", "celery", "-A", CELERY_APP, kind, "--loglevel=INFO"]
     if kind == "worker":
         log, pid_file, name = WORKER_LOG, WORKER_PID_FILE, "worker"
-        # solo: the tasks run in the worker's main process, which also serves the
-        # commands of the node's shards.
+        # solo: one process is enough for the demo's few tasks. The node (heartbeats,
+        # lease, the commands of its shards) runs beside the pool in the main process,
+        # so a busy task does not stop it.
         command += ["--pool=solo", "-n", f"{NODE_ID}@%h", "--without-mingle", "--without-gossip"]
         env = dict(env, AETHER_NODE_ID=NODE_ID)
     else:
