@@ -195,6 +195,10 @@ class Coordinator:
         self.stream = f"KV_{self.config.bucket}"
         self.started_at = time.time()
         self.lease: Lease | None = None
+        #: When (time.monotonic()) the lease this node stored last expires at the latest:
+        #: its TTL counted from just before the write was sent, so never later than the
+        #: server's own expiry.
+        self._lease_until = 0.0
         #: The leader this node saw at its last election round (itself, another, None);
         #: heartbeats report it, so the admin shows which leader every node follows.
         self.seen_leader: str | None = None
@@ -377,6 +381,7 @@ class Coordinator:
         current, last = await self._read_lease()
         if current is not None and current.node_id == self.node_id:
             try:
+                sent = time.monotonic()
                 revision = await self._put(
                     "leader",
                     self._lease_doc(current.term, current.since),
@@ -384,6 +389,7 @@ class Coordinator:
                     ttl=self.config.failure_timeout,
                 )
                 self.lease = Lease(self.node_id, current.term, revision, current.since)
+                self._lease_until = sent + self.config.failure_timeout
                 self.seen_leader = self.node_id
                 return self.lease
             except JetStreamRefused as exc:
@@ -391,7 +397,7 @@ class Coordinator:
                     raise
                 current, last = await self._read_lease()
         if current is None:
-            since = time.time()
+            since, sent = time.time(), time.monotonic()
             try:
                 revision = await self._put(
                     "leader",
@@ -405,6 +411,7 @@ class Coordinator:
                 current, last = await self._read_lease()  # someone else won
             else:
                 self.lease = Lease(self.node_id, revision, revision, since)
+                self._lease_until = sent + self.config.failure_timeout
                 self.seen_leader = self.node_id
                 metrics.LEADER_CHANGES.inc()
                 logger.info(
@@ -420,7 +427,23 @@ class Coordinator:
 
     @property
     def is_leader(self) -> bool:
+        """Whether this node believes it holds the lease (its writes are then fenced).
+
+        A belief, not a fact: a node whose renewals fail keeps it until its next
+        round, and its writes are then refused by the fence. See :attr:`leads_now`.
+        """
         return self.lease is not None and self.lease.node_id == self.node_id
+
+    @property
+    def leads_now(self) -> bool:
+        """Whether this node holds a lease that has not expired by its own clock.
+
+        Counted from before the write that stored the lease, so a node stops
+        answering True no later than the server forgets the lease: at most one
+        node of a cluster answers True at any moment (with clocks that run at
+        the same rate), unlike :attr:`is_leader`.
+        """
+        return self.is_leader and time.monotonic() < self._lease_until
 
     # --- the shard map ------------------------------------------------------------------
     async def read_shard_map(self) -> ShardMap | None:
@@ -436,6 +459,7 @@ class Coordinator:
         if lease is None or lease.node_id != self.node_id:
             raise FencedOutError(f"{self.node_id} holds no lease")
         nc = await self._nc()
+        sent = time.monotonic()  # the batch renews the lease too
         batch = uuid.uuid4().hex
         await nc.publish(
             self._key("leader"),
@@ -469,6 +493,7 @@ class Coordinator:
                 ) from exc
             raise
         self.lease = Lease(lease.node_id, lease.term, seq - 1, lease.since)
+        self._lease_until = sent + self.config.failure_timeout
         try:
             # Only after the write is stored: a follower that reads on this notice
             # must find the new map, and a fenced write must announce nothing.

@@ -84,6 +84,25 @@ async def test_the_lease_expires_and_another_node_takes_over(cluster):
     assert lease.node_id == "node-b" and lease.term > first.term
 
 
+async def test_a_node_whose_renewals_stop_no_longer_leads_once_its_lease_can_have_expired(
+    cluster,
+):
+    # A node whose rounds fail (NATS away, a stuck process) keeps believing it leads
+    # until its next round; leads_now must not, or two nodes "lead" at once.
+    a, b = cluster("node-a"), cluster("node-b")
+    await a.elect_or_renew()
+    assert a.is_leader and a.leads_now
+    deadline = time.monotonic() + 5
+    while (await b.elect_or_renew()).node_id != "node-b":
+        assert time.monotonic() < deadline, "b never took the expired lease"
+        await asyncio.sleep(0.1)
+    assert b.leads_now
+    assert a.is_leader  # the stale belief: its next round (or fenced write) corrects it
+    assert not a.leads_now
+    await a.elect_or_renew()
+    assert not a.is_leader and not a.leads_now
+
+
 async def test_a_deposed_leaders_shard_map_write_is_refused(cluster):
     a, b = cluster("node-a"), cluster("node-b")
     await a.heartbeat()
