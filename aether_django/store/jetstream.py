@@ -188,6 +188,9 @@ class JetStreamEventStore(AsyncFirstEventStore):
         # write: a stale entry makes the server refuse the write, and we re-read.
         self._heads: OrderedDict[str, _Head] = OrderedDict()
         self._stream_verified = False
+        #: The stream was verified once in this process (a later "not found" is then
+        #: more likely a cluster re-electing than a missing stream).
+        self._stream_seen = False
         self._bucket_ready = False
 
     def __repr__(self) -> str:
@@ -300,6 +303,7 @@ class JetStreamEventStore(AsyncFirstEventStore):
                 "enable allow_direct and allow_atomic on it (nats stream edit) or recreate it"
             )
         self._stream_verified = True
+        self._stream_seen = True
 
     async def _stream_exists(self, deadline: float) -> bool:
         """Whether the namespace's stream exists (and is ours); cached once true."""
@@ -321,6 +325,14 @@ class JetStreamEventStore(AsyncFirstEventStore):
         except nats.js.errors.BadRequestError as exc:
             # Another process may have created it a moment ago; use theirs.
             if not await self._stream_exists(deadline):
+                if self._stream_seen:
+                    # It existed a moment ago: while a JetStream cluster re-elects, the
+                    # stream can be "not found" and creating it refused ("no suitable
+                    # peers for placement"). An outage, not a configuration error.
+                    raise StoreUnavailableError(
+                        f"stream {self.stream_name!r} is not available ({exc.description}); "
+                        "nothing was stored"
+                    ) from None
                 raise StoreConfigurationError(
                     f"cannot create stream {self.stream_name!r}: {exc.description}"
                 ) from None
