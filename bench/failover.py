@@ -5,7 +5,7 @@ Run from the repository root::
     .venv/bin/python -m bench.failover            # 10 kills, 90-115 s on 2 cores
     .venv/bin/python -m bench.failover --quick    # 2 kills, about 20 s
     .venv/bin/python -m bench.failover --kills 5  # another number of kills
-    .venv/bin/python -m bench.failover --celery   # Celery workers and two beats instead
+    .venv/bin/python -m bench.failover --celery   # Celery workers, two beats: 10 + 10 beat kills
 
 With ``--celery`` the nodes are Celery workers of the tests' cluster app
 (``tests.cluster.celery_cluster_app``: prefork pool, one child; each prints its
