@@ -73,16 +73,9 @@ class BeatLease:
         return (await self._read())[0]
 
     async def _read(self) -> tuple[BeatHolder | None, int]:
-        # Also the subject's last sequence: a released lease leaves a marker
-        # behind, and taking the lease must expect that marker, not nothing.
-        await self._bucket.setup()
-        msg = await self._bucket._get(BEAT_KEY)
-        if msg is None:
-            return None, 0
-        revision = int(msg.headers["Nats-Sequence"])
-        if not msg.data:
+        doc, revision = await self._bucket.read_record(BEAT_KEY)
+        if doc is None:
             return None, revision
-        doc = json.loads(msg.data)
         holder = BeatHolder(
             beat_id=str(doc["beat_id"]),
             revision=revision,
@@ -90,6 +83,16 @@ class BeatLease:
             since=float(doc.get("since", 0)),
         )
         return holder, revision
+
+    def _lost(self, held: BeatHolder) -> None:
+        """The server refused a write fenced by ``held``: another beat holds the lease."""
+        self.held = None
+        logger.warning(
+            "beat %s lost the beat lease (term %s)",
+            self.beat_id,
+            held.term,
+            extra={"beat": self.beat_id, "term": held.term},
+        )
 
     def _doc(self, term: int | None, since: float) -> bytes:
         return json.dumps({"beat_id": self.beat_id, "term": term, "since": since}).encode()
@@ -114,13 +117,7 @@ class BeatLease:
             except JetStreamRefused as exc:
                 if exc.code != ERR_WRONG_LAST_SEQUENCE:
                     raise
-                self.held = None
-                logger.warning(
-                    "beat %s lost the beat lease (term %s)",
-                    self.beat_id,
-                    held.term,
-                    extra={"beat": self.beat_id, "term": held.term},
-                )
+                self._lost(held)
             else:
                 self.held = BeatHolder(self.beat_id, revision, held.term, held.since)
                 return self.held
@@ -183,13 +180,7 @@ class BeatLease:
         except JetStreamRefused as exc:
             if exc.code != ERR_WRONG_LAST_SEQUENCE:
                 raise
-            self.held = None
-            logger.warning(
-                "beat %s lost the beat lease (term %s)",
-                self.beat_id,
-                held.term,
-                extra={"beat": self.beat_id, "term": held.term},
-            )
+            self._lost(held)
             return None
         self.held = BeatHolder(self.beat_id, seq - 1, held.term, held.since)
         return self.held

@@ -354,17 +354,27 @@ class Coordinator:
         """The current lease, or None when nobody holds it."""
         return (await self._read_lease())[0]
 
-    async def _read_lease(self) -> tuple[Lease | None, int]:
-        # Also the subject's last sequence: a released lease leaves a marker
-        # behind, and taking the lease must expect that marker, not nothing.
+    async def read_record(self, key: str) -> tuple[dict[str, Any] | None, int]:
+        """A lease-like record of the bucket: its document (None when free) and revision.
+
+        The revision is the key's last sequence even when the record is free: a
+        released lease leaves a marker behind, and taking it must expect that
+        marker, not nothing.
+        """
         await self.setup()
-        msg = await self._get("leader")
+        msg = await self._get(key)
         if msg is None:
             return None, 0
         revision = int(msg.headers["Nats-Sequence"])
         if not msg.data:
             return None, revision
-        doc = json.loads(msg.data)
+        doc: dict[str, Any] = json.loads(msg.data)
+        return doc, revision
+
+    async def _read_lease(self) -> tuple[Lease | None, int]:
+        doc, revision = await self.read_record("leader")
+        if doc is None:
+            return None, revision
         lease = Lease(
             node_id=doc["node_id"],
             term=int(doc.get("term") or revision),

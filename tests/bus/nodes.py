@@ -14,6 +14,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def handled_ids(path: Path) -> list[str]:
+    """The event ids a node process wrote to ``path``, one a line, as it handled them."""
+    return path.read_text().split() if path.exists() else []
+
+
+def wait_for_lines(path: Path, count: int, timeout: float) -> list[str]:
+    """``handled_ids(path)`` once it holds ``count`` ids, or when ``timeout`` runs out."""
+    deadline = time.monotonic() + timeout
+    while len(handled_ids(path)) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return handled_ids(path)
+
+
 class Node:
     """One node process: send commands, collect its output lines."""
 

@@ -10,27 +10,15 @@ from __future__ import annotations
 
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
-from .nodes import Node
+from .nodes import Node, handled_ids, wait_for_lines
 
 pytestmark = pytest.mark.slow
 
 HANDLE_SECONDS = 0.2
 EVENTS = 20
-
-
-def handled_ids(path: Path) -> list[str]:
-    return path.read_text().split() if path.exists() else []
-
-
-def wait_for_lines(path: Path, count: int, timeout: float) -> list[str]:
-    deadline = time.monotonic() + timeout
-    while len(handled_ids(path)) < count and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return handled_ids(path)
 
 
 def test_a_durable_subscriber_killed_mid_handling_resumes_with_none_missing_none_repeated(

@@ -9,31 +9,18 @@ durable name: across the restart every event is handled once, in order.
 
 from __future__ import annotations
 
-import time
 import uuid
-from pathlib import Path
 
 import pytest
 
 from aether_django.bus.local import DEFAULT_HANDLER_RETRIES
 
-from .nodes import Node
+from .nodes import Node, handled_ids, wait_for_lines
 
 pytestmark = pytest.mark.slow
 
 EVENTS = 5
 FAILING_VERSION = 3
-
-
-def handled_ids(path: Path) -> list[str]:
-    return path.read_text().split() if path.exists() else []
-
-
-def wait_for_lines(path: Path, count: int, timeout: float) -> list[str]:
-    deadline = time.monotonic() + timeout
-    while len(handled_ids(path)) < count and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return handled_ids(path)
 
 
 @pytest.mark.parametrize("mode", ["callback", "sync_callback", "iterate"])
