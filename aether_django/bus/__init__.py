@@ -42,9 +42,8 @@ def get_event_bus() -> EventBus:
     bus = _bus
     if bus is not None:
         return bus
-    from ..cluster import node_id
     from ..conf import aether_settings
-    from ..runtime import get_runtime
+    from ..runtime import get_runtime, node_id
 
     with _lock:
         if _bus is None:

@@ -8,9 +8,9 @@ the facade that wires them to ``settings.AETHER`` and the process runtime:
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
+from ..runtime import node_id
 from .coordinator import ClusterConfig, Coordinator, FencedOutError, Lease, NodeInfo, ShardMap
 from .hashring import shard_for
 from .routing import CommandError, RemoteDomainError, ShardUnavailableError
@@ -32,9 +32,6 @@ __all__ = [
     "shard_of",
 ]
 
-_node_id: str | None = None
-_lock = threading.Lock()
-
 
 def cluster_config() -> ClusterConfig:
     """The ClusterConfig that the current settings describe."""
@@ -48,23 +45,6 @@ def cluster_config() -> ClusterConfig:
         replicas=int(s.REPLICAS),
         timeout=float(s.TIMEOUT),
     )
-
-
-def node_id() -> str:
-    """This process's node id: ``AETHER["NODE_ID"]`` (or AETHER_NODE_ID), else host name plus
-    a random suffix chosen once per process."""
-    global _node_id
-    from ..conf import aether_settings
-
-    configured = aether_settings.NODE_ID
-    if configured:
-        return str(configured)
-    with _lock:
-        if _node_id is None:
-            from ..bus.nats import default_node_id
-
-            _node_id = default_node_id()
-        return _node_id
 
 
 def shard_of(actor_id: str) -> int:
