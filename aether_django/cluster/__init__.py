@@ -8,12 +8,14 @@ the facade that wires them to ``settings.AETHER`` and the process runtime:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..runtime import node_id
 from .coordinator import ClusterConfig, Coordinator, FencedOutError, Lease, NodeInfo, ShardMap
 from .hashring import shard_for
-from .routing import CommandError, RemoteDomainError, ShardUnavailableError
+
+if TYPE_CHECKING:
+    from .routing import CommandError, RemoteDomainError, ShardUnavailableError
 
 __all__ = [
     "ClusterConfig",
@@ -31,6 +33,18 @@ __all__ = [
     "send_command",
     "shard_of",
 ]
+
+#: Names handed on from ``routing``, imported on first use: routing runs aggregates,
+#: which need Django, and importing this package (say for ``cluster.hashring``) must not.
+_ROUTING_NAMES = frozenset({"CommandError", "RemoteDomainError", "ShardUnavailableError"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _ROUTING_NAMES:
+        from . import routing
+
+        return getattr(routing, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def cluster_config() -> ClusterConfig:

@@ -1,4 +1,4 @@
-"""The layers hold at import time: the core modules and the JetStream store import no
+"""The layers hold at import time: the pure modules and the JetStream store import no
 Django, packages do nothing when imported, and the bus and the cluster do not import
 each other.
 
@@ -22,6 +22,8 @@ DJANGO_FREE = [
     "aether_django.errors",
     "aether_django.names",
     "aether_django.patterns",
+    "aether_django.cluster.hashring",
+    "aether_django.cluster.shards",
     "aether_django.store.jetstream",
 ]
 
