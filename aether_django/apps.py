@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from django.apps import AppConfig
 from django.utils.module_loading import autodiscover_modules
 
@@ -12,9 +14,31 @@ class AetherConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        self._connect_process_hooks()
+
         # Registers the system checks.
         from . import checks  # noqa: F401
 
         # Import every installed app's aggregates module, as the admin does with
         # admin.py, so the registry and the checks see every aggregate class.
         autodiscover_modules("aggregates")
+
+    @staticmethod
+    def _connect_process_hooks() -> None:
+        # Connected here, not when the packages are imported, so that importing a
+        # store or a bus has no side effects (and store.jetstream needs no Django).
+        from . import metrics
+        from .bus import forget_event_bus, reset_event_bus, subscription_count
+        from .conf import on_reload
+        from .runtime import reset_runtime
+        from .store import reset_event_stores
+
+        # What was built from the old AETHER settings goes: the bus first, while the
+        # runtime its subscriptions run on is still there, then the stores, then the
+        # runtime's connections.
+        on_reload(reset_event_bus)
+        on_reload(reset_event_stores)
+        on_reload(reset_runtime)
+        metrics.BUS_SUBSCRIPTIONS.read = subscription_count
+        # The parent's subscriptions live on the parent's loops; a child starts clean.
+        os.register_at_fork(after_in_child=forget_event_bus)

@@ -171,8 +171,10 @@ _reload_hooks: list[Any] = []
 
 
 def on_reload(hook: Any) -> Any:
-    """Register a function to call whenever AETHER settings change."""
-    _reload_hooks.append(hook)
+    """Register a function to call whenever AETHER settings change (once, however often
+    it is registered)."""
+    if hook not in _reload_hooks:
+        _reload_hooks.append(hook)
     return hook
 
 

@@ -19,6 +19,9 @@ while most Django code is sync. The runtime therefore keeps
   a loop each), and for sync calls made from a thread that already runs an
   event loop (only allowed with DJANGO_ALLOW_ASYNC_UNSAFE).
 
+The runtime also names the process: ``node_id()`` is the id under which this
+process subscribes, hosts shards and takes leases, for the bus and the cluster alike.
+
 Everything is created on first use, created again in a child after ``fork()``
 (Celery prefork, gunicorn), and closed at interpreter exit. Connections reconnect
 by themselves after a server restart; writes are never queued while disconnected,
@@ -33,8 +36,10 @@ import concurrent.futures
 import logging
 import os
 import re
+import socket
 import threading
 import time
+import uuid
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
@@ -49,7 +54,7 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-__all__ = ["Runtime", "get_runtime", "reset_runtime"]
+__all__ = ["Runtime", "default_node_id", "get_runtime", "node_id", "reset_runtime"]
 
 _RUNTIMES: weakref.WeakSet[Runtime] = weakref.WeakSet()
 
@@ -589,3 +594,28 @@ def reset_runtime() -> None:
         runtime, _runtime = _runtime, None
     if runtime is not None:
         runtime.close()
+
+
+# --- the process's node id ---------------------------------------------------------
+_node_id: str | None = None
+_node_id_lock = threading.Lock()
+
+
+def default_node_id() -> str:
+    """This host's name plus a short random suffix."""
+    return f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+
+
+def node_id() -> str:
+    """This process's node id: ``AETHER["NODE_ID"]`` (or AETHER_NODE_ID), else host name plus
+    a random suffix chosen once per process."""
+    global _node_id
+    from .conf import aether_settings
+
+    configured = aether_settings.NODE_ID
+    if configured:
+        return str(configured)
+    with _node_id_lock:
+        if _node_id is None:
+            _node_id = default_node_id()
+        return _node_id

@@ -8,10 +8,8 @@ through JetStream. The submodules are primitives that never read settings;
 
 from __future__ import annotations
 
-import os
 import threading
 
-from .. import metrics
 from .local import (
     Delivery,
     EventBus,
@@ -42,9 +40,8 @@ def get_event_bus() -> EventBus:
     bus = _bus
     if bus is not None:
         return bus
-    from ..cluster import node_id
     from ..conf import aether_settings
-    from ..runtime import get_runtime
+    from ..runtime import get_runtime, node_id
 
     with _lock:
         if _bus is None:
@@ -63,14 +60,6 @@ def get_event_bus() -> EventBus:
         return _bus
 
 
-def _subscriptions() -> float:
-    bus = _bus
-    return float(bus.metrics["subscriptions"]) if bus is not None else 0.0
-
-
-metrics.BUS_SUBSCRIPTIONS.read = _subscriptions
-
-
 def reset_event_bus() -> None:
     """Close every subscription and forget the bus; the next get_event_bus() builds anew."""
     global _bus
@@ -80,17 +69,14 @@ def reset_event_bus() -> None:
         bus.close()
 
 
-def _forget_after_fork() -> None:
-    # The parent's subscriptions live on the parent's loops; the child starts clean.
+def subscription_count() -> float:
+    """Live subscriptions of the process's bus (0 before it is built), for the metrics."""
+    bus = _bus
+    return float(bus.metrics["subscriptions"]) if bus is not None else 0.0
+
+
+def forget_event_bus() -> None:
+    """Forget the bus without closing it: in a child after ``fork()``, whose parent's
+    subscriptions live on the parent's loops, so the child starts clean."""
     global _bus
     _bus = None
-
-
-def _connect_reload_hook() -> None:
-    from ..conf import on_reload
-
-    on_reload(reset_event_bus)
-
-
-os.register_at_fork(after_in_child=_forget_after_fork)
-_connect_reload_hook()

@@ -51,9 +51,7 @@ import contextlib
 import functools
 import json
 import logging
-import socket
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -75,7 +73,7 @@ from ..events import (
 from ..jsapi import event_namespace, list_event_streams
 from ..names import validate_namespace
 from ..patterns import is_exact, matches, validate_pattern
-from ..runtime import handle_dropped_messages
+from ..runtime import default_node_id, handle_dropped_messages
 from ..store.base import Runtime
 from .local import (
     DEFAULT_BUFFER_BYTES,
@@ -108,11 +106,6 @@ RESTART_ATTEMPTS = 5
 _LAG_SAMPLE = 16
 
 Start = str | int | datetime | Mapping[str, int]
-
-
-def default_node_id() -> str:
-    """This host's name plus a short random suffix."""
-    return f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
 
 
 def _check_durable(name: str | None) -> None:

@@ -8,12 +8,14 @@ the facade that wires them to ``settings.AETHER`` and the process runtime:
 
 from __future__ import annotations
 
-import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ..runtime import node_id
 from .coordinator import ClusterConfig, Coordinator, FencedOutError, Lease, NodeInfo, ShardMap
 from .hashring import shard_for
-from .routing import CommandError, RemoteDomainError, ShardUnavailableError
+
+if TYPE_CHECKING:
+    from .routing import CommandError, RemoteDomainError, ShardUnavailableError
 
 __all__ = [
     "ClusterConfig",
@@ -32,8 +34,17 @@ __all__ = [
     "shard_of",
 ]
 
-_node_id: str | None = None
-_lock = threading.Lock()
+#: Names handed on from ``routing``, imported on first use: routing runs aggregates,
+#: which need Django, and importing this package (say for ``cluster.hashring``) must not.
+_ROUTING_NAMES = frozenset({"CommandError", "RemoteDomainError", "ShardUnavailableError"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _ROUTING_NAMES:
+        from . import routing
+
+        return getattr(routing, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def cluster_config() -> ClusterConfig:
@@ -48,23 +59,6 @@ def cluster_config() -> ClusterConfig:
         replicas=int(s.REPLICAS),
         timeout=float(s.TIMEOUT),
     )
-
-
-def node_id() -> str:
-    """This process's node id: ``AETHER["NODE_ID"]`` (or AETHER_NODE_ID), else host name plus
-    a random suffix chosen once per process."""
-    global _node_id
-    from ..conf import aether_settings
-
-    configured = aether_settings.NODE_ID
-    if configured:
-        return str(configured)
-    with _lock:
-        if _node_id is None:
-            from ..bus.nats import default_node_id
-
-            _node_id = default_node_id()
-        return _node_id
 
 
 def shard_of(actor_id: str) -> int:

@@ -114,19 +114,3 @@ def reset_event_stores() -> None:
     """Forget every store built so far (settings changed, or a test wants a clean slate)."""
     with _lock:
         _stores.clear()
-
-
-def _on_settings_changed() -> None:
-    from ..runtime import reset_runtime
-
-    reset_event_stores()
-    reset_runtime()
-
-
-def _connect_reload_hook() -> None:
-    from ..conf import on_reload
-
-    on_reload(_on_settings_changed)
-
-
-_connect_reload_hook()

@@ -1,0 +1,123 @@
+"""The layers hold at import time: the pure modules and the JetStream store import no
+Django, packages do nothing when imported, and the bus and the cluster do not import
+each other.
+
+Each check runs a fresh interpreter, since this test process has imported everything.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+#: Modules that must be usable without Django installed or configured.
+DJANGO_FREE = [
+    "aether_django.events",
+    "aether_django.errors",
+    "aether_django.names",
+    "aether_django.patterns",
+    "aether_django.cluster.hashring",
+    "aether_django.cluster.shards",
+    "aether_django.store.jetstream",
+]
+
+
+def _modules_after_import(module: str) -> list[str]:
+    """The names in ``sys.modules`` after a fresh interpreter imports ``module``."""
+    code = (
+        "import json, sys\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        f"import {module}\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    # No DJANGO_SETTINGS_MODULE: a module that needs configured settings fails here.
+    env = {"PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    modules: list[str] = json.loads(result.stdout)
+    return modules
+
+
+@pytest.mark.parametrize("module", DJANGO_FREE)
+def test_a_pure_module_imports_no_django(module: str) -> None:
+    django = [m for m in _modules_after_import(module) if m == "django" or m.startswith("django.")]
+    assert not django, f"importing {module} imported {django[:5]}"
+
+
+def test_the_bus_package_does_not_import_the_cluster_package() -> None:
+    # The bus's node id comes from the runtime, below both.
+    loaded = _modules_after_import("aether_django.bus")
+    assert "aether_django.cluster" not in loaded
+
+
+def test_the_cluster_package_does_not_import_the_bus_package() -> None:
+    loaded = _modules_after_import("aether_django.cluster")
+    assert "aether_django.bus" not in loaded
+
+
+@pytest.mark.parametrize("package", ["aether_django.store", "aether_django.bus"])
+def test_importing_a_package_connects_no_reload_hook(package: str) -> None:
+    # Hooks are the app's to connect (AppConfig.ready), not an import's side effect.
+    assert "aether_django.conf" not in _modules_after_import(package)
+
+
+def test_the_app_connects_the_reload_hooks() -> None:
+    from aether_django import conf
+    from aether_django.bus import reset_event_bus
+    from aether_django.runtime import reset_runtime
+    from aether_django.store import reset_event_stores
+
+    for hook in (reset_event_bus, reset_event_stores, reset_runtime):
+        assert conf._reload_hooks.count(hook) == 1, hook
+
+
+def test_node_id_is_one_helper_for_the_bus_and_the_cluster() -> None:
+    from aether_django import cluster, runtime
+    from aether_django.bus import nats
+
+    assert cluster.node_id is runtime.node_id
+    assert nats.default_node_id is runtime.default_node_id
+    assert runtime.node_id() == runtime.node_id()
+
+
+LOCAL_BUS = {"BUS_CLASS": "aether_django.bus.EventBus"}
+
+
+def test_a_settings_change_drops_the_bus() -> None:
+    from django.test import override_settings
+
+    from aether_django.bus import get_event_bus
+
+    with override_settings(AETHER=LOCAL_BUS):
+        bus = get_event_bus()
+        assert get_event_bus() is bus
+        with override_settings(AETHER={**LOCAL_BUS, "BUS_BUFFER_SIZE": 7}):
+            assert get_event_bus() is not bus
+            assert get_event_bus().buffer_size == 7
+
+
+def _child_has_no_bus() -> bool:
+    from aether_django import bus
+
+    return bus._bus is None
+
+
+def test_a_forked_child_forgets_the_parents_bus() -> None:
+    import multiprocessing
+
+    from django.test import override_settings
+
+    from aether_django.bus import get_event_bus
+
+    with override_settings(AETHER=LOCAL_BUS):
+        get_event_bus()
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            assert pool.apply(_child_has_no_bus)
