@@ -87,6 +87,7 @@ from .local import (
     ErrorCallback,
     EventBus,
     Subscription,
+    running_loop,
 )
 
 logger = logging.getLogger(__name__)
@@ -214,7 +215,7 @@ class NATSEventBus(EventBus):
                 f"start={start} is one stream's sequence and {namespace_pattern!r} can match "
                 "several namespaces; pass a dict of namespace to sequence instead"
             )
-        running = _running_loop()
+        running = running_loop()
         if callback is None and running is None:
             raise RuntimeError(
                 "subscribe() without callback= must be called from async code; "
@@ -350,7 +351,7 @@ class NATSEventBus(EventBus):
         if feed is None or subscription.loop is None or subscription.loop.is_closed():
             return
         loop = subscription.loop
-        if _running_loop() is loop:
+        if running_loop() is loop:
             feed.release(subscription)
         else:
             loop.call_soon_threadsafe(feed.release, subscription)
@@ -377,7 +378,7 @@ class NATSEventBus(EventBus):
             except Exception:
                 logger.warning("transient event to %s not sent", subject, exc_info=True)
 
-        running = _running_loop()
+        running = running_loop()
         if running is not None:
             running.create_task(send())
         else:
@@ -963,10 +964,3 @@ def _stream_sequence(msg: Msg) -> int:
     """
     tokens = (msg.reply or "").split(".")
     return int(tokens[5] if len(tokens) < 12 else tokens[7])
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
