@@ -106,8 +106,3 @@ def stream_name(namespace: str) -> str:
 def snapshot_bucket(namespace: str) -> str:
     """KV bucket holding the snapshots of ``namespace``."""
     return f"{namespace_slug(namespace)}_snapshots"
-
-
-def event_subject(prefix: str, namespace: str, actor_id: str) -> str:
-    """Subject of one actor's events: ``{prefix}.{namespace}.{actor_token}``."""
-    return f"{prefix}.{namespace}.{actor_token(actor_id)}"

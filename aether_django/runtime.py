@@ -48,6 +48,7 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.subscription import Subscription
 
+from .bus.local import running_loop
 from .errors import SyncCallInAsyncContextError
 
 logger = logging.getLogger(__name__)
@@ -168,10 +169,7 @@ class Runtime:
         Refuses to run inside a running event loop (it would block that loop),
         unless DJANGO_ALLOW_ASYNC_UNSAFE is set, as Django does for the ORM.
         """
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
+        running = running_loop()
         if running is not None and (
             running is self._loop or not os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
         ):
@@ -195,7 +193,7 @@ class Runtime:
             result: T = portal.loop.run_until_complete(coro)
         except BaseException:
             # A KeyboardInterrupt may leave the loop half-way: never reuse it then.
-            if portal.loop.is_running() or not _loop_is_clean(portal.loop):
+            if portal.loop.is_running() or portal.loop.is_closed():
                 with self._portal_lock:
                     self._busy_portals -= 1
                 _INHERITED.append(portal)
@@ -281,7 +279,7 @@ class Runtime:
             finally:
                 loop.close()
 
-        if _running_loop() is None:
+        if running_loop() is None:
             finish()
         else:
             # This thread runs another loop (an async caller, or a library such as
@@ -490,13 +488,6 @@ def _describe_async_error(exc: BaseException) -> tuple[str, str | None]:
     return f"error reported by the client or the server: {type(exc).__name__}: {exc}", None
 
 
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
-
-
 def _close_soon(loop: asyncio.AbstractEventLoop, nc: NATS) -> None:
     if not nc.is_closed:
         loop.create_task(nc.close())
@@ -541,10 +532,6 @@ class _Portal:
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
         self.last_used = time.monotonic()
-
-
-def _loop_is_clean(loop: asyncio.AbstractEventLoop) -> bool:
-    return not loop.is_closed()
 
 
 def _after_fork_in_child() -> None:

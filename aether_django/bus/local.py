@@ -249,7 +249,7 @@ class Subscription:
         self._stopper: Callable[[], Awaitable[None]] | None = None
         if callback is not None and inspect.iscoroutinefunction(callback):
             # Awaited one at a time, in order, with the same buffer as an iterator.
-            if loop is None or loop is not _running_loop():
+            if loop is None or loop is not running_loop():
                 raise RuntimeError("an async callback needs to subscribe from its event loop")
             self.callback = None
             self._pump_task = loop.create_task(self._pump(callback))
@@ -666,7 +666,7 @@ class EventBus:
         raising on one delivery (retried first, see :class:`Subscription`).
         Without it the error is only logged.
         """
-        loop = _running_loop()
+        loop = running_loop()
         if callback is None and loop is None:
             raise RuntimeError(
                 "subscribe() without callback= must be called from async code; "
@@ -734,14 +734,10 @@ class EventBus:
         self._count("published")
         return self.dispatch(namespace, event)
 
-    async def apublish(self, namespace: str, event: Event) -> int:
-        """Async twin of :meth:`publish`."""
-        return self.publish(namespace, event)
-
     def dispatch(self, namespace: str, event: Event) -> int:
         """Offer an event to the matching local subscriptions (no validation, no counting)."""
         delivery = Delivery(namespace, event)
-        current = _running_loop()
+        current = running_loop()
         offered = 0
         for subscription in self.subscriptions_for(namespace):
             if not subscription.filter.matches(event):
@@ -764,7 +760,8 @@ class EventBus:
             subscription.close()
 
 
-def _running_loop() -> asyncio.AbstractEventLoop | None:
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running in this thread, or None outside one."""
     try:
         return asyncio.get_running_loop()
     except RuntimeError:

@@ -85,6 +85,7 @@ from .local import (
     ErrorCallback,
     EventBus,
     Subscription,
+    running_loop,
 )
 
 logger = logging.getLogger(__name__)
@@ -207,7 +208,7 @@ class NATSEventBus(EventBus):
                 f"start={start} is one stream's sequence and {namespace_pattern!r} can match "
                 "several namespaces; pass a dict of namespace to sequence instead"
             )
-        running = _running_loop()
+        running = running_loop()
         if callback is None and running is None:
             raise RuntimeError(
                 "subscribe() without callback= must be called from async code; "
@@ -343,7 +344,7 @@ class NATSEventBus(EventBus):
         if feed is None or subscription.loop is None or subscription.loop.is_closed():
             return
         loop = subscription.loop
-        if _running_loop() is loop:
+        if running_loop() is loop:
             feed.release(subscription)
         else:
             loop.call_soon_threadsafe(feed.release, subscription)
@@ -370,7 +371,7 @@ class NATSEventBus(EventBus):
             except Exception:
                 logger.warning("transient event to %s not sent", subject, exc_info=True)
 
-        running = _running_loop()
+        running = running_loop()
         if running is not None:
             running.create_task(send())
         else:
@@ -956,10 +957,3 @@ def _stream_sequence(msg: Msg) -> int:
     """
     tokens = (msg.reply or "").split(".")
     return int(tokens[5] if len(tokens) < 12 else tokens[7])
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None

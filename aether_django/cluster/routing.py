@@ -112,9 +112,6 @@ async def send(
         if error:
             if error.get("type") == "domain":
                 raise RemoteDomainError(error["message"])
-            if error.get("type") == "moved":
-                await asyncio.sleep(0.05)
-                continue
             message = error.get("message", "the command failed")
             if error.get("type") == "unknown":
                 raise SaveOutcomeUnknownError(message)
