@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import base64
 import re
+import socket
+import uuid
 
 from .errors import InvalidActorIdError, InvalidNamespaceError
 
@@ -106,3 +108,8 @@ def stream_name(namespace: str) -> str:
 def snapshot_bucket(namespace: str) -> str:
     """KV bucket holding the snapshots of ``namespace``."""
     return f"{namespace_slug(namespace)}_snapshots"
+
+
+def default_node_id() -> str:
+    """A cluster node id for this process: the host name plus a short random suffix."""
+    return f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"

@@ -36,10 +36,8 @@ import concurrent.futures
 import logging
 import os
 import re
-import socket
 import threading
 import time
-import uuid
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
@@ -48,8 +46,9 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.subscription import Subscription
 
-from .bus.local import running_loop
+from .aio import running_loop
 from .errors import SyncCallInAsyncContextError
+from .names import default_node_id
 
 logger = logging.getLogger(__name__)
 
@@ -586,11 +585,6 @@ def reset_runtime() -> None:
 # --- the process's node id ---------------------------------------------------------
 _node_id: str | None = None
 _node_id_lock = threading.Lock()
-
-
-def default_node_id() -> str:
-    """This host's name plus a short random suffix."""
-    return f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
 
 
 def node_id() -> str:

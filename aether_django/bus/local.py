@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import metrics
+from ..aio import running_loop
 from ..errors import AetherError
 from ..events import Event
 from ..names import validate_namespace
@@ -758,11 +759,3 @@ class EventBus:
             subs = [s for group in self._exact.values() for s in group] + self._wildcard
         for subscription in subs:
             subscription.close()
-
-
-def running_loop() -> asyncio.AbstractEventLoop | None:
-    """The event loop running in this thread, or None outside one."""
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None

@@ -62,6 +62,7 @@ from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy, KeyValueConfig
 
 from .. import metrics
+from ..aio import running_loop
 from ..errors import InvalidNameError, ReplayError
 from ..events import (
     Event,
@@ -71,9 +72,9 @@ from ..events import (
     parse_timestamp,
 )
 from ..jsapi import event_namespace, list_event_streams
-from ..names import validate_namespace
+from ..names import default_node_id, validate_namespace
 from ..patterns import is_exact, matches, validate_pattern
-from ..runtime import default_node_id, handle_dropped_messages
+from ..runtime import handle_dropped_messages
 from ..store.base import Runtime
 from .local import (
     DEFAULT_BUFFER_BYTES,
@@ -85,7 +86,6 @@ from .local import (
     ErrorCallback,
     EventBus,
     Subscription,
-    running_loop,
 )
 
 logger = logging.getLogger(__name__)

@@ -80,11 +80,11 @@ def test_the_app_connects_the_reload_hooks() -> None:
 
 
 def test_node_id_is_one_helper_for_the_bus_and_the_cluster() -> None:
-    from aether_django import cluster, runtime
+    from aether_django import cluster, names, runtime
     from aether_django.bus import nats
 
     assert cluster.node_id is runtime.node_id
-    assert nats.default_node_id is runtime.default_node_id
+    assert nats.default_node_id is runtime.default_node_id is names.default_node_id
     assert runtime.node_id() == runtime.node_id()
 
 
