@@ -9,7 +9,9 @@ from . import views
 app_name = "aether_api"
 
 # Actor ids may hold any printable character, "/" included.
-ACTOR = r"namespaces/(?P<namespace>[^/]+)/actors/(?P<actor_id>.+)"
+# "[\s\S]" and not ".": an actor id with a line break must reach the view, which
+# refuses it with a JSON 400, instead of matching no URL (Django's HTML 404).
+ACTOR = r"namespaces/(?P<namespace>[^/]+)/actors/(?P<actor_id>[\s\S]+)"
 
 urlpatterns = [
     path("namespaces/", views.NamespaceListView.as_view(), name="namespaces"),

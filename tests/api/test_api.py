@@ -160,6 +160,15 @@ def test_bad_names_and_parameters(root, ns):
     assert root.get(f"{API}/namespaces/{ns}/actors/", {"cursor": "%%%"}).status_code == 400
 
 
+def test_an_actor_id_with_a_line_break_is_a_json_400_not_an_html_404(root, ns):
+    # The URL pattern's "." did not match a line break, so Django answered its HTML 404.
+    for actor in ("a%0Ab", "a%0A", "%0D%0A"):
+        response = root.get(events_url(ns, actor))
+        assert response.status_code == 400, (actor, response.status_code)
+        assert response["Content-Type"].startswith("application/json")
+        assert response.json()["code"] == "invalid"
+
+
 def test_history_cannot_be_deleted_and_bodies_must_be_json_or_a_form(root, ns):
     append(root, ns, event_type="A", version=1)
     deleted = root.delete(events_url(ns))
