@@ -336,16 +336,25 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         task.cancel()
         with contextlib.suppress(Exception):
             await subscription.aclose()
-        # The subscription has ended before this frame; a client that does not read it
-        # within a second must not hold up the checks of the others.
+        # The subscription has ended before this frame.
+        await self._send_ending(
+            sub_id, "access_revoked", "the user may no longer read what this subscription reads"
+        )
+
+    async def _send_ending(self, sub_id: str, code: str, detail: str) -> None:
+        """The error frame that ends subscription ``sub_id``, with where to resume.
+
+        Waited for at most a second: a client that does not read it must not hold up
+        the other subscriptions' checks or the close that follows.
+        """
         with contextlib.suppress(Exception):
             await asyncio.wait_for(
                 self._send(
                     {
                         "type": "error",
                         "id": sub_id,
-                        "code": "access_revoked",
-                        "detail": "the user may no longer read what this subscription reads",
+                        "code": code,
+                        "detail": detail,
                         "last_sequences": dict(self.delivered.get(sub_id, {})),
                     }
                 ),
@@ -398,20 +407,11 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             await self._error("internal", "the subscription failed", sub_id)
 
     async def _too_slow(self, sub_id: str) -> None:
-        detail = "the client did not keep up; resume with from = last sequence + 1"
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(
-                self._send(
-                    {
-                        "type": "error",
-                        "id": sub_id,
-                        "code": "slow_consumer",
-                        "detail": detail,
-                        "last_sequences": dict(self.delivered.get(sub_id, {})),
-                    }
-                ),
-                1.0,
-            )
+        await self._send_ending(
+            sub_id,
+            "slow_consumer",
+            "the client did not keep up; resume with from = last sequence + 1",
+        )
         delivered = self.delivered.get(sub_id, {})
         last = ",".join(f"{ns}:{seq}" for ns, seq in sorted(delivered.items()))
         await self._close(f"slow consumer; last delivered {last}"[:120], 4008)

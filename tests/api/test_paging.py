@@ -148,25 +148,31 @@ def test_actors_created_between_pages_neither_repeat_nor_hide_others(root, ns):
     assert "z-new" in seen and "a-new-1" not in seen  # after the cursor yes, before no
 
 
+def received_bytes() -> int:
+    """Bytes this process's NATS connection has received so far."""
+    from aether_django.runtime import get_runtime
+
+    async def read() -> int:
+        nc = await get_runtime().connection()
+        return int(nc.stats["in_bytes"])
+
+    return int(get_runtime().run(read()))
+
+
 def test_walking_the_actor_pages_reads_the_listing_once_not_once_a_page(root, ns):
     """Each page used to read the namespace's whole subject listing, so walking every
     page cost pages x listing; now a page costs a small STREAM.INFO and a slice of a
     listing read once. Measured in bytes received from the server."""
-    from aether_django.runtime import get_runtime
 
     store = get_event_store(ns)
     count, limit = 2000, 100
     for i in range(count):
         store.save_event(ev(f"actor-{i:05d}", 1))
 
-    async def received() -> int:
-        nc = await get_runtime().connection()
-        return int(nc.stats["in_bytes"])
-
     def spent(call):
-        before = get_runtime().run(received())
+        before = received_bytes()
         result = call()
-        return result, get_runtime().run(received()) - before
+        return result, received_bytes() - before
 
     _, one_listing = spent(store.get_actor_ids)
     pages, walking = spent(lambda: walk(root, actors_url(ns), limit=limit))
@@ -181,23 +187,18 @@ def test_actors_created_during_a_walk_are_added_to_the_kept_listing_not_reread(r
     """On a namespace where actors are being created, each page finds one more actor:
     the kept listing learns it from the events stored since, instead of reading the
     whole listing again on every page."""
-    from aether_django.runtime import get_runtime
 
     store = get_event_store(ns)
     count, limit = 2000, 100
     for i in range(count):
         store.save_event(ev(f"actor-{i:05d}", 1))
 
-    async def received() -> int:
-        nc = await get_runtime().connection()
-        return int(nc.stats["in_bytes"])
-
-    before = get_runtime().run(received())
+    before = received_bytes()
     store.get_actor_ids()
-    one_listing = get_runtime().run(received()) - before
+    one_listing = received_bytes() - before
 
     pages, created = [], []
-    before = get_runtime().run(received())
+    before = received_bytes()
     body = root.get(actors_url(ns), {"limit": limit}).json()
     while True:
         pages.append([a["actor_id"] for a in body["results"]])
@@ -208,7 +209,7 @@ def test_actors_created_during_a_walk_are_added_to_the_kept_listing_not_reread(r
         if body["next"] is None:
             break
         body = root.get(body["next"]).json()
-    walking = get_runtime().run(received()) - before
+    walking = received_bytes() - before
     seen = [a for p in pages for a in p]
     assert len(seen) == len(set(seen))
     assert [a for a in seen if a.startswith("actor-")] == [f"actor-{i:05d}" for i in range(count)]
@@ -218,8 +219,8 @@ def test_actors_created_during_a_walk_are_added_to_the_kept_listing_not_reread(r
     # Besides the listing, each page reads its actors' last events (their versions)
     # and the walk stored 2 events a page; a listing read again on every page would
     # add one listing a page.
-    before = get_runtime().run(received())
+    before = received_bytes()
     for page in pages:
         store.get_latest_versions(page)
-    versions = get_runtime().run(received()) - before
+    versions = received_bytes() - before
     assert walking - versions < 3 * one_listing, (walking - versions, one_listing)

@@ -30,23 +30,38 @@ ROOT = Path(__file__).resolve().parents[2]
 APP = ["-m", "celery", "-A", "tests.cluster.celery_cluster_app"]
 
 
+def cluster_broker() -> tuple[BrokerServer | None, str]:
+    """The broker for the cluster test app: ``AETHER_TEST_BROKER_URL`` when set (then
+    None is returned as the server), else a valkey-server started here."""
+    configured = os.environ.get("AETHER_TEST_BROKER_URL")
+    broker = None if configured else BrokerServer().start()
+    return broker, configured or broker.url  # type: ignore[union-attr]
+
+
+def app_env(broker_url: str, bucket: str, **extra: str) -> dict[str, str]:
+    """The environment of a worker or beat process of the cluster test app."""
+    return {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "AETHER_TEST_BROKER_URL": broker_url,
+        "AETHER_TEST_CLUSTER_BUCKET": bucket,
+        **extra,
+    }
+
+
 class CeleryCluster:
     """Workers and beats on one broker and one cluster bucket, with an observer."""
 
     def __init__(self, nats_url: str, log_dir: Path, *, num_shards: int = 100) -> None:
         self.bucket = f"cluster_{uuid.uuid4().hex[:8]}"
         self.log_dir = log_dir
-        configured = os.environ.get("AETHER_TEST_BROKER_URL")
-        self.broker = None if configured else BrokerServer().start()
-        self.broker_url = configured or self.broker.url  # type: ignore[union-attr]
-        self.env = {
-            **os.environ,
-            "PYTHONPATH": str(ROOT),
-            "AETHER_NATS_URL": nats_url,
-            "AETHER_TEST_BROKER_URL": self.broker_url,
-            "AETHER_TEST_CLUSTER_BUCKET": self.bucket,
-            "AETHER_TEST_NUM_SHARDS": str(num_shards),
-        }
+        self.broker, self.broker_url = cluster_broker()
+        self.env = app_env(
+            self.broker_url,
+            self.bucket,
+            AETHER_NATS_URL=nats_url,
+            AETHER_TEST_NUM_SHARDS=str(num_shards),
+        )
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.runtime = Runtime(nats_url)
         self.observer = Coordinator(

@@ -33,9 +33,9 @@ from aether_django.cluster.beatlease import BeatHolder, BeatLease
 from aether_django.cluster.coordinator import ClusterConfig, Coordinator
 from aether_django.runtime import Runtime
 from aether_django.tasks import BROADCAST_QUEUE, TICK_TASK
-from aether_django.testing.broker import BrokerServer
 from aether_django.testing.contract import unique_namespace  # noqa: F401
 
+from .celery_nodes import app_env, cluster_broker
 from .nodes import wait_until
 
 pytestmark = pytest.mark.slow
@@ -99,16 +99,8 @@ class Listener:
 def beat_cluster(nats_url, tmp_path, monkeypatch):
     bucket = f"cluster_{uuid.uuid4().hex[:8]}"
     monkeypatch.setenv("AETHER_TEST_CLUSTER_BUCKET", bucket)
-    configured = os.environ.get("AETHER_TEST_BROKER_URL")
-    broker = None if configured else BrokerServer().start()
-    broker_url = configured or broker.url
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "AETHER_TEST_BROKER_URL": broker_url,
-        "AETHER_TEST_CLUSTER_BUCKET": bucket,
-        "AETHER_TEST_PROBE_PERIOD": "2",
-    }
+    broker, broker_url = cluster_broker()
+    env = app_env(broker_url, bucket, AETHER_TEST_PROBE_PERIOD="2")
     runtime = Runtime(nats_url)
     config = ClusterConfig(bucket=bucket, num_shards=100)
     cluster = BeatCluster(env, tmp_path, runtime, config, broker_url)

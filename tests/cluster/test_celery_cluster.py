@@ -7,7 +7,6 @@ starts on a free port.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -21,9 +20,9 @@ import pytest
 from aether_django.cluster import send_command
 from aether_django.cluster.coordinator import ClusterConfig, Coordinator
 from aether_django.runtime import Runtime
-from aether_django.testing.broker import BrokerServer
 from aether_django.testing.contract import unique_namespace  # noqa: F401
 
+from .celery_nodes import app_env, cluster_broker
 from .nodes import wait_until, watch_leader_change
 
 pytestmark = pytest.mark.slow
@@ -35,15 +34,8 @@ HEARTBEAT = 1.0
 def celery_cluster(nats_url, tmp_path, monkeypatch):
     bucket = f"cluster_{uuid.uuid4().hex[:8]}"
     monkeypatch.setenv("AETHER_TEST_CLUSTER_BUCKET", bucket)
-    configured = os.environ.get("AETHER_TEST_BROKER_URL")
-    broker = None if configured else BrokerServer().start()
-    broker_url = configured or broker.url
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "AETHER_TEST_BROKER_URL": broker_url,
-        "AETHER_TEST_CLUSTER_BUCKET": bucket,
-    }
+    broker, broker_url = cluster_broker()
+    env = app_env(broker_url, bucket)
     app = ["-m", "celery", "-A", "tests.cluster.celery_cluster_app"]
     processes: dict[str, subprocess.Popen] = {}
 
