@@ -18,6 +18,15 @@ from aether_django.consumers import EventsConsumer
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
+
+@pytest.fixture(autouse=True)
+def _own_subjects(settings):
+    """These tests are about frames, not volume: a subject prefix of their own keeps a
+    superuser's ``*`` from ``all`` off every stream the rest of the suite has written
+    (replaying all of them on a loaded machine outlasted the reply timeout)."""
+    settings.AETHER = {**settings.AETHER, "SUBJECT_PREFIX": f"hf{uuid.uuid4().hex[:8]}.events"}
+
+
 #: A field left out of a frame.
 ABSENT = object()
 
