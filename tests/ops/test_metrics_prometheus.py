@@ -1,4 +1,5 @@
-"""The metrics under concurrency: many threads of one process, several processes."""
+"""The metrics as prometheus-client keeps them: many threads of one process, several
+processes (multiprocess mode), the default collectors and the cluster figures."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ import sys
 import textwrap
 import threading
 import uuid
+import warnings
 from pathlib import Path
+
+import pytest
 
 from aether_django import metrics
 
@@ -91,3 +95,23 @@ def test_in_multiprocess_mode_the_exposition_adds_up_every_process(tmp_path):
     assert sample(text, "aether_cluster_readable") == 1
     # The process figures would be those of whichever worker answered: left out.
     assert "process_cpu_seconds_total" not in text
+
+
+def test_a_single_process_exposition_has_the_process_and_python_figures():
+    text = metrics.render()
+    assert sample(text, "process_cpu_seconds_total") > 0
+    assert "# TYPE python_gc_collections_total counter" in text
+    assert "python_info{" in text
+
+
+def test_a_cluster_figure_is_only_what_was_read_at_the_scrape():
+    text = metrics.render({metrics.CLUSTER_SHARDS: [({"node": "n-1"}, 60), ({"node": "n-2"}, 40)]})
+    assert sample(text, 'aether_cluster_shards{node="n-1"}') == 60
+    assert sample(text, 'aether_cluster_shards{node="n-2"}') == 40
+    # Not read at this scrape: the family is there, with no sample.
+    assert "# TYPE aether_cluster_leader gauge" in text and "aether_cluster_leader{" not in text
+    with pytest.warns(DeprecationWarning, match="read from the cluster bucket"):
+        metrics.NODES.set(3, status="alive")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        assert "aether_cluster_nodes{" not in metrics.render()
