@@ -6,7 +6,8 @@ use, and again whenever pyproject.toml changes, it creates ``.venv`` and install
 the project into it (``pip install -e '.[test]'``); everything else runs in that
 virtualenv's Python.
 
-    python3 dev.py test               ruff check, ruff format --check, mypy, pytest
+    python3 dev.py test               ruff check, ruff format --check, mypy, the docs
+                                      site (mkdocs build --strict), pytest
     python3 dev.py test -k store -x   only pytest, with these arguments
     python3 dev.py demo               the example project with everything it needs
 """
@@ -19,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
@@ -33,7 +35,8 @@ USAGE = """\
 usage: python3 dev.py test [pytest args...]
        python3 dev.py demo
 
-  test   ruff check, ruff format --check, mypy and pytest (in that order);
+  test   ruff check, ruff format --check, mypy, mkdocs build --strict (the docs
+         site, built into a temporary directory) and pytest (in that order);
          with pytest arguments, only pytest runs, with those arguments
   demo   start the example project (embedded nats-server, a Celery broker, worker
          and beat, migrations, a demo user, uvicorn, some seeded orders) and print
@@ -137,7 +140,8 @@ def run_step(command: Sequence[str], env: dict[str, str]) -> int:
 
 
 def test(pytest_args: Sequence[str]) -> int:
-    """ruff, ruff format, mypy, pytest; stop at the first failure and return its exit code."""
+    """ruff, ruff format, mypy, the docs, pytest; stop at the first failure and return its
+    exit code."""
     env = dict(os.environ)
     # The suite's settings module is fixed in pyproject.toml; a leftover
     # DJANGO_SETTINGS_MODULE in the shell would take precedence over it.
@@ -150,13 +154,26 @@ def test(pytest_args: Sequence[str]) -> int:
             ("ruff format --check .", [python, "-m", "ruff", "format", "--check", "."]),
             ("mypy aether_django", [python, "-m", "mypy", "aether_django"]),
         ]
+    # The docs site is built to find broken links and anchors (strict mode), not to be
+    # kept: into a temporary directory, never into the checkout.
+    site = tempfile.mkdtemp(prefix="aether-docs-")
+    if not pytest_args:
+        steps.append(
+            (
+                "mkdocs build --strict",
+                [python, "-m", "mkdocs", "build", "--strict", "--site-dir", site],
+            )
+        )
     steps.append(("pytest " + " ".join(pytest_args), [python, "-m", "pytest", *pytest_args]))
-    for title, command in steps:
-        say(f"running {title.strip()}")
-        code = run_step(command, env)
-        if code != 0:
-            say(f"{title.strip()} failed (exit code {code})")
-            return code
+    try:
+        for title, command in steps:
+            say(f"running {title.strip()}")
+            code = run_step(command, env)
+            if code != 0:
+                say(f"{title.strip()} failed (exit code {code})")
+                return code
+    finally:
+        shutil.rmtree(site, ignore_errors=True)
     say("all checks passed")
     return 0
 

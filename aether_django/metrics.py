@@ -1,21 +1,34 @@
-"""Process-local metrics in the Prometheus text format, with no dependency.
+"""The library's Prometheus metrics, kept and exposed by ``prometheus-client``.
 
-Pure: imports neither Django nor nats. Counters and histograms are plain dict
-updates under the GIL, cheap enough for the save path. ``render()`` is what the
-``metrics/`` endpoint serves.
+Imports neither Django nor nats. Each metric here wraps a ``prometheus_client``
+metric, whose updates take a lock per labelled value: safe from any thread, cheap
+enough for the save path. ``render()`` is what the ``metrics/`` endpoint serves.
 
-Most metrics count what this process did. The ``aether_cluster_*`` figures (and
-``aether_cluster_nodes``) describe the whole cluster instead: the endpoint reads
-them from the cluster bucket at each scrape and hands them to ``render(collected)``,
+Most metrics count what this process did. The ``aether_cluster_*`` figures describe
+the whole cluster instead: they hold no value in any process and come from a
+:class:`ClusterCollector`, which reads them from the cluster bucket at each scrape,
 because the nodes that lead, rebalance and heartbeat (Celery workers) serve no HTTP.
+
+Several worker processes (uvicorn or gunicorn ``--workers``, Celery's prefork pool)
+are prometheus-client's multiprocess mode: with ``PROMETHEUS_MULTIPROC_DIR`` set in the
+environment *before* this module is imported, every process writes its values to
+files in that directory and ``render()`` adds up the files of all of them. The
+process and Python collectors (CPU, memory, garbage collection) describe only the
+process that answers a scrape, so they are exposed in single-process mode only, as
+prometheus-client itself does.
 """
 
 from __future__ import annotations
 
-import bisect
-import threading
-from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import os
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import prometheus_client
+from prometheus_client import multiprocess
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 __all__ = [
     "BUS_DELIVERED",
@@ -27,12 +40,17 @@ __all__ = [
     "CLUSTER_READABLE",
     "CLUSTER_SHARDS",
     "CLUSTER_SHARD_MOVES",
+    "CONTENT_TYPE",
     "LEADER_CHANGES",
+    "LIBRARY_COLLECTOR",
+    "MULTIPROCESS",
     "NODES",
     "SAVES",
     "SAVE_CONFLICTS",
     "SAVE_SECONDS",
     "SHARD_MOVES",
+    "ClusterCollector",
+    "ClusterFigure",
     "Counter",
     "Gauge",
     "Histogram",
@@ -40,143 +58,293 @@ __all__ = [
     "render",
 ]
 
-Labels = tuple[tuple[str, str], ...]
 #: Samples computed at scrape time: (labels, value) pairs, e.g. ``[({"status": "alive"}, 3)]``.
 Samples = Iterable[tuple[Mapping[str, str], float]]
+#: The exposition format ``render()`` writes (Prometheus text, version 0.0.4).
+CONTENT_TYPE = prometheus_client.CONTENT_TYPE_PLAIN_0_0_4
+#: Whether this process writes its values to ``PROMETHEUS_MULTIPROC_DIR``. Read once, at
+#: import, as prometheus-client reads it to choose where values live.
+MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
 _metrics: list[_Metric] = []
 
 
-def _labels(labels: dict[str, str]) -> Labels:
-    return tuple(sorted(labels.items()))
-
-
-def _format_labels(labels: Labels, extra: tuple[tuple[str, str], ...] = ()) -> str:
-    pairs = labels + extra
-    if not pairs:
-        return ""
-    body = ",".join(f'{k}="{_escape(v)}"' for k, v in pairs)
-    return "{" + body + "}"
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
 class _Metric:
+    """One of the library's metrics: its name, kind and help, as the docs list them."""
+
     kind = ""
 
-    def __init__(self, name: str, help: str) -> None:
+    def __init__(self, name: str, help: str, labels: Sequence[str] = ()) -> None:
         self.name = name
         self.help = help
+        self.labelnames = tuple(labels)
         _metrics.append(self)
 
-    def lines(self) -> list[str]:
+    def collect(self) -> Iterable[Metric]:
+        """This process's samples of the metric, as prometheus-client families."""
         raise NotImplementedError
 
-    def sample_lines(self, samples: Samples) -> list[str]:
-        """``samples`` as exposition lines of this metric (for values collected at scrape time)."""
-        values = {_labels(dict(labels)): float(value) for labels, value in samples}
-        return [f"{self.name}{_format_labels(k)} {v}" for k, v in sorted(values.items())]
+    def lines(self) -> list[str]:
+        """This process's samples as exposition lines (no HELP or TYPE)."""
+        text = prometheus_client.generate_latest(_Only(self)).decode()
+        return [line for line in text.splitlines() if line and not line.startswith("#")]
 
 
-class Counter(_Metric):
+class _Live(_Metric):
+    """A metric this process updates; its values live in a ``prometheus_client`` metric."""
+
+    _prom: Any  # prometheus_client.metrics.MetricWrapperBase
+
+    def _child(self, labels: Mapping[str, str]) -> Any:
+        return self._prom.labels(**labels) if labels else self._prom
+
+    def collect(self) -> Iterable[Metric]:
+        return self._prom.collect()  # type: ignore[no-any-return]
+
+    def value(self, **labels: str) -> float:
+        """This process's current value (a counter's total, a gauge's level)."""
+        wanted = dict(labels)
+        for family in self.collect():
+            for sample in family.samples:
+                if sample.name == self.name and sample.labels == wanted:
+                    return float(sample.value)
+        return 0.0
+
+
+class Counter(_Live):
     """A number that only goes up."""
 
     kind = "counter"
 
-    def __init__(self, name: str, help: str) -> None:
-        super().__init__(name, help)
-        self._values: dict[Labels, float] = defaultdict(float)
+    def __init__(self, name: str, help: str, labels: Sequence[str] = ()) -> None:
+        super().__init__(name, help, labels)
+        # registry=None: the library's metrics are collected by LIBRARY_COLLECTOR.
+        self._prom = prometheus_client.Counter(name, help, self.labelnames, registry=None)
 
     def inc(self, amount: float = 1.0, **labels: str) -> None:
-        self._values[_labels(labels)] += amount
-
-    def value(self, **labels: str) -> float:
-        return self._values.get(_labels(labels), 0.0)
-
-    def lines(self) -> list[str]:
-        return [f"{self.name}{_format_labels(k)} {v}" for k, v in sorted(self._values.items())]
+        self._child(labels).inc(amount)
 
 
-class Gauge(_Metric):
-    """A number read when metrics are rendered (or set explicitly)."""
+class Gauge(_Live):
+    """A number set explicitly, or read from ``read`` when metrics are rendered.
+
+    In multiprocess mode the exposition shows the sum over live processes
+    (prometheus-client's ``livesum``); a ``read`` gauge is refreshed by the process
+    that renders, from its own ``read``.
+    """
 
     kind = "gauge"
 
-    def __init__(self, name: str, help: str, read: Callable[[], float] | None = None) -> None:
-        super().__init__(name, help)
-        self._values: dict[Labels, float] = {}
+    def __init__(
+        self,
+        name: str,
+        help: str,
+        read: Callable[[], float] | None = None,
+        labels: Sequence[str] = (),
+    ) -> None:
+        super().__init__(name, help, labels)
+        self._prom = prometheus_client.Gauge(
+            name, help, self.labelnames, registry=None, multiprocess_mode="livesum"
+        )
         self.read = read
 
     def set(self, value: float, **labels: str) -> None:
-        self._values[_labels(labels)] = value
+        self._child(labels).set(value)
 
-    def lines(self) -> list[str]:
-        values = dict(self._values)
+    def refresh(self) -> None:
+        """Take the value of ``read``, if there is one (called before each exposition)."""
         if self.read is not None:
-            values[()] = self.read()
-        return [f"{self.name}{_format_labels(k)} {v}" for k, v in sorted(values.items())]
+            self._prom.set(self.read())
+
+    def collect(self) -> Iterable[Metric]:
+        self.refresh()
+        return super().collect()
 
 
-class Histogram(_Metric):
+class Histogram(_Live):
     """Observations counted into cumulative buckets, plus their sum and count."""
 
     kind = "histogram"
 
-    def __init__(self, name: str, help: str, buckets: Sequence[float]) -> None:
-        super().__init__(name, help)
+    def __init__(
+        self, name: str, help: str, buckets: Sequence[float], labels: Sequence[str] = ()
+    ) -> None:
+        super().__init__(name, help, labels)
         self.buckets = sorted(buckets)
-        self._counts: dict[Labels, list[int]] = {}
-        self._sums: dict[Labels, float] = defaultdict(float)
-        self._lock = threading.Lock()
+        self._prom = prometheus_client.Histogram(
+            name, help, self.labelnames, registry=None, buckets=self.buckets
+        )
 
     def observe(self, value: float, **labels: str) -> None:
-        key = _labels(labels)
-        with self._lock:
-            counts = self._counts.get(key)
-            if counts is None:
-                counts = self._counts[key] = [0] * (len(self.buckets) + 1)
-            counts[bisect.bisect_left(self.buckets, value)] += 1
-            self._sums[key] += value
+        self._child(labels).observe(value)
 
-    def lines(self) -> list[str]:
-        out = []
-        with self._lock:
-            items = [(k, list(v), self._sums[k]) for k, v in sorted(self._counts.items())]
-        for key, counts, total in items:
-            running = 0
-            for bound, count in zip([*self.buckets, float("inf")], counts, strict=True):
-                running += count
-                le = "+Inf" if bound == float("inf") else repr(bound)
-                out.append(f"{self.name}_bucket{_format_labels(key, (('le', le),))} {running}")
-            out.append(f"{self.name}_sum{_format_labels(key)} {total}")
-            out.append(f"{self.name}_count{_format_labels(key)} {running}")
-        return out
+
+class ClusterFigure(_Metric):
+    """A figure of the whole cluster: no process holds it, a :class:`ClusterCollector`
+    reads it at each scrape (so no stale local value can ever be shown)."""
+
+    def __init__(self, name: str, help: str, kind: str, labels: Sequence[str] = ()) -> None:
+        super().__init__(name, help, labels)
+        self.kind = kind
+
+    def family(self, samples: Samples) -> Metric:
+        """``samples`` as a prometheus-client family of this figure."""
+        return _family(self, samples)
+
+    def collect(self) -> Iterable[Metric]:
+        return [self.family(())]  # the family with no samples: nothing was read
+
+    def set(self, value: float, **labels: str) -> None:
+        """Deprecated: does nothing. The figure is read from the cluster at each scrape."""
+        warnings.warn(
+            f"{self.name} is read from the cluster bucket at each scrape; setting it "
+            "does nothing and will be removed",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+
+
+class ClusterCollector(Collector):
+    """The cluster figures, as a prometheus-client collector.
+
+    ``read`` is called at each ``collect()`` (each scrape) and returns the samples
+    of the figures it could read; a figure it leaves out is exposed without samples.
+    Register one in your own registry to expose the figures from another endpoint,
+    e.g. ``REGISTRY.register(ClusterCollector(aether_django.views.cluster_samples))``.
+    """
+
+    def __init__(self, read: Callable[[], Mapping[_Metric, Samples]]) -> None:
+        self.read = read
+
+    def collect(self) -> Iterator[Metric]:
+        samples = self.read()
+        for metric in _metrics:
+            if isinstance(metric, ClusterFigure):
+                yield metric.family(samples.get(metric, ()))
+
+
+class _Only(Collector):
+    def __init__(self, metric: _Metric) -> None:
+        self.metric = metric
+
+    def collect(self) -> Iterable[Metric]:
+        return self.metric.collect()
+
+
+class _LibraryCollector(Collector):
+    """This process's values of the library's metrics (the cluster figures excepted)."""
+
+    def __init__(self, skip: Iterable[_Metric] = ()) -> None:
+        self.skip = set(skip)
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in list(_metrics):
+            if isinstance(metric, _Live) and metric not in self.skip:
+                yield from metric.collect()
+
+
+# prometheus-client's default collectors (process_*, python_info, python_gc_*), in a
+# registry of their own rather than the global one, which a host may already expose.
+_DEFAULTS = prometheus_client.CollectorRegistry(auto_describe=True)
+prometheus_client.ProcessCollector(registry=_DEFAULTS)
+prometheus_client.PlatformCollector(registry=_DEFAULTS)
+prometheus_client.GCCollector(registry=_DEFAULTS)
+
+#: This process's values of the library's metrics, for a registry of your own:
+#: ``prometheus_client.REGISTRY.register(LIBRARY_COLLECTOR)``.
+LIBRARY_COLLECTOR = _LibraryCollector()
+
+
+class _Registry(Collector):
+    """The collectors of one exposition, in order, without prometheus-client's name
+    bookkeeping (a registry refuses to hold two collectors of the same names)."""
+
+    def __init__(self, collectors: Iterable[Collector]) -> None:
+        self.collectors = list(collectors)
+
+    def collect(self) -> Iterator[Metric]:
+        for collector in self.collectors:
+            yield from collector.collect()
+
+
+class _Without(Collector):
+    """``collector``'s families, less those named in ``names``."""
+
+    def __init__(self, collector: Collector, names: set[str]) -> None:
+        self.collector = collector
+        self.names = names
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.collector.collect():
+            if family.name not in self.names:
+                yield family
+
+
+def _family_name(metric: _Metric) -> str:
+    # prometheus-client names a counter's family without its "_total".
+    return metric.name.removesuffix("_total") if metric.kind == "counter" else metric.name
 
 
 def render(collected: Mapping[_Metric, Samples] | None = None) -> str:
     """Every metric in the Prometheus text exposition format (version 0.0.4).
 
-    ``collected`` gives the samples of metrics computed at scrape time; they replace
-    whatever this process holds for those metrics, so a stale local value is never
-    shown next to (or instead of) the value just read.
+    ``collected`` gives the samples of metrics computed at scrape time (the cluster
+    figures); they replace whatever this process holds for those metrics, so a stale
+    local value is never shown next to (or instead of) the value just read.
+
+    In multiprocess mode the values are those of every process that wrote to
+    ``PROMETHEUS_MULTIPROC_DIR``, added up; otherwise this process's, followed by the
+    process and Python figures of prometheus-client's default collectors.
     """
-    out: list[str] = []
-    for metric in _metrics:
-        out.append(f"# HELP {metric.name} {metric.help}")
-        out.append(f"# TYPE {metric.name} {metric.kind}")
-        if collected is not None and metric in collected:
-            out.extend(metric.sample_lines(collected[metric]))
-        else:
-            out.extend(metric.lines())
-    return "\n".join(out) + "\n"
+    collected = dict(collected or {})
+    replaced = [metric for metric in collected if not isinstance(metric, ClusterFigure)]
+    collectors: list[Collector] = []
+    if MULTIPROCESS:
+        for metric in _metrics:
+            if isinstance(metric, Gauge):
+                metric.refresh()  # this process's file has its current value
+        names = {_family_name(metric) for metric in replaced}
+        collector = multiprocess.MultiProcessCollector(None)  # type: ignore[no-untyped-call]
+        collectors.append(_Without(collector, names))
+    else:
+        collectors.append(_LibraryCollector(skip=replaced))
+    collectors.append(ClusterCollector(lambda: collected))
+    for metric in replaced:
+        collectors.append(_Samples(metric, collected[metric]))
+    if not MULTIPROCESS:
+        collectors.append(_DEFAULTS)
+    return prometheus_client.generate_latest(_Registry(collectors)).decode()
+
+
+class _Samples(Collector):
+    """Samples collected at scrape time for a metric this process also keeps."""
+
+    def __init__(self, metric: _Metric, samples: Samples) -> None:
+        self.metric = metric
+        self.samples = list(samples)
+
+    def collect(self) -> Iterator[Metric]:
+        yield _family(self.metric, self.samples)
+
+
+def _family(metric: _Metric, samples: Samples) -> Metric:
+    """``samples`` of ``metric`` as a prometheus-client family."""
+    family_class = CounterMetricFamily if metric.kind == "counter" else GaugeMetricFamily
+    family = family_class(metric.name, metric.help, labels=metric.labelnames)
+    for labels, value in samples:
+        family.add_metric([str(labels[name]) for name in metric.labelnames], float(value))
+    return family
 
 
 _LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
-SAVES = Counter("aether_saves_total", "Saves acknowledged by the store, by namespace.")
+SAVES = Counter(
+    "aether_saves_total", "Saves acknowledged by the store, by namespace.", labels=["namespace"]
+)
 SAVE_CONFLICTS = Counter(
-    "aether_save_conflicts_total", "Saves refused with VersionConflictError, by namespace."
+    "aether_save_conflicts_total",
+    "Saves refused with VersionConflictError, by namespace.",
+    labels=["namespace"],
 )
 SAVE_SECONDS = Histogram("aether_save_seconds", "Time from save call to acknowledgement.", _LATENCY)
 BUS_DELIVERED = Counter("aether_bus_delivered_total", "Events handed to bus subscribers.")
@@ -188,9 +356,11 @@ BUS_OVERFLOWS = Counter(
     "aether_bus_overflows_total",
     "Bus subscriptions ended because their subscriber fell a full buffer behind.",
 )
-NODES = Gauge(
+NODES = ClusterFigure(
     "aether_cluster_nodes",
     "Nodes by status (alive, failed), read from the cluster bucket at each scrape.",
+    "gauge",
+    labels=["status"],
 )
 LEADER_CHANGES = Counter(
     "aether_leader_changes_total", "Times this process took the leader lease (node processes)."
@@ -199,16 +369,24 @@ SHARD_MOVES = Counter(
     "aether_shard_moves_total", "Shards moved by this process's rebalances (node processes)."
 )
 # Read from the cluster bucket at each scrape (see the module docstring).
-CLUSTER_READABLE = Gauge(
-    "aether_cluster_readable", "1 when the cluster figures were read at this scrape, else 0."
+CLUSTER_READABLE = ClusterFigure(
+    "aether_cluster_readable",
+    "1 when the cluster figures were read at this scrape, else 0.",
+    "gauge",
 )
-CLUSTER_LEADER_TERM = Gauge(
+CLUSTER_LEADER_TERM = ClusterFigure(
     "aether_cluster_leader_term",
     "Term of the leader lease, 0 when nobody holds it; every change is a leader change.",
+    "gauge",
 )
-CLUSTER_LEADER = Gauge("aether_cluster_leader", "1 for the node that holds the leader lease.")
-CLUSTER_SHARDS = Gauge("aether_cluster_shards", "Shards each node owns in the shard map.")
-CLUSTER_SHARD_MOVES = Counter(
+CLUSTER_LEADER = ClusterFigure(
+    "aether_cluster_leader", "1 for the node that holds the leader lease.", "gauge", ["node"]
+)
+CLUSTER_SHARDS = ClusterFigure(
+    "aether_cluster_shards", "Shards each node owns in the shard map.", "gauge", ["node"]
+)
+CLUSTER_SHARD_MOVES = ClusterFigure(
     "aether_cluster_shard_moves_total",
     "Shards moved by every rebalance of every leader, as recorded in the shard map.",
+    "counter",
 )

@@ -68,7 +68,7 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
         return HttpResponse(
             json.dumps({"code": "not_authenticated"}), status=401, content_type="application/json"
         )
-    return HttpResponse(metrics.render(cluster_samples()), content_type="text/plain; version=0.0.4")
+    return HttpResponse(metrics.render(cluster_samples()), content_type=metrics.CONTENT_TYPE)
 
 
 async def _read_cluster(coordinator: Coordinator) -> dict[Any, metrics.Samples]:

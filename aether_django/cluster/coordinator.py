@@ -322,8 +322,6 @@ class Coordinator:
         await self.setup()
         alive = {info.node_id: info for info in (await self._infos("alive")) if info is not None}
         members = {info.node_id: info for info in await self._infos("members") if info is not None}
-        metrics.NODES.set(len(alive), status="alive")
-        metrics.NODES.set(len(set(members) - set(alive)), status="failed")
         result = []
         for node_id in sorted(set(alive) | set(members)):
             if node_id in alive:

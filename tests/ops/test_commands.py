@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import fcntl
 import io
 import json
 import os
 import pty
+import re
+import struct
 import subprocess
 import sys
+import termios
 import uuid
 from pathlib import Path
 
@@ -134,32 +138,83 @@ def test_aether_replay_names_each_actor_that_cannot_be_rebuilt():
 
 
 def test_aether_replay_draws_its_progress_bar_on_a_terminal(nats_url):
-    """Run under a pseudo-terminal, as a person would: the bar is drawn on stderr,
-    and not with --no-progress. --progress draws it off a terminal too."""
+    """Run under a pseudo-terminal, as a person would: the bar (count, rate, time left)
+    is drawn on stderr, and not with --no-progress or --verbosity 0. Into a pipe it is
+    not drawn; --progress draws it off a terminal too."""
     ns = f"ops-{uuid.uuid4().hex[:8]}"
     store = get_event_store(ns)
     for actor in ("a", "b", "c"):
         store.save_event(ev(actor, 1))
 
     terminal = on_a_terminal("aether_replay", ns)
-    assert (
-        "[" + "#" * 30 + "] 3/3" in terminal and "\r[" + "#" * 10 + "." * 20 + "] 1/3" in terminal
-    )
+    assert "\r" in terminal and "| 3/3 [" in terminal  # redrawn in place, to the end
+    assert re.search(r"\| 3/3 \[\d\d:\d\d<\d\d:\d\d, +[\d.]+actor/s\]", terminal), terminal
     assert f"{ns}: 3 actors, 3 events, 0 replay errors" in terminal
-    quiet = on_a_terminal("aether_replay", ns, "--no-progress")
-    assert "] 3/3" not in quiet and f"{ns}: 3 actors" in quiet
+    for quiet in (
+        on_a_terminal("aether_replay", ns, "--no-progress"),
+        on_a_terminal("aether_replay", ns, "--verbosity", "0"),
+    ):
+        assert "3/3" not in quiet and f"{ns}: 3 actors" in quiet
 
+    out, err = in_a_pipe("aether_replay", ns)  # not a terminal: no bar by default
+    assert err == "" and f"{ns}: 3 actors" in out
     forced = io.StringIO()
     call_command("aether_replay", ns, "--progress", stdout=io.StringIO(), stderr=forced)
-    assert forced.getvalue().endswith("[" + "#" * 30 + "] 3/3\n")
-    piped = io.StringIO()  # not a terminal: no bar by default
+    assert "| 3/3 [" in forced.getvalue() and forced.getvalue().endswith("\n")
+    piped = io.StringIO()
     call_command("aether_replay", ns, stdout=io.StringIO(), stderr=piped)
     assert piped.getvalue() == ""
+
+
+def test_aether_streams_draws_its_progress_bar_on_a_terminal_only(nats_url):
+    names = [f"ops-{uuid.uuid4().hex[:8]}" for _ in range(3)]
+    terminal = on_a_terminal("aether_streams", *names)
+    assert re.search(r"\| 3/3 \[\d\d:\d\d<\d\d:\d\d, +[\d.]+namespace/s\]", terminal)
+    # Each namespace's line is whole on the screen: the bar is taken off the line before
+    # it is written, and drawn again below it.
+    lines = screen(terminal)
+    for name in names:
+        assert any(line.startswith(f"{name}: created stream {name}_events") for line in lines)
+    assert "3/3" in lines[-1]
+    assert "3/3" not in on_a_terminal("aether_streams", *names, "--verbosity", "0")
+    out, err = in_a_pipe("aether_streams", *names, "--check")
+    assert err == "" and all(f"{name}: ok" in out for name in names)
+
+
+def screen(output: str) -> list[str]:
+    """The lines a terminal shows for ``output``: a carriage return goes back to the
+    start of the line, and what follows overwrites what was there."""
+    lines = []
+    for raw in output.replace("\r\n", "\n").split("\n"):
+        shown = ""
+        for part in raw.split("\r"):
+            shown = part + shown[len(part) :]
+        if shown.strip():
+            lines.append(shown.rstrip())
+    return lines
+
+
+def in_a_pipe(*args: str) -> tuple[str, str]:
+    """Run ``manage.py *args`` with pipes as its stdout and stderr; what each received."""
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "django", *args],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return done.stdout, done.stderr
 
 
 def on_a_terminal(*args: str) -> str:
     """Run ``manage.py *args`` with a pseudo-terminal as its stdout and stderr; its output."""
     main, child = pty.openpty()
+    # 24 rows of 100 columns, as a person's terminal has (a new one says 0 by 0).
+    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(
         [sys.executable, "-m", "django", *args],

@@ -84,10 +84,10 @@ def test_histogram_buckets_are_cumulative():
     for value in (0.05, 0.5, 5.0):
         histogram.observe(value)
     lines = histogram.lines()
-    assert 'test_hist_seconds_bucket{le="0.1"} 1' in lines
-    assert 'test_hist_seconds_bucket{le="1.0"} 2' in lines
-    assert 'test_hist_seconds_bucket{le="+Inf"} 3' in lines
-    assert "test_hist_seconds_count 3" in lines
+    assert 'test_hist_seconds_bucket{le="0.1"} 1.0' in lines
+    assert 'test_hist_seconds_bucket{le="1.0"} 2.0' in lines
+    assert 'test_hist_seconds_bucket{le="+Inf"} 3.0' in lines
+    assert "test_hist_seconds_count 3.0" in lines
 
 
 def test_json_logs():

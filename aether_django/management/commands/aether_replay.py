@@ -9,13 +9,9 @@ from nats.errors import Error as NatsError
 
 from aether_django.aggregates import get_aggregate_class
 from aether_django.errors import AetherError
+from aether_django.management.progress import ProgressBar, add_progress_arguments
 from aether_django.names import validate_namespace
 from aether_django.store import get_event_store
-
-
-def _plain(text: str) -> str:
-    # stderr is styled as errors (red) on a terminal; the bar is no error.
-    return text
 
 
 class Command(BaseCommand):
@@ -30,11 +26,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--verify", action="store_true", help="check snapshots against a full replay"
         )
-        bar = parser.add_mutually_exclusive_group()
-        bar.add_argument(
-            "--progress", action="store_true", help="draw the progress bar even off a terminal"
-        )
-        bar.add_argument("--no-progress", action="store_true", help="no progress bar")
+        add_progress_arguments(parser)
 
     def handle(self, *args: Any, namespace: str, **options: Any) -> None:
         try:
@@ -51,9 +43,8 @@ class Command(BaseCommand):
         replay_errors: list[str] = []
         rebuild_errors: list[str] = []
         mismatches: list[str] = []
-        # On a terminal by default; a log file would fill with carriage returns.
-        progress = options["progress"] or (not options["no_progress"] and self.stderr.isatty())
-        for done, actor_id in enumerate(actor_ids, start=1):
+        progress = ProgressBar(self, actor_ids, len(actor_ids), "actor", **options)
+        for actor_id in progress:
             result = store.get_events_with_errors(actor_id)
             events += len(result.events)
             replay_errors += [
@@ -75,17 +66,7 @@ class Command(BaseCommand):
                     del actor
                 except Exception as exc:  # report every actor that cannot be rebuilt
                     rebuild_errors.append(f"{actor_id}: {type(exc).__name__}: {exc}")
-            if progress:
-                width = 30
-                filled = width * done // max(len(actor_ids), 1)
-                self.stderr.write(
-                    f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{len(actor_ids)}",
-                    style_func=_plain,
-                    ending="",
-                )
-                self.stderr.flush()
-        if progress:
-            self.stderr.write("", style_func=_plain)
+        progress.close()
         self.stdout.write(
             f"{namespace}: {len(actor_ids)} actors, {events} events, "
             f"{len(replay_errors)} replay errors"

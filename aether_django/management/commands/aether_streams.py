@@ -9,6 +9,7 @@ from nats.errors import Error as NatsError
 
 from aether_django.aggregates import all_aggregates
 from aether_django.errors import AetherError
+from aether_django.management.progress import ProgressBar, add_progress_arguments
 from aether_django.runtime import get_runtime
 from aether_django.store import get_event_store, list_namespaces
 
@@ -24,6 +25,7 @@ class Command(BaseCommand):
         parser.add_argument("namespaces", nargs="*", help="namespaces (default: see above)")
         parser.add_argument("--check", action="store_true", help="verify only; create nothing")
         parser.add_argument("--all", action="store_true", help="include every existing namespace")
+        add_progress_arguments(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
         namespaces = set(options["namespaces"])
@@ -38,18 +40,20 @@ class Command(BaseCommand):
             self.stdout.write("No namespaces to check: name some, or register aggregates.")
             return
         problems = 0
-        for namespace in sorted(namespaces):
+        progress = ProgressBar(self, sorted(namespaces), len(namespaces), "namespace", **options)
+        for namespace in progress:
             try:
                 store = get_event_store(namespace)
                 ensure = getattr(store, "aensure", None)
                 if ensure is None:
-                    self.stdout.write(f"{namespace}: {type(store).__name__} needs no streams")
+                    progress.echo(f"{namespace}: {type(store).__name__} needs no streams")
                     continue
                 done = get_runtime().run(ensure(create=not options["check"]))
             except (AetherError, ValueError, OSError, NatsError) as exc:
                 problems += 1
-                self.stderr.write(f"{namespace}: {exc}")
+                progress.echo(f"{namespace}: {exc}", error=True)
                 continue
-            self.stdout.write(f"{namespace}: " + ("; ".join(done) if done else "ok"))
+            progress.echo(f"{namespace}: " + ("; ".join(done) if done else "ok"))
+        progress.close()
         if problems:
             raise CommandError(f"{problems} namespace(s) have problems")
