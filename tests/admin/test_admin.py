@@ -396,7 +396,7 @@ def test_the_shard_map_is_a_grid_by_owner_with_the_last_rebalances_moves_outline
         cell == ("node-a", True, f"shard {s}: node-a, newly assigned") for s, cell in cells_.items()
     )
     assert legend(page, "node-a") == ["node-a", "100", "100"]
-    assert "grid-template-columns: 3.5em repeat(10, 18px)" in page  # 100 shards: 10 x 10
+    assert "grid-template-columns: 3em repeat(10, 17px)" in page  # 100 shards: 10 x 10
 
     b.runtime.run(b.heartbeat())
     plan = a.runtime.run(a.rebalance())
