@@ -323,8 +323,9 @@ class StreamAdmin(_InspectionAdmin):
             from_version=from_version,
             next_from=next_from,
             # Where the page before starts: versions rise by one or more, so a page
-            # that starts EVENTS_PER_PAGE versions back reaches this one's start and
-            # skips nothing (it overlaps this page when versions have gaps).
+            # that starts EVENTS_PER_PAGE versions back holds no event after this
+            # page's first (fewer events when versions have gaps; one cut short by its
+            # bytes ends earlier, and its next link leads on from there).
             previous_from=max(1, from_version - EVENTS_PER_PAGE) if from_version > 1 else None,
             snapshot=snapshot,
             # A flag, not the class: a template calls what is callable, and an
@@ -393,8 +394,8 @@ class ClusterAdmin(_InspectionAdmin):
 
 GRID_COLUMNS = 32
 #: One colour a node, in the order of the sorted node ids: 12 hues told apart at a glance
-#: (Tableau 10 and two more), dark enough for white text and light enough for black
-#: outlines. A 13th node gets the first colour again, with a hatch (see HATCHES) and its
+#: (Tableau 10 and two more), all light enough for the black outline of a moved shard to
+#: show. A 13th node gets the first colour again, with a hatch (see HATCHES) and its
 #: number written in its cells, so that no two nodes look alike however many there are.
 PALETTE = (
     "#4e79a7",
