@@ -18,8 +18,10 @@ Every inspection page answers 405 to methods other than GET and HEAD.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -36,16 +38,20 @@ from nats.errors import Error as NatsError
 from .aggregates import AggregateDoesNotExist, AggregateError, get_aggregate_class
 from .api.access import access_for
 from .cluster import cluster_config, shard_of
-from .cluster.coordinator import Coordinator
+from .cluster.coordinator import Coordinator, ShardMap
+from .conf import aether_settings
 from .errors import AetherError, EventStoreError, InvalidNameError, ReplayError
+from .events import ReplayResult
 from .models import ClusterInspection, NamespaceGrant, StreamInspection
 from .names import validate_actor_id, validate_namespace
 from .runtime import get_runtime
-from .store import get_event_store, get_existing_event_store, list_namespaces
+from .store import EventStore, get_event_store, get_existing_event_store, list_namespaces
 
 logger = logging.getLogger(__name__)
 
 ACTORS_PER_PAGE = 100
+#: Events of an actor's timeline a page, read from the store a page at a time.
+EVENTS_PER_PAGE = 100
 
 # What the namespace pages answer with the "unavailable" page (503): the store's own
 # errors, and a timeout or lost connection that reaches this far untranslated.
@@ -58,6 +64,37 @@ STORE_FAULTS = (EventStoreError, OSError, NatsError)
 # so that the two answers are the same.
 NO_SUCH_NAMESPACE = "no such namespace"
 NO_SUCH_ACTOR = "no such actor"
+
+
+def timeline_page(
+    store: EventStore, actor_id: str, from_version: int
+) -> tuple[ReplayResult, int | None]:
+    """A page of the actor's timeline from ``from_version`` on, and where the next starts.
+
+    Read as the API reads a page (``get_events_page``: at most EVENTS_PER_PAGE events and
+    API_PAGE_BYTES of them, no more read than that). The next page starts at the version
+    after the last one shown, so pages neither skip nor repeat an event. Should a message
+    of the page not decode, the rest of the history is read with its errors beside the
+    events, as the page shows them, and cut to a page: the events up to the next page's
+    first one, and the undecodable messages stored before it.
+    """
+    try:
+        events, more = store.get_events_page(
+            actor_id,
+            from_version,
+            limit=EVENTS_PER_PAGE,
+            max_bytes=int(aether_settings.API_PAGE_BYTES),
+        )
+    except ReplayError:
+        pass
+    else:
+        return ReplayResult(events, []), (events[-1].version + 1 if more else None)
+    rest = store.get_events_with_errors(actor_id, from_version)
+    if len(rest.events) <= EVENTS_PER_PAGE:
+        return rest, None
+    following = rest.events[EVENTS_PER_PAGE]
+    errors = [e for e in rest.errors if e.sequence < (following.sequence or 0)]
+    return ReplayResult(rest.events[:EVENTS_PER_PAGE], errors), following.version
 
 
 @admin.register(NamespaceGrant)
@@ -236,12 +273,20 @@ class StreamAdmin(_InspectionAdmin):
         except InvalidNameError as exc:
             raise Http404(str(exc)) from None
         try:
+            from_version = int(request.GET.get("from_version", "1"))
+        except ValueError:
+            raise Http404("invalid page") from None
+        if not 0 <= from_version < 2**63:
+            raise Http404("invalid page")
+        from_version = max(1, from_version)
+        try:
             store = get_existing_event_store(namespace)
-            result = store.get_events_with_errors(actor_id)
+            result, next_from = timeline_page(store, actor_id, from_version)
+            latest = store.get_latest_version(actor_id)
             snapshot = store.get_latest_snapshot(actor_id)
         except UNAVAILABLE as exc:
             return self.error_page(request, exc)
-        if not result.events and not result.errors:
+        if not result.events and not result.errors and latest == 0:
             raise Http404(NO_SUCH_ACTOR)
         state, state_error = None, None
         model = get_aggregate_class(namespace)
@@ -274,6 +319,14 @@ class StreamAdmin(_InspectionAdmin):
             shard=shard_of(actor_id),
             events=result.events,
             replay_errors=result.errors,
+            latest_version=latest,
+            from_version=from_version,
+            next_from=next_from,
+            # Where the page before starts: versions rise by one or more, so a page
+            # that starts EVENTS_PER_PAGE versions back holds no event after this
+            # page's first (fewer events when versions have gaps; one cut short by its
+            # bytes ends earlier, and its next link leads on from there).
+            previous_from=max(1, from_version - EVENTS_PER_PAGE) if from_version > 1 else None,
             snapshot=snapshot,
             # A flag, not the class: a template calls what is callable, and an
             # aggregate class cannot be built without an actor id.
@@ -324,15 +377,133 @@ class ClusterAdmin(_InspectionAdmin):
             shard_map = get_runtime().run(coordinator.read_shard_map())
         except Exception as exc:
             return self.error_page(request, exc)
-        by_node: dict[str, list[int]] = {}
-        if shard_map is not None:
-            for shard, node in sorted(shard_map.assignment.items()):
-                by_node.setdefault(node, []).append(shard)
+        grid = shard_grid(shard_map) if shard_map is not None else None
         return self.render(
             request,
             "shards.html",
             title="Shard map",
             shard_map=shard_map,
-            by_node=sorted(by_node.items()),
+            grid=grid,
             num_shards=coordinator.config.num_shards,
         )
+
+
+# --- the shard map as a picture ------------------------------------------------------
+# One cell a shard, coloured by its owner, in rows of GRID_COLUMNS: 1,024 shards are a
+# 32 x 32 square that fits a screen, where a list of them was 20,000 pixels tall.
+
+GRID_COLUMNS = 32
+#: One colour a node, in the order of the sorted node ids: 12 hues told apart at a glance
+#: (Tableau 10 and two more), all light enough for the black outline of a moved shard to
+#: show. A 13th node gets the first colour again, with a hatch (see HATCHES) and its
+#: number written in its cells, so that no two nodes look alike however many there are.
+PALETTE = (
+    "#4e79a7",
+    "#f28e2b",
+    "#e15759",
+    "#76b7b2",
+    "#59a14f",
+    "#edc948",
+    "#b07aa1",
+    "#ff9da7",
+    "#9c755f",
+    "#bab0ac",
+    "#1b9e77",
+    "#7570b3",
+)
+#: The overlay of the nodes past the palette: hatched one way, then the other, then both.
+HATCHES = (
+    "",
+    "repeating-linear-gradient(45deg, rgba(0,0,0,.45) 0 2px, transparent 2px 5px)",
+    "repeating-linear-gradient(-45deg, rgba(0,0,0,.45) 0 2px, transparent 2px 5px)",
+    "repeating-linear-gradient(45deg, rgba(255,255,255,.6) 0 2px, transparent 2px 5px),"
+    " repeating-linear-gradient(-45deg, rgba(0,0,0,.45) 0 2px, transparent 2px 5px)",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class GridNode:
+    """A node of the legend: its colour, its hatch, and what it holds and gained."""
+
+    node_id: str
+    number: int  # 1-based, as the legend and hatched cells show it
+    css: str  # the class of its cells
+    colour: str
+    hatch: str
+    shards: list[int]
+    moved_in: list[tuple[int, str | None]]  # (shard, previous owner) of the last rebalance
+
+    @property
+    def ranges(self) -> str:
+        """Its shards as ranges (like "0-99, 205", with en dashes), for the text of the map."""
+        return _ranges(self.shards)
+
+
+@dataclass(frozen=True, slots=True)
+class GridCell:
+    shard: int
+    node: GridNode | None  # None: a shard no node owns (no node alive at the last rebalance)
+    moved: bool
+    previous: str | None
+
+    @property
+    def title(self) -> str:
+        owner = self.node.node_id if self.node else "no owner"
+        text = f"shard {self.shard}: {owner}"
+        if self.moved:
+            text += f", moved from {self.previous}" if self.previous else ", newly assigned"
+        return text
+
+
+@dataclass(frozen=True, slots=True)
+class ShardGrid:
+    columns: int
+    rows: list[tuple[int, list[GridCell]]]  # (first shard of the row, its cells)
+    nodes: list[GridNode]
+    moved: int  # shards of the last rebalance whose move the map records
+    moves_recorded: bool  # False for a map of a version that did not record them
+
+
+def shard_grid(shard_map: ShardMap) -> ShardGrid:
+    """Lay ``shard_map`` out as rows of cells with a legend, its last moves marked."""
+    node_ids = sorted(set(shard_map.assignment.values()))
+    nodes: dict[str, GridNode] = {}
+    for i, node_id in enumerate(node_ids):
+        nodes[node_id] = GridNode(
+            node_id=node_id,
+            number=i + 1,
+            css=f"aether-n{i}",
+            colour=PALETTE[i % len(PALETTE)],
+            hatch=HATCHES[(i // len(PALETTE)) % len(HATCHES)],
+            shards=shard_map.shards_of(node_id),
+            moved_in=[],
+        )
+    cells = []
+    for shard in range(shard_map.num_shards):
+        node = nodes.get(shard_map.assignment.get(shard, ""))
+        moved = shard in shard_map.moved_from
+        previous = shard_map.moved_from.get(shard)
+        if moved and node is not None:
+            node.moved_in.append((shard, previous))
+        cells.append(GridCell(shard, node, moved, previous))
+    # Square for small maps (100 shards: 10 x 10), GRID_COLUMNS wide for large ones.
+    columns = max(1, min(GRID_COLUMNS, math.ceil(math.sqrt(shard_map.num_shards))))
+    rows = [(start, cells[start : start + columns]) for start in range(0, len(cells), columns)]
+    return ShardGrid(
+        columns=columns,
+        rows=rows,
+        nodes=list(nodes.values()),
+        moved=len(shard_map.moved_from),
+        moves_recorded=shard_map.moves_recorded,
+    )
+
+
+def _ranges(numbers: list[int]) -> str:
+    """``[0, 1, 2, 5]`` as ``"0-2, 5"``, with an en dash for the hyphen."""
+    runs: list[list[int]] = []
+    for n in sorted(numbers):
+        if runs and n == runs[-1][-1] + 1:
+            runs[-1].append(n)
+        else:
+            runs.append([n])
+    return ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}\u2013{r[-1]}" for r in runs)

@@ -28,7 +28,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from nats.aio.msg import Msg
@@ -138,6 +138,12 @@ class ShardMap:
     #: Shards moved by every rebalance so far, carried from map to map by each leader,
     #: so any process can report the cluster's total (the metrics endpoint does).
     moves_total: int = 0
+    #: The shards the rebalance that wrote this map moved, each with its owner before
+    #: (None: it had none, as in the first map). Empty in a map written before this was
+    #: recorded, though ``moved`` may say shards moved: see :attr:`moves_recorded`.
+    moved_from: dict[int, str | None] = field(default_factory=dict)
+    #: Whether the map says which shards moved (False for maps of older versions).
+    moves_recorded: bool = True
 
     def owner(self, shard: int) -> str | None:
         return self.assignment.get(shard)
@@ -152,6 +158,12 @@ class ShardMap:
         nodes = sorted(set(self.assignment.values()))
         index = {node: i for i, node in enumerate(nodes)}
         owners = [index.get(self.assignment.get(s, ""), -1) for s in range(self.num_shards)]
+        # The moves as two parallel lists, the previous owners as indexes into a list
+        # of their own (a previous owner may have left): compact, and new keys only,
+        # so a reader that does not know them reads the map as before.
+        moved = sorted(self.moved_from)
+        before = sorted({n for n in self.moved_from.values() if n is not None})
+        before_index = {node: i for i, node in enumerate(before)}
         return json.dumps(
             {
                 "num_shards": self.num_shards,
@@ -161,6 +173,9 @@ class ShardMap:
                 "moved": self.moved,
                 "updated_at": self.updated_at,
                 "moves_total": self.moves_total,
+                "moved_shards": moved,
+                "moved_from": [before_index.get(self.moved_from[s] or "", -1) for s in moved],
+                "previous_nodes": before,
             },
             separators=(",", ":"),
         ).encode()
@@ -170,6 +185,12 @@ class ShardMap:
         doc = json.loads(raw)
         nodes = doc["nodes"]
         assignment = {s: nodes[i] for s, i in enumerate(doc["owners"]) if i >= 0}
+        recorded = "moved_shards" in doc
+        before = doc.get("previous_nodes", [])
+        moved_from: dict[int, str | None] = {
+            int(s): (before[i] if i >= 0 else None)
+            for s, i in zip(doc.get("moved_shards", []), doc.get("moved_from", []), strict=True)
+        }
         return cls(
             num_shards=int(doc["num_shards"]),
             assignment=assignment,
@@ -178,6 +199,8 @@ class ShardMap:
             moved=int(doc.get("moved", 0)),
             updated_at=float(doc.get("updated_at", 0)),
             moves_total=int(doc.get("moves_total", 0)),
+            moved_from=moved_from,
+            moves_recorded=recorded,
         )
 
 
@@ -508,15 +531,7 @@ class Coordinator:
             await nc.publish(self.map_subject, str(seq).encode())
         except Exception:
             logger.debug("could not announce shard map %d", seq, exc_info=True)
-        return ShardMap(
-            shard_map.num_shards,
-            shard_map.assignment,
-            shard_map.term,
-            seq,
-            shard_map.moved,
-            shard_map.updated_at,
-            shard_map.moves_total,
-        )
+        return replace(shard_map, revision=seq)
 
     async def rebalance(self) -> Plan | None:
         """As leader: plan the map for the alive nodes and write it if it changed."""
@@ -535,6 +550,7 @@ class Coordinator:
             term=self.lease.term,
             moved=plan.moved_count,
             moves_total=(current.moves_total if current else 0) + plan.moved_count,
+            moved_from={shard: previous.get(shard) for shard in plan.moved},
         )
         await self.write_shard_map(new_map, current.revision if current else 0)
         metrics.SHARD_MOVES.inc(plan.moved_count)

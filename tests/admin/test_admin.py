@@ -9,6 +9,8 @@ Django's add, change, delete and history URLs.
 
 from __future__ import annotations
 
+import html
+import json
 import re
 import uuid
 from datetime import UTC, datetime
@@ -19,8 +21,9 @@ from django.contrib.auth.models import Group, User
 from django.template.defaultfilters import filesizeformat
 from django.test import Client, override_settings
 
+from aether_django.admin import EVENTS_PER_PAGE, PALETTE, shard_grid
 from aether_django.cluster import shard_of
-from aether_django.cluster.coordinator import ClusterConfig, Coordinator
+from aether_django.cluster.coordinator import ClusterConfig, Coordinator, ShardMap
 from aether_django.events import ActorSnapshot, Event
 from aether_django.models import NamespaceGrant
 from aether_django.runtime import Runtime
@@ -182,6 +185,79 @@ def test_the_timeline_shows_each_events_metadata_and_command_id(staff, ns):
     assert "command " not in placed and "user" not in placed
 
 
+def timeline_versions(page: str) -> list[int]:
+    """The versions of the timeline rows of an actor page, in the order shown."""
+    table = page[page.index("<h2>Timeline</h2>") :]
+    return [int(v) for v in re.findall(r"<tr><td>(\d+)</td><td>\d+</td>", table)]
+
+
+def next_link(page: str) -> str | None:
+    found = re.findall(r'<a href="(\?from_version=\d+)" class="next">next</a>', page)
+    assert len(set(found)) <= 1, found  # the same link above and below the timeline
+    return found[0] if found else None
+
+
+def read_every_page(client: Client, url: str) -> tuple[list[list[int]], list[str]]:
+    """Follow the next links of a timeline from its first page: each page's versions."""
+    pages, bodies, query = [], [], ""
+    while query is not None:
+        response = client.get(url + query)
+        assert response.status_code == 200, query
+        body = response.content.decode()
+        pages.append(timeline_versions(body))
+        bodies.append(body)
+        query = next_link(body)
+        assert len(pages) < 10, "the next links do not end"
+    return pages, bodies
+
+
+def test_a_long_timeline_is_paged_without_gaps_or_repeats(staff):
+    namespace = f"adm-{uuid.uuid4().hex[:8]}"
+    store = get_event_store(namespace)
+    for first in range(1, 251, 50):
+        store.save_events([ev("long", v, "Step", n=v) for v in range(first, first + 50)])
+    url = f"{STREAMS}/ns/{namespace}/long/"
+    pages, bodies = read_every_page(staff, url)
+    assert [len(p) for p in pages] == [EVENTS_PER_PAGE, EVENTS_PER_PAGE, 50]
+    assert [v for p in pages for v in p] == list(range(1, 251))
+    first = bodies[0]
+    assert next_link(first) == "?from_version=101"
+    assert "versions 1&ndash;100" in first and "of 250, 100 events on this page" in first
+    assert 'class="prev"' not in first
+    # Page 2 links back to the first page and to the page before it.
+    assert '<a href="?from_version=1" class="prev">previous</a>' in bodies[1]
+    assert '<a href="?from_version=101" class="prev">previous</a>' in bodies[2]
+    # A page past the end of an actor that exists is an empty page, not a 404.
+    past = staff.get(url, {"from_version": 251})
+    assert past.status_code == 200 and "No event from version 251 on." in past.content.decode()
+    assert staff.get(url, {"from_version": "x"}).status_code == 404
+    assert staff.get(f"{STREAMS}/ns/{namespace}/nobody/", {"from_version": 5}).status_code == 404
+
+
+def test_a_message_that_does_not_decode_is_shown_once_on_its_page(staff, nats_url):
+    """A page whose read meets an undecodable message shows it beside its events, and the
+    pages still hold every event once."""
+    import asyncio
+
+    import nats
+
+    namespace = f"adm-{uuid.uuid4().hex[:8]}"
+    store = get_event_store(namespace)
+    store.save_events([ev("long", v) for v in range(1, 121)])
+
+    async def corrupt() -> None:
+        nc = await nats.connect(nats_url)
+        await nc.jetstream().publish(store.subject_for("long"), b"garbage")  # type: ignore[attr-defined]
+        await nc.close()
+
+    asyncio.run(corrupt())
+    store.save_events([ev("long", v) for v in range(121, 251)])
+    pages, bodies = read_every_page(staff, f"{STREAMS}/ns/{namespace}/long/")
+    assert [v for p in pages for v in p] == list(range(1, 251))
+    assert ["cannot be decoded" in body for body in bodies] == [False, True, False]
+    assert "sequence 121 (" in bodies[1]
+
+
 def test_the_state_of_a_registered_aggregate_is_shown(staff):
     from ..aggregates.domain import Order
 
@@ -287,12 +363,40 @@ def coordinators(nats_url, cluster_bucket):
         runtime.close()
 
 
-def test_the_shard_map_shows_how_many_shards_the_last_rebalance_moved(staff, coordinators):
+CELL = re.compile(
+    r'<span class="aether-cell([^"]*)" data-shard="(\d+)" data-node="([^"]*)" title="([^"]*)">'
+)
+
+
+def grid(page: str) -> dict[int, tuple[str, bool, str]]:
+    """The shard grid of a shard-map page: shard -> (owner, outlined as moved, tooltip)."""
+    return {
+        int(shard): (node, " aether-moved" in classes, html.unescape(title))
+        for classes, shard, node, title in CELL.findall(page)
+    }
+
+
+def legend(page: str, node: str) -> list[str]:
+    """The cells of a node's legend row: its id, shards held, shards moved in."""
+    row = re.search(r'<tr data-node="' + re.escape(node) + r'">(.*?)</tr>', page, re.S)
+    assert row is not None, node
+    return [re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td>(.*?)</td>", row[1], re.S)]
+
+
+def test_the_shard_map_is_a_grid_by_owner_with_the_last_rebalances_moves_outlined(
+    staff, coordinators
+):
     a, b = coordinators("node-a"), coordinators("node-b")
     a.runtime.run(a.tick())  # a leads alone: every shard moves to it
     page = staff.get(f"{ADMIN}/clusterinspection/shards/").content.decode()
     assert "the last rebalance moved 100 shards." in page
-    assert cells(page, "node-a")[0] == "100"
+    cells_ = grid(page)
+    assert sorted(cells_) == list(range(100))
+    assert all(
+        cell == ("node-a", True, f"shard {s}: node-a, newly assigned") for s, cell in cells_.items()
+    )
+    assert legend(page, "node-a") == ["node-a", "100", "100"]
+    assert "grid-template-columns: 3em repeat(10, 17px)" in page  # 100 shards: 10 x 10
 
     b.runtime.run(b.heartbeat())
     plan = a.runtime.run(a.rebalance())
@@ -300,9 +404,84 @@ def test_the_shard_map_shows_how_many_shards_the_last_rebalance_moved(staff, coo
     page = staff.get(f"{ADMIN}/clusterinspection/shards/").content.decode()
     assert f"written by the leader of term {a.lease.term};" in page
     assert "the last rebalance moved 50 shards." in page
-    assert cells(page, "node-a")[0] == cells(page, "node-b")[0] == "50"
-    shards_of_b = re.findall(r"<span>(\d+)</span>", page.split("<td>node-b</td>")[1])
-    assert sorted(map(int, shards_of_b)) == sorted(plan.moved)
+    assert legend(page, "node-a") == ["node-a", "50", "0"]
+    assert legend(page, "node-b") == ["node-b", "50", "50"]
+    cells_ = grid(page)
+    for shard, (node, moved, title) in cells_.items():
+        assert node == plan.assignment[shard]
+        assert moved == (shard in plan.moved), shard
+        if moved:
+            assert title == f"shard {shard}: node-b, moved from node-a"
+        else:
+            assert title == f"shard {shard}: node-a"
+    # Each node's cells have the class its legend swatch has: one colour a node.
+    assert '<span class="aether-swatch aether-n0" data-node="node-a">' in page
+    assert '<span class="aether-swatch aether-n1" data-node="node-b">' in page
+    assert all(
+        f"aether-n{0 if node == 'node-a' else 1}" in c for c, _, node, _ in CELL.findall(page)
+    )
+    # The same as text, for screen readers: a node's shards as ranges, and its moves.
+    text = page[page.index('id="aether-shard-text"') :]
+    moved = sorted(plan.moved)
+    assert "node-b: 50 shards, 50 moved in by the last rebalance</summary>" in text
+    assert f"{moved[0]} (from node-a), {moved[1]} (from node-a)" in text
+    assert "node-a: 50 shards</summary>" in text
+
+
+def test_a_shard_map_of_an_older_version_shows_the_moved_count_only(staff, coordinators):
+    """A map stored before the moves were recorded has no ``moved_shards``: the page says
+    how many moved, that it cannot say which, and outlines none."""
+    a = coordinators("node-a")
+    a.runtime.run(a.setup())
+    old = {
+        "num_shards": 100,
+        "nodes": ["node-a", "node-b"],
+        "owners": [i % 2 for i in range(100)],
+        "term": 7,
+        "moved": 50,
+        "updated_at": 1.0,
+        "moves_total": 150,
+    }
+    a.runtime.run(a._put("shardmap", json.dumps(old).encode()))
+    shard_map = a.runtime.run(a.read_shard_map())
+    assert shard_map is not None and not shard_map.moves_recorded and shard_map.moved_from == {}
+    page = staff.get(f"{ADMIN}/clusterinspection/shards/").content.decode()
+    assert "the last rebalance moved 50 shards." in page
+    assert "did not record which shards moved" in page
+    cells_ = grid(page)
+    assert len(cells_) == 100 and not any(moved for _, moved, _ in cells_.values())
+    assert cells_[3] == ("node-b", False, "shard 3: node-b")
+
+
+def test_a_shard_map_keeps_the_keys_older_versions_read():
+    """The stored document only gains keys: what an older reader reads is unchanged, and
+    the moves survive a round trip (previous owners that left included)."""
+    shard_map = ShardMap(
+        4, {0: "a", 1: "b", 2: "a", 3: "b"}, term=3, moved=2, moved_from={1: "gone", 3: None}
+    )
+    doc = json.loads(shard_map.to_json())
+    assert {"num_shards", "nodes", "owners", "term", "moved", "updated_at", "moves_total"} <= set(
+        doc
+    )
+    assert doc["owners"] == [0, 1, 0, 1] and doc["nodes"] == ["a", "b"]
+    back = ShardMap.from_json(shard_map.to_json(), revision=9)
+    assert back.moved_from == {1: "gone", 3: None} and back.moves_recorded
+    assert back.assignment == shard_map.assignment and back.revision == 9
+
+
+def test_more_nodes_than_colours_get_a_hatch_and_their_number():
+    """Past the palette's 12 colours a node's cells are hatched and numbered: every node
+    still looks unlike every other."""
+    nodes = [f"node-{i:02d}" for i in range(30)]
+    shard_map = ShardMap(60, {s: nodes[s % 30] for s in range(60)}, term=1)
+    layout = shard_grid(shard_map)
+    looks = {(n.colour, n.hatch) for n in layout.nodes}
+    assert len(looks) == 30
+    assert all(n.hatch == "" for n in layout.nodes[: len(PALETTE)])
+    assert all(n.hatch for n in layout.nodes[len(PALETTE) :])
+    assert [n.number for n in layout.nodes] == list(range(1, 31))
+    assert layout.columns == 8 and [start for start, _ in layout.rows] == list(range(0, 60, 8))
+    assert layout.nodes[0].ranges == "0, 30"
 
 
 def test_the_nodes_page_shows_leader_term_heartbeats_and_a_failed_node(staff, coordinators):
