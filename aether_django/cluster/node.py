@@ -25,7 +25,7 @@ from typing import Any
 
 from nats.aio.msg import Msg
 
-from ..store.base import Runtime
+from ..aio import Runtime
 from .coordinator import ClusterConfig, Coordinator, Lease, NodeInfo
 from .routing import ShardHost
 

@@ -23,13 +23,13 @@ import nats.errors
 from nats.aio.msg import Msg
 
 from ..aggregates import Aggregate, AggregateDoesNotExist, DomainError, get_aggregate_class
+from ..aio import Runtime
 from ..errors import (
     AetherError,
     SaveOutcomeUnknownError,
     StoreUnavailableError,
     VersionConflictError,
 )
-from ..store.base import Runtime
 from .hashring import shard_for
 
 logger = logging.getLogger(__name__)
