@@ -6,7 +6,8 @@ use, and again whenever pyproject.toml changes, it creates ``.venv`` and install
 the project into it (``pip install -e '.[test]'``); everything else runs in that
 virtualenv's Python.
 
-    python3 dev.py test               ruff check, ruff format --check, mypy, the docs
+    python3 dev.py test               ruff check, ruff format --check, mypy,
+                                      lint-imports (the layer contract), the docs
                                       site (mkdocs build --strict), pytest
     python3 dev.py test -k store -x   only pytest, with these arguments
     python3 dev.py demo               the example project with everything it needs
@@ -35,8 +36,9 @@ USAGE = """\
 usage: python3 dev.py test [pytest args...]
        python3 dev.py demo
 
-  test   ruff check, ruff format --check, mypy, mkdocs build --strict (the docs
-         site, built into a temporary directory) and pytest (in that order);
+  test   ruff check, ruff format --check, mypy, lint-imports (the layer contract
+         in pyproject.toml), mkdocs build --strict (the docs site, built into a
+         temporary directory) and pytest (in that order);
          with pytest arguments, only pytest runs, with those arguments
   demo   start the example project (embedded nats-server, a Celery broker, worker
          and beat, migrations, a demo user, uvicorn, some seeded orders) and print
@@ -140,8 +142,8 @@ def run_step(command: Sequence[str], env: dict[str, str]) -> int:
 
 
 def test(pytest_args: Sequence[str]) -> int:
-    """ruff, ruff format, mypy, the docs, pytest; stop at the first failure and return its
-    exit code."""
+    """ruff, ruff format, mypy, lint-imports, the docs, pytest; stop at the first failure
+    and return its exit code."""
     env = dict(os.environ)
     # The suite's settings module is fixed in pyproject.toml; a leftover
     # DJANGO_SETTINGS_MODULE in the shell would take precedence over it.
@@ -153,6 +155,8 @@ def test(pytest_args: Sequence[str]) -> int:
             ("ruff check .", [python, "-m", "ruff", "check", "."]),
             ("ruff format --check .", [python, "-m", "ruff", "format", "--check", "."]),
             ("mypy aether_django", [python, "-m", "mypy", "aether_django"]),
+            # The layers of DESIGN.md §3 ([tool.importlinter] in pyproject.toml).
+            ("lint-imports", [str(VENV / "bin" / "lint-imports")]),
         ]
     # The docs site is built to find broken links and anchors (strict mode), not to be
     # kept: into a temporary directory, never into the checkout.

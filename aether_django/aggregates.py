@@ -149,7 +149,7 @@ def apply(event_type: str) -> Callable[[Callable[[A, Event], None]], Callable[[A
 def command(fn: F) -> F:
     """Mark a method as a command: one that other nodes may run by name.
 
-    A routed command (``aether_django.cluster.send_command``) runs only methods
+    A routed command (``aether_django.sharding.send_command``) runs only methods
     declared this way or listed in ``Meta.commands``; any other name, public or
     not, is refused, so a message on a shard's subject cannot call ``save``,
     ``set_snapshot_state`` or a helper. Called directly in Python, a command is an
@@ -376,7 +376,7 @@ class Aggregate:
         self._command_id: str | None = None
         # Stream sequence of the last stored event applied, and the command ids of
         # the last ones: a snapshot keeps both, so loading can start right after it
-        # and a node can tell a command it already ran (see cluster.routing).
+        # and a node can tell a command it already ran (see sharding.routing).
         self._last_sequence = 0
         # (command id, version of the last event it recorded), oldest first.
         self._recent_commands: collections.deque[tuple[str, int]] = collections.deque(

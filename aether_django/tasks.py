@@ -2,14 +2,14 @@
 
 Each host's Celery worker is a node, named by ``AETHER["NODE_ID"]`` (or the
 environment variable ``AETHER_NODE_ID``), driven by the same
-:class:`~aether_django.cluster.node.ClusterNode` as ``manage.py aether_node``.
+:class:`~aether_django.sharding.node.ClusterNode` as ``manage.py aether_node``.
 
 Celery beat is the clock: every ``HEARTBEAT_INTERVAL`` it sends
 ``aether_django.tick`` to a fanout exchange. In each worker's *main process*,
 a bootstep (:class:`ClusterStep`) consumes it on a connection of its own, on a
 queue the task pool does not read, and runs one round of the node's duties on
 the runtime's loop thread, where the node also serves the commands of its
-shards (see :mod:`aether_django.cluster.routing`):
+shards (see :mod:`aether_django.sharding.routing`):
 
 * heartbeat — this node is alive;
 * elect or renew — take the leader lease if free (and then rebalance at once),
@@ -53,8 +53,8 @@ from kombu.messaging import Consumer
 from .beat import use_leased_scheduler
 from .cluster import cluster_config, node_id
 from .cluster.coordinator import Coordinator
-from .cluster.node import ClusterNode
 from .runtime import get_runtime
+from .sharding.node import ClusterNode
 
 logger = logging.getLogger(__name__)
 

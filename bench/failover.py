@@ -24,7 +24,7 @@ timeout 3 s, 100 shards), a cluster bucket of its own and ``AETHER_NATS_URL``
 pointing at the server. The benchmark process places 1 000 orders (namespace
 ``test-orders``, the tests' ``Order``) and keeps a steady load on them: 24
 sender tasks, each sending ``add_line`` with a unique SKU to a random order with
-``aether_django.cluster.asend_command``, pausing 40 ms between commands.
+``aether_django.sharding.asend_command``, pausing 40 ms between commands.
 
 Then, 10 times (2 with ``--quick``), it kills one node with SIGKILL (the leader
 on odd-numbered kills, another node on even ones), measures, and starts a
@@ -313,7 +313,7 @@ class Load:
 
 
 async def sender(index: int, load: Load, actors: list[str], pause: float) -> None:
-    from aether_django.cluster import asend_command
+    from aether_django.sharding import asend_command
 
     rng = random.Random(index)
     for n in itertools.count():
@@ -687,7 +687,7 @@ async def verify(
 
 
 async def place(actors: list[str]) -> None:
-    from aether_django.cluster import asend_command
+    from aether_django.sharding import asend_command
 
     semaphore = asyncio.Semaphore(16)
 

@@ -62,7 +62,7 @@ from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy, KeyValueConfig
 
 from .. import metrics
-from ..aio import running_loop
+from ..aio import Runtime, running_loop
 from ..errors import InvalidNameError, ReplayError
 from ..events import (
     Event,
@@ -75,7 +75,6 @@ from ..jsapi import event_namespace, list_event_streams
 from ..names import default_node_id, validate_namespace
 from ..patterns import is_exact, matches, validate_pattern
 from ..runtime import handle_dropped_messages
-from ..store.base import Runtime
 from .local import (
     DEFAULT_BUFFER_BYTES,
     DEFAULT_BUFFER_SIZE,
@@ -214,7 +213,7 @@ class NATSEventBus(EventBus):
                 "subscribe() without callback= must be called from async code; "
                 "pass callback= to receive events in sync code"
             )
-        loop = running or self.runtime.loop  # type: ignore[attr-defined]
+        loop = running or self.runtime.loop
         subscription = Subscription(
             namespace_pattern,
             filter,
@@ -375,13 +374,13 @@ class NATSEventBus(EventBus):
         if running is not None:
             running.create_task(send())
         else:
-            asyncio.run_coroutine_threadsafe(send(), self.runtime.loop)  # type: ignore[attr-defined]
+            asyncio.run_coroutine_threadsafe(send(), self.runtime.loop)
         return offered
 
     def _listen_for_signals(self) -> None:
         if self._signals is not None:
             return
-        loop = self.runtime.loop  # type: ignore[attr-defined]
+        loop = self.runtime.loop
 
         async def listen() -> Any:
             nc = await self.runtime.connection()

@@ -20,8 +20,8 @@ import time
 import uuid
 from dataclasses import dataclass
 
+from ..aio import Runtime
 from ..jsapi import ERR_WRONG_LAST_SEQUENCE, JetStreamRefused, parse_ack
-from ..store.base import Runtime
 from .coordinator import ClusterConfig, Coordinator
 
 logger = logging.getLogger(__name__)

@@ -36,6 +36,7 @@ from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
 
 from .. import __version__, metrics
+from ..aio import Runtime
 from ..jsapi import (
     ERR_WRONG_LAST_SEQUENCE,
     JetStreamRefused,
@@ -43,7 +44,6 @@ from ..jsapi import (
     direct_get_last,
     parse_ack,
 )
-from ..store.base import Runtime
 from .shards import Plan, plan_assignment, shard_counts
 
 logger = logging.getLogger(__name__)

@@ -17,10 +17,11 @@ from __future__ import annotations
 import abc
 import bisect
 import itertools
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import TypeVar
 
+from ..aio import Runtime  # re-exported: the protocol's home is aether_django.aio
 from ..errors import InvalidEventError
 from ..events import ActorSnapshot, Event, ReplayResult, encode_event, validate_event
 from ..names import actor_id_from_token, actor_token, validate_actor_id
@@ -97,18 +98,6 @@ class StoreConfig:
     immutable: bool = True
     #: Actors whose head (last sequence and version) each store keeps in memory.
     head_cache_size: int = 10_000
-
-
-class Runtime(Protocol):
-    """What a NATS-backed store needs from the process runtime (aether_django.runtime)."""
-
-    def run(self, coro: Awaitable[T]) -> T:
-        """Run a coroutine to completion from sync code and return its result."""
-        ...
-
-    async def connection(self) -> Any:
-        """The NATS connection to use from the running event loop."""
-        ...
 
 
 class EventStore(abc.ABC):

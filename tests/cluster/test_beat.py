@@ -28,10 +28,10 @@ from kombu import Connection, Exchange, Queue
 from kombu.common import Broadcast
 
 from aether_django.beat import beat_timing
-from aether_django.cluster import send_command
 from aether_django.cluster.beatlease import BeatHolder, BeatLease
 from aether_django.cluster.coordinator import ClusterConfig, Coordinator
 from aether_django.runtime import Runtime
+from aether_django.sharding import send_command
 from aether_django.tasks import BROADCAST_QUEUE, TICK_TASK
 from aether_django.testing.contract import unique_namespace  # noqa: F401
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from aether_django.cluster import send_command
 from aether_django.cluster.coordinator import ClusterConfig, Coordinator
 from aether_django.runtime import Runtime
+from aether_django.sharding import send_command
 from aether_django.testing.contract import unique_namespace  # noqa: F401
 
 from .celery_nodes import app_env, cluster_broker

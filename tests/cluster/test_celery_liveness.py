@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from aether_django.cluster import send_command, shard_of
+from aether_django.cluster import shard_of
+from aether_django.sharding import send_command
 
 from .celery_nodes import CeleryCluster, wait_for_files
 from .nodes import wait_until

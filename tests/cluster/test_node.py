@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from aether_django.cluster.coordinator import ClusterConfig
-from aether_django.cluster.node import LATE_AFTER, ClusterNode
 from aether_django.runtime import Runtime
+from aether_django.sharding.node import LATE_AFTER, ClusterNode
 
 INTERVAL = 0.3
 

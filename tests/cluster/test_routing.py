@@ -11,7 +11,10 @@ import pytest
 
 from aether_django.aggregates import Aggregate, apply, command
 from aether_django.cluster.hashring import shard_for
-from aether_django.cluster.routing import (
+from aether_django.errors import SaveOutcomeUnknownError, StoreUnavailableError
+from aether_django.events import Event
+from aether_django.runtime import Runtime
+from aether_django.sharding.routing import (
     CommandError,
     RemoteDomainError,
     ShardHost,
@@ -19,9 +22,6 @@ from aether_django.cluster.routing import (
     send,
     shard_subject,
 )
-from aether_django.errors import SaveOutcomeUnknownError, StoreUnavailableError
-from aether_django.events import Event
-from aether_django.runtime import Runtime
 
 from ..aggregates.domain import Counter, Order
 

@@ -16,9 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from aether_django.cluster import asend_command, send_command, shard_of
+from aether_django.cluster import shard_of
 from aether_django.cluster.coordinator import ClusterConfig, Coordinator
 from aether_django.runtime import Runtime, get_runtime
+from aether_django.sharding import asend_command, send_command
 
 from ..aggregates.domain import Order
 from .nodes import NodeProcess, wait_until, watch_leader_change

@@ -121,3 +121,50 @@ def test_a_forked_child_forgets_the_parents_bus() -> None:
         get_event_bus()
         with multiprocessing.get_context("fork").Pool(1) as pool:
             assert pool.apply(_child_has_no_bus)
+
+
+def test_the_cluster_primitives_do_not_import_the_sharding_layer() -> None:
+    # Routing runs aggregates (Django); the primitives below it must not pull it in.
+    loaded = _modules_after_import("aether_django.cluster.coordinator")
+    assert not [m for m in loaded if m.startswith("aether_django.sharding")]
+    assert "aether_django.aggregates" not in loaded
+
+
+@pytest.mark.parametrize(
+    ("old", "name", "new"),
+    [
+        ("aether_django.cluster", "send_command", "aether_django.sharding"),
+        ("aether_django.cluster", "asend_command", "aether_django.sharding"),
+        ("aether_django.cluster", "CommandError", "aether_django.sharding"),
+        ("aether_django.cluster", "RemoteDomainError", "aether_django.sharding"),
+        ("aether_django.cluster", "ShardUnavailableError", "aether_django.sharding"),
+        ("aether_django.cluster.routing", "send", "aether_django.sharding.routing"),
+        ("aether_django.cluster.routing", "ShardHost", "aether_django.sharding.routing"),
+        ("aether_django.cluster.routing", "shard_subject", "aether_django.sharding.routing"),
+        ("aether_django.cluster.node", "ClusterNode", "aether_django.sharding.node"),
+        ("aether_django.cluster.node", "LATE_AFTER", "aether_django.sharding.node"),
+    ],
+)
+def test_the_old_import_paths_of_sharding_still_work_and_warn(
+    old: str, name: str, new: str
+) -> None:
+    import importlib
+
+    with pytest.warns(DeprecationWarning, match=f"moved to {new}.{name}"):
+        value = getattr(importlib.import_module(old), name)
+    assert value is getattr(importlib.import_module(new), name)
+
+
+def test_a_name_that_never_existed_is_still_an_attribute_error() -> None:
+    import importlib
+
+    for old in ("aether_django.cluster", "aether_django.cluster.routing"):
+        with pytest.raises(AttributeError):
+            _ = importlib.import_module(old).no_such_name
+
+
+def test_the_loggers_keep_their_documented_names() -> None:
+    from aether_django.sharding import node, routing
+
+    assert routing.logger.name == "aether_django.cluster.routing"
+    assert node.logger.name == "aether_django.cluster.node"

@@ -24,10 +24,10 @@ from aether_django.bus.nats import NATSEventBus
 from aether_django.cluster.beatlease import BeatLease
 from aether_django.cluster.coordinator import ClusterConfig
 from aether_django.cluster.hashring import shard_for
-from aether_django.cluster.node import ClusterNode
-from aether_django.cluster.routing import send, shard_subject
 from aether_django.events import ActorSnapshot
 from aether_django.runtime import Runtime, get_runtime
+from aether_django.sharding.node import ClusterNode
+from aether_django.sharding.routing import send, shard_subject
 from aether_django.store.jetstream import JetStreamEventStore
 from aether_django.testing.contract import ev, unique_namespace
 

@@ -12,8 +12,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 
 from aether_django.cluster import cluster_config, node_id
-from aether_django.cluster.node import ClusterNode
 from aether_django.runtime import get_runtime
+from aether_django.sharding.node import ClusterNode
 
 
 class Command(BaseCommand):
