@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from importlib.util import find_spec
 
+from django.apps import apps
 from django.urls import URLPattern, path, re_path
 
 from . import views
@@ -28,9 +29,9 @@ urlpatterns: list[URLPattern] = [
     path("schema/", views.SchemaView.as_view(), name="schema"),
 ]
 
-if find_spec("drf_spectacular") is not None:
-    # Swagger UI and Redoc are drf-spectacular's pages: imported only when it is
-    # installed, so that the rest of the API does not need it.
+if find_spec("drf_spectacular") is not None and apps.is_installed("drf_spectacular"):
+    # Swagger UI and Redoc are drf-spectacular's pages (and templates): imported only
+    # when it is installed, so that the rest of the API does not need it.
     from .schema_ui import RedocView, SwaggerView
 
     urlpatterns += [
