@@ -1,4 +1,5 @@
-"""System checks for ``settings.AETHER`` and for the declared aggregate classes."""
+"""System checks for ``settings.AETHER``, the declared aggregate classes, the API's schema
+and the WebSocket routes' origin check."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ from collections import defaultdict
 from typing import Any
 
 from django.conf import settings
-from django.core.checks import CheckMessage, Error, Warning, register
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.utils.module_loading import import_string
 
 from .conf import DEFAULTS, aether_settings
 
@@ -165,3 +167,78 @@ def check_api_schema(app_configs: Any = None, **kwargs: Any) -> list[CheckMessag
             id="aether_django.W201",
         )
     ]
+
+
+@register("aether_django", Tags.security)
+def check_websocket_origin(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """W401: settings.ASGI_APPLICATION serves aether's WebSocket consumer with no origin
+    validator in front of it.
+
+    Browsers send a site's cookies with a WebSocket opened by any other site, and
+    WebSockets have no CSRF check: without Channels' ``OriginValidator`` (or
+    ``AllowedHostsOriginValidator``) a page elsewhere can open a socket with the
+    user's session and read every namespace the user may read (cross-site WebSocket
+    hijacking). The check imports the application and follows its routers and
+    middleware (``application``, ``inner``, ``app``, URLRouter routes); an application
+    it cannot see into gets no warning.
+    """
+    path = getattr(settings, "ASGI_APPLICATION", None)
+    if not isinstance(path, str) or not path:
+        return []
+    try:
+        from channels.routing import ProtocolTypeRouter
+        from channels.security.websocket import OriginValidator
+
+        from .consumers import EventsConsumer
+    except ImportError:  # no Channels: no WebSocket routes of aether's
+        return []
+    try:
+        application = import_string(path)
+    except ImportError:
+        return []  # Channels reports a wrong ASGI_APPLICATION when it serves
+    if not isinstance(application, ProtocolTypeRouter):
+        return []
+    websocket = application.application_mapping.get("websocket")
+    if websocket is None:
+        return []
+    if not _unguarded(websocket, OriginValidator, EventsConsumer, set()):
+        return []
+    return [
+        Warning(
+            f"{path} routes WebSockets to aether_django's EventsConsumer with no origin "
+            "validator: a page on any other site can open a socket with a logged-in "
+            "user's session cookie and read their namespaces (cross-site WebSocket "
+            "hijacking).",
+            hint="Wrap the WebSocket routes in channels.security.websocket."
+            "AllowedHostsOriginValidator (or OriginValidator), as aether_django.routing's "
+            "docstring shows. See docs/security.md.",
+            id="aether_django.W401",
+        )
+    ]
+
+
+#: The attributes through which ASGI middleware reaches the application it wraps.
+_INNER_ATTRIBUTES = ("application", "inner", "app")
+
+
+def _unguarded(app: Any, validator: type, consumer: type, seen: set[int]) -> bool:
+    """Whether ``app`` reaches a ``consumer`` with no ``validator`` on the way."""
+    if id(app) in seen:
+        return False
+    seen.add(id(app))
+    if isinstance(app, validator):
+        return False
+    consumer_class = getattr(app, "consumer_class", None)
+    if isinstance(consumer_class, type) and issubclass(consumer_class, consumer):
+        return True
+    routes = getattr(app, "routes", None)
+    if isinstance(routes, list | tuple):
+        for route in routes:
+            callback = getattr(route, "callback", None)
+            if callback is not None and _unguarded(callback, validator, consumer, seen):
+                return True
+    return any(
+        _unguarded(inner, validator, consumer, seen)
+        for attribute in _INNER_ATTRIBUTES
+        if (inner := getattr(app, attribute, None)) is not None and callable(inner)
+    )

@@ -95,10 +95,16 @@ DEFAULTS: dict[str, Any] = {
     "API_MAX_VERSION_GAP": 1_000_000,
     # Encoded bytes of events one page of events/ holds at most (at least one event).
     "API_PAGE_BYTES": 4 * 1024 * 1024,
+    # The DRF pagination classes of actors/ and events/ (cursor pages; a project's
+    # subclass changes page sizes or the cursor, see docs/api.md#pagination).
+    "API_ACTOR_PAGINATION_CLASS": "aether_django.api.pagination.ActorCursorPagination",
+    "API_EVENT_PAGINATION_CLASS": "aether_django.api.pagination.EventCursorPagination",
 }
 
 #: Settings that name a class by dotted path.
-IMPORT_STRINGS = frozenset({"STORE_CLASS", "BUS_CLASS"})
+IMPORT_STRINGS = frozenset(
+    {"STORE_CLASS", "BUS_CLASS", "API_ACTOR_PAGINATION_CLASS", "API_EVENT_PAGINATION_CLASS"}
+)
 
 #: Environment variables that win over the settings they name.
 ENVIRONMENT = {"NATS_URL": "AETHER_NATS_URL", "NODE_ID": "AETHER_NODE_ID"}

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from django.urls import path, re_path
+from importlib.util import find_spec
+
+from django.apps import apps
+from django.urls import URLPattern, path, re_path
 
 from . import views
 
@@ -13,7 +16,7 @@ app_name = "aether_api"
 # refuses it with a JSON 400, instead of matching no URL (Django's HTML 404).
 ACTOR = r"namespaces/(?P<namespace>[^/]+)/actors/(?P<actor_id>[\s\S]+)"
 
-urlpatterns = [
+urlpatterns: list[URLPattern] = [
     path("namespaces/", views.NamespaceListView.as_view(), name="namespaces"),
     path("namespaces/<str:namespace>/", views.NamespaceDetailView.as_view(), name="namespace"),
     path("namespaces/<str:namespace>/actors/", views.ActorListView.as_view(), name="actors"),
@@ -25,3 +28,13 @@ urlpatterns = [
     path("cluster/shards/", views.ShardsView.as_view(), name="shards"),
     path("schema/", views.SchemaView.as_view(), name="schema"),
 ]
+
+if find_spec("drf_spectacular") is not None and apps.is_installed("drf_spectacular"):
+    # Swagger UI and Redoc are drf-spectacular's pages (and templates): imported only
+    # when it is installed, so that the rest of the API does not need it.
+    from .schema_ui import RedocView, SwaggerView
+
+    urlpatterns += [
+        path("schema/swagger-ui/", SwaggerView.as_view(), name="schema-swagger-ui"),
+        path("schema/redoc/", RedocView.as_view(), name="schema-redoc"),
+    ]

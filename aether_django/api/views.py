@@ -3,11 +3,8 @@ caller may not read answers 404, so its existence does not leak."""
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 from typing import Any
-from urllib.parse import urlencode
 
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.types import OpenApiTypes
@@ -19,6 +16,7 @@ from rest_framework.permissions import AllowAny, BasePermission, IsAdminUser, Is
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 
 from ..aggregates import AggregateDoesNotExist, AggregateError, get_aggregate_class
@@ -33,12 +31,15 @@ from ..store import EventStore, get_event_store, get_existing_event_store, list_
 from . import serializers as s
 from .access import access_for
 from .exceptions import CannotApply, DuplicateEventId, aether_exception_handler
+from .pagination import ActorEvents, AetherCursorPagination, PaginatedViewMixin
+from .throttling import AetherScopedRateThrottle
 
 logger = logging.getLogger(__name__)
 
-#: Items per page unless ``limit`` says otherwise, and the most ``limit`` may ask for.
-DEFAULT_LIMIT = 100
-MAX_LIMIT = 1000
+#: Items per page unless ``limit`` says otherwise, and the most ``limit`` may ask for
+#: (the defaults of the pagination classes, which are where a project changes them).
+DEFAULT_LIMIT = AetherCursorPagination.default_limit
+MAX_LIMIT = AetherCursorPagination.max_limit
 
 
 def _error(description: str, serializer: Any = None) -> OpenApiResponse:
@@ -53,6 +54,10 @@ _ERRORS = {
     401: _error("not authenticated (403 instead when SessionAuthentication comes first)"),
     403: _error("not authenticated, or not allowed"),
     404: _error("no such namespace, actor, or no read grant"),
+    429: _error(
+        "throttled: over a rate of REST_FRAMEWORK['DEFAULT_THROTTLE_RATES'] (scopes "
+        "aether_read, aether_write); Retry-After says when to try again"
+    ),
     503: _error(
         "the event store did not answer in time (store_unavailable), or did not confirm "
         "an append (outcome_unknown)"
@@ -75,13 +80,6 @@ _WRITE_ERRORS = {
 _LIMIT = OpenApiParameter("limit", OpenApiTypes.INT, description=f"1..{MAX_LIMIT}")
 
 
-def _limit(request: Request) -> int:
-    raw = request.query_params.get("limit", str(DEFAULT_LIMIT))
-    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
-        raise ValidationError({"limit": [f"must be an integer from 1 to {MAX_LIMIT}"]})
-    return int(raw)
-
-
 def _positive(request: Request, name: str, default: int | None, *, minimum: int) -> int | None:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
@@ -91,21 +89,22 @@ def _positive(request: Request, name: str, default: int | None, *, minimum: int)
     return int(raw)
 
 
-def _next_url(request: Request, **params: Any) -> str:
-    query = request.query_params.copy()
-    for key, value in params.items():
-        query[key] = str(value)
-    return request.build_absolute_uri(request.path) + "?" + urlencode(query)
-
-
 class AetherAPIView(APIView):
-    """Base of every view: aether's error bodies and an OpenAPI schema, whatever the
-    project's REST_FRAMEWORK settings say about those."""
+    """Base of every view: aether's error bodies, the read/write throttle scopes, and
+    an OpenAPI schema whatever the project's DEFAULT_SCHEMA_CLASS."""
 
     schema = AutoSchema()
 
     def get_exception_handler(self) -> Any:
+        # Aether's errors formatted here; the rest by the project's EXCEPTION_HANDLER.
         return aether_exception_handler
+
+    def get_throttles(self) -> list[BaseThrottle]:
+        """The project's throttles and the API's read/write scopes (off without rates)."""
+        throttles = super().get_throttles()
+        if not any(isinstance(t, AetherScopedRateThrottle) for t in throttles):
+            throttles.append(AetherScopedRateThrottle())
+        return throttles
 
 
 class NamespaceView(AetherAPIView):
@@ -186,7 +185,10 @@ class NamespaceDetailView(NamespaceView):
         return Response(_namespace_body(info))
 
 
-class ActorListView(NamespaceView):
+class ActorListView(PaginatedViewMixin, NamespaceView):
+    #: None: AETHER["API_ACTOR_PAGINATION_CLASS"] (ActorCursorPagination by default).
+    pagination_setting = "API_ACTOR_PAGINATION_CLASS"
+
     @extend_schema(
         parameters=[_LIMIT, OpenApiParameter("cursor", OpenApiTypes.STR)],
         responses={200: s.page_of(s.ActorSerializer), **_NS_ERRORS},
@@ -195,47 +197,18 @@ class ActorListView(NamespaceView):
         """The actors of a namespace, in the order of their subject tokens (ids of
         letters, digits, '-' and '_' in byte order), with their version and shard."""
         store = self.store(request, namespace)
-        limit = _limit(request)
-        after, at = _decode_cursor(request.query_params.get("cursor"))
-        page = store.get_actor_page(after, limit, at=at)
-        versions = store.get_latest_versions(page.actor_ids)
+        actor_ids = self.paginator.paginate_queryset(store, request, self) or []
+        versions = store.get_latest_versions(actor_ids)
         results = [
-            {"actor_id": a, "version": versions.get(a, 0), "shard": shard_of(a)}
-            for a in page.actor_ids
+            {"actor_id": a, "version": versions.get(a, 0), "shard": shard_of(a)} for a in actor_ids
         ]
-        cursor = None
-        if page.next_at is not None:
-            cursor = _encode_cursor(page.actor_ids[-1], page.next_at)
-        return Response(
-            {
-                "results": results,
-                "next": _next_url(request, cursor=cursor) if cursor else None,
-            }
-        )
+        return self.paginator.get_paginated_response(results)
 
 
-def _encode_cursor(actor_id: str, at: int) -> str:
-    """The cursor of the page after ``actor_id``; ``at`` is its rank, a hint only."""
-    return base64.urlsafe_b64encode(json.dumps({"after": actor_id, "at": at}).encode()).decode()
+class EventListView(PaginatedViewMixin, NamespaceView):
+    #: None: AETHER["API_EVENT_PAGINATION_CLASS"] (EventCursorPagination by default).
+    pagination_setting = "API_EVENT_PAGINATION_CLASS"
 
-
-def _decode_cursor(cursor: str | None) -> tuple[str | None, int]:
-    if not cursor:
-        return None, 0
-    try:
-        doc = json.loads(base64.urlsafe_b64decode(cursor.encode("ascii") + b"=="))
-        after, at = doc["after"], doc.get("at", 0)
-        if not isinstance(after, str) or isinstance(at, bool) or not isinstance(at, int):
-            raise TypeError
-        validate_actor_id(after)
-        if not 0 <= at < 2**63:
-            raise ValueError
-        return after, at
-    except (ValueError, KeyError, TypeError, UnicodeError, InvalidNameError):
-        raise ValidationError({"cursor": ["invalid cursor"]}) from None
-
-
-class EventListView(NamespaceView):
     @extend_schema(
         parameters=[OpenApiParameter("from_version", OpenApiTypes.INT), _LIMIT],
         responses={200: s.page_of(s.EventSerializer), **_NS_ERRORS},
@@ -245,19 +218,9 @@ class EventListView(NamespaceView):
         most ``limit`` of them and at most API_PAGE_BYTES of encoded events (at least one)."""
         store = self.store(request, namespace)
         actor_id = self.actor(actor_id)
-        from_version = _positive(request, "from_version", 0, minimum=0) or 0
-        limit = _limit(request)
-        # Bounded by bytes too: events may be 1 MiB each, and limit=1000 of those would
-        # be a page of a GiB. The page then ends early, with a next link.
-        page, more = store.get_events_page(
-            actor_id, from_version, limit=limit, max_bytes=int(aether_settings.API_PAGE_BYTES)
-        )
-        return Response(
-            {
-                "results": [s.event_body(e) for e in page],
-                "next": _next_url(request, from_version=page[-1].version + 1) if more else None,
-            }
-        )
+        # Bounded by bytes too (EventCursorPagination says why).
+        page = self.paginator.paginate_queryset(ActorEvents(store, actor_id), request, self)
+        return self.paginator.get_paginated_response([s.event_body(e) for e in page or []])
 
     @extend_schema(
         request=s.APPEND_REQUEST,
