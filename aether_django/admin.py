@@ -4,7 +4,7 @@ The inspection pages read JetStream and the cluster bucket live on every request
 nothing is copied into the database. Event history is shown, never edited.
 
 Access: every page is for active staff. The namespace pages follow the same grants as
-the API (:class:`~aether_django.api.access.NamespaceAccess`): the list holds only the
+the API (:class:`~aether_django.access.NamespaceAccess`): the list holds only the
 namespaces the user may read, and the page of any other namespace, or of an actor in
 it, is the 404 of a namespace that does not exist. Superusers see every namespace. The
 cluster pages hold no namespace data and are shown to all staff.
@@ -13,6 +13,9 @@ URLs: namespace pages live under ``streaminspection/ns/<namespace>/`` so that no
 namespace name can collide with Django's ``add/``, ``<id>/change/``, ``<id>/delete/``
 and ``<id>/history/`` URLs, which both inspection models answer with 403 on purpose.
 Every inspection page answers 405 to methods other than GET and HEAD.
+
+What the pages show is read through :mod:`aether_django.inspection`, as the API and
+the commands read it.
 """
 
 from __future__ import annotations
@@ -35,17 +38,22 @@ from django.urls import URLPattern, path
 from django.views.decorators.http import require_safe
 from nats.errors import Error as NatsError
 
-from .aggregates import AggregateDoesNotExist, AggregateError, get_aggregate_class
-from .api.access import access_for
-from .cluster import cluster_config, shard_of
-from .cluster.coordinator import Coordinator, ShardMap
+from . import inspection
+from .access import access_for
+from .aggregates import AggregateDoesNotExist, get_aggregate_class
+from .cluster import shard_of
+from .cluster.coordinator import ShardMap
 from .conf import aether_settings
-from .errors import AetherError, EventStoreError, InvalidNameError, ReplayError
+from .errors import (
+    AetherError,
+    AggregateReplayError,
+    InvalidNameError,
+    ReplayError,
+)
 from .events import ReplayResult
 from .models import ClusterInspection, NamespaceGrant, StreamInspection
 from .names import validate_actor_id, validate_namespace
-from .runtime import get_runtime
-from .store import EventStore, get_event_store, get_existing_event_store, list_namespaces
+from .store import EventStore, get_existing_event_store
 
 logger = logging.getLogger(__name__)
 
@@ -54,11 +62,11 @@ ACTORS_PER_PAGE = 100
 EVENTS_PER_PAGE = 100
 
 # What the namespace pages answer with the "unavailable" page (503): the store's own
-# errors, and a timeout or lost connection that reaches this far untranslated.
+# errors, and a timeout or lost connection that reaches this far untranslated. Building
+# an actor's state raises AggregateReplayError for anything its history does to the
+# aggregate's code, which the actor page shows beside the history, so the rest of
+# these are faults of the store there too.
 UNAVAILABLE = (AetherError, OSError, NatsError)
-# The part of those that building an actor's state can meet and that says nothing about
-# the actor's history: the actor page answers them with the same 503.
-STORE_FAULTS = (EventStoreError, OSError, NatsError)
 
 # One message for a namespace that does not exist and for one the user may not read,
 # so that the two answers are the same.
@@ -200,14 +208,14 @@ class StreamAdmin(_InspectionAdmin):
         access = access_for(request)
         try:
             # Figures only of readable namespaces: the others are not even asked about.
-            infos = [get_event_store(ns).get_info() for ns in access.readable(list_namespaces())]
+            infos = inspection.namespace_infos(access)
         except UNAVAILABLE as exc:
             return self.error_page(request, exc)
         return self.render(
             request,
             "namespaces.html",
             title="Namespaces",
-            namespaces=[info for info in infos if info is not None],
+            namespaces=infos,
             sees_all=access.superuser,
         )
 
@@ -235,20 +243,17 @@ class StreamAdmin(_InspectionAdmin):
                 # what it takes, and only staff can ask.
                 matches = [a for a in store.get_actor_ids() if query in a]
                 page = Paginator(matches, ACTORS_PER_PAGE).get_page(request.GET.get("p"))
-                actor_ids = list(page.object_list)
+                rows = inspection.actor_rows(store, list(page.object_list))
             else:
                 # Browsing reads one page of the listing (see the API's actor list).
-                listing = store.get_actor_page(after, ACTORS_PER_PAGE, at=max(0, at))
-                actor_ids = listing.actor_ids
-                if listing.next_at is not None:
-                    next_query = urlencode({"after": actor_ids[-1], "at": listing.next_at})
-            versions = store.get_latest_versions(actor_ids)
+                listing = inspection.actor_page(store, after, ACTORS_PER_PAGE, at=max(0, at))
+                rows = listing.rows
+                if listing.next_after is not None:
+                    next_query = urlencode({"after": listing.next_after, "at": listing.next_at})
         except UNAVAILABLE as exc:
             return self.error_page(request, exc)
         model = get_aggregate_class(namespace)
-        actors = [
-            {"actor_id": a, "version": versions.get(a, 0), "shard": shard_of(a)} for a in actor_ids
-        ]
+        actors = [row.as_dict() for row in rows]
         return self.render(
             request,
             "actors.html",
@@ -292,24 +297,19 @@ class StreamAdmin(_InspectionAdmin):
         model = get_aggregate_class(namespace)
         if model is not None:
             try:
-                state = model.objects.get(actor_id).get_snapshot_state()
-            except (AggregateDoesNotExist, AggregateError, ReplayError) as exc:
+                found = inspection.aggregate_state(namespace, actor_id)
+                state = found.state if found is not None else None
+            except AggregateDoesNotExist as exc:
                 state_error = str(exc) or type(exc).__name__
-            except STORE_FAULTS as exc:
+            except AggregateReplayError as exc:
+                # A fact about the history, shown beside it, not a 500. Staff may read
+                # the project's own message: it is their code.
+                logger.warning("%s (admin page)", exc, exc_info=exc.cause)
+                own = isinstance(exc.cause, AetherError) or not str(exc.cause)
+                state_error = str(exc) if own else f"{exc}: {exc.cause}"
+            except UNAVAILABLE as exc:
                 # The store's own errors (NATS gone mid-page) are the page's, as above.
                 return self.error_page(request, exc)
-            except Exception as exc:
-                # The project's code (a handler, an upcaster, set_snapshot_state) raised
-                # on stored data: a fact about the history, shown beside it, not a 500.
-                logger.warning(
-                    "%s raised %s building %r of namespace %r for the admin",
-                    model.__name__,
-                    type(exc).__name__,
-                    actor_id,
-                    namespace,
-                    exc_info=True,
-                )
-                state_error = f"{type(exc).__name__}: {exc}"
         return self.render(
             request,
             "actor.html",
@@ -349,15 +349,9 @@ class ClusterAdmin(_InspectionAdmin):
             *self.refused_urls(),
         ]
 
-    def _coordinator(self) -> Coordinator:
-        return Coordinator(get_runtime(), "admin", cluster_config())
-
     def nodes_view(self, request: HttpRequest) -> HttpResponse:
-        coordinator = self._coordinator()
-        runtime = get_runtime()
         try:
-            lease = runtime.run(coordinator.read_lease())
-            nodes = runtime.run(coordinator.nodes())
+            status = inspection.cluster_status(reader="admin")
         except Exception as exc:  # NATS down, bucket unreadable: say so, don't 500
             return self.error_page(request, exc)
         now = time.time()
@@ -367,16 +361,18 @@ class ClusterAdmin(_InspectionAdmin):
                 "heartbeat": datetime.fromtimestamp(node.last_heartbeat, UTC),
                 "seconds_ago": max(0.0, round(now - node.last_heartbeat, 1)),
             }
-            for node in nodes
+            for node in status.nodes
         ]
-        return self.render(request, "nodes.html", title="Cluster nodes", lease=lease, nodes=rows)
+        return self.render(
+            request, "nodes.html", title="Cluster nodes", lease=status.lease, nodes=rows
+        )
 
     def shards_view(self, request: HttpRequest) -> HttpResponse:
-        coordinator = self._coordinator()
         try:
-            shard_map = get_runtime().run(coordinator.read_shard_map())
-        except Exception as exc:
+            status = inspection.cluster_status(reader="admin")
+        except Exception as exc:  # NATS down, bucket unreadable: say so, don't 500
             return self.error_page(request, exc)
+        shard_map = status.shard_map
         grid = shard_grid(shard_map) if shard_map is not None else None
         return self.render(
             request,
@@ -384,7 +380,7 @@ class ClusterAdmin(_InspectionAdmin):
             title="Shard map",
             shard_map=shard_map,
             grid=grid,
-            num_shards=coordinator.config.num_shards,
+            num_shards=status.num_shards,
         )
 
 

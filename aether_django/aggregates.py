@@ -51,7 +51,15 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from django.core.exceptions import ObjectDoesNotExist
 
-from .errors import AetherError, InvalidNameError, VersionConflictError
+from .errors import (
+    AetherError,
+    AggregateError,
+    AggregateReplayError,
+    InvalidNameError,
+    ReplayError,
+    UndecodableEventError,
+    VersionConflictError,
+)
 from .events import ActorSnapshot, Event
 from .names import validate_actor_id, validate_namespace
 from .store import EventStore, get_event_store
@@ -63,6 +71,7 @@ __all__ = [
     "AggregateDoesNotExist",
     "AggregateError",
     "AggregateManager",
+    "AggregateReplayError",
     "DomainError",
     "UpdateRetriesExhausted",
     "all_aggregates",
@@ -104,10 +113,6 @@ class DomainError(AetherError):
 
     Subclass it for your domain's errors; nothing was recorded.
     """
-
-
-class AggregateError(AetherError):
-    """An aggregate was used in a way its declaration does not allow."""
 
 
 class AggregateDoesNotExist(AetherError, ObjectDoesNotExist):
@@ -640,8 +645,12 @@ class AggregateManager(Generic[A]):
         at_version: int | None,
     ) -> A:
         obj = self.model(actor_id)
+        name = self.model.__name__
         if snapshot is not None:
-            obj.set_snapshot_state(snapshot.state["state"])
+            try:
+                obj.set_snapshot_state(snapshot.state["state"])
+            except Exception as exc:  # the project's code, on stored state
+                raise AggregateReplayError(actor_id, snapshot.version, exc, aggregate=name) from exc
             obj.version = snapshot.version
             obj._last_sequence = _int(snapshot.state.get("sequence"))
             for pair in snapshot.state.get("recent_commands") or []:
@@ -652,7 +661,20 @@ class AggregateManager(Generic[A]):
                 break
             if event.version <= obj.version:
                 continue
-            obj._apply(self.model.upcast(event))
+            try:
+                obj._apply(self.model.upcast(event))
+            except Exception as exc:
+                # Whatever a handler or upcaster raises on stored data (or the
+                # AggregateError of a type without a handler) is a fact about the
+                # history: one type, so callers need not guess the project's exceptions.
+                raise AggregateReplayError(
+                    actor_id,
+                    event.version,
+                    exc,
+                    aggregate=name,
+                    event_type=event.event_type,
+                    sequence=event.sequence or 0,
+                ) from exc
         if obj.version == 0:
             raise self.model.DoesNotExist(f"no {self.model.__name__} with actor id {actor_id!r}")
         return obj
@@ -671,16 +693,19 @@ class AggregateManager(Generic[A]):
         snapshot = None
         if self.model._meta.snapshot_every:
             snapshot = self._usable_snapshot(store.get_latest_snapshot(actor_id), at_version)
-        events = store.get_events(
-            actor_id, snapshot.version + 1 if snapshot else 0, after_sequence=_after(snapshot)
-        )
-        # Nothing stored after the snapshot: it must not claim more than is stored.
-        if (
-            snapshot is not None
-            and not events
-            and not self._within_history(snapshot, store.get_latest_version(actor_id))
-        ):
-            snapshot, events = None, store.get_events(actor_id)
+        try:
+            events = store.get_events(
+                actor_id, snapshot.version + 1 if snapshot else 0, after_sequence=_after(snapshot)
+            )
+            # Nothing stored after the snapshot: it must not claim more than is stored.
+            if (
+                snapshot is not None
+                and not events
+                and not self._within_history(snapshot, store.get_latest_version(actor_id))
+            ):
+                snapshot, events = None, store.get_events(actor_id)
+        except ReplayError as exc:
+            raise self._undecodable(actor_id, exc) from exc
         return self._build(actor_id, snapshot, events, at_version)
 
     async def aget(self, actor_id: str, *, at_version: int | None = None) -> A:
@@ -690,16 +715,23 @@ class AggregateManager(Generic[A]):
         snapshot = None
         if self.model._meta.snapshot_every:
             snapshot = self._usable_snapshot(await store.aget_latest_snapshot(actor_id), at_version)
-        events = await store.aget_events(
-            actor_id, snapshot.version + 1 if snapshot else 0, after_sequence=_after(snapshot)
-        )
-        if (
-            snapshot is not None
-            and not events
-            and not self._within_history(snapshot, await store.aget_latest_version(actor_id))
-        ):
-            snapshot, events = None, await store.aget_events(actor_id)
+        try:
+            events = await store.aget_events(
+                actor_id, snapshot.version + 1 if snapshot else 0, after_sequence=_after(snapshot)
+            )
+            if (
+                snapshot is not None
+                and not events
+                and not self._within_history(snapshot, await store.aget_latest_version(actor_id))
+            ):
+                snapshot, events = None, await store.aget_events(actor_id)
+        except ReplayError as exc:
+            raise self._undecodable(actor_id, exc) from exc
         return self._build(actor_id, snapshot, events, at_version)
+
+    def _undecodable(self, actor_id: str, exc: ReplayError) -> UndecodableEventError:
+        """The store's ReplayError, as the aggregate's replay error (still a ReplayError)."""
+        return UndecodableEventError(actor_id, 0, exc, aggregate=self.model.__name__)
 
     def create(self, actor_id: str) -> A:
         """A new, empty aggregate (version 0); its first save fails if the actor exists."""

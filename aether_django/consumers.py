@@ -36,7 +36,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from .api.access import NamespaceAccess
+from .access import NamespaceAccess
 from .api.serializers import event_body
 from .bus import Delivery, Subscription, SubscriptionOverflowError, get_event_bus
 from .conf import aether_settings

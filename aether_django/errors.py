@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class AetherError(Exception):
     """Base class of every error aether_django raises on purpose."""
@@ -117,6 +119,134 @@ class ReplayError(AetherError):
 
     def __hash__(self) -> int:
         return hash((self.sequence, self.raw))
+
+
+class AggregateError(AetherError):
+    """An aggregate was used in a way its declaration does not allow.
+
+    Also importable as ``aether_django.aggregates.AggregateError``.
+    """
+
+
+class AggregateReplayError(AggregateError):
+    """An aggregate could not be rebuilt from its stored history.
+
+    The one error that loading an aggregate (``objects.get``/``aget``, ``update``,
+    ``iterator``) raises for anything the stored history does to the aggregate's code:
+    an apply handler, upcaster or ``set_snapshot_state`` that raised (``KeyError`` on
+    data of another shape, say), a stored event type with no handler, or a stored
+    message that does not decode (then the subclass :class:`UndecodableEventError`).
+    The original exception is ``cause`` (and ``__cause__``). Surfaces that show an
+    aggregate's state catch this one type and answer "this history cannot be
+    replayed" instead of a server error; store faults (``EventStoreError``) are not
+    wrapped, they say nothing about the history.
+
+    ``version`` is the version of the event that failed (0 when the failure was not
+    at one event, e.g. restoring a snapshot) and ``sequence`` its stream sequence
+    (0 when unknown).
+    """
+
+    def __init__(
+        self,
+        actor_id: str,
+        version: int,
+        cause: BaseException,
+        *,
+        aggregate: str = "",
+        event_type: str = "",
+        sequence: int = 0,
+    ) -> None:
+        self.actor_id = actor_id
+        self.version = version
+        self.cause = cause
+        self.aggregate = aggregate
+        self.event_type = event_type
+        self.sequence = sequence
+        #: What went wrong, safe to show to a caller: aether's own message for its
+        #: own errors, only the exception's type for the project's code (whose text
+        #: may say more than a caller should read).
+        self.reason = self._reason(cause)
+        where = f" at version {version}" if version else ""
+        what = f" (event {event_type!r})" if event_type else ""
+        # Exception's own __init__, not the next class of the MRO: in
+        # UndecodableEventError that is ReplayError, whose fields are set here already.
+        Exception.__init__(
+            self,
+            f"{aggregate or 'the aggregate'} cannot replay actor {actor_id!r}{where}{what}: "
+            f"{self.reason}",
+        )
+
+    @staticmethod
+    def _reason(cause: BaseException) -> str:
+        if isinstance(cause, AetherError):
+            return str(cause)
+        return f"its code raised {type(cause).__name__}"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keep the fields when the error crosses a process boundary.
+        return (
+            _rebuild_replay_error,
+            (
+                type(self),
+                self.actor_id,
+                self.version,
+                self.cause,
+                self.aggregate,
+                self.event_type,
+                self.sequence,
+            ),
+        )
+
+
+def _rebuild_replay_error(
+    cls: type[AggregateReplayError],
+    actor_id: str,
+    version: int,
+    cause: BaseException,
+    aggregate: str,
+    event_type: str,
+    sequence: int,
+) -> AggregateReplayError:
+    return cls(
+        actor_id, version, cause, aggregate=aggregate, event_type=event_type, sequence=sequence
+    )
+
+
+class UndecodableEventError(AggregateReplayError, ReplayError):
+    """A stored message of the actor does not decode, met while loading an aggregate.
+
+    Both an :class:`AggregateReplayError` (so a surface catches it with the other
+    replay failures) and the store's :class:`ReplayError` it wraps (``sequence``,
+    ``raw``, ``reason``: code that caught ``ReplayError`` from ``objects.get`` keeps
+    working).
+    """
+
+    def __init__(
+        self,
+        actor_id: str,
+        version: int,
+        cause: BaseException,
+        *,
+        aggregate: str = "",
+        event_type: str = "",
+        sequence: int = 0,
+    ) -> None:
+        AggregateReplayError.__init__(
+            self,
+            actor_id,
+            version,
+            cause,
+            aggregate=aggregate,
+            event_type=event_type,
+            sequence=sequence or getattr(cause, "sequence", 0),
+        )
+        # ReplayError's fields (``sequence`` is set above), from the store's error.
+        self.raw: bytes = getattr(cause, "raw", b"")
+
+    @staticmethod
+    def _reason(cause: BaseException) -> str:
+        # ReplayError's ``reason``: why the message does not decode.
+        return str(getattr(cause, "reason", cause))
 
 
 class SyncCallInAsyncContextError(AetherError, RuntimeError):

@@ -12,8 +12,6 @@ HTTP, so a web process's own counters would say nothing about them.
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import hmac
 import json
 import logging
@@ -21,9 +19,7 @@ from typing import Any
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
-from . import metrics
-from .cluster import cluster_config
-from .cluster.coordinator import Coordinator
+from . import inspection, metrics
 from .conf import aether_settings
 from .jsapi import parse_ack
 from .runtime import get_runtime
@@ -71,12 +67,10 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
     return HttpResponse(metrics.render(cluster_samples()), content_type=metrics.CONTENT_TYPE)
 
 
-async def _read_cluster(coordinator: Coordinator) -> dict[Any, metrics.Samples]:
-    lease = await coordinator.read_lease()
-    nodes = await coordinator.nodes()
-    shard_map = await coordinator.read_shard_map()
+def _cluster_figures(status: inspection.ClusterStatus) -> dict[Any, metrics.Samples]:
+    lease, shard_map = status.lease, status.shard_map
     statuses = {"alive": 0, "failed": 0}
-    for node in nodes:
+    for node in status.nodes:
         statuses[node.status] = statuses.get(node.status, 0) + 1
     return {
         metrics.CLUSTER_READABLE: [({}, 1)],
@@ -100,8 +94,6 @@ def cluster_samples() -> dict[Any, metrics.Samples]:
     """
     # Bounded like readyz: a scrape must answer even when NATS does not.
     timeout = min(float(aether_settings.TIMEOUT), 2.0)
-    config = dataclasses.replace(cluster_config(), timeout=timeout)
-    coordinator = Coordinator(get_runtime(), "metrics", config)
     empty: dict[Any, metrics.Samples] = {
         metric: []
         for metric in (
@@ -113,7 +105,7 @@ def cluster_samples() -> dict[Any, metrics.Samples]:
         )
     }
     try:
-        return get_runtime().run(asyncio.wait_for(_read_cluster(coordinator), timeout * 3))
+        return _cluster_figures(inspection.cluster_status(timeout=timeout, reader="metrics"))
     except Exception:  # NATS down or the bucket unreadable: report it, don't fail the scrape
         logger.warning("could not read the cluster bucket for metrics", exc_info=True)
         return {**empty, metrics.CLUSTER_READABLE: [({}, 0)]}

@@ -1,5 +1,7 @@
-"""API views. Every namespace endpoint checks the caller's NamespaceGrants; a namespace the
-caller may not read answers 404, so its existence does not leak."""
+"""API views. Every namespace endpoint checks the caller's NamespaceGrants (the
+permission class :class:`~aether_django.permissions.HasNamespaceGrant`); a namespace the
+caller may not read answers 404, so its existence does not leak. What the views show is
+read through :mod:`aether_django.inspection`, as the admin and the commands read it."""
 
 from __future__ import annotations
 
@@ -19,17 +21,24 @@ from rest_framework.response import Response
 from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 
-from ..aggregates import AggregateDoesNotExist, AggregateError, get_aggregate_class
-from ..cluster import cluster_config, shard_of
-from ..cluster.coordinator import Coordinator
+from .. import inspection
+from ..access import access_for
+from ..aggregates import AggregateDoesNotExist
+from ..cluster import cluster_config
 from ..conf import aether_settings
-from ..errors import EventStoreError, InvalidNameError, ReplayError, VersionConflictError
+from ..errors import (
+    AetherError,
+    AggregateReplayError,
+    EventStoreError,
+    InvalidNameError,
+    ReplayError,
+    VersionConflictError,
+)
 from ..events import ActorSnapshot, Event
-from ..names import validate_actor_id, validate_namespace
-from ..runtime import get_runtime
-from ..store import EventStore, get_event_store, get_existing_event_store, list_namespaces
+from ..names import validate_actor_id
+from ..permissions import HasNamespaceGrant, require_namespace_grant
+from ..store import EventStore, get_event_store, get_existing_event_store
 from . import serializers as s
-from .access import access_for
 from .exceptions import CannotApply, DuplicateEventId, aether_exception_handler
 from .pagination import ActorEvents, AetherCursorPagination, PaginatedViewMixin
 from .throttling import AetherScopedRateThrottle
@@ -110,21 +119,16 @@ class AetherAPIView(APIView):
 class NamespaceView(AetherAPIView):
     """Base: authenticated callers, namespace checked against their grants."""
 
-    permission_classes = [IsAuthenticated]
+    permission_classes = [IsAuthenticated & HasNamespaceGrant]
 
     def namespace(self, request: Request, namespace: str, *, write: bool = False) -> str:
-        try:
-            validate_namespace(namespace)
-        except InvalidNameError as exc:
-            raise ValidationError({"namespace": [str(exc)]}) from None
-        access = access_for(request)
-        if not access.can_read(namespace):
-            if write and access.can_write(namespace):
-                return namespace
-            raise NotFound("no such namespace")
-        if write and not access.can_write(namespace):
-            raise PermissionDenied("you may not write to this namespace")
-        return namespace
+        """``namespace``, validated and checked against the grants.
+
+        The permission class checked it already; checking again (the grants are
+        loaded once per request) keeps a subclass that replaces
+        ``permission_classes`` from serving a namespace without a grant.
+        """
+        return require_namespace_grant(request, namespace, write=write)
 
     def store(self, request: Request, namespace: str, *, write: bool = False) -> EventStore:
         """The namespace's store, after the grant checks.
@@ -167,12 +171,8 @@ class NamespaceListView(NamespaceView):
     @extend_schema(responses={200: s.NamespaceSerializer(many=True), **_ERRORS})
     def get(self, request: Request) -> Response:
         """The namespaces the caller may read, with their stream's figures."""
-        body = []
-        for namespace in access_for(request).readable(list_namespaces()):
-            info = get_event_store(namespace).get_info()
-            if info is not None:
-                body.append(_namespace_body(info))
-        return Response(body)
+        infos = inspection.namespace_infos(access_for(request))
+        return Response([_namespace_body(info) for info in infos])
 
 
 class NamespaceDetailView(NamespaceView):
@@ -198,10 +198,7 @@ class ActorListView(PaginatedViewMixin, NamespaceView):
         letters, digits, '-' and '_' in byte order), with their version and shard."""
         store = self.store(request, namespace)
         actor_ids = self.paginator.paginate_queryset(store, request, self) or []
-        versions = store.get_latest_versions(actor_ids)
-        results = [
-            {"actor_id": a, "version": versions.get(a, 0), "shard": shard_of(a)} for a in actor_ids
-        ]
+        results = [row.as_dict() for row in inspection.actor_rows(store, actor_ids)]
         return self.paginator.get_paginated_response(results)
 
 
@@ -390,42 +387,31 @@ class StateView(NamespaceView):
         namespace = self.namespace(request, namespace)
         actor_id = self.actor(actor_id)
         at_version = _positive(request, "at_version", None, minimum=1)
-        model = get_aggregate_class(namespace)
-        if model is None:
-            raise NotFound("no aggregate class is registered for this namespace")
         try:
-            actor = model.objects.get(actor_id, at_version=at_version)
-            state = actor.get_snapshot_state()
+            found = inspection.aggregate_state(namespace, actor_id, at_version=at_version)
         except AggregateDoesNotExist:
             raise NotFound("no such actor") from None
-        except AggregateError as exc:  # e.g. a stored event type it has no handler for
-            raise CannotApply(str(exc)) from None
-        except (EventStoreError, ReplayError):
-            raise  # the store's own errors have answers of their own (503, 409, 422)
-        except Exception as exc:
-            # The project's code (a handler, an upcaster, set_snapshot_state) raised on
-            # stored data, e.g. a KeyError on an event appended through this API with
-            # data the handler does not expect. That is a fact about the stored history,
-            # not a server fault: answer 422 and keep the traceback for the logs. The
-            # exception's text stays out of the body; it is the project's, not the API's.
-            logger.warning(
-                "%s raised %s building the state of %r in namespace %r",
-                model.__name__,
-                type(exc).__name__,
-                actor_id,
-                namespace,
-                exc_info=True,
-            )
+        except AggregateReplayError as exc:
+            if isinstance(exc, ReplayError):
+                raise  # a message that does not decode: corrupt_event, as for the events
+            # A fact about the stored history (a handler that meets data of another
+            # shape, an event type without a handler), not a server fault: 422. The
+            # project's exception text stays in the log; the body says only its type.
+            logger.warning("%s in namespace %r", exc, namespace, exc_info=exc.cause)
+            if isinstance(exc.cause, AetherError):  # aether's own words, e.g. no handler
+                raise CannotApply(str(exc.cause)) from None
             raise CannotApply(
-                f"{model.__name__} cannot build this actor's state from its stored events: "
-                f"its code raised {type(exc).__name__}"
+                f"{exc.aggregate} cannot build this actor's state from its stored events: "
+                f"{exc.reason}"
             ) from None
+        if found is None:
+            raise NotFound("no aggregate class is registered for this namespace")
         return Response(
             {
-                "actor_id": actor.actor_id,
-                "version": actor.version,
-                "aggregate": model.__name__,
-                "state": state,
+                "actor_id": found.actor_id,
+                "version": found.version,
+                "aggregate": found.aggregate,
+                "state": found.state,
             }
         )
 
@@ -459,21 +445,15 @@ class ClusterView(AetherAPIView):
 
     permission_classes = [IsAdminUser]
 
-    def coordinator(self) -> Coordinator:
-        return Coordinator(get_runtime(), "api", cluster_config())
-
     @extend_schema(responses={200: s.ClusterSerializer, **_ERRORS})
     def get(self, request: Request) -> Response:
         """The leader, its term, the number of shards and every node's status."""
-        coordinator = self.coordinator()
-        runtime = get_runtime()
-        lease = runtime.run(coordinator.read_lease())
-        nodes = runtime.run(coordinator.nodes())
+        status_ = inspection.cluster_status(reader="api")
         return Response(
             {
-                "leader": lease.node_id if lease else None,
-                "term": lease.term if lease else None,
-                "num_shards": coordinator.config.num_shards,
+                "leader": status_.leader,
+                "term": status_.term,
+                "num_shards": status_.num_shards,
                 "nodes": [
                     {
                         "node_id": n.node_id,
@@ -481,7 +461,7 @@ class ClusterView(AetherAPIView):
                         "last_heartbeat": n.last_heartbeat,
                         "shard_count": n.shard_count,
                     }
-                    for n in nodes
+                    for n in status_.nodes
                 ],
             }
         )
@@ -491,12 +471,11 @@ class ShardsView(ClusterView):
     @extend_schema(responses={200: s.ShardsSerializer, **_ERRORS})
     def get(self, request: Request) -> Response:
         """The shard map: shard -> node, shards per node, shards moved by the last rebalance."""
-        coordinator = self.coordinator()
-        shard_map = get_runtime().run(coordinator.read_shard_map())
+        shard_map = inspection.cluster_status(reader="api").shard_map
         if shard_map is None:
             return Response(
                 {
-                    "num_shards": coordinator.config.num_shards,
+                    "num_shards": cluster_config().num_shards,
                     "term": None,
                     "moved": 0,
                     "shards": {},

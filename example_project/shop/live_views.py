@@ -24,7 +24,7 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.csrf import ensure_csrf_cookie
 
-from aether_django.api.access import NamespaceAccess
+from aether_django.access import access_for
 from aether_django.errors import AetherError, InvalidNameError
 from aether_django.names import validate_namespace
 from aether_django.store import get_event_store
@@ -55,7 +55,7 @@ def live_page(request: HttpRequest) -> HttpResponse:
     # event arrived, the page resumes from here instead of from "new" again (which
     # would skip what was saved during the drop).
     last_sequence: int | None = None
-    if valid and NamespaceAccess(request.user).can_read(namespace):
+    if valid and access_for(request).can_read(namespace):
         try:
             info = get_event_store(namespace).get_info()
         except AetherError as exc:

@@ -35,16 +35,15 @@ from django.urls import reverse
 
 from aether_django.aggregates import (
     AggregateDoesNotExist,
-    AggregateError,
     DomainError,
     UpdateRetriesExhausted,
 )
 from aether_django.errors import (
     AetherError,
+    AggregateReplayError,
     InvalidEventError,
     InvalidNameError,
     NamespaceCollisionError,
-    ReplayError,
     SaveOutcomeUnknownError,
     StoreUnavailableError,
     VersionConflictError,
@@ -61,21 +60,11 @@ UPDATE_RETRIES = 5
 #: Orders the list shows at most.
 MAX_LISTED_ORDERS = 200
 
-#: What a history that Order cannot replay raises: an event type without a handler
-#: (AggregateError), a message that does not decode (ReplayError), or a handler that
-#: meets data in another shape (KeyError, TypeError, ...). The events page appends
-#: whatever one types, so these are expected here, not bugs.
-REPLAY_FAILURES: tuple[type[Exception], ...] = (
-    AggregateError,
-    ReplayError,
-    KeyError,
-    TypeError,
-    ValueError,
-    AttributeError,
-)
-
 #: What the views catch and explain on the page (see _explain); anything else is a bug.
-SHOWN_ERRORS: tuple[type[Exception], ...] = (AetherError, *REPLAY_FAILURES)
+#: A history that Order cannot replay (an event type without a handler, a message that
+#: does not decode, a handler that meets data of another shape: the events page
+#: appends whatever one types) raises AggregateReplayError, one of these.
+SHOWN_ERRORS: tuple[type[Exception], ...] = (AetherError,)
 
 #: The message shown after each successful command, by the ``done`` query parameter.
 DONE_MESSAGES = {
@@ -119,14 +108,19 @@ def _explain(exc: Exception, actor_id: str) -> tuple[str, int]:
         return f"The event store is not answering: {exc}", 503
     if isinstance(exc, NamespaceCollisionError):
         return f"Namespace collision: {exc}", 409
-    if isinstance(exc, REPLAY_FAILURES):
+    if isinstance(exc, AggregateReplayError):
         return (
             f"The history of {actor_id!r} cannot be replayed as an order "
-            f"({type(exc).__name__}: {exc}). Its events were probably appended by hand "
+            f"({_cause(exc)}). Its events were probably appended by hand "
             "on the events page.",
             422,
         )
     return f"The event store failed: {exc}", 502
+
+
+def _cause(exc: AggregateReplayError) -> str:
+    """What the order's code (or the store's decoder) raised, by its name."""
+    return f"{type(exc.cause).__name__}: {exc.cause}"
 
 
 # --- what the templates show ---------------------------------------------------------
@@ -210,7 +204,7 @@ def _load_orders() -> tuple[list[Order], list[tuple[str, str]], bool]:
     try:
         for order in itertools.islice(Order.objects.iterator(), MAX_LISTED_ORDERS + 1):
             orders.append(order)
-    except REPLAY_FAILURES:
+    except AggregateReplayError:
         # One such history ends the iterator; load the remaining actors one by one.
         pass
     else:
@@ -226,8 +220,8 @@ def _load_orders() -> tuple[list[Order], list[tuple[str, str]], bool]:
             orders.append(Order.objects.get(actor_id))
         except Order.DoesNotExist:
             continue
-        except REPLAY_FAILURES as exc:
-            broken.append((actor_id, f"{type(exc).__name__}: {exc}"))
+        except AggregateReplayError as exc:
+            broken.append((actor_id, _cause(exc)))
     return orders[:MAX_LISTED_ORDERS], broken, len(orders) > MAX_LISTED_ORDERS
 
 

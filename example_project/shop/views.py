@@ -16,6 +16,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import NoReverseMatch, reverse
 
+from aether_django import inspection
 from aether_django.errors import (
     AetherError,
     InvalidEventError,
@@ -164,10 +165,14 @@ def events_page(request: HttpRequest) -> HttpResponse:
                 return HttpResponseRedirect(f"{reverse('shop:events')}?{query}")
 
     actor_ids: list[str] = []
+    more_actors = False
     events: list[Event] = []
     if store is not None:
         try:
-            actor_ids = store.get_actor_ids()
+            # The first page of the listing, as the admin and the API read it.
+            listing = inspection.actor_page(store, None, MAX_LISTED_ACTORS)
+            actor_ids = [row.actor_id for row in listing.rows]
+            more_actors = listing.next_after is not None
             if actor_id:
                 events = store.get_events(actor_id)
         except AetherError as exc:
@@ -182,9 +187,9 @@ def events_page(request: HttpRequest) -> HttpResponse:
         "rows": [_row(event) for event in events],
         "actors": [
             (actor, "?" + urlencode({"namespace": namespace, "actor": actor}))
-            for actor in actor_ids[:MAX_LISTED_ACTORS]
+            for actor in actor_ids
         ],
-        "more_actors": max(len(actor_ids) - MAX_LISTED_ACTORS, 0),
+        "more_actors": more_actors,
         "latest_version": latest,
         "next_version": latest + 1,
         "form": form,

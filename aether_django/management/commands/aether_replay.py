@@ -7,8 +7,9 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from nats.errors import Error as NatsError
 
+from aether_django import inspection
 from aether_django.aggregates import get_aggregate_class
-from aether_django.errors import AetherError
+from aether_django.errors import AetherError, AggregateReplayError
 from aether_django.management.progress import ProgressBar, add_progress_arguments
 from aether_django.names import validate_namespace
 from aether_django.store import get_event_store
@@ -52,7 +53,7 @@ class Command(BaseCommand):
             ]
             if model is not None and not result.errors:
                 try:
-                    actor = model.objects.get(actor_id)
+                    inspection.aggregate_state(namespace, actor_id)
                     if options["verify"]:
                         snapshot = store.get_latest_snapshot(actor_id)
                         if snapshot is not None:
@@ -63,7 +64,10 @@ class Command(BaseCommand):
                             stored = snapshot.state.get("state")
                             if stored != replayed.get_snapshot_state():
                                 mismatches.append(f"{actor_id}: snapshot {snapshot.version}")
-                    del actor
+                except AggregateReplayError as exc:
+                    # What the project's code (or a missing handler) raised, by its name.
+                    cause = exc.cause
+                    rebuild_errors.append(f"{actor_id}: {type(cause).__name__}: {cause}")
                 except Exception as exc:  # report every actor that cannot be rebuilt
                     rebuild_errors.append(f"{actor_id}: {type(exc).__name__}: {exc}")
         progress.close()

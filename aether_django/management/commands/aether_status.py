@@ -9,13 +9,9 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from nats.errors import Error as NatsError
 
-from aether_django.cluster import cluster_config, node_id
-from aether_django.cluster.beatlease import BeatLease
-from aether_django.cluster.coordinator import Coordinator
+from aether_django import inspection
 from aether_django.conf import aether_settings
 from aether_django.errors import AetherError
-from aether_django.runtime import get_runtime
-from aether_django.store import get_event_store, list_namespaces
 
 
 class Command(BaseCommand):
@@ -27,17 +23,13 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="print one JSON document")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        runtime = get_runtime()
         try:
-            coordinator = Coordinator(runtime, node_id(), cluster_config())
-            lease = runtime.run(coordinator.read_lease())
-            beat = runtime.run(BeatLease(runtime, node_id(), cluster_config()).read())
-            nodes = runtime.run(coordinator.nodes())
-            shard_map = runtime.run(coordinator.read_shard_map())
-            infos = [get_event_store(ns).get_info() for ns in list_namespaces()]
+            cluster = inspection.cluster_status(beat=True, reader="aether_status")
+            infos = inspection.namespace_infos(None)  # a command sees every namespace
         except (AetherError, OSError, NatsError) as exc:  # OSError covers timeouts
             raise CommandError(f"NATS at {aether_settings.NATS_URL} did not answer: {exc}") from exc
         now = time.time()
+        lease, beat, shard_map = cluster.lease, cluster.beat, cluster.shard_map
         status: dict[str, Any] = {
             "nats_url": str(aether_settings.NATS_URL),
             "leader": lease.node_id if lease else None,
@@ -52,14 +44,13 @@ class Command(BaseCommand):
                     "seconds_since_heartbeat": round(now - n.last_heartbeat, 1),
                     "shards": (shard_map.counts().get(n.node_id, 0) if shard_map else 0),
                 }
-                for n in nodes
+                for n in cluster.nodes
             ],
-            "num_shards": cluster_config().num_shards,
+            "num_shards": cluster.num_shards,
             "last_rebalance_moved": shard_map.moved if shard_map else None,
             "namespaces": [
                 {"name": i.name, "events": i.events, "actors": i.actors, "bytes": i.bytes}
                 for i in infos
-                if i is not None
             ],
         }
         if options["json"]:

@@ -9,9 +9,10 @@ from nats.errors import Error as NatsError
 
 from aether_django.aggregates import all_aggregates
 from aether_django.errors import AetherError
+from aether_django.inspection import visible_namespaces
 from aether_django.management.progress import ProgressBar, add_progress_arguments
 from aether_django.runtime import get_runtime
-from aether_django.store import get_event_store, list_namespaces
+from aether_django.store import get_event_store
 
 
 class Command(BaseCommand):
@@ -33,7 +34,7 @@ class Command(BaseCommand):
             namespaces = {m._meta.namespace for m in all_aggregates() if m._meta.namespace}
         if options["all"]:
             try:
-                namespaces |= set(list_namespaces())
+                namespaces |= set(visible_namespaces(None))
             except (AetherError, OSError, NatsError) as exc:
                 raise CommandError(f"cannot list the namespaces: {exc}") from exc
         if not namespaces:

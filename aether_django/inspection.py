@@ -1,0 +1,183 @@
+"""Read models shared by every Django surface: what the API, the admin, the ops views,
+the management commands and a project's own views show about namespaces, actors,
+aggregates and the cluster.
+
+Each function reads the store or the cluster bucket live (nothing is cached here) and
+returns plain data; a surface only turns it into its own answer (JSON, a template, a
+command's output). No requests here: who may see what is decided by the caller with
+:class:`aether_django.access.NamespaceAccess`, which the namespace functions take.
+
+Errors: the store's own errors (``EventStoreError`` and its subclasses) propagate for
+the surface to answer "unavailable"; a history that the namespace's aggregate class
+cannot replay raises :class:`~aether_django.errors.AggregateReplayError`, one type
+whatever the project's code raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import Any
+
+from .access import NamespaceAccess
+from .aggregates import get_aggregate_class
+from .cluster import cluster_config, shard_of
+from .cluster.beatlease import BeatHolder, BeatLease
+from .cluster.coordinator import Coordinator, Lease, NodeInfo, ShardMap
+from .errors import AggregateReplayError
+from .runtime import get_runtime
+from .store import EventStore, get_event_store, list_namespaces
+from .store.base import NamespaceInfo
+
+__all__ = [
+    "ActorRow",
+    "ActorRows",
+    "AggregateState",
+    "ClusterStatus",
+    "actor_page",
+    "actor_rows",
+    "aggregate_state",
+    "cluster_status",
+    "namespace_infos",
+    "visible_namespaces",
+]
+
+
+# --- namespaces ---------------------------------------------------------------------------
+
+
+def visible_namespaces(access: NamespaceAccess | None) -> list[str]:
+    """The namespaces ``access`` may read (every namespace for None: a command, or a
+    view that applies no grants)."""
+    namespaces = list_namespaces()
+    return namespaces if access is None else access.readable(namespaces)
+
+
+def namespace_infos(access: NamespaceAccess | None) -> list[NamespaceInfo]:
+    """The figures of each namespace ``access`` may read; the others are not asked about."""
+    infos = [get_event_store(ns).get_info() for ns in visible_namespaces(access)]
+    return [info for info in infos if info is not None]
+
+
+# --- actors -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ActorRow:
+    """One actor of a namespace's listing."""
+
+    actor_id: str
+    version: int
+    shard: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class ActorRows:
+    """One page of a namespace's actors, and where the next page starts (None: last)."""
+
+    rows: list[ActorRow]
+    next_after: str | None
+    next_at: int | None
+
+
+def actor_rows(store: EventStore, actor_ids: list[str]) -> list[ActorRow]:
+    """Rows for ``actor_ids``: each one's version (one batched read) and shard."""
+    versions = store.get_latest_versions(actor_ids)
+    return [ActorRow(a, versions.get(a, 0), shard_of(a)) for a in actor_ids]
+
+
+def actor_page(store: EventStore, after: str | None, limit: int, *, at: int = 0) -> ActorRows:
+    """The page of at most ``limit`` actors after ``after`` (``at``: its rank, a hint)."""
+    page = store.get_actor_page(after, limit, at=at)
+    rows = actor_rows(store, page.actor_ids)
+    if page.next_at is None or not page.actor_ids:
+        return ActorRows(rows, None, None)
+    return ActorRows(rows, page.actor_ids[-1], page.next_at)
+
+
+# --- aggregate state ----------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class AggregateState:
+    """An actor's state as its namespace's aggregate class builds it."""
+
+    aggregate: str
+    actor_id: str
+    version: int
+    state: dict[str, Any]
+
+
+def aggregate_state(
+    namespace: str, actor_id: str, *, at_version: int | None = None
+) -> AggregateState | None:
+    """The actor's state (as of ``at_version``), or None when no aggregate class is
+    registered for ``namespace``.
+
+    Raises the class's ``DoesNotExist`` for an actor without events, and
+    AggregateReplayError when its history cannot be replayed, including when the
+    class's ``get_snapshot_state`` raises on the state it rebuilt.
+    """
+    model = get_aggregate_class(namespace)
+    if model is None:
+        return None
+    actor = model.objects.get(actor_id, at_version=at_version)
+    try:
+        state = actor.get_snapshot_state()
+    except Exception as exc:  # the project's code, on state rebuilt from stored events
+        raise AggregateReplayError(actor_id, actor.version, exc, aggregate=model.__name__) from exc
+    return AggregateState(model.__name__, actor.actor_id, actor.version, state)
+
+
+# --- the cluster --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterStatus:
+    """The cluster bucket as read at one moment."""
+
+    lease: Lease | None
+    nodes: list[NodeInfo]
+    shard_map: ShardMap | None
+    num_shards: int
+    #: The Celery beat holding the beat lease (read only when asked for).
+    beat: BeatHolder | None = None
+
+    @property
+    def leader(self) -> str | None:
+        return self.lease.node_id if self.lease else None
+
+    @property
+    def term(self) -> int | None:
+        return self.lease.term if self.lease else None
+
+
+def cluster_status(
+    *, timeout: float | None = None, beat: bool = False, reader: str = "inspection"
+) -> ClusterStatus:
+    """Leader, nodes and shard map (and the beat holder with ``beat``), read once.
+
+    ``timeout`` bounds each read of the bucket (the configured cluster timeout when
+    None) and the whole read to three times that: a page or a scrape must answer
+    even when NATS does not. ``reader`` names the reader in the coordinator (it
+    writes nothing). Raises whatever the read raised (NATS away, a timeout).
+    """
+    config = cluster_config()
+    if timeout is not None:
+        config = dataclasses.replace(config, timeout=timeout)
+    runtime = get_runtime()
+    coordinator = Coordinator(runtime, reader, config)
+
+    async def read() -> ClusterStatus:
+        lease = await coordinator.read_lease()
+        nodes = await coordinator.nodes()
+        shard_map = await coordinator.read_shard_map()
+        holder = await BeatLease(runtime, reader, config).read() if beat else None
+        return ClusterStatus(lease, nodes, shard_map, config.num_shards, holder)
+
+    if timeout is None:
+        return runtime.run(read())
+    return runtime.run(asyncio.wait_for(read(), timeout * 3))
