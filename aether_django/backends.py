@@ -12,11 +12,13 @@ that choosing ``"memory"`` never imports nats-py's JetStream store.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .bus.base import BaseEventBus
+    from .events import Event
     from .store.base import EventStore
 
 __all__ = ["BACKENDS", "MEMORY", "NATS", "Backend"]
@@ -28,12 +30,26 @@ class Backend:
 
     ``store_publishes``: the store hands each saved event to the process's bus
     itself, because the bus cannot see saves otherwise (the in-memory pair). The
-    store facade then builds the store with ``publish=`` a function that does so.
+    store facade then builds the store with ``publish=``:meth:`publish_saved`.
     """
 
     store_class: type[EventStore] | str
     bus_class: type[BaseEventBus] | str
     store_publishes: bool = False
+
+    @staticmethod
+    def publish_saved(namespace: str, events: Sequence[Event]) -> None:
+        """Hand saved events to the process's bus, in order.
+
+        The bus is looked up on each save: ``reset_event_bus()`` (a settings change)
+        may have replaced it since the store was built. Kept here rather than in the
+        store facade so that the store and bus packages never import each other.
+        """
+        from .bus import get_event_bus
+
+        bus = get_event_bus()
+        for event in events:
+            bus.publish(namespace, event)
 
     @classmethod
     def of(cls, value: Any) -> Backend:

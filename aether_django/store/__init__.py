@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
 from typing import Any
 
-from ..events import Event
 from .base import EventStore, NamespaceInfo, StoreConfig
 from .memory import InMemoryEventStore
 
@@ -34,15 +32,6 @@ _stores: OrderedDict[str, EventStore] = OrderedDict()
 _lock = threading.Lock()
 
 
-def _publish(namespace: str, events: Sequence[Event]) -> None:
-    """Hand saved events to the process's bus (for a store the bus cannot watch)."""
-    from ..bus import get_event_bus
-
-    bus = get_event_bus()  # looked up on each save: reset_event_bus() may have replaced it
-    for event in events:
-        bus.publish(namespace, event)
-
-
 def _build(namespace: str) -> EventStore:
     from ..conf import backend, store_config
     from ..runtime import get_runtime
@@ -53,7 +42,7 @@ def _build(namespace: str) -> EventStore:
     store_class: Any = chosen.store_class
     options: dict[str, Any] = {"runtime": get_runtime(), "config": store_config()}
     if chosen.store_publishes:
-        options["publish"] = _publish
+        options["publish"] = chosen.publish_saved
     store: EventStore = store_class(namespace, **options)
     return store
 
