@@ -3,6 +3,7 @@ and the WebSocket routes' origin check."""
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from typing import Any
 
@@ -10,7 +11,7 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.utils.module_loading import import_string
 
-from .conf import DEFAULTS, aether_settings
+from .conf import DEFAULTS, DEPRECATED, aether_settings, backend
 
 
 @register("aether_django")
@@ -32,6 +33,41 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
         )
         for key in sorted(set(value) - set(DEFAULTS))
     ]
+
+
+@register("aether_django")
+def check_backend(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """E003: a BACKEND (or deprecated class setting) that cannot be loaded;
+    W003: the deprecated STORE_CLASS / BUS_CLASS settings are set."""
+    if not isinstance(getattr(settings, "AETHER", {}), dict):
+        return []  # E002
+    user = aether_settings.user_settings
+    messages: list[CheckMessage] = [
+        Warning(
+            f"AETHER[{old!r}] is deprecated.",
+            hint=(
+                f'Set AETHER[{new!r}] instead: "nats" (JetStream store and bus), "memory" '
+                "(both in this process, for tests), or the dotted path of a Backend."
+            ),
+            id="aether_django.W003",
+        )
+        for old, new in DEPRECATED.items()
+        if user.get(old) is not None
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # W003 says it already
+        try:
+            backend()
+        except (ImportError, TypeError) as exc:
+            messages.append(
+                Error(
+                    f"AETHER['BACKEND'] cannot be used: {exc}",
+                    hint='Use "nats", "memory", or the dotted path of an object with '
+                    "store_class and bus_class (aether_django.backends.Backend).",
+                    id="aether_django.E003",
+                )
+            )
+    return messages
 
 
 @register("aether_django")

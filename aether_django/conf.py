@@ -8,21 +8,36 @@ works. Unknown keys are reported by the system check ``aether_django.E001``.
 from __future__ import annotations
 
 import os
+import threading
+import warnings
 from importlib import import_module
 from typing import Any
 
 from django.conf import settings
 from django.core.signals import setting_changed
 
-__all__ = ["DEFAULTS", "IMPORT_STRINGS", "aether_settings", "store_config"]
+from .backends import BACKENDS, Backend
+
+__all__ = [
+    "DEFAULTS",
+    "DEPRECATED",
+    "IMPORT_STRINGS",
+    "aether_settings",
+    "backend",
+    "store_config",
+]
 
 DEFAULTS: dict[str, Any] = {
     # Where NATS is. The environment variable AETHER_NATS_URL wins over this.
     "NATS_URL": "nats://127.0.0.1:4222",
     # Extra keyword arguments for nats.connect (credentials, TLS, ...).
     "NATS_OPTIONS": {},
-    # The event store class get_event_store() builds for each namespace.
-    "STORE_CLASS": "aether_django.store.jetstream.JetStreamEventStore",
+    # The store and bus, chosen together: "nats" (JetStream), "memory" (this
+    # process only; the store publishes saves to the bus), or the dotted path of
+    # an object with store_class and bus_class (aether_django.backends.Backend).
+    "BACKEND": "nats",
+    # Deprecated: the store class alone (None: the BACKEND's). Use BACKEND.
+    "STORE_CLASS": None,
     # Seconds one store operation may take before StoreUnavailableError.
     "TIMEOUT": 5.0,
     # Largest encoded event or snapshot accepted, in bytes.
@@ -45,9 +60,8 @@ DEFAULTS: dict[str, Any] = {
     "HEAD_CACHE_SIZE": 10_000,
     # Namespaces whose store objects a process keeps; the least recently used go.
     "STORE_CACHE_SIZE": 256,
-    # The event bus get_event_bus() builds: NATSEventBus delivers saved events
-    # to every process; aether_django.bus.EventBus stays inside one process.
-    "BUS_CLASS": "aether_django.bus.nats.NATSEventBus",
+    # Deprecated: the bus class alone (None: the BACKEND's). Use BACKEND.
+    "BUS_CLASS": None,
     # Deliveries a subscription buffers before it overflows (and ends, saying
     # where to resume).
     "BUS_BUFFER_SIZE": 10_000,
@@ -105,6 +119,9 @@ DEFAULTS: dict[str, Any] = {
 IMPORT_STRINGS = frozenset(
     {"STORE_CLASS", "BUS_CLASS", "API_ACTOR_PAGINATION_CLASS", "API_EVENT_PAGINATION_CLASS"}
 )
+
+#: Settings kept for old projects, with what replaces them (system check W003).
+DEPRECATED = {"STORE_CLASS": "BACKEND", "BUS_CLASS": "BACKEND"}
 
 #: Environment variables that win over the settings they name.
 ENVIRONMENT = {"NATS_URL": "AETHER_NATS_URL", "NODE_ID": "AETHER_NODE_ID"}
@@ -173,6 +190,53 @@ def store_config() -> Any:
     )
 
 
+_backend: Backend | None = None
+_backend_lock = threading.Lock()
+
+
+def backend() -> Backend:
+    """The :class:`~aether_django.backends.Backend` the settings choose, with classes.
+
+    ``AETHER["BACKEND"]`` gives the pair; the deprecated ``STORE_CLASS`` and
+    ``BUS_CLASS``, when set, replace its parts (with a DeprecationWarning), and the
+    pair then behaves as it did before BACKEND existed: the store publishes to
+    the bus only when both parts come from the backend.
+    """
+    global _backend
+    resolved = _backend
+    if resolved is not None:
+        return resolved
+    s = aether_settings
+    name = s.BACKEND
+    if isinstance(name, str):
+        chosen = BACKENDS.get(name) or Backend.of(import_from_string(name, "BACKEND"))
+    else:
+        chosen = Backend.of(name)
+    store_class, bus_class = chosen.store_class, chosen.bus_class
+    store_publishes = chosen.store_publishes
+    for setting in ("STORE_CLASS", "BUS_CLASS"):
+        if s.user_settings.get(setting) is not None:
+            warnings.warn(
+                f'AETHER["{setting}"] is deprecated: set AETHER["BACKEND"] ("nats", "memory", '
+                "or the dotted path of a Backend) to choose the store and the bus together",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            store_publishes = False
+    if s.STORE_CLASS is not None:
+        store_class = s.STORE_CLASS
+    if s.BUS_CLASS is not None:
+        bus_class = s.BUS_CLASS
+    if isinstance(store_class, str):
+        store_class = import_from_string(store_class, "BACKEND")
+    if isinstance(bus_class, str):
+        bus_class = import_from_string(bus_class, "BACKEND")
+    resolved = Backend(store_class, bus_class, store_publishes)
+    with _backend_lock:
+        _backend = resolved
+    return resolved
+
+
 _reload_hooks: list[Any] = []
 
 
@@ -185,8 +249,11 @@ def on_reload(hook: Any) -> Any:
 
 
 def _reload(*, setting: str, **_: Any) -> None:
+    global _backend
     if setting == "AETHER":
         aether_settings.reload()
+        with _backend_lock:
+            _backend = None
         for hook in _reload_hooks:
             hook()
 

@@ -249,7 +249,7 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         # buffer fills is then too slow, like one whose send times out.
         live = start == "new"
         try:
-            subscription = await get_event_bus().asubscribe(  # type: ignore[attr-defined]
+            subscription = await get_event_bus().asubscribe(
                 pattern,
                 flt,
                 start=start,

@@ -51,7 +51,7 @@ from typing import Any
 import nats
 from nats.js.api import DeliverPolicy
 
-from aether_django.bus.local import EventBus
+from aether_django.bus.local import LocalEventBus
 from aether_django.bus.nats import NATSEventBus
 from aether_django.events import Event
 from aether_django.runtime import Runtime
@@ -156,7 +156,7 @@ async def bench_local(report: Report, sizes: Sizes) -> None:
     events = [new_event("acct-local", v) for v in range(1, n + 1)]
 
     async def bus_round(from_thread: bool) -> float:
-        bus = EventBus()
+        bus = LocalEventBus()
         subscription = bus.subscribe(namespace)
         received: list[float] = [0.0] * (n + 1)
         waiter: dict[str, Any] = {}

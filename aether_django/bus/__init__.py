@@ -1,18 +1,23 @@
 """Event buses. ``get_event_bus()`` returns the process's configured bus.
 
-``bus.local.EventBus`` delivers within one process; ``bus.nats.NATSEventBus``
-(the default) delivers every saved event to subscribers in every process,
-through JetStream. The submodules are primitives that never read settings;
-``get_event_bus`` is the facade that builds ``AETHER["BUS_CLASS"]`` from them.
+``bus.base.BaseEventBus`` declares what every bus offers. ``bus.local.LocalEventBus``
+delivers within one process; ``bus.nats.NATSEventBus`` (the default) delivers every
+saved event to subscribers in every process, through JetStream. The submodules are
+primitives that never read settings; ``get_event_bus`` is the facade that builds
+the bus of ``AETHER["BACKEND"]`` from them. ``EventBus`` is the deprecated name of
+``LocalEventBus``.
 """
 
 from __future__ import annotations
 
 import threading
+import warnings
+from typing import Any
 
+from .base import BaseEventBus, Feature, UnsupportedSubscriptionError
 from .local import (
     Delivery,
-    EventBus,
+    LocalEventBus,
     Subscription,
     SubscriptionClosedError,
     SubscriptionHandlerError,
@@ -20,33 +25,38 @@ from .local import (
 )
 
 __all__ = [
+    "BaseEventBus",
     "Delivery",
-    "EventBus",
+    "Feature",
+    "LocalEventBus",
     "Subscription",
     "SubscriptionClosedError",
     "SubscriptionHandlerError",
     "SubscriptionOverflowError",
+    "UnsupportedSubscriptionError",
     "get_event_bus",
     "reset_event_bus",
 ]
 
-_bus: EventBus | None = None
+_bus: BaseEventBus | None = None
 _lock = threading.Lock()
 
 
-def get_event_bus() -> EventBus:
+def get_event_bus() -> BaseEventBus:
     """The process's event bus (built on first use from ``settings.AETHER``)."""
     global _bus
     bus = _bus
     if bus is not None:
         return bus
-    from ..conf import aether_settings
+    from ..conf import aether_settings, backend
     from ..runtime import get_runtime, node_id
 
     with _lock:
         if _bus is None:
             s = aether_settings
-            _bus = s.BUS_CLASS(
+            bus_class = backend().bus_class
+            assert not isinstance(bus_class, str)  # conf.backend() imported it
+            _bus = bus_class(
                 runtime=get_runtime(),
                 subject_prefix=str(s.SUBJECT_PREFIX),
                 node_id=node_id(),
@@ -80,3 +90,18 @@ def forget_event_bus() -> None:
     subscriptions live on the parent's loops, so the child starts clean."""
     global _bus
     _bus = None
+
+
+def __getattr__(name: str) -> Any:
+    # The in-process bus was called EventBus while it was also every bus's base
+    # class; BaseEventBus is the contract now and LocalEventBus the in-process bus.
+    if name == "EventBus":
+        warnings.warn(
+            "aether_django.bus.EventBus is deprecated: use "
+            "aether_django.bus.LocalEventBus for the in-process bus, or "
+            "aether_django.bus.BaseEventBus for the interface every bus implements",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return LocalEventBus
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

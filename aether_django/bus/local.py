@@ -27,9 +27,10 @@ import collections
 import inspect
 import logging
 import threading
-from collections.abc import Awaitable, Callable
+import warnings
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from .. import metrics
 from ..aio import running_loop
@@ -37,12 +38,14 @@ from ..errors import AetherError
 from ..events import Event
 from ..names import validate_namespace
 from ..patterns import SubscriptionFilter, is_exact, matches, validate_pattern
+from .base import BaseEventBus, Feature, Start
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "Delivery",
-    "EventBus",
+    "FanOutBus",
+    "LocalEventBus",
     "Subscription",
     "SubscriptionClosedError",
     "SubscriptionHandlerError",
@@ -207,6 +210,9 @@ class Subscription:
         self._space: asyncio.Event | None = None
         self.pattern = validate_pattern(pattern)
         self.exact = is_exact(pattern)
+        #: When set, only namespaces matching one of these patterns are delivered
+        #: (the bus's ``readable=``).
+        self.readable: frozenset[str] | None = None
         self.filter = filter or SubscriptionFilter()
         if buffer_size < 1:
             raise ValueError("buffer_size must be at least 1")
@@ -328,7 +334,12 @@ class Subscription:
                 return False
         elif not matches(self.pattern, namespace):
             return False
-        return self.filter.matches(event)
+        return self.reads(namespace) and self.filter.matches(event)
+
+    def reads(self, namespace: str) -> bool:
+        """Whether ``namespace`` is within ``readable`` (always, when that is unset)."""
+        readable = self.readable
+        return readable is None or any(matches(p, namespace) for p in readable)
 
     # --- the bus side -----------------------------------------------------------
     def deliver(self, delivery: Delivery) -> bool:
@@ -600,11 +611,13 @@ class Subscription:
         return await asyncio.wait_for(self.__anext__(), timeout)
 
 
-class EventBus:
-    """Delivers events to the subscriptions in this process whose pattern and filter match.
+class FanOutBus(BaseEventBus):
+    """The in-process half every bus shares: live subscriptions by pattern, handed the
+    deliveries for a namespace on their own loops, with counters.
 
-    Thread-safe: ``publish`` may be called from any thread; each subscription
-    receives on the event loop it was created on.
+    Thread-safe: ``dispatch`` may be called from any thread; each subscription
+    receives on the event loop it was created on. Subclasses say where events
+    come from (:meth:`subscribe`, :meth:`publish`).
     """
 
     def __init__(
@@ -617,7 +630,8 @@ class EventBus:
         **_: object,
     ) -> None:
         # Extra keyword arguments (runtime, node_id, ...) are what get_event_bus
-        # passes to every bus class; an in-process bus needs none of them.
+        # passes to every bus class; a bus ignores those it does not need.
+        super().__init__()
         self.buffer_size = buffer_size
         #: How a subscription retries a delivery whose callback raised (Subscription).
         self.handler_retries = handler_retries
@@ -640,53 +654,6 @@ class EventBus:
 
     def _count(self, key: str, n: int = 1) -> None:
         self._metrics[key] += n
-
-    # --- subscribing ------------------------------------------------------------------
-    def subscribe(
-        self,
-        namespace_pattern: str,
-        filter: SubscriptionFilter | None = None,
-        *,
-        buffer_size: int | None = None,
-        callback: Callback | None = None,
-        on_error: ErrorCallback | None = None,
-        buffer_bytes: int | None = None,
-    ) -> Subscription:
-        """Subscribe to events of the namespaces matching ``namespace_pattern``.
-
-        Without ``callback`` the result is an async iterator and must be created
-        on the event loop that will iterate it. A ``callback`` is called for each
-        delivery instead: a plain function right where the event arrives (it
-        must return quickly; it has no buffer, so it never overflows), a
-        coroutine function awaited one delivery at a time, in order, on the loop
-        ``subscribe`` was called on, with the subscription's bounded buffer.
-        ``on_error`` is called with the error that ends a callback subscription:
-        SubscriptionOverflowError (with ``resume_start()``) when an async
-        callback falls ``buffer_size`` deliveries (or ``buffer_bytes`` bytes of
-        stored events) behind, SubscriptionHandlerError when the callback kept
-        raising on one delivery (retried first, see :class:`Subscription`).
-        Without it the error is only logged.
-        """
-        loop = running_loop()
-        if callback is None and loop is None:
-            raise RuntimeError(
-                "subscribe() without callback= must be called from async code; "
-                "pass callback= to receive events in sync code"
-            )
-        subscription = Subscription(
-            namespace_pattern,
-            filter,
-            buffer_size=buffer_size or self.buffer_size,
-            buffer_bytes=buffer_bytes or self.buffer_bytes,
-            callback=callback,
-            loop=loop,
-            on_close=self._remove,
-            on_error=on_error,
-            handler_retries=self.handler_retries,
-            handler_backoff=self.handler_backoff,
-        )
-        self._add(subscription)
-        return subscription
 
     def _add(self, subscription: Subscription) -> None:
         with self._lock:
@@ -711,29 +678,12 @@ class EventBus:
                 self._count("overflowed")
                 metrics.BUS_OVERFLOWS.inc()
 
-    def unsubscribe(self, subscription: Subscription) -> None:
-        """Same as ``subscription.close()``."""
-        subscription.close()
-
     def subscriptions_for(self, namespace: str) -> list[Subscription]:
-        """The live subscriptions whose pattern matches ``namespace``."""
+        """The live subscriptions whose pattern (and ``readable``) match ``namespace``."""
         with self._lock:
             found = list(self._exact.get(namespace, ()))
             found += [s for s in self._wildcard if matches(s.pattern, namespace)]
-        return found
-
-    # --- publishing ----------------------------------------------------------------------
-    def publish(self, namespace: str, event: Event) -> int:
-        """Deliver ``event`` to every matching subscription in this process, now.
-
-        Returns how many subscriptions it was offered to. Nothing is stored, so
-        delivery is at most once: a subscription made later never sees it, and
-        one that has overflowed or closed misses it. For an event that must not
-        be lost, save it with the event store instead.
-        """
-        validate_namespace(namespace)
-        self._count("published")
-        return self.dispatch(namespace, event)
+        return [s for s in found if s.reads(namespace)]
 
     def dispatch(self, namespace: str, event: Event) -> int:
         """Offer an event to the matching local subscriptions (no validation, no counting)."""
@@ -759,3 +709,100 @@ class EventBus:
             subs = [s for group in self._exact.values() for s in group] + self._wildcard
         for subscription in subs:
             subscription.close()
+
+
+class LocalEventBus(FanOutBus):
+    """Delivers events to the subscriptions in this process whose pattern and filter match.
+
+    It keeps no history: a subscription receives what is published (and, in the
+    ``"memory"`` backend, saved) after it was made, so it starts at ``"new"``
+    only and cannot be durable; ``overflow="wait"`` is refused too, as a
+    publisher never waits. Thread-safe: ``publish`` may be called from any
+    thread; each subscription receives on the event loop it was created on.
+    """
+
+    features: ClassVar[frozenset[Feature]] = frozenset({Feature.READABLE})
+
+    # --- subscribing ------------------------------------------------------------------
+    def subscribe(
+        self,
+        namespace_pattern: str,
+        filter: SubscriptionFilter | None = None,
+        *,
+        buffer_size: int | None = None,
+        callback: Callback | None = None,
+        start: Start = "new",
+        durable: str | None = None,
+        overflow: str = "end",
+        on_error: ErrorCallback | None = None,
+        readable: Collection[str] | None = None,
+        buffer_bytes: int | None = None,
+    ) -> Subscription:
+        """Subscribe to events of the namespaces matching ``namespace_pattern``.
+
+        Without ``callback`` the result is an async iterator and must be created
+        on the event loop that will iterate it. A ``callback`` is called for each
+        delivery instead: a plain function right where the event arrives (it
+        must return quickly; it has no buffer, so it never overflows), a
+        coroutine function awaited one delivery at a time, in order, on the loop
+        ``subscribe`` was called on, with the subscription's bounded buffer.
+        ``on_error`` is called with the error that ends a callback subscription:
+        SubscriptionOverflowError (with ``resume_start()``) when an async
+        callback falls ``buffer_size`` deliveries (or ``buffer_bytes`` bytes of
+        stored events) behind, SubscriptionHandlerError when the callback kept
+        raising on one delivery (retried first, see :class:`Subscription`).
+        Without it the error is only logged. ``start`` other than ``"new"``,
+        ``durable`` and ``overflow="wait"`` raise UnsupportedSubscriptionError.
+        """
+        patterns = self.check_subscription(
+            namespace_pattern, start=start, durable=durable, overflow=overflow, readable=readable
+        )
+        loop = running_loop()
+        if callback is None and loop is None:
+            raise RuntimeError(
+                "subscribe() without callback= must be called from async code; "
+                "pass callback= to receive events in sync code"
+            )
+        subscription = Subscription(
+            namespace_pattern,
+            filter,
+            buffer_size=buffer_size or self.buffer_size,
+            buffer_bytes=buffer_bytes or self.buffer_bytes,
+            callback=callback,
+            loop=loop,
+            on_close=self._remove,
+            on_error=on_error,
+            handler_retries=self.handler_retries,
+            handler_backoff=self.handler_backoff,
+        )
+        subscription.readable = patterns
+        self._add(subscription)
+        return subscription
+
+    # --- publishing ----------------------------------------------------------------------
+    def publish(self, namespace: str, event: Event) -> int:
+        """Deliver ``event`` to every matching subscription in this process, now.
+
+        Returns how many subscriptions it was offered to. Nothing is stored, so
+        delivery is at most once: a subscription made later never sees it, and
+        one that has overflowed or closed misses it. For an event that must not
+        be lost, save it with the event store instead.
+        """
+        validate_namespace(namespace)
+        self._count("published")
+        return self.dispatch(namespace, event)
+
+
+def __getattr__(name: str) -> Any:
+    # EventBus named the in-process bus when it was also every bus's base class;
+    # the contract is BaseEventBus now, so the old name is kept one release, warning.
+    if name == "EventBus":
+        warnings.warn(
+            "aether_django.bus.EventBus is deprecated: use "
+            "aether_django.bus.LocalEventBus for the in-process bus, or "
+            "aether_django.bus.BaseEventBus for the interface every bus implements",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return LocalEventBus
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

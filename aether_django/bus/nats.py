@@ -52,9 +52,9 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 import nats.errors
 import nats.js.errors
@@ -63,7 +63,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy, KeyValueConfig
 
 from .. import metrics
 from ..aio import Runtime, running_loop
-from ..errors import InvalidNameError, ReplayError
+from ..errors import ReplayError
 from ..events import (
     Event,
     decode_event,
@@ -73,8 +73,9 @@ from ..events import (
 )
 from ..jsapi import event_namespace, list_event_streams
 from ..names import default_node_id, validate_namespace
-from ..patterns import is_exact, matches, validate_pattern
+from ..patterns import SubscriptionFilter, matches
 from ..runtime import handle_dropped_messages
+from .base import Feature, Start
 from .local import (
     DEFAULT_BUFFER_BYTES,
     DEFAULT_BUFFER_SIZE,
@@ -83,7 +84,7 @@ from .local import (
     Callback,
     Delivery,
     ErrorCallback,
-    EventBus,
+    FanOutBus,
     Subscription,
 )
 
@@ -105,35 +106,14 @@ RESTART_ATTEMPTS = 5
 #: One delivery in this many is timed for the bus-lag histogram.
 _LAG_SAMPLE = 16
 
-Start = str | int | datetime | Mapping[str, int]
 
+class NATSEventBus(FanOutBus):
+    """A bus whose subscriptions receive every saved event, from any process.
 
-def _check_durable(name: str | None) -> None:
-    if name is None:
-        return
-    if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_" for c in name):
-        raise InvalidNameError(
-            f"durable subscription name {name!r} must be letters, digits, '-' and '_'"
-        )
+    It supports the whole contract of :class:`~aether_django.bus.base.BaseEventBus`.
+    """
 
-
-def _check_start(start: Start) -> None:
-    if start in ("new", "all") or isinstance(start, datetime):
-        return
-    if isinstance(start, int) and not isinstance(start, bool) and start >= 1:
-        return
-    if isinstance(start, Mapping) and all(
-        isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in start.values()
-    ):
-        return
-    raise ValueError(
-        "start must be 'new', 'all', a stream sequence >= 1, a dict of namespace to "
-        f"sequence, or a datetime; got {start!r}"
-    )
-
-
-class NATSEventBus(EventBus):
-    """An EventBus whose subscriptions receive every saved event, from any process."""
+    features: ClassVar[frozenset[Feature]] = frozenset(Feature)
 
     def __init__(
         self,
@@ -169,7 +149,7 @@ class NATSEventBus(EventBus):
     def subscribe(
         self,
         namespace_pattern: str,
-        filter: Any = None,
+        filter: SubscriptionFilter | None = None,
         *,
         buffer_size: int | None = None,
         callback: Callback | None = None,
@@ -177,7 +157,7 @@ class NATSEventBus(EventBus):
         durable: str | None = None,
         overflow: str = "end",
         on_error: ErrorCallback | None = None,
-        readable: frozenset[str] | None = None,
+        readable: Collection[str] | None = None,
         buffer_bytes: int | None = None,
     ) -> Subscription:
         """Subscribe to saved events of the namespaces matching ``namespace_pattern``.
@@ -198,15 +178,9 @@ class NATSEventBus(EventBus):
         required) this returns once they are, and the callback runs on the
         runtime's loop thread.
         """
-        _check_start(start)
-        _check_durable(durable)
-        if readable is not None:
-            readable = frozenset(validate_pattern(p) for p in readable)
-        if isinstance(start, int) and not is_exact(validate_pattern(namespace_pattern)):
-            raise ValueError(
-                f"start={start} is one stream's sequence and {namespace_pattern!r} can match "
-                "several namespaces; pass a dict of namespace to sequence instead"
-            )
+        patterns = self.check_subscription(
+            namespace_pattern, start=start, durable=durable, overflow=overflow, readable=readable
+        )
         running = running_loop()
         if callback is None and running is None:
             raise RuntimeError(
@@ -227,12 +201,13 @@ class NATSEventBus(EventBus):
             handler_retries=self.handler_retries,
             handler_backoff=self.handler_backoff,
         )
+        subscription.readable = patterns
         self._add(subscription)
         self._listen_for_signals()
         shared = start == "new" and durable is None and overflow == "end"
         if running is None:
             future = asyncio.run_coroutine_threadsafe(
-                self._attach(subscription, start, durable, shared=shared, readable=readable), loop
+                self._attach(subscription, start, durable, shared=shared, readable=patterns), loop
             )
             try:
                 future.result(self.timeout + 5)
@@ -241,7 +216,7 @@ class NATSEventBus(EventBus):
                 raise
         else:
             subscription._ready = loop.create_task(  # type: ignore[attr-defined]
-                self._attach(subscription, start, durable, shared=shared, readable=readable)
+                self._attach(subscription, start, durable, shared=shared, readable=patterns)
             )
         return subscription
 
@@ -306,7 +281,7 @@ class NATSEventBus(EventBus):
     async def asubscribe(
         self,
         namespace_pattern: str,
-        filter: Any = None,
+        filter: SubscriptionFilter | None = None,
         *,
         buffer_size: int | None = None,
         callback: Callback | None = None,
@@ -314,7 +289,7 @@ class NATSEventBus(EventBus):
         durable: str | None = None,
         overflow: str = "end",
         on_error: ErrorCallback | None = None,
-        readable: frozenset[str] | None = None,
+        readable: Collection[str] | None = None,
         buffer_bytes: int | None = None,
     ) -> Subscription:
         """Subscribe and wait until the consumers exist, so ``start="new"`` is exact."""

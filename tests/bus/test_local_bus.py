@@ -7,7 +7,7 @@ import pytest
 
 from aether_django import metrics
 from aether_django.bus import (
-    EventBus,
+    LocalEventBus,
     SubscriptionClosedError,
     SubscriptionHandlerError,
     SubscriptionOverflowError,
@@ -25,7 +25,7 @@ async def drain(subscription, n, wait=1.0):
 
 
 async def test_exact_wildcard_and_prefix_subscribers():
-    bus = EventBus()
+    bus = LocalEventBus()
     exact = bus.subscribe("orders")
     prefix = bus.subscribe("order*")
     star = bus.subscribe("*")
@@ -42,7 +42,7 @@ async def test_exact_wildcard_and_prefix_subscribers():
 
 
 async def test_filters_narrow_delivery():
-    bus = EventBus()
+    bus = LocalEventBus()
     placed = bus.subscribe("orders", SubscriptionFilter(event_types=["OrderPlaced"]))
     one = bus.subscribe("orders", SubscriptionFilter(actor_pattern="order-customer-123"))
     bus.publish("orders", ev(event_type="OrderShipped", actor_id="order-customer-123"))
@@ -53,7 +53,7 @@ async def test_filters_narrow_delivery():
 
 
 async def test_order_is_kept():
-    bus = EventBus()
+    bus = LocalEventBus()
     sub = bus.subscribe("orders")
     for v in range(1, 101):
         bus.publish("orders", ev(v))
@@ -61,7 +61,7 @@ async def test_order_is_kept():
 
 
 async def test_publishing_from_another_thread_reaches_the_subscribers_loop():
-    bus = EventBus()
+    bus = LocalEventBus()
     sub = bus.subscribe("orders")
     thread = threading.Thread(target=lambda: [bus.publish("orders", ev(v)) for v in (1, 2)])
     thread.start()
@@ -70,7 +70,7 @@ async def test_publishing_from_another_thread_reaches_the_subscribers_loop():
 
 
 async def test_a_slow_subscriber_is_told_where_to_resume_never_silently_dropped():
-    bus = EventBus()
+    bus = LocalEventBus()
     slow = bus.subscribe("orders", buffer_size=5)
     fast = bus.subscribe("orders")
     for v in range(1, 9):
@@ -89,7 +89,7 @@ async def test_a_slow_subscriber_is_told_where_to_resume_never_silently_dropped(
 
 
 async def test_callbacks_sync_and_async():
-    bus = EventBus()
+    bus = LocalEventBus()
     got_sync, got_async = [], []
     bus.subscribe("orders", callback=lambda d: got_sync.append(d.event.version))
 
@@ -107,11 +107,11 @@ async def test_callbacks_sync_and_async():
 
 def test_sync_code_must_pass_a_callback():
     with pytest.raises(RuntimeError, match="callback="):
-        EventBus().subscribe("orders")
+        LocalEventBus().subscribe("orders")
 
 
 async def test_closing_stops_delivery():
-    bus = EventBus()
+    bus = LocalEventBus()
     sub = bus.subscribe("orders")
     sub.close()
     assert bus.publish("orders", ev()) == 0
@@ -120,7 +120,7 @@ async def test_closing_stops_delivery():
 
 
 async def test_an_async_callback_that_falls_behind_is_told_where_to_resume():
-    bus = EventBus()
+    bus = LocalEventBus()
     overflows_before = metrics.BUS_OVERFLOWS.value()
     gate = asyncio.Event()
     handled, errors = [], []
@@ -152,7 +152,7 @@ async def test_an_async_callback_that_falls_behind_is_told_where_to_resume():
 
 
 async def test_a_sync_callback_is_told_when_its_subscription_is_ended():
-    bus = EventBus()
+    bus = LocalEventBus()
     errors = []
     sub = bus.subscribe("orders", callback=lambda d: None, on_error=errors.append)
     failure = SubscriptionClosedError("setup failed")
@@ -162,7 +162,7 @@ async def test_a_sync_callback_is_told_when_its_subscription_is_ended():
 
 
 async def test_publish_is_at_most_once_a_later_subscription_never_sees_it():
-    bus = EventBus()
+    bus = LocalEventBus()
     bus.publish("orders", ev(1))
     late = bus.subscribe("orders")
     with pytest.raises(TimeoutError):
@@ -173,7 +173,7 @@ async def test_publish_is_at_most_once_a_later_subscription_never_sees_it():
 
 
 async def test_a_nacked_delivery_comes_again_after_a_wait_before_anything_newer():
-    bus = EventBus(handler_backoff=0.05)
+    bus = LocalEventBus(handler_backoff=0.05)
     sub = bus.subscribe("orders")
     for v in (1, 2):
         bus.publish("orders", ev(v, sequence=v))
@@ -188,7 +188,7 @@ async def test_a_nacked_delivery_comes_again_after_a_wait_before_anything_newer(
 
 
 async def test_an_iterator_whose_handler_keeps_failing_raises_an_error_naming_the_event():
-    bus = EventBus(handler_retries=2, handler_backoff=0.01)
+    bus = LocalEventBus(handler_retries=2, handler_backoff=0.01)
     sub = bus.subscribe("orders")
     for v in (1, 2, 3):
         bus.publish("orders", ev(v, sequence=v))
@@ -208,7 +208,7 @@ async def test_an_iterator_whose_handler_keeps_failing_raises_an_error_naming_th
 
 
 async def test_an_async_callback_that_keeps_failing_ends_with_on_error_and_stops_there():
-    bus = EventBus(handler_retries=1, handler_backoff=0.01)
+    bus = LocalEventBus(handler_retries=1, handler_backoff=0.01)
     calls, errors = [], []
 
     async def handle(delivery):
@@ -230,7 +230,7 @@ async def test_an_async_callback_that_keeps_failing_ends_with_on_error_and_stops
 
 
 async def test_a_sync_callback_is_retried_on_its_loop_while_later_deliveries_wait_in_order():
-    bus = EventBus(handler_backoff=0.02)
+    bus = LocalEventBus(handler_backoff=0.02)
     calls, errors = [], []
     failures = {"left": 2}
 
@@ -255,7 +255,7 @@ async def test_a_sync_callback_is_retried_on_its_loop_while_later_deliveries_wai
 
 
 def test_a_sync_callback_without_a_loop_is_retried_at_once_then_stops_with_on_error():
-    bus = EventBus(handler_retries=2)
+    bus = LocalEventBus(handler_retries=2)
     calls, errors = [], []
 
     def handle(delivery):
@@ -272,7 +272,7 @@ def test_a_sync_callback_without_a_loop_is_retried_at_once_then_stops_with_on_er
 
 
 async def test_close_while_a_retry_waits_ends_the_subscription_quietly():
-    bus = EventBus(handler_backoff=5)
+    bus = LocalEventBus(handler_backoff=5)
     sub = bus.subscribe("orders")
     bus.publish("orders", ev(1, sequence=1))
     await sub.next(1)
@@ -286,4 +286,4 @@ async def test_close_while_a_retry_waits_ends_the_subscription_quietly():
 
 def test_negative_retry_settings_are_refused():
     with pytest.raises(ValueError):
-        EventBus(handler_retries=-1).subscribe("orders", callback=print)
+        LocalEventBus(handler_retries=-1).subscribe("orders", callback=print)

@@ -366,14 +366,12 @@ async def test_a_transient_signal_is_not_stored_or_replayed(node):
 def test_get_event_bus_builds_the_configured_bus():
     from django.test import override_settings
 
-    from aether_django.bus import EventBus, get_event_bus
+    from aether_django.bus import LocalEventBus, get_event_bus
 
     bus = get_event_bus()
     assert isinstance(bus, NATSEventBus)
     assert get_event_bus() is bus
-    with override_settings(
-        AETHER={"BUS_CLASS": "aether_django.bus.EventBus", "NODE_ID": "n1", "BUS_BUFFER_SIZE": 7}
-    ):
+    with override_settings(AETHER={"BACKEND": "memory", "NODE_ID": "n1", "BUS_BUFFER_SIZE": 7}):
         local = get_event_bus()
-        assert type(local) is EventBus and local.buffer_size == 7
+        assert type(local) is LocalEventBus and local.buffer_size == 7
     assert isinstance(get_event_bus(), NATSEventBus)

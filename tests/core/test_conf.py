@@ -4,7 +4,7 @@ import pytest
 from django.core.checks import run_checks
 from django.test import override_settings
 
-from aether_django.conf import aether_settings, store_config
+from aether_django.conf import aether_settings, backend, store_config
 from aether_django.store import InMemoryEventStore, get_event_store
 
 
@@ -41,20 +41,66 @@ def test_aether_must_be_a_dict():
         assert any(e.id == "aether_django.E002" for e in run_checks())
 
 
-def test_store_class_setting_picks_the_store():
-    with override_settings(AETHER={"STORE_CLASS": "aether_django.store.InMemoryEventStore"}):
+def test_backend_memory_picks_the_store_and_the_bus_together():
+    from aether_django.bus import LocalEventBus, get_event_bus
+
+    with override_settings(AETHER={"BACKEND": "memory"}):
         store = get_event_store("conf-test")
         assert isinstance(store, InMemoryEventStore)
         assert get_event_store("conf-test") is store
+        assert type(get_event_bus()) is LocalEventBus
     assert not isinstance(get_event_store("conf-test"), InMemoryEventStore)
 
 
-def test_bad_store_class_says_which_setting():
+def test_backend_by_dotted_path():
+    from aether_django.bus import LocalEventBus, get_event_bus
+
+    with override_settings(AETHER={"BACKEND": "aether_django.backends.MEMORY"}):
+        assert isinstance(get_event_store("conf-test-3"), InMemoryEventStore)
+        assert type(get_event_bus()) is LocalEventBus
+        assert backend().store_publishes
+
+
+def test_deprecated_class_settings_still_work_and_warn():
+    from aether_django.bus import LocalEventBus, get_event_bus
+
+    deprecated = {
+        "STORE_CLASS": "aether_django.store.InMemoryEventStore",
+        "BUS_CLASS": "aether_django.bus.local.LocalEventBus",
+    }
+    with override_settings(AETHER=deprecated):
+        with pytest.warns(DeprecationWarning) as caught:
+            store = get_event_store("conf-test-4")
+        said = " ".join(str(w.message) for w in caught)
+        assert "STORE_CLASS" in said and "BUS_CLASS" in said
+        assert isinstance(store, InMemoryEventStore)
+        assert type(get_event_bus()) is LocalEventBus
+        # As before BACKEND existed: the pair set by hand does not publish saves.
+        assert not backend().store_publishes
+        warnings = {e.id for e in run_checks() if e.id.startswith("aether_django.W00")}
+        assert warnings == {"aether_django.W003"}
+
+
+def test_bad_backend_says_which_setting():
     with (
-        override_settings(AETHER={"STORE_CLASS": "no.such.Store"}),
-        pytest.raises(ImportError, match="STORE_CLASS"),
+        override_settings(AETHER={"BACKEND": "no.such.Backend"}),
+        pytest.raises(ImportError, match="BACKEND"),
     ):
         get_event_store("conf-test-2")
+    with override_settings(AETHER={"BACKEND": "no.such.Backend"}):
+        assert any(e.id == "aether_django.E003" for e in run_checks())
+    with override_settings(AETHER={"BACKEND": "aether_django.conf.DEFAULTS"}):
+        assert any(e.id == "aether_django.E003" for e in run_checks())
+
+
+def test_old_bus_name_is_the_local_bus_with_a_warning():
+    import aether_django.bus
+    import aether_django.bus.local
+    from aether_django.bus import LocalEventBus
+
+    for module in (aether_django.bus, aether_django.bus.local):
+        with pytest.warns(DeprecationWarning, match="LocalEventBus"):
+            assert module.EventBus is LocalEventBus
 
 
 def test_store_config_follows_the_settings():

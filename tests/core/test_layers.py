@@ -88,7 +88,7 @@ def test_node_id_is_one_helper_for_the_bus_and_the_cluster() -> None:
     assert runtime.node_id() == runtime.node_id()
 
 
-LOCAL_BUS = {"BUS_CLASS": "aether_django.bus.EventBus"}
+LOCAL_BUS = {"BACKEND": "memory"}
 
 
 def test_a_settings_change_drops_the_bus() -> None:
