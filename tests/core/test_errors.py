@@ -10,6 +10,8 @@ import pytest
 from aether_django import errors
 from aether_django.errors import (
     AetherError,
+    AggregateError,
+    AggregateReplayError,
     EventStoreError,
     InvalidActorIdError,
     InvalidEventError,
@@ -22,6 +24,7 @@ from aether_django.errors import (
     StoreConfigurationError,
     StoreUnavailableError,
     SyncCallInAsyncContextError,
+    UndecodableEventError,
     VersionConflictError,
 )
 
@@ -50,6 +53,9 @@ PARENTS: dict[type[Exception], tuple[type[Exception], ...]] = {
     StoreConfigurationError: (EventStoreError,),
     ReplayError: (),
     SyncCallInAsyncContextError: (RuntimeError,),
+    AggregateError: (),
+    AggregateReplayError: (AggregateError,),
+    UndecodableEventError: (AggregateReplayError, AggregateError, ReplayError),
 }
 
 #: An instance of each error as the code raises it.
@@ -68,6 +74,13 @@ EXAMPLES: dict[type[Exception], Exception] = {
     StoreConfigurationError: StoreConfigurationError("refused"),
     ReplayError: ReplayError(7, b"\xff", "not JSON", "order-1"),
     SyncCallInAsyncContextError: SyncCallInAsyncContextError("use asave_event"),
+    AggregateError: AggregateError("no such command"),
+    AggregateReplayError: AggregateReplayError(
+        "order-1", 3, KeyError("total"), aggregate="Order", event_type="OrderPlaced", sequence=9
+    ),
+    UndecodableEventError: UndecodableEventError(
+        "order-1", 4, ReplayError(11, b"\xff", "not JSON", "order-1"), aggregate="Order"
+    ),
 }
 
 
@@ -96,7 +109,15 @@ def test_every_error_survives_pickling_with_its_fields(error):
     copy = pickle.loads(pickle.dumps(original))
     assert type(copy) is error
     assert str(copy) == str(original)
-    assert vars(copy) == vars(original)
+    assert comparable(vars(copy)) == comparable(vars(original))
+
+
+def comparable(fields: dict[str, object]) -> dict[str, object]:
+    """Exceptions compare by identity: a wrapped cause is compared by type and args."""
+    return {
+        name: (type(value), value.args) if isinstance(value, BaseException) else value
+        for name, value in fields.items()
+    }
 
 
 def test_a_pickled_version_conflict_keeps_its_three_fields():
