@@ -206,6 +206,11 @@ HTTP_TABLE: tuple[HttpRow, ...] = (
     # Any logged-in user (AETHER["API_SCHEMA_PUBLIC"] opens it to anyone).
     HttpRow("GET /api/aether/schema/",
             (ANON,      OK,        OK,         OK,         OK,        OK,        OK)),
+    # The schema's pages (Swagger UI, Redoc) follow the schema.
+    HttpRow("GET /api/aether/schema/swagger-ui/",
+            (ANON,      OK,        OK,         OK,         OK,        OK,        OK)),
+    HttpRow("GET /api/aether/schema/redoc/",
+            (ANON,      OK,        OK,         OK,         OK,        OK,        OK)),
     # Operations endpoints (aether_django.urls): load balancers call these two.
     HttpRow("GET /aether/healthz/",
             (OK,        OK,        OK,         OK,         OK,        OK,        OK)),
