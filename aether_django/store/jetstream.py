@@ -64,6 +64,7 @@ from ..events import (
 from ..nats import api
 from ..nats import headers as hdr
 from ..nats.direct import direct_get, direct_get_batch, direct_get_into
+from ..nats.request import request
 from ..nats.streams import list_event_streams, stream_info_raw
 from .base import (
     ActorPage,
@@ -868,7 +869,7 @@ class JetStreamEventStore(AsyncFirstEventStore):
                     HDR_VERSION: str(event.version),
                     hdr.EXPECTED_LAST_SUBJECT_SEQUENCE: str(expected),
                 }
-                reply = await nc.request(subject, payloads[0], timeout=timeout, headers=headers)
+                reply = await request(nc, subject, payloads[0], timeout, headers)
             else:
                 reply = await self._publish_batch(
                     nc, subject, batch_id, batch, payloads, expected, timeout
@@ -916,8 +917,7 @@ class JetStreamEventStore(AsyncFirstEventStore):
                 await nc.publish(subject, payload, headers=headers)
                 continue
             headers[hdr.BATCH_COMMIT] = "1"
-            reply: Msg = await nc.request(subject, payload, timeout=timeout, headers=headers)
-            return reply
+            return await request(nc, subject, payload, timeout, headers)
         raise AssertionError("an empty batch is never published")
 
     def _parse_ack(self, reply: Msg) -> tuple[int, bool]:
