@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 
 import nats
 import nats.errors
@@ -98,3 +100,16 @@ async def test_a_refused_write_comes_back_with_its_error_code(nc) -> None:
         await stream_info(nc, f"{name}_missing", 5.0)
     listed = [i["config"]["name"] async for i in list_streams(nc, f"{name}.*", 5.0)]
     assert listed == [name]
+
+
+async def test_the_wire_package_keeps_no_closed_connection_alive(nats_url) -> None:
+    conn = await nats.connect(nats_url)
+    with pytest.raises(nats.errors.NoRespondersError):
+        await request(conn, f"nobody.{unique_namespace()}", b"", 2.0)
+    with pytest.raises(nats.errors.NoRespondersError):
+        await direct_get_last(conn, f"missing_{unique_namespace()}", "x", 2.0)
+    await conn.close()
+    gone = weakref.ref(conn)
+    del conn
+    gc.collect()
+    assert gone() is None
