@@ -8,6 +8,7 @@ codes or ack parsing of its own:
 * :mod:`.headers` — the header names aether writes and reads, status codes;
 * :mod:`.direct` — single, batched and multi-subject direct gets;
 * :mod:`.streams` — STREAM.INFO requests and the paged stream listing;
+* :mod:`.request` — request/reply for saves, leaner than ``nc.request``;
 * :mod:`.client` — the nats-py client the runtime connects with (a faster header
   parser, kept behind a version guard) and the handlers of dropped messages.
 
