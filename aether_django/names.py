@@ -9,6 +9,8 @@ import base64
 import re
 import socket
 import uuid
+from collections.abc import Mapping
+from typing import Any
 
 from .errors import InvalidActorIdError, InvalidNamespaceError
 
@@ -113,3 +115,39 @@ def snapshot_bucket(namespace: str) -> str:
 def default_node_id() -> str:
     """A cluster node id for this process: the host name plus a short random suffix."""
     return f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+
+
+#: Stream metadata key recording which namespace an events stream belongs to.
+META_NAMESPACE = "aether_namespace"
+
+
+def events_subject_filter(subject_prefix: str, namespace: str | None = None) -> str:
+    """The subject filter that lists the events streams under ``subject_prefix``, or
+    only the stream of ``namespace``."""
+    if namespace is not None:
+        return f"{subject_prefix}.{namespace}.*"
+    return f"{subject_prefix}.>"
+
+
+def event_namespace(config: Mapping[str, Any], subject_prefix: str) -> str | None:
+    """The namespace an events stream belongs to, from its configuration: its metadata,
+    else its subjects; None when it is not an events stream under ``subject_prefix``."""
+    namespace = (config.get("metadata") or {}).get(META_NAMESPACE)
+    if namespace:
+        return str(namespace)
+    prefix = subject_prefix + "."
+    for subject in config.get("subjects") or ():
+        if subject.startswith(prefix) and subject.endswith(".*"):
+            return str(subject[len(prefix) : -2])
+    return None
+
+
+def addressable_namespace(namespace: str) -> bool:
+    """Whether ``namespace`` is a valid name. A stream an earlier release made for a
+    spelling refused now ("a__b") cannot be read or written through any API, so the
+    listings leave it out rather than offer it and fail on it."""
+    try:
+        validate_namespace(namespace)
+    except InvalidNamespaceError:
+        return False
+    return True

@@ -35,7 +35,6 @@ import atexit
 import concurrent.futures
 import logging
 import os
-import re
 import threading
 import time
 import weakref
@@ -49,6 +48,7 @@ from nats.aio.subscription import Subscription
 from .aio import running_loop
 from .errors import SyncCallInAsyncContextError
 from .names import default_node_id
+from .nats.client import Client, dropped_messages_handler
 
 logger = logging.getLogger(__name__)
 
@@ -71,20 +71,6 @@ MAX_BUSY_PORTALS = 4
 # Objects inherited from the parent across fork(): kept referenced so that the
 # garbage collector never closes, in the child, sockets the parent still uses.
 _INHERITED: list[Any] = []
-# Callbacks of nats-py subscriptions whose dropped messages their owner expects and
-# recovers from (a bus consumer held to a byte budget) -> what to call instead of
-# logging an error. Keyed by the callback: it exists before the subscription does.
-_DROP_HANDLERS: weakref.WeakKeyDictionary[Any, Callable[[], None]] = weakref.WeakKeyDictionary()
-
-
-def handle_dropped_messages(callback: Any, handler: Callable[[], None]) -> None:
-    """Call ``handler`` (on the connection's loop) instead of logging an error when
-    nats-py drops messages of the subscription made with ``callback`` because its
-    pending limit is reached.
-
-    Register before subscribing, so that no drop comes before the handler.
-    """
-    _DROP_HANDLERS[callback] = handler
 
 
 class Runtime:
@@ -325,8 +311,7 @@ class Runtime:
                 logger.debug("%s: %r", where, exc)
                 return
             if isinstance(exc, nats.errors.SlowConsumerError):
-                callback = getattr(exc.sub, "_cb", None)
-                handler = _DROP_HANDLERS.get(callback) if callback is not None else None
+                handler = dropped_messages_handler(getattr(exc.sub, "_cb", None))
                 if handler is not None:
                     logger.debug("%s: messages on %s dropped, as expected", where, exc.subject)
                     handler()
@@ -374,7 +359,7 @@ class Runtime:
         # attempts are unlimited (or as configured).
         reconnect_attempts = options.pop("max_reconnect_attempts")
         servers = [s.strip() for s in self.url.split(",") if s.strip()]
-        nc: NATS = _Client()
+        nc: NATS = Client()
         await asyncio.wait_for(
             nc.connect(servers=servers, max_reconnect_attempts=1, **options),
             self._connect_timeout * max(len(servers), 1) + 1,
@@ -490,37 +475,6 @@ def _describe_async_error(exc: BaseException) -> tuple[str, str | None]:
 def _close_soon(loop: asyncio.AbstractEventLoop, nc: NATS) -> None:
     if not nc.is_closed:
         loop.create_task(nc.close())
-
-
-_HEADER_CRLF = b"\r\n"
-# What str.isspace() calls whitespace among ASCII characters.
-_HEADER_NAME_SPACE = re.compile(rb"[\s\x1c-\x1f]")
-
-
-class _Client(NATS):
-    """nats-py's client with a faster header parser (same results).
-
-    Every stored event arrives with several headers, and nats-py checks each
-    header name one character at a time; on replays and subscriptions that was
-    the largest single cost (docs/performance.md).
-    """
-
-    @staticmethod
-    def _parse_header_lines(raw: bytes) -> dict[str, str]:
-        out: dict[str, str] = {}
-        for line in raw.split(_HEADER_CRLF):
-            name, sep, value = line.partition(b":")
-            if not sep:
-                continue
-            name = name.strip()
-            if _HEADER_NAME_SPACE.search(name):
-                continue
-            try:
-                key = name.decode("ascii")
-            except UnicodeDecodeError:
-                continue
-            out[key] = value.strip().decode("utf-8", "replace")
-        return out
 
 
 class _Portal:

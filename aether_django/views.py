@@ -21,7 +21,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from . import inspection, metrics
 from .conf import aether_settings
-from .jsapi import parse_ack
+from .nats.api import ACCOUNT_INFO, parse_reply
 from .runtime import get_runtime
 
 logger = logging.getLogger(__name__)
@@ -34,8 +34,8 @@ def healthz(request: HttpRequest) -> HttpResponse:
 
 async def _jetstream_ready(timeout: float) -> dict[str, Any]:
     nc = await get_runtime().connection()
-    reply = await nc.request("$JS.API.INFO", b"", timeout=timeout)
-    return parse_ack(reply)
+    reply = await nc.request(ACCOUNT_INFO, b"", timeout=timeout)
+    return parse_reply(reply.data)
 
 
 def readyz(request: HttpRequest) -> HttpResponse:

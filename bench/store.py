@@ -59,6 +59,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from aether_django.errors import VersionConflictError
 from aether_django.events import ActorSnapshot, encode_event
+from aether_django.nats.api import ERR_WRONG_LAST_SEQUENCE
 from aether_django.runtime import Runtime
 from aether_django.store.base import StoreConfig
 from aether_django.store.jetstream import JetStreamEventStore
@@ -94,7 +95,6 @@ try:  # the eventsourcing comparison is skipped when the library is not installe
 except ImportError:  # pragma: no cover
     Application = None  # type: ignore[assignment,misc]
 
-ERR_WRONG_LAST_SEQUENCE = 10071
 
 #: Events per atomic batch while filling a replay actor.
 FILL_CHUNK = 100

@@ -60,6 +60,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy, KeyValueConfig
+from nats.js.kv import KeyValue
 
 from .. import metrics
 from ..aio import Runtime, running_loop
@@ -71,10 +72,11 @@ from ..events import (
     format_timestamp,
     parse_timestamp,
 )
-from ..jsapi import event_namespace, list_event_streams
-from ..names import default_node_id, validate_namespace
+from ..names import default_node_id, event_namespace, validate_namespace
+from ..nats.api import STREAM_CREATED_ADVISORIES, JetStreamRefused, delivery_stream_sequence
+from ..nats.client import handle_dropped_messages
+from ..nats.streams import list_event_streams, stream_info
 from ..patterns import SubscriptionFilter, matches
-from ..runtime import handle_dropped_messages
 from .base import Feature, Start
 from .local import (
     DEFAULT_BUFFER_BYTES,
@@ -417,6 +419,8 @@ class _Feed:
         self._recent_ids: set[str] = set()
         self._written: dict[str, int] = {}
         self._dirty: asyncio.Event | None = None
+        #: The positions bucket (durable subscriptions), once it is known to exist.
+        self._positions: KeyValue | None = None
         self._streams: dict[str, str] = {}  # namespace -> stream
         # Namespace -> the sequence before the first event this feed reads there,
         # and the last sequence it has offered to its subscriptions: together the
@@ -516,7 +520,7 @@ class _Feed:
         self._nc = await self.bus.runtime.connection()
         # Listen for new streams before listing the existing ones, so none falls between.
         self._advisories = await self._nc.subscribe(
-            "$JS.EVENT.ADVISORY.STREAM.CREATED.*", cb=self._on_stream_created
+            STREAM_CREATED_ADVISORIES, cb=self._on_stream_created
         )
         if self.durable:
             self._dirty = asyncio.Event()
@@ -552,10 +556,11 @@ class _Feed:
             return
         if not stream.endswith("_events") or stream in self.consumers:
             return
-        reply = await self._nc.request(
-            f"$JS.API.STREAM.INFO.{stream}", b"", timeout=self.bus.timeout
-        )
-        config = json.loads(reply.data).get("config") or {}
+        try:
+            info = await stream_info(self._nc, stream, self.bus.timeout)
+        except JetStreamRefused:
+            return  # deleted again already, or not ours to read
+        config = info.get("config") or {}
         self._note_largest(stream, config)
         namespace = event_namespace(config, self.bus.subject_prefix)
         if namespace:
@@ -720,7 +725,7 @@ class _Feed:
     async def _on_msg(self, namespace: str, stream: str, generation: int, msg: Msg) -> None:
         if generation != self._generation.get(stream, 0):
             return  # from a consumer replaced after a message was dropped
-        sequence = _stream_sequence(msg)
+        sequence = delivery_stream_sequence(msg.reply)
         try:
             event = decode_event(msg.data, sequence=sequence)
         except ReplayError as exc:
@@ -786,7 +791,7 @@ class _Feed:
     async def _ensure_positions_bucket(self) -> None:
         js = self._nc.jetstream(timeout=self.bus.timeout)
         try:
-            await js.key_value(POSITIONS_BUCKET)
+            self._positions = await js.key_value(POSITIONS_BUCKET)
         except nats.js.errors.BucketNotFoundError:
             with contextlib.suppress(nats.js.errors.BadRequestError):
                 await js.create_key_value(
@@ -798,6 +803,7 @@ class _Feed:
                         direct=True,
                     )
                 )
+            self._positions = await js.key_value(POSITIONS_BUCKET)
 
     async def _durable_since(self) -> datetime | None:
         """When this durable subscription first started; None on its first start."""
@@ -854,13 +860,14 @@ class _Feed:
             await self._write_positions()
 
     async def _write_positions(self) -> None:
+        kv = self._positions
+        assert kv is not None, "the positions bucket is opened before positions are saved"
         for stream, seq in list(self.positions.items()):
             if self._written.get(stream) == seq:
                 continue
-            subject = f"$KV.{POSITIONS_BUCKET}.{self._key(stream)}"
             value = json.dumps({"seq": seq, "ids": list(self._recent.get(stream, ()))})
             try:
-                await self._nc.request(subject, value.encode(), timeout=self.bus.timeout)
+                await kv.put(self._key(stream), value.encode())
                 self._written[stream] = seq
             except (TimeoutError, nats.errors.Error):
                 logger.warning("could not save the position of %s", self._key(stream))
@@ -920,14 +927,3 @@ def _parse_position(raw: bytes) -> tuple[int | None, list[str]]:
     if not isinstance(seq, int) or isinstance(seq, bool):
         return None, []
     return seq, [i for i in ids if isinstance(i, str)] if isinstance(ids, list) else []
-
-
-def _stream_sequence(msg: Msg) -> int:
-    """The stream sequence from a JetStream delivery's reply subject.
-
-    ``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>...`` (or, with a domain and
-    account hash, two tokens more in front). One split instead of nats-py's full
-    metadata parse, which is a noticeable share of draining a stream.
-    """
-    tokens = (msg.reply or "").split(".")
-    return int(tokens[5] if len(tokens) < 12 else tokens[7])

@@ -21,7 +21,8 @@ import uuid
 from dataclasses import dataclass
 
 from ..aio import Runtime
-from ..jsapi import ERR_WRONG_LAST_SEQUENCE, JetStreamRefused, parse_ack
+from ..nats import headers as hdr
+from ..nats.api import ERR_WRONG_LAST_SEQUENCE, JetStreamRefused, parse_ack
 from .coordinator import ClusterConfig, Coordinator
 
 logger = logging.getLogger(__name__)
@@ -163,20 +164,20 @@ class BeatLease:
             self._bucket._key(BEAT_KEY),
             self._doc(held.term, held.since),
             headers={
-                "Nats-Batch-Id": batch,
-                "Nats-Batch-Sequence": "1",
-                "Nats-Expected-Last-Subject-Sequence": str(held.revision),
-                "Nats-TTL": f"{int(self.ttl)}s",
+                hdr.BATCH_ID: batch,
+                hdr.BATCH_SEQUENCE: "1",
+                hdr.EXPECTED_LAST_SUBJECT_SEQUENCE: str(held.revision),
+                hdr.TTL: f"{int(self.ttl)}s",
             },
         )
         reply = await nc.request(
             self._bucket._key(RUNS_KEY),
             json.dumps(runs, sort_keys=True).encode(),
             timeout=self.config.timeout,
-            headers={"Nats-Batch-Id": batch, "Nats-Batch-Sequence": "2", "Nats-Batch-Commit": "1"},
+            headers={hdr.BATCH_ID: batch, hdr.BATCH_SEQUENCE: "2", hdr.BATCH_COMMIT: "1"},
         )
         try:
-            seq = int(parse_ack(reply)["seq"])
+            seq = parse_ack(reply.data).seq
         except JetStreamRefused as exc:
             if exc.code != ERR_WRONG_LAST_SEQUENCE:
                 raise
@@ -208,8 +209,8 @@ class BeatLease:
             b"",
             timeout=self.config.timeout,
             headers={
-                "KV-Operation": "PURGE",
-                "Nats-Rollup": "sub",
-                "Nats-Expected-Last-Subject-Sequence": str(held.revision),
+                hdr.KV_OPERATION: "PURGE",
+                hdr.ROLLUP: "sub",
+                hdr.EXPECTED_LAST_SUBJECT_SEQUENCE: str(held.revision),
             },
         )

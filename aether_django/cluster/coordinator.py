@@ -37,13 +37,9 @@ from nats.js.errors import BadRequestError, NotFoundError
 
 from .. import __version__, metrics
 from ..aio import Runtime
-from ..jsapi import (
-    ERR_WRONG_LAST_SEQUENCE,
-    JetStreamRefused,
-    direct_get_batch,
-    direct_get_last,
-    parse_ack,
-)
+from ..nats import headers as hdr
+from ..nats.api import ERR_WRONG_LAST_SEQUENCE, JetStreamRefused, kv_key_subject, parse_ack
+from ..nats.direct import direct_get_batch, direct_get_last
 from .shards import Plan, plan_assignment, shard_counts
 
 logger = logging.getLogger(__name__)
@@ -204,10 +200,6 @@ class ShardMap:
         )
 
 
-def _ttl(seconds: float) -> str:
-    return f"{max(1, round(seconds * 1000))}ms"
-
-
 class Coordinator:
     """One node's view of, and part in, the cluster. Every method is one or two round trips."""
 
@@ -230,7 +222,7 @@ class Coordinator:
         self._ready = False
 
     def _key(self, key: str) -> str:
-        return f"$KV.{self.config.bucket}.{key}"
+        return kv_key_subject(self.config.bucket, key)
 
     @property
     def map_subject(self) -> str:
@@ -260,7 +252,7 @@ class Coordinator:
             config = StreamConfig(
                 name=self.stream,
                 description="aether_django cluster state: members, leader lease, shard map",
-                subjects=[f"$KV.{self.config.bucket}.>"],
+                subjects=[kv_key_subject(self.config.bucket, ">")],
                 max_msgs_per_subject=1,
                 discard=DiscardPolicy.NEW,
                 storage=StorageType.FILE,
@@ -282,14 +274,14 @@ class Coordinator:
     ) -> int:
         headers: dict[str, str] = {}
         if expected is not None:
-            headers["Nats-Expected-Last-Subject-Sequence"] = str(expected)
+            headers[hdr.EXPECTED_LAST_SUBJECT_SEQUENCE] = str(expected)
         if ttl is not None:
-            headers["Nats-TTL"] = _ttl(ttl)
+            headers[hdr.TTL] = hdr.ttl_value(ttl)
         nc = await self._nc()
         reply = await nc.request(
             self._key(key), value, timeout=self.config.timeout, headers=headers or None
         )
-        return int(parse_ack(reply)["seq"])
+        return parse_ack(reply.data).seq
 
     async def _get(self, key: str) -> Any:
         return await direct_get_last(
@@ -318,7 +310,7 @@ class Coordinator:
         """Leave at once: forget the heartbeat and give up the lease if this node holds it."""
         await self.setup()
         nc = await self._nc()
-        headers = {"KV-Operation": "PURGE", "Nats-Rollup": "sub"}
+        headers = {hdr.KV_OPERATION: "PURGE", hdr.ROLLUP: "sub"}
         await nc.request(self._key(f"alive.{self.node_id}"), b"", headers=headers)
         lease = await self.read_lease()
         if lease is not None and lease.node_id == self.node_id:
@@ -326,7 +318,7 @@ class Coordinator:
                 await nc.request(
                     self._key("leader"),
                     b"",
-                    headers={**headers, "Nats-Expected-Last-Subject-Sequence": str(lease.revision)},
+                    headers={**headers, hdr.EXPECTED_LAST_SUBJECT_SEQUENCE: str(lease.revision)},
                 )
             except Exception:
                 logger.debug("could not release the lease", exc_info=True)
@@ -357,7 +349,7 @@ class Coordinator:
     async def _infos(self, prefix: str) -> list[NodeInfo | None]:
         infos: list[NodeInfo | None] = []
         for msg in await self._last_of_each(prefix):
-            if (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE") or not msg.data:
+            if (msg.headers or {}).get(hdr.KV_OPERATION) in ("DEL", "PURGE") or not msg.data:
                 continue
             try:
                 infos.append(NodeInfo.from_json(msg.data))
@@ -386,7 +378,7 @@ class Coordinator:
         msg = await self._get(key)
         if msg is None:
             return None, 0
-        revision = int(msg.headers["Nats-Sequence"])
+        revision = int(msg.headers[hdr.SEQUENCE])
         if not msg.data:
             return None, revision
         doc: dict[str, Any] = json.loads(msg.data)
@@ -482,7 +474,7 @@ class Coordinator:
         msg = await self._get("shardmap")
         if msg is None or not msg.data:
             return None
-        return ShardMap.from_json(msg.data, int(msg.headers["Nats-Sequence"]))
+        return ShardMap.from_json(msg.data, int(msg.headers[hdr.SEQUENCE]))
 
     async def write_shard_map(self, shard_map: ShardMap, expected_revision: int) -> ShardMap:
         """Write the map fenced by this node's lease; FencedOutError if the lease moved on."""
@@ -496,10 +488,10 @@ class Coordinator:
             self._key("leader"),
             self._lease_doc(lease.term, lease.since),
             headers={
-                "Nats-Batch-Id": batch,
-                "Nats-Batch-Sequence": "1",
-                "Nats-Expected-Last-Subject-Sequence": str(lease.revision),
-                "Nats-TTL": _ttl(self.config.failure_timeout),
+                hdr.BATCH_ID: batch,
+                hdr.BATCH_SEQUENCE: "1",
+                hdr.EXPECTED_LAST_SUBJECT_SEQUENCE: str(lease.revision),
+                hdr.TTL: hdr.ttl_value(self.config.failure_timeout),
             },
         )
         reply = await nc.request(
@@ -507,14 +499,14 @@ class Coordinator:
             shard_map.to_json(),
             timeout=self.config.timeout,
             headers={
-                "Nats-Batch-Id": batch,
-                "Nats-Batch-Sequence": "2",
-                "Nats-Batch-Commit": "1",
-                "Nats-Expected-Last-Subject-Sequence": str(expected_revision),
+                hdr.BATCH_ID: batch,
+                hdr.BATCH_SEQUENCE: "2",
+                hdr.BATCH_COMMIT: "1",
+                hdr.EXPECTED_LAST_SUBJECT_SEQUENCE: str(expected_revision),
             },
         )
         try:
-            seq = int(parse_ack(reply)["seq"])
+            seq = parse_ack(reply.data).seq
         except JetStreamRefused as exc:
             if exc.code == ERR_WRONG_LAST_SEQUENCE:
                 self.lease = None

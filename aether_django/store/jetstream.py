@@ -33,6 +33,7 @@ from nats.aio.msg import Msg
 from nats.js.api import (
     DiscardPolicy,
     KeyValueConfig,
+    RawStreamMsg,
     RetentionPolicy,
     StorageType,
     StreamConfig,
@@ -57,9 +58,14 @@ from ..events import (
     decode_snapshot,
     encode_event,
     encode_snapshot,
+    validate_event,
     with_sequence,
 )
-from ..jsapi import direct_get_batch, direct_get_into, list_event_streams
+from ..nats import api
+from ..nats import headers as hdr
+from ..nats.direct import direct_get, direct_get_batch, direct_get_into
+from ..nats.request import request
+from ..nats.streams import list_event_streams, stream_info_raw
 from .base import (
     ActorPage,
     AsyncFirstEventStore,
@@ -83,14 +89,7 @@ __all__ = ["JetStreamEventStore"]
 #: Header duplicating the event's version, so heads and seeks need no JSON decoding.
 HDR_VERSION = "Aether-Version"
 #: Stream metadata key recording which namespace a stream belongs to.
-META_NAMESPACE = "aether_namespace"
-
-_HDR_EXPECTED = "Nats-Expected-Last-Subject-Sequence"
-_HDR_MSG_ID = "Nats-Msg-Id"
-_HDR_SEQUENCE = "Nats-Sequence"
-_ERR_WRONG_LAST_SEQUENCE = 10071
-_ERR_BATCH_DUPLICATE_ID = 10201
-_ERR_MESSAGE_TOO_LARGE = 10054
+META_NAMESPACE = names.META_NAMESPACE
 
 #: Messages asked for per batched direct get during replay.
 _REPLAY_CHUNK = 4096
@@ -257,7 +256,7 @@ class JetStreamEventStore(AsyncFirstEventStore):
         return f"{self._subject_prefix}.{names.actor_token(actor_id)}"
 
     def _snapshot_subject(self, actor_id: str) -> str:
-        return f"$KV.{self.bucket_name}.{names.actor_token(actor_id)}"
+        return api.kv_key_subject(self.bucket_name, names.actor_token(actor_id))
 
     # --- plumbing -----------------------------------------------------------
     def _deadline(self) -> float:
@@ -429,35 +428,49 @@ class JetStreamEventStore(AsyncFirstEventStore):
 
     # --- reading ------------------------------------------------------------
     async def _direct_get(
-        self, deadline: float, payload: bytes = b"", subject: str = ""
-    ) -> Msg | None:
-        """One direct get on the stream; None when there is no such message or stream."""
-        api = f"$JS.API.DIRECT.GET.{self.stream_name}"
-        if subject:
-            api = f"{api}.{subject}"
+        self,
+        deadline: float,
+        *,
+        last_by_subject: str | None = None,
+        seq: int | None = None,
+        next_by_subject: str | None = None,
+        stream: str | None = None,
+    ) -> RawStreamMsg | None:
+        """One direct get (see ``nats.direct.direct_get``) on the stream, or on ``stream``;
+        None when there is no such message or stream."""
+        stream = stream or self.stream_name
+
+        async def once(nc: Any, wait: float) -> RawStreamMsg | None:
+            return await direct_get(
+                nc,
+                stream,
+                wait,
+                last_by_subject=last_by_subject,
+                seq=seq,
+                next_by_subject=next_by_subject,
+            )
+
         while True:
             try:
-                msg = await self._request(api, payload, deadline)
-            except _NoStream:
+                return await self._retrying(deadline, "direct get", once)
+            except nats.errors.NoRespondersError:
+                if stream != self.stream_name:
+                    raise _NoStream from None
                 # Either the stream does not exist, or JetStream is restarting.
                 self._stream_verified = False
                 if not await self._stream_exists(deadline):
                     return None
-                await self._pause(deadline, 0, "direct get")
-                continue
-            status = msg.headers.get("Status") if msg.headers else None
-            if status is None:
-                return msg
-            if status == "404":
-                return None
-            if status == "408" or status == "503":
-                await self._pause(deadline, 0, "direct get")
-                continue
-            raise EventStoreError(f"direct get on {self.stream_name!r} answered status {status}")
+            except nats.js.errors.APIError as exc:
+                # 503 (ServiceUnavailableError) is retried by _retrying already.
+                if exc.code != int(hdr.STATUS_TIMEOUT):
+                    raise EventStoreError(
+                        f"direct get on {stream!r} answered status {exc.code}"
+                    ) from None
+            await self._pause(deadline, 0, "direct get")
 
-    def _head_of(self, msg: Msg, actor_id: str) -> tuple[int, int | None]:
+    def _head_of(self, msg: Msg | RawStreamMsg, actor_id: str) -> tuple[int, int | None]:
         headers = msg.headers or {}
-        seq = int(headers[_HDR_SEQUENCE])
+        seq = int(headers[hdr.SEQUENCE])
         version_text = headers.get(HDR_VERSION)
         if version_text is not None:
             try:
@@ -465,13 +478,13 @@ class JetStreamEventStore(AsyncFirstEventStore):
             except ValueError:
                 pass
         try:
-            return seq, decode_event(msg.data, sequence=seq, actor_id=actor_id).version
+            return seq, decode_event(msg.data or b"", sequence=seq, actor_id=actor_id).version
         except ReplayError:
             return seq, None
 
     async def _read_head(self, actor_id: str, deadline: float) -> _Head:
         """Read the actor's last event's sequence and version from the server."""
-        msg = await self._direct_get(deadline, subject=self.subject_for(actor_id))
+        msg = await self._direct_get(deadline, last_by_subject=self.subject_for(actor_id))
         if msg is None:
             head = _Head(0, 0)
         else:
@@ -480,7 +493,7 @@ class JetStreamEventStore(AsyncFirstEventStore):
                 # The last message is corrupt: the version is that of the last clean one.
                 result = await self._replay(actor_id, 0, deadline)
                 version = max((e.version for e in result.events), default=0)
-            head = _Head(seq, version, (msg.headers or {}).get(_HDR_MSG_ID))
+            head = _Head(seq, version, (msg.headers or {}).get(hdr.MSG_ID))
         self._remember(actor_id, head)
         return head
 
@@ -491,9 +504,10 @@ class JetStreamEventStore(AsyncFirstEventStore):
         if len(heads) > self.config.head_cache_size:
             heads.popitem(last=False)
 
-    async def _first_at_or_after(self, subject: str, seq: int, deadline: float) -> Msg | None:
-        payload = json.dumps({"seq": seq, "next_by_subj": subject}).encode()
-        return await self._direct_get(deadline, payload)
+    async def _first_at_or_after(
+        self, subject: str, seq: int, deadline: float
+    ) -> RawStreamMsg | None:
+        return await self._direct_get(deadline, seq=seq, next_by_subject=subject)
 
     async def _seek(self, actor_id: str, from_version: int, head: _Head, deadline: float) -> int:
         """The stream sequence of the actor's first event with version >= from_version.
@@ -549,10 +563,10 @@ class JetStreamEventStore(AsyncFirstEventStore):
                 return received
             if status != "204":
                 raise EventStoreError(f"replay of {self.stream_name!r} got status {status}")
-            pending = int((status_msg.headers or {}).get("Nats-Num-Pending", "0") or 0)
+            pending = int((status_msg.headers or {}).get(hdr.NUM_PENDING, "0") or 0)
             if pending <= 0:
                 return received
-            start = int(received[-1].headers[_HDR_SEQUENCE]) + 1  # type: ignore[index]
+            start = int(received[-1].headers[hdr.SEQUENCE]) + 1  # type: ignore[index]
 
     async def _get_chunk(
         self,
@@ -609,7 +623,7 @@ class JetStreamEventStore(AsyncFirstEventStore):
                 raise StoreUnavailableError("JetStream did not answer the replay") from None
             for msg in msgs:
                 headers = msg.headers or {}
-                seq = int(headers[_HDR_SEQUENCE])
+                seq = int(headers[hdr.SEQUENCE])
                 version_text = headers.get(HDR_VERSION)
                 if version_text and version_text.isdigit() and int(version_text) < from_version:
                     continue
@@ -624,7 +638,7 @@ class JetStreamEventStore(AsyncFirstEventStore):
                 return ReplayResult(events, errors)
             if len(msgs) < most or len(events) + len(errors) >= limit:
                 return ReplayResult(events, errors)
-            start = int(msgs[-1].headers[_HDR_SEQUENCE]) + 1  # type: ignore[index]
+            start = int(msgs[-1].headers[hdr.SEQUENCE]) + 1  # type: ignore[index]
 
     async def aget_events_page(
         self, actor_id: str, from_version: int = 0, *, limit: int, max_bytes: int
@@ -675,16 +689,16 @@ class JetStreamEventStore(AsyncFirstEventStore):
             if status != "204":
                 raise EventStoreError(f"page of {self.stream_name!r} got status {status}")
             for msg in received:
-                seq = int((msg.headers or {})[_HDR_SEQUENCE])
+                seq = int((msg.headers or {})[hdr.SEQUENCE])
                 used += len(msg.data)
                 if len(events) == limit or (events and used > max_bytes):
                     return events, True  # this one is the next page's
                 event = decode_event(msg.data, sequence=seq, actor_id=actor_id)
                 if event.version >= from_version:
                     events.append(event)
-            if int(headers.get("Nats-Num-Pending", "0") or 0) <= 0:
+            if int(headers.get(hdr.NUM_PENDING, "0") or 0) <= 0:
                 return events, False
-            start = int((received[-1].headers or {})[_HDR_SEQUENCE]) + 1
+            start = int((received[-1].headers or {})[hdr.SEQUENCE]) + 1
 
     # --- public async API ---------------------------------------------------
     async def aget_events_with_errors(
@@ -726,13 +740,19 @@ class JetStreamEventStore(AsyncFirstEventStore):
         return (await self._read_head(actor_id, deadline)).version
 
     async def asave_event(self, event: Event) -> Event:
-        return (await self.asave_events([event]))[0]
+        # The common case, spared the checks that only a batch needs.
+        validate_event(event)
+        return (await self._save_checked([event], [self._encode(event)]))[0]
 
     async def asave_events(self, events: Sequence[Event]) -> list[Event]:
         batch = check_batch(events)
         if not batch:
             return []
-        payloads = [self._encode(event) for event in batch]
+        return await self._save_checked(batch, [self._encode(event) for event in batch])
+
+    async def _save_checked(self, batch: list[Event], payloads: list[bytes]) -> list[Event]:
+        """Save a validated, encoded batch; count it and turn unanswered attempts that
+        ran out of time into SaveOutcomeUnknownError."""
         # Expected sequences of attempts that were sent but never answered.
         unknown_after: set[int] = set()
         started = time.perf_counter()
@@ -841,20 +861,19 @@ class JetStreamEventStore(AsyncFirstEventStore):
             # Never queue a write while disconnected: it could land after we gave up.
             raise _NotSent
         try:
-            reply: Msg | None = None
-            for i, (event, payload) in enumerate(zip(batch, payloads, strict=True), start=1):
-                headers = {_HDR_MSG_ID: event.id, HDR_VERSION: str(event.version)}
-                if i == 1:
-                    headers[_HDR_EXPECTED] = str(expected)
-                if batch_id is not None:
-                    headers["Nats-Batch-Id"] = batch_id
-                    headers["Nats-Batch-Sequence"] = str(i)
-                if i < len(batch):
-                    await nc.publish(subject, payload, headers=headers)
-                    continue
-                if batch_id is not None:
-                    headers["Nats-Batch-Commit"] = "1"
-                reply = await nc.request(subject, payload, timeout=timeout, headers=headers)
+            if batch_id is None:
+                # One event: a plain publish with the expected sequence, no batch headers.
+                event = batch[0]
+                headers = {
+                    hdr.MSG_ID: event.id,
+                    HDR_VERSION: str(event.version),
+                    hdr.EXPECTED_LAST_SUBJECT_SEQUENCE: str(expected),
+                }
+                reply = await request(nc, subject, payloads[0], timeout, headers)
+            else:
+                reply = await self._publish_batch(
+                    nc, subject, batch_id, batch, payloads, expected, timeout
+                )
         except nats.errors.OutboundBufferLimitError:
             # Refused before queueing (the connection dropped): a batch without its
             # commit is discarded by the server, so nothing can be stored.
@@ -870,27 +889,52 @@ class JetStreamEventStore(AsyncFirstEventStore):
         except _TRANSIENT:
             # Not sent, or the connection broke while sending: treat as unknown.
             raise _Ambiguous from None
-        assert reply is not None
         return self._parse_ack(reply)
+
+    @staticmethod
+    async def _publish_batch(
+        nc: Any,
+        subject: str,
+        batch_id: str,
+        batch: list[Event],
+        payloads: list[bytes],
+        expected: int,
+        timeout: float,
+    ) -> Msg:
+        """Send an atomic batch; the expected sequence rides on its first message and
+        the server answers only the last (the commit)."""
+        last = len(batch)
+        for i, (event, payload) in enumerate(zip(batch, payloads, strict=True), start=1):
+            headers = {
+                hdr.MSG_ID: event.id,
+                HDR_VERSION: str(event.version),
+                hdr.BATCH_ID: batch_id,
+                hdr.BATCH_SEQUENCE: str(i),
+            }
+            if i == 1:
+                headers[hdr.EXPECTED_LAST_SUBJECT_SEQUENCE] = str(expected)
+            if i < last:
+                await nc.publish(subject, payload, headers=headers)
+                continue
+            headers[hdr.BATCH_COMMIT] = "1"
+            return await request(nc, subject, payload, timeout, headers)
+        raise AssertionError("an empty batch is never published")
 
     def _parse_ack(self, reply: Msg) -> tuple[int, bool]:
         try:
-            doc = json.loads(reply.data)
-        except ValueError:
-            raise EventStoreError(f"unexpected reply to a save: {reply.data[:200]!r}") from None
-        error = doc.get("error")
-        if error:
-            code = error.get("err_code")
-            if code == _ERR_WRONG_LAST_SEQUENCE:
-                raise _WrongLastSequence
-            if code == _ERR_BATCH_DUPLICATE_ID:
-                raise _DuplicateBatch
-            if code == _ERR_MESSAGE_TOO_LARGE:
-                raise PayloadTooLargeError(0, self.config.max_event_bytes)
+            return api.parse_ack(reply.data)
+        except api.JetStreamRefused as exc:
+            if exc.code == api.ERR_WRONG_LAST_SEQUENCE:
+                raise _WrongLastSequence from None
+            if exc.code == api.ERR_BATCH_DUPLICATE_ID:
+                raise _DuplicateBatch from None
+            if exc.code == api.ERR_MESSAGE_TOO_LARGE:
+                raise PayloadTooLargeError(0, self.config.max_event_bytes) from None
+            if exc.code is None:
+                raise EventStoreError(f"{exc.description} to a save") from None
             raise EventStoreError(
-                f"JetStream refused the save: {error.get('description')} (code {code})"
-            )
-        return int(doc["seq"]), bool(doc.get("duplicate"))
+                f"JetStream refused the save: {exc.description} (code {exc.code})"
+            ) from None
 
     async def _find_stored(
         self, batch: list[Event], after: int, deadline: float
@@ -899,10 +943,10 @@ class JetStreamEventStore(AsyncFirstEventStore):
         msg = await self._first_at_or_after(
             self.subject_for(batch[0].actor_id), after + 1, deadline
         )
-        if msg is None or (msg.headers or {}).get(_HDR_MSG_ID) != batch[0].id:
+        if msg is None or (msg.headers or {}).get(hdr.MSG_ID) != batch[0].id:
             return None
         # An atomic batch occupies consecutive sequences.
-        first = int(msg.headers[_HDR_SEQUENCE])  # type: ignore[index]
+        first = int(msg.headers[hdr.SEQUENCE])  # type: ignore[index]
         last = _Head(first + len(batch) - 1, batch[-1].version, batch[-1].id)
         self._remember(batch[0].actor_id, last)
         return [with_sequence(e, first + i) for i, e in enumerate(batch)]
@@ -928,17 +972,7 @@ class JetStreamEventStore(AsyncFirstEventStore):
         tokens: list[str] = []
         while True:
             request = {"subjects_filter": prefix + "*", "offset": len(tokens)}
-            try:
-                reply = await self._request(
-                    f"$JS.API.STREAM.INFO.{self.stream_name}",
-                    json.dumps(request).encode(),
-                    deadline,
-                )
-            except _NoStream:
-                raise StoreUnavailableError("JetStream did not answer the stream info") from None
-            doc = json.loads(reply.data)
-            if "error" in doc:
-                raise EventStoreError(f"stream info failed: {doc['error'].get('description')}")
+            doc = self._stream_info_doc(await self._stream_info_raw(request, deadline))
             state = doc.get("state") or {}
             page = list((state.get("subjects") or {}).keys())
             tokens += [subject[len(prefix) :] for subject in page]
@@ -1059,7 +1093,7 @@ class JetStreamEventStore(AsyncFirstEventStore):
             return None
         tokens, found = list(window.tokens), 0
         for msg in received:
-            subject = (msg.headers or {}).get("Nats-Subject", "")
+            subject = (msg.headers or {}).get(hdr.SUBJECT, "")
             token = subject[len(prefix) :]
             place = bisect.bisect_left(tokens, token)
             if not subject.startswith(prefix) or tokens[place : place + 1] == [token]:
@@ -1075,21 +1109,22 @@ class JetStreamEventStore(AsyncFirstEventStore):
         return self._stream_info_doc(await self._stream_info_raw(request, deadline))
 
     async def _stream_info_raw(self, request: dict[str, Any], deadline: float) -> bytes:
+        """The undecoded STREAM.INFO reply (retried until the deadline)."""
+
+        async def once(nc: Any, wait: float) -> bytes:
+            return await stream_info_raw(nc, self.stream_name, wait, request)
+
         try:
-            reply = await self._request(
-                f"$JS.API.STREAM.INFO.{self.stream_name}", json.dumps(request).encode(), deadline
-            )
-        except _NoStream:
+            return await self._retrying(deadline, "stream info", once)
+        except nats.errors.NoRespondersError:
             raise StoreUnavailableError("JetStream did not answer the stream info") from None
-        data: bytes = reply.data
-        return data
 
     @staticmethod
     def _stream_info_doc(raw: bytes) -> dict[str, Any]:
-        doc: dict[str, Any] = json.loads(raw)
-        if "error" in doc:
-            raise EventStoreError(f"stream info failed: {doc['error'].get('description')}")
-        return doc
+        try:
+            return api.parse_reply(raw)
+        except api.JetStreamRefused as exc:
+            raise EventStoreError(f"stream info failed: {exc.description}") from None
 
     @staticmethod
     def _key_of(doc: dict[str, Any]) -> tuple[int, int]:
@@ -1173,11 +1208,8 @@ class JetStreamEventStore(AsyncFirstEventStore):
         if not await self._stream_exists(deadline):
             return None
         try:
-            reply = await self._request(f"$JS.API.STREAM.INFO.{self.stream_name}", b"", deadline)
-        except _NoStream:
-            raise StoreUnavailableError("JetStream did not answer the stream info") from None
-        doc = json.loads(reply.data)
-        if "error" in doc:
+            doc = api.parse_reply(await self._stream_info_raw({}, deadline))
+        except api.JetStreamRefused:
             return None
         state = doc.get("state") or {}
         return NamespaceInfo(
@@ -1201,7 +1233,7 @@ class JetStreamEventStore(AsyncFirstEventStore):
         request = {"multi_last": list(by_subject), "batch": len(by_subject)}
         nc = await self.runtime.connection()
         for msg in await direct_get_batch(nc, self.stream_name, request, self.config.timeout):
-            actor_id = by_subject.get((msg.headers or {}).get("Nats-Subject", ""))
+            actor_id = by_subject.get((msg.headers or {}).get(hdr.SUBJECT, ""))
             if actor_id is not None:
                 version = self._head_of(msg, actor_id)[1]
                 if version is None:  # a corrupt last message: ask the slow way
@@ -1229,10 +1261,13 @@ class JetStreamEventStore(AsyncFirstEventStore):
         deadline = self._deadline()
         if not await self._stream_exists(deadline):
             return None
-        api = f"$JS.API.DIRECT.GET.KV_{self.bucket_name}.{self._snapshot_subject(actor_id)}"
         while True:
             try:
-                msg = await self._request(api, b"", deadline)
+                msg = await self._direct_get(
+                    deadline,
+                    stream=api.kv_stream(self.bucket_name),
+                    last_by_subject=self._snapshot_subject(actor_id),
+                )
             except _NoStream:
                 try:
                     await self._js_call(deadline, "key_value", self.bucket_name)
@@ -1241,8 +1276,9 @@ class JetStreamEventStore(AsyncFirstEventStore):
                 await self._pause(deadline, 0, "snapshot read")
                 continue
             break
-        headers = msg.headers or {}
-        if headers.get("Status") or headers.get("KV-Operation") in ("DEL", "PURGE"):
+        if msg is None or not msg.data:
+            return None
+        if (msg.headers or {}).get(hdr.KV_OPERATION) in ("DEL", "PURGE"):
             return None
         try:
             snapshot = decode_snapshot(msg.data)

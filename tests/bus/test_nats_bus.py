@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from datetime import UTC, datetime
 
+import nats
 import pytest
+from nats.js.api import KeyValueConfig
 
 from aether_django import metrics
 from aether_django.bus import SubscriptionOverflowError
 from aether_django.bus.nats import POSITIONS_BUCKET, NATSEventBus
+from aether_django.events import format_timestamp
 from aether_django.patterns import SubscriptionFilter
 from aether_django.runtime import Runtime
 from aether_django.store.jetstream import JetStreamEventStore
@@ -375,3 +379,35 @@ def test_get_event_bus_builds_the_configured_bus():
         local = get_event_bus()
         assert type(local) is LocalEventBus and local.buffer_size == 7
     assert isinstance(get_event_bus(), NATSEventBus)
+
+
+async def test_a_position_the_server_refuses_is_reported_not_taken_as_saved(
+    nats_server_factory, caplog
+):
+    # A positions bucket that holds the subscription's start time but takes no more
+    # than 40 bytes a message, too few for a position: every save of one is refused.
+    # Positions used to be written with a request whose reply nobody read, so a
+    # refused one counted as saved and nothing said so.
+    server = nats_server_factory()
+    ns = unique_namespace()
+    durable = f"refused-{ns}"
+    nc = await nats.connect(server.url)
+    js = nc.jetstream()
+    kv = await js.create_key_value(KeyValueConfig(bucket=POSITIONS_BUCKET, history=1))
+    await kv.put(f"{durable}.since", format_timestamp(datetime.now(UTC)).encode())
+    config = (await js.stream_info(f"KV_{POSITIONS_BUCKET}")).config
+    config.max_msg_size = 40
+    await js.update_stream(config)
+    await nc.close()
+    runtime = Runtime(server.url)
+    bus = NATSEventBus(runtime=runtime, node_id="refused", timeout=5)
+    try:
+        await JetStreamEventStore(ns, runtime=runtime).asave_events([ev("x", 1)])
+        with caplog.at_level(logging.WARNING, logger="aether_django.bus.nats"):
+            sub = await bus.asubscribe(ns, start="all", durable=durable)
+            await take(sub, 1)
+            await sub.aclose()
+        assert "could not save the position" in caplog.text
+    finally:
+        bus.close()
+        runtime.close()

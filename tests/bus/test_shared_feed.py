@@ -5,12 +5,12 @@ and one that falls behind ends alone."""
 from __future__ import annotations
 
 import asyncio
-import json
 
 import pytest
 
 from aether_django.bus import SubscriptionOverflowError
 from aether_django.bus.nats import NATSEventBus
+from aether_django.nats.streams import stream_info
 from aether_django.patterns import SubscriptionFilter
 from aether_django.runtime import Runtime
 from aether_django.store.jetstream import JetStreamEventStore
@@ -32,8 +32,8 @@ async def take(subscription, n, wait=5.0):
 
 async def consumers_of(bus: NATSEventBus, store: JetStreamEventStore) -> int:
     nc = await bus.runtime.connection()
-    reply = await nc.request(f"$JS.API.STREAM.INFO.{store.stream_name}", b"", timeout=5)
-    return int(json.loads(reply.data)["state"].get("consumer_count", 0))
+    info = await stream_info(nc, store.stream_name, 5)
+    return int(info["state"].get("consumer_count", 0))
 
 
 async def test_new_subscriptions_of_one_pattern_share_one_consumer(bus):

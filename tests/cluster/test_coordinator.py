@@ -17,7 +17,7 @@ from aether_django.cluster.coordinator import (
     ShardMap,
 )
 from aether_django.conf import DEFAULTS
-from aether_django.jsapi import ERR_WRONG_LAST_SEQUENCE, JetStreamRefused
+from aether_django.nats.api import ERR_WRONG_LAST_SEQUENCE, JetStreamRefused
 from aether_django.runtime import Runtime
 
 

@@ -25,6 +25,11 @@ DJANGO_FREE = [
     "aether_django.cluster.hashring",
     "aether_django.cluster.shards",
     "aether_django.store.jetstream",
+    "aether_django.nats.api",
+    "aether_django.nats.client",
+    "aether_django.nats.direct",
+    "aether_django.nats.headers",
+    "aether_django.nats.streams",
 ]
 
 
@@ -50,6 +55,20 @@ def _modules_after_import(module: str) -> list[str]:
 def test_a_pure_module_imports_no_django(module: str) -> None:
     django = [m for m in _modules_after_import(module) if m == "django" or m.startswith("django.")]
     assert not django, f"importing {module} imported {django[:5]}"
+
+
+def test_the_nats_bus_does_not_import_the_runtime() -> None:
+    # Dropped-message handlers are the wire package's (it was the bus's one upward import).
+    assert "aether_django.runtime" not in _modules_after_import("aether_django.bus.nats")
+
+
+def test_the_wire_package_imports_only_the_core() -> None:
+    loaded = _modules_after_import("aether_django.nats.streams")
+    loaded += _modules_after_import("aether_django.nats.client")
+    ours = {m for m in loaded if m.startswith("aether_django.")}
+    allowed = {"aether_django.errors", "aether_django.names", "aether_django.patterns"}
+    allowed |= {"aether_django.events", "aether_django.nats"}
+    assert {m for m in ours if not m.startswith("aether_django.nats.")} <= allowed, sorted(ours)
 
 
 def test_the_bus_package_does_not_import_the_cluster_package() -> None:
