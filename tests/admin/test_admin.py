@@ -271,12 +271,12 @@ def cluster_bucket():
 
 
 @pytest.fixture
-def coordinators(nats_url, cluster_bucket):
+def coordinators(aether_nats_url, cluster_bucket):
     """Make coordinators on the test's bucket; each leaves and closes at the end."""
     made: list[tuple[Runtime, Coordinator]] = []
 
     def make(node_id: str) -> Coordinator:
-        runtime = Runtime(nats_url)
+        runtime = Runtime(aether_nats_url)
         node = Coordinator(runtime, node_id, ClusterConfig(bucket=cluster_bucket, num_shards=100))
         made.append((runtime, node))
         return node
@@ -329,9 +329,9 @@ def test_the_nodes_page_shows_leader_term_heartbeats_and_a_failed_node(staff, co
 
 
 def test_the_pages_say_nats_is_unavailable_with_503_while_the_server_is_stopped(
-    staff, nats_server_factory, monkeypatch
+    staff, aether_nats_server_factory, monkeypatch
 ):
-    server = nats_server_factory(name="aether-admin-down")
+    server = aether_nats_server_factory(name="aether-admin-down")
     monkeypatch.setenv("AETHER_NATS_URL", server.url)
     namespace = f"adm-{uuid.uuid4().hex[:8]}"
     pages = [
@@ -357,8 +357,8 @@ def test_the_pages_say_nats_is_unavailable_with_503_while_the_server_is_stopped(
             wait_until(lambda url=url: staff.get(url).status_code == 200, timeout=15)
 
 
-def test_nodes_and_shard_map(staff, nats_url):
-    runtime = Runtime(nats_url)
+def test_nodes_and_shard_map(staff, aether_nats_url):
+    runtime = Runtime(aether_nats_url)
     try:
         node = Coordinator(runtime, "node-x", ClusterConfig(num_shards=100))
         runtime.run(node.tick())
@@ -387,11 +387,11 @@ def test_grants_are_edited_in_the_admin_and_checked(root):
 
 
 @pytest.fixture
-def dropping(staff, nats_server_factory, monkeypatch):
+def dropping(staff, aether_nats_server_factory, monkeypatch):
     """A namespace on a server of its own, and ``drop_before(name)``: stop that server
     just before the store's method ``name`` runs, so NATS goes away in the middle of a
     page, after the page's first reads answered."""
-    server = nats_server_factory(name="aether-admin-drop")
+    server = aether_nats_server_factory(name="aether-admin-drop")
     monkeypatch.setenv("AETHER_NATS_URL", server.url)
     namespace = f"adm-{uuid.uuid4().hex[:8]}"
     with override_settings(AETHER={**settings.AETHER, "TIMEOUT": 1.0}):

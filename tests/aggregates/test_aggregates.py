@@ -764,7 +764,7 @@ def test_check_two_aggregates_in_one_namespace(scratch_registry):
 
 
 @pytest.mark.slow
-def test_8_processes_run_100_updates_each_and_every_command_lands_once(nats_server):
+def test_8_processes_run_100_updates_each_and_every_command_lands_once(aether_nats_server):
     order = placed_order(lines=0)
     ctx = multiprocessing.get_context("spawn")
     with ctx.Manager() as manager, ctx.Pool(8) as pool:

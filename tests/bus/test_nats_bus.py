@@ -19,13 +19,13 @@ from aether_django.testing.contract import ev, unique_namespace
 
 
 @pytest.fixture
-def node(nats_url):
+def node(aether_nats_url):
     """Make 'nodes': a bus and a store factory sharing one runtime (connection set)."""
     made = []
 
     class Node:
         def __init__(self, name):
-            self.runtime = Runtime(nats_url)
+            self.runtime = Runtime(aether_nats_url)
             self.bus = NATSEventBus(runtime=self.runtime, node_id=name, timeout=5)
             made.append(self)
 

@@ -28,8 +28,8 @@ SAMPLE = 0.5
 
 
 @pytest.fixture
-def cluster(nats_url: str, tmp_path: Path) -> Iterator[CeleryCluster]:
-    c = CeleryCluster(nats_url, tmp_path)
+def cluster(aether_nats_url: str, tmp_path: Path) -> Iterator[CeleryCluster]:
+    c = CeleryCluster(aether_nats_url, tmp_path)
     try:
         yield c
     finally:

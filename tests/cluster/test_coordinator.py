@@ -22,13 +22,13 @@ from aether_django.runtime import Runtime
 
 
 @pytest.fixture
-def cluster(nats_url):
+def cluster(aether_nats_url):
     """Make coordinators sharing a fresh bucket, each with its own connection."""
     bucket = f"cluster_{uuid.uuid4().hex[:8]}"
     runtimes = []
 
     def make(node_id: str, **config) -> Coordinator:
-        runtime = Runtime(nats_url)
+        runtime = Runtime(aether_nats_url)
         runtimes.append(runtime)
         settings = {"heartbeat_interval": 0.2, "failure_timeout": 1.0, "num_shards": 100}
         settings.update(config)

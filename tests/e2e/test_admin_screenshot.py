@@ -39,14 +39,14 @@ def test_the_shard_map_page_shows_the_node_and_its_shards(
     server: UvicornThread,  # noqa: F811
     browser: Any,  # noqa: F811
     elsewhere: Callable[..., Any],  # noqa: F811
-    nats_url: str,
+    aether_nats_url: str,
     tmp_path: Path,
 ) -> None:
     from playwright.sync_api import expect
 
     bucket = f"cluster_{uuid.uuid4().hex[:8]}"
     # Made in another thread: Playwright's loop runs in this one.
-    runtime = elsewhere(Runtime, nats_url)
+    runtime = elsewhere(Runtime, aether_nats_url)
     node = Coordinator(runtime, "node-x", ClusterConfig(bucket=bucket, num_shards=100))
 
     def tick_until_mapped() -> None:

@@ -67,10 +67,10 @@ LOGIN = (
 
 
 @pytest.fixture
-def soak_target(tmp_path: Path, nats_server_factory) -> Iterator[Target]:
+def soak_target(tmp_path: Path, aether_nats_server_factory) -> Iterator[Target]:
     """The test project under uvicorn, with a nats-server of its own (so that its
     connection counts are the soak's alone)."""
-    nats = nats_server_factory()
+    nats = aether_nats_server_factory()
     env = prepared_project_env(tmp_path, nats.url, USER, PASSWORD)
     env["AETHER_TEST_WS_PER_USER"] = str(10 * CLIENTS)  # every client is USER
     session = subprocess.run(

@@ -32,14 +32,14 @@ from . import workers
 
 
 @pytest.fixture
-def writers(nats_url):
+def writers(aether_nats_url):
     """Independent writers: each with its own runtime, so its own NATS connection."""
     runtimes: list[Runtime] = []
 
     def make(namespace: str, count: int) -> list[JetStreamEventStore]:
         stores = []
         for _ in range(count):
-            runtime = Runtime(nats_url)
+            runtime = Runtime(aether_nats_url)
             runtimes.append(runtime)
             stores.append(JetStreamEventStore(namespace, runtime=runtime))
         return stores
@@ -172,7 +172,7 @@ async def test_c1_3_failed_writers_can_inspect_current_version_and_retry(writers
 
 
 @pytest.mark.slow
-def test_c1_4_no_events_are_lost_or_overwritten_with_8_racing_processes(nats_server):
+def test_c1_4_no_events_are_lost_or_overwritten_with_8_racing_processes(aether_nats_server):
     """8 OS processes append to one actor until versions 1..400 exist."""
     ns, actor, target = unique_namespace("race"), "order-race", 400
     ctx = multiprocessing.get_context("spawn")
@@ -360,12 +360,12 @@ def test_c2_4_snapshots_are_optional():
     assert fold(store.get_events("order-1"))["version"] == 5
 
 
-async def test_c2_5_corrupted_events_are_reported_without_losing_clean_data(nats_url):
+async def test_c2_5_corrupted_events_are_reported_without_losing_clean_data(aether_nats_url):
     import nats
 
     store = get_event_store(unique_namespace())
     await store.asave_events(_order_events("order-1", 3))
-    nc = await nats.connect(nats_url)
+    nc = await nats.connect(aether_nats_url)
     try:
         await nc.jetstream().publish(store.subject_for("order-1"), b"{corrupt")  # type: ignore[attr-defined]
     finally:
@@ -502,7 +502,7 @@ def test_c3_summary_two_writers_race_one_wins_the_other_sees_a_conflict(writers)
 
 
 @pytest.fixture
-def tenants(nats_server):
+def tenants(aether_nats_server):
     """The seed's two stores, "tenant-a" and "tenant-b", and an actor id no other test uses."""
     return get_event_store("tenant-a"), get_event_store("tenant-b"), f"order-{uuid.uuid4().hex[:8]}"
 
@@ -513,12 +513,14 @@ def test_c4_1_two_stores_are_created_with_namespaces_tenant_a_and_tenant_b(tenan
     assert tenant_a is not tenant_b
 
 
-async def test_c4_2_save_event_to_tenant_a_stores_it_in_the_tenant_a_stream(tenants, nats_url):
+async def test_c4_2_save_event_to_tenant_a_stores_it_in_the_tenant_a_stream(
+    tenants, aether_nats_url
+):
     import nats
 
     tenant_a, _, actor = tenants
     stored = await tenant_a.asave_event(ev(actor, 1))
-    nc = await nats.connect(nats_url)
+    nc = await nats.connect(aether_nats_url)
     try:
         msg = await nc.jetstream().get_msg("tenant-a_events", stored.sequence)
         assert msg.subject == tenant_a.subject_for(actor)  # type: ignore[attr-defined]
@@ -551,13 +553,13 @@ def test_c4_5_stream_names_are_prefixed_tenant_a_events_and_tenant_b_events(tena
     assert streams == {"tenant-a_events", "tenant-b_events"}
 
 
-async def test_c4_5_each_namespace_is_its_own_stream_on_the_server(nats_url):
+async def test_c4_5_each_namespace_is_its_own_stream_on_the_server(aether_nats_url):
     import nats
 
     a, b = get_event_store(unique_namespace("iso-a")), get_event_store(unique_namespace("iso-b"))
     await a.asave_event(ev("x", 1))
     await b.asave_event(ev("x", 1))
-    nc = await nats.connect(nats_url)
+    nc = await nats.connect(aether_nats_url)
     try:
         js = nc.jetstream()
         info_a = await js.stream_info(f"{a.namespace}_events")
@@ -568,7 +570,7 @@ async def test_c4_5_each_namespace_is_its_own_stream_on_the_server(nats_url):
         await nc.close()
 
 
-async def test_c4_summary_events_in_namespace_a_are_invisible_to_namespace_b(nats_url):
+async def test_c4_summary_events_in_namespace_a_are_invisible_to_namespace_b(aether_nats_url):
     """Nothing written in A can be read from B: events, versions, snapshots, actor lists."""
     import nats
 
@@ -583,7 +585,7 @@ async def test_c4_summary_events_in_namespace_a_are_invisible_to_namespace_b(nat
     assert await b.aget_latest_snapshot("shared") is None
     assert await b.aget_actor_ids() == ["only-b"]
     assert await a.aget_actor_ids() == ["shared"]
-    nc = await nats.connect(nats_url)
+    nc = await nats.connect(aether_nats_url)
     try:
         js = nc.jetstream()
         subjects_b = (await js.stream_info(f"{ns_b}_events")).config.subjects or []
