@@ -148,7 +148,8 @@ def test(pytest_args: Sequence[str]) -> int:
         steps += [
             ("ruff check .", [python, "-m", "ruff", "check", "."]),
             ("ruff format --check .", [python, "-m", "ruff", "format", "--check", "."]),
-            ("mypy aether_django", [python, "-m", "mypy", "aether_django"]),
+            # The tests, benchmarks and example too (more loosely: see pyproject.toml).
+            ("mypy", [python, "-m", "mypy", "aether_django", "tests", "bench", "example_project"]),
         ]
     steps.append(("pytest " + " ".join(pytest_args), [python, "-m", "pytest", *pytest_args]))
     for title, command in steps:

@@ -9,6 +9,7 @@ Django's add, change, delete and history URLs.
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
 from datetime import UTC, datetime
@@ -354,7 +355,11 @@ def test_the_pages_say_nats_is_unavailable_with_503_while_the_server_is_stopped(
         # Back on its port with its data: the pages answer again, with no restart of ours.
         server.restart()
         for url in pages:
-            wait_until(lambda url=url: staff.get(url).status_code == 200, timeout=15)
+            wait_until(functools.partial(_answers, staff, url), timeout=15)
+
+
+def _answers(client: Client, url: str) -> bool:
+    return bool(client.get(url).status_code == 200)
 
 
 def test_nodes_and_shard_map(staff, aether_nats_url):

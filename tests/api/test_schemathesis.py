@@ -274,7 +274,8 @@ def legacy_stream(aether_nats_url):
 
     def make(namespace: str) -> None:
         # The settings a store gives its stream today, renamed for ``namespace``.
-        template = JetStreamEventStore(f"t{RUN}", runtime=None, config=store_config())
+        # No runtime: the template only builds a stream configuration, never connects.
+        template = JetStreamEventStore(f"t{RUN}", runtime=None, config=store_config())  # type: ignore[arg-type]
         config = template._stream_config()
         config.name = stream_name(namespace)
         config.subjects = [f"{template.config.subject_prefix}.{namespace}.*"]

@@ -103,7 +103,7 @@ async def test_a_slow_catching_up_subscriber_gets_every_event_once_in_order(bus,
                     for v in range(first, first + 5)
                 ]
                 saved = await store.asave_events(batch)
-                wanted[ns].extend(e.sequence for e in saved if e.event_type != "Skipped")
+                wanted[ns].extend(e.sequence or 0 for e in saved if e.event_type != "Skipped")
 
     async def subscribe():
         return await bus.asubscribe(

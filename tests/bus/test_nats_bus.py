@@ -253,7 +253,7 @@ async def test_a_slow_subscriber_is_ended_with_a_resume_point_and_can_resume(nod
             received.append(delivery.sequence)
     assert received == [e.sequence for e in stored[:5]]
     resume = info.value.last_sequence
-    assert resume == stored[4].sequence
+    assert resume is not None and resume == stored[4].sequence
     assert a.bus.metrics["overflowed"] == 1
     assert metrics.BUS_OVERFLOWS.value() == overflows_before + 1
     rest = await a.bus.asubscribe(ns, start=resume + 1)

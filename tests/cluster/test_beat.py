@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kombu import Connection, Exchange, Queue
 from kombu.common import Broadcast
+from kombu.connection import Connection
+from kombu.entity import Exchange, Queue
 
 from aether_django.beat import beat_timing
 from aether_django.cluster import send_command

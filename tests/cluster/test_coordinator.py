@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from typing import Any
 
 import pytest
 from django.test import override_settings
@@ -30,7 +31,11 @@ def cluster(aether_nats_url):
     def make(node_id: str, **config) -> Coordinator:
         runtime = Runtime(aether_nats_url)
         runtimes.append(runtime)
-        settings = {"heartbeat_interval": 0.2, "failure_timeout": 1.0, "num_shards": 100}
+        settings: dict[str, Any] = {
+            "heartbeat_interval": 0.2,
+            "failure_timeout": 1.0,
+            "num_shards": 100,
+        }
         settings.update(config)
         return Coordinator(runtime, node_id, ClusterConfig(bucket=bucket, **settings))
 

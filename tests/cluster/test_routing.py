@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import uuid
+from typing import Any
 
 import pytest
 
@@ -383,7 +384,7 @@ async def test_a_request_naming_a_method_that_is_not_a_command_is_refused(order_
     # Someone who can publish on the shard's subject tries to skip the order's rules:
     # make it look paid, then ship it; or call the base API, a handler, a helper.
     forged = {"status": "paid", "customer": "ann", "lines": [], "total_cents": 0}
-    attempts = [
+    attempts: list[tuple[Any, dict[str, Any]]] = [
         ("set_snapshot_state", {"state": forged}),
         ("save", {}),
         ("record", {"event_type": "OrderPaid"}),

@@ -264,7 +264,7 @@ def test_cluster_figures_are_marked_unreadable_when_nats_is_away(monkeypatch):
 def test_a_real_leader_election_is_logged_as_json_with_its_node_and_term(aether_nats_url):
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
-    handler.emit = records.append  # type: ignore[method-assign]
+    handler.emit = records.append  # type: ignore[method-assign,assignment]
     coordinator_logger = logging.getLogger("aether_django.cluster.coordinator")
     coordinator_logger.addHandler(handler)
     previous_level = coordinator_logger.level
@@ -310,7 +310,7 @@ def test_a_node_failure_found_by_the_leaders_task_is_logged_with_leader_term_and
     bucket = f"log_{uuid.uuid4().hex[:8]}"
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
-    handler.emit = records.append  # type: ignore[method-assign]
+    handler.emit = records.append  # type: ignore[method-assign,assignment]
     tasks_logger = logging.getLogger("aether_django.tasks")
     tasks_logger.addHandler(handler)
     runtime = Runtime(aether_nats_url)

@@ -736,7 +736,7 @@ async def _stream(aether_nats_url: str, store: JetStreamEventStore) -> tuple[lis
     nc = await nats.connect(aether_nats_url)
     try:
         info = await nc.jetstream().stream_info(store.stream_name)
-        return list(info.config.subjects), info.state.messages
+        return list(info.config.subjects or ()), info.state.messages
     finally:
         await nc.close()
 
