@@ -102,22 +102,16 @@ def start_process(
     ``new_session``: in a process group of its own, so that a Ctrl-C meant for the
     parent does not reach it and its children can be signalled as a group.
     """
-    if log is None:
-        return subprocess.Popen(
-            list(command),
-            cwd=cwd,
-            env=None if env is None else dict(env),
-            stdin=subprocess.DEVNULL,
-            start_new_session=new_session,
-        )
-    with log.open("ab") as output:
+    with contextlib.ExitStack() as stack:
+        # The child has its own copy of the log's descriptor; ours closes on leaving.
+        output = None if log is None else stack.enter_context(log.open("ab"))
         return subprocess.Popen(
             list(command),
             cwd=cwd,
             env=None if env is None else dict(env),
             stdin=subprocess.DEVNULL,
             stdout=output,
-            stderr=subprocess.STDOUT,
+            stderr=None if output is None else subprocess.STDOUT,
             start_new_session=new_session,
         )
 

@@ -441,25 +441,29 @@ def http_request(
     return response.status, response.read()
 
 
-class HttpWriter:
+@dataclass
+class _HttpClient:
+    """What a part of the load that talks to the API holds: where, how much, and the
+    ledger and problems it reports to."""
+
+    target: Target
+    load: Load
+    namespaces: Sequence[str]
+    ledger: Ledger
+    problems: Problems
+
+
+@dataclass
+class HttpWriter(_HttpClient):
     """Appends one event at a time through the API on one keep-alive connection (a thread)."""
 
-    def __init__(
-        self,
-        target: Target,
-        load: Load,
-        namespaces: Sequence[str],
-        ledger: Ledger,
-        problems: Problems,
-    ) -> None:
-        self.target = target
-        self.load = load
-        self.namespaces = namespaces
-        self.ledger = ledger
-        self.problems = problems
-        self.actors = [f"http-{i}" for i in range(load.actors)]
+    def __post_init__(self) -> None:
+        self.actors = [f"http-{i}" for i in range(self.load.actors)]
         self.versions: dict[tuple[str, str], int] = {}
-        self.headers = {"Authorization": target.authorization, "Content-Type": "application/json"}
+        self.headers = {
+            "Authorization": self.target.authorization,
+            "Content-Type": "application/json",
+        }
 
     def run(self, stop: threading.Event) -> None:
         pace = Pace(self.load.http_saves_per_second)
@@ -544,26 +548,16 @@ class StoreWriter:
             self.ledger.saved_one(namespace, stored.sequence, stored.id, http=False)
 
 
-class Reader:
+@dataclass
+class Reader(_HttpClient):
     """Reads an actor's version and then its latest events, each read on a new connection."""
 
-    def __init__(
-        self,
-        target: Target,
-        load: Load,
-        namespaces: Sequence[str],
-        ledger: Ledger,
-        problems: Problems,
-        seed: int,
-    ) -> None:
-        self.target = target
-        self.load = load
-        self.namespaces = namespaces
-        self.ledger = ledger
-        self.problems = problems
-        self.random = random.Random(seed)
-        self.actors = [f"{kind}-{i}" for kind in ("http", "store") for i in range(load.actors)]
-        self.headers = {"Authorization": target.authorization, "Accept": "application/json"}
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.random = random.Random(self.seed)
+        self.actors = [f"{kind}-{i}" for kind in ("http", "store") for i in range(self.load.actors)]
+        self.headers = {"Authorization": self.target.authorization, "Accept": "application/json"}
 
     def get(self, conn: http.client.HTTPConnection, path: str) -> Any:
         status, data = http_request(conn, "GET", path, self.headers)
