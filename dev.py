@@ -154,7 +154,8 @@ def test(pytest_args: Sequence[str]) -> int:
         steps += [
             ("ruff check .", [python, "-m", "ruff", "check", "."]),
             ("ruff format --check .", [python, "-m", "ruff", "format", "--check", "."]),
-            ("mypy aether_django", [python, "-m", "mypy", "aether_django"]),
+            # The tests, benchmarks and example too (more loosely: see pyproject.toml).
+            ("mypy", [python, "-m", "mypy", "aether_django", "tests", "bench", "example_project"]),
             # The layers of DESIGN.md §3 ([tool.importlinter] in pyproject.toml).
             ("lint-imports", [str(VENV / "bin" / "lint-imports")]),
         ]

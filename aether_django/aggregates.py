@@ -792,16 +792,31 @@ class AggregateManager(Generic[A]):
             try:
                 obj.save()
             except VersionConflictError as exc:
-                if cached is not None:
-                    cached = None  # the cached copy was stale: reload; not a retry
-                    continue
-                if attempt == retries:
-                    raise UpdateRetriesExhausted(actor_id, attempt + 1) from exc
-                time.sleep(self._delay(attempt))
-                attempt += 1
+                delay = self._conflict_delay(exc, actor_id, cached is not None, attempt, retries)
+                if delay is not None:
+                    time.sleep(delay)
+                    attempt += 1
+                cached = None
                 continue
             self._keep(obj)
             return obj
+
+    def _conflict_delay(
+        self,
+        conflict: VersionConflictError,
+        actor_id: str,
+        was_cached: bool,
+        attempt: int,
+        retries: int,
+    ) -> float | None:
+        """What :meth:`update` and :meth:`aupdate` do after a conflict: reload at once
+        (None: the cached copy was stale, which is not a retry), or wait this long and
+        retry; raise UpdateRetriesExhausted once ``retries`` retries have failed."""
+        if was_cached:
+            return None
+        if attempt == retries:
+            raise UpdateRetriesExhausted(actor_id, attempt + 1) from conflict
+        return self._delay(attempt)
 
     def _load_for_update(self, actor_id: str, create: bool) -> A:
         try:
@@ -838,13 +853,11 @@ class AggregateManager(Generic[A]):
             try:
                 await obj.asave()
             except VersionConflictError as exc:
-                if cached is not None:
-                    cached = None  # the cached copy was stale: reload; not a retry
-                    continue
-                if attempt == retries:
-                    raise UpdateRetriesExhausted(actor_id, attempt + 1) from exc
-                await asyncio.sleep(self._delay(attempt))
-                attempt += 1
+                delay = self._conflict_delay(exc, actor_id, cached is not None, attempt, retries)
+                if delay is not None:
+                    await asyncio.sleep(delay)
+                    attempt += 1
+                cached = None
                 continue
             self._keep(obj)
             return obj

@@ -31,7 +31,12 @@ import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from celery.beat import PersistentScheduler, ScheduleEntry
+from .extras import missing_extra
+
+try:
+    from celery.beat import PersistentScheduler, ScheduleEntry
+except ModuleNotFoundError as exc:  # installed by the [celery] extra
+    raise missing_extra(__name__, "Celery", "celery") from exc
 
 from .cluster import cluster_config
 from .cluster.beatlease import BeatLease

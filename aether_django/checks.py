@@ -12,6 +12,7 @@ from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.utils.module_loading import import_string
 
 from .conf import DEFAULTS, DEPRECATED, aether_settings, backend
+from .extras import has_module
 
 
 @register("aether_django")
@@ -190,7 +191,8 @@ def check_api_schema(app_configs: Any = None, **kwargs: Any) -> list[CheckMessag
     """W201: the API's OpenAPI schema needs drf-spectacular's AutoSchema as DRF's default."""
     from django.apps import apps
 
-    if not apps.is_installed("rest_framework"):
+    if not apps.is_installed("rest_framework") or not has_module("drf_spectacular"):
+        # Without drf-spectacular (the [api-schema] extra) the endpoint is not mounted.
         return []
     configured = (getattr(settings, "REST_FRAMEWORK", None) or {}).get("DEFAULT_SCHEMA_CLASS")
     if configured == "drf_spectacular.openapi.AutoSchema":

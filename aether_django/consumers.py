@@ -33,8 +33,13 @@ from importlib import import_module
 from types import SimpleNamespace
 from typing import Any
 
-from channels.db import database_sync_to_async
-from channels.generic.websocket import AsyncWebsocketConsumer
+from .extras import missing_extra
+
+try:
+    from channels.db import database_sync_to_async
+    from channels.generic.websocket import AsyncWebsocketConsumer
+except ModuleNotFoundError as exc:  # installed by the [ws] extra
+    raise missing_extra(__name__, "Channels", "ws") from exc
 
 from .access import NamespaceAccess
 from .api.serializers import event_body

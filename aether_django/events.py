@@ -198,11 +198,17 @@ def encode_event(event: Event) -> bytes:
         _check_metadata(event.metadata)
         doc["metadata"] = event.metadata
     doc["timestamp"] = format_timestamp(event.timestamp)
+    return _encode(doc, event.data, "event data")
+
+
+def _encode(doc: dict[str, Any], value: Any, what: str) -> bytes:
+    """``doc`` as JSON bytes; InvalidEventError if ``value`` (what ``what`` names in the
+    message) is not JSON or nests too deep."""
     try:
         raw = _dumps(doc).encode("utf-8")
     except (TypeError, ValueError, RecursionError) as exc:
-        raise InvalidEventError(f"event data is not JSON-serialisable: {exc}") from None
-    _check_depth(event.data, raw, "event data")
+        raise InvalidEventError(f"{what} is not JSON-serialisable: {exc}") from None
+    _check_depth(value, raw, what)
     return raw
 
 
@@ -295,12 +301,7 @@ def encode_snapshot(snapshot: ActorSnapshot) -> bytes:
         "state": snapshot.state,
         "timestamp": format_timestamp(snapshot.timestamp),
     }
-    try:
-        raw = _dumps(doc).encode("utf-8")
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise InvalidEventError(f"snapshot state is not JSON-serialisable: {exc}") from None
-    _check_depth(snapshot.state, raw, "snapshot state")
-    return raw
+    return _encode(doc, snapshot.state, "snapshot state")
 
 
 def decode_snapshot(raw: bytes) -> ActorSnapshot:

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from .errors import InvalidActorIdError, InvalidNamespaceError
+from .errors import InvalidActorIdError, InvalidNameError, InvalidNamespaceError
 
 #: Longest namespace accepted; keeps stream and bucket names well under server limits.
 MAX_NAMESPACE_LENGTH = 100
@@ -27,16 +27,20 @@ _SAFE_ACTOR_RE = re.compile(r"^[A-Za-z0-9_-]+\Z")
 _ENCODED_MARK = "="
 
 
+def _bounded_string(value: object, what: str, limit: int, error: type[InvalidNameError]) -> str:
+    """``value`` if it is a non-empty string of at most ``limit`` characters, else ``error``."""
+    if not isinstance(value, str):
+        raise error(f"{what} must be a string, not {type(value).__name__}")
+    if not value:
+        raise error(f"{what} must not be empty")
+    if len(value) > limit:
+        raise error(f"{what} is {len(value)} characters; at most {limit} allowed")
+    return value
+
+
 def validate_namespace(namespace: object) -> str:
     """Return ``namespace`` if valid, else raise InvalidNamespaceError naming the rule."""
-    if not isinstance(namespace, str):
-        raise InvalidNamespaceError(f"namespace must be a string, not {type(namespace).__name__}")
-    if not namespace:
-        raise InvalidNamespaceError("namespace must not be empty")
-    if len(namespace) > MAX_NAMESPACE_LENGTH:
-        raise InvalidNamespaceError(
-            f"namespace is {len(namespace)} characters; at most {MAX_NAMESPACE_LENGTH} allowed"
-        )
+    namespace = _bounded_string(namespace, "namespace", MAX_NAMESPACE_LENGTH, InvalidNamespaceError)
     if not _NAMESPACE_RE.match(namespace):
         raise InvalidNamespaceError(
             f"invalid namespace {namespace!r}: use tokens of letters, digits, '-' and '_' "
@@ -55,14 +59,7 @@ def validate_namespace(namespace: object) -> str:
 
 def validate_actor_id(actor_id: object) -> str:
     """Return ``actor_id`` if valid, else raise InvalidActorIdError naming the rule."""
-    if not isinstance(actor_id, str):
-        raise InvalidActorIdError(f"actor id must be a string, not {type(actor_id).__name__}")
-    if not actor_id:
-        raise InvalidActorIdError("actor id must not be empty")
-    if len(actor_id) > MAX_ACTOR_ID_LENGTH:
-        raise InvalidActorIdError(
-            f"actor id is {len(actor_id)} characters; at most {MAX_ACTOR_ID_LENGTH} allowed"
-        )
+    actor_id = _bounded_string(actor_id, "actor id", MAX_ACTOR_ID_LENGTH, InvalidActorIdError)
     if not actor_id.isprintable():
         raise InvalidActorIdError(f"actor id {actor_id!r} contains non-printable characters")
     return actor_id

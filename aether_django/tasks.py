@@ -45,10 +45,15 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from celery import Celery, bootsteps, shared_task
-from kombu.common import Broadcast
-from kombu.message import Message
-from kombu.messaging import Consumer
+from .extras import missing_extra
+
+try:
+    from celery import Celery, bootsteps, shared_task
+    from kombu.common import Broadcast
+    from kombu.message import Message
+    from kombu.messaging import Consumer
+except ModuleNotFoundError as exc:  # installed by the [celery] extra
+    raise missing_extra(__name__, "Celery", "celery") from exc
 
 from .beat import use_leased_scheduler
 from .cluster import cluster_config, node_id

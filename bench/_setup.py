@@ -12,16 +12,15 @@ import http.client
 import importlib.metadata
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from aether_django.events import Event
+from aether_django.testing.processes import ProcessError, wait_until_ready
 
 from .common import Report, clock, machine_info
 
@@ -176,6 +175,18 @@ def prepare_project(name: str, tmp: Path, env: dict[str, str], login: bool = Fal
     return cookie
 
 
+def _answers(port: int) -> bool:
+    """Whether the API answers on ``port`` (with any status: it is up)."""
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        conn.request("GET", "/api/aether/schema/")
+        conn.getresponse().read()
+        conn.close()
+        return True
+    except OSError:
+        return False
+
+
 def wait_for_server(
     port: int,
     process: subprocess.Popen[bytes],
@@ -184,30 +195,9 @@ def wait_for_server(
     log: Path | None = None,
 ) -> None:
     """Until the API answers on ``port``; ``what`` names the server in the errors."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            message = f"{what} exited (code {process.returncode})"
-            if log is not None:
-                message += ":\n" + log.read_text(errors="replace")[-2000:]
-            raise SystemExit(message)
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", "/api/aether/schema/")
-            conn.getresponse().read()
-            conn.close()
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise SystemExit(f"{what} did not answer within {timeout:.0f} s")
-
-
-def stop(process: subprocess.Popen[Any], sig: int = signal.SIGTERM) -> None:
-    """``sig``, then SIGKILL if the process lingers past 15 s."""
-    if process.poll() is None:
-        process.send_signal(sig)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    try:
+        wait_until_ready(
+            process, lambda: _answers(port), what=what, timeout=timeout, log=log, interval=0.2
+        )
+    except ProcessError as exc:
+        raise SystemExit(str(exc)) from None

@@ -231,7 +231,7 @@ class RawAccounts:
                 return received
             if code != "204":
                 raise RuntimeError(f"raw direct get answered {code}")
-            if int(status.headers.get("Nats-Num-Pending", "0") or 0) <= 0:  # type: ignore[union-attr]
+            if int(status.headers.get("Nats-Num-Pending", "0") or 0) <= 0:
                 return received
             start = int(received[-1].headers[HDR_SEQUENCE]) + 1  # type: ignore[index]
 

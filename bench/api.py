@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from aether_django.testing import NatsServer, find_free_port
+from aether_django.testing.processes import start_process, stop_process
 
 from ._setup import (
     ASGI_APP,
@@ -61,7 +62,6 @@ from ._setup import (
     load_at_end,
     prepare_project,
     project_env,
-    stop,
     wait_for_server,
 )
 from .common import (
@@ -296,10 +296,8 @@ def start_server(kind: str, port: int, env: dict[str, str], log: Path) -> subpro
     else:
         command = [sys.executable, "-m", "uvicorn", ASGI_APP, "--host", "127.0.0.1"]
         command += ["--port", str(port), "--log-level", "warning", "--timeout-keep-alive", "300"]
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out
-        )
+    log.unlink(missing_ok=True)
+    return start_process(command, cwd=ROOT, env=env, log=log)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -346,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             asyncio.run(measure(report, sizes, port))
         finally:
-            stop(process)
+            stop_process(process, 15.0)
             from aether_django.runtime import get_runtime
 
             get_runtime().close()

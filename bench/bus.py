@@ -131,6 +131,7 @@ def latency_rows(
 ) -> None:
     """Two rows, p50 and p99 (in ms), the p99 one carrying the target."""
     for pct in (50, 99):
+        goal: dict[str, Any] = {"target": target, "max_value": limit} if pct == 99 else {}
         report.add(
             section,
             f"{figure}: p{pct}",
@@ -139,7 +140,7 @@ def latency_rows(
             higher_is_better=False,
             baseline=percentile(baseline, pct),
             baseline_label=baseline_label,
-            **({"target": target, "max_value": limit} if pct == 99 else {}),
+            **goal,
         )
 
 

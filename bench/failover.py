@@ -83,8 +83,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aether_django.store import get_event_store
 from aether_django.testing import NatsServer
 from aether_django.testing.broker import BrokerServer
+from aether_django.testing.processes import stop_process
 
 from ._setup import ROOT, finish, nats_meta
 from .common import Report, base_parser, clock, median, percentile, progress
@@ -104,6 +106,8 @@ BEAT_WATCH = 3 * HEARTBEAT + FAILURE_TIMEOUT
 TAKEOVER_BOUND = 3 * HEARTBEAT
 #: The tests' Celery app: its workers are cluster nodes (``setup_cluster``).
 CELERY_APP = ["-m", "celery", "-A", "tests.cluster.celery_cluster_app"]
+#: The namespace of tests.aggregates.domain.Order, the aggregate the nodes serve.
+ORDER_NAMESPACE = "test-orders"
 #: What verify() found, for the JSON output.
 CHECKED: dict[str, Any] = {}
 
@@ -215,12 +219,7 @@ class NodeProcess:
         """SIGTERM (the node leaves the cluster), then SIGKILL if it lingers."""
         if not self.running:
             return
-        self.process.terminate()
-        try:
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            self.process.wait()
+        stop_process(self.process, 15.0, sig=signal.SIGTERM)
         with contextlib.suppress(ProcessLookupError):  # pool children left behind
             os.killpg(self.process.pid, signal.SIGKILL)
 
@@ -271,13 +270,7 @@ class BeatProcess:
         return False
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 # --- the load ---------------------------------------------------------------------------
@@ -605,9 +598,9 @@ async def beat_failover(cluster: Cluster, load: Load, number: int) -> BeatKill:
 async def verify(
     load: Load, actors: list[str], kills: list[Kill], beat_kills: list[BeatKill] | None = None
 ) -> dict[str, Any]:
-    from tests.aggregates.domain import Order
-
-    store = Order.get_store()
+    # The namespace of the Order the nodes serve (tests.aggregates.domain, imported in
+    # the node processes): the benchmark reads its stream and imports nothing of tests/.
+    store = get_event_store(ORDER_NAMESPACE)
     stored: dict[str, dict[int, Any]] = {}
     by_sku: dict[str, list[Any]] = {}
     for actor in actors:
@@ -615,7 +608,7 @@ async def verify(
         stored[actor] = {e.version: e for e in events}
         for e in events:
             if e.event_type == "LineAdded":
-                by_sku.setdefault(e.data.get("sku"), []).append(e)
+                by_sku.setdefault(str(e.data.get("sku")), []).append(e)
     # Strictly: the event at the acknowledged version must be the command's own.
     beat_kills = beat_kills or []
 

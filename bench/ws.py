@@ -66,6 +66,7 @@ from typing import Any
 from aether_django.bus.nats import NATSEventBus
 from aether_django.runtime import Runtime
 from aether_django.testing import NatsServer, find_free_port
+from aether_django.testing.processes import start_process, stop_process, uvicorn_command
 
 from ._setup import (
     ASGI_APP,
@@ -76,7 +77,6 @@ from ._setup import (
     load_at_end,
     prepare_project,
     project_env,
-    stop,
     wait_for_server,
 )
 from .common import Report, base_parser, clock, interleaved, machine_info, percentile, progress
@@ -284,26 +284,21 @@ def start_uvicorn(
     deflate: bool = False,
 ) -> subprocess.Popen[bytes]:
     """uvicorn serving ``app`` on 127.0.0.1:``port``; its output goes to ``log`` when given."""
-    command = [sys.executable]
-    if profile:  # cProfile writes the file when uvicorn exits (on SIGTERM)
-        command += ["-m", "cProfile", "-o", profile]
-    command += ["-m", "uvicorn", app, "--host", "127.0.0.1"]
-    command += ["--port", str(port), "--ws", "websockets", "--log-level", "warning"]
-    if not deflate:  # as python3 dev.py demo serves it
-        command += ["--ws-per-message-deflate", "false"]
-    command += ["--timeout-keep-alive", "300"]  # the appends' connection idles between rounds
-    if log is None:
-        return subprocess.Popen(command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL)
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out
-        )
+    command = uvicorn_command(
+        app,
+        port,
+        deflate=deflate,  # off: as python3 dev.py demo serves it
+        profile=profile,  # cProfile writes the file when uvicorn exits (on SIGINT)
+        # The appends' connection idles between rounds.
+        extra=["--log-level", "warning", "--timeout-keep-alive", "300"],
+    )
+    return start_process(command, cwd=ROOT, env=env, log=log)
 
 
 def stop_uvicorn(process: subprocess.Popen[bytes]) -> None:
     # SIGINT: uvicorn shuts down and then raises the signal again, which ends the
     # process by KeyboardInterrupt (so cProfile still writes its file), not SIGTERM.
-    stop(process, signal.SIGINT)
+    stop_process(process, 15.0, signal.SIGINT)
 
 
 # --- the figures --------------------------------------------------------------------------

@@ -34,7 +34,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -45,6 +44,14 @@ from types import FrameType
 
 from aether_django.testing import NatsServer, NatsServerError
 from aether_django.testing.broker import BrokerServer, BrokerServerError
+from aether_django.testing.processes import (
+    ProcessError,
+    port_is_free,
+    start_process,
+    stop_process,
+    uvicorn_command,
+    wait_until_ready,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 VAR = Path(os.environ.get("AETHER_DEMO_VAR") or ROOT / "var").resolve()
@@ -106,18 +113,6 @@ def _port() -> int:
     if not text.isdigit() or not 0 < int(text) < 65536:
         raise SystemExit(f"demo: AETHER_DEMO_PORT must be a TCP port number, not {text!r}")
     return int(text)
-
-
-def _port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # As uvicorn (asyncio) does, so that connections of an earlier run in TIME_WAIT
-        # don't count.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def _stop_leftover(
@@ -296,61 +291,35 @@ def ensure_demo_user() -> str | None:
 
 def start_uvicorn(port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
     say(f"Starting uvicorn on http://127.0.0.1:{port}/ ...")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            ASGI_APP,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--ws",
-            "websockets",
-            # Frames are small JSON sent to many sockets: compressing each one for
-            # each socket costs more CPU than it saves bandwidth (docs/websocket.md).
-            "--ws-per-message-deflate",
-            "false",
-        ],
+    process = start_process(
+        uvicorn_command(ASGI_APP, port),
         cwd=ROOT,
         env=env,
-        stdin=subprocess.DEVNULL,
         # Its own session: Ctrl-C reaches only this supervisor, which then stops
         # uvicorn and nats-server in order.
-        start_new_session=True,
+        new_session=True,
     )
     UVICORN_PID_FILE.write_text(f"{process.pid}\n")
     return process
 
 
+def _answers(url: str) -> bool:
+    check_stop()
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except urllib.error.HTTPError:
+        return True  # It answered, even if with an error page.
+    except OSError:
+        return False
+
+
 def wait_for_http(url: str, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
     """Block until ``url`` answers, or raise SystemExit if uvicorn exits or is too slow."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        check_stop()
-        if process.poll() is not None:
-            raise SystemExit(f"demo: uvicorn exited early (exit code {process.returncode})")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except urllib.error.HTTPError:
-            return  # It answered, even if with an error page.
-        except OSError:
-            time.sleep(0.2)
-    raise SystemExit(f"demo: uvicorn did not answer {url} within {timeout:.0f}s")
-
-
-def stop_process(process: subprocess.Popen[bytes], name: str, timeout: float = 10.0) -> None:
-    if process.poll() is not None:
-        return
-    process.terminate()
     try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        say(f"{name} did not stop within {timeout:.0f}s; killing it.")
-        process.kill()
-        process.wait()
+        wait_until_ready(process, lambda: _answers(url), what="uvicorn", timeout=timeout)
+    except ProcessError as exc:
+        raise SystemExit(f"demo: {exc}") from None
 
 
 def main() -> int:
@@ -360,7 +329,7 @@ def main() -> int:
     port = _port()
     VAR.mkdir(parents=True, exist_ok=True)
     stop_leftovers()
-    if not _port_is_free(port):
+    if not port_is_free(port):
         raise SystemExit(
             f"demo: port {port} on 127.0.0.1 is in use; choose another with AETHER_DEMO_PORT"
         )
@@ -453,7 +422,7 @@ def main() -> int:
     finally:
         stopped = []
         for name, process in children.items():
-            stop_process(process, name, timeout=20.0)
+            stop_process(process, timeout=20.0)
             pid_files[name].unlink(missing_ok=True)
             stopped.append(name)
         if broker is not None:

@@ -2,8 +2,11 @@
 
 import pytest
 
+# The fixtures aether_nats_server, aether_nats_url and aether_nats_server_factory.
+pytest_plugins = ["aether_django.testing.pytest_plugin"]
+
 
 @pytest.fixture(autouse=True, scope="session")
-def _session_nats(nats_server):
+def _session_nats(aether_nats_server):
     """Start the session's nats-server before any test touches a store."""
-    return nats_server
+    return aether_nats_server

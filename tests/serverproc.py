@@ -11,12 +11,12 @@ import contextlib
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from aether_django.testing.processes import ProcessError, served
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,38 +47,21 @@ def serving(
     timeout: float = 60.0,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``command`` (a server, output to ``log``) until ``ready_url`` answers 200;
-    stop it when the block ends."""
-    with log.open("wb") as output:
-        server = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if server.poll() is not None:
-                tail = log.read_text()[-3000:]
-                pytest.fail(f"{command[2]} exited ({server.returncode}):\n{tail}")
-            try:
-                request = urllib.request.Request(ready_url, headers=headers or {})
-                with urllib.request.urlopen(request, timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except (OSError, ValueError):  # not listening yet, or not answering 200 yet
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"{command[2]} did not answer {ready_url} within {timeout:.0f} s")
-            time.sleep(0.1)
+    stop it when the block ends. A server that does not come up fails the test."""
+    with contextlib.ExitStack() as stack:
+        try:
+            server = stack.enter_context(
+                served(
+                    command,
+                    ready_url=ready_url,
+                    log=log,
+                    env=env,
+                    cwd=ROOT,
+                    headers=headers,
+                    timeout=timeout,
+                    what=command[2],
+                )
+            )
+        except ProcessError as exc:
+            pytest.fail(str(exc))
         yield server
-    finally:
-        if server.poll() is None:
-            server.terminate()
-            try:
-                server.wait(15)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()

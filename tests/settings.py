@@ -46,7 +46,7 @@ MIDDLEWARE = [
 ROOT_URLCONF = "tests.urls"
 DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
-# The URL comes from the session's nats_server fixture (AETHER_NATS_URL). Cluster
+# The URL comes from the session's aether_nats_server fixture (AETHER_NATS_URL). Cluster
 # tests run node processes with a bucket of their own and the seed's 100 shards.
 AETHER = {
     "TIMEOUT": 5.0,

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.extensions import OpenApiSerializerExtension
-from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema_field
 from rest_framework import serializers
 
 from ..events import Event
 from ..names import MAX_ACTOR_ID_LENGTH
+from .openapi import OpenApiSerializerExtension, PolymorphicProxySerializer, extend_schema_field
 
 
 @extend_schema_field({"type": "object", "additionalProperties": True})

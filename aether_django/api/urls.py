@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from importlib.util import find_spec
-
 from django.apps import apps
 from django.urls import URLPattern, path, re_path
 
 from . import views
+from .openapi import SPECTACULAR
 
 app_name = "aether_api"
 
@@ -26,15 +25,17 @@ urlpatterns: list[URLPattern] = [
     re_path(rf"^{ACTOR}/state/$", views.StateView.as_view(), name="state"),
     path("cluster/", views.ClusterView.as_view(), name="cluster"),
     path("cluster/shards/", views.ShardsView.as_view(), name="shards"),
-    path("schema/", views.SchemaView.as_view(), name="schema"),
 ]
 
-if find_spec("drf_spectacular") is not None and apps.is_installed("drf_spectacular"):
-    # Swagger UI and Redoc are drf-spectacular's pages (and templates): imported only
-    # when it is installed, so that the rest of the API does not need it.
-    from .schema_ui import RedocView, SwaggerView
+if SPECTACULAR:
+    # The schema needs drf-spectacular (the [api-schema] extra); without it the rest of
+    # the API works and reversing "aether_api:schema" fails. Swagger UI and Redoc also
+    # need its templates, so its app in INSTALLED_APPS.
+    from .schema import RedocView, SchemaView, SwaggerView
 
-    urlpatterns += [
-        path("schema/swagger-ui/", SwaggerView.as_view(), name="schema-swagger-ui"),
-        path("schema/redoc/", RedocView.as_view(), name="schema-redoc"),
-    ]
+    urlpatterns.append(path("schema/", SchemaView.as_view(), name="schema"))
+    if apps.is_installed("drf_spectacular"):
+        urlpatterns += [
+            path("schema/swagger-ui/", SwaggerView.as_view(), name="schema-swagger-ui"),
+            path("schema/redoc/", RedocView.as_view(), name="schema-redoc"),
+        ]

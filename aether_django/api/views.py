@@ -8,14 +8,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from drf_spectacular.openapi import AutoSchema
-from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
-from drf_spectacular.views import SpectacularAPIView
 from rest_framework import status
 from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
-from rest_framework.permissions import AllowAny, BasePermission, IsAdminUser, IsAuthenticated
-from rest_framework.renderers import JSONRenderer
+from rest_framework.permissions import IsAdminUser, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.throttling import BaseThrottle
@@ -40,6 +35,7 @@ from ..permissions import HasNamespaceGrant, require_namespace_grant
 from ..store import EventStore, get_event_store, get_existing_event_store
 from . import serializers as s
 from .exceptions import CannotApply, DuplicateEventId, aether_exception_handler
+from .openapi import AutoSchema, OpenApiParameter, OpenApiResponse, OpenApiTypes, extend_schema
 from .pagination import ActorEvents, AetherCursorPagination, PaginatedViewMixin
 from .throttling import AetherScopedRateThrottle
 
@@ -416,30 +412,6 @@ class StateView(NamespaceView):
         )
 
 
-class SchemaView(SpectacularAPIView):
-    """The OpenAPI schema: for authenticated callers, or anyone with API_SCHEMA_PUBLIC.
-
-    It names every endpoint, parameter and error, which is a map of the API for whoever
-    probes it; a project that publishes its API turns the setting on. The setting is
-    read per request, so it wins over drf-spectacular's SERVE_PERMISSIONS.
-    """
-
-    def get_permissions(self) -> list[BasePermission]:
-        if aether_settings.API_SCHEMA_PUBLIC:
-            return [AllowAny()]
-        return [IsAuthenticated()]
-
-    def get_exception_handler(self) -> Any:
-        return aether_exception_handler
-
-    def handle_exception(self, exc: Exception) -> Response:
-        # An error body is JSON like every other error of the API, not an OpenAPI
-        # document in YAML (the renderer the schema's own negotiation would pick).
-        self.request.accepted_renderer = JSONRenderer()
-        self.request.accepted_media_type = JSONRenderer.media_type
-        return super().handle_exception(exc)
-
-
 class ClusterView(AetherAPIView):
     """Cluster topology: staff only (it names hosts, and no namespace grant covers it)."""
 
@@ -491,3 +463,13 @@ class ShardsView(ClusterView):
                 "counts": shard_map.counts(),
             }
         )
+
+
+def __getattr__(name: str) -> Any:
+    # SchemaView moved to aether_django.api.schema, which needs drf-spectacular (the
+    # [api-schema] extra); it is still found here, imported only when asked for.
+    if name == "SchemaView":
+        from .schema import SchemaView
+
+        return SchemaView
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

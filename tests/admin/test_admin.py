@@ -9,6 +9,7 @@ Django's add, change, delete and history URLs.
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import re
@@ -199,7 +200,9 @@ def next_link(page: str) -> str | None:
 
 def read_every_page(client: Client, url: str) -> tuple[list[list[int]], list[str]]:
     """Follow the next links of a timeline from its first page: each page's versions."""
-    pages, bodies, query = [], [], ""
+    pages: list[list[int]] = []
+    bodies: list[str] = []
+    query: str | None = ""
     while query is not None:
         response = client.get(url + query)
         assert response.status_code == 200, query
@@ -220,10 +223,10 @@ def test_a_long_timeline_is_paged_without_gaps_or_repeats(staff):
     pages, bodies = read_every_page(staff, url)
     assert [len(p) for p in pages] == [EVENTS_PER_PAGE, EVENTS_PER_PAGE, 50]
     assert [v for p in pages for v in p] == list(range(1, 251))
-    first = bodies[0]
-    assert next_link(first) == "?from_version=101"
-    assert "versions 1&ndash;100" in first and "of 250, 100 events on this page" in first
-    assert 'class="prev"' not in first
+    first_page = bodies[0]
+    assert next_link(first_page) == "?from_version=101"
+    assert "versions 1&ndash;100" in first_page and "of 250, 100 events on this page" in first_page
+    assert 'class="prev"' not in first_page
     # Page 2 links back to the first page and to the page before it.
     assert '<a href="?from_version=1" class="prev">previous</a>' in bodies[1]
     assert '<a href="?from_version=101" class="prev">previous</a>' in bodies[2]
@@ -234,7 +237,7 @@ def test_a_long_timeline_is_paged_without_gaps_or_repeats(staff):
     assert staff.get(f"{STREAMS}/ns/{namespace}/nobody/", {"from_version": 5}).status_code == 404
 
 
-def test_a_message_that_does_not_decode_is_shown_once_on_its_page(staff, nats_url):
+def test_a_message_that_does_not_decode_is_shown_once_on_its_page(staff, aether_nats_url):
     """A page whose read meets an undecodable message shows it beside its events, and the
     pages still hold every event once."""
     import asyncio
@@ -246,7 +249,7 @@ def test_a_message_that_does_not_decode_is_shown_once_on_its_page(staff, nats_ur
     store.save_events([ev("long", v) for v in range(1, 121)])
 
     async def corrupt() -> None:
-        nc = await nats.connect(nats_url)
+        nc = await nats.connect(aether_nats_url)
         await nc.jetstream().publish(store.subject_for("long"), b"garbage")  # type: ignore[attr-defined]
         await nc.close()
 
@@ -347,12 +350,12 @@ def cluster_bucket():
 
 
 @pytest.fixture
-def coordinators(nats_url, cluster_bucket):
+def coordinators(aether_nats_url, cluster_bucket):
     """Make coordinators on the test's bucket; each leaves and closes at the end."""
     made: list[tuple[Runtime, Coordinator]] = []
 
     def make(node_id: str) -> Coordinator:
-        runtime = Runtime(nats_url)
+        runtime = Runtime(aether_nats_url)
         node = Coordinator(runtime, node_id, ClusterConfig(bucket=cluster_bucket, num_shards=100))
         made.append((runtime, node))
         return node
@@ -422,9 +425,9 @@ def test_the_shard_map_is_a_grid_by_owner_with_the_last_rebalances_moves_outline
     )
     # The same as text, for screen readers: a node's shards as ranges, and its moves.
     text = page[page.index('id="aether-shard-text"') :]
-    moved = sorted(plan.moved)
+    moved_in = sorted(plan.moved)
     assert "node-b: 50 shards, 50 moved in by the last rebalance</summary>" in text
-    assert f"{moved[0]} (from node-a), {moved[1]} (from node-a)" in text
+    assert f"{moved_in[0]} (from node-a), {moved_in[1]} (from node-a)" in text
     assert "node-a: 50 shards</summary>" in text
 
 
@@ -508,9 +511,9 @@ def test_the_nodes_page_shows_leader_term_heartbeats_and_a_failed_node(staff, co
 
 
 def test_the_pages_say_nats_is_unavailable_with_503_while_the_server_is_stopped(
-    staff, nats_server_factory, monkeypatch
+    staff, aether_nats_server_factory, monkeypatch
 ):
-    server = nats_server_factory(name="aether-admin-down")
+    server = aether_nats_server_factory(name="aether-admin-down")
     monkeypatch.setenv("AETHER_NATS_URL", server.url)
     namespace = f"adm-{uuid.uuid4().hex[:8]}"
     pages = [
@@ -533,11 +536,15 @@ def test_the_pages_say_nats_is_unavailable_with_503_while_the_server_is_stopped(
         # Back on its port with its data: the pages answer again, with no restart of ours.
         server.restart()
         for url in pages:
-            wait_until(lambda url=url: staff.get(url).status_code == 200, timeout=15)
+            wait_until(functools.partial(_answers, staff, url), timeout=15)
 
 
-def test_nodes_and_shard_map(staff, nats_url):
-    runtime = Runtime(nats_url)
+def _answers(client: Client, url: str) -> bool:
+    return bool(client.get(url).status_code == 200)
+
+
+def test_nodes_and_shard_map(staff, aether_nats_url):
+    runtime = Runtime(aether_nats_url)
     try:
         node = Coordinator(runtime, "node-x", ClusterConfig(num_shards=100))
         runtime.run(node.tick())
@@ -566,11 +573,11 @@ def test_grants_are_edited_in_the_admin_and_checked(root):
 
 
 @pytest.fixture
-def dropping(staff, nats_server_factory, monkeypatch):
+def dropping(staff, aether_nats_server_factory, monkeypatch):
     """A namespace on a server of its own, and ``drop_before(name)``: stop that server
     just before the store's method ``name`` runs, so NATS goes away in the middle of a
     page, after the page's first reads answered."""
-    server = nats_server_factory(name="aether-admin-drop")
+    server = aether_nats_server_factory(name="aether-admin-drop")
     monkeypatch.setenv("AETHER_NATS_URL", server.url)
     namespace = f"adm-{uuid.uuid4().hex[:8]}"
     with override_settings(AETHER={**settings.AETHER, "TIMEOUT": 1.0}):

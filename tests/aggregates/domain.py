@@ -23,7 +23,7 @@ class Order(ShopOrder):
 
     # Version 1 called it ItemAdded, with "product", "count" and "price".
     @upcaster("ItemAdded", schema=1)
-    def _item_added_v1(event: Event) -> Event:  # type: ignore[misc]
+    def _item_added_v1(event: Event) -> Event:
         data = event.data
         return evolve(
             event,
@@ -107,10 +107,10 @@ class Parcel(Aggregate):
         self.readings.append(event.data["source"])
 
     @upcaster("Weighed", schema=1)
-    def _weighed_v1(event: Event) -> Event:  # type: ignore[misc]
+    def _weighed_v1(event: Event) -> Event:
         data = {k: v for k, v in event.data.items() if k != "weight"}
         return evolve(event, schema=2, data={**data, "grams": event.data["weight"]})
 
     @upcaster("Weighed", schema=2)
-    def _weighed_v2(event: Event) -> Event:  # type: ignore[misc]
+    def _weighed_v2(event: Event) -> Event:
         return evolve(event, schema=3, data={**event.data, "source": "unknown"})

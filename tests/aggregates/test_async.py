@@ -143,7 +143,7 @@ async def test_aexists_and_aiterator():
 
 
 async def test_loading_a_history_with_a_message_that_does_not_decode_raises_replay_error(
-    scratch_registry, nats_url
+    scratch_registry, aether_nats_url
 ):
     import nats
 
@@ -157,7 +157,7 @@ async def test_loading_a_history_with_a_message_that_does_not_decode_raises_repl
     order.place("ann")
     await order.asave()
     store = DamagedOrder.get_store()
-    nc = await nats.connect(nats_url)
+    nc = await nats.connect(aether_nats_url)
     try:
         # Bytes that are no event, on the actor's subject: a damaged history.
         await nc.jetstream().publish(store.subject_for(order.actor_id), b"{corrupt")  # type: ignore[attr-defined]

@@ -90,7 +90,7 @@ def test_an_event_type_without_a_handler_wraps_the_aggregate_error(till):
     assert "no handler and no upcaster" in caught.value.reason
 
 
-def test_an_undecodable_message_is_both_replay_errors(till, nats_url):
+def test_an_undecodable_message_is_both_replay_errors(till, aether_nats_url):
     store = till.get_store()
     store_events(
         till, "t-5", Event(event_type="Paid", actor_id="t-5", version=1, data={"cents": 1})
@@ -98,8 +98,8 @@ def test_an_undecodable_message_is_both_replay_errors(till, nats_url):
 
     async def corrupt() -> None:
         # A message in the actor's subject that is not an event (a foreign writer's).
-        nc = await nats.connect(nats_url)
-        await nc.jetstream().publish(store.subject_for("t-5"), b"not json")  # type: ignore[attr-defined]
+        nc = await nats.connect(aether_nats_url)
+        await nc.jetstream().publish(store.subject_for("t-5"), b"not json")
         await nc.close()
 
     asyncio.run(corrupt())

@@ -41,7 +41,7 @@ def _client(username, **grant):
 def _stream_names() -> set[str]:
     async def names() -> set[str]:
         nc = await get_runtime().connection()
-        return {info.config.name for info in await nc.jetstream().streams_info()}
+        return {str(info.config.name) for info in await nc.jetstream().streams_info()}
 
     return get_runtime().run(names())
 

@@ -180,9 +180,9 @@ def test_history_cannot_be_deleted_and_bodies_must_be_json_or_a_form(root, ns):
 
 
 @pytest.fixture
-def own_nats_server(nats_server_factory):
+def own_nats_server(aether_nats_server_factory):
     """The API's stores on a nats-server of this test's own, with a 1 s timeout."""
-    server = nats_server_factory()
+    server = aether_nats_server_factory()
     previous = os.environ["AETHER_NATS_URL"]
     os.environ["AETHER_NATS_URL"] = server.url  # it wins over AETHER["NATS_URL"]
     # Changing AETHER drops the cached settings, stores and connection, before and after.

@@ -31,7 +31,7 @@ SETTLE_TIMEOUT = 90.0
 
 
 @pytest.fixture
-def running_nodes(nats_server):
+def running_nodes(aether_nats_server):
     """Two node processes sharing a fresh bucket; the API reads the same bucket."""
     bucket = f"cluster_{uuid.uuid4().hex[:8]}"
     nodes = [NodeProcess(name, bucket) for name in NODES]

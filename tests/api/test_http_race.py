@@ -99,9 +99,9 @@ def race(index: int, base: str, auth: str, target: int, barrier: Any, results: A
 
 
 @pytest.fixture
-def server(tmp_path, nats_server):
+def server(tmp_path, aether_nats_server):
     """The test project under daphne; yields its base URL and an Authorization header."""
-    env = prepared_project_env(tmp_path, nats_server.url, USER, PASSWORD)
+    env = prepared_project_env(tmp_path, aether_nats_server.url, USER, PASSWORD)
     port = find_free_port()
     command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port)]
     command.append("tests.api.asgi:application")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import warnings
+from typing import Any
 
 import pytest
 from rest_framework.permissions import BasePermission, IsAdminUser, IsAuthenticated
@@ -88,7 +89,7 @@ def test_the_api_views_use_it():
     from aether_django.api.views import NamespaceView
 
     (composed,) = NamespaceView.permission_classes
-    permission = composed()
+    permission: Any = composed()
     assert {type(permission.op1).__name__, type(permission.op2).__name__} == {
         "IsAuthenticated",
         "HasNamespaceGrant",

@@ -265,7 +265,7 @@ def test_a_namespace_with_a_trailing_newline_is_invalid(root, ns):
 
 
 @pytest.fixture
-def legacy_stream(nats_url):
+def legacy_stream(aether_nats_url):
     """Makes the stream an earlier release made for a namespace whose name is refused now
     (``a__b``, which shares the stream of ``a.b``): that stream name, that namespace's
     subjects and metadata. Deleted afterwards, so the session's server holds no name
@@ -274,7 +274,8 @@ def legacy_stream(nats_url):
 
     def make(namespace: str) -> None:
         # The settings a store gives its stream today, renamed for ``namespace``.
-        template = JetStreamEventStore(f"t{RUN}", runtime=None, config=store_config())
+        # No runtime: the template only builds a stream configuration, never connects.
+        template = JetStreamEventStore(f"t{RUN}", runtime=None, config=store_config())  # type: ignore[arg-type]
         config = template._stream_config()
         config.name = stream_name(namespace)
         config.subjects = [f"{template.config.subject_prefix}.{namespace}.*"]
@@ -282,7 +283,7 @@ def legacy_stream(nats_url):
         config.description = f"aether_django events of namespace {namespace}"
 
         async def create() -> None:
-            nc = await nats.connect(nats_url)
+            nc = await nats.connect(aether_nats_url)
             try:
                 await nc.jetstream().add_stream(config)
             finally:
@@ -294,7 +295,7 @@ def legacy_stream(nats_url):
     yield make
 
     async def delete() -> None:
-        nc = await nats.connect(nats_url)
+        nc = await nats.connect(aether_nats_url)
         try:
             for name in made:
                 await nc.jetstream().delete_stream(name)

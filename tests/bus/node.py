@@ -135,7 +135,7 @@ async def main() -> None:
                 event_types=cmd.get("event_types"), actor_pattern=cmd.get("actor_pattern")
             )
             callback = handlers(cmd)
-            sub = await bus.asubscribe(  # type: ignore[attr-defined]
+            sub = await bus.asubscribe(
                 cmd["pattern"],
                 filt,
                 durable=cmd.get("durable"),

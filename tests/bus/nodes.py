@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+
+from aether_django.testing.processes import stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -122,8 +125,7 @@ class Node:
         self.process.wait(10)
 
     def kill(self) -> None:
-        self.process.kill()
-        self.process.wait(10)
+        stop_process(self.process, sig=signal.SIGKILL)
 
     def stderr(self) -> str:
         if self.process.poll() is None:

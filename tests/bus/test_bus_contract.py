@@ -40,8 +40,8 @@ class TestLocalEventBus(EventBusContract):
 
 class TestNATSEventBus(EventBusContract):
     @pytest.fixture
-    def runtime(self, nats_url: str) -> Iterator[Runtime]:
-        runtime = Runtime(nats_url)
+    def runtime(self, aether_nats_url: str) -> Iterator[Runtime]:
+        runtime = Runtime(aether_nats_url)
         yield runtime
         runtime.close()
 

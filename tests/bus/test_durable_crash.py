@@ -22,7 +22,7 @@ EVENTS = 20
 
 
 def test_a_durable_subscriber_killed_mid_handling_resumes_with_none_missing_none_repeated(
-    nats_server, tmp_path
+    aether_nats_server, tmp_path
 ):
     orders = f"crash{uuid.uuid4().hex[:8]}.orders"
     handled = tmp_path / "handled"

@@ -25,7 +25,7 @@ FAILING_VERSION = 3
 
 @pytest.mark.parametrize("mode", ["callback", "sync_callback", "iterate"])
 def test_a_handler_that_keeps_raising_stops_the_durable_subscription_at_its_event(
-    nats_server, tmp_path, mode
+    aether_nats_server, tmp_path, mode
 ):
     orders = f"fail{uuid.uuid4().hex[:8]}.orders"
     handled = tmp_path / "handled"
@@ -81,7 +81,7 @@ def test_a_handler_that_keeps_raising_stops_the_durable_subscription_at_its_even
 
 
 def test_a_handler_that_fails_twice_then_succeeds_handles_every_event_once_in_order(
-    nats_server, tmp_path
+    aether_nats_server, tmp_path
 ):
     orders = f"flaky{uuid.uuid4().hex[:8]}.orders"
     handled = tmp_path / "handled"

@@ -6,6 +6,8 @@ would fail (or hang until the timeout) instead of passing quietly."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from django.test import override_settings
 
@@ -34,7 +36,7 @@ def test_an_aggregate_save_reaches_a_bus_subscription(memory_backend):
     assert type(bus) is LocalEventBus
     received = []
     subscription = bus.subscribe(
-        Counter._meta.namespace,
+        str(Counter._meta.namespace),
         SubscriptionFilter(event_types=["Incremented"]),
         callback=received.append,
     )
@@ -81,6 +83,7 @@ def test_a_callback_that_saves_again_is_not_a_deadlock(memory_backend):
 
 async def test_what_the_memory_bus_cannot_do_is_refused_not_ignored(memory_backend):
     ns = unique_namespace("mem")
-    for options in ({"start": "all"}, {"durable": "projector"}, {"overflow": "wait"}):
+    cases: list[dict[str, Any]] = [{"start": "all"}, {"durable": "projector"}, {"overflow": "wait"}]
+    for options in cases:
         with pytest.raises(UnsupportedSubscriptionError, match="BACKEND"):
             await get_event_bus().asubscribe(ns, **options)

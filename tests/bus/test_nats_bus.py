@@ -23,13 +23,13 @@ from aether_django.testing.contract import ev, unique_namespace
 
 
 @pytest.fixture
-def node(nats_url):
+def node(aether_nats_url):
     """Make 'nodes': a bus and a store factory sharing one runtime (connection set)."""
     made = []
 
     class Node:
         def __init__(self, name):
-            self.runtime = Runtime(nats_url)
+            self.runtime = Runtime(aether_nats_url)
             self.bus = NATSEventBus(runtime=self.runtime, node_id=name, timeout=5)
             made.append(self)
 
@@ -257,7 +257,7 @@ async def test_a_slow_subscriber_is_ended_with_a_resume_point_and_can_resume(nod
             received.append(delivery.sequence)
     assert received == [e.sequence for e in stored[:5]]
     resume = info.value.last_sequence
-    assert resume == stored[4].sequence
+    assert resume is not None and resume == stored[4].sequence
     assert a.bus.metrics["overflowed"] == 1
     assert metrics.BUS_OVERFLOWS.value() == overflows_before + 1
     rest = await a.bus.asubscribe(ns, start=resume + 1)
@@ -382,13 +382,13 @@ def test_get_event_bus_builds_the_configured_bus():
 
 
 async def test_a_position_the_server_refuses_is_reported_not_taken_as_saved(
-    nats_server_factory, caplog
+    aether_nats_server_factory, caplog
 ):
     # A positions bucket that holds the subscription's start time but takes no more
     # than 40 bytes a message, too few for a position: every save of one is refused.
     # Positions used to be written with a request whose reply nobody read, so a
     # refused one counted as saved and nothing said so.
-    server = nats_server_factory()
+    server = aether_nats_server_factory()
     ns = unique_namespace()
     durable = f"refused-{ns}"
     nc = await nats.connect(server.url)

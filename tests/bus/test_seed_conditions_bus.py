@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def routing(nats_server):
+def routing(aether_nats_server):
     """node-b subscribes four ways; node-a saves a known set of events to "orders"."""
     base = f"seed{uuid.uuid4().hex[:8]}"
     orders, invoices = f"{base}.orders", f"{base}.invoices"
@@ -83,7 +83,7 @@ def test_c8_5_an_actor_pattern_passes_only_that_actor(routing):
 
 
 @pytest.fixture(scope="module")
-def crossing(nats_server):
+def crossing(aether_nats_server):
     """Every step of capability 9; the tests only look at what happened.
 
     node-a and node-b both subscribe to "orders" (node-b durably); node-a saves two
@@ -104,7 +104,7 @@ def crossing(nats_server):
 
     node_b.exit()  # node-b goes away
     offline = node_a.save(orders, "order-2", [1, 2, 3])
-    stored_while_offline = asyncio.run(stream_messages(nats_server.url, orders))
+    stored_while_offline = asyncio.run(stream_messages(aether_nats_server.url, orders))
 
     back = Node("node-b")
     back.subscribe("b", orders, durable=durable)
@@ -124,8 +124,8 @@ def crossing(nats_server):
     back.exit()
 
 
-async def stream_messages(nats_url: str, namespace: str) -> int:
-    nc = await nats.connect(nats_url)
+async def stream_messages(aether_nats_url: str, namespace: str) -> int:
+    nc = await nats.connect(aether_nats_url)
     try:
         stream = namespace.replace(".", "__") + "_events"
         return (await nc.jetstream().stream_info(stream)).state.messages
@@ -179,7 +179,7 @@ def latencies(saver: Node, receiver: Node, namespace: str) -> list[float]:
     return [d["received"] - started[d["id"]] for d in got]
 
 
-def test_c8_target_delivery_within_10ms_median_over_50_saves(nats_server):
+def test_c8_target_delivery_within_10ms_median_over_50_saves(aether_nats_server):
     namespace = f"seed{uuid.uuid4().hex[:8]}.orders"
     node = Node("node-a")
     try:
@@ -190,7 +190,7 @@ def test_c8_target_delivery_within_10ms_median_over_50_saves(nats_server):
         node.exit()
 
 
-def test_c9_target_cross_node_delivery_within_50ms_median_over_50_saves(nats_server):
+def test_c9_target_cross_node_delivery_within_50ms_median_over_50_saves(aether_nats_server):
     namespace = f"seed{uuid.uuid4().hex[:8]}.orders"
     node_a, node_b = Node("node-a"), Node("node-b")
     try:

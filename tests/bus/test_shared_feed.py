@@ -18,8 +18,8 @@ from aether_django.testing.contract import ev, unique_namespace
 
 
 @pytest.fixture
-async def bus(nats_url):
-    runtime = Runtime(nats_url)
+async def bus(aether_nats_url):
+    runtime = Runtime(aether_nats_url)
     bus = NATSEventBus(runtime=runtime, node_id="shared", timeout=5)
     yield bus
     bus.close()

@@ -35,7 +35,7 @@ def cluster_broker() -> tuple[BrokerServer | None, str]:
     None is returned as the server), else a valkey-server started here."""
     configured = os.environ.get("AETHER_TEST_BROKER_URL")
     broker = None if configured else BrokerServer().start()
-    return broker, configured or broker.url  # type: ignore[union-attr]
+    return broker, configured or broker.url
 
 
 def app_env(broker_url: str, bucket: str, **extra: str) -> dict[str, str]:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aether_django.testing.processes import stop_process
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -71,9 +73,7 @@ class NodeProcess:
         return self.history[-1] if self.history else {}
 
     def kill(self) -> None:
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait(10)
+        stop_process(self.process, sig=signal.SIGKILL)
 
     def pause(self) -> None:
         assert self.process is not None
@@ -87,12 +87,7 @@ class NodeProcess:
         if self.process is None or self.process.poll() is not None:
             return
         self.resume()
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
 
 
 def wait_until(condition: Callable[[], Any], timeout: float, interval: float = 0.1) -> Any:

@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kombu import Connection, Exchange, Queue
 from kombu.common import Broadcast
+from kombu.connection import Connection
+from kombu.entity import Exchange, Queue
 
 from aether_django.beat import beat_timing
 from aether_django.cluster.beatlease import BeatHolder, BeatLease
@@ -96,12 +97,12 @@ class Listener:
 
 
 @pytest.fixture
-def beat_cluster(nats_url, tmp_path, monkeypatch):
+def beat_cluster(aether_nats_url, tmp_path, monkeypatch):
     bucket = f"cluster_{uuid.uuid4().hex[:8]}"
     monkeypatch.setenv("AETHER_TEST_CLUSTER_BUCKET", bucket)
     broker, broker_url = cluster_broker()
     env = app_env(broker_url, bucket, AETHER_TEST_PROBE_PERIOD="2")
-    runtime = Runtime(nats_url)
+    runtime = Runtime(aether_nats_url)
     config = ClusterConfig(bucket=bucket, num_shards=100)
     cluster = BeatCluster(env, tmp_path, runtime, config, broker_url)
     try:

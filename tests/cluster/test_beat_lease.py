@@ -17,8 +17,8 @@ from aether_django.runtime import Runtime
 
 
 @pytest.fixture
-def runtime(nats_url):
-    runtime = Runtime(nats_url)
+def runtime(aether_nats_url):
+    runtime = Runtime(aether_nats_url)
     yield runtime
     runtime.close()
 

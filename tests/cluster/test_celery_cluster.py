@@ -31,7 +31,7 @@ HEARTBEAT = 1.0
 
 
 @pytest.fixture
-def celery_cluster(nats_url, tmp_path, monkeypatch):
+def celery_cluster(aether_nats_url, tmp_path, monkeypatch):
     bucket = f"cluster_{uuid.uuid4().hex[:8]}"
     monkeypatch.setenv("AETHER_TEST_CLUSTER_BUCKET", bucket)
     broker, broker_url = cluster_broker()
@@ -55,7 +55,7 @@ def celery_cluster(nats_url, tmp_path, monkeypatch):
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
         stderr=(tmp_path / "beat.log").open("w"),
     )  # fmt: skip
-    runtime = Runtime(nats_url)
+    runtime = Runtime(aether_nats_url)
     observer = Coordinator(runtime, "observer", ClusterConfig(bucket=bucket, num_shards=100))
     try:
         yield CeleryCluster(processes, worker, observer, runtime, started)

@@ -9,6 +9,7 @@ paused, sent stale and bursting ticks, resumed, and killed.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import time
 import uuid
@@ -29,22 +30,22 @@ SAMPLE = 0.5
 
 
 @pytest.fixture
-def cluster(nats_url: str, tmp_path: Path) -> Iterator[CeleryCluster]:
-    c = CeleryCluster(nats_url, tmp_path)
+def cluster(aether_nats_url: str, tmp_path: Path) -> Iterator[CeleryCluster]:
+    c = CeleryCluster(aether_nats_url, tmp_path)
     try:
         yield c
     finally:
         c.close()
 
 
-def _try(call):  # type: ignore[no-untyped-def]
+def _try(call):
     try:
         return call()
     except Exception:
         return None
 
 
-def _increment(actor: str) -> dict:  # type: ignore[type-arg]
+def _increment(actor: str) -> dict:
     return send_command("test-counters", actor, "increment", by="x")
 
 
@@ -63,7 +64,7 @@ def test_a_worker_whose_pool_is_busy_stays_alive_keeps_its_shards_and_answers(
         if shard_map.owner(shard_of(actor)) == "busy":
             actors.append(actor)
     for actor in actors:
-        wait_until(lambda a=actor: _try(lambda: _increment(a)), 30)
+        wait_until(functools.partial(_try, functools.partial(_increment, actor)), 30)
 
     # Every slot of the pool takes a 30 s task: the solo pool's main thread, each child.
     markers = cluster.busy("busy", BUSY_FOR, tasks=concurrency)
@@ -190,7 +191,7 @@ def test_with_beat_killed_the_nodes_keep_their_leader_and_shards_and_serve(
     lease = cluster.lease()
     actors = [f"counter-{uuid.uuid4().hex[:8]}" for _ in range(4)]
     for actor in actors:
-        wait_until(lambda a=actor: _try(lambda: _increment(a)), 30)
+        wait_until(functools.partial(_try, functools.partial(_increment, actor)), 30)
 
     cluster.kill("beat")  # no clock at all: the nodes tick on their own
     killed = time.monotonic()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from typing import Any
 
 import pytest
 from django.test import override_settings
@@ -22,15 +23,19 @@ from aether_django.runtime import Runtime
 
 
 @pytest.fixture
-def cluster(nats_url):
+def cluster(aether_nats_url):
     """Make coordinators sharing a fresh bucket, each with its own connection."""
     bucket = f"cluster_{uuid.uuid4().hex[:8]}"
     runtimes = []
 
     def make(node_id: str, **config) -> Coordinator:
-        runtime = Runtime(nats_url)
+        runtime = Runtime(aether_nats_url)
         runtimes.append(runtime)
-        settings = {"heartbeat_interval": 0.2, "failure_timeout": 1.0, "num_shards": 100}
+        settings: dict[str, Any] = {
+            "heartbeat_interval": 0.2,
+            "failure_timeout": 1.0,
+            "num_shards": 100,
+        }
         settings.update(config)
         return Coordinator(runtime, node_id, ClusterConfig(bucket=bucket, **settings))
 

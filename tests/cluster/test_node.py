@@ -34,8 +34,8 @@ class Recorder(ClusterNode):
 
 
 @pytest.fixture
-def runtime(nats_url: str) -> Iterator[Runtime]:
-    r = Runtime(nats_url)
+def runtime(aether_nats_url: str) -> Iterator[Runtime]:
+    r = Runtime(aether_nats_url)
     yield r
     r.close()
 

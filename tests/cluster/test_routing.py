@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import uuid
+from typing import Any
 
 import pytest
 
@@ -26,8 +27,8 @@ from aether_django.sharding.routing import (
 from ..aggregates.domain import Counter, Order
 
 
-async def test_a_repeated_command_id_is_answered_without_running_again(nats_url):
-    runtime = Runtime(nats_url)
+async def test_a_repeated_command_id_is_answered_without_running_again(aether_nats_url):
+    runtime = Runtime(aether_nats_url)
     host = ShardHost(runtime, "node-a")
     try:
         await host.own(set(range(100)))
@@ -64,8 +65,8 @@ async def test_a_repeated_command_id_is_answered_without_running_again(nats_url)
         runtime.close()
 
 
-async def test_with_no_owner_a_send_fails_clearly_within_its_timeout(nats_url):
-    runtime = Runtime(nats_url)
+async def test_with_no_owner_a_send_fails_clearly_within_its_timeout(aether_nats_url):
+    runtime = Runtime(aether_nats_url)
     try:
         actor = f"order-{uuid.uuid4().hex[:8]}"
         loop = asyncio.get_running_loop()
@@ -81,8 +82,10 @@ async def test_with_no_owner_a_send_fails_clearly_within_its_timeout(nats_url):
         runtime.close()
 
 
-async def test_a_send_retries_while_the_shard_moves_and_succeeds_once_it_has_an_owner(nats_url):
-    runtime = Runtime(nats_url)
+async def test_a_send_retries_while_the_shard_moves_and_succeeds_once_it_has_an_owner(
+    aether_nats_url,
+):
+    runtime = Runtime(aether_nats_url)
     host = ShardHost(runtime, "node-b")
     try:
         actor = f"order-{uuid.uuid4().hex[:8]}"
@@ -102,7 +105,9 @@ async def test_a_send_retries_while_the_shard_moves_and_succeeds_once_it_has_an_
         runtime.close()
 
 
-async def test_a_hot_actor_is_loaded_once_and_dropped_when_its_shard_is_lost(nats_url, monkeypatch):
+async def test_a_hot_actor_is_loaded_once_and_dropped_when_its_shard_is_lost(
+    aether_nats_url, monkeypatch
+):
     loads: list[str] = []
     load = Order.objects.aget
 
@@ -111,7 +116,7 @@ async def test_a_hot_actor_is_loaded_once_and_dropped_when_its_shard_is_lost(nat
         return await load(actor_id, **kwargs)
 
     monkeypatch.setattr(Order.objects, "aget", counting_load)
-    runtime = Runtime(nats_url)
+    runtime = Runtime(aether_nats_url)
     host = ShardHost(runtime, "node-a")
     try:
         actor = f"order-{uuid.uuid4().hex[:8]}"
@@ -137,9 +142,9 @@ async def test_a_hot_actor_is_loaded_once_and_dropped_when_its_shard_is_lost(nat
 
 
 async def test_a_shard_handed_to_another_host_is_served_from_snapshot_plus_events(
-    nats_url, monkeypatch
+    aether_nats_url, monkeypatch
 ):
-    runtime = Runtime(nats_url)
+    runtime = Runtime(aether_nats_url)
     first, second = ShardHost(runtime, "node-a"), ShardHost(runtime, "node-b")
     actor = f"counter-{uuid.uuid4().hex[:8]}"
     shard = shard_for(actor, 100)
@@ -173,10 +178,12 @@ async def test_a_shard_handed_to_another_host_is_served_from_snapshot_plus_event
         runtime.close()
 
 
-async def test_two_hosts_that_both_own_a_shard_never_store_two_versions_at_one_number(nats_url):
+async def test_two_hosts_that_both_own_a_shard_never_store_two_versions_at_one_number(
+    aether_nats_url,
+):
     # As during a move or a split brain: both subscribe, so both receive every request
     # and both run it on their own (soon stale) in-memory copy of the actor.
-    runtimes = [Runtime(nats_url), Runtime(nats_url)]
+    runtimes = [Runtime(aether_nats_url), Runtime(aether_nats_url)]
     hosts = [ShardHost(runtimes[0], "node-a"), ShardHost(runtimes[1], "node-b")]
     actor = f"order-{uuid.uuid4().hex[:8]}"
     subject = shard_subject(shard_for(actor, 100))
@@ -248,8 +255,8 @@ def _routing_errors(caplog):
 
 
 @pytest.fixture
-async def order_host(nats_url):
-    runtime = Runtime(nats_url)
+async def order_host(aether_nats_url):
+    runtime = Runtime(aether_nats_url)
     host = ShardHost(runtime, "node-a")
     await host.own(set(range(100)))
     yield runtime, host
@@ -377,7 +384,7 @@ async def test_a_request_naming_a_method_that_is_not_a_command_is_refused(order_
     # Someone who can publish on the shard's subject tries to skip the order's rules:
     # make it look paid, then ship it; or call the base API, a handler, a helper.
     forged = {"status": "paid", "customer": "ann", "lines": [], "total_cents": 0}
-    attempts = [
+    attempts: list[tuple[Any, dict[str, Any]]] = [
         ("set_snapshot_state", {"state": forged}),
         ("save", {}),
         ("record", {"event_type": "OrderPaid"}),

@@ -33,9 +33,9 @@ FAILURE_TIMEOUT = 3.0
 class Cluster:
     """Node processes sharing one fresh bucket, and an observer in the test process."""
 
-    def __init__(self, nats_url: str) -> None:
+    def __init__(self, aether_nats_url: str) -> None:
         self.bucket = f"cluster_{uuid.uuid4().hex[:8]}"
-        self.runtime = Runtime(nats_url)
+        self.runtime = Runtime(aether_nats_url)
         self.observer = Coordinator(
             self.runtime, "observer", ClusterConfig(bucket=self.bucket, num_shards=100)
         )
@@ -74,8 +74,8 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster(nats_url, monkeypatch):
-    c = Cluster(nats_url)
+def cluster(aether_nats_url, monkeypatch):
+    c = Cluster(aether_nats_url)
     monkeypatch.setenv("AETHER_TEST_CLUSTER_BUCKET", c.bucket)
     yield c
     c.close()

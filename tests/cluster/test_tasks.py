@@ -30,9 +30,9 @@ TASK_NAMES = [f"aether_django.{name}" for name in tasks._TASKS]
 class Cluster:
     """Settings that make this process a named node of a fresh bucket, and an observer."""
 
-    def __init__(self, nats_url: str) -> None:
+    def __init__(self, aether_nats_url: str) -> None:
         self.bucket = f"cluster_{uuid.uuid4().hex[:8]}"
-        self.runtime = Runtime(nats_url)
+        self.runtime = Runtime(aether_nats_url)
         self.observer = Coordinator(
             self.runtime, "observer", ClusterConfig(bucket=self.bucket, num_shards=SHARDS)
         )
@@ -63,9 +63,9 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster(nats_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
+def cluster(aether_nats_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
     monkeypatch.delenv("AETHER_NODE_ID", raising=False)  # it would win over NODE_ID
-    c = Cluster(nats_url)
+    c = Cluster(aether_nats_url)
     yield c
     c.runtime.close()
 

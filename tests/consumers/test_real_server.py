@@ -134,7 +134,7 @@ async def test_a_client_that_does_not_read_is_disconnected_and_can_resume(
                 await store.asave_events([ev("a", v, blob=blob) for v in range(first, first + 100)])
             )
 
-    await store.aensure()
+    await store.aensure()  # type: ignore[attr-defined]  # a JetStream store
     if start == "all":
         await save_all()
     cookie = await session_cookie()
@@ -311,7 +311,7 @@ async def test_large_events_for_clients_that_do_not_read_keep_memory_bounded(
     monkeypatch.setattr(EventsConsumer, "send_timeout", 30.0)  # they stay stuck meanwhile
     ns = f"ws-{uuid.uuid4().hex[:8]}"
     store = get_event_store(ns)
-    await store.aensure()
+    await store.aensure()  # type: ignore[attr-defined]  # a JetStream store
     count, blob, start = 80, "y" * (900 * 1024), "new"
     total = count * len(blob)
 

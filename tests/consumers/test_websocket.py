@@ -14,6 +14,7 @@ from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 
 from aether_django.consumers import EventsConsumer
+from aether_django.names import stream_name
 from aether_django.store import get_event_store
 from aether_django.testing.contract import ev
 
@@ -191,18 +192,18 @@ async def test_a_numeric_from_with_a_wildcard_gets_an_error_frame(base, pattern)
     await ws.disconnect()
 
 
-async def consumers_made_since(nats_url, since):
+async def consumers_made_since(aether_nats_url, since):
     """(stream, consumer) of every consumer on the server created at or after ``since``."""
     import datetime as dt
 
     import nats
 
-    nc = await nats.connect(nats_url)
+    nc = await nats.connect(aether_nats_url)
     try:
         js = nc.jetstream()
         found = []
         for stream in await js.streams_info():
-            for info in await js.consumers_info(stream.config.name):
+            for info in await js.consumers_info(str(stream.config.name)):
                 created = info.created
                 if isinstance(created, str):
                     created = dt.datetime.fromisoformat(created.replace("Z", "+00:00")[:26])
@@ -233,7 +234,7 @@ def now():
 )
 @pytest.mark.parametrize("start", ["all", "new"])
 async def test_a_pattern_no_grant_can_match_makes_no_consumer_and_gets_an_error(
-    base, nats_url, pattern, grants, start
+    base, aether_nats_url, pattern, grants, start
 ):
     for ns in (f"{base}", f"{base}.orders", f"{base}.eu.orders"):
         await get_event_store(ns).asave_event(ev("warm", 1))
@@ -242,7 +243,7 @@ async def test_a_pattern_no_grant_can_match_makes_no_consumer_and_gets_an_error(
         since = now()
         reply = await subscribe(ws, "s", pattern.format(base=base), **{"from": start})
         assert reply["type"] == "error" and reply["code"] == "not_found", reply
-        assert await consumers_made_since(nats_url, since) == []
+        assert await consumers_made_since(aether_nats_url, since) == []
         assert await ws.receive_nothing(0.3)
     finally:
         # Always: a subscription left behind would make consumers during later tests.
@@ -251,7 +252,7 @@ async def test_a_pattern_no_grant_can_match_makes_no_consumer_and_gets_an_error(
 
 @pytest.mark.parametrize("start", ["all", "new"])
 async def test_a_pattern_overlapping_grants_partly_reads_only_granted_streams(
-    base, nats_url, start
+    base, aether_nats_url, start
 ):
     eu, us = f"{base}.eu.orders", f"{base}.us.orders"
     for ns in (eu, us):
@@ -260,8 +261,8 @@ async def test_a_pattern_overlapping_grants_partly_reads_only_granted_streams(
     try:
         since = now()
         assert (await subscribe(ws, "s", ">", **{"from": start}))["type"] == "subscribed"
-        made = await consumers_made_since(nats_url, since)
-        assert {stream for stream, _ in made} == {get_event_store(eu).stream_name}, made
+        made = await consumers_made_since(aether_nats_url, since)
+        assert {stream for stream, _ in made} == {stream_name(eu)}, made
         await get_event_store(us).asave_event(ev("late", 1))
         await get_event_store(eu).asave_event(ev("late", 1))
         got = [await frame(ws) for _ in range(2 if start == "all" else 1)]

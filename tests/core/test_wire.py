@@ -150,7 +150,7 @@ def _literals(path: Path) -> list[tuple[int, str]]:
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.JoinedStr):
-            text = "".join(v.value for v in node.values if isinstance(v, ast.Constant))
+            text = "".join(str(v.value) for v in node.values if isinstance(v, ast.Constant))
             found.append((node.lineno, text))
         elif (
             isinstance(node, ast.Constant)

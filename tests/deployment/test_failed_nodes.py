@@ -17,13 +17,13 @@ from aether_django.runtime import Runtime
 
 
 @pytest.fixture
-def cluster(nats_url: str) -> Iterator[Callable[[str], Coordinator]]:
+def cluster(aether_nats_url: str) -> Iterator[Callable[[str], Coordinator]]:
     """Make coordinators sharing a fresh bucket, each with its own connection."""
     bucket = f"cluster_{uuid.uuid4().hex[:8]}"
     runtimes: list[Runtime] = []
 
     def make(node_id: str) -> Coordinator:
-        runtime = Runtime(nats_url)
+        runtime = Runtime(aether_nats_url)
         runtimes.append(runtime)
         config = ClusterConfig(
             bucket=bucket, heartbeat_interval=0.2, failure_timeout=1.0, num_shards=100

@@ -49,11 +49,11 @@ def auth_config() -> str:
 
 
 @pytest.fixture
-def secured(nats_server_factory, monkeypatch):
+def secured(aether_nats_server_factory, monkeypatch):
     """A nats-server with the compose file's users; the passwords in its environment."""
     for name, value in PASSWORDS.items():
         monkeypatch.setenv(name, value)
-    server = nats_server_factory(extra_config=auth_config())
+    server = aether_nats_server_factory(extra_config=auth_config())
     # This process's own runtime (stores, shard host, coordinator) is a worker.
     monkeypatch.setenv("AETHER_NATS_URL", server.url)
     worker_options = {"user": "worker", "password": PASSWORDS["NATS_WORKER_PASSWORD"]}

@@ -112,14 +112,14 @@ def test_the_shard_map_of_1024_shards_and_10_nodes_is_a_grid_a_screen_tall(
     styled_server: UvicornThread,
     browser: Any,  # noqa: F811
     elsewhere: Callable[..., Any],  # noqa: F811
-    nats_url: str,
+    aether_nats_url: str,
     tmp_path: Path,
 ) -> None:
     from playwright.sync_api import expect
 
     bucket = f"cluster_{uuid.uuid4().hex[:8]}"
     # Made in another thread: Playwright's loop runs in this one.
-    runtime = elsewhere(Runtime, nats_url)
+    runtime = elsewhere(Runtime, aether_nats_url)
     screenshot = tmp_path / "shard-map.png"
     aether = {**settings.AETHER, "CLUSTER_BUCKET": bucket, "NUM_SHARDS": NUM_SHARDS}
     with override_settings(AETHER=aether):

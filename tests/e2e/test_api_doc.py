@@ -113,11 +113,11 @@ def json_body(body: str) -> Any:
 
 
 @pytest.fixture
-def example_project(tmp_path, nats_server_factory):
+def example_project(tmp_path, aether_nats_server_factory):
     """The example project under uvicorn; yields its base URL."""
     if shutil.which("curl") is None:
         pytest.skip("the examples are curl commands, and curl is not installed")
-    nats = nats_server_factory()
+    nats = aether_nats_server_factory()
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "example_project.settings",

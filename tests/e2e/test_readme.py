@@ -73,9 +73,9 @@ def run_in_a_fresh_project(tmp_path: Path, settings_block: str, code: str, nats:
 
 
 @pytest.fixture
-def fresh_nats(nats_server_factory: Callable[..., NatsServer]) -> NatsServer:
+def fresh_nats(aether_nats_server_factory: Callable[..., NatsServer]) -> NatsServer:
     """A nats-server of the test's own, so the pages' ``order-42`` has no events yet."""
-    return nats_server_factory()
+    return aether_nats_server_factory()
 
 
 def test_the_two_set_up_commands_are_dev_py_demo_and_test() -> None:

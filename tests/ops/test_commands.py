@@ -57,10 +57,10 @@ def test_aether_status_shows_streams_and_cluster():
     assert ns in text and "Leader" in text
 
 
-def test_aether_status_names_the_active_beat(nats_url):
+def test_aether_status_names_the_active_beat(aether_nats_url):
     from aether_django.cluster import cluster_config
 
-    runtime = Runtime(nats_url)
+    runtime = Runtime(aether_nats_url)
     lease = BeatLease(runtime, "host-1-4242-abcd", cluster_config())
     try:
         holder = runtime.run(lease.acquire_or_renew())
@@ -73,7 +73,7 @@ def test_aether_status_names_the_active_beat(nats_url):
         runtime.close()
 
 
-def test_aether_streams_creates_and_checks(nats_url):
+def test_aether_streams_creates_and_checks(aether_nats_url):
     ns = f"ops-{uuid.uuid4().hex[:8]}"
     with pytest.raises(CommandError):
         run("aether_streams", ns, "--check")
@@ -88,7 +88,7 @@ def test_aether_streams_creates_and_checks(nats_url):
     assert "test-orders" in out
 
 
-def test_aether_replay_reports_decoding_errors_and_rebuilds_aggregates(nats_url):
+def test_aether_replay_reports_decoding_errors_and_rebuilds_aggregates(aether_nats_url):
     import asyncio
 
     ns = f"ops-{uuid.uuid4().hex[:8]}"
@@ -99,7 +99,7 @@ def test_aether_replay_reports_decoding_errors_and_rebuilds_aggregates(nats_url)
     assert "2 actors, 3 events, 0 replay errors, no aggregate class" in out
 
     async def corrupt():
-        nc = await nats.connect(nats_url)
+        nc = await nats.connect(aether_nats_url)
         await nc.jetstream().publish(store.subject_for("b"), b"garbage")  # type: ignore[attr-defined]
         await nc.close()
 
@@ -137,7 +137,7 @@ def test_aether_replay_names_each_actor_that_cannot_be_rebuilt():
     assert placed not in text  # an actor that rebuilds is not listed
 
 
-def test_aether_replay_draws_its_progress_bar_on_a_terminal(nats_url):
+def test_aether_replay_draws_its_progress_bar_on_a_terminal(aether_nats_url):
     """Run under a pseudo-terminal, as a person would: the bar (count, rate, time left)
     is drawn on stderr, and not with --no-progress or --verbosity 0. Into a pipe it is
     not drawn; --progress draws it off a terminal too."""
@@ -166,7 +166,7 @@ def test_aether_replay_draws_its_progress_bar_on_a_terminal(nats_url):
     assert piped.getvalue() == ""
 
 
-def test_aether_streams_draws_its_progress_bar_on_a_terminal_only(nats_url):
+def test_aether_streams_draws_its_progress_bar_on_a_terminal_only(aether_nats_url):
     names = [f"ops-{uuid.uuid4().hex[:8]}" for _ in range(3)]
     terminal = on_a_terminal("aether_streams", *names)
     assert re.search(r"\| 3/3 \[\d\d:\d\d<\d\d:\d\d, +[\d.]+namespace/s\]", terminal)
@@ -265,9 +265,9 @@ def test_aether_replay_refuses_a_bad_namespace():
         run("aether_replay", "bad..ns")
 
 
-def test_aether_status_shows_the_nodes_the_leader_its_term_and_the_last_rebalance(nats_url):
+def test_aether_status_shows_the_nodes_the_leader_its_term_and_the_last_rebalance(aether_nats_url):
     bucket = f"ops_{uuid.uuid4().hex[:8]}"
-    runtime = Runtime(nats_url)
+    runtime = Runtime(aether_nats_url)
     a, b, c = (
         Coordinator(runtime, node, ClusterConfig(bucket=bucket, num_shards=100))
         for node in ("node-a", "node-b", "node-c")
@@ -316,10 +316,10 @@ def test_aether_status_fails_with_a_clear_message_when_nats_is_away(monkeypatch)
 
 
 def test_aether_streams_check_reports_misconfigured_and_colliding_streams(
-    nats_server_factory, monkeypatch
+    aether_nats_server_factory, monkeypatch
 ):
     """On a server of its own, so that its broken streams trouble no other test's --all."""
-    server = nats_server_factory(name="aether-streams-check")
+    server = aether_nats_server_factory(name="aether-streams-check")
     monkeypatch.setenv("AETHER_NATS_URL", server.url)
     with override_settings(AETHER={**settings.AETHER}):
         get_event_store("good").save_event(ev("a", 1))  # a stream, and no snapshot bucket yet

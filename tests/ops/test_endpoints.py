@@ -163,11 +163,11 @@ def test_the_bus_metrics_count_deliveries_and_lag_and_follow_the_subscribers(sta
     assert closed["aether_bus_subscriptions"] == before["aether_bus_subscriptions"]
 
 
-def test_a_node_counts_the_leases_it_takes_and_the_shards_its_rebalances_move(nats_url):
+def test_a_node_counts_the_leases_it_takes_and_the_shards_its_rebalances_move(aether_nats_url):
     """The process-local counters of a node process (its own leadership and moves)."""
     leader_changes = metrics.LEADER_CHANGES.value()
     shard_moves = metrics.SHARD_MOVES.value()
-    runtime = Runtime(nats_url)
+    runtime = Runtime(aether_nats_url)
     config = ClusterConfig(bucket=f"met_{uuid.uuid4().hex[:8]}", num_shards=100)
     node = Coordinator(runtime, "node-m", config)
     try:
@@ -261,15 +261,15 @@ def test_cluster_figures_are_marked_unreadable_when_nats_is_away(monkeypatch):
 
 
 # --- structured logs ----------------------------------------------------------------------
-def test_a_real_leader_election_is_logged_as_json_with_its_node_and_term(nats_url):
+def test_a_real_leader_election_is_logged_as_json_with_its_node_and_term(aether_nats_url):
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
-    handler.emit = records.append  # type: ignore[method-assign]
+    handler.emit = records.append  # type: ignore[method-assign,assignment]
     coordinator_logger = logging.getLogger("aether_django.cluster.coordinator")
     coordinator_logger.addHandler(handler)
     previous_level = coordinator_logger.level
     coordinator_logger.setLevel(logging.INFO)
-    runtime = Runtime(nats_url)
+    runtime = Runtime(aether_nats_url)
     node = Coordinator(
         runtime, "node-log", ClusterConfig(bucket=f"log_{uuid.uuid4().hex[:8]}", num_shards=100)
     )
@@ -302,7 +302,7 @@ def test_json_logs_keep_lists_and_write_what_json_cannot_hold_as_repr():
 
 
 def test_a_node_failure_found_by_the_leaders_task_is_logged_with_leader_term_and_failed(
-    nats_url,
+    aether_nats_url,
 ):
     from aether_django import tasks
 
@@ -310,10 +310,10 @@ def test_a_node_failure_found_by_the_leaders_task_is_logged_with_leader_term_and
     bucket = f"log_{uuid.uuid4().hex[:8]}"
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
-    handler.emit = records.append  # type: ignore[method-assign]
+    handler.emit = records.append  # type: ignore[method-assign,assignment]
     tasks_logger = logging.getLogger("aether_django.tasks")
     tasks_logger.addHandler(handler)
-    runtime = Runtime(nats_url)
+    runtime = Runtime(aether_nats_url)
     other = Coordinator(runtime, "node-gone", ClusterConfig(bucket=bucket, num_shards=100))
     aether = {**settings.AETHER, "NODE_ID": leader_id, "CLUSTER_BUCKET": bucket}
     try:

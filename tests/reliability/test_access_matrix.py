@@ -737,11 +737,11 @@ def family() -> tuple[JetStreamEventStore, JetStreamEventStore]:
     return parent, child
 
 
-async def _stream(nats_url: str, store: JetStreamEventStore) -> tuple[list[str], int]:
-    nc = await nats.connect(nats_url)
+async def _stream(aether_nats_url: str, store: JetStreamEventStore) -> tuple[list[str], int]:
+    nc = await nats.connect(aether_nats_url)
     try:
         info = await nc.jetstream().stream_info(store.stream_name)
-        return list(info.config.subjects), info.state.messages
+        return list(info.config.subjects or ()), info.state.messages
     finally:
         await nc.close()
 
@@ -758,12 +758,12 @@ async def test_a_store_reads_nothing_of_another_namespace(family: Any) -> None:
 
 @pytest.mark.parametrize("actor_id", ["eu", "eu.x", "eu.*", "eu.>", "*", ">", "eu x"])
 async def test_saving_through_one_store_never_reaches_another_stream(
-    family: Any, nats_url: str, actor_id: str
+    family: Any, aether_nats_url: str, actor_id: str
 ) -> None:
     """Actor ids shaped like CHILD's subjects, or like wildcards, stay in PARENT's stream:
     ids that are not plain tokens are encoded into one subject token."""
     parent, child = family
-    child_subjects, child_messages = await _stream(nats_url, child)
+    child_subjects, child_messages = await _stream(aether_nats_url, child)
     before = await parent.aget_latest_version(actor_id)
     stored = await parent.asave_event(ev(actor_id, before + 1, ns="parent"))
 
@@ -772,9 +772,9 @@ async def test_saving_through_one_store_never_reaches_another_stream(
     prefix, token = parent.subject_for(actor_id).rsplit(".", 1)
     subjects = parent.config.subject_prefix
     assert prefix == f"{subjects}.{PARENT}" and "*" not in token and ">" not in token
-    assert await _stream(nats_url, child) == (child_subjects, child_messages)
+    assert await _stream(aether_nats_url, child) == (child_subjects, child_messages)
     assert child_subjects == [f"{subjects}.{CHILD}.*"]
-    assert (await _stream(nats_url, parent))[0] == [f"{subjects}.{PARENT}.*"]
+    assert (await _stream(aether_nats_url, parent))[0] == [f"{subjects}.{PARENT}.*"]
     assert [e.data["ns"] for e in await child.aget_events("x")] == ["child"]
     assert sorted(await child.aget_actor_ids()) == ["child-only", "x"]
     # A snapshot of the same actor id through PARENT leaves CHILD's snapshot alone.

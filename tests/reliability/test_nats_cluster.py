@@ -51,9 +51,10 @@ async def test_saves_survive_losing_a_server_and_the_stream_leader():
         namespace, runtime=runtime, config=StoreConfig(replicas=3, timeout=10.0)
     )
     bucket = f"cluster_{uuid.uuid4().hex[:8]}"
+    node_runtimes = [Runtime(cluster.url) for _ in range(2)]
     nodes = [
         Coordinator(
-            Runtime(cluster.url),
+            node_runtimes[i],
             f"node-{i}",
             ClusterConfig(bucket=bucket, replicas=3, heartbeat_interval=0.5, failure_timeout=3.0),
         )
@@ -159,7 +160,7 @@ async def test_saves_survive_losing_a_server_and_the_stream_leader():
             "after the stream leader died"
         )
     finally:
-        for node in nodes:
-            node.runtime.close()
+        for node_runtime in node_runtimes:
+            node_runtime.close()
         runtime.close()
         cluster.close()

@@ -26,8 +26,8 @@ PROCESSES = 4
 SAVES_EACH = 2500
 
 
-def test_a_server_killed_mid_stream_loses_and_duplicates_nothing(nats_server_factory):
-    server = nats_server_factory()
+def test_a_server_killed_mid_stream_loses_and_duplicates_nothing(aether_nats_server_factory):
+    server = aether_nats_server_factory()
     namespace = f"restart-{uuid.uuid4().hex[:8]}"
     actors = [f"writer-{i}" for i in range(PROCESSES)]
 

@@ -2,13 +2,13 @@
 open descriptors and NATS connections must not grow.
 
 The test project runs under uvicorn in a process of its own (on a SQLite file, with its
-own nats-server), and the test process loads it as bench/soak.py does, for
-SOAK_SECONDS after a warm-up: 100 WebSocket clients subscribed from "new" and one
-reconnecting client that resumes where it left off, saves through the HTTP API and
-through the event store, reads through the API on new connections, and two cluster
-nodes ticking heartbeats. The server's RSS and open file descriptors, the client
-connections nats-server reports and the test process's RSS are sampled after the
-warm-up and at the end; their growth must stay within the bounds of bench/soak.py
+own nats-server), and the test process loads it as bench/soak.py does (both run
+aether_django.testing.soak), for SOAK_SECONDS after a warm-up: 100 WebSocket clients
+subscribed from "new" and one reconnecting client that resumes where it left off,
+saves through the HTTP API and through the event store, reads through the API on new
+connections, and two cluster nodes ticking heartbeats. The server's RSS and open file
+descriptors, the client connections nats-server reports and the test process's RSS are
+sampled after the warm-up and at the end; their growth must stay within the bounds of that module
 (SERVER_RSS_GROWTH_MIB, FD_GROWTH, NATS_CONNECTION_GROWTH, CLIENT_RSS_GROWTH_MIB, each
 with the reason for its value). Every client must receive every event saved to its
 namespace exactly once and in order, no socket may get an error frame or be closed by
@@ -21,6 +21,7 @@ The longer version: ``.venv/bin/python -m bench.soak`` (10 minutes by default).
 from __future__ import annotations
 
 import base64
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -28,9 +29,14 @@ from pathlib import Path
 
 import pytest
 
-from aether_django.testing import find_free_port
-from bench._setup import ROOT, wait_for_server
-from bench.soak import (
+from aether_django.testing.processes import (
+    find_free_port,
+    start_process,
+    stop_process,
+    uvicorn_command,
+    wait_for_http,
+)
+from aether_django.testing.soak import (
     CLIENT_RSS_GROWTH_MIB,
     FD_GROWTH,
     NATS_CONNECTION_GROWTH,
@@ -40,8 +46,7 @@ from bench.soak import (
     Soak,
     Target,
 )
-from bench.ws import start_uvicorn, stop_uvicorn
-from tests.serverproc import prepared_project_env
+from tests.serverproc import ROOT, prepared_project_env
 
 pytestmark = pytest.mark.slow
 
@@ -67,10 +72,10 @@ LOGIN = (
 
 
 @pytest.fixture
-def soak_target(tmp_path: Path, nats_server_factory) -> Iterator[Target]:
+def soak_target(tmp_path: Path, aether_nats_server_factory) -> Iterator[Target]:
     """The test project under uvicorn, with a nats-server of its own (so that its
     connection counts are the soak's alone)."""
-    nats = nats_server_factory()
+    nats = aether_nats_server_factory()
     env = prepared_project_env(tmp_path, nats.url, USER, PASSWORD)
     env["AETHER_TEST_WS_PER_USER"] = str(10 * CLIENTS)  # every client is USER
     session = subprocess.run(
@@ -78,9 +83,14 @@ def soak_target(tmp_path: Path, nats_server_factory) -> Iterator[Target]:
     )
     port = find_free_port()
     log = tmp_path / "uvicorn.log"
-    server = start_uvicorn(port, env, app="tests.api.asgi:application", log=log)
+    command = uvicorn_command(
+        "tests.api.asgi:application",
+        port,
+        extra=["--log-level", "warning", "--timeout-keep-alive", "300"],
+    )
+    server = start_process(command, cwd=ROOT, env=env, log=log)
     try:
-        wait_for_server(port, server, "uvicorn", log=log)
+        wait_for_http(server, f"http://127.0.0.1:{port}/aether/healthz/", what="uvicorn", log=log)
         assert nats.process is not None
         token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
         yield Target(
@@ -95,7 +105,8 @@ def soak_target(tmp_path: Path, nats_server_factory) -> Iterator[Target]:
         )
         assert server.poll() is None, "the server exited during the soak"
     finally:
-        stop_uvicorn(server)
+        # SIGINT: uvicorn's graceful shutdown, as Ctrl-C gives it.
+        stop_process(server, 15.0, signal.SIGINT)
 
 
 async def test_a_soak_under_steady_load_grows_neither_memory_nor_connections(soak_target):

@@ -108,8 +108,8 @@ async def test_blocking_calls_inside_a_running_loop_are_refused():
         store.save_event(ev("a", 1))
 
 
-def test_reconnects_by_itself_after_a_server_restart(nats_server_factory):
-    server = nats_server_factory()
+def test_reconnects_by_itself_after_a_server_restart(aether_nats_server_factory):
+    server = aether_nats_server_factory()
     runtime = Runtime(server.url)
     try:
         store = JetStreamEventStore(unique_namespace(), runtime=runtime)
@@ -123,14 +123,14 @@ def test_reconnects_by_itself_after_a_server_restart(nats_server_factory):
         runtime.close()
 
 
-def test_the_runtime_closes_at_exit_without_hanging(nats_url):
+def test_the_runtime_closes_at_exit_without_hanging(aether_nats_url):
     script = textwrap.dedent(
         f"""
         import json
         from aether_django.runtime import Runtime
         from aether_django.store.jetstream import JetStreamEventStore
         from aether_django.testing.contract import ev
-        store = JetStreamEventStore("exit-test", runtime=Runtime({nats_url!r}))
+        store = JetStreamEventStore("exit-test", runtime=Runtime({aether_nats_url!r}))
         version = store.get_latest_version("a") + 1
         print(json.dumps(store.save_event(ev("a", version)).version))
         """
@@ -143,9 +143,9 @@ def test_the_runtime_closes_at_exit_without_hanging(nats_url):
     assert "Traceback" not in result.stderr
 
 
-def test_idle_sync_connections_are_kept_alive(nats_server_factory):
+def test_idle_sync_connections_are_kept_alive(aether_nats_server_factory):
     """The server drops clients that do not answer pings; idle portals still answer."""
-    server = nats_server_factory(extra_config="ping_interval: 1s\nping_max: 3")
+    server = aether_nats_server_factory(extra_config="ping_interval: 1s\nping_max: 3")
     runtime = Runtime(server.url)
     try:
         store = JetStreamEventStore(unique_namespace(), runtime=runtime)
@@ -159,8 +159,8 @@ def test_idle_sync_connections_are_kept_alive(nats_server_factory):
         runtime.close()
 
 
-def test_sync_calls_from_many_threads_use_a_few_pooled_connections(nats_url):
-    runtime = Runtime(nats_url)
+def test_sync_calls_from_many_threads_use_a_few_pooled_connections(aether_nats_url):
+    runtime = Runtime(aether_nats_url)
     try:
         store = JetStreamEventStore(unique_namespace(), runtime=runtime)
         for i in range(20):  # a new thread per call, as runserver does
@@ -173,10 +173,10 @@ def test_sync_calls_from_many_threads_use_a_few_pooled_connections(nats_url):
         runtime.close()
 
 
-def test_many_sync_calls_at_once_share_the_loop_thread_beyond_a_few_portals(nats_url):
+def test_many_sync_calls_at_once_share_the_loop_thread_beyond_a_few_portals(aether_nats_url):
     from aether_django.runtime import MAX_BUSY_PORTALS
 
-    runtime = Runtime(nats_url)
+    runtime = Runtime(aether_nats_url)
     try:
         store = JetStreamEventStore(unique_namespace(), runtime=runtime)
         threads = 4 * MAX_BUSY_PORTALS
@@ -226,8 +226,8 @@ def _wait_until(condition: Any, timeout: float = 5.0) -> bool:
     return True
 
 
-def test_the_runtime_connects_lazily_on_the_first_call(nats_server_factory):
-    server = nats_server_factory()
+def test_the_runtime_connects_lazily_on_the_first_call(aether_nats_server_factory):
+    server = aether_nats_server_factory()
     runtime = Runtime(server.url, name="lazy-runtime")
     try:
         store = JetStreamEventStore(unique_namespace(), runtime=runtime)
@@ -272,8 +272,8 @@ seen["connections"] = list(runtime._conns.values())
 """
 
 
-def test_the_runtime_closes_its_connections_at_exit(nats_server_factory):
-    server = nats_server_factory()
+def test_the_runtime_closes_its_connections_at_exit(aether_nats_server_factory):
+    server = aether_nats_server_factory()
 
     def run_child(name: str, *, without_hook: bool) -> list[bool]:
         script = _EXIT_SCRIPT.format(url=server.url, name=name, without_hook=without_hook)
@@ -304,9 +304,9 @@ def test_the_runtime_closes_its_connections_at_exit(nats_server_factory):
 
 
 async def test_an_error_in_a_subscription_callback_is_logged_at_error_with_its_subject(
-    nats_url, caplog
+    aether_nats_url, caplog
 ):
-    runtime = Runtime(nats_url, name="callback-test")
+    runtime = Runtime(aether_nats_url, name="callback-test")
     subject = f"test.callback.{os.getpid()}.{time.monotonic_ns()}"
     handled = asyncio.Event()
 

@@ -26,11 +26,11 @@ from aether_django.testing.contract import ev, unique_namespace
 
 
 @pytest.fixture
-def make_store(nats_url):
+def make_store(aether_nats_url):
     runtimes = []
 
     def make(namespace=None, url=None, **config):
-        runtime = Runtime(url or nats_url)
+        runtime = Runtime(url or aether_nats_url)
         runtimes.append(runtime)
         return JetStreamEventStore(
             namespace or unique_namespace(), runtime=runtime, config=StoreConfig(**config)
@@ -45,10 +45,10 @@ async def raw(url):
     return await nats.connect(url)
 
 
-async def test_one_stream_per_namespace_with_server_side_guarantees(make_store, nats_url):
+async def test_one_stream_per_namespace_with_server_side_guarantees(make_store, aether_nats_url):
     store = make_store()
     await store.asave_event(ev("order-1", 1))
-    nc = await raw(nats_url)
+    nc = await raw(aether_nats_url)
     try:
         info = await nc.jetstream().stream_info(f"{store.namespace}_events")
         assert info.config.subjects == [f"aether.events.{store.namespace}.*"]
@@ -59,12 +59,12 @@ async def test_one_stream_per_namespace_with_server_side_guarantees(make_store, 
         await nc.close()
 
 
-async def test_one_subject_per_actor_with_event_id_as_msg_id(make_store, nats_url):
+async def test_one_subject_per_actor_with_event_id_as_msg_id(make_store, aether_nats_url):
     store = make_store()
     first = await store.asave_event(ev("order-1", 1))
     await store.asave_event(ev("order 2", 1))
     stored = await store.asave_event(ev("order-1", 2))
-    nc = await raw(nats_url)
+    nc = await raw(aether_nats_url)
     try:
         js = nc.jetstream()
         msg = await js.get_last_msg(
@@ -85,12 +85,14 @@ async def test_one_subject_per_actor_with_event_id_as_msg_id(make_store, nats_ur
         await nc.close()
 
 
-async def test_the_server_refuses_a_write_with_a_stale_expected_sequence(make_store, nats_url):
+async def test_the_server_refuses_a_write_with_a_stale_expected_sequence(
+    make_store, aether_nats_url
+):
     """The version check is the server's: a publish that bypasses the store is refused too."""
     store = make_store()
     first = await store.asave_event(ev("order-1", 1))
     await store.asave_event(ev("order-1", 2))
-    nc = await raw(nats_url)
+    nc = await raw(aether_nats_url)
     try:
         js = nc.jetstream()
         stale = {"Nats-Expected-Last-Subject-Sequence": str(first.sequence)}
@@ -111,12 +113,12 @@ async def test_the_server_refuses_a_write_with_a_stale_expected_sequence(make_st
     assert await store.aget_events("order-9") == []
 
 
-async def test_reading_an_unknown_namespace_creates_nothing(make_store, nats_url):
+async def test_reading_an_unknown_namespace_creates_nothing(make_store, aether_nats_url):
     store = make_store()
     assert await store.aget_events("a") == []
     assert await store.aget_latest_version("a") == 0
     assert await store.aget_latest_snapshot("a") is None
-    nc = await raw(nats_url)
+    nc = await raw(aether_nats_url)
     try:
         names = [s.config.name for s in await nc.jetstream().streams_info()]
         assert f"{store.namespace}_events" not in names
@@ -124,10 +126,10 @@ async def test_reading_an_unknown_namespace_creates_nothing(make_store, nats_url
         await nc.close()
 
 
-async def test_save_events_is_one_atomic_batch_on_the_server(make_store, nats_url):
+async def test_save_events_is_one_atomic_batch_on_the_server(make_store, aether_nats_url):
     store = make_store()
     stored = await store.asave_events([ev("a", 1), ev("a", 2), ev("a", 3)])
-    nc = await raw(nats_url)
+    nc = await raw(aether_nats_url)
     try:
         js = nc.jetstream()
         headers = [
@@ -140,10 +142,12 @@ async def test_save_events_is_one_atomic_batch_on_the_server(make_store, nats_ur
         await nc.close()
 
 
-async def test_corrupt_messages_are_reported_without_losing_clean_events(make_store, nats_url):
+async def test_corrupt_messages_are_reported_without_losing_clean_events(
+    make_store, aether_nats_url
+):
     store = make_store()
     await store.asave_events([ev("a", 1), ev("a", 2)])
-    nc = await raw(nats_url)
+    nc = await raw(aether_nats_url)
     try:
         ack = await nc.jetstream().publish(
             store.subject_for("a"), b"\xffnot json at all", stream=f"{store.namespace}_events"
@@ -167,10 +171,10 @@ async def test_corrupt_messages_are_reported_without_losing_clean_events(make_st
         await asyncio.to_thread(store.get_events, "a")
 
 
-async def test_a_corrupt_last_message_does_not_break_version_checks(make_store, nats_url):
+async def test_a_corrupt_last_message_does_not_break_version_checks(make_store, aether_nats_url):
     store = make_store()
     await store.asave_events([ev("a", 1), ev("a", 2)])
-    nc = await raw(nats_url)
+    nc = await raw(aether_nats_url)
     try:
         await nc.jetstream().publish(store.subject_for("a"), b"garbage")
     finally:
@@ -183,7 +187,7 @@ async def test_a_corrupt_last_message_does_not_break_version_checks(make_store, 
     await fresh.asave_event(ev("a", 3))
 
 
-async def test_namespaces_whose_stream_names_collide_are_refused(make_store, nats_url):
+async def test_namespaces_whose_stream_names_collide_are_refused(make_store, aether_nats_url):
     base = unique_namespace()
     first = make_store(f"{base}.x")
     await first.asave_event(ev("a", 1))
@@ -192,7 +196,7 @@ async def test_namespaces_whose_stream_names_collide_are_refused(make_store, nat
         make_store(f"{base}__x")
     # A stream an earlier release (which accepted that spelling) made for "{base}__x":
     # the same stream, recorded for the other name. It is refused, not shared.
-    nc = await raw(nats_url)
+    nc = await raw(aether_nats_url)
     try:
         js = nc.jetstream()
         config = (await js.stream_info(first.stream_name)).config
@@ -208,7 +212,7 @@ async def test_namespaces_whose_stream_names_collide_are_refused(make_store, nat
             await second.aget_events("a")
     finally:
         # Namespace listings elsewhere in the session would meet the refused name.
-        nc = await raw(nats_url)
+        nc = await raw(aether_nats_url)
         try:
             await nc.jetstream().delete_stream(first.stream_name)
         finally:
@@ -287,7 +291,7 @@ async def test_server_down_gives_a_clear_error_within_the_timeout(make_store):
 
 
 async def test_an_unresponsive_server_gives_a_typed_error_within_the_timeout(
-    make_store, nats_server_factory
+    make_store, aether_nats_server_factory
 ):
     """A frozen server (SIGSTOP) keeps the TCP connection open but never answers.
 
@@ -297,7 +301,7 @@ async def test_an_unresponsive_server_gives_a_typed_error_within_the_timeout(
     so saving the same events again must settle on each stored exactly once.
     """
     timeout = 1.0
-    server = nats_server_factory()
+    server = aether_nats_server_factory()
     store = make_store(url=server.url, timeout=timeout)
     first = await store.asave_event(ev("a", 1))
     # Make the bucket and every actor's stream position known before the freeze, so
@@ -346,11 +350,11 @@ async def test_an_unresponsive_server_gives_a_typed_error_within_the_timeout(
 
 @pytest.mark.slow
 async def test_server_going_away_mid_write_leaves_nothing_half_written(
-    make_store, nats_server_factory
+    make_store, aether_nats_server_factory
 ):
     """Kill the server during batched saves: acknowledged saves are stored once,
     refused ones left nothing, unconfirmed ones are whole or absent and resolve on retry."""
-    server = nats_server_factory()
+    server = aether_nats_server_factory()
     store = make_store(url=server.url, timeout=1.5)
     acknowledged, refused, unknown = [], [], []
 
@@ -408,12 +412,12 @@ async def test_an_unconfirmed_save_is_resolved_by_saving_it_again(make_store):
     assert len(await other.aget_events("a")) == 2
 
 
-async def test_stream_settings_come_from_the_store_config(make_store, nats_url):
+async def test_stream_settings_come_from_the_store_config(make_store, aether_nats_url):
     store = make_store(
         storage="memory", max_age=3600, max_bytes=50_000_000, duplicate_window=30, immutable=False
     )
     await store.asave_event(ev("a", 1))
-    nc = await raw(nats_url)
+    nc = await raw(aether_nats_url)
     try:
         config = (await nc.jetstream().stream_info(store.stream_name)).config
         assert getattr(config.storage, "value", config.storage) == "memory"
@@ -428,13 +432,13 @@ async def test_stream_settings_come_from_the_store_config(make_store, nats_url):
 
 
 async def test_a_saved_snapshot_is_in_the_namespaces_bucket_under_the_actors_key(
-    make_store, nats_url
+    make_store, aether_nats_url
 ):
     store = make_store()
     await store.asave_event(ev("order 1", 1))
     snapshot = ActorSnapshot(actor_id="order 1", version=1, state={"total": 30})
     await store.asave_snapshot(snapshot)
-    nc = await raw(nats_url)
+    nc = await raw(aether_nats_url)
     try:
         kv = await nc.jetstream().key_value(f"{store.namespace}_snapshots")
         entry = await kv.get(names.actor_token("order 1"))

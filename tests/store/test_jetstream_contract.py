@@ -10,7 +10,7 @@ from aether_django.testing.contract import EventStoreContract
 
 class TestJetStreamEventStore(EventStoreContract):
     @pytest.fixture
-    def make_store(self, nats_server):
+    def make_store(self, aether_nats_server):
         def make(namespace):
             return JetStreamEventStore(namespace, runtime=get_runtime(), config=store_config())
 

@@ -1,4 +1,4 @@
-"""aether_django.testing: the nats_server context manager, the configured URL, versions."""
+"""aether_django.testing: the nats_server context manager, the pytest plugin's URL, versions."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import nats
 import nats.errors
 import pytest
 
+import aether_django
 from aether_django.testing import (
     NatsServer,
     NatsServerError,
@@ -56,28 +57,36 @@ async def test_pause_returns_only_once_the_server_no_longer_answers():
             await nc.close()
 
 
-# The fixture run in a pytest of its own, so its session fixture sees only the
-# configuration given here. Starting a server makes that run fail.
+PROJECT_ROOT = Path(aether_django.__file__).resolve().parent.parent
+
+# The plugin run in a pytest of its own, which opts in to it from its conftest (with
+# plugin autoloading off: nothing else may register it), so its session fixture sees
+# only the configuration given here.
 _INNER_CONFTEST = """
-from aether_django.testing.server import NatsServer
-
-
-def _refuse(self, *args, **kwargs):
-    raise AssertionError("the nats_server fixture started a server")
-
-
-NatsServer.start = _refuse
+pytest_plugins = ["aether_django.testing.pytest_plugin"]
 """
 
 _INNER_TEST = """
 import os
 
 from aether_django.testing.pytest_plugin import ExternalNatsServer
+from aether_django.testing.server import NatsServer
 
 
-def test_the_configured_server_is_used(nats_server, nats_url):
-    assert isinstance(nats_server, ExternalNatsServer)
-    assert nats_url == os.environ["EXPECTED_NATS_URL"]
+def test_the_server(aether_nats_server, aether_nats_url):
+    expected = os.environ.get("EXPECTED_NATS_URL")
+    if expected:
+        assert isinstance(aether_nats_server, ExternalNatsServer)
+        assert aether_nats_url == expected
+    else:
+        assert isinstance(aether_nats_server, NatsServer)
+        assert aether_nats_url not in os.environ["CONFIGURED_URLS"].split()
+    # The app and child processes follow the tests' server, not the configured one.
+    assert os.environ["AETHER_NATS_URL"] == aether_nats_url
+
+
+def test_the_former_names_still_work(nats_server, nats_url, nats_server_factory):
+    assert nats_url == nats_server.url == os.environ["AETHER_NATS_URL"]
 """
 
 _INNER_SETTINGS = """
@@ -89,46 +98,76 @@ AETHER = {"NATS_URL": os.environ["SETTINGS_NATS_URL"]}
 """
 
 
-@pytest.mark.parametrize(
-    ("from_environment", "from_settings", "expected"),
-    [
-        (True, False, "environment"),
-        (False, True, "settings"),
-        (True, True, "environment"),
-    ],
-    ids=["AETHER_NATS_URL", "AETHER-NATS_URL-setting", "environment-wins"],
-)
-def test_the_fixture_uses_a_configured_url_and_starts_no_server(
-    tmp_path: Path, from_environment: bool, from_settings: bool, expected: str
-) -> None:
-    urls = {
-        "environment": f"nats://127.0.0.1:{find_free_port()}",
-        "settings": f"nats://127.0.0.1:{find_free_port()}",
-    }
+def _run_inner(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     (tmp_path / "conftest.py").write_text(_INNER_CONFTEST)
     (tmp_path / "test_inner.py").write_text(_INNER_TEST)
     (tmp_path / "inner_settings.py").write_text(_INNER_SETTINGS)
-    env = {**os.environ, "PYTHONPATH": str(tmp_path), "EXPECTED_NATS_URL": urls[expected]}
-    # This session's own server and settings must not leak into the inner run.
-    env.pop("AETHER_NATS_URL", None)
-    env.pop("DJANGO_SETTINGS_MODULE", None)
-    if from_environment:
-        env["AETHER_NATS_URL"] = urls["environment"]
-    if from_settings:
-        env["DJANGO_SETTINGS_MODULE"] = "inner_settings"
-        env["SETTINGS_NATS_URL"] = urls["settings"]
-
-    result = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_inner.py"],
         cwd=tmp_path,
-        env=env,
+        env={
+            **env,
+            # The aether_django under test, wherever it is installed from.
+            "PYTHONPATH": os.pathsep.join([str(tmp_path), str(PROJECT_ROOT)]),
+            "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
+        },
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
+
+
+def _clean_environment() -> dict[str, str]:
+    env = dict(os.environ)
+    # This session's own server and settings must not leak into the inner run.
+    for name in ("AETHER_NATS_URL", "AETHER_TEST_NATS_URL", "DJANGO_SETTINGS_MODULE"):
+        env.pop(name, None)
+    return env
+
+
+@pytest.mark.parametrize(
+    ("from_environment", "from_settings"),
+    [(True, False), (False, True), (True, True)],
+    ids=["AETHER_NATS_URL", "AETHER-NATS_URL-setting", "both"],
+)
+def test_the_fixture_never_uses_a_configured_url(
+    tmp_path: Path, from_environment: bool, from_settings: bool
+) -> None:
+    """A project's configured NATS (maybe production's) is not where tests write."""
+    urls = [f"nats://127.0.0.1:{find_free_port()}" for _ in range(2)]
+    env = {**_clean_environment(), "CONFIGURED_URLS": " ".join(urls)}
+    if from_environment:
+        env["AETHER_NATS_URL"] = urls[0]
+    if from_settings:
+        env["DJANGO_SETTINGS_MODULE"] = "inner_settings"
+        env["SETTINGS_NATS_URL"] = urls[1]
+
+    result = _run_inner(tmp_path, env)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "1 passed" in result.stdout
+    assert "2 passed" in result.stdout
+
+
+def test_only_the_explicit_opt_in_points_the_fixture_at_another_server(tmp_path: Path) -> None:
+    own = f"nats://127.0.0.1:{find_free_port()}"
+    env = {
+        **_clean_environment(),
+        "AETHER_TEST_NATS_URL": own,
+        "EXPECTED_NATS_URL": own,
+        "AETHER_NATS_URL": f"nats://127.0.0.1:{find_free_port()}",
+    }
+    # Starting a server would fail this run: the opt-in names the one to use.
+    (tmp_path / "no_start.py").write_text(
+        "from aether_django.testing.server import NatsServer\n"
+        "def _refuse(self, *args, **kwargs):\n"
+        "    raise AssertionError('the fixture started a server')\n"
+        "NatsServer.start = _refuse\n"
+    )
+    result = _run_inner(tmp_path, {**env, "PYTEST_ADDOPTS": "-p no_start"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 passed" in result.stdout
+    # The former fixture names work, with a DeprecationWarning.
+    assert "the fixture 'nats_url' is deprecated; use 'aether_nats_url'" in result.stdout
 
 
 def _fake_server(tmp_path: Path, version_line: str) -> str:

@@ -19,8 +19,8 @@ from aether_django.testing.contract import unique_namespace
 
 
 @pytest.fixture
-async def nc(nats_url):
-    conn = await nats.connect(nats_url)
+async def nc(aether_nats_url):
+    conn = await nats.connect(aether_nats_url)
     yield conn
     await conn.close()
 
@@ -87,7 +87,8 @@ async def test_a_refused_write_comes_back_with_its_error_code(nc) -> None:
     assert info.value.code == 10071
 
     last = await direct_get_last(nc, name, f"{name}.a", 5.0)
-    assert last is not None and last.data == b"2" and last.headers[hdr.SEQUENCE] == "2"
+    assert last is not None and last.data == b"2"
+    assert last.headers is not None and last.headers[hdr.SEQUENCE] == "2"
     assert await direct_get_last(nc, name, f"{name}.none", 5.0) is None
     nxt = await direct_get(nc, name, 5.0, seq=1, next_by_subject=f"{name}.a")
     assert nxt is not None and nxt.data == b"1"
@@ -102,8 +103,8 @@ async def test_a_refused_write_comes_back_with_its_error_code(nc) -> None:
     assert listed == [name]
 
 
-async def test_the_wire_package_keeps_no_closed_connection_alive(nats_url) -> None:
-    conn = await nats.connect(nats_url)
+async def test_the_wire_package_keeps_no_closed_connection_alive(aether_nats_url) -> None:
+    conn = await nats.connect(aether_nats_url)
     with pytest.raises(nats.errors.NoRespondersError):
         await request(conn, f"nobody.{unique_namespace()}", b"", 2.0)
     with pytest.raises(nats.errors.NoRespondersError):
