@@ -1,4 +1,5 @@
-"""Without its extras, the app still loads: a plain install has Django, DRF and nats-py.
+"""Without its extras, the app still loads: a plain install has Django, DRF and nats-py
+(and prometheus-client and tqdm).
 
 Each check runs a fresh interpreter in which the extras' packages cannot be imported
 (a ``sys.meta_path`` finder refuses them, as if they were not installed).
@@ -161,6 +162,8 @@ def test_the_extras_match_what_pyproject_declares() -> None:
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     names = {extra.removeprefix("api-") for extra in declared["optional-dependencies"]}
     assert {"ws", "celery", "schema", "testing", "all", "test"} <= names
-    # A plain install: Django, DRF and nats-py, nothing an extra brings.
+    # A plain install: Django, DRF and nats-py, and the two small pure-Python libraries
+    # of the metrics and the progress bars (docs/architecture.md, "Optional
+    # dependencies"); nothing an extra brings.
     plain = {dep.split(">")[0].split("=")[0].split("[")[0] for dep in declared["dependencies"]}
-    assert plain == {"Django", "djangorestframework", "nats-py"}
+    assert plain == {"Django", "djangorestframework", "nats-py", "prometheus-client", "tqdm"}

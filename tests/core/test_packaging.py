@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email
+import re
 import shutil
 import subprocess
 import sys
@@ -54,8 +55,8 @@ def test_the_built_wheel_ships_py_typed_the_templates_and_its_extras(tmp_path: P
     assert metadata["Version"] == aether_django.__version__
     assert metadata["License-Expression"] == "Apache-2.0"
     requires = metadata.get_all("Requires-Dist") or []
-    plain = sorted(r.split(">")[0].split("=")[0] for r in requires if "extra ==" not in r)
-    assert plain == ["Django", "djangorestframework", "nats-py"]
+    plain = sorted(re.split(r"[<>=!~;\[ ]", r)[0] for r in requires if "extra ==" not in r)
+    assert plain == ["Django", "djangorestframework", "nats-py", "prometheus-client", "tqdm"]
     assert {"ws", "celery", "api-schema", "testing", "all"} <= set(
         metadata.get_all("Provides-Extra") or []
     )
