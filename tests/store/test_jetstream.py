@@ -1,6 +1,7 @@
 """What is specific to the JetStream store: streams, subjects, headers, corrupt messages, faults."""
 
 import asyncio
+import dataclasses
 import json
 import time
 
@@ -10,6 +11,7 @@ import pytest
 
 from aether_django import names
 from aether_django.errors import (
+    EventStoreError,
     InvalidNamespaceError,
     NamespaceCollisionError,
     PayloadTooLargeError,
@@ -411,6 +413,18 @@ async def test_an_unconfirmed_save_is_resolved_by_saving_it_again(make_store):
     again = await other.asave_events(batch)
     assert [e.sequence for e in again] == [e.sequence for e in stored]
     assert len(await other.aget_events("a")) == 2
+
+
+async def test_an_event_id_stored_for_one_actor_is_refused_for_another(make_store):
+    """The server holds the id already (its ack says duplicate): the save is refused and
+    stores nothing, instead of answering with the other actor's sequence."""
+    store = make_store()
+    first = await store.asave_event(ev("a", 1))
+    reused = dataclasses.replace(ev("b", 1), id=first.id)
+    with pytest.raises(EventStoreError, match="unique"):
+        await store.asave_event(reused)
+    assert await store.aget_events("b") == []
+    assert await store.aget_latest_version("b") == 0
 
 
 async def test_stream_settings_come_from_the_store_config(make_store, aether_nats_url):
