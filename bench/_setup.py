@@ -63,7 +63,7 @@ async def add_store_like_stream(js: Any, namespace: str, runtime: Any) -> tuple[
     from aether_django.store.jetstream import JetStreamEventStore
 
     template = JetStreamEventStore(namespace, runtime=runtime)
-    config = template._stream_config()
+    config = template._provisioner.stream_config()
     await js.add_stream(config)
     return str(config.name), template
 

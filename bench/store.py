@@ -733,7 +733,7 @@ async def bench_conflict(b: Bench) -> None:
             elapsed = await (aether_try(store) if store is not None else raw_try())
             if i >= warmup:
                 times[name].append(elapsed * 1000)
-    assert len(warm._heads) == 1 and len(cold._heads) == 0
+    assert len(warm._reads.heads) == 1 and len(cold._reads.heads) == 0
     raw_p50, raw_p99 = percentile(times["raw"], 50), percentile(times["raw"], 99)
     report = b.report
     for label, name in (("warm", "warm"), ("cold", "cold")):
@@ -1059,7 +1059,7 @@ async def bench_actor_pages(b: Bench) -> None:
     ``aget_latest_versions`` of the page. "cold" forgets the listing window kept
     between calls (the first page after actors came or went, or a new process);
     "warm" keeps it (walking the pages)."""
-    from aether_django.store import jetstream
+    from aether_django.store.jetstream import listing
 
     count = b.sizes.page_actors
     progress(f"8. actor-list pages ({count:,} actors, {PAGE} a page)")
@@ -1088,7 +1088,7 @@ async def bench_actor_pages(b: Bench) -> None:
         nonlocal created
         after, at = cursors[number]
         if mode == "cold":
-            jetstream._WINDOWS.clear()
+            listing.forget_windows()
         elif mode == "churn":  # one actor more since the last page (sorted after all)
             await store.asave_event(new_event(f"zz-{created:06d}", 1))
             created += 1

@@ -108,22 +108,26 @@ class PubAck(NamedTuple):
 
 # The common shape of an ack: a plain stream name, then the sequence.
 _ACK = re.compile(rb'\{"stream":"[^"\\]*","seq":(\d+)[,}]')
-_DUPLICATE = b'"duplicate":true'
+#: A duplicate's ack: Go's encoder writes ``"duplicate":true``, but nats-server builds
+#: that ack by hand (2.15 writes ``"duplicate": true``), so any spacing is accepted.
+_DUPLICATE = re.compile(rb'"duplicate"\s*:\s*true')
 
 
 def parse_ack(data: bytes) -> PubAck:
     """The publish ack in ``data``; JetStreamRefused when the server refused the write.
 
     nats-server writes an ack as ``{"stream":"…","seq":N[,"domain":"…"][,"duplicate":true]…}``
-    (Go's encoder, fields in declaration order), so the sequence is read off the bytes
-    without decoding JSON: a save is one round trip and the ack's decoding was a few
-    per cent of its CPU. Anything not shaped that way (errors, a server that writes
-    another order, a stream name with a quote or backslash in it) goes through the
-    JSON decoder.
+    (Go's encoder, fields in declaration order; a duplicate's flag may be spaced), so
+    the sequence is read off the bytes without decoding JSON: a save is one round trip
+    and the ack's decoding was a few per cent of its CPU. Anything not shaped that way
+    (errors, a server that writes another order, a stream name with a quote or
+    backslash in it) goes through the JSON decoder.
     """
     match = _ACK.match(data)
     if match is not None and b'"error"' not in data:
-        return PubAck(int(match.group(1)), _DUPLICATE in data)
+        # The substring test first: a save's ack is rarely a duplicate.
+        duplicate = b'"duplicate"' in data and _DUPLICATE.search(data) is not None
+        return PubAck(int(match.group(1)), duplicate)
     doc = parse_reply(data)
     try:
         return PubAck(int(doc["seq"]), bool(doc.get("duplicate")))

@@ -276,7 +276,7 @@ def legacy_stream(aether_nats_url):
         # The settings a store gives its stream today, renamed for ``namespace``.
         # No runtime: the template only builds a stream configuration, never connects.
         template = JetStreamEventStore(f"t{RUN}", runtime=None, config=store_config())  # type: ignore[arg-type]
-        config = template._stream_config()
+        config = template._provisioner.stream_config()
         config.name = stream_name(namespace)
         config.subjects = [f"{template.config.subject_prefix}.{namespace}.*"]
         config.metadata = {"aether_namespace": namespace}

@@ -118,6 +118,19 @@ def test_the_ack_parser_reads_what_json_reads(
     assert parse_ack(data) == _json_ack(data)
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        # nats-server 2.15 writes a duplicate's ack by hand, with a space after the colon.
+        b'{"stream":"s","seq":1,"duplicate": true}',
+        b'{"stream":"s","seq":1,"domain":"d","duplicate":\ttrue}',
+        b'{"stream":"s","seq":1,"duplicate":true}',
+    ],
+)
+def test_a_duplicate_is_recognised_however_the_server_spaces_it(data: bytes) -> None:
+    assert parse_ack(data) == PubAck(1, True) == _json_ack(data)
+
+
 def test_a_refused_write_raises_with_the_error_code() -> None:
     data = (
         b'{"error":{"code":400,"err_code":10071,"description":"wrong last sequence: 4"},'

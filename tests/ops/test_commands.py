@@ -359,7 +359,7 @@ def test_aether_streams_check_reports_misconfigured_and_colliding_streams(
 
 
 def stream_config(namespace: str) -> StreamConfig:
-    return get_event_store(namespace)._stream_config()  # type: ignore[attr-defined]
+    return get_event_store(namespace)._provisioner.stream_config()  # type: ignore[attr-defined]
 
 
 def by_hand(config: StreamConfig) -> None:

@@ -1,6 +1,7 @@
 """What is specific to the JetStream store: streams, subjects, headers, corrupt messages, faults."""
 
 import asyncio
+import dataclasses
 import json
 import time
 
@@ -10,6 +11,7 @@ import pytest
 
 from aether_django import names
 from aether_django.errors import (
+    EventStoreError,
     InvalidNamespaceError,
     NamespaceCollisionError,
     PayloadTooLargeError,
@@ -21,7 +23,8 @@ from aether_django.errors import (
 from aether_django.events import ActorSnapshot
 from aether_django.runtime import Runtime
 from aether_django.store.base import StoreConfig
-from aether_django.store.jetstream import JetStreamEventStore, _Tokens
+from aether_django.store.jetstream import JetStreamEventStore
+from aether_django.store.jetstream.listing import Tokens
 from aether_django.testing.contract import ev, unique_namespace
 
 
@@ -412,6 +415,18 @@ async def test_an_unconfirmed_save_is_resolved_by_saving_it_again(make_store):
     assert len(await other.aget_events("a")) == 2
 
 
+async def test_an_event_id_stored_for_one_actor_is_refused_for_another(make_store):
+    """The server holds the id already (its ack says duplicate): the save is refused and
+    stores nothing, instead of answering with the other actor's sequence."""
+    store = make_store()
+    first = await store.asave_event(ev("a", 1))
+    reused = dataclasses.replace(ev("b", 1), id=first.id)
+    with pytest.raises(EventStoreError, match="unique"):
+        await store.asave_event(reused)
+    assert await store.aget_events("b") == []
+    assert await store.aget_latest_version("b") == 0
+
+
 async def test_stream_settings_come_from_the_store_config(make_store, aether_nats_url):
     store = make_store(
         storage="memory", max_age=3600, max_bytes=50_000_000, duplicate_window=30, immutable=False
@@ -458,19 +473,19 @@ def test_a_listing_replys_keys_are_decoded_as_far_as_read_and_sorted_if_out_of_o
 
     raw = b'{"subjects":{"p.a":1,"p.b":2,"p.c\\u003d":1,"p.d":3}}'
     start = raw.index(b"{", 1)
-    tokens = _Tokens(raw, start, raw.index(b"}") + 1, "p.")
+    tokens = Tokens(raw, start, raw.index(b"}") + 1, "p.")
     assert len(tokens) == 4
     assert tokens[:2] == ["a", "b"]
     assert tokens._decoded == ["a", "b"]  # nothing decoded past the page
     assert list(tokens) == ["a", "b", "c=", "d"]  # an escaped key is decoded as JSON
     unordered = b'{"subjects":{"p.b":1,"p.a":2,"p.c":1}}'
-    tokens = _Tokens(unordered, unordered.index(b"{", 1), unordered.index(b"}") + 1, "p.")
+    tokens = Tokens(unordered, unordered.index(b"{", 1), unordered.index(b"}") + 1, "p.")
     # Disorder among the keys read is noticed, and then every key is sorted.
     assert tokens[:2] == ["a", "b"] and list(tokens) == ["a", "b", "c"] and len(tokens) == 3
 
 
 async def test_the_servers_subject_listing_comes_in_key_order(make_store):
-    # _Tokens relies on it (nats-server writes the map with Go's JSON encoder, which
+    # Tokens relies on it (nats-server writes the map with Go's JSON encoder, which
     # orders map keys): check it on the real server with actors saved out of order.
     store = make_store()
     ids = [f"actor-{n:03d}" for n in (7, 3, 9, 1, 5, 0, 8, 2, 6, 4)]
@@ -478,9 +493,9 @@ async def test_the_servers_subject_listing_comes_in_key_order(make_store):
         await store.asave_event(ev(actor_id, 1))
     prefix = store._subject_prefix + "."
     for offset in (0, 3):  # whole, and paged (which the server sorts itself)
-        raw = await store._stream_info_raw(
-            {"subjects_filter": prefix + "*", "offset": offset}, store._deadline()
+        raw = await store._inspector.stream_info_raw(
+            {"subjects_filter": prefix + "*", "offset": offset}, store._retry.deadline()
         )
         start = raw.index(b'"subjects":{') + len(b'"subjects":')
-        keys = [m.group(1) for m in _Tokens._KEY.finditer(raw, start, raw.index(b"}", start))]
+        keys = [m.group(1) for m in Tokens._KEY.finditer(raw, start, raw.index(b"}", start))]
         assert keys == sorted(keys) and len(keys) == 10 - offset

@@ -65,6 +65,18 @@ async def test_a_request_to_a_subject_without_listeners_raises_no_responders(nc)
         await request(nc, f"nobody.{unique_namespace()}", b"", 2.0)
 
 
+async def test_a_repeated_message_id_comes_back_as_a_duplicate(nc) -> None:
+    # What the store relies on to store an event id once: the server's own ack bytes.
+    js = nc.jetstream()
+    name = f"wire_{unique_namespace()}"
+    await js.add_stream(name=name, subjects=[f"{name}.*"], duplicate_window=60)
+    first = parse_ack((await request(nc, f"{name}.a", b"1", 5.0, {hdr.MSG_ID: "x"})).data)
+    assert not first.duplicate
+    for subject in (f"{name}.a", f"{name}.b"):  # the same subject, and another
+        again = parse_ack((await request(nc, subject, b"2", 5.0, {hdr.MSG_ID: "x"})).data)
+        assert again == (first.seq, True)
+
+
 async def test_a_refused_write_comes_back_with_its_error_code(nc) -> None:
     js = nc.jetstream()
     name = f"wire_{unique_namespace()}"
