@@ -51,7 +51,12 @@ _LAG_SAMPLE = 16
 
 class Feed:
     """The JetStream consumers behind one subscription, or behind the shared "new"
-    subscriptions of one pattern, handing what they read to those subscriptions."""
+    subscriptions of one pattern, handing what they read to those subscriptions.
+
+    ``budget``: the byte budget of each consumer of a feed of one subscription (its
+    ``buffer_bytes``); None for a shared feed, whose consumers never wait for one of
+    its subscriptions (they end on overflow instead).
+    """
 
     def __init__(
         self,
@@ -65,8 +70,6 @@ class Feed:
         budget: int | None = None,
     ) -> None:
         self.bus = bus
-        # Shared by subscriptions from "new": its consumers never wait for one of them.
-        self.shared = budget is None
         self.pattern = pattern
         self.start_at = start
         self.subs: list[Subscription] = []

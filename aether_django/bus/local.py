@@ -218,6 +218,10 @@ class Subscription:
     most, after ``handler_backoff`` seconds doubling each time; then the
     subscription ends with SubscriptionHandlerError. An iterating subscriber
     whose handler failed calls :meth:`nack` for the same.
+
+    A bus that reads from outside the process passes ``source=`` (a
+    :class:`SubscriptionSource`), which is told of each handled delivery and
+    released when the subscription closes.
     """
 
     def __init__(
