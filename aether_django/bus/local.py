@@ -30,7 +30,7 @@ import threading
 import warnings
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from .. import metrics
 from ..aio import running_loop
@@ -50,6 +50,7 @@ __all__ = [
     "SubscriptionClosedError",
     "SubscriptionHandlerError",
     "SubscriptionOverflowError",
+    "SubscriptionSource",
 ]
 
 #: Deliveries a subscription buffers before it overflows, unless told otherwise.
@@ -169,6 +170,39 @@ class SubscriptionClosedError(AetherError):
     """The subscription was closed by the bus (for example, its setup failed)."""
 
 
+class SubscriptionSource(Protocol):
+    """What fills a subscription from outside this process (the NATS bus's feed), as
+    the subscription sees it.
+
+    Deliveries themselves arrive through :meth:`Subscription.deliver` (or
+    ``adeliver``); this is the rest a subscription asks of its source. A bus that
+    has one passes it as ``Subscription(source=...)``; the in-process bus has none.
+    """
+
+    @property
+    def tracks_handled(self) -> bool:
+        """Whether :meth:`took` wants each delivery once it is handled."""
+        ...
+
+    async def ready(self) -> None:
+        """Return once the source delivers (so that ``start="new"`` is exact)."""
+        ...
+
+    def reached(self) -> dict[str, int]:
+        """Namespace -> the sequence the source has offered the subscription
+        everything up to (a resume point for namespaces that delivered nothing)."""
+        ...
+
+    def took(self, delivery: Delivery) -> None:
+        """The subscriber has handled ``delivery`` (never earlier: a crash while
+        handling must not skip it); a durable source saves it as its position."""
+        ...
+
+    async def stop(self) -> None:
+        """Release what the source keeps for the subscription, which has closed."""
+        ...
+
+
 class Subscription:
     """Events matching a namespace pattern and a filter, as an async iterator.
 
@@ -184,6 +218,10 @@ class Subscription:
     most, after ``handler_backoff`` seconds doubling each time; then the
     subscription ends with SubscriptionHandlerError. An iterating subscriber
     whose handler failed calls :meth:`nack` for the same.
+
+    A bus that reads from outside the process passes ``source=`` (a
+    :class:`SubscriptionSource`), which is told of each handled delivery and
+    released when the subscription closes.
     """
 
     def __init__(
@@ -200,6 +238,7 @@ class Subscription:
         on_error: ErrorCallback | None = None,
         handler_retries: int = DEFAULT_HANDLER_RETRIES,
         handler_backoff: float = DEFAULT_HANDLER_BACKOFF,
+        source: SubscriptionSource | None = None,
     ) -> None:
         if overflow not in ("end", "wait"):
             raise ValueError('overflow must be "end" or "wait"')
@@ -238,9 +277,10 @@ class Subscription:
         self._error: BaseException | None = None
         self._on_close = on_close
         self.on_error = on_error
-        #: Called with each delivery once the subscriber has handled it (durable
-        #: positions), never earlier: a crash while handling must not skip it.
-        self._on_take: Callable[[Delivery], None] | None = None
+        #: Where deliveries come from, when that is outside this process.
+        self.source = source
+        # Whether handled deliveries are told to the source (durable positions).
+        self._tracks = source is not None and source.tracks_handled
         #: The delivery handed over last and not yet counted as handled.
         self._pending: Delivery | None = None
         #: The delivery handed over last, and how often in a row its handler failed.
@@ -249,11 +289,6 @@ class Subscription:
         #: A delivery whose handler failed, with the error: handed over again
         #: (after a wait) before anything else.
         self._retry: tuple[Delivery, BaseException] | None = None
-        #: Namespace -> the sequence the source has offered this subscription
-        #: everything up to (set by buses that know it; see _resume_point).
-        self._reached: Callable[[], dict[str, int]] | None = None
-        #: Awaited by aclose() to release what the bus set up for this subscription.
-        self._stopper: Callable[[], Awaitable[None]] | None = None
         if callback is not None and inspect.iscoroutinefunction(callback):
             # Awaited one at a time, in order, with the same buffer as an iterator.
             if loop is None or loop is not running_loop():
@@ -403,10 +438,10 @@ class Subscription:
         for delivery in self._queue:
             if delivery.sequence is not None:
                 point[delivery.namespace] = delivery.sequence
-        if self._reached is not None:
+        if self.source is not None:
             # Namespaces that delivered nothing: resume where the source had got to,
             # not from their first event.
-            for namespace, seq in self._reached().items():
+            for namespace, seq in self.source.reached().items():
                 point.setdefault(namespace, seq)
         return point
 
@@ -451,7 +486,7 @@ class Subscription:
         self._last = delivery
         if delivery.sequence is not None:
             self.last_sequences[delivery.namespace] = delivery.sequence
-        if self._on_take is not None:
+        if self._tracks:
             self._pending = delivery
 
     def nack(self, error: BaseException | None = None) -> None:
@@ -481,8 +516,8 @@ class Subscription:
         for queued in self._queue:  # discarded: never handed over
             if queued.sequence is not None:
                 point.setdefault(queued.namespace, queued.sequence - 1)
-        if self._reached is not None:
-            for namespace, seq in self._reached().items():
+        if self.source is not None:
+            for namespace, seq in self.source.reached().items():
                 point.setdefault(namespace, seq)
         failure = SubscriptionHandlerError(self.pattern, delivery, self._failures, error, point)
         self._queue.clear()
@@ -503,8 +538,8 @@ class Subscription:
         pending = self._pending
         if pending is not None:
             self._pending = None
-            assert self._on_take is not None
-            self._on_take(pending)
+            assert self.source is not None
+            self.source.took(pending)
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -553,8 +588,8 @@ class Subscription:
         """
         self.ack()
         self.close()
-        if self._stopper is not None:
-            await self._stopper()
+        if self.source is not None:
+            await self.source.stop()
 
     async def __aenter__(self) -> Subscription:
         return self
@@ -567,8 +602,8 @@ class Subscription:
             return
         self._pending = None
         self.close()
-        if self._stopper is not None:
-            await self._stopper()
+        if self.source is not None:
+            await self.source.stop()
 
     def __aiter__(self) -> Subscription:
         return self

@@ -8,7 +8,8 @@ import asyncio
 
 import pytest
 
-from aether_django.bus import SubscriptionOverflowError
+from aether_django.bus import Subscription, SubscriptionOverflowError
+from aether_django.bus.feed import Feed, FeedLink
 from aether_django.bus.nats import NATSEventBus
 from aether_django.nats.streams import stream_info
 from aether_django.patterns import SubscriptionFilter
@@ -26,6 +27,12 @@ async def bus(aether_nats_url):
     runtime.close()
 
 
+def feed_of(subscription: Subscription) -> Feed | None:
+    """The feed a subscription reads from (None until it has joined one)."""
+    assert isinstance(subscription.source, FeedLink)
+    return subscription.source.feed
+
+
 async def take(subscription, n, wait=5.0):
     return [await subscription.next(wait) for _ in range(n)]
 
@@ -41,7 +48,7 @@ async def test_new_subscriptions_of_one_pattern_share_one_consumer(bus):
     store = JetStreamEventStore(ns, runtime=bus.runtime)
     await store.asave_event(ev("x", 1))
     subs = [await bus.asubscribe(ns) for _ in range(5)]
-    assert len({id(s.feed) for s in subs}) == 1
+    assert len({id(feed_of(s)) for s in subs}) == 1
     assert await consumers_of(bus, store) == 1
     stored = await store.asave_events([ev("x", v) for v in range(2, 12)])
     for sub in subs:
@@ -82,7 +89,7 @@ async def test_a_joining_subscription_gets_exactly_what_was_saved_after_it_joine
     finally:
         stop.set()
         await writer
-    assert len({id(s.feed) for *_, s in joined} | {id(first.feed)}) == 1
+    assert len({id(feed_of(s)) for *_, s in joined} | {id(feed_of(first))}) == 1
     for before, after, sub in joined:
         got = [d.event.version for d in await take(sub, last - after)]
         while True:
@@ -139,9 +146,10 @@ async def test_the_shared_consumer_goes_with_the_last_subscription(bus):
     assert (await b.next(5)).sequence == stored.sequence
     await b.aclose()
     # The consumer is unsubscribed (the server drops an idle ordered consumer soon after).
-    assert a.feed.stopped and a.feed not in bus._shared.values()
+    feed = feed_of(a)
+    assert feed is not None and feed.stopped and feed not in bus._shared.values()
     again = await bus.asubscribe(ns)
-    assert again.feed is not a.feed
+    assert feed_of(again) is not feed
     stored = await store.asave_event(ev("x", 3))
     assert (await again.next(5)).sequence == stored.sequence
 
@@ -163,6 +171,7 @@ async def test_a_subscription_closed_before_it_is_attached_starts_nothing(bus):
     for start in ("new", "all"):
         sub = bus.subscribe(ns, start=start)  # attached in the background...
         sub.close()  # ...but closed first
-        await sub._ready
-        assert getattr(sub, "feed", None) is None
+        assert sub.source is not None
+        await sub.source.ready()
+        assert feed_of(sub) is None
     assert not bus._shared
