@@ -7,16 +7,22 @@ works. Unknown keys are reported by the system check ``aether_django.E001``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import warnings
 from importlib import import_module
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar, get_type_hints
 
 from django.conf import settings
 from django.core.signals import setting_changed
 
 from .backends import BACKENDS, Backend
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+_Config = TypeVar("_Config", bound="DataclassInstance")
 
 __all__ = [
     "DEFAULTS",
@@ -24,6 +30,7 @@ __all__ = [
     "IMPORT_STRINGS",
     "aether_settings",
     "backend",
+    "config_from_settings",
     "store_config",
 ]
 
@@ -171,23 +178,30 @@ class AetherSettings:
 aether_settings = AetherSettings()
 
 
+def config_from_settings(config_class: type[_Config], **setting_names: str) -> _Config:
+    """The dataclass ``config_class`` with each field read from its ``AETHER`` setting.
+
+    A field's setting is its name upper-cased, or the one ``setting_names`` gives for
+    it. Each value goes through the field's annotated type (``str``, ``int``,
+    ``float`` or ``bool``), so a setting filled from the environment as a string
+    still gives a number.
+    """
+    types = get_type_hints(config_class)
+    return config_class(
+        **{
+            f.name: types[f.name](
+                getattr(aether_settings, setting_names.get(f.name, f.name.upper()))
+            )
+            for f in dataclasses.fields(config_class)
+        }
+    )
+
+
 def store_config() -> Any:
     """The StoreConfig that the current settings describe."""
     from .store.base import StoreConfig
 
-    s = aether_settings
-    return StoreConfig(
-        timeout=float(s.TIMEOUT),
-        max_event_bytes=int(s.MAX_EVENT_BYTES),
-        subject_prefix=str(s.SUBJECT_PREFIX),
-        storage=str(s.STORAGE),
-        replicas=int(s.REPLICAS),
-        max_age=float(s.MAX_AGE),
-        max_bytes=int(s.MAX_BYTES),
-        duplicate_window=float(s.DUPLICATE_WINDOW),
-        immutable=bool(s.IMMUTABLE),
-        head_cache_size=int(s.HEAD_CACHE_SIZE),
-    )
+    return config_from_settings(StoreConfig)
 
 
 _backend: Backend | None = None

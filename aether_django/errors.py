@@ -166,6 +166,7 @@ class AggregateReplayError(AggregateError):
         #: own errors, only the exception's type for the project's code (whose text
         #: may say more than a caller should read).
         self.reason = self._reason(cause)
+        self._take_from_cause(cause)
         where = f" at version {version}" if version else ""
         what = f" (event {event_type!r})" if event_type else ""
         # Exception's own __init__, not the next class of the MRO: in
@@ -175,6 +176,9 @@ class AggregateReplayError(AggregateError):
             f"{aggregate or 'the aggregate'} cannot replay actor {actor_id!r}{where}{what}: "
             f"{self.reason}",
         )
+
+    def _take_from_cause(self, cause: BaseException) -> None:
+        """Set a subclass's own fields from ``cause`` (this class has none)."""
 
     @staticmethod
     def _reason(cause: BaseException) -> str:
@@ -221,26 +225,9 @@ class UndecodableEventError(AggregateReplayError, ReplayError):
     working).
     """
 
-    def __init__(
-        self,
-        actor_id: str,
-        version: int,
-        cause: BaseException,
-        *,
-        aggregate: str = "",
-        event_type: str = "",
-        sequence: int = 0,
-    ) -> None:
-        AggregateReplayError.__init__(
-            self,
-            actor_id,
-            version,
-            cause,
-            aggregate=aggregate,
-            event_type=event_type,
-            sequence=sequence or getattr(cause, "sequence", 0),
-        )
-        # ReplayError's fields (``sequence`` is set above), from the store's error.
+    def _take_from_cause(self, cause: BaseException) -> None:
+        # ReplayError's fields, from the store's error it wraps.
+        self.sequence = self.sequence or getattr(cause, "sequence", 0)
         self.raw: bytes = getattr(cause, "raw", b"")
 
     @staticmethod

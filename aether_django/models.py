@@ -77,27 +77,33 @@ class NamespaceGrant(models.Model):
             raise ValidationError("A grant is for a user or for a group, not both or neither.")
 
 
-class StreamInspection(models.Model):
-    """No table: the admin's entry for the read-only namespace, actor and event pages."""
+class _AdminEntry(models.Model):
+    """No table and no permissions of its own: an entry of the admin's index that
+    leads to read-only pages (``admin.py`` decides who may see them)."""
 
     class Meta:
+        abstract = True
         managed = False
+        default_permissions = ()
+
+
+class StreamInspection(_AdminEntry):
+    """The admin's entry for the read-only namespace, actor and event pages."""
+
+    class Meta(_AdminEntry.Meta):
         verbose_name = "namespace"
         verbose_name_plural = "namespaces and events"
-        default_permissions = ()
 
     def __str__(self) -> str:
         return "namespaces"
 
 
-class ClusterInspection(models.Model):
-    """No table: the admin's entry for the read-only node and shard-map pages."""
+class ClusterInspection(_AdminEntry):
+    """The admin's entry for the read-only node and shard-map pages."""
 
-    class Meta:
-        managed = False
+    class Meta(_AdminEntry.Meta):
         verbose_name = "cluster"
         verbose_name_plural = "cluster nodes and shards"
-        default_permissions = ()
 
     def __str__(self) -> str:
         return "cluster"

@@ -27,8 +27,12 @@ _SAFE_ACTOR_RE = re.compile(r"^[A-Za-z0-9_-]+\Z")
 _ENCODED_MARK = "="
 
 
-def _bounded_string(value: object, what: str, limit: int, error: type[InvalidNameError]) -> str:
-    """``value`` if it is a non-empty string of at most ``limit`` characters, else ``error``."""
+def bounded_string(value: object, what: str, limit: int, error: type[InvalidNameError]) -> str:
+    """``value`` if it is a non-empty string of at most ``limit`` characters, else ``error``.
+
+    The first rules of every name: namespaces and actor ids here, patterns in
+    :mod:`aether_django.patterns`.
+    """
     if not isinstance(value, str):
         raise error(f"{what} must be a string, not {type(value).__name__}")
     if not value:
@@ -40,7 +44,7 @@ def _bounded_string(value: object, what: str, limit: int, error: type[InvalidNam
 
 def validate_namespace(namespace: object) -> str:
     """Return ``namespace`` if valid, else raise InvalidNamespaceError naming the rule."""
-    namespace = _bounded_string(namespace, "namespace", MAX_NAMESPACE_LENGTH, InvalidNamespaceError)
+    namespace = bounded_string(namespace, "namespace", MAX_NAMESPACE_LENGTH, InvalidNamespaceError)
     if not _NAMESPACE_RE.match(namespace):
         raise InvalidNamespaceError(
             f"invalid namespace {namespace!r}: use tokens of letters, digits, '-' and '_' "
@@ -59,7 +63,7 @@ def validate_namespace(namespace: object) -> str:
 
 def validate_actor_id(actor_id: object) -> str:
     """Return ``actor_id`` if valid, else raise InvalidActorIdError naming the rule."""
-    actor_id = _bounded_string(actor_id, "actor id", MAX_ACTOR_ID_LENGTH, InvalidActorIdError)
+    actor_id = bounded_string(actor_id, "actor id", MAX_ACTOR_ID_LENGTH, InvalidActorIdError)
     if not actor_id.isprintable():
         raise InvalidActorIdError(f"actor id {actor_id!r} contains non-printable characters")
     return actor_id

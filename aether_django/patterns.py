@@ -21,6 +21,7 @@ from functools import lru_cache
 
 from .errors import InvalidNameError
 from .events import Event
+from .names import bounded_string
 
 __all__ = [
     "InvalidPatternError",
@@ -43,12 +44,7 @@ class InvalidPatternError(InvalidNameError):
 
 def validate_pattern(pattern: object, *, what: str = "namespace pattern") -> str:
     """Return ``pattern`` if valid, else raise InvalidPatternError naming the rule."""
-    if not isinstance(pattern, str):
-        raise InvalidPatternError(f"{what} must be a string, not {type(pattern).__name__}")
-    if not pattern:
-        raise InvalidPatternError(f"{what} must not be empty")
-    if len(pattern) > MAX_PATTERN_LENGTH:
-        raise InvalidPatternError(f"{what} is longer than {MAX_PATTERN_LENGTH} characters")
+    pattern = bounded_string(pattern, what, MAX_PATTERN_LENGTH, InvalidPatternError)
     tokens = pattern.split(".")
     for index, token in enumerate(tokens):
         if token == ">":

@@ -6,20 +6,18 @@ the top level now. Importing a name from here still works and warns.
 
 from __future__ import annotations
 
-import warnings
+from types import ModuleType
 from typing import Any
 
 from .. import access as _access
+from ..deprecation import moved_attribute
 
 _MOVED = ("NamespaceAccess", "access_for", "Verdict")
 
 
+def _new_home() -> ModuleType:
+    return _access
+
+
 def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        warnings.warn(
-            f"aether_django.api.access.{name} moved to aether_django.access.{name}",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return getattr(_access, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return moved_attribute(__name__, name, _new_home, _MOVED)

@@ -151,24 +151,12 @@ class NamespaceView(AetherAPIView):
             raise ValidationError({"actor_id": [str(exc)]}) from None
 
 
-def _namespace_body(info: Any) -> dict[str, Any]:
-    return {
-        "name": info.name,
-        "stream": info.stream,
-        "events": info.events,
-        "actors": info.actors,
-        "bytes": info.bytes,
-        "first_sequence": info.first_sequence,
-        "last_sequence": info.last_sequence,
-    }
-
-
 class NamespaceListView(NamespaceView):
     @extend_schema(responses={200: s.NamespaceSerializer(many=True), **_ERRORS})
     def get(self, request: Request) -> Response:
         """The namespaces the caller may read, with their stream's figures."""
         infos = inspection.namespace_infos(access_for(request))
-        return Response([_namespace_body(info) for info in infos])
+        return Response(s.NamespaceSerializer(infos, many=True).data)
 
 
 class NamespaceDetailView(NamespaceView):
@@ -178,7 +166,7 @@ class NamespaceDetailView(NamespaceView):
         info = self.store(request, namespace).get_info()
         if info is None:
             raise NotFound("no such namespace")
-        return Response(_namespace_body(info))
+        return Response(s.NamespaceSerializer(info).data)
 
 
 class ActorListView(PaginatedViewMixin, NamespaceView):

@@ -13,9 +13,10 @@ Routing commands to an actor's owner and hosting shards moved up to
 
 from __future__ import annotations
 
-import warnings
+from types import ModuleType
 from typing import Any
 
+from ..deprecation import moved_attribute
 from ..runtime import node_id
 from .coordinator import ClusterConfig, Coordinator, FencedOutError, Lease, NodeInfo, ShardMap
 from .hashring import shard_for
@@ -40,31 +41,21 @@ _MOVED_TO_SHARDING = frozenset(
 )
 
 
-def __getattr__(name: str) -> Any:
-    if name in _MOVED_TO_SHARDING:
-        warnings.warn(
-            f"aether_django.cluster.{name} moved to aether_django.sharding.{name}",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        from .. import sharding
+def _sharding() -> ModuleType:
+    from .. import sharding
 
-        return getattr(sharding, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return sharding
+
+
+def __getattr__(name: str) -> Any:
+    return moved_attribute(__name__, name, _sharding, _MOVED_TO_SHARDING)
 
 
 def cluster_config() -> ClusterConfig:
     """The ClusterConfig that the current settings describe."""
-    from ..conf import aether_settings as s
+    from ..conf import config_from_settings
 
-    return ClusterConfig(
-        bucket=str(s.CLUSTER_BUCKET),
-        heartbeat_interval=float(s.HEARTBEAT_INTERVAL),
-        failure_timeout=float(s.FAILURE_TIMEOUT),
-        num_shards=int(s.NUM_SHARDS),
-        replicas=int(s.REPLICAS),
-        timeout=float(s.TIMEOUT),
-    )
+    return config_from_settings(ClusterConfig, bucket="CLUSTER_BUCKET")
 
 
 def shard_of(actor_id: str) -> int:

@@ -130,3 +130,22 @@ def test_store_config_follows_the_settings():
         "acme.events",
         5,
     )
+
+
+def test_cluster_config_follows_the_settings():
+    from aether_django.cluster import cluster_config
+
+    settings = {
+        "CLUSTER_BUCKET": "acme_cluster",
+        "HEARTBEAT_INTERVAL": 2,
+        "FAILURE_TIMEOUT": "7.5",
+        "NUM_SHARDS": "64",
+        "REPLICAS": 3,
+        "TIMEOUT": 4,
+    }
+    with override_settings(AETHER=settings):
+        config = cluster_config()
+    assert (config.bucket, config.num_shards, config.replicas) == ("acme_cluster", 64, 3)
+    assert (config.heartbeat_interval, config.failure_timeout, config.timeout) == (2.0, 7.5, 4.0)
+    # Each value has the field's type, whatever type the setting was written in.
+    assert type(config.num_shards) is int and type(config.heartbeat_interval) is float

@@ -188,3 +188,12 @@ def test_the_loggers_keep_their_documented_names() -> None:
 
     assert routing.logger.name == "aether_django.cluster.routing"
     assert node.logger.name == "aether_django.cluster.node"
+
+
+def test_an_old_import_paths_warning_names_the_line_that_used_it() -> None:
+    import importlib
+
+    old = importlib.import_module("aether_django.cluster.node")
+    with pytest.warns(DeprecationWarning) as caught:
+        _ = old.ClusterNode
+    assert caught[0].filename == __file__

@@ -84,6 +84,19 @@ def test_validate_pattern(pattern, ok):
             validate_pattern(pattern)
 
 
+def test_a_pattern_is_held_to_the_rules_every_name_starts_with():
+    from aether_django.patterns import MAX_PATTERN_LENGTH
+
+    assert validate_pattern("a" * MAX_PATTERN_LENGTH)
+    too_long = "a" * (MAX_PATTERN_LENGTH + 1)
+    with pytest.raises(InvalidPatternError, match=f"at most {MAX_PATTERN_LENGTH} allowed"):
+        validate_pattern(too_long)
+    with pytest.raises(InvalidPatternError, match="must be a string, not int"):
+        validate_pattern(7)
+    with pytest.raises(InvalidPatternError, match="actor pattern must not be empty"):
+        validate_pattern("", what="actor pattern")
+
+
 def test_seed_patterns():
     assert matches("orders", "orders")
     assert matches("order*", "orders")
