@@ -1,5 +1,6 @@
 """Django settings for the test suite."""
 
+import json
 import os
 from pathlib import Path
 
@@ -57,6 +58,10 @@ DATABASES = {
         "HOST": "/nonexistent/aether-postgres-not-started",
     },
 }
+# A test's child process (a runner, a node) uses the test's "pg" database, which the
+# parent names here once its server runs.
+if os.environ.get("AETHER_TEST_PG_DATABASE"):
+    DATABASES["pg"] = json.loads(os.environ["AETHER_TEST_PG_DATABASE"])
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # The URL comes from the session's aether_nats_server fixture (AETHER_NATS_URL). Cluster
 # tests run node processes with a bucket of their own and the seed's 100 shards.

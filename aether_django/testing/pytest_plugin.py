@@ -44,6 +44,7 @@ Importing this module imports neither Django, nats nor psycopg.
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -211,7 +212,11 @@ def requested_databases(items: Iterable[pytest.Item]) -> set[str]:
 
 
 def configure_postgres_alias(
-    request: pytest.FixtureRequest, alias: str, name: str | None = None
+    request: pytest.FixtureRequest,
+    alias: str,
+    name: str | None = None,
+    *,
+    export: str | None = None,
 ) -> PostgresServer | None:
     """Point ``settings.DATABASES[alias]`` at the session's PostgreSQL server, if used.
 
@@ -221,6 +226,14 @@ def configure_postgres_alias(
     the ``aether_postgres`` fixture is started and the alias's entry is updated in
     place (its other keys, such as ``TEST``, are kept), and the server returned.
     ``name`` is the database name (default: the alias's ``NAME``, else the server's).
+
+    ``export``: the name of an environment variable set, for the rest of the
+    session, to the entry as JSON with ``NAME`` the *test* database's, which
+    pytest-django is about to create. Child processes of the tests (runners,
+    workers) read it in their settings to use the same database::
+
+        if os.environ.get("MY_TEST_PG"):
+            DATABASES["pg"] = json.loads(os.environ["MY_TEST_PG"])
     """
     wanted = requested_databases(request.session.items)
     if alias not in wanted and "__all__" not in wanted:
@@ -231,4 +244,21 @@ def configure_postgres_alias(
     # In place: Django's connection handler holds this very dict.
     entry = settings.DATABASES.setdefault(alias, {})
     entry.update(server.database_settings(name or entry.get("NAME") or None))
+    if export:
+        # The name Django's test setup gives the database (its _get_test_db_name).
+        test_settings = entry.get("TEST")
+        test_name = (test_settings.get("NAME") if isinstance(test_settings, dict) else None) or (
+            f"test_{entry['NAME']}"
+        )
+        child = {key: value for key, value in entry.items() if key != "TEST"}
+        previous = os.environ.get(export)
+        os.environ[export] = json.dumps({**child, "NAME": test_name})
+
+        def restore() -> None:
+            if previous is None:
+                os.environ.pop(export, None)
+            else:
+                os.environ[export] = previous
+
+        request.addfinalizer(restore)
     return server

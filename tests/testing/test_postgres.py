@@ -284,3 +284,33 @@ def test_as_root_an_install_the_server_user_cannot_reach_is_copied_where_it_can(
     assert aether_postgres_factory(bin_dir=bin_dir).bin_dir == server.bin_dir
     # Running programs keep their files; the copy is this test's to remove.
     shutil.rmtree(server.bin_dir.parents[2])
+
+
+@pytest.mark.django_db(databases=["default", "pg"], transaction=True)
+def test_a_child_process_of_a_test_uses_the_same_pg_database():
+    group = Group.objects.using("pg").create(name="shop")
+    NamespaceGrant.objects.using("pg").create(group=group, pattern="orders")
+    script = textwrap.dedent(
+        """
+        import django
+        django.setup()
+        from aether_django.models import NamespaceGrant
+        from django.db import connections
+
+        print(connections["pg"].settings_dict["NAME"])
+        print(list(NamespaceGrant.objects.using("pg").values_list("pattern", flat=True)))
+        NamespaceGrant.objects.using("pg").update(can_write=True)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "PYTHONPATH": str(ROOT)},
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["test_aether_tests", "['orders']"]
+    assert NamespaceGrant.objects.using("pg").get().can_write  # the child's write
