@@ -14,16 +14,18 @@ No orphaned servers:
   reaches it only through :meth:`PostgresServer.stop`), and ``stop()`` asks for a
   fast shutdown (SIGINT: open sessions are ended) and SIGKILLs after a grace period;
 * the postmaster gets SIGINT from the kernel when the process that started it
-  dies (Linux's parent-death signal), so even a SIGKILLed test process leaves no
-  server behind; its backends follow the postmaster on their own;
+  dies (Linux's parent-death signal, asked for when the main thread starts it), so
+  even a SIGKILLed test process leaves no server behind; its backends follow the
+  postmaster on their own;
 * an ``atexit`` hook stops servers still running when the interpreter exits.
 
 PostgreSQL refuses to run as root. Started by root (containers, CI), the server
 and ``initdb`` run as an unprivileged system user instead: ``$AETHER_POSTGRES_OS_USER``
 or ``nobody``, which every Linux system has (the wheel's own answer, creating a
 user with ``useradd`` and opening every parent directory of the install, changes
-the machine; this does not). The temporary directory is given to that user; the
-wheel's install must be readable by it, which a virtualenv outside ``/root`` is.
+the machine; this does not). The temporary directory is given to that user, and
+when it cannot reach the wheel's install (a virtualenv under ``/root``), the
+install is copied once into the temporary directory.
 
 The standard library only (``psycopg`` is imported when the database is created);
 importing it imports neither Django nor the wheel.
@@ -43,6 +45,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import weakref
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -467,7 +470,14 @@ class PostgresServer(ClosedOnExit):
                     # Its own process group: signals meant for the test process do
                     # not reach it; stop() decides how it ends.
                     start_new_session=True,
-                    preexec_fn=_set_parent_death_signal,
+                    # Linux sends the parent-death signal when the *thread* that
+                    # forked exits; a server started from a worker thread (a thread
+                    # pool's) would die with it, so only the main thread asks for it.
+                    preexec_fn=(
+                        _set_parent_death_signal
+                        if threading.current_thread() is threading.main_thread()
+                        else None
+                    ),
                     **self._run_as(),
                 )
             _RUNNING.add(self)

@@ -314,3 +314,16 @@ def test_a_child_process_of_a_test_uses_the_same_pg_database():
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[:2] == ["test_aether_tests", "['orders']"]
     assert NamespaceGrant.objects.using("pg").get().can_write  # the child's write
+
+
+def test_a_server_started_from_a_worker_thread_outlives_the_thread(aether_postgres_factory):
+    # Linux's parent-death signal follows the thread that forked, not the process.
+    started: list[PostgresServer] = []
+    worker = threading.Thread(target=lambda: started.append(aether_postgres_factory()))
+    worker.start()
+    worker.join(60)
+    (server,) = started
+    time.sleep(0.3)
+    assert server.running
+    with psycopg.connect(**server.connection_kwargs()) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
