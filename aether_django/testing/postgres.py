@@ -76,8 +76,10 @@ BIN_DIR_VARIABLE = "AETHER_POSTGRES_BIN_DIR"
 OS_USER_VARIABLE = "AETHER_POSTGRES_OS_USER"
 
 # Settings for a throwaway test server: nothing survives it, so nothing is synced to
-# disk (the faults tests inject kill clients, not the server, and a committed
-# transaction is visible to every session either way). ``durable=True`` drops them.
+# disk, and a commit returns before its WAL is written (it is visible to every
+# session at once all the same). Killing *clients* loses nothing; killing the server
+# itself (``kill()``) can lose the last fraction of a second of commits, so tests that
+# do pass ``durable=True``, which drops these settings.
 _FAST_SETTINGS = {
     "fsync": "off",
     "synchronous_commit": "off",
@@ -263,8 +265,10 @@ class PostgresServer(ClosedOnExit):
     (local only: it listens on 127.0.0.1 and a socket in a 0700 directory).
     ``database`` is created once the server accepts connections.
 
-    ``durable``: keep PostgreSQL's disk syncs. Off by default: the data directory
-    is deleted by :meth:`close`, and a sync per commit would slow every test.
+    ``durable``: keep PostgreSQL's disk syncs and synchronous commits. Off by
+    default: the data directory is deleted by :meth:`close`, and a sync per commit
+    would slow every test; without it a server killed by :meth:`kill` may lose its
+    last commits (killing clients loses nothing).
     ``settings``: further server settings (``-c name=value``).
     """
 
