@@ -327,3 +327,17 @@ def test_a_server_started_from_a_worker_thread_outlives_the_thread(aether_postgr
     assert server.running
     with psycopg.connect(**server.connection_kwargs()) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_durable_keeps_the_disk_syncs_the_default_turns_off(
+    aether_postgres, aether_postgres_factory
+):
+    def settings(server: PostgresServer) -> tuple:
+        with psycopg.connect(**server.connection_kwargs()) as conn:
+            return tuple(
+                conn.execute(f"SHOW {name}").fetchone()[0]  # type: ignore[index]
+                for name in ("fsync", "synchronous_commit", "full_page_writes")
+            )
+
+    assert settings(aether_postgres) == ("off", "off", "off")
+    assert settings(aether_postgres_factory(durable=True)) == ("on", "on", "on")
