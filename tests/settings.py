@@ -1,5 +1,6 @@
 """Django settings for the test suite."""
 
+import json
 import os
 from pathlib import Path
 
@@ -44,7 +45,23 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
 ]
 ROOT_URLCONF = "tests.urls"
-DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
+DATABASES = {
+    "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"},
+    # A real PostgreSQL for the tests that ask for it with
+    # @pytest.mark.django_db(databases=["default", "pg"]) and use .using("pg").
+    # tests/conftest.py points it at the session's aether_postgres server only when
+    # such a test is collected; until then HOST names no server, so nothing here can
+    # reach a PostgreSQL the suite did not start (such as a system one on 5432).
+    "pg": {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": "aether_tests",
+        "HOST": "/nonexistent/aether-postgres-not-started",
+    },
+}
+# A test's child process (a runner, a node) uses the test's "pg" database, which the
+# parent names here once its server runs.
+if os.environ.get("AETHER_TEST_PG_DATABASE"):
+    DATABASES["pg"] = json.loads(os.environ["AETHER_TEST_PG_DATABASE"])
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # The URL comes from the session's aether_nats_server fixture (AETHER_NATS_URL). Cluster
 # tests run node processes with a bucket of their own and the seed's 100 shards.

