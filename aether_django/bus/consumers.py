@@ -31,7 +31,8 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from ..nats.client import handle_dropped_messages
 from .base import Start
 
-logger = logging.getLogger(__name__)
+# The NATS bus logs under one documented name (docs/operations.md), whichever part logs.
+logger = logging.getLogger("aether_django.bus.nats")
 
 #: Attempts (a second apart) to replace a consumer whose messages the client dropped
 #: before its subscription ends with the error.

@@ -43,7 +43,8 @@ from .watcher import StreamWatcher
 if TYPE_CHECKING:
     from .nats import NATSEventBus
 
-logger = logging.getLogger(__name__)
+# The NATS bus logs under one documented name (docs/operations.md), whichever part logs.
+logger = logging.getLogger("aether_django.bus.nats")
 
 #: One delivery in this many is timed for the bus-lag histogram.
 _LAG_SAMPLE = 16

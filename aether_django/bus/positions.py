@@ -28,7 +28,8 @@ from nats.js.kv import KeyValue
 from ..events import format_timestamp, parse_timestamp
 from .base import Start
 
-logger = logging.getLogger(__name__)
+# The NATS bus logs under one documented name (docs/operations.md), whichever part logs.
+logger = logging.getLogger("aether_django.bus.nats")
 
 #: KV bucket holding the positions of durable subscriptions.
 POSITIONS_BUCKET = "aether_bus_positions"

@@ -26,7 +26,8 @@ from ..nats.api import STREAM_CREATED_ADVISORIES, JetStreamRefused
 from ..nats.streams import list_event_streams, stream_info
 from ..patterns import matches
 
-logger = logging.getLogger(__name__)
+# The NATS bus logs under one documented name (docs/operations.md), whichever part logs.
+logger = logging.getLogger("aether_django.bus.nats")
 
 #: Seconds between rescans for namespaces created while advisories were missed.
 RESCAN_INTERVAL = 10.0
