@@ -392,7 +392,12 @@ class ProjectionRunner:
         """Tick until stopped (the ``aether_projections run`` loop)."""
         try:
             while not self.stopping.is_set():
-                self.tick()
+                try:
+                    self.tick()
+                except (DatabaseError, AetherError, OSError):
+                    # NATS or the database did not answer (a locked SQLite file, a
+                    # restarting server): the workers that run go on; look again later.
+                    logger.warning("projection runner: could not look for work", exc_info=True)
                 self.stopping.wait(self.interval)
         finally:
             self.stop()
