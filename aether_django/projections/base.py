@@ -75,57 +75,71 @@ def on(event_type: str) -> Callable[[H], H]:
 
 
 class Options:
-    """A projection class's ``Meta``, checked; problems raise ProjectionError at once."""
+    """A projection class's ``Meta``, checked; problems are kept for the system checks
+    (``aether_django.E501``), and a projection with any is never run."""
 
     def __init__(self, projection: type[Projection], meta: type | None) -> None:
         raw = {k: v for k, v in vars(meta).items() if not k.startswith("_")} if meta else {}
         raw.pop("abstract", None)
-        label = f"{projection.__module__}.{projection.__qualname__}"
-        unknown = sorted(set(raw) - META_OPTIONS)
-        if unknown:
-            raise ProjectionError(f"{label}: unknown Meta option(s) {', '.join(unknown)}")
-        source = raw.get("source")
+        self.label = f"{projection.__module__}.{projection.__qualname__}"
+        self.problems: list[str] = [
+            f"unknown Meta option {unknown!r}" for unknown in sorted(set(raw) - META_OPTIONS)
+        ]
+        # An invalid source covers no namespace: "" matches none.
+        self.source: str = ""
         try:
-            self.source: str = validate_pattern(source, what="Meta.source")
+            self.source = validate_pattern(raw.get("source"), what="Meta.source")
         except InvalidNameError as exc:
-            raise ProjectionError(f"{label}: {exc}") from None
+            self.problems.append(str(exc))
         owned = raw.get("models", ())
-        if isinstance(owned, type) or not all(
+        if isinstance(owned, type | str) or not all(
             isinstance(m, type) and issubclass(m, models.Model) for m in owned
         ):
-            raise ProjectionError(f"{label}: Meta.models must be a list of Django model classes")
+            self.problems.append("Meta.models must be a list of Django model classes")
+            owned = ()
         self.models: tuple[type[models.Model], ...] = tuple(owned)
-        self.name: str = raw.get("name") or label
+        self.name: str = raw.get("name") or self.label
         if not isinstance(self.name, str) or len(self.name) > 200:
-            raise ProjectionError(f"{label}: Meta.name must be a string of at most 200 characters")
+            self.problems.append("Meta.name must be a string of at most 200 characters")
+            self.name = self.label
         self.batch_size: int = raw.get("batch_size", DEFAULT_BATCH_SIZE)
         if (
             isinstance(self.batch_size, bool)
             or not isinstance(self.batch_size, int)
             or (self.batch_size < 1)
         ):
-            raise ProjectionError(f"{label}: Meta.batch_size must be a positive integer")
+            self.problems.append("Meta.batch_size must be a positive integer")
+            self.batch_size = DEFAULT_BATCH_SIZE
         self.database: str = raw.get("database", DEFAULT_DB_ALIAS)
-        on_error = {**DEFAULT_ON_ERROR, **raw.get("on_error", {})}
-        if set(on_error) != set(DEFAULT_ON_ERROR) or not all(
-            isinstance(v, int | float) and not isinstance(v, bool) and v >= 0
-            for v in on_error.values()
-        ):
-            raise ProjectionError(
-                f"{label}: Meta.on_error takes retries, backoff and max_backoff, numbers >= 0"
+        if not isinstance(self.database, str):
+            self.problems.append("Meta.database must be a database alias")
+            self.database = DEFAULT_DB_ALIAS
+        given = raw.get("on_error", {})
+        on_error = {**DEFAULT_ON_ERROR, **(given if isinstance(given, Mapping) else {})}
+        if (
+            not isinstance(given, Mapping)
+            or set(on_error) != set(DEFAULT_ON_ERROR)
+            or not all(
+                isinstance(v, int | float) and not isinstance(v, bool) and v >= 0
+                for v in on_error.values()
             )
+        ):
+            self.problems.append(
+                "Meta.on_error takes retries, backoff and max_backoff, numbers >= 0"
+            )
+            on_error = dict(DEFAULT_ON_ERROR)
         self.retries = int(on_error["retries"])
         self.backoff = float(on_error["backoff"])
         self.max_backoff = float(on_error["max_backoff"])
 
     def covers(self, namespace: str) -> bool:
         """Whether ``namespace`` is one of the source's namespaces."""
-        return matches(self.source, namespace)
+        return bool(self.source) and matches(self.source, namespace)
 
     @property
     def exact(self) -> bool:
         """Whether the source is one namespace rather than a pattern."""
-        return is_exact(self.source)
+        return bool(self.source) and is_exact(self.source)
 
 
 _registry: dict[str, type[Projection]] = {}
@@ -133,21 +147,22 @@ _registry: dict[str, type[Projection]] = {}
 
 def all_projections() -> list[type[Projection]]:
     """Every projection class declared so far, by name."""
-    return [_registry[name] for name in sorted(_registry)]
+    return sorted(_registry.values(), key=lambda p: (p._meta.name, p._meta.label))
 
 
 def get_projection(name: str) -> type[Projection]:
     """The projection class called ``name`` (its ``Meta.name``, by default its dotted
     path); a short class name works too when only one projection has it."""
-    found = _registry.get(name)
-    if found is not None:
-        return found
+    by_name = [p for p in _registry.values() if p._meta.name == name]
+    if len(by_name) == 1:
+        return by_name[0]
     by_class = [p for p in _registry.values() if p.__name__ == name]
-    if len(by_class) == 1:
+    if not by_name and len(by_class) == 1:
         return by_class[0]
     raise ProjectionError(
         f"no projection called {name!r}"
-        + (" (several classes have that name: use Meta.name)" if by_class else "")
+        if not (by_name or by_class)
+        else f"several projections are called {name!r} (give each its own Meta.name)"
     )
 
 
@@ -186,7 +201,9 @@ class Projection:
         if meta is None or getattr(meta, "abstract", False):
             return
         cls._meta = Options(cls, meta)
-        _registry[cls._meta.name] = cls
+        # Keyed by the dotted path, so a module reloaded in development replaces its
+        # classes instead of adding duplicates.
+        _registry[cls._meta.label] = cls
 
     # --- applying ------------------------------------------------------------------------
     @classmethod

@@ -37,7 +37,7 @@ from django.utils import timezone
 
 from ..bus import get_event_bus
 from ..bus.local import Delivery, Subscription
-from ..errors import AetherError
+from ..errors import AetherError, ProjectionError
 from ..events import Event
 from ..models import ProjectionCheckpoint
 from ..store import get_existing_event_store, list_namespaces
@@ -366,6 +366,13 @@ class ProjectionRunner:
 
     def __init__(self, projections: Iterable[type[Projection]], *, interval: float = 1.0) -> None:
         self.projections = list(projections)
+        for projection in self.projections:
+            if projection._meta.problems:
+                # Run nothing that the system checks reject (aether_django.E501).
+                raise ProjectionError(
+                    f"projection {projection._meta.name} is declared wrongly: "
+                    + "; ".join(projection._meta.problems)
+                )
         self.interval = interval
         self.stopping = threading.Event()
         self.workers: dict[tuple[str, str], NamespaceWorker] = {}

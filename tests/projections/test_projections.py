@@ -10,12 +10,19 @@ import threading
 import pytest
 from django.core.management import CommandError, call_command
 
+from aether_django.checks import check_projections
 from aether_django.errors import ProjectionError, ProjectionTimeoutError
 from aether_django.events import Event
 from aether_django.management.commands import aether_projections
 from aether_django.models import ProjectionCheckpoint, ProjectionSkip
-from aether_django.projections import Projection, get_projection, operations
-from aether_django.projections.runner import NamespaceWorker, _Moved, catch_up, ensure_checkpoint
+from aether_django.projections import Projection, get_projection, on, operations
+from aether_django.projections.runner import (
+    NamespaceWorker,
+    ProjectionRunner,
+    _Moved,
+    catch_up,
+    ensure_checkpoint,
+)
 from aether_django.store import get_event_store
 
 from .app import projections as app_projections
@@ -52,21 +59,97 @@ def test_declaration_and_registry():
         "LineAdded": "line_added",
         "OrderPaid": "paid",
     }
-    with pytest.raises(ProjectionError, match="unknown Meta option"):
-
-        class Wrong(Projection):
-            class Meta:
-                source = "x"
-                sauce = "y"
-
-    with pytest.raises(ProjectionError, match=r"Meta\.source"):
-
-        class NoSource(Projection):
-            class Meta:
-                models = []
-
     with pytest.raises(ProjectionError, match="no projection called"):
         get_projection("nothing-like-it")
+
+
+def _checks(projection) -> list[tuple[str | None, str]]:
+    return [
+        (m.id, m.msg)
+        for m in check_projections()
+        if m.obj is projection or (m.id == "aether_django.E502" and projection.__name__ in m.msg)
+    ]
+
+
+def test_system_checks_report_declarations_that_cannot_work(unique):
+    class Wrong(Projection):
+        class Meta:
+            source = "bad pattern!"
+            sauce = "orders"
+            models = [str]
+            batch_size = 0
+            on_error = {"tries": 3}
+
+    problems = [msg for _, msg in _checks(Wrong)]
+    assert all(id_ == "aether_django.E501" for id_, _ in _checks(Wrong))
+    assert any("unknown Meta option 'sauce'" in p for p in problems)
+    assert any("Meta.source" in p for p in problems)
+    assert any("Meta.models" in p for p in problems)
+    assert any("Meta.batch_size" in p for p in problems)
+    assert any("Meta.on_error" in p for p in problems)
+    # A projection declared wrongly is never run.
+    with pytest.raises(ProjectionError, match="declared wrongly"):
+        ProjectionRunner([Wrong])
+
+    class ElsewhereDb(Projection):
+        class Meta:
+            source = "orders"
+            database = "reports"
+
+    assert [id_ for id_, _ in _checks(ElsewhereDb)] == ["aether_django.E503"]
+
+    class SameName(Projection):
+        class Meta:
+            source = "orders"
+            name = "order-summary"
+
+    assert ("aether_django.E502") in [id_ for id_, _ in _checks(SameName)]
+    with pytest.raises(ProjectionError, match="several projections"):
+        get_projection("order-summary")
+
+
+def test_a_handler_for_a_type_no_aggregate_records_is_reported(unique):
+    from aether_django import aggregates
+    from aether_django.aggregates import Aggregate, apply, command
+
+    ns = unique("proj-check")
+    saved = dict(aggregates._registry)
+    try:
+
+        class Thing(Aggregate):
+            class Meta:
+                namespace = ns
+
+            @command
+            def make(self):
+                self.record("Made", {})
+
+            @apply("Made")
+            def _made(self, event):
+                pass
+
+        class Typo(Projection):
+            class Meta:
+                source = ns
+
+            @on("Made")
+            def made(self, event, context):
+                pass
+
+            @on("Maed")
+            def maed(self, event, context):
+                pass
+
+        assert _checks(Typo) == [
+            (
+                "aether_django.W501",
+                f"Projection {Typo._meta.label} handles 'Maed' but no aggregate of {ns!r} "
+                "records it.",
+            )
+        ]
+    finally:
+        aggregates._registry.clear()
+        aggregates._registry.update(saved)
 
 
 def test_handlers_write_rows_and_wait_for_reads_your_writes(runners):
