@@ -103,3 +103,60 @@ def test_sigkill_mid_batch_while_events_are_saved(tmp_path, unique, aether_nats_
     assert kills == 6
     assert applied == list(range(1, head + 1))
     assert "stopped" in log.read_text()
+
+
+@pytest.mark.slow
+def test_two_runner_processes_of_one_projection_leave_the_read_model_exact(
+    tmp_path, unique, aether_nats_url
+):
+    namespace = unique("proj-procs")
+    name = unique("procs")
+    db = tmp_path / "db.sqlite3"
+    env = dict(
+        os.environ,
+        AETHER_TEST_DATABASE=str(db),
+        AETHER_NATS_URL=aether_nats_url,
+        BATCH_SIZE="10",
+        PYTHONUNBUFFERED="1",
+    )
+    module = [sys.executable, "-m", "tests.projections.runnerproc"]
+    subprocess.run([*module, "migrate"], cwd=ROOT, env=env, check=True)
+    save_ticks(namespace, 150, actor="history")
+    log = tmp_path / "runners.log"
+    with log.open("ab") as out:
+        procs = [
+            subprocess.Popen(
+                [*module, "run", namespace, name], cwd=ROOT, env=env, stdout=out, stderr=out
+            )
+            for _ in range(2)
+        ]
+        try:
+            save_ticks(namespace, 150, actor="live")
+            head = get_event_store(namespace).get_info().last_sequence
+            deadline = time.monotonic() + 60
+            while True:
+                at = _rows(
+                    db,
+                    "SELECT sequence FROM aether_django_projectioncheckpoint "
+                    "WHERE projection = ? AND namespace = ?",
+                    name,
+                    namespace,
+                )
+                if at and at[0][0] >= head:
+                    break
+                assert time.monotonic() < deadline, f"stuck at {at} of {head}: {log.read_text()}"
+                time.sleep(0.1)
+        finally:
+            for proc in procs:
+                proc.send_signal(signal.SIGINT)
+            codes = [proc.wait(30) for proc in procs]
+    assert codes == [0, 0], log.read_text()
+    applied = [
+        seq
+        for (seq,) in _rows(
+            db,
+            "SELECT sequence FROM projection_tests_applied WHERE projection = ? ORDER BY sequence",
+            name,
+        )
+    ]
+    assert applied == list(range(1, head + 1))
