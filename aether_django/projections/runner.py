@@ -1,6 +1,6 @@
 """Running projections: catch-up then live per namespace, a batch and its checkpoint in one step.
 
-For each namespace its source covers, a :class:`NamespaceWorker` thread subscribes
+For each namespace its source covers, a :class:`NamespaceWorker` subscribes
 to the event bus from the stream sequence right after the projection's checkpoint.
 On the NATS bus that is one ordered JetStream consumer, which delivers the stored
 history from that position and then every event saved later, in stream order: the
@@ -40,6 +40,7 @@ from ..bus.local import Delivery, Subscription
 from ..errors import AetherError, ProjectionError
 from ..events import Event
 from ..models import ProjectionCheckpoint
+from ..runtime import get_runtime
 from ..store import get_existing_event_store, list_namespaces
 from .base import Projection, ProjectionContext
 
@@ -134,7 +135,10 @@ class NamespaceWorker(threading.Thread):
     # --- the thread ----------------------------------------------------------------------
     def run(self) -> None:
         try:
-            self.outcome = asyncio.run(self._follow())
+            # On the runtime's own loop, which holds the process's NATS connection: a
+            # loop of the worker's own would open (and leave behind) one of its own.
+            future = asyncio.run_coroutine_threadsafe(self._follow(), get_runtime().loop)
+            self.outcome = future.result()
         except Exception:
             logger.exception(
                 "projection %s stopped in %s", self.projection._meta.name, self.namespace

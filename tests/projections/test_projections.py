@@ -182,6 +182,9 @@ def test_wait_for_times_out_clearly(unique):
         None,
     )
     assert "had not applied sequence 1" in str(error)
+    # Before any runner ran there, status shows the namespace as new, the whole stream as lag.
+    out = _command("status", Ledger._meta.name)
+    assert f"  {namespace}: new at 0 of 1, lag 1" in out
     with pytest.raises(ProjectionError, match="stored position"):
         Ledger.wait_for(Event(event_type="Tick", actor_id="x", version=1))
 
