@@ -258,7 +258,7 @@ class NamespaceWorker(threading.Thread):
                     meta.retries + 1,
                     delay,
                 )
-                if self.stopping.wait(0) or await self._sleep(delay):
+                if await self._sleep(delay):
                     return "stopped"
                 continue
             except DatabaseError:
