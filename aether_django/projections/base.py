@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from django.db import DEFAULT_DB_ALIAS, models
+from django.db import DEFAULT_DB_ALIAS, OperationalError, models
 
 from ..errors import InvalidNameError, ProjectionError, ProjectionTimeoutError
 from ..events import Event
@@ -252,15 +252,21 @@ class Projection:
         return namespace, sequence
 
     @classmethod
-    def _position(cls, namespace: str) -> tuple[int, str | None]:
+    def _position(cls, namespace: str) -> tuple[int, str | None] | None:
+        """The checkpoint's sequence and state; None when the database is locked."""
         from ..models import ProjectionCheckpoint
 
-        row = (
-            ProjectionCheckpoint.objects.using(cls._meta.database)
-            .filter(projection=cls._meta.name, namespace=namespace)
-            .values_list("sequence", "state")
-            .first()
-        )
+        try:
+            row = (
+                ProjectionCheckpoint.objects.using(cls._meta.database)
+                .filter(projection=cls._meta.name, namespace=namespace)
+                .values_list("sequence", "state")
+                .first()
+            )
+        except OperationalError:
+            # SQLite refuses a read while a runner's transaction holds the table (a
+            # shared-cache database, or no WAL mode): the next poll reads it.
+            return None
         return (row[0], row[1]) if row else (0, None)
 
     @classmethod
@@ -282,10 +288,13 @@ class Projection:
         """
         namespace, sequence = cls._target(event_or_sequence, namespace)
         deadline = time.monotonic() + timeout
+        position, state = 0, None
         while True:
-            position, state = cls._position(namespace)
-            if position >= sequence:
-                return
+            read = cls._position(namespace)
+            if read is not None:
+                position, state = read
+                if position >= sequence:
+                    return
             if time.monotonic() >= deadline:
                 raise ProjectionTimeoutError(
                     cls._meta.name, namespace, sequence, position, state, timeout
@@ -306,10 +315,13 @@ class Projection:
 
         namespace, sequence = cls._target(event_or_sequence, namespace)
         deadline = time.monotonic() + timeout
+        position, state = 0, None
         while True:
-            position, state = await sync_to_async(cls._position)(namespace)
-            if position >= sequence:
-                return
+            read = await sync_to_async(cls._position)(namespace)
+            if read is not None:
+                position, state = read
+                if position >= sequence:
+                    return
             if time.monotonic() >= deadline:
                 raise ProjectionTimeoutError(
                     cls._meta.name, namespace, sequence, position, state, timeout

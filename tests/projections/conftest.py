@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
+from django.db import OperationalError
 
 from aether_django.events import Event
 from aether_django.projections import base
@@ -64,7 +65,14 @@ def save_ticks(namespace: str, count: int, *, actor: str = "a", first_version: i
 def eventually(check: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
     """Wait until ``check()`` is true."""
     deadline = time.monotonic() + timeout
-    while not check():
+    while True:
+        try:
+            if check():
+                return
+        except OperationalError:
+            # The test database is in-memory SQLite with a shared cache, whose readers
+            # fail at once ("table is locked") while a runner's transaction writes.
+            pass
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
