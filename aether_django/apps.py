@@ -22,6 +22,8 @@ class AetherConfig(AppConfig):
         # Import every installed app's aggregates module, as the admin does with
         # admin.py, so the registry and the checks see every aggregate class.
         autodiscover_modules("aggregates")
+        # And every projections module, after the aggregates whose upcasters they use.
+        autodiscover_modules("projections")
 
     @staticmethod
     def _connect_process_hooks() -> None:

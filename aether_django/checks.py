@@ -187,6 +187,89 @@ def check_aggregates(app_configs: Any = None, **kwargs: Any) -> list[CheckMessag
 
 
 @register("aether_django")
+def check_projections(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """E501-E503, W501: projection declarations that cannot work as written."""
+    from django.db import connections, router
+
+    from .aggregates import all_aggregates, recorded_event_types
+    from .projections import all_projections
+
+    messages: list[CheckMessage] = []
+    by_name: dict[str, list[str]] = defaultdict(list)
+    for projection in all_projections():
+        meta = projection._meta
+        by_name[meta.name].append(meta.label)
+        for problem in meta.problems:
+            messages.append(
+                Error(
+                    f"Projection {meta.label}: {problem}.",
+                    hint="A projection declared wrongly is never run.",
+                    obj=projection,
+                    id="aether_django.E501",
+                )
+            )
+        if meta.database not in connections.settings:
+            messages.append(
+                Error(
+                    f"Projection {meta.label}: Meta.database {meta.database!r} is not in "
+                    "DATABASES.",
+                    obj=projection,
+                    id="aether_django.E503",
+                )
+            )
+        else:
+            for model in meta.models:
+                written = router.db_for_write(model)
+                if written != meta.database:
+                    messages.append(
+                        Error(
+                            f"Projection {meta.label}: {model._meta.label} is written to "
+                            f"{written!r}, not to the projection's database {meta.database!r}.",
+                            hint="The handlers' writes and the checkpoint commit in one "
+                            "transaction only on one database: route the model there or "
+                            "set Meta.database.",
+                            obj=projection,
+                            id="aether_django.E503",
+                        )
+                    )
+        # Event types the aggregates of the covered namespaces record (and upcast from).
+        recorded: set[str] = set()
+        known = False
+        for aggregate in all_aggregates():
+            namespace = aggregate._meta.namespace
+            if namespace is None or not meta.covers(namespace):
+                continue
+            types = recorded_event_types(aggregate)
+            if types is None:
+                known = False
+                break
+            known = True
+            recorded |= types | {event_type for event_type, _ in aggregate._upcasters}
+        if known:
+            for event_type in sorted(set(projection._handlers) - recorded):
+                messages.append(
+                    Warning(
+                        f"Projection {meta.label} handles {event_type!r} but no aggregate of "
+                        f"{meta.source!r} records it.",
+                        hint="Check the event type's spelling, or silence aether_django.W501 "
+                        "if the events are written without an aggregate.",
+                        obj=projection,
+                        id="aether_django.W501",
+                    )
+                )
+    for name, labels in sorted(by_name.items()):
+        if len(labels) > 1:
+            messages.append(
+                Error(
+                    f"Several projections are called {name!r}: " + ", ".join(sorted(labels)) + ".",
+                    hint="Give each projection its own Meta.name: the name keys its checkpoints.",
+                    id="aether_django.E502",
+                )
+            )
+    return messages
+
+
+@register("aether_django")
 def check_api_schema(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """W201: the API's OpenAPI schema needs drf-spectacular's AutoSchema as DRF's default."""
     from django.apps import apps

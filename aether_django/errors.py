@@ -238,3 +238,51 @@ class UndecodableEventError(AggregateReplayError, ReplayError):
 
 class SyncCallInAsyncContextError(AetherError, RuntimeError):
     """A blocking (sync) method was called from a running event loop; use its ``a``-twin."""
+
+
+class ProjectionError(AetherError):
+    """A projection is declared wrongly or cannot do what was asked of it."""
+
+
+class ProjectionTimeoutError(ProjectionError, TimeoutError):
+    """A projection had not applied the awaited event when the wait ran out.
+
+    ``namespace`` and ``sequence`` name the awaited event, ``position`` the last
+    sequence the projection had applied in that namespace and ``state`` its state
+    (running, paused or failed; None when it never ran there).
+    """
+
+    def __init__(
+        self,
+        projection: str,
+        namespace: str,
+        sequence: int,
+        position: int,
+        state: str | None,
+        timeout: float,
+    ) -> None:
+        self.projection = projection
+        self.namespace = namespace
+        self.sequence = sequence
+        self.position = position
+        self.state = state
+        self.timeout = timeout
+        super().__init__(
+            f"projection {projection!r} had not applied sequence {sequence} of namespace "
+            f"{namespace!r} within {timeout:g}s: it is at {position} "
+            f"({state or 'never started there'})"
+        )
+
+    def __reduce__(self) -> tuple[type[ProjectionTimeoutError], tuple[Any, ...]]:
+        # Keep the fields when the error crosses a process boundary.
+        return (
+            type(self),
+            (
+                self.projection,
+                self.namespace,
+                self.sequence,
+                self.position,
+                self.state,
+                self.timeout,
+            ),
+        )

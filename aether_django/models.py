@@ -1,4 +1,4 @@
-"""Database models: who may read and write which namespaces."""
+"""Database models: who may read and write which namespaces, and where projections are."""
 
 from __future__ import annotations
 
@@ -107,3 +107,56 @@ class ClusterInspection(_AdminEntry):
 
     def __str__(self) -> str:
         return "cluster"
+
+
+class ProjectionCheckpoint(models.Model):
+    """How far one projection has applied one namespace's stream.
+
+    ``sequence`` is the stream sequence of the last event whose effect is committed;
+    it moves only in the same transaction as the handlers' writes, by a
+    compare-and-set on its previous value (aether_django.projections.runner). A
+    ``failed`` checkpoint stops at the event ``last_error_sequence``, which only a
+    fix of the code (resume) or a recorded skip gets past.
+    """
+
+    RUNNING = "running"
+    PAUSED = "paused"
+    FAILED = "failed"
+    STATES = [(RUNNING, "running"), (PAUSED, "paused"), (FAILED, "failed")]
+
+    projection = models.CharField(max_length=200)
+    namespace = models.CharField(max_length=255)
+    sequence = models.BigIntegerField(default=0)
+    state = models.CharField(max_length=10, choices=STATES, default=RUNNING)
+    last_error_sequence = models.BigIntegerField(null=True, blank=True)
+    last_error = models.TextField(blank=True, default="")
+    last_error_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["projection", "namespace"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["projection", "namespace"], name="aether_checkpoint_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.projection} @ {self.namespace}:{self.sequence} ({self.state})"
+
+
+class ProjectionSkip(models.Model):
+    """An event a projection was told to pass over: who did it, when and why."""
+
+    projection = models.CharField(max_length=200)
+    namespace = models.CharField(max_length=255)
+    sequence = models.BigIntegerField()
+    reason = models.TextField()
+    skipped_by = models.CharField(max_length=150)
+    skipped_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["projection", "namespace", "sequence"]
+
+    def __str__(self) -> str:
+        return f"{self.projection} skipped {self.namespace}:{self.sequence} ({self.reason})"

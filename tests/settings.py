@@ -18,6 +18,8 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "aether_django",
+    # Read models and projections of tests/projections.
+    "tests.projections.app",
 ]
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",

@@ -19,6 +19,8 @@ from aether_django.errors import (
     InvalidNamespaceError,
     NamespaceCollisionError,
     PayloadTooLargeError,
+    ProjectionError,
+    ProjectionTimeoutError,
     ReplayError,
     SaveOutcomeUnknownError,
     StoreConfigurationError,
@@ -56,6 +58,8 @@ PARENTS: dict[type[Exception], tuple[type[Exception], ...]] = {
     AggregateError: (),
     AggregateReplayError: (AggregateError,),
     UndecodableEventError: (AggregateReplayError, AggregateError, ReplayError),
+    ProjectionError: (),
+    ProjectionTimeoutError: (ProjectionError, TimeoutError),
 }
 
 #: An instance of each error as the code raises it.
@@ -81,6 +85,8 @@ EXAMPLES: dict[type[Exception], Exception] = {
     UndecodableEventError: UndecodableEventError(
         "order-1", 4, ReplayError(11, b"\xff", "not JSON", "order-1"), aggregate="Order"
     ),
+    ProjectionError: ProjectionError("no projection called 'x'"),
+    ProjectionTimeoutError: ProjectionTimeoutError("order-summary", "orders", 9, 7, "failed", 2.0),
 }
 
 

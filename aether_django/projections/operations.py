@@ -1,0 +1,168 @@
+"""What operators do to projections: status, pause, resume, skip and rebuild.
+
+Each change is one database transaction on the projection's database, so it cannot
+interleave with a batch: a runner's next compare-and-set sees it and backs off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from django.db import transaction
+
+from ..errors import ProjectionError
+from ..models import ProjectionCheckpoint, ProjectionSkip
+from .base import Projection
+from .runner import catch_up, covered_namespaces, ensure_checkpoint, stream_head
+
+__all__ = ["NamespaceStatus", "pause", "rebuild", "resume", "skip", "status"]
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceStatus:
+    """Where one projection is in one namespace."""
+
+    projection: str
+    namespace: str
+    position: int
+    head: int
+    lag: int
+    state: str
+    last_error_sequence: int | None
+    last_error: str
+    last_error_at: datetime | None
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["last_error_at"] = self.last_error_at.isoformat() if self.last_error_at else None
+        return data
+
+
+def status(projection: type[Projection]) -> list[NamespaceStatus]:
+    """The projection's position, the stream head and the lag in each namespace it
+    covers or has a checkpoint for (a namespace it never ran in shows "new")."""
+    meta = projection._meta
+    rows = {
+        cp.namespace: cp
+        for cp in ProjectionCheckpoint.objects.using(meta.database).filter(projection=meta.name)
+    }
+    found: list[NamespaceStatus] = []
+    for namespace in sorted(set(rows) | set(covered_namespaces(projection))):
+        cp = rows.get(namespace)
+        head = stream_head(namespace)
+        position = cp.sequence if cp else 0
+        found.append(
+            NamespaceStatus(
+                projection=meta.name,
+                namespace=namespace,
+                position=position,
+                head=head,
+                lag=max(0, head - position),
+                state=cp.state if cp else "new",
+                last_error_sequence=cp.last_error_sequence if cp else None,
+                last_error=cp.last_error if cp else "",
+                last_error_at=cp.last_error_at if cp else None,
+            )
+        )
+    return found
+
+
+def pause(projection: type[Projection]) -> int:
+    """Pause the projection in every namespace it has a checkpoint for (failed ones stay
+    failed); runners stop at their next batch. Returns how many were paused."""
+    meta = projection._meta
+    for namespace in covered_namespaces(projection):
+        ensure_checkpoint(projection, namespace)
+    return (
+        ProjectionCheckpoint.objects.using(meta.database)
+        .filter(projection=meta.name, state=ProjectionCheckpoint.RUNNING)
+        .update(state=ProjectionCheckpoint.PAUSED)
+    )
+
+
+def resume(projection: type[Projection]) -> int:
+    """Set paused and failed checkpoints running again; a failed one tries its failing
+    event again (after a fix of the code). Returns how many changed."""
+    meta = projection._meta
+    return (
+        ProjectionCheckpoint.objects.using(meta.database)
+        .filter(projection=meta.name)
+        .exclude(state=ProjectionCheckpoint.RUNNING)
+        .update(state=ProjectionCheckpoint.RUNNING)
+    )
+
+
+def skip(
+    projection: type[Projection], namespace: str, sequence: int, *, reason: str, by: str
+) -> ProjectionSkip:
+    """Pass over the event the projection failed at, recorded with who, when and why.
+
+    Only the event a checkpoint is failed at can be skipped: the checkpoint moves to
+    it, the projection runs again from the event after it, and the record stays.
+    """
+    meta = projection._meta
+    if not reason.strip():
+        raise ProjectionError("a skip needs a reason")
+    with transaction.atomic(using=meta.database):
+        cp = (
+            ProjectionCheckpoint.objects.using(meta.database)
+            .select_for_update()
+            .filter(projection=meta.name, namespace=namespace)
+            .first()
+        )
+        if cp is None or cp.state != ProjectionCheckpoint.FAILED:
+            raise ProjectionError(
+                f"{meta.name} is not failed in {namespace!r}: only the event a projection "
+                "stopped at can be skipped"
+            )
+        if cp.last_error_sequence != sequence:
+            raise ProjectionError(
+                f"{meta.name} stopped at sequence {cp.last_error_sequence} of {namespace!r}, "
+                f"not {sequence}"
+            )
+        record = ProjectionSkip.objects.using(meta.database).create(
+            projection=meta.name,
+            namespace=namespace,
+            sequence=sequence,
+            reason=reason,
+            skipped_by=by,
+        )
+        cp.sequence = sequence
+        cp.state = ProjectionCheckpoint.RUNNING
+        cp.save(using=meta.database, update_fields=["sequence", "state", "updated_at"])
+    return record
+
+
+def reset(projection: type[Projection]) -> None:
+    """Clear the owned models and set every checkpoint back to 0 and running, in one
+    transaction (the first half of a rebuild). The skip records stay."""
+    meta = projection._meta
+    with transaction.atomic(using=meta.database):
+        for model in meta.models:
+            model._default_manager.using(meta.database).all().delete()
+        ProjectionCheckpoint.objects.using(meta.database).filter(projection=meta.name).update(
+            sequence=0,
+            state=ProjectionCheckpoint.RUNNING,
+            last_error_sequence=None,
+            last_error="",
+            last_error_at=None,
+        )
+
+
+def rebuild(
+    projection: type[Projection],
+    *,
+    progress: Callable[[int], None] | None = None,
+    total: Callable[[int], None] | None = None,
+) -> dict[str, str]:
+    """Reset the projection (:func:`reset`), then replay every covered namespace up to
+    its head as of the start. ``total`` is told how many events there are to apply,
+    ``progress`` how many each batch applied. Returns each namespace's outcome."""
+    reset(projection)
+    heads = {ns: stream_head(ns) for ns in covered_namespaces(projection)}
+    if total is not None:
+        total(sum(heads.values()))
+    return catch_up(projection, progress=progress, heads=heads)

@@ -1,0 +1,459 @@
+"""Running projections: catch-up then live per namespace, a batch and its checkpoint in one step.
+
+For each namespace its source covers, a :class:`NamespaceWorker` subscribes
+to the event bus from the stream sequence right after the projection's checkpoint.
+On the NATS bus that is one ordered JetStream consumer, which delivers the stored
+history from that position and then every event saved later, in stream order: the
+catch-up and the live part are one sequence of deliveries, so there is no hand-over
+in which an event could be missed or seen twice. The worker still drops any delivery
+at or before its position (a resubscription may overlap).
+
+Each batch of events is applied in one ``transaction.atomic(using=Meta.database)``
+together with the checkpoint's advance, a compare-and-set on its previous sequence
+(and on the state ``running``). When no row is updated another runner moved the
+checkpoint (or an operator paused the projection): the batch rolls back and the
+worker backs off and subscribes again from the checkpoint it finds. Delivery may
+repeat; effects never do.
+
+A handler that raises rolls its batch back. The events of the batch before the
+failing one are applied on their own, then the failing event is tried again after
+``Meta.on_error`` backoffs; when the retries are used up the checkpoint is marked
+``failed`` at that event (sequence, message, time) and the namespace's worker
+stops. Only a resume (after a fix) or a recorded skip gets past it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import traceback
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from django.db import DatabaseError, connections, transaction
+from django.utils import timezone
+
+from ..bus import get_event_bus
+from ..bus.local import Delivery, Subscription
+from ..errors import AetherError, ProjectionError
+from ..events import Event
+from ..models import ProjectionCheckpoint
+from ..runtime import get_runtime
+from ..store import get_existing_event_store, list_namespaces
+from .base import Projection, ProjectionContext
+
+__all__ = ["NamespaceWorker", "ProjectionRunner", "stream_head"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Seconds a worker waits for the first event of a batch before it looks at its
+#: checkpoint's state again (a pause) and at the stop flag.
+IDLE_WAIT = 0.25
+#: Seconds a worker waits for more events once a batch has its first one.
+GATHER_WAIT = 0.005
+#: Seconds a worker waits after losing a compare-and-set, before subscribing again.
+MOVED_BACKOFF = 0.2
+
+
+class _HandlerFailed(Exception):
+    def __init__(self, index: int, sequence: int, error: BaseException) -> None:
+        self.index = index
+        self.sequence = sequence
+        self.error = error
+
+
+class _Moved(Exception):
+    """The checkpoint was not where this batch started (or is no longer running)."""
+
+
+def stream_head(namespace: str) -> int:
+    """The last stream sequence of ``namespace`` (0 when nothing was saved)."""
+    info = get_existing_event_store(namespace).get_info()
+    return info.last_sequence if info is not None else 0
+
+
+def ensure_checkpoint(projection: type[Projection], namespace: str) -> ProjectionCheckpoint:
+    """The checkpoint of ``projection`` in ``namespace``, made at 0 when missing.
+
+    A new one starts paused when the projection is paused elsewhere, so that a pause
+    holds for the namespaces a pattern finds later.
+    """
+    meta = projection._meta
+    rows = ProjectionCheckpoint.objects.using(meta.database)
+    found = rows.filter(projection=meta.name, namespace=namespace).first()
+    if found is not None:
+        return found
+    paused = rows.filter(projection=meta.name, state=ProjectionCheckpoint.PAUSED).exists()
+    checkpoint, _ = rows.get_or_create(
+        projection=meta.name,
+        namespace=namespace,
+        defaults={"state": ProjectionCheckpoint.PAUSED if paused else ProjectionCheckpoint.RUNNING},
+    )
+    return checkpoint
+
+
+def covered_namespaces(projection: type[Projection]) -> list[str]:
+    """The existing namespaces the projection's source covers, sorted."""
+    return [ns for ns in list_namespaces() if projection._meta.covers(ns)]
+
+
+class NamespaceWorker(threading.Thread):
+    """Applies one projection to one namespace until stopped, failed or paused.
+
+    ``until``: stop once the checkpoint has reached this sequence (a rebuild's
+    replay); None to follow live events until stopped. ``progress`` is called with
+    the number of events of each committed batch.
+    """
+
+    def __init__(
+        self,
+        projection: type[Projection],
+        namespace: str,
+        *,
+        stop: threading.Event | None = None,
+        until: int | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        super().__init__(name=f"projection {projection._meta.name} {namespace}", daemon=True)
+        self.projection = projection
+        self.namespace = namespace
+        self.stopping = stop or threading.Event()
+        self.until = until
+        self.progress = progress
+        self.instance = projection()
+        self.upcast = projection.upcaster_for(namespace)
+        #: Why the worker ended: "stopped", "caught-up", "paused", "failed" or "error".
+        self.outcome: str | None = None
+        #: The checkpoint's sequence as this worker last committed or read it.
+        self.position = 0
+        self._db = ThreadPoolExecutor(1, thread_name_prefix="projection-db")
+
+    # --- the thread ----------------------------------------------------------------------
+    def run(self) -> None:
+        try:
+            # On the runtime's own loop, which holds the process's NATS connection: a
+            # loop of the worker's own would open (and leave behind) one of its own.
+            future = asyncio.run_coroutine_threadsafe(self._follow(), get_runtime().loop)
+            self.outcome = future.result()
+        except Exception:
+            logger.exception(
+                "projection %s stopped in %s", self.projection._meta.name, self.namespace
+            )
+            self.outcome = "error"
+        finally:
+            # The database work ran in the executor's thread: its connection goes with it.
+            self._db.submit(connections.close_all).result()
+            self._db.shutdown()
+
+    async def _db_call(self, fn: Callable[..., T], *args: Any) -> T:
+        # The ORM refuses to run in a thread with a running event loop, and a
+        # transaction must stay in one thread: every database call goes to one thread.
+        return await asyncio.get_running_loop().run_in_executor(self._db, fn, *args)
+
+    async def _follow(self) -> str:
+        meta = self.projection._meta
+        while not self.stopping.is_set():
+            checkpoint = await self._db_call(ensure_checkpoint, self.projection, self.namespace)
+            self.position = checkpoint.sequence
+            if checkpoint.state != ProjectionCheckpoint.RUNNING:
+                return checkpoint.state
+            if self.until is not None and self.position >= self.until:
+                return "caught-up"
+            start: Any = self.position + 1
+            subscription = await get_event_bus().asubscribe(
+                self.namespace,
+                start=start,
+                overflow="wait",
+                buffer_size=max(2 * meta.batch_size, 64),
+            )
+            try:
+                outcome = await self._consume(subscription)
+            finally:
+                await subscription.aclose()
+            if outcome is not None:
+                return outcome
+            # Lost a compare-and-set: another runner is ahead, or the state changed.
+            await asyncio.sleep(MOVED_BACKOFF)
+        return "stopped"
+
+    async def _take(self, subscription: Subscription) -> list[Delivery] | None:
+        """The next batch: waits for one delivery, then takes what follows at once.
+
+        None when the subscription ended (the bus was closed or reset, or it fell
+        behind): the worker subscribes again from its checkpoint.
+        """
+        size = self.projection._meta.batch_size
+        batch: list[Delivery] = []
+        try:
+            batch.append(await subscription.next(IDLE_WAIT))
+            while len(batch) < size:
+                batch.append(await subscription.next(GATHER_WAIT))
+        except TimeoutError:
+            pass
+        except (StopAsyncIteration, AetherError) as exc:
+            logger.info(
+                "projection %s: the subscription to %s ended (%r), subscribing again",
+                self.projection._meta.name,
+                self.namespace,
+                exc,
+            )
+            # What it delivered before ending is still good; the next one starts after.
+            return batch or None
+        return batch
+
+    async def _consume(self, subscription: Subscription) -> str | None:
+        """Apply deliveries until stopped (an outcome) or moved (None: subscribe again)."""
+        meta = self.projection._meta
+        pending: list[Event] = []
+        failures = 0
+        while not self.stopping.is_set():
+            if self.until is not None and self.position >= self.until:
+                return "caught-up"
+            if not pending:
+                taken = await self._take(subscription)
+                if taken is None:
+                    return None
+                pending = [
+                    d.event for d in taken if d.sequence is not None and d.sequence > self.position
+                ]
+                if not taken:
+                    # Idle: has an operator paused (or someone failed) it meanwhile?
+                    state = await self._db_call(self._state)
+                    if state != ProjectionCheckpoint.RUNNING:
+                        return state or "stopped"
+                    continue
+                if not pending:
+                    continue
+            try:
+                await self._db_call(self._apply, pending, self.position)
+            except _Moved:
+                return None
+            except _HandlerFailed as failed:
+                if failed.index > 0:
+                    # What came before the failing event is fine: commit it on its own,
+                    # so the projection stops exactly at the failing event.
+                    head, pending = pending[: failed.index], pending[failed.index :]
+                    try:
+                        await self._db_call(self._apply, head, self.position)
+                    except (_Moved, _HandlerFailed):
+                        return None
+                    self._committed(head)
+                    continue
+                failures += 1
+                if failures > meta.retries:
+                    marked = await self._db_call(self._fail, failed)
+                    return "failed" if marked else None
+                delay = min(meta.backoff * 2 ** (failures - 1), meta.max_backoff)
+                logger.warning(
+                    "projection %s: %s at %s:%s (try %d of %d), again in %.2fs",
+                    meta.name,
+                    type(failed.error).__name__,
+                    self.namespace,
+                    failed.sequence,
+                    failures,
+                    meta.retries + 1,
+                    delay,
+                )
+                if await self._sleep(delay):
+                    return "stopped"
+                continue
+            except DatabaseError:
+                # The checkpoint itself could not be read or written (a locked database,
+                # a lost connection): nothing was committed, start over from it.
+                logger.warning("projection %s: database error", meta.name, exc_info=True)
+                return None
+            failures = 0
+            self._committed(pending)
+            pending = []
+        return "stopped"
+
+    async def _sleep(self, seconds: float) -> bool:
+        """Sleep, or return True early when the worker is told to stop."""
+        end = asyncio.get_running_loop().time() + seconds
+        while (left := end - asyncio.get_running_loop().time()) > 0:
+            if self.stopping.is_set():
+                return True
+            await asyncio.sleep(min(left, IDLE_WAIT))
+        return self.stopping.is_set()
+
+    def _committed(self, events: list[Event]) -> None:
+        last = events[-1].sequence
+        assert last is not None
+        self.position = last
+        if self.progress is not None:
+            self.progress(len(events))
+
+    # --- database work (in the worker's database thread) ------------------------------------
+    def _state(self) -> str | None:
+        meta = self.projection._meta
+        return (
+            ProjectionCheckpoint.objects.using(meta.database)
+            .filter(projection=meta.name, namespace=self.namespace)
+            .values_list("state", flat=True)
+            .first()
+        )
+
+    def _apply(self, events: list[Event], previous: int) -> None:
+        """Apply ``events`` and move the checkpoint from ``previous`` to the last of
+        them, in one transaction; raises _Moved or _HandlerFailed after rolling back."""
+        meta = self.projection._meta
+        last = events[-1].sequence
+        with transaction.atomic(using=meta.database):
+            for index, event in enumerate(events):
+                sequence = event.sequence
+                assert sequence is not None
+                context = ProjectionContext(
+                    namespace=self.namespace,
+                    sequence=sequence,
+                    projection=meta.name,
+                    database=meta.database,
+                )
+                try:
+                    # Each event in a savepoint of its own would cost a round trip per
+                    # event; the whole batch rolls back instead, and is split after.
+                    self.instance.handle(self.upcast(event) if self.upcast else event, context)
+                except Exception as exc:
+                    raise _HandlerFailed(index, sequence, exc) from exc
+            moved = (
+                ProjectionCheckpoint.objects.using(meta.database)
+                .filter(
+                    projection=meta.name,
+                    namespace=self.namespace,
+                    sequence=previous,
+                    state=ProjectionCheckpoint.RUNNING,
+                )
+                .update(sequence=last, updated_at=timezone.now())
+            )
+            if moved != 1:
+                raise _Moved
+
+    def _fail(self, failed: _HandlerFailed) -> bool:
+        """Mark the checkpoint failed at the failing event; False if it had moved."""
+        meta = self.projection._meta
+        message = "".join(traceback.format_exception_only(failed.error)).strip()
+        logger.error(
+            "projection %s stopped at %s:%s: %s",
+            meta.name,
+            self.namespace,
+            failed.sequence,
+            message,
+        )
+        return bool(
+            ProjectionCheckpoint.objects.using(meta.database)
+            .filter(
+                projection=meta.name,
+                namespace=self.namespace,
+                sequence=self.position,
+                state=ProjectionCheckpoint.RUNNING,
+            )
+            .update(
+                state=ProjectionCheckpoint.FAILED,
+                last_error_sequence=failed.sequence,
+                last_error=message,
+                last_error_at=timezone.now(),
+            )
+        )
+
+
+class ProjectionRunner:
+    """Runs projections in this process: a worker per (projection, namespace).
+
+    :meth:`tick` starts a worker for every covered namespace whose checkpoint is
+    running and has none alive; it lists the namespaces again each time, so a pattern
+    source picks up namespaces created later, and a resumed or skipped projection
+    starts again. :meth:`run` ticks every ``interval`` seconds until :meth:`stop`.
+    """
+
+    def __init__(self, projections: Iterable[type[Projection]], *, interval: float = 1.0) -> None:
+        self.projections = list(projections)
+        for projection in self.projections:
+            if projection._meta.problems:
+                # Run nothing that the system checks reject (aether_django.E501).
+                raise ProjectionError(
+                    f"projection {projection._meta.name} is declared wrongly: "
+                    + "; ".join(projection._meta.problems)
+                )
+        self.interval = interval
+        self.stopping = threading.Event()
+        self.workers: dict[tuple[str, str], NamespaceWorker] = {}
+
+    def tick(self) -> None:
+        """Start the workers that should be running and are not."""
+        namespaces = list_namespaces()
+        for projection in self.projections:
+            meta = projection._meta
+            for namespace in namespaces:
+                if not meta.covers(namespace):
+                    continue
+                key = (meta.name, namespace)
+                worker = self.workers.get(key)
+                if worker is not None and worker.is_alive():
+                    continue
+                if ensure_checkpoint(projection, namespace).state != ProjectionCheckpoint.RUNNING:
+                    continue
+                worker = NamespaceWorker(projection, namespace, stop=self.stopping)
+                self.workers[key] = worker
+                worker.start()
+
+    def run(self) -> None:
+        """Tick until stopped (the ``aether_projections run`` loop)."""
+        try:
+            while not self.stopping.is_set():
+                try:
+                    self.tick()
+                except (DatabaseError, AetherError, OSError):
+                    # NATS or the database did not answer (a locked SQLite file, a
+                    # restarting server): the workers that run go on; look again later.
+                    logger.warning("projection runner: could not look for work", exc_info=True)
+                self.stopping.wait(self.interval)
+        finally:
+            self.stop()
+
+    def start(self) -> threading.Thread:
+        """Run in a background thread (tests, an embedding process); returns it."""
+        thread = threading.Thread(target=self._run_closing, name="projection runner", daemon=True)
+        thread.start()
+        return thread
+
+    def _run_closing(self) -> None:
+        try:
+            self.run()
+        finally:
+            connections.close_all()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop every worker and wait for them (each finishes or rolls back its batch)."""
+        self.stopping.set()
+        for worker in list(self.workers.values()):
+            if worker is not threading.current_thread():
+                worker.join(timeout)
+
+
+def catch_up(
+    projection: type[Projection],
+    *,
+    progress: Callable[[int], None] | None = None,
+    heads: dict[str, int] | None = None,
+) -> dict[str, str]:
+    """Apply ``projection`` to every covered namespace up to its head as of now.
+
+    Returns each namespace's outcome ("caught-up", "failed", "paused", ...).
+    """
+    heads = (
+        heads
+        if heads is not None
+        else {ns: stream_head(ns) for ns in covered_namespaces(projection)}
+    )
+    workers = [
+        NamespaceWorker(projection, namespace, until=head, progress=progress)
+        for namespace, head in heads.items()
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return {w.namespace: w.outcome or "error" for w in workers}

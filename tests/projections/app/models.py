@@ -1,0 +1,33 @@
+"""Read models the test projections write."""
+
+from django.db import models
+
+
+class Applied(models.Model):
+    """One row per event a projection applied: duplicates and gaps show in the rows."""
+
+    projection = models.CharField(max_length=200)
+    namespace = models.CharField(max_length=255)
+    sequence = models.BigIntegerField()
+    actor_id = models.CharField(max_length=255)
+    event_type = models.CharField(max_length=100)
+    data = models.JSONField(default=dict)
+
+    class Meta:
+        ordering = ["namespace", "sequence"]
+
+    def __str__(self) -> str:
+        return f"{self.projection} {self.namespace}:{self.sequence}"
+
+
+class OrderSummary(models.Model):
+    """The read model of the issue's example: one row per order."""
+
+    order_id = models.CharField(max_length=255, unique=True)
+    namespace = models.CharField(max_length=255)
+    customer = models.CharField(max_length=100, blank=True)
+    status = models.CharField(max_length=20)
+    lines = models.IntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"order {self.order_id} ({self.status})"

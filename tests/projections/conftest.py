@@ -1,0 +1,78 @@
+"""Fixtures of the projection tests: fresh namespaces, a clean registry, runners that stop."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+from django.db import OperationalError
+
+from aether_django.events import Event
+from aether_django.projections import base
+from aether_django.projections.runner import ProjectionRunner
+from aether_django.store import get_event_store
+
+from .app import projections as app_projections
+
+
+@pytest.fixture
+def scratch_projections() -> Iterator[None]:
+    """Forget the projection classes a test declares; forget its poison too."""
+    saved = dict(base._registry)
+    yield
+    base._registry.clear()
+    base._registry.update(saved)
+    app_projections.POISON.clear()
+
+
+@pytest.fixture
+def unique() -> Callable[[str], str]:
+    """A namespace-safe name no other test (or earlier session) uses."""
+    return lambda prefix: f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def runners() -> Iterator[Callable[..., ProjectionRunner]]:
+    """Start ProjectionRunners in background threads; all are stopped after the test."""
+    started: list[ProjectionRunner] = []
+
+    def start(*projections, interval: float = 0.1) -> ProjectionRunner:
+        runner = ProjectionRunner(projections, interval=interval)
+        runner.start()
+        started.append(runner)
+        return runner
+
+    yield start
+    for runner in started:
+        runner.stop()
+
+
+def save_ticks(namespace: str, count: int, *, actor: str = "a", first_version: int = 1, **data):
+    """Save ``count`` Tick events of one actor; returns them as stored (with sequences)."""
+    store = get_event_store(namespace)
+    return [
+        store.save_event(
+            Event(
+                event_type="Tick", actor_id=actor, version=first_version + i, data={"i": i, **data}
+            )
+        )
+        for i in range(count)
+    ]
+
+
+def eventually(check: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
+    """Wait until ``check()`` is true."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if check():
+                return
+        except OperationalError:
+            # The test database is in-memory SQLite with a shared cache, whose readers
+            # fail at once ("table is locked") while a runner's transaction writes.
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)

@@ -1,0 +1,43 @@
+"""A projection runner in a process of its own, on a SQLite file the test shares.
+
+    AETHER_TEST_DATABASE=/tmp/db.sqlite3 python -m tests.projections.runnerproc migrate
+    AETHER_TEST_DATABASE=/tmp/db.sqlite3 python -m tests.projections.runnerproc run SOURCE NAME
+
+``migrate`` prepares the file (WAL mode, the tables); ``run`` declares a ledger
+projection of SOURCE called NAME (tests.projections.app.projections.ledger) and runs
+``manage.py aether_projections run NAME`` until it is killed or stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
+
+from django.conf import settings
+
+# Before setup, so that no connection has read the in-memory default yet.
+settings.DATABASES["default"]["NAME"] = os.environ["AETHER_TEST_DATABASE"]
+# Two processes on one file: wait for a lock rather than fail at once.
+settings.DATABASES["default"]["OPTIONS"] = {"timeout": 20}  # type: ignore[assignment]
+
+import django  # noqa: E402 (after the settings change)
+
+django.setup()
+
+from django.core.management import call_command  # noqa: E402
+from django.db import connection  # noqa: E402
+
+from tests.projections.app.projections import ledger  # noqa: E402
+
+if __name__ == "__main__":
+    if sys.argv[1] == "migrate":
+        with connection.cursor() as cursor:
+            # Readers (the test) and the writer (this runner) at once: SQLite's WAL mode.
+            cursor.execute("PRAGMA journal_mode=WAL")
+        call_command("migrate", verbosity=0, interactive=False, run_syncdb=True)
+    else:
+        source, name = sys.argv[2], sys.argv[3]
+        ledger(source, name, batch_size=int(os.environ.get("BATCH_SIZE", "20")))
+        call_command("aether_projections", "run", name, "--interval", "0.2")

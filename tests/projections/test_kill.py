@@ -1,0 +1,162 @@
+"""Exactly-once effect across crashes: a runner process SIGKILLed mid-batch, again and again,
+while events are saved; after a restart the read model is the one a fresh run makes."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from aether_django.store import get_event_store
+
+from .conftest import save_ticks
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _rows(db: Path, query: str, *args: object) -> list[tuple]:
+    with sqlite3.connect(db, timeout=20) as conn:
+        return conn.execute(query, args).fetchall()
+
+
+@pytest.mark.slow
+def test_sigkill_mid_batch_while_events_are_saved(tmp_path, unique, aether_nats_url):
+    namespace = unique("proj-kill")
+    name = unique("kill")
+    db = tmp_path / "db.sqlite3"
+    env = dict(
+        os.environ,
+        AETHER_TEST_DATABASE=str(db),
+        AETHER_NATS_URL=aether_nats_url,
+        BATCH_SIZE="20",
+        PYTHONUNBUFFERED="1",
+    )
+    module = [sys.executable, "-m", "tests.projections.runnerproc"]
+    subprocess.run([*module, "migrate"], cwd=ROOT, env=env, check=True)
+    save_ticks(namespace, 200, actor="history")
+    stop = threading.Event()
+
+    def writer() -> None:
+        version = 1
+        while not stop.is_set():
+            save_ticks(namespace, 5, actor="live", first_version=version)
+            version += 5
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    rng = random.Random(16)
+    kills = 0
+    log = tmp_path / "runner.log"
+    try:
+        with log.open("ab") as out:
+            for _ in range(6):
+                proc = subprocess.Popen(
+                    [*module, "run", namespace, name], cwd=ROOT, env=env, stdout=out, stderr=out
+                )
+                time.sleep(rng.uniform(1.0, 2.0))
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                kills += 1
+    finally:
+        stop.set()
+        thread.join()
+    head = get_event_store(namespace).get_info().last_sequence
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [*module, "run", namespace, name], cwd=ROOT, env=env, stdout=out, stderr=out
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                at = _rows(
+                    db,
+                    "SELECT sequence FROM aether_django_projectioncheckpoint "
+                    "WHERE projection = ? AND namespace = ?",
+                    name,
+                    namespace,
+                )
+                if at and at[0][0] >= head:
+                    break
+                assert time.monotonic() < deadline, f"stuck at {at} of {head}: {log.read_text()}"
+                time.sleep(0.1)
+        finally:
+            proc.send_signal(signal.SIGINT)  # Ctrl-C: a clean stop
+            assert proc.wait(30) == 0, log.read_text()
+    applied = [
+        seq
+        for (seq,) in _rows(
+            db,
+            "SELECT sequence FROM projection_tests_applied WHERE projection = ? ORDER BY sequence",
+            name,
+        )
+    ]
+    # Every event once: what a fresh run (or a rebuild) of this ledger writes.
+    assert kills == 6
+    assert applied == list(range(1, head + 1))
+    assert "stopped" in log.read_text()
+
+
+@pytest.mark.slow
+def test_two_runner_processes_of_one_projection_leave_the_read_model_exact(
+    tmp_path, unique, aether_nats_url
+):
+    namespace = unique("proj-procs")
+    name = unique("procs")
+    db = tmp_path / "db.sqlite3"
+    env = dict(
+        os.environ,
+        AETHER_TEST_DATABASE=str(db),
+        AETHER_NATS_URL=aether_nats_url,
+        BATCH_SIZE="10",
+        PYTHONUNBUFFERED="1",
+    )
+    module = [sys.executable, "-m", "tests.projections.runnerproc"]
+    subprocess.run([*module, "migrate"], cwd=ROOT, env=env, check=True)
+    save_ticks(namespace, 150, actor="history")
+    log = tmp_path / "runners.log"
+    with log.open("ab") as out:
+        procs = [
+            subprocess.Popen(
+                [*module, "run", namespace, name], cwd=ROOT, env=env, stdout=out, stderr=out
+            )
+            for _ in range(2)
+        ]
+        try:
+            save_ticks(namespace, 150, actor="live")
+            head = get_event_store(namespace).get_info().last_sequence
+            deadline = time.monotonic() + 60
+            while True:
+                at = _rows(
+                    db,
+                    "SELECT sequence FROM aether_django_projectioncheckpoint "
+                    "WHERE projection = ? AND namespace = ?",
+                    name,
+                    namespace,
+                )
+                if at and at[0][0] >= head:
+                    break
+                assert time.monotonic() < deadline, f"stuck at {at} of {head}: {log.read_text()}"
+                time.sleep(0.1)
+        finally:
+            for proc in procs:
+                proc.send_signal(signal.SIGINT)
+            codes = [proc.wait(30) for proc in procs]
+    assert codes == [0, 0], log.read_text()
+    applied = [
+        seq
+        for (seq,) in _rows(
+            db,
+            "SELECT sequence FROM projection_tests_applied WHERE projection = ? ORDER BY sequence",
+            name,
+        )
+    ]
+    assert applied == list(range(1, head + 1))

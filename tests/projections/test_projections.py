@@ -1,0 +1,474 @@
+"""Projections: handlers, exactly-once checkpoints, catch-up then live, failures, skips,
+rebuilds and read-your-writes, on SQLite with a real nats-server."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from aether_django.checks import check_projections
+from aether_django.errors import ProjectionError, ProjectionTimeoutError
+from aether_django.events import Event
+from aether_django.management.commands import aether_projections
+from aether_django.models import ProjectionCheckpoint, ProjectionSkip
+from aether_django.projections import Projection, get_projection, on, operations
+from aether_django.projections.runner import (
+    NamespaceWorker,
+    ProjectionRunner,
+    _Moved,
+    catch_up,
+    ensure_checkpoint,
+)
+from aether_django.store import get_event_store
+
+from .app import projections as app_projections
+from .app.models import Applied, OrderSummary
+from .app.projections import OrderSummaryProjection, ledger
+from .conftest import eventually, save_ticks
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("scratch_projections"),
+]
+
+
+def sequences(name: str, namespace: str) -> list[int]:
+    return list(
+        Applied.objects.filter(projection=name, namespace=namespace)
+        .order_by("sequence")
+        .values_list("sequence", flat=True)
+    )
+
+
+def checkpoint(name: str, namespace: str) -> ProjectionCheckpoint:
+    return ProjectionCheckpoint.objects.get(projection=name, namespace=namespace)
+
+
+def test_declaration_and_registry():
+    assert get_projection("order-summary") is OrderSummaryProjection
+    assert get_projection("OrderSummaryProjection") is OrderSummaryProjection
+    meta = OrderSummaryProjection._meta
+    assert (meta.source, meta.batch_size, meta.database) == ("proj-shop", 100, "default")
+    assert (meta.retries, meta.backoff, meta.max_backoff) == (3, 0.5, 30.0)
+    assert OrderSummaryProjection._handlers == {
+        "OrderPlaced": "placed",
+        "LineAdded": "line_added",
+        "OrderPaid": "paid",
+    }
+    with pytest.raises(ProjectionError, match="no projection called"):
+        get_projection("nothing-like-it")
+
+
+def _checks(projection) -> list[tuple[str | None, str]]:
+    return [
+        (m.id, m.msg)
+        for m in check_projections()
+        if m.obj is projection or (m.id == "aether_django.E502" and projection.__name__ in m.msg)
+    ]
+
+
+def test_system_checks_report_declarations_that_cannot_work(unique):
+    class Wrong(Projection):
+        class Meta:
+            source = "bad pattern!"
+            sauce = "orders"
+            models = [str]
+            batch_size = 0
+            on_error = {"tries": 3}
+
+    problems = [msg for _, msg in _checks(Wrong)]
+    assert all(id_ == "aether_django.E501" for id_, _ in _checks(Wrong))
+    assert any("unknown Meta option 'sauce'" in p for p in problems)
+    assert any("Meta.source" in p for p in problems)
+    assert any("Meta.models" in p for p in problems)
+    assert any("Meta.batch_size" in p for p in problems)
+    assert any("Meta.on_error" in p for p in problems)
+    # A projection declared wrongly is never run.
+    with pytest.raises(ProjectionError, match="declared wrongly"):
+        ProjectionRunner([Wrong])
+
+    class ElsewhereDb(Projection):
+        class Meta:
+            source = "orders"
+            database = "reports"
+
+    assert [id_ for id_, _ in _checks(ElsewhereDb)] == ["aether_django.E503"]
+
+    class SameName(Projection):
+        class Meta:
+            source = "orders"
+            name = "order-summary"
+
+    assert ("aether_django.E502") in [id_ for id_, _ in _checks(SameName)]
+    with pytest.raises(ProjectionError, match="several projections"):
+        get_projection("order-summary")
+
+
+def test_a_handler_for_a_type_no_aggregate_records_is_reported(unique):
+    from aether_django import aggregates
+    from aether_django.aggregates import Aggregate, apply, command
+
+    ns = unique("proj-check")
+    saved = dict(aggregates._registry)
+    try:
+
+        class Thing(Aggregate):
+            class Meta:
+                namespace = ns
+
+            @command
+            def make(self):
+                self.record("Made", {})
+
+            @apply("Made")
+            def _made(self, event):
+                pass
+
+        class Typo(Projection):
+            class Meta:
+                source = ns
+
+            @on("Made")
+            def made(self, event, context):
+                pass
+
+            @on("Maed")
+            def maed(self, event, context):
+                pass
+
+        assert _checks(Typo) == [
+            (
+                "aether_django.W501",
+                f"Projection {Typo._meta.label} handles 'Maed' but no aggregate of {ns!r} "
+                "records it.",
+            )
+        ]
+    finally:
+        aggregates._registry.clear()
+        aggregates._registry.update(saved)
+
+
+def test_handlers_write_rows_and_wait_for_reads_your_writes(runners):
+    store = get_event_store("proj-shop")
+    runners(OrderSummaryProjection)
+    order = f"o-{threading.get_ident()}-{id(store)}"
+    placed = store.save_event(
+        Event(event_type="OrderPlaced", actor_id=order, version=1, data={"customer": "ann"})
+    )
+    store.save_event(Event(event_type="LineAdded", actor_id=order, version=2, data={"quantity": 2}))
+    paid = store.save_event(Event(event_type="OrderPaid", actor_id=order, version=3))
+    OrderSummaryProjection.wait_for(placed, timeout=15)
+    assert OrderSummary.objects.filter(order_id=order).exists()
+    OrderSummaryProjection.wait_for(paid, timeout=15)
+    row = OrderSummary.objects.get(order_id=order)
+    assert (row.customer, row.status, row.lines) == ("ann", "paid", 2)
+
+
+def test_wait_for_times_out_clearly(unique):
+    namespace = unique("proj-wait")
+    Ledger = ledger(namespace, unique("wait"))
+    (event,) = save_ticks(namespace, 1)
+    with pytest.raises(ProjectionTimeoutError) as caught:
+        Ledger.wait_for(event, timeout=0.2)
+    error = caught.value
+    assert (error.namespace, error.sequence, error.position, error.state) == (
+        namespace,
+        event.sequence,
+        0,
+        None,
+    )
+    assert "had not applied sequence 1" in str(error)
+    # Before any runner ran there, status shows the namespace as new, the whole stream as lag.
+    out = _command("status", Ledger._meta.name)
+    assert f"  {namespace}: new at 0 of 1, lag 1" in out
+    with pytest.raises(ProjectionError, match="stored position"):
+        Ledger.wait_for(Event(event_type="Tick", actor_id="x", version=1))
+
+
+async def test_await_for(unique, runners):
+    namespace = unique("proj-await")
+    Ledger = ledger(namespace, unique("await"))
+    store = get_event_store(namespace)
+    event = await store.asave_event(Event(event_type="Tick", actor_id="a", version=1))
+    runners(Ledger)
+    await Ledger.await_for(event, timeout=15)
+    with pytest.raises(ProjectionTimeoutError):
+        assert event.sequence is not None
+        await Ledger.await_for(event.sequence + 5, timeout=0.1)
+
+
+def test_catch_up_then_live_under_continuous_writes_no_gap_no_duplicate(unique, runners):
+    namespace = unique("proj-live")
+    Ledger = ledger(namespace, unique("live"), batch_size=7)
+    history = save_ticks(namespace, 120, actor="history")
+    stop = threading.Event()
+    saved: list[Event] = []
+
+    def writer() -> None:
+        version = 1
+        while not stop.is_set() and version <= 400:
+            saved.extend(save_ticks(namespace, 1, actor="live", first_version=version))
+            version += 1
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        runners(Ledger)
+        # The projection starts while writes go on: the hand-over from history to live
+        # events happens under them.
+        eventually(lambda: len(saved) > 100, what="live writes")
+    finally:
+        stop.set()
+        thread.join()
+    everything = [e.sequence for e in history + saved]
+    Ledger.wait_for(max(everything), timeout=30)
+    assert sequences(Ledger._meta.name, namespace) == sorted(everything)
+    assert checkpoint(Ledger._meta.name, namespace).sequence == max(everything)
+
+
+def test_a_pattern_source_picks_up_namespaces_created_later(unique, runners):
+    prefix = unique("proj-pat")
+    Ledger = ledger(f"{prefix}.*", unique("pattern"))
+    (first,) = save_ticks(f"{prefix}.one", 1)
+    runners(Ledger, interval=0.1)
+    Ledger.wait_for(first, namespace=f"{prefix}.one", timeout=15)
+    later = save_ticks(f"{prefix}.two", 3)
+    Ledger.wait_for(later[-1], namespace=f"{prefix}.two", timeout=15)
+    assert sequences(Ledger._meta.name, f"{prefix}.two") == [e.sequence for e in later]
+    with pytest.raises(ProjectionError, match="pass namespace="):
+        Ledger.wait_for(first, timeout=0.1)
+    # A prefix pattern ("order*") works the same way.
+    Prefixed = ledger(f"{prefix}-x*", unique("prefix"))
+    (third,) = save_ticks(f"{prefix}-xy", 1)
+    runners(Prefixed)
+    Prefixed.wait_for(third, namespace=f"{prefix}-xy", timeout=15)
+
+
+def test_events_arrive_upcast_by_the_namespace_aggregate(unique, runners):
+    from aether_django import aggregates
+    from aether_django.aggregates import Aggregate, apply, evolve, upcaster
+
+    ns = unique("proj-upcast")
+    saved_registry = dict(aggregates._registry)
+    try:
+
+        class Box(Aggregate):
+            class Meta:
+                namespace = ns
+                event_schemas = {"LineAdded": 2}
+
+            @apply("LineAdded")
+            def _line(self, event):
+                pass
+
+            # Version 1 called it ItemAdded.
+            @upcaster("ItemAdded", schema=1)
+            def _v1(event: Event) -> Event:
+                return evolve(event, event_type="LineAdded", schema=2, data={"sku": "old"})
+
+        Ledger = ledger(ns, unique("upcast"))
+        store = get_event_store(ns)
+        old = store.save_event(Event(event_type="ItemAdded", actor_id="b", version=1))
+        runners(Ledger)
+        Ledger.wait_for(old, timeout=15)
+        row = Applied.objects.get(projection=Ledger._meta.name, namespace=ns)
+        assert (row.event_type, row.data) == ("LineAdded", {"sku": "old"})
+    finally:
+        aggregates._registry.clear()
+        aggregates._registry.update(saved_registry)
+
+
+def test_a_poison_event_stops_the_projection_until_skipped(unique, runners, capsys):
+    namespace = unique("proj-poison")
+    Ledger = ledger(namespace, unique("poison"), batch_size=50)
+    name = Ledger._meta.name
+    events = save_ticks(namespace, 10)
+    poison = events[4].sequence
+    app_projections.POISON.add((namespace, poison))
+    runners(Ledger)
+    eventually(
+        lambda: ProjectionCheckpoint.objects.filter(
+            projection=name, namespace=namespace, state="failed"
+        ).exists(),
+        what="the projection to fail",
+    )
+    # It stopped exactly at the poison event: everything before it applied, nothing after.
+    cp = checkpoint(name, namespace)
+    assert (cp.sequence, cp.last_error_sequence) == (poison - 1, poison)
+    assert "ValueError: cannot handle" in cp.last_error and cp.last_error_at is not None
+    assert sequences(name, namespace) == [e.sequence for e in events[:4]]
+    # The status command shows it.
+    call_command("aether_projections", "status", name)
+    out = capsys.readouterr().out
+    assert f"{namespace}: failed at {poison - 1} of {events[-1].sequence}, lag 6" in out
+    assert f"failed at sequence {poison}: ValueError: cannot handle" in out
+    status = json.loads(_command("status", name, "--json"))
+    (ns_status,) = status["projections"][0]["namespaces"]
+    assert (ns_status["state"], ns_status["last_error_sequence"]) == ("failed", poison)
+    # A resume without a fix fails again at the same event; nothing is skipped.
+    call_command("aether_projections", "resume", name)
+    eventually(lambda: checkpoint(name, namespace).state == "failed", what="failing again")
+    assert checkpoint(name, namespace).sequence == poison - 1
+    # Only the failing event can be skipped, with a reason; the skip is recorded.
+    with pytest.raises(CommandError, match=f"stopped at sequence {poison}"):
+        call_command(
+            "aether_projections", "skip", name, "--namespace", namespace,
+            "--sequence", str(poison + 1), "--reason", "no",
+        )  # fmt: skip
+    out = _command(
+        "skip", name, "--namespace", namespace, "--sequence", str(poison),
+        "--reason", "bad data from the import", "--by", "ops-anna",
+    )  # fmt: skip
+    assert f"skipped {namespace}:{poison}" in out
+    record = ProjectionSkip.objects.get(projection=name, namespace=namespace)
+    assert (record.sequence, record.reason, record.skipped_by) == (
+        poison,
+        "bad data from the import",
+        "ops-anna",
+    )
+    assert record.skipped_at is not None
+    Ledger.wait_for(events[-1], timeout=15)
+    assert sequences(name, namespace) == [e.sequence for e in events if e.sequence != poison]
+    assert checkpoint(name, namespace).state == "running"
+
+
+def test_a_fix_lets_a_failed_projection_continue_from_the_event(unique, runners):
+    namespace = unique("proj-fix")
+    Ledger = ledger(namespace, unique("fix"))
+    name = Ledger._meta.name
+    events = save_ticks(namespace, 5)
+    app_projections.POISON.add((namespace, events[2].sequence))
+    runners(Ledger)
+    eventually(lambda: checkpoint_state(name, namespace) == "failed", what="failure")
+    app_projections.POISON.clear()  # the code is fixed
+    call_command("aether_projections", "resume", name, stdout=io.StringIO())
+    Ledger.wait_for(events[-1], timeout=15)
+    assert sequences(name, namespace) == [e.sequence for e in events]
+
+
+def checkpoint_state(name: str, namespace: str) -> str | None:
+    return (
+        ProjectionCheckpoint.objects.filter(projection=name, namespace=namespace)
+        .values_list("state", flat=True)
+        .first()
+    )
+
+
+def test_two_runners_of_one_projection_leave_the_read_model_exact(unique, runners):
+    namespace = unique("proj-two")
+    Ledger = ledger(namespace, unique("two"), batch_size=5, on_error={"retries": 50})
+    history = save_ticks(namespace, 60, actor="h")
+    runners(Ledger)
+    runners(Ledger)
+    live = save_ticks(namespace, 60, actor="l")
+    Ledger.wait_for(live[-1], timeout=60)
+    assert sequences(Ledger._meta.name, namespace) == [e.sequence for e in history + live]
+
+
+def test_pause_and_resume(unique, runners):
+    namespace = unique("proj-pause")
+    Ledger = ledger(namespace, unique("pause"))
+    name = Ledger._meta.name
+    first = save_ticks(namespace, 2)
+    runners(Ledger)
+    Ledger.wait_for(first[-1], timeout=15)
+    assert "paused " + name + " in 1 namespace(s)" in _command("pause", name)
+    more = save_ticks(namespace, 2, first_version=3)
+    with pytest.raises(ProjectionTimeoutError, match="paused"):
+        Ledger.wait_for(more[-1], timeout=1.0)
+    assert "resumed " + name + " in 1 namespace(s)" in _command("resume", name)
+    Ledger.wait_for(more[-1], timeout=15)
+    assert sequences(name, namespace) == [e.sequence for e in first + more]
+
+
+def test_rebuild_equals_a_fresh_run(unique, runners):
+    namespace = unique("proj-rebuild")
+    Ledger = ledger(namespace, unique("rebuild"), batch_size=16)
+    name = Ledger._meta.name
+    events = save_ticks(namespace, 50)
+    assert catch_up(Ledger) == {namespace: "caught-up"}
+    fresh = list(
+        Applied.objects.filter(projection=name).values_list("namespace", "sequence", "data")
+    )
+    # Rows no event explains vanish in a rebuild: it clears the owned models first.
+    Applied.objects.create(projection=name, namespace=namespace, sequence=999, actor_id="x")
+    out = _command("rebuild", name, "--progress")
+    assert f"rebuilt {name}" in out and f"{namespace}: caught-up" in out
+    rebuilt = list(
+        Applied.objects.filter(projection=name).values_list("namespace", "sequence", "data")
+    )
+    assert rebuilt == fresh and len(rebuilt) == len(events)
+    assert checkpoint(name, namespace).sequence == events[-1].sequence
+
+
+def test_rebuild_while_a_runner_runs_and_events_are_saved(unique, runners):
+    namespace = unique("proj-rebuild-live")
+    Ledger = ledger(namespace, unique("rebuild-live"), batch_size=10)
+    name = Ledger._meta.name
+    save_ticks(namespace, 40, actor="h")
+    runners(Ledger)
+    eventually(lambda: Applied.objects.filter(projection=name).count() > 0, what="a first batch")
+    writer = threading.Thread(target=save_ticks, args=(namespace, 40), kwargs={"actor": "w"})
+    writer.start()
+    operations.rebuild(Ledger)
+    writer.join()
+    head = get_event_store(namespace).get_info().last_sequence
+    Ledger.wait_for(head, timeout=30)
+    assert sequences(name, namespace) == list(range(1, head + 1))
+
+
+def test_run_command_runs_until_interrupted(unique):
+    namespace = unique("proj-cmd")
+    Ledger = ledger(namespace, unique("cmd"))
+    events = save_ticks(namespace, 3)
+    out = io.StringIO()
+    command = aether_projections.Command()
+    thread = threading.Thread(
+        target=call_command,
+        args=(command, "run", Ledger._meta.name, "--interval", "0.1"),
+        kwargs={"stdout": out},
+    )
+    thread.start()
+    try:
+        Ledger.wait_for(events[-1], timeout=15)
+    finally:
+        # Off the main thread the command installs no signal handler: stop its runner
+        # the way its Ctrl-C handler does.
+        eventually(lambda: command.runner is not None, what="the runner")
+        command.runner.stopping.set()
+        thread.join(15)
+    assert not thread.is_alive()
+    assert out.getvalue().splitlines() == [f"running {Ledger._meta.name} (Ctrl-C stops)", "stopped"]
+    with pytest.raises(CommandError, match="no projection called"):
+        call_command("aether_projections", "run", "no-such-projection")
+
+
+def _command(*args: str) -> str:
+    out = io.StringIO()
+    call_command("aether_projections", *args, stdout=out, stderr=io.StringIO())
+    return out.getvalue()
+
+
+def test_the_checkpoint_advance_is_a_compare_and_set(unique):
+    """Two workers that start a batch at the same position: the second's batch, handler
+    writes and all, rolls back, and the read model holds each event once."""
+    namespace = unique("proj-cas")
+    Ledger = ledger(namespace, unique("cas"))
+    events = save_ticks(namespace, 3)
+    ensure_checkpoint(Ledger, namespace)
+    first, second = NamespaceWorker(Ledger, namespace), NamespaceWorker(Ledger, namespace)
+    first._apply(events, 0)
+    with pytest.raises(_Moved):
+        second._apply(events, 0)
+    assert sequences(Ledger._meta.name, namespace) == [e.sequence for e in events]
+    assert checkpoint(Ledger._meta.name, namespace).sequence == events[-1].sequence
+    # A paused checkpoint refuses a batch the same way.
+    operations.pause(Ledger)
+    more = save_ticks(namespace, 1, first_version=4)
+    with pytest.raises(_Moved):
+        first._apply(more, events[-1].sequence)
+    assert len(sequences(Ledger._meta.name, namespace)) == 3
