@@ -172,9 +172,13 @@ def cluster_status(
     coordinator = Coordinator(runtime, reader, config)
 
     async def read() -> ClusterStatus:
+        # The reads are not one snapshot, so they go in the reverse order of the
+        # writes: a leader takes the lease, then writes the shard map. A map read first
+        # is never newer than the lease read after it, so a status never shows a
+        # rebalance's map without the lease of the leader that wrote it.
+        shard_map = await coordinator.read_shard_map()
         lease = await coordinator.read_lease()
         nodes = await coordinator.nodes()
-        shard_map = await coordinator.read_shard_map()
         holder = await BeatLease(runtime, reader, config).read() if beat else None
         return ClusterStatus(lease, nodes, shard_map, config.num_shards, holder)
 
