@@ -17,10 +17,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
-pytestmark = pytest.mark.skipif(
-    not LINT_IMPORTS.exists(), reason="import-linter is not installed (the test extra has it)"
-)
-
 
 def _lint_imports(tree: Path) -> subprocess.CompletedProcess[str]:
     """Run lint-imports on the package in ``tree`` (it puts its working directory first
