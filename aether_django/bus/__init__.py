@@ -11,7 +11,6 @@ the bus of ``AETHER["BACKEND"]`` from them. ``EventBus`` is the deprecated name 
 from __future__ import annotations
 
 import threading
-import warnings
 from typing import Any
 
 from .base import BaseEventBus, Feature, UnsupportedSubscriptionError
@@ -22,6 +21,7 @@ from .local import (
     SubscriptionClosedError,
     SubscriptionHandlerError,
     SubscriptionOverflowError,
+    deprecated_event_bus,
 )
 
 __all__ = [
@@ -93,15 +93,6 @@ def forget_event_bus() -> None:
 
 
 def __getattr__(name: str) -> Any:
-    # The in-process bus was called EventBus while it was also every bus's base
-    # class; BaseEventBus is the contract now and LocalEventBus the in-process bus.
     if name == "EventBus":
-        warnings.warn(
-            "aether_django.bus.EventBus is deprecated: use "
-            "aether_django.bus.LocalEventBus for the in-process bus, or "
-            "aether_django.bus.BaseEventBus for the interface every bus implements",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return LocalEventBus
+        return deprecated_event_bus()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -362,15 +362,6 @@ class Subscription:
     def closed(self) -> bool:
         return self._closed
 
-    def wants(self, namespace: str, event: Event) -> bool:
-        """Whether this subscription should receive ``event`` saved in ``namespace``."""
-        if self.exact:
-            if namespace != self.pattern:
-                return False
-        elif not matches(self.pattern, namespace):
-            return False
-        return self.reads(namespace) and self.filter.matches(event)
-
     def reads(self, namespace: str) -> bool:
         """Whether ``namespace`` is within ``readable`` (always, when that is unset)."""
         readable = self.readable
@@ -828,16 +819,22 @@ class LocalEventBus(FanOutBus):
         return self.dispatch(namespace, event)
 
 
+def deprecated_event_bus() -> type[LocalEventBus]:
+    """The old name ``EventBus``, asked through a module's ``__getattr__`` (here and in
+    the ``aether_django.bus`` package): LocalEventBus, with a warning naming the caller's
+    line. EventBus named the in-process bus when it was also every bus's base class;
+    the contract is BaseEventBus now, so the old name is kept one release."""
+    warnings.warn(
+        "aether_django.bus.EventBus is deprecated: use "
+        "aether_django.bus.LocalEventBus for the in-process bus, or "
+        "aether_django.bus.BaseEventBus for the interface every bus implements",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return LocalEventBus
+
+
 def __getattr__(name: str) -> Any:
-    # EventBus named the in-process bus when it was also every bus's base class;
-    # the contract is BaseEventBus now, so the old name is kept one release, warning.
     if name == "EventBus":
-        warnings.warn(
-            "aether_django.bus.EventBus is deprecated: use "
-            "aether_django.bus.LocalEventBus for the in-process bus, or "
-            "aether_django.bus.BaseEventBus for the interface every bus implements",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return LocalEventBus
+        return deprecated_event_bus()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -287,3 +287,15 @@ async def test_close_while_a_retry_waits_ends_the_subscription_quietly():
 def test_negative_retry_settings_are_refused():
     with pytest.raises(ValueError):
         LocalEventBus(handler_retries=-1).subscribe("orders", callback=print)
+
+
+@pytest.mark.parametrize("module", ["aether_django.bus", "aether_django.bus.local"])
+def test_the_old_name_eventbus_still_builds_the_local_bus_and_warns_at_the_caller(module):
+    import importlib
+
+    from aether_django.bus import LocalEventBus
+
+    with pytest.warns(DeprecationWarning, match="LocalEventBus") as caught:
+        old = importlib.import_module(module).EventBus
+    assert old is LocalEventBus
+    assert caught[0].filename == __file__
