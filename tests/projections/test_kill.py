@@ -27,6 +27,35 @@ def _rows(db: Path, query: str, *args: object) -> list[tuple]:
         return conn.execute(query, args).fetchall()
 
 
+def _wait_for_checkpoint(db: Path, name: str, namespace: str, head: int, log: Path) -> None:
+    """Until the runners' checkpoint of ``namespace`` reaches ``head`` (60 s at most)."""
+    deadline = time.monotonic() + 60
+    while True:
+        at = _rows(
+            db,
+            "SELECT sequence FROM aether_django_projectioncheckpoint "
+            "WHERE projection = ? AND namespace = ?",
+            name,
+            namespace,
+        )
+        if at and at[0][0] >= head:
+            return
+        assert time.monotonic() < deadline, f"stuck at {at} of {head}: {log.read_text()}"
+        time.sleep(0.1)
+
+
+def _applied(db: Path, name: str) -> list[int]:
+    """The stream sequences the test projection's handler recorded, in order."""
+    return [
+        seq
+        for (seq,) in _rows(
+            db,
+            "SELECT sequence FROM projection_tests_applied WHERE projection = ? ORDER BY sequence",
+            name,
+        )
+    ]
+
+
 @pytest.mark.slow
 def test_sigkill_mid_batch_while_events_are_saved(tmp_path, unique, aether_nats_url):
     namespace = unique("proj-kill")
@@ -75,30 +104,11 @@ def test_sigkill_mid_batch_while_events_are_saved(tmp_path, unique, aether_nats_
             [*module, "run", namespace, name], cwd=ROOT, env=env, stdout=out, stderr=out
         )
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                at = _rows(
-                    db,
-                    "SELECT sequence FROM aether_django_projectioncheckpoint "
-                    "WHERE projection = ? AND namespace = ?",
-                    name,
-                    namespace,
-                )
-                if at and at[0][0] >= head:
-                    break
-                assert time.monotonic() < deadline, f"stuck at {at} of {head}: {log.read_text()}"
-                time.sleep(0.1)
+            _wait_for_checkpoint(db, name, namespace, head, log)
         finally:
             proc.send_signal(signal.SIGINT)  # Ctrl-C: a clean stop
             assert proc.wait(30) == 0, log.read_text()
-    applied = [
-        seq
-        for (seq,) in _rows(
-            db,
-            "SELECT sequence FROM projection_tests_applied WHERE projection = ? ORDER BY sequence",
-            name,
-        )
-    ]
+    applied = _applied(db, name)
     # Every event once: what a fresh run (or a rebuild) of this ledger writes.
     assert kills == 6
     assert applied == list(range(1, head + 1))
@@ -133,30 +143,11 @@ def test_two_runner_processes_of_one_projection_leave_the_read_model_exact(
         try:
             save_ticks(namespace, 150, actor="live")
             head = get_event_store(namespace).get_info().last_sequence
-            deadline = time.monotonic() + 60
-            while True:
-                at = _rows(
-                    db,
-                    "SELECT sequence FROM aether_django_projectioncheckpoint "
-                    "WHERE projection = ? AND namespace = ?",
-                    name,
-                    namespace,
-                )
-                if at and at[0][0] >= head:
-                    break
-                assert time.monotonic() < deadline, f"stuck at {at} of {head}: {log.read_text()}"
-                time.sleep(0.1)
+            _wait_for_checkpoint(db, name, namespace, head, log)
         finally:
             for proc in procs:
                 proc.send_signal(signal.SIGINT)
             codes = [proc.wait(30) for proc in procs]
     assert codes == [0, 0], log.read_text()
-    applied = [
-        seq
-        for (seq,) in _rows(
-            db,
-            "SELECT sequence FROM projection_tests_applied WHERE projection = ? ORDER BY sequence",
-            name,
-        )
-    ]
+    applied = _applied(db, name)
     assert applied == list(range(1, head + 1))
