@@ -286,19 +286,8 @@ class Projection:
         a pattern. Raises ProjectionTimeoutError when the projection's checkpoint has not
         reached it within ``timeout`` seconds.
         """
-        namespace, sequence = cls._target(event_or_sequence, namespace)
-        deadline = time.monotonic() + timeout
-        position, state = 0, None
-        while True:
-            read = cls._position(namespace)
-            if read is not None:
-                position, state = read
-                if position >= sequence:
-                    return
-            if time.monotonic() >= deadline:
-                raise ProjectionTimeoutError(
-                    cls._meta.name, namespace, sequence, position, state, timeout
-                )
+        wait = _Wait(cls, *cls._target(event_or_sequence, namespace), timeout)
+        while not wait.done(cls._position(wait.namespace)):
             time.sleep(interval)
 
     @classmethod
@@ -313,17 +302,44 @@ class Projection:
         """Async twin of :meth:`wait_for`."""
         from asgiref.sync import sync_to_async
 
-        namespace, sequence = cls._target(event_or_sequence, namespace)
-        deadline = time.monotonic() + timeout
-        position, state = 0, None
+        wait = _Wait(cls, *cls._target(event_or_sequence, namespace), timeout)
+        position = sync_to_async(cls._position)
+        # A poll of the database, not of something in this process an Event could signal.
         while True:
-            read = await sync_to_async(cls._position)(namespace)
-            if read is not None:
-                position, state = read
-                if position >= sequence:
-                    return
-            if time.monotonic() >= deadline:
-                raise ProjectionTimeoutError(
-                    cls._meta.name, namespace, sequence, position, state, timeout
-                )
+            if wait.done(await position(wait.namespace)):
+                return
             await asyncio.sleep(interval)
+
+
+class _Wait:
+    """One wait of :meth:`Projection.wait_for` / ``await_for``: the verdict of each poll
+    of the checkpoint, and the last position read for the timeout's message."""
+
+    def __init__(
+        self, projection: type[Projection], namespace: str, sequence: int, timeout: float
+    ) -> None:
+        self.projection = projection
+        self.namespace = namespace
+        self.sequence = sequence
+        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout
+        self.position = 0
+        self.state: str | None = None
+
+    def done(self, read: tuple[int, str | None] | None) -> bool:
+        """Whether ``read`` (None: the database was locked) reached the event; raises
+        ProjectionTimeoutError once the deadline has passed without it."""
+        if read is not None:
+            self.position, self.state = read
+            if self.position >= self.sequence:
+                return True
+        if time.monotonic() >= self.deadline:
+            raise ProjectionTimeoutError(
+                self.projection._meta.name,
+                self.namespace,
+                self.sequence,
+                self.position,
+                self.state,
+                self.timeout,
+            )
+        return False
