@@ -272,8 +272,8 @@ def check_projections(app_configs: Any = None, **kwargs: Any) -> list[CheckMessa
 
 def _check_readyz_projections(names: set[str]) -> list[CheckMessage]:
     """E504: READYZ_PROJECTIONS or READYZ_PROJECTION_MAX_LAG that readyz cannot follow."""
-    from .conf import aether_settings
-
+    if not isinstance(getattr(settings, "AETHER", {}), dict):
+        return []  # E002
     problems: list[str] = []
     wanted = aether_settings.READYZ_PROJECTIONS
     if wanted != "__all__":
