@@ -57,8 +57,11 @@ def readyz(request: HttpRequest) -> HttpResponse:
     if aether_settings.READYZ_PROJECTIONS:
         try:
             names, waiting = projection_readiness()
-        except Exception as exc:  # the database, a wrong setting: not ready, and why
-            detail = str(exc) or type(exc).__name__
+        except ProjectionError as exc:  # a wrong setting: say which
+            return JsonResponse({"status": "unavailable", "detail": str(exc)}, status=503)
+        except Exception as exc:  # the database or NATS: not ready, without their details
+            logger.warning("readyz could not read the projections", exc_info=True)
+            detail = f"the projections' checkpoints could not be read ({type(exc).__name__})"
             return JsonResponse({"status": "unavailable", "detail": detail}, status=503)
         if waiting:
             detail = "; ".join(w["reason"] for w in waiting)
