@@ -517,15 +517,18 @@ class ProjectionAdmin(_InspectionAdmin):
             "sequence": request.POST.get("sequence", ""),
             "reason": request.POST.get("reason", ""),
         }
-        if action == "skip" and request.method != "POST" and form["namespace"]:
-            # Pre-filled from the failure: the one event a skip may pass over.
-            failed = (
-                ProjectionCheckpoint.objects.using(meta.database)
-                .filter(projection=meta.name, namespace=form["namespace"])
-                .values_list("last_error_sequence", flat=True)
-                .first()
+        if action == "skip" and request.method != "POST":
+            # Pre-filled from the failure: the one event a skip may pass over (in the
+            # namespace asked for, or in the only one the projection failed in).
+            failed = ProjectionCheckpoint.objects.using(meta.database).filter(
+                projection=meta.name, state=ProjectionCheckpoint.FAILED
             )
-            form["sequence"] = str(failed or "")
+            if form["namespace"]:
+                failed = failed.filter(namespace=form["namespace"])
+            found = list(failed.values_list("namespace", "last_error_sequence")[:2])
+            if len(found) == 1:
+                form["namespace"], sequence = found[0]
+                form["sequence"] = str(sequence or "")
         try:
             return self.confirm_or_act(request, projection, action, form)
         except UNAVAILABLE as exc:

@@ -186,9 +186,10 @@ def test_skip_is_prefilled_from_the_failure_and_recorded_with_the_admin_user(fai
     name = Ledger._meta.name
     admin_user = superuser()
     root = client_of(admin_user)
-    form = root.get(action_url(name, "skip") + f"?namespace={namespace}").content.decode()
-    assert f'name="namespace" value="{namespace}"' in form
-    assert f'name="sequence" value="{poison.sequence}"' in form
+    for query in (f"?namespace={namespace}", ""):  # the only failed namespace by default
+        form = root.get(action_url(name, "skip") + query).content.decode()
+        assert f'name="namespace" value="{namespace}"' in form
+        assert f'name="sequence" value="{poison.sequence}"' in form
 
     # No reason, a sequence that is not the failing event, no number: 400, nothing done.
     for body, error in (
