@@ -1,4 +1,5 @@
-"""Django admin: NamespaceGrant editing, and read-only pages for streams, actors and the cluster.
+"""Django admin: NamespaceGrant editing, read-only pages for streams, actors and the cluster,
+and the projections page.
 
 The inspection pages read JetStream and the cluster bucket live on every request;
 nothing is copied into the database. Event history is shown, never edited.
@@ -12,7 +13,9 @@ cluster pages hold no namespace data and are shown to all staff.
 URLs: namespace pages live under ``streaminspection/ns/<namespace>/`` so that no
 namespace name can collide with Django's ``add/``, ``<id>/change/``, ``<id>/delete/``
 and ``<id>/history/`` URLs, which both inspection models answer with 403 on purpose.
-Every inspection page answers 405 to methods other than GET and HEAD.
+Every inspection page answers 405 to methods other than GET and HEAD. The projection
+actions (rebuild, pause, resume, skip) are the one exception: a confirmation page, and
+its POST, for superusers only (403 for other staff).
 
 What the pages show is read through :mod:`aether_django.inspection`, as the API and
 the commands read it.
@@ -20,6 +23,7 @@ the commands read it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -29,13 +33,13 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
-from django.urls import URLPattern, path
-from django.views.decorators.http import require_safe
+from django.urls import URLPattern, path, reverse
+from django.views.decorators.http import require_http_methods, require_safe
 from nats.errors import Error as NatsError
 
 from . import inspection
@@ -48,11 +52,21 @@ from .errors import (
     AetherError,
     AggregateReplayError,
     InvalidNameError,
+    ProjectionError,
     ReplayError,
 )
 from .events import ReplayResult
-from .models import ClusterInspection, NamespaceGrant, StreamInspection
+from .models import (
+    ClusterInspection,
+    NamespaceGrant,
+    ProjectionCheckpoint,
+    ProjectionInspection,
+    ProjectionSkip,
+    StreamInspection,
+)
 from .names import validate_actor_id, validate_namespace
+from .projections import Projection, all_projections, get_projection, operations
+from .projections.runner import covered_namespaces
 from .store import EventStore, get_existing_event_store
 
 logger = logging.getLogger(__name__)
@@ -382,6 +396,239 @@ class ClusterAdmin(_InspectionAdmin):
             grid=grid,
             num_shards=status.num_shards,
         )
+
+
+@admin.register(ProjectionInspection)
+class ProjectionAdmin(_InspectionAdmin):
+    """Every registered projection: where it is in each namespace, failures, skips.
+
+    Staff read the page, with the rows of the namespaces they may read (as on the
+    namespace pages). Only superusers act: rebuild, pause, resume and skip each have a
+    confirmation page (GET) whose form is POSTed with its CSRF token; anyone else is
+    refused with 403 on both. Nothing here edits an event: a skip records that the
+    projection passes over one, the history stays as it is.
+    """
+
+    ACTIONS = ("rebuild", "pause", "resume", "skip")
+
+    def get_urls(self) -> list[URLPattern]:
+        actions = [
+            path(
+                f"p/<path:name>/{action}/",
+                self.admin_site.admin_view(
+                    require_http_methods(["GET", "HEAD", "POST"])(
+                        functools.partial(self.action_view, action=action)
+                    )
+                ),
+                name=f"aether_projection_{action}",
+            )
+            for action in self.ACTIONS
+        ]
+        return [
+            path(
+                "",
+                self.safe_page(self.projections_view),
+                name="aether_django_projectioninspection_changelist",
+            ),
+            *actions,
+            *self.refused_urls(),
+        ]
+
+    # --- the page ------------------------------------------------------------------------
+    def projections_view(self, request: HttpRequest) -> HttpResponse:
+        access = access_for(request)
+        projections = all_projections()
+        try:
+            rows = operations.statuses(projections)
+        except UNAVAILABLE as exc:
+            return self.error_page(request, exc)
+        by_name: dict[str, list[operations.NamespaceStatus]] = {}
+        for row in rows:
+            by_name.setdefault(row.projection, []).append(row)
+        found = []
+        links = _Budget(FAILING_EVENT_LINKS)
+        for projection in projections:
+            meta = projection._meta
+            mine = by_name.get(meta.name, [])
+            shown = [row for row in mine if access.can_read(row.namespace)]
+            found.append(
+                {
+                    "name": meta.name,
+                    "label": meta.label,
+                    "source": meta.source,
+                    "models": ", ".join(m._meta.label for m in meta.models) or "none",
+                    "database": meta.database,
+                    "problems": meta.problems,
+                    "state": _overall_state(shown),
+                    "namespaces": [self.namespace_row(row, links) for row in shown],
+                    "hidden": len(mine) - len(shown),
+                    "skips": self.skip_records(projection, access),
+                }
+            )
+        return self.render(
+            request,
+            "projections.html",
+            title="Projections",
+            projections=found,
+            can_act=request.user.is_superuser,
+        )
+
+    def namespace_row(self, row: operations.NamespaceStatus, links: _Budget) -> dict[str, Any]:
+        """A namespace's row, with a link to the failing event's place in its actor's
+        timeline when the projection stopped at one (while ``links`` lasts: each costs
+        a read of the stream)."""
+        link = event = None
+        failed = row.state == ProjectionCheckpoint.FAILED and row.last_error_sequence
+        if failed and links.take():
+            assert row.last_error_sequence is not None
+            try:
+                event = inspection.event_at(row.namespace, row.last_error_sequence)
+            except UNAVAILABLE:
+                # The row still says where it stopped; only the link is missing.
+                logger.warning("could not read the failing event", exc_info=True)
+            if event is not None:
+                link = reverse("admin:aether_actor", args=[row.namespace, event.actor_id])
+                link += "?" + urlencode({"from_version": event.version})
+        return {"status": row, "event": event, "event_link": link}
+
+    @staticmethod
+    def skip_records(projection: type[Projection], access: Any) -> list[ProjectionSkip]:
+        meta = projection._meta
+        records = (
+            ProjectionSkip.objects.using(meta.database)
+            .filter(projection=meta.name)
+            .order_by("-skipped_at", "-id")
+        )
+        return [r for r in records[:SKIPS_SHOWN] if access.can_read(r.namespace)]
+
+    # --- the actions -----------------------------------------------------------------------
+    def action_view(self, request: HttpRequest, name: str, action: str) -> HttpResponse:
+        """The confirmation page of ``action`` (GET), or the action itself (POST with the
+        form's ``confirm``). Superusers only; the admin checked staff and CSRF."""
+        if not request.user.is_superuser:
+            raise PermissionDenied("only superusers act on projections")
+        try:
+            projection = get_projection(name)
+        except ProjectionError:
+            raise Http404("no such projection") from None
+        meta = projection._meta
+        form = {
+            "namespace": request.POST.get("namespace", request.GET.get("namespace", "")),
+            "sequence": request.POST.get("sequence", ""),
+            "reason": request.POST.get("reason", ""),
+        }
+        if action == "skip" and request.method != "POST":
+            # Pre-filled from the failure: the one event a skip may pass over (in the
+            # namespace asked for, or in the only one the projection failed in).
+            failed = ProjectionCheckpoint.objects.using(meta.database).filter(
+                projection=meta.name, state=ProjectionCheckpoint.FAILED
+            )
+            if form["namespace"]:
+                failed = failed.filter(namespace=form["namespace"])
+            found = list(failed.values_list("namespace", "last_error_sequence")[:2])
+            if len(found) == 1:
+                form["namespace"], sequence = found[0]
+                form["sequence"] = str(sequence or "")
+        try:
+            return self.confirm_or_act(request, projection, action, form)
+        except UNAVAILABLE as exc:
+            return self.error_page(request, exc)
+
+    def confirm_or_act(
+        self,
+        request: HttpRequest,
+        projection: type[Projection],
+        action: str,
+        form: dict[str, str],
+    ) -> HttpResponse:
+        meta = projection._meta
+        error = ""
+        if request.method == "POST":
+            if request.POST.get("confirm") != "yes":
+                error = "Not confirmed: nothing was done."
+            else:
+                try:
+                    done = self.perform(request, projection, action, form)
+                except (ProjectionError, ValueError) as exc:
+                    error = str(exc)
+                else:
+                    self.message_user(request, done, messages.SUCCESS)
+                    logger.info("admin: %s (by %s)", done, request.user.get_username())
+                    return HttpResponseRedirect(
+                        reverse("admin:aether_django_projectioninspection_changelist")
+                    )
+        response = self.render(
+            request,
+            "projection_confirm.html",
+            title=f"{action.capitalize()} {meta.name}?",
+            projection=meta,
+            models=", ".join(m._meta.label for m in meta.models) or "none",
+            action=action,
+            form=form,
+            error=error,
+            namespaces=covered_namespaces(projection) if action != "skip" else [],
+        )
+        if error:
+            response.status_code = 400
+        return response
+
+    @staticmethod
+    def perform(
+        request: HttpRequest, projection: type[Projection], action: str, form: dict[str, str]
+    ) -> str:
+        """Do ``action``; what was done, for the message. ProjectionError or ValueError
+        (nothing done) for a skip that is not the one allowed."""
+        name = projection._meta.name
+        if action == "rebuild":
+            # Clear and reset in one transaction, and leave the replay to the runners
+            # that run it: a web request must not wait for a whole history.
+            operations.reset(projection)
+            return f"Reset {name}: its models are empty and the runners replay it from the start."
+        if action == "pause":
+            return f"Paused {name} in {operations.pause(projection)} namespace(s)."
+        if action == "resume":
+            return f"Resumed {name} in {operations.resume(projection)} namespace(s)."
+        try:
+            sequence = int(form["sequence"])
+        except ValueError:
+            raise ValueError("the sequence must be a number") from None
+        record = operations.skip(
+            projection,
+            form["namespace"],
+            sequence,
+            reason=form["reason"],
+            by=request.user.get_username(),
+        )
+        return f"{name} skipped {record.namespace}:{record.sequence} ({record.reason})."
+
+
+#: Skip records the projections page shows of each projection, the latest first.
+SKIPS_SHOWN = 20
+#: Failing events the projections page reads to link them (one short bus subscription
+#: each): a pattern source failed in hundreds of namespaces still loads quickly.
+FAILING_EVENT_LINKS = 20
+
+
+class _Budget:
+    """How many more of something a page may do."""
+
+    def __init__(self, left: int) -> None:
+        self.left = left
+
+    def take(self) -> bool:
+        if self.left <= 0:
+            return False
+        self.left -= 1
+        return True
+
+
+def _overall_state(rows: list[operations.NamespaceStatus]) -> str:
+    """The worst state of a projection's namespaces: failed, paused, running, new."""
+    states = {row.state for row in rows}
+    for state in (ProjectionCheckpoint.FAILED, ProjectionCheckpoint.PAUSED, "running", "new"):
+        if state in states:
+            return state
+    return "no namespace"
 
 
 # --- the shard map as a picture ------------------------------------------------------

@@ -105,6 +105,11 @@ DEFAULTS: dict[str, Any] = {
     # Bearer token that lets a scraper read metrics/ without a staff session;
     # empty: staff sessions only.
     "METRICS_TOKEN": "",
+    # Projections readyz requires: [] (none), a list of projection names, or "__all__".
+    # Not ready while one of them is paused or failed in any namespace, or, when
+    # READYZ_PROJECTION_MAX_LAG is a number, more events than that behind a stream head.
+    "READYZ_PROJECTIONS": [],
+    "READYZ_PROJECTION_MAX_LAG": None,
     # The HTTP API. Serve the OpenAPI schema to anonymous callers too (it describes
     # every endpoint; by default only authenticated users may read it).
     "API_SCHEMA_PUBLIC": False,

@@ -21,10 +21,12 @@ from typing import Any
 
 from .access import NamespaceAccess
 from .aggregates import get_aggregate_class
+from .bus import get_event_bus
 from .cluster import cluster_config, shard_of
 from .cluster.beatlease import BeatHolder, BeatLease
 from .cluster.coordinator import Coordinator, Lease, NodeInfo, ShardMap
 from .errors import AggregateReplayError
+from .events import Event
 from .runtime import get_runtime
 from .store import EventStore, get_event_store, list_namespaces
 from .store.base import NamespaceInfo
@@ -38,6 +40,7 @@ __all__ = [
     "actor_rows",
     "aggregate_state",
     "cluster_status",
+    "event_at",
     "namespace_infos",
     "visible_namespaces",
 ]
@@ -96,6 +99,30 @@ def actor_page(store: EventStore, after: str | None, limit: int, *, at: int = 0)
     if page.next_at is None or not page.actor_ids:
         return ActorRows(rows, None, None)
     return ActorRows(rows, page.actor_ids[-1], page.next_at)
+
+
+async def _event_at(namespace: str, sequence: int, timeout: float) -> Event | None:
+    subscription = await get_event_bus().asubscribe(
+        namespace, start=sequence, buffer_size=1, overflow="wait"
+    )
+    try:
+        delivery = await subscription.next(timeout)
+    except TimeoutError:
+        return None
+    finally:
+        await subscription.aclose()
+    return delivery.event if delivery.sequence == sequence else None
+
+
+def event_at(namespace: str, sequence: int, *, timeout: float = 2.0) -> Event | None:
+    """The event stored at ``sequence`` of ``namespace``'s stream (where a projection
+    stopped), or None when there is none there (any more).
+
+    Read through the bus, which every backend with ``start=`` a sequence serves (the
+    store reads by actor, not by stream position). Raises the bus's errors: a bus
+    without that feature raises UnsupportedSubscriptionError.
+    """
+    return get_runtime().run(_event_at(namespace, sequence, timeout))
 
 
 # --- aggregate state ----------------------------------------------------------------------

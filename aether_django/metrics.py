@@ -8,6 +8,10 @@ Most metrics count what this process did. The ``aether_cluster_*`` figures descr
 the whole cluster instead: they hold no value in any process and come from a
 :class:`ClusterCollector`, which reads them from the cluster bucket at each scrape,
 because the nodes that lead, rebalance and heartbeat (Celery workers) serve no HTTP.
+The projections' lag and state are read the same way, at each scrape, from their
+checkpoints and the stream heads (``aether_django.views.projection_samples``): a
+runner may live in any process, or in none, and a lag that nobody is left to report
+is the one that matters.
 
 Several worker processes (uvicorn or gunicorn ``--workers``, Celery's prefork pool)
 are prometheus-client's multiprocess mode: with ``PROMETHEUS_MULTIPROC_DIR`` set in the
@@ -45,6 +49,12 @@ __all__ = [
     "LIBRARY_COLLECTOR",
     "MULTIPROCESS",
     "NODES",
+    "PROJECTION_BATCH_SECONDS",
+    "PROJECTION_EVENTS",
+    "PROJECTION_FAILURES",
+    "PROJECTION_HANDLER_ERRORS",
+    "PROJECTION_LAG",
+    "PROJECTION_STATE",
     "SAVES",
     "SAVE_CONFLICTS",
     "SAVE_SECONDS",
@@ -389,4 +399,43 @@ CLUSTER_SHARD_MOVES = ClusterFigure(
     "aether_cluster_shard_moves_total",
     "Shards moved by every rebalance of every leader, as recorded in the shard map.",
     "counter",
+)
+
+# --- projections -----------------------------------------------------------------------
+# Counted by the process whose runner applied the batch (multiprocess mode adds them up).
+PROJECTION_EVENTS = Counter(
+    "aether_projection_events_total",
+    "Events applied by projection runners in this process, committed with their checkpoint.",
+    labels=["projection", "namespace"],
+)
+PROJECTION_HANDLER_ERRORS = Counter(
+    "aether_projection_handler_errors_total",
+    "Batches rolled back because a projection's handler raised (every try counts).",
+    labels=["projection", "namespace"],
+)
+PROJECTION_FAILURES = Counter(
+    "aether_projection_failures_total",
+    "Times a projection stopped at an event after its retries (checkpoint marked failed).",
+    labels=["projection", "namespace"],
+)
+# By projection only: a histogram's buckets times every namespace of a pattern source
+# would be many series for little more insight.
+PROJECTION_BATCH_SECONDS = Histogram(
+    "aether_projection_batch_seconds",
+    "Time to apply a batch of events and commit it with its checkpoint, by projection.",
+    (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+    labels=["projection"],
+)
+# Read from the checkpoints and the stream heads at each scrape (see the module docstring).
+PROJECTION_LAG = ClusterFigure(
+    "aether_projection_lag",
+    "Events stored but not yet applied (stream head minus checkpoint), read at each scrape.",
+    "gauge",
+    labels=["projection", "namespace"],
+)
+PROJECTION_STATE = ClusterFigure(
+    "aether_projection_state",
+    "1 for the state (running, paused, failed, new) each projection is in, by namespace.",
+    "gauge",
+    labels=["projection", "namespace", "state"],
 )

@@ -98,6 +98,17 @@ class StreamInspection(_AdminEntry):
         return "namespaces"
 
 
+class ProjectionInspection(_AdminEntry):
+    """The admin's entry for the projections page (positions, lag, failures, actions)."""
+
+    class Meta(_AdminEntry.Meta):
+        verbose_name = "projection"
+        verbose_name_plural = "projections"
+
+    def __str__(self) -> str:
+        return "projections"
+
+
 class ClusterInspection(_AdminEntry):
     """The admin's entry for the read-only node and shard-map pages."""
 

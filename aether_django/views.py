@@ -3,11 +3,14 @@
 Mount with ``path("aether/", include("aether_django.urls"))``. ``healthz`` and
 ``readyz`` reveal nothing and need no login (load balancers call them);
 ``metrics`` needs a staff session or ``Authorization: Bearer <METRICS_TOKEN>``.
+With ``READYZ_PROJECTIONS`` set, ``readyz`` also names the required projections that
+are paused, failed or too far behind (never their error messages).
 
 The cluster figures of ``metrics`` (nodes by status, the leader and its term, shards
 per node, shard moves) are read from the cluster bucket at each scrape, not counted
 in this process: the nodes that lead and rebalance are Celery workers, which serve no
-HTTP, so a web process's own counters would say nothing about them.
+HTTP, so a web process's own counters would say nothing about them. The projections'
+lag and state are read the same way, from their checkpoints and the stream heads.
 """
 
 from __future__ import annotations
@@ -21,7 +24,10 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from . import inspection, metrics
 from .conf import aether_settings
+from .errors import ProjectionError
+from .models import ProjectionCheckpoint
 from .nats.api import ACCOUNT_INFO, parse_reply
+from .projections import Projection, all_projections, get_projection, operations
 from .runtime import get_runtime
 
 logger = logging.getLogger(__name__)
@@ -39,14 +45,82 @@ async def _jetstream_ready(timeout: float) -> dict[str, Any]:
 
 
 def readyz(request: HttpRequest) -> HttpResponse:
-    """NATS is connected and JetStream answers; 503 otherwise."""
+    """NATS is connected and JetStream answers, and the projections that
+    ``READYZ_PROJECTIONS`` requires are running; 503 otherwise."""
     try:
         info = get_runtime().run(_jetstream_ready(min(float(aether_settings.TIMEOUT), 2.0)))
     except Exception as exc:  # any failure to reach JetStream means "not ready"
         return JsonResponse(
             {"status": "unavailable", "detail": str(exc) or type(exc).__name__}, status=503
         )
-    return JsonResponse({"status": "ready", "streams": info.get("streams", 0)})
+    body: dict[str, Any] = {"status": "ready", "streams": info.get("streams", 0)}
+    if aether_settings.READYZ_PROJECTIONS:
+        try:
+            names, waiting = projection_readiness()
+        except ProjectionError as exc:  # a wrong setting: say which
+            return JsonResponse({"status": "unavailable", "detail": str(exc)}, status=503)
+        except Exception as exc:  # the database or NATS: not ready, without their details
+            logger.warning("readyz could not read the projections", exc_info=True)
+            detail = f"the projections' checkpoints could not be read ({type(exc).__name__})"
+            return JsonResponse({"status": "unavailable", "detail": detail}, status=503)
+        if waiting:
+            detail = "; ".join(w["reason"] for w in waiting)
+            return JsonResponse(
+                {"status": "unavailable", "detail": detail, "projections": waiting}, status=503
+            )
+        body["projections"] = names
+    return JsonResponse(body)
+
+
+def required_projections() -> list[type[Projection]]:
+    """The projections ``AETHER["READYZ_PROJECTIONS"]`` names (every one for
+    ``"__all__"``); ProjectionError for a name no projection has."""
+    wanted = aether_settings.READYZ_PROJECTIONS
+    if wanted == "__all__":
+        return all_projections()
+    if isinstance(wanted, str) or not isinstance(wanted, list | tuple):
+        raise ProjectionError(
+            f'AETHER["READYZ_PROJECTIONS"] must be a list of names or "__all__", not {wanted!r}'
+        )
+    return [get_projection(name) for name in wanted]
+
+
+def projection_readiness() -> tuple[list[str], list[dict[str, Any]]]:
+    """The required projections' names, and what keeps each namespace of them from
+    being ready: paused, failed, or (with ``READYZ_PROJECTION_MAX_LAG``) too far behind.
+
+    The reasons name projections, namespaces, states and sequences, never a handler's
+    error message: readyz answers anyone, and the message may quote event data.
+    """
+    projections = required_projections()
+    max_lag = aether_settings.READYZ_PROJECTION_MAX_LAG
+    waiting: list[dict[str, Any]] = []
+    for row in operations.statuses(projections):
+        if row.state == ProjectionCheckpoint.FAILED:
+            reason = (
+                f"{row.projection} failed in {row.namespace} at sequence {row.last_error_sequence}"
+            )
+        elif row.state == ProjectionCheckpoint.PAUSED:
+            reason = f"{row.projection} is paused in {row.namespace}"
+        elif max_lag is not None and row.lag > int(max_lag):
+            reason = (
+                f"{row.projection} is {row.lag} events behind in {row.namespace} "
+                f"(READYZ_PROJECTION_MAX_LAG is {max_lag})"
+            )
+        else:
+            continue
+        waiting.append(
+            {
+                "projection": row.projection,
+                "namespace": row.namespace,
+                "state": row.state,
+                "position": row.position,
+                "head": row.head,
+                "lag": row.lag,
+                "reason": reason,
+            }
+        )
+    return [p._meta.name for p in projections], waiting
 
 
 def metrics_view(request: HttpRequest) -> HttpResponse:
@@ -64,7 +138,56 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
         return HttpResponse(
             json.dumps({"code": "not_authenticated"}), status=401, content_type="application/json"
         )
-    return HttpResponse(metrics.render(cluster_samples()), content_type=metrics.CONTENT_TYPE)
+    collected = cluster_samples()
+    # With NATS away the cluster read has waited its timeout already: no second wait.
+    nats_answered = list(collected[metrics.CLUSTER_READABLE]) == [({}, 1)]
+    collected.update(projection_samples() if nats_answered else _no_projection_samples())
+    return HttpResponse(metrics.render(collected), content_type=metrics.CONTENT_TYPE)
+
+
+def _no_projection_samples() -> dict[Any, metrics.Samples]:
+    return {metrics.PROJECTION_LAG: [], metrics.PROJECTION_STATE: []}
+
+
+#: The states ``aether_projection_state`` has a sample for (one of them is 1).
+PROJECTION_STATES = (
+    ProjectionCheckpoint.RUNNING,
+    ProjectionCheckpoint.PAUSED,
+    ProjectionCheckpoint.FAILED,
+    "new",
+)
+
+
+def projection_samples() -> dict[Any, metrics.Samples]:
+    """Each projection's lag and state in each namespace, read now from the checkpoints
+    and the stream heads (one database query a projection, one head a namespace).
+
+    Read at the scrape rather than kept by the runners: a runner may run in any process
+    (a Celery worker serves no HTTP), two runners of one projection must not add up,
+    and the lag of a projection whose runner stopped is the one to see. Unreadable (the
+    database or NATS not answering): no samples, and a warning in the log.
+    """
+    projections = all_projections()
+    if not projections:
+        return _no_projection_samples()
+    try:
+        rows = operations.statuses(projections)
+    except Exception:  # report it, don't fail the scrape
+        logger.warning("could not read the projections' checkpoints for metrics", exc_info=True)
+        return _no_projection_samples()
+    return {
+        metrics.PROJECTION_LAG: [
+            ({"projection": row.projection, "namespace": row.namespace}, row.lag) for row in rows
+        ],
+        metrics.PROJECTION_STATE: [
+            (
+                {"projection": row.projection, "namespace": row.namespace, "state": state},
+                1 if row.state == state else 0,
+            )
+            for row in rows
+            for state in PROJECTION_STATES
+        ],
+    }
 
 
 def _cluster_figures(status: inspection.ClusterStatus) -> dict[Any, metrics.Samples]:

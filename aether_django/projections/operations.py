@@ -6,7 +6,7 @@ interleave with a batch: a runner's next compare-and-set sees it and backs off.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
@@ -15,10 +15,20 @@ from django.db import transaction
 
 from ..errors import ProjectionError
 from ..models import ProjectionCheckpoint, ProjectionSkip
+from ..store import list_namespaces
 from .base import Projection
 from .runner import catch_up, covered_namespaces, ensure_checkpoint, stream_head
 
-__all__ = ["NamespaceStatus", "pause", "rebuild", "resume", "skip", "status"]
+__all__ = [
+    "NamespaceStatus",
+    "pause",
+    "rebuild",
+    "reset",
+    "resume",
+    "skip",
+    "status",
+    "statuses",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,29 +54,48 @@ class NamespaceStatus:
 def status(projection: type[Projection]) -> list[NamespaceStatus]:
     """The projection's position, the stream head and the lag in each namespace it
     covers or has a checkpoint for (a namespace it never ran in shows "new")."""
-    meta = projection._meta
-    rows = {
-        cp.namespace: cp
-        for cp in ProjectionCheckpoint.objects.using(meta.database).filter(projection=meta.name)
-    }
+    return statuses([projection])
+
+
+def statuses(
+    projections: Iterable[type[Projection]],
+    *,
+    heads: Callable[[str], int] = stream_head,
+) -> list[NamespaceStatus]:
+    """:func:`status` of several projections, in order, listing the namespaces once and
+    reading each stream head once however many projections cover it (a scrape of the
+    metrics, a readiness probe, the admin page)."""
+    namespaces: list[str] | None = None
+    known: dict[str, int] = {}
     found: list[NamespaceStatus] = []
-    for namespace in sorted(set(rows) | set(covered_namespaces(projection))):
-        cp = rows.get(namespace)
-        head = stream_head(namespace)
-        position = cp.sequence if cp else 0
-        found.append(
-            NamespaceStatus(
-                projection=meta.name,
-                namespace=namespace,
-                position=position,
-                head=head,
-                lag=max(0, head - position),
-                state=cp.state if cp else "new",
-                last_error_sequence=cp.last_error_sequence if cp else None,
-                last_error=cp.last_error if cp else "",
-                last_error_at=cp.last_error_at if cp else None,
+    for projection in projections:
+        meta = projection._meta
+        rows = {
+            cp.namespace: cp
+            for cp in ProjectionCheckpoint.objects.using(meta.database).filter(projection=meta.name)
+        }
+        if namespaces is None:
+            namespaces = list_namespaces()
+        covered = {ns for ns in namespaces if meta.covers(ns)}
+        for namespace in sorted(set(rows) | covered):
+            cp = rows.get(namespace)
+            if namespace not in known:
+                known[namespace] = heads(namespace)
+            head = known[namespace]
+            position = cp.sequence if cp else 0
+            found.append(
+                NamespaceStatus(
+                    projection=meta.name,
+                    namespace=namespace,
+                    position=position,
+                    head=head,
+                    lag=max(0, head - position),
+                    state=cp.state if cp else "new",
+                    last_error_sequence=cp.last_error_sequence if cp else None,
+                    last_error=cp.last_error if cp else "",
+                    last_error_at=cp.last_error_at if cp else None,
+                )
             )
-        )
     return found
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +36,7 @@ from typing import Any, TypeVar
 from django.db import DatabaseError, connections, transaction
 from django.utils import timezone
 
+from .. import metrics
 from ..bus import get_event_bus
 from ..bus.local import Delivery, Subscription
 from ..errors import AetherError, ProjectionError
@@ -284,6 +286,9 @@ class NamespaceWorker(threading.Thread):
         last = events[-1].sequence
         assert last is not None
         self.position = last
+        metrics.PROJECTION_EVENTS.inc(
+            len(events), projection=self.projection._meta.name, namespace=self.namespace
+        )
         if self.progress is not None:
             self.progress(len(events))
 
@@ -302,6 +307,7 @@ class NamespaceWorker(threading.Thread):
         them, in one transaction; raises _Moved or _HandlerFailed after rolling back."""
         meta = self.projection._meta
         last = events[-1].sequence
+        started = time.perf_counter()
         with transaction.atomic(using=meta.database):
             for index, event in enumerate(events):
                 sequence = event.sequence
@@ -317,6 +323,9 @@ class NamespaceWorker(threading.Thread):
                     # event; the whole batch rolls back instead, and is split after.
                     self.instance.handle(self.upcast(event) if self.upcast else event, context)
                 except Exception as exc:
+                    metrics.PROJECTION_HANDLER_ERRORS.inc(
+                        projection=meta.name, namespace=self.namespace
+                    )
                     raise _HandlerFailed(index, sequence, exc) from exc
             moved = (
                 ProjectionCheckpoint.objects.using(meta.database)
@@ -330,6 +339,10 @@ class NamespaceWorker(threading.Thread):
             )
             if moved != 1:
                 raise _Moved
+        # Committed: only batches that took effect are timed.
+        metrics.PROJECTION_BATCH_SECONDS.observe(
+            time.perf_counter() - started, projection=meta.name
+        )
 
     def _fail(self, failed: _HandlerFailed) -> bool:
         """Mark the checkpoint failed at the failing event; False if it had moved."""
@@ -342,7 +355,7 @@ class NamespaceWorker(threading.Thread):
             failed.sequence,
             message,
         )
-        return bool(
+        marked = bool(
             ProjectionCheckpoint.objects.using(meta.database)
             .filter(
                 projection=meta.name,
@@ -357,6 +370,9 @@ class NamespaceWorker(threading.Thread):
                 last_error_at=timezone.now(),
             )
         )
+        if marked:
+            metrics.PROJECTION_FAILURES.inc(projection=meta.name, namespace=self.namespace)
+        return marked
 
 
 class ProjectionRunner:

@@ -159,13 +159,20 @@ def admin_urls() -> list[str]:
     text = (DOCS / "admin.md").read_text()
     urls = []
     for span in re.findall(r"`([^`\s][^`]*/)`", text):
-        if span.startswith(("streaminspection/", "clusterinspection/", "namespacegrant/")):
+        if span.startswith(
+            ("streaminspection/", "clusterinspection/", "projectioninspection/", "namespacegrant/")
+        ):
             urls.append(span)
     return urls
 
 
 # What stands for the placeholders of admin.md's URLs.
-PLACEHOLDERS = {"<namespace>": "orders", "<actor id>": "order-1", "<id>": "1"}
+PLACEHOLDERS = {
+    "<namespace>": "orders",
+    "<actor id>": "order-1",
+    "<id>": "1",
+    "<name>": "order-summary",
+}
 
 
 def test_admin_md_names_the_pages_of_both_inspection_entries_and_the_grants() -> None:
@@ -176,6 +183,8 @@ def test_admin_md_names_the_pages_of_both_inspection_entries_and_the_grants() ->
         "streaminspection/ns/<namespace>/<actor id>/",
         "clusterinspection/",
         "clusterinspection/shards/",
+        "projectioninspection/",
+        "projectioninspection/p/<name>/rebuild/",
         "namespacegrant/",
     ):
         assert page in urls

@@ -303,6 +303,10 @@ NOT_ALLOWED = Page(405)
 # purpose for everyone, the superuser included.
 READ_ONLY = Page(403)
 SAVED = Page(302, "saved")
+# A projection action taken (by a superuser): back to the projections page.
+DONE = Page(302, "done")
+# A projection action that cannot be done (a skip of an event it did not stop at).
+INVALID = Page(400)
 SHOWS_0 = Page(200, lists=frozenset())
 SHOWS_GH = Page(200, lists=frozenset({"granted", "hidden"}))
 
@@ -390,6 +394,39 @@ ADMIN_TABLE: tuple[AdminRow, ...] = (
     AdminRow("POST clusterinspection/shards/delete/", body={"post": "yes"}, expect=
              (LOGIN,    LOGIN,   LOGIN,     LOGIN,      LOGIN,   READ_ONLY, READ_ONLY)),
     AdminRow("GET clusterinspection/shards/history/",
+             (LOGIN,    LOGIN,   LOGIN,     LOGIN,      LOGIN,   READ_ONLY, READ_ONLY)),
+    # Projections: all staff read the page (the rows of namespaces they may read); only
+    # superusers act, through a confirmation page and its POST. "order-summary" is the
+    # test app's projection (tests/projections/app).
+    AdminRow("GET projectioninspection/",
+             (LOGIN,    LOGIN,   LOGIN,     LOGIN,      LOGIN,   SHOWN,  SHOWN)),
+    AdminRow("POST projectioninspection/", body={}, expect=
+             (LOGIN,    LOGIN,   LOGIN,     LOGIN,      LOGIN,   NOT_ALLOWED, NOT_ALLOWED)),
+    AdminRow("GET projectioninspection/p/order-summary/rebuild/",
+             (LOGIN,    LOGIN,   LOGIN,     LOGIN,      LOGIN,   FORBID, SHOWN)),
+    AdminRow("POST projectioninspection/p/order-summary/rebuild/", body={"confirm": "yes"}, expect=
+             (LOGIN,    LOGIN,   LOGIN,     LOGIN,      LOGIN,   FORBID, DONE)),
+    AdminRow("GET projectioninspection/p/order-summary/pause/",
+             (LOGIN,    LOGIN,   LOGIN,     LOGIN,      LOGIN,   FORBID, SHOWN)),
+    AdminRow("POST projectioninspection/p/order-summary/pause/", body={"confirm": "yes"}, expect=
+             (LOGIN,    LOGIN,   LOGIN,     LOGIN,      LOGIN,   FORBID, DONE)),
+    AdminRow("GET projectioninspection/p/order-summary/resume/",
+             (LOGIN,    LOGIN,   LOGIN,     LOGIN,      LOGIN,   FORBID, SHOWN)),
+    AdminRow("POST projectioninspection/p/order-summary/resume/", body={"confirm": "yes"}, expect=
+             (LOGIN,    LOGIN,   LOGIN,     LOGIN,      LOGIN,   FORBID, DONE)),
+    AdminRow("GET projectioninspection/p/order-summary/skip/?namespace={hidden}",
+             (LOGIN,    LOGIN,   LOGIN,     LOGIN,      LOGIN,   FORBID, SHOWN)),
+    AdminRow("POST projectioninspection/p/order-summary/skip/",
+             body={"confirm": "yes", "namespace": "{hidden}", "sequence": "1", "reason": "x"},
+             expect=
+             (LOGIN,    LOGIN,   LOGIN,     LOGIN,      LOGIN,   FORBID, INVALID)),
+    AdminRow("GET projectioninspection/add/",
+             (LOGIN,    LOGIN,   LOGIN,     LOGIN,      LOGIN,   READ_ONLY, READ_ONLY)),
+    AdminRow("GET projectioninspection/order-summary/change/",
+             (LOGIN,    LOGIN,   LOGIN,     LOGIN,      LOGIN,   READ_ONLY, READ_ONLY)),
+    AdminRow("POST projectioninspection/order-summary/delete/", body={"post": "yes"}, expect=
+             (LOGIN,    LOGIN,   LOGIN,     LOGIN,      LOGIN,   READ_ONLY, READ_ONLY)),
+    AdminRow("GET projectioninspection/order-summary/history/",
              (LOGIN,    LOGIN,   LOGIN,     LOGIN,      LOGIN,   READ_ONLY, READ_ONLY)),
     # Grants: Django's model permissions, which a superuser has and plain staff has not.
     AdminRow("GET namespacegrant/",
@@ -653,6 +690,8 @@ def test_admin(row: AdminRow, kind: str, expected: Page, actor: str) -> None:
         assert response["Location"].startswith("/admin/login/?next="), response["Location"]
     elif expected.redirect == "saved":
         assert response["Location"] == "/admin/aether_django/namespacegrant/"
+    elif expected.redirect == "done":
+        assert response["Location"] == "/admin/aether_django/projectioninspection/"
     if expected.lists is not None:
         linked = {label for label, ns in NAMESPACES.items() if f"/ns/{ns}/" in text}
         assert linked == expected.lists
