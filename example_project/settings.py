@@ -32,6 +32,9 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    # The filters of the shop's order API (/api/shop/orders/), and their form in
+    # DRF's browsable API.
+    "django_filters",
     "drf_spectacular",
     "channels",
     "aether_django",
@@ -107,6 +110,11 @@ LOGIN_URL = "admin:login"
 AETHER: dict[str, Any] = {
     "REPLICAS": int(os.environ.get("AETHER_REPLICAS", "1")),
     "NATS_SYNC_ALWAYS": True,
+    # The demo's Celery worker is a cluster node (example_project/celery.py), and runs
+    # the shop's OrderSummaryProjection (shop/projections.py) that feeds the orders
+    # page and /api/shop/orders/. True is the default; said here because the read
+    # model depends on it: with it off, run `manage.py aether_projections run`.
+    "PROJECTIONS_IN_NODES": True,
 }
 # NATS credentials, from AETHER_NATS_USER and AETHER_NATS_PASSWORD: docker-compose gives
 # the web app and the workers users of their own (docs/security.md).
