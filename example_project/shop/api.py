@@ -89,7 +89,8 @@ class OrderSummaryViewSet(viewsets.ReadOnlyModelViewSet[OrderSummary]):
 
     queryset = OrderSummary.objects.all()
     serializer_class = OrderSummarySerializer
-    permission_classes = [IsAuthenticated & CanReadOrders]
+    # Two classes, not one "&" of them: each refusal then says which check failed.
+    permission_classes = [IsAuthenticated, CanReadOrders]
     pagination_class = OrderPagination
     filter_backends = [django_filters.rest_framework.DjangoFilterBackend, OrderingFilter]
     filterset_class = OrderSummaryFilter
