@@ -76,6 +76,10 @@ DATABASES: dict[str, dict[str, Any]] = {
         # AETHER_DEMO_DB points the demo at another SQLite file (a fresh one is
         # migrated on start), so a second demo need not share var/db.sqlite3.
         "NAME": os.environ.get("AETHER_DEMO_DB") or VAR_DIR / "db.sqlite3",
+        # The projection's node writes the read model while the web server reads it:
+        # WAL mode lets reads go on during its transactions, and the timeout lets a
+        # writer wait for another instead of failing at once (docs/projections.md).
+        "OPTIONS": {"init_command": "PRAGMA journal_mode=WAL;", "timeout": 20},
     }
 }
 if os.environ.get("POSTGRES_HOST"):

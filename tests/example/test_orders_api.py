@@ -148,7 +148,7 @@ def test_unknown_filter_values(reader: Client) -> None:
 def test_pagination(reader: Client) -> None:
     made = [row("Cleo", "placed", n) for n in range(5)]
     newest_first = [r.order_id for r in reversed(made)]
-    body = reader.get(URL, {"page_size": 2, "customer": "Cleo"}).json()
+    body = reader.get(URL, {"page_size": "2", "customer": "Cleo"}).json()
     assert body["count"] == 5 and body["previous"] is None
     assert [r["order_id"] for r in body["results"]] == newest_first[:2]
     # The next link keeps the filter and the page size.
