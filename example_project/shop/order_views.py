@@ -223,7 +223,8 @@ def _list_orders(
 ) -> tuple[OrderFilterForm, Page[OrderSummary] | None, dict[str, str]]:
     """The filter form, the page of the read model it asks for (None when a filter is
     invalid) and the filters as query parameters, for the page links."""
-    filters = OrderFilterForm(request.GET)
+    # Ids of their own: the create form above it has a customer field too.
+    filters = OrderFilterForm(request.GET, auto_id="filter_%s")
     if not filters.is_valid():
         problems.add("The orders were not listed: correct the filters marked below.", 400)
         return filters, None, {}
