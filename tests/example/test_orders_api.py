@@ -170,3 +170,16 @@ def test_the_api_is_read_only(reader: Client) -> None:
     assert reader.delete(f"{URL}{order.order_id}/").status_code == 405
     assert reader.patch(f"{URL}{order.order_id}/", {"status": "paid"}).status_code == 405
     assert OrderSummary.objects.get().status == "placed"
+
+
+def test_the_admin_shows_the_read_model_without_edits(client: Client) -> None:
+    order = row("Ann", "paid")
+    client.force_login(user(superuser=True))
+    page = client.get("/admin/shop/ordersummary/", {"status__exact": "paid"})
+    assert page.status_code == 200 and order.order_id in page.content.decode()
+    assert client.get("/admin/shop/ordersummary/add/").status_code == 403
+    # The change page is a view-only page: a post changes nothing.
+    change = f"/admin/shop/ordersummary/{order.pk}/change/"
+    assert client.get(change).status_code == 200
+    assert client.post(change, {"status": "shipped"}).status_code == 403
+    assert OrderSummary.objects.get().status == "paid"
