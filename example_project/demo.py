@@ -10,11 +10,14 @@ Started by ``python3 dev.py demo`` (in the project's virtualenv). It
    port, keeping nothing; or uses ``$CELERY_BROKER_URL``), one Celery worker, the
    cluster node ``demo-node-1``, and two Celery beats, which schedule the cluster's
    heartbeats and leader election: the one holding the beat lease sends, the other
-   stands by to take over (logs in ``var/celery-*.log``);
+   stands by to take over (logs in ``var/celery-*.log``). The node also runs the
+   shop's projection (``AETHER["PROJECTIONS_IN_NODES"]``), which keeps the
+   ``OrderSummary`` read model of the orders page and ``/api/shop/orders/`` up to date;
 4. serves ``example_project.asgi:application`` (HTTP and the ``ws/aether/``
    WebSockets) with uvicorn on 127.0.0.1 and ``$AETHER_DEMO_PORT`` (default 8000),
-   seeds a few orders (``example_project.demo_seed``) unless there are some, and
-   prints where to look.
+   seeds a few orders (``example_project.demo_seed``) unless there are some (the
+   projection lists them whether it started before or after the seed), and prints
+   where to look.
 
 ``$AETHER_DEMO_VAR`` moves the demo's own state (NATS store, pid files, beat
 schedule, logs) from ``var/`` elsewhere; ``$AETHER_DEMO_DB`` names the SQLite
@@ -388,6 +391,7 @@ def main() -> int:
         say(f"  orders page   {base}/orders/")
         say(f"  live feed     {base}/live/?namespace=orders  (log in as {DEMO_USER!r})")
         say(f"  API           {base}/api/aether/namespaces/  (basic auth or the admin login)")
+        say(f"  order API     {base}/api/shop/orders/?status=paid  (the orders' read model)")
         say(f"  admin         {base}/admin/  ({login})")
         say(f"  shard map     {base}/admin/aether_django/clusterinspection/shards/")
         say(f"  health        {base}/aether/healthz/  and readiness {base}/aether/readyz/")

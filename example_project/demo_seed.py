@@ -4,6 +4,13 @@ Run by ``python3 dev.py demo`` once uvicorn answers, in a child process with the
 demo's environment (its ``AETHER_NATS_URL``). Places a few ``Order`` aggregates in
 the ``orders`` namespace, adds lines, pays and ships some; does nothing when the
 namespace has orders already, so a restarted demo keeps its data as it was.
+
+The orders page and ``/api/shop/orders/`` list the ``OrderSummary`` read model, which
+``OrderSummaryProjection`` fills from these events wherever it runs (the demo's
+Celery worker node, or ``manage.py aether_projections run``). It reads the namespace
+from its start, so the seeded orders are listed whether they were saved before or
+after it started. The seed waits a little for the list to show them, and says
+whether it does.
 """
 
 from __future__ import annotations
@@ -12,6 +19,9 @@ import os
 import sys
 
 import django
+
+#: Seconds the seed waits for the orders list (the projection) to show its orders.
+LIST_WAIT = 15.0
 
 # (actor id, customer, lines as (sku, quantity, price in cents), what happens next)
 ORDERS: list[tuple[str, str, list[tuple[str, int, int]], tuple[str, ...]]] = [
@@ -48,10 +58,30 @@ def seed() -> list[str]:
     return created
 
 
+def wait_for_the_list(created: list[str], timeout: float = LIST_WAIT) -> str:
+    """Wait until the orders list (OrderSummaryProjection) shows the seeded orders'
+    last events; the sentence to print about it."""
+    from aether_django.errors import ProjectionTimeoutError
+    from example_project.shop.aggregates import Order
+    from example_project.shop.projections import OrderSummaryProjection
+
+    last = Order.objects.get(created[-1])  # saved last: the others come before it
+    try:
+        OrderSummaryProjection.wait_for(last, timeout=timeout)
+    except ProjectionTimeoutError as exc:
+        return (
+            f"The orders list does not show them yet ({exc}). It shows them once the "
+            "projection runs: in a cluster node (AETHER['PROJECTIONS_IN_NODES']), or "
+            "with `python manage.py aether_projections run`."
+        )
+    return "The orders list shows them (OrderSummaryProjection has applied their events)."
+
+
 def main() -> int:
     created = seed()
     if created:
         print(f"Seeded the orders namespace with {', '.join(created)}.", flush=True)
+        print(wait_for_the_list(created), flush=True)
     else:
         print("The orders namespace has orders already; not seeding.", flush=True)
     return 0

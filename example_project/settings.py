@@ -32,6 +32,9 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    # The filters of the shop's order API (/api/shop/orders/), and their form in
+    # DRF's browsable API.
+    "django_filters",
     "drf_spectacular",
     "channels",
     "aether_django",
@@ -73,6 +76,10 @@ DATABASES: dict[str, dict[str, Any]] = {
         # AETHER_DEMO_DB points the demo at another SQLite file (a fresh one is
         # migrated on start), so a second demo need not share var/db.sqlite3.
         "NAME": os.environ.get("AETHER_DEMO_DB") or VAR_DIR / "db.sqlite3",
+        # The projection's node writes the read model while the web server reads it:
+        # WAL mode lets reads go on during its transactions, and the timeout lets a
+        # writer wait for another instead of failing at once (docs/projections.md).
+        "OPTIONS": {"init_command": "PRAGMA journal_mode=WAL;", "timeout": 20},
     }
 }
 if os.environ.get("POSTGRES_HOST"):
@@ -107,6 +114,11 @@ LOGIN_URL = "admin:login"
 AETHER: dict[str, Any] = {
     "REPLICAS": int(os.environ.get("AETHER_REPLICAS", "1")),
     "NATS_SYNC_ALWAYS": True,
+    # The demo's Celery worker is a cluster node (example_project/celery.py), and runs
+    # the shop's OrderSummaryProjection (shop/projections.py) that feeds the orders
+    # page and /api/shop/orders/. True is the default; said here because the read
+    # model depends on it: with it off, run `manage.py aether_projections run`.
+    "PROJECTIONS_IN_NODES": True,
 }
 # NATS credentials, from AETHER_NATS_USER and AETHER_NATS_PASSWORD: docker-compose gives
 # the web app and the workers users of their own (docs/security.md).

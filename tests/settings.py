@@ -20,6 +20,9 @@ INSTALLED_APPS = [
     "aether_django",
     # Read models and projections of tests/projections.
     "tests.projections.app",
+    # The example project's app: its read model (OrderSummary) needs a table in the
+    # test database, which is made before any test (tests/example adds its URLs).
+    "example_project.shop",
 ]
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",

@@ -7,6 +7,8 @@ from typing import Any
 
 from django import forms
 
+from .models import STATUSES
+
 
 class AppendEventForm(forms.Form):
     """Event type, JSON data and an optional version (blank: the actor's next version)."""
@@ -95,4 +97,19 @@ class CancelOrderForm(forms.Form):
         required=False,
         max_length=500,
         widget=forms.TextInput(attrs={"placeholder": "changed my mind", "autocomplete": "off"}),
+    )
+
+
+class OrderFilterForm(forms.Form):
+    """The orders list's filters (query parameters): a status, and part of a customer's
+    name. Blank fields filter nothing; a status that is not one is an error."""
+
+    status = forms.ChoiceField(
+        required=False,
+        choices=[("", "any status"), *((status, status) for status in STATUSES)],
+    )
+    customer = forms.CharField(
+        required=False,
+        max_length=200,
+        widget=forms.TextInput(attrs={"placeholder": "any customer", "autocomplete": "off"}),
     )

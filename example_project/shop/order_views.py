@@ -18,17 +18,27 @@ status that says what happened:
 =====  ==============================================================================
 
 A successful command redirects (post/redirect/get) to the order with ``?done=``.
+
+The list reads the ``OrderSummary`` read model (models.py), which
+``OrderSummaryProjection`` (projections.py) keeps up to date from the events, with
+filters (status, customer) and numbered pages. It never reads the event store, so it
+answers while NATS does not. After a command the view waits (up to
+``PROJECTION_WAIT`` seconds) until the projection has applied the saved event, so
+the list the user opens next already shows it; when the wait runs out the command
+still succeeds, and the order's page says that the list may be behind
+(``?behind=1``).
 """
 
 from __future__ import annotations
 
-import itertools
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
 from django import forms
+from django.core.paginator import Page, Paginator
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, QueryDict
 from django.shortcuts import render
 from django.urls import reverse
@@ -44,6 +54,7 @@ from aether_django.errors import (
     InvalidEventError,
     InvalidNameError,
     NamespaceCollisionError,
+    ProjectionTimeoutError,
     SaveOutcomeUnknownError,
     StoreUnavailableError,
     VersionConflictError,
@@ -52,13 +63,22 @@ from aether_django.events import Event
 from aether_django.names import validate_actor_id
 
 from .aggregates import Order
-from .forms import AddLineForm, CancelOrderForm, CreateOrderForm
+from .forms import AddLineForm, CancelOrderForm, CreateOrderForm, OrderFilterForm
+from .models import OrderSummary
+from .projections import OrderSummaryProjection
 from .views import EventRow, _Problems, _row, _sentence, parse_positive_int
+
+logger = logging.getLogger(__name__)
 
 #: How often update() may reload and run a command again after a conflict.
 UPDATE_RETRIES = 5
-#: Orders the list shows at most.
-MAX_LISTED_ORDERS = 200
+#: Orders on one page of the list.
+ORDERS_PER_PAGE = 25
+#: Seconds a command waits for OrderSummaryProjection to apply its event before it
+#: answers anyway (saying the list may be behind). Short: the projection applies an
+#: event within milliseconds when it runs; when it does not run, waiting longer
+#: would only slow every command down.
+PROJECTION_WAIT = 2.0
 
 #: What the views catch and explain on the page (see _explain); anything else is a bug.
 #: A history that Order cannot replay (an event type without a handler, a message that
@@ -146,17 +166,21 @@ class OrderRow:
     lines: int
     total: str
     version: int
+    placed: str
+    updated: str
 
 
-def _order_row(order: Order) -> OrderRow:
+def _order_row(summary: OrderSummary) -> OrderRow:
     return OrderRow(
-        actor_id=order.actor_id,
-        url=reverse("shop:order", args=[order.actor_id]),
-        status=str(order.status),
-        customer=str(order.customer),
-        lines=len(order.lines),
-        total=money(order.total_cents),
-        version=order.version,
+        actor_id=summary.order_id,
+        url=reverse("shop:order", args=[summary.order_id]),
+        status=summary.status,
+        customer=summary.customer,
+        lines=summary.line_count,
+        total=money(summary.total_cents),
+        version=summary.version,
+        placed=summary.placed_at.strftime("%Y-%m-%d %H:%M:%S UTC"),
+        updated=summary.updated_at.strftime("%Y-%m-%d %H:%M:%S UTC"),
     )
 
 
@@ -194,35 +218,44 @@ class TimelineRow:
 # --- the list -----------------------------------------------------------------------------
 
 
-def _load_orders() -> tuple[list[Order], list[tuple[str, str]], bool]:
-    """The orders (at most MAX_LISTED_ORDERS), the histories that are not orders, and
-    whether there are more orders than listed.
+def _list_orders(
+    request: HttpRequest, problems: _Problems
+) -> tuple[OrderFilterForm, Page[OrderSummary] | None, dict[str, str]]:
+    """The filter form, the page of the read model it asks for (None when a filter is
+    invalid) and the filters as query parameters, for the page links."""
+    # Ids of their own: the create form above it has a customer field too.
+    filters = OrderFilterForm(request.GET, auto_id="filter_%s")
+    if not filters.is_valid():
+        problems.add("The orders were not listed: correct the filters marked below.", 400)
+        return filters, None, {}
+    summaries = OrderSummary.objects.all()
+    query: dict[str, str] = {}
+    if status := filters.cleaned_data["status"]:
+        summaries = summaries.filter(status=status)
+        query["status"] = status
+    if customer := filters.cleaned_data["customer"]:
+        summaries = summaries.filter(customer__icontains=customer)
+        query["customer"] = customer
+    # get_page: a page number that is not one, or past the end, shows the first or
+    # the last page instead of failing (a link may outlive the orders it counted).
+    page = Paginator(summaries, ORDERS_PER_PAGE).get_page(request.GET.get("page"))
+    return filters, page, query
 
-    Store errors propagate; a history Order cannot replay is reported, not raised.
-    """
-    orders: list[Order] = []
+
+def _page_url(query: Mapping[str, str], number: int) -> str:
+    return "?" + urlencode({**query, "page": number})
+
+
+def wait_for_list(saved: Order | Event) -> bool:
+    """Wait until OrderSummaryProjection has applied ``saved`` (read your own writes);
+    False when it has not within PROJECTION_WAIT seconds (it is behind, paused,
+    failed or not running), which the next page says."""
     try:
-        for order in itertools.islice(Order.objects.iterator(), MAX_LISTED_ORDERS + 1):
-            orders.append(order)
-    except AggregateReplayError:
-        # One such history ends the iterator; load the remaining actors one by one.
-        pass
-    else:
-        return orders[:MAX_LISTED_ORDERS], [], len(orders) > MAX_LISTED_ORDERS
-    loaded = {order.actor_id for order in orders}
-    broken: list[tuple[str, str]] = []
-    for actor_id in Order.objects.actor_ids():
-        if actor_id in loaded:
-            continue
-        if len(orders) > MAX_LISTED_ORDERS:
-            break
-        try:
-            orders.append(Order.objects.get(actor_id))
-        except Order.DoesNotExist:
-            continue
-        except AggregateReplayError as exc:
-            broken.append((actor_id, _cause(exc)))
-    return orders[:MAX_LISTED_ORDERS], broken, len(orders) > MAX_LISTED_ORDERS
+        OrderSummaryProjection.wait_for(saved, timeout=PROJECTION_WAIT)
+    except ProjectionTimeoutError as exc:
+        logger.warning("the orders list is behind: %s", exc)
+        return False
+    return True
 
 
 def _create(cleaned: Mapping[str, Any]) -> Order:
@@ -239,13 +272,17 @@ def _events_url(actor_id: str) -> str:
     return f"{reverse('shop:events')}?{query}"
 
 
-def _done(actor_id: str, command: str) -> HttpResponseRedirect:
-    query = urlencode({"done": command})
-    return HttpResponseRedirect(f"{reverse('shop:order', args=[actor_id])}?{query}")
+def _done(actor_id: str, command: str, saved: Order) -> HttpResponseRedirect:
+    """Wait for the list to show the saved command, then redirect to the order."""
+    query = {"done": command}
+    if not wait_for_list(saved):
+        query["behind"] = "1"
+    return HttpResponseRedirect(f"{reverse('shop:order', args=[actor_id])}?{urlencode(query)}")
 
 
 def orders_page(request: HttpRequest) -> HttpResponse:
-    """List the orders; POST creates and places one."""
+    """List the orders (``?status=``, ``?customer=``, ``?page=``); POST creates and
+    places one."""
     problems = _Problems()
     posted = request.method == "POST"
     form = CreateOrderForm(request.POST if posted else None)
@@ -257,30 +294,30 @@ def orders_page(request: HttpRequest) -> HttpResponse:
         else:
             actor_id = form.cleaned_data["order_id"]
             try:
-                _create(form.cleaned_data)
+                order = _create(form.cleaned_data)
             except SHOWN_ERRORS as exc:
                 problems.add(*_explain(exc, actor_id))
                 if isinstance(exc, VersionConflictError):
                     existing_url = reverse("shop:order", args=[actor_id])
             else:
                 # Post/redirect/get: reloading the page must not post again.
-                return _done(actor_id, "place")
+                return _done(actor_id, "place", order)
 
-    orders: list[Order] = []
-    broken: list[tuple[str, str]] = []
-    more = False
-    try:
-        orders, broken, more = _load_orders()
-    except AetherError as exc:
-        problems.add(*_explain(exc, ""))
-
+    filters, page, query = _list_orders(request, problems)
     context = {
         "page": "orders",
         "namespace": Order._meta.namespace,
-        "rows": [_order_row(order) for order in orders],
-        "broken": [(actor_id, reason, _events_url(actor_id)) for actor_id, reason in broken],
-        "more": more,
-        "max_listed": MAX_LISTED_ORDERS,
+        "projection": OrderSummaryProjection._meta.name,
+        "rows": [_order_row(summary) for summary in page] if page is not None else [],
+        "orders_page": page,
+        "filtered": bool(query),
+        "filters": filters,
+        "previous_url": _page_url(query, page.previous_page_number())
+        if page is not None and page.has_previous()
+        else None,
+        "next_url": _page_url(query, page.next_page_number())
+        if page is not None and page.has_next()
+        else None,
         "form": form,
         "problems": problems.messages,
         "existing_url": existing_url,
@@ -341,11 +378,11 @@ def order_page(request: HttpRequest, actor_id: str) -> HttpResponse:
             problems.add("The command was not run: correct the fields marked below.", 400)
         else:
             try:
-                Order.objects.update(actor_id, command, retries=UPDATE_RETRIES)
+                saved = Order.objects.update(actor_id, command, retries=UPDATE_RETRIES)
             except SHOWN_ERRORS as exc:
                 problems.add(*_explain(exc, actor_id))
             else:
-                return _done(actor_id, name)
+                return _done(actor_id, name, saved)
 
     at_version: int | None = None
     requested = request.GET.get("at_version", "") if request.method == "GET" else ""
@@ -398,5 +435,7 @@ def order_page(request: HttpRequest, actor_id: str) -> HttpResponse:
         "forms": forms_,
         "problems": problems.messages,
         "done": DONE_MESSAGES.get(done),
+        # The command was saved, but the list did not show it in time (see _done).
+        "behind": bool(done) and request.GET.get("behind") == "1",
     }
     return render(request, "shop/order.html", context, status=problems.status)

@@ -27,3 +27,10 @@ def example_project_settings() -> Iterator[None]:
         ),
     ):
         yield
+
+
+# Runners of projections in threads (stopped after each test), as the projection tests
+# start them: the orders list tests run the shop's OrderSummaryProjection.
+from tests.projections.conftest import runners  # noqa: E402
+
+__all__ = ["example_project_settings", "runners"]

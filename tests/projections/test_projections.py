@@ -50,7 +50,12 @@ def checkpoint(name: str, namespace: str) -> ProjectionCheckpoint:
 
 def test_declaration_and_registry():
     assert get_projection("order-summary") is OrderSummaryProjection
-    assert get_projection("OrderSummaryProjection") is OrderSummaryProjection
+    # A short class name finds a projection only when one has it: the example
+    # project's OrderSummaryProjection (shop.order-summary) has this one's.
+    with pytest.raises(ProjectionError, match="several projections are called"):
+        get_projection("OrderSummaryProjection")
+    Ledger = ledger("proj-shop", "only-one-of-its-class-name")
+    assert get_projection(Ledger.__name__) is Ledger
     meta = OrderSummaryProjection._meta
     assert (meta.source, meta.batch_size, meta.database) == ("proj-shop", 100, "default")
     assert (meta.retries, meta.backoff, meta.max_backoff) == (3, 0.5, 30.0)
