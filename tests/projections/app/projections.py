@@ -46,6 +46,21 @@ class OrderSummaryProjection(Projection):
         )
 
 
+def order_summary(database: str) -> type[OrderSummaryProjection]:
+    """The example projection on another database (its own name, its own checkpoints)."""
+    Meta = type(
+        "Meta",
+        (),
+        {
+            "source": "proj-shop",
+            "models": [OrderSummary],
+            "name": f"order-summary-{database}",
+            "database": database,
+        },
+    )
+    return type(f"OrderSummary_{database}", (OrderSummaryProjection,), {"Meta": Meta})
+
+
 class LedgerBase(Projection):
     """Writes an Applied row for every event; refuses the events listed in POISON."""
 
