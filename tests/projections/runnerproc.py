@@ -1,11 +1,15 @@
-"""A projection runner in a process of its own, on a SQLite file the test shares.
+"""A projection runner in a process of its own, on the database the test shares with it.
 
     AETHER_TEST_DATABASE=/tmp/db.sqlite3 python -m tests.projections.runnerproc migrate
     AETHER_TEST_DATABASE=/tmp/db.sqlite3 python -m tests.projections.runnerproc run SOURCE NAME
+    AETHER_TEST_PROJECTION_DB=pg python -m tests.projections.runnerproc run SOURCE NAME
 
-``migrate`` prepares the file (WAL mode, the tables); ``run`` declares a ledger
+``migrate`` prepares the SQLite file (WAL mode, the tables); ``run`` declares a ledger
 projection of SOURCE called NAME (tests.projections.app.projections.ledger) and runs
-``manage.py aether_projections run NAME`` until it is killed or stopped.
+``manage.py aether_projections run NAME`` until it is killed or stopped. With
+AETHER_TEST_PROJECTION_DB=pg the projection's database is the test's PostgreSQL (its
+settings come in AETHER_TEST_PG_DATABASE, see tests/settings.py; pytest-django has
+migrated it) instead of the SQLite file.
 """
 
 from __future__ import annotations
@@ -17,10 +21,13 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
 
 from django.conf import settings
 
-# Before setup, so that no connection has read the in-memory default yet.
-settings.DATABASES["default"]["NAME"] = os.environ["AETHER_TEST_DATABASE"]
-# Two processes on one file: wait for a lock rather than fail at once.
-settings.DATABASES["default"]["OPTIONS"] = {"timeout": 20}  # type: ignore[assignment]
+DATABASE = os.environ.get("AETHER_TEST_PROJECTION_DB", "default")
+
+if DATABASE == "default":
+    # Before setup, so that no connection has read the in-memory default yet.
+    settings.DATABASES["default"]["NAME"] = os.environ["AETHER_TEST_DATABASE"]
+    # Two processes on one file: wait for a lock rather than fail at once.
+    settings.DATABASES["default"]["OPTIONS"] = {"timeout": 20}  # type: ignore[assignment]
 
 import django  # noqa: E402 (after the settings change)
 
@@ -39,5 +46,7 @@ if __name__ == "__main__":
         call_command("migrate", verbosity=0, interactive=False, run_syncdb=True)
     else:
         source, name = sys.argv[2], sys.argv[3]
-        ledger(source, name, batch_size=int(os.environ.get("BATCH_SIZE", "20")))
+        ledger(
+            source, name, batch_size=int(os.environ.get("BATCH_SIZE", "20")), database=DATABASE
+        )
         call_command("aether_projections", "run", name, "--interval", "0.2")

@@ -1,5 +1,9 @@
 """Exactly-once effect across crashes: a runner process SIGKILLed mid-batch, again and again,
-while events are saved; after a restart the read model is the one a fresh run makes."""
+while events are saved; after a restart the read model is the one a fresh run makes.
+
+Each test runs on a SQLite file the runner processes share with the test (WAL mode),
+and on the suite's real PostgreSQL (the "pg" alias; the processes get its settings in
+AETHER_TEST_PG_DATABASE)."""
 
 from __future__ import annotations
 
@@ -11,30 +15,71 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from django.db import connections
 
 from aether_django.store import get_event_store
 
 from .conftest import save_ticks
 
 ROOT = Path(__file__).resolve().parents[2]
+MODULE = [sys.executable, "-m", "tests.projections.runnerproc"]
 
 
-def _rows(db: Path, query: str, *args: object) -> list[tuple]:
-    with sqlite3.connect(db, timeout=20) as conn:
-        return conn.execute(query, args).fetchall()
+@dataclass
+class Target:
+    """Where the runner processes keep the projection: their environment, and a query
+    the test runs there (SQL with %s parameters)."""
+
+    env: dict[str, str]
+    rows: Callable[..., list[tuple]]
 
 
-def _wait_for_checkpoint(db: Path, name: str, namespace: str, head: int, log: Path) -> None:
+@pytest.fixture(
+    params=[
+        pytest.param("sqlite", id="sqlite"),
+        pytest.param(
+            "pg",
+            id="pg",
+            marks=pytest.mark.django_db(databases=["default", "pg"], transaction=True),
+        ),
+    ]
+)
+def target(request, tmp_path, aether_nats_url) -> Iterator[Target]:
+    env = dict(os.environ, AETHER_NATS_URL=aether_nats_url, PYTHONUNBUFFERED="1")
+    if request.param == "sqlite":
+        db = tmp_path / "db.sqlite3"
+        env["AETHER_TEST_DATABASE"] = str(db)
+        subprocess.run([*MODULE, "migrate"], cwd=ROOT, env=env, check=True)
+
+        def sqlite_rows(query: str, *args: object) -> list[tuple]:
+            with sqlite3.connect(db, timeout=20) as conn:
+                return conn.execute(query.replace("%s", "?"), args).fetchall()
+
+        yield Target(env, sqlite_rows)
+        return
+    # pytest-django has made and migrated the test database the processes use.
+    env["AETHER_TEST_PROJECTION_DB"] = "pg"
+
+    def pg_rows(query: str, *args: object) -> list[tuple]:
+        with connections["pg"].cursor() as cursor:
+            cursor.execute(query, args)
+            return cursor.fetchall()
+
+    yield Target(env, pg_rows)
+
+
+def _wait_for_checkpoint(target: Target, name: str, namespace: str, head: int, log: Path) -> None:
     """Until the runners' checkpoint of ``namespace`` reaches ``head`` (60 s at most)."""
     deadline = time.monotonic() + 60
     while True:
-        at = _rows(
-            db,
+        at = target.rows(
             "SELECT sequence FROM aether_django_projectioncheckpoint "
-            "WHERE projection = ? AND namespace = ?",
+            "WHERE projection = %s AND namespace = %s",
             name,
             namespace,
         )
@@ -44,32 +89,23 @@ def _wait_for_checkpoint(db: Path, name: str, namespace: str, head: int, log: Pa
         time.sleep(0.1)
 
 
-def _applied(db: Path, name: str) -> list[int]:
+def _applied(target: Target, name: str) -> list[int]:
     """The stream sequences the test projection's handler recorded, in order."""
     return [
         seq
-        for (seq,) in _rows(
-            db,
-            "SELECT sequence FROM projection_tests_applied WHERE projection = ? ORDER BY sequence",
+        for (seq,) in target.rows(
+            "SELECT sequence FROM projection_tests_applied WHERE projection = %s "
+            "ORDER BY sequence",
             name,
         )
     ]
 
 
 @pytest.mark.slow
-def test_sigkill_mid_batch_while_events_are_saved(tmp_path, unique, aether_nats_url):
+def test_sigkill_mid_batch_while_events_are_saved(tmp_path, unique, target):
     namespace = unique("proj-kill")
     name = unique("kill")
-    db = tmp_path / "db.sqlite3"
-    env = dict(
-        os.environ,
-        AETHER_TEST_DATABASE=str(db),
-        AETHER_NATS_URL=aether_nats_url,
-        BATCH_SIZE="20",
-        PYTHONUNBUFFERED="1",
-    )
-    module = [sys.executable, "-m", "tests.projections.runnerproc"]
-    subprocess.run([*module, "migrate"], cwd=ROOT, env=env, check=True)
+    env = dict(target.env, BATCH_SIZE="20")
     save_ticks(namespace, 200, actor="history")
     stop = threading.Event()
 
@@ -89,7 +125,7 @@ def test_sigkill_mid_batch_while_events_are_saved(tmp_path, unique, aether_nats_
         with log.open("ab") as out:
             for _ in range(6):
                 proc = subprocess.Popen(
-                    [*module, "run", namespace, name], cwd=ROOT, env=env, stdout=out, stderr=out
+                    [*MODULE, "run", namespace, name], cwd=ROOT, env=env, stdout=out, stderr=out
                 )
                 time.sleep(rng.uniform(1.0, 2.0))
                 proc.send_signal(signal.SIGKILL)
@@ -101,14 +137,14 @@ def test_sigkill_mid_batch_while_events_are_saved(tmp_path, unique, aether_nats_
     head = get_event_store(namespace).get_info().last_sequence
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            [*module, "run", namespace, name], cwd=ROOT, env=env, stdout=out, stderr=out
+            [*MODULE, "run", namespace, name], cwd=ROOT, env=env, stdout=out, stderr=out
         )
         try:
-            _wait_for_checkpoint(db, name, namespace, head, log)
+            _wait_for_checkpoint(target, name, namespace, head, log)
         finally:
             proc.send_signal(signal.SIGINT)  # Ctrl-C: a clean stop
             assert proc.wait(30) == 0, log.read_text()
-    applied = _applied(db, name)
+    applied = _applied(target, name)
     # Every event once: what a fresh run (or a rebuild) of this ledger writes.
     assert kills == 6
     assert applied == list(range(1, head + 1))
@@ -117,37 +153,28 @@ def test_sigkill_mid_batch_while_events_are_saved(tmp_path, unique, aether_nats_
 
 @pytest.mark.slow
 def test_two_runner_processes_of_one_projection_leave_the_read_model_exact(
-    tmp_path, unique, aether_nats_url
+    tmp_path, unique, target
 ):
     namespace = unique("proj-procs")
     name = unique("procs")
-    db = tmp_path / "db.sqlite3"
-    env = dict(
-        os.environ,
-        AETHER_TEST_DATABASE=str(db),
-        AETHER_NATS_URL=aether_nats_url,
-        BATCH_SIZE="10",
-        PYTHONUNBUFFERED="1",
-    )
-    module = [sys.executable, "-m", "tests.projections.runnerproc"]
-    subprocess.run([*module, "migrate"], cwd=ROOT, env=env, check=True)
+    env = dict(target.env, BATCH_SIZE="10")
     save_ticks(namespace, 150, actor="history")
     log = tmp_path / "runners.log"
     with log.open("ab") as out:
         procs = [
             subprocess.Popen(
-                [*module, "run", namespace, name], cwd=ROOT, env=env, stdout=out, stderr=out
+                [*MODULE, "run", namespace, name], cwd=ROOT, env=env, stdout=out, stderr=out
             )
             for _ in range(2)
         ]
         try:
             save_ticks(namespace, 150, actor="live")
             head = get_event_store(namespace).get_info().last_sequence
-            _wait_for_checkpoint(db, name, namespace, head, log)
+            _wait_for_checkpoint(target, name, namespace, head, log)
         finally:
             for proc in procs:
                 proc.send_signal(signal.SIGINT)
             codes = [proc.wait(30) for proc in procs]
     assert codes == [0, 0], log.read_text()
-    applied = _applied(db, name)
+    applied = _applied(target, name)
     assert applied == list(range(1, head + 1))
