@@ -303,6 +303,23 @@ class NamespaceWorker(threading.Thread):
         meta = self.projection._meta
         last = events[-1].sequence
         with transaction.atomic(using=meta.database):
+            # The compare-and-set comes first: it takes the checkpoint row's lock (on
+            # SQLite the database's write lock) before any handler runs, so a racing
+            # runner waits here and then finds the checkpoint moved, instead of running
+            # its handlers into the winner's rows (a unique key broken on PostgreSQL, a
+            # locked table on SQLite) and taking that for the event's failure.
+            moved = (
+                ProjectionCheckpoint.objects.using(meta.database)
+                .filter(
+                    projection=meta.name,
+                    namespace=self.namespace,
+                    sequence=previous,
+                    state=ProjectionCheckpoint.RUNNING,
+                )
+                .update(sequence=last, updated_at=timezone.now())
+            )
+            if moved != 1:
+                raise _Moved
             for index, event in enumerate(events):
                 sequence = event.sequence
                 assert sequence is not None
@@ -318,18 +335,6 @@ class NamespaceWorker(threading.Thread):
                     self.instance.handle(self.upcast(event) if self.upcast else event, context)
                 except Exception as exc:
                     raise _HandlerFailed(index, sequence, exc) from exc
-            moved = (
-                ProjectionCheckpoint.objects.using(meta.database)
-                .filter(
-                    projection=meta.name,
-                    namespace=self.namespace,
-                    sequence=previous,
-                    state=ProjectionCheckpoint.RUNNING,
-                )
-                .update(sequence=last, updated_at=timezone.now())
-            )
-            if moved != 1:
-                raise _Moved
 
     def _fail(self, failed: _HandlerFailed) -> bool:
         """Mark the checkpoint failed at the failing event; False if it had moved."""

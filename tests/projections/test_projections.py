@@ -10,11 +10,12 @@ from __future__ import annotations
 import io
 import json
 import threading
+import time
 
 import pytest
 from asgiref.sync import sync_to_async
 from django.core.management import CommandError, call_command
-from django.db import connections
+from django.db import DatabaseError, connections
 
 from aether_django.checks import check_projections
 from aether_django.errors import ProjectionError, ProjectionTimeoutError
@@ -25,6 +26,7 @@ from aether_django.projections import Projection, get_projection, on, operations
 from aether_django.projections.runner import (
     NamespaceWorker,
     ProjectionRunner,
+    _HandlerFailed,
     _Moved,
     catch_up,
     ensure_checkpoint,
@@ -496,3 +498,71 @@ def test_the_checkpoint_advance_is_a_compare_and_set(unique, db_alias):
     with pytest.raises(_Moved):
         first._apply(more, events[-1].sequence)
     assert len(sequences(Ledger._meta.name, namespace, db_alias)) == 3
+
+
+def test_racing_batches_one_commits_and_the_other_backs_off_before_its_handlers(
+    unique, db_alias
+):
+    """Two workers at the same position apply the same batch at the same moment, each in
+    a thread (a connection, a transaction) of its own, into a read model with a unique
+    key. One commits; the other must come out as having lost the compare-and-set (or,
+    on SQLite, as having met the first's lock): a database error the worker treats as
+    "start over from the checkpoint". It must not come out as a failing *handler* — on
+    PostgreSQL (READ COMMITTED) the loser's insert would wait for the winner's row and
+    then break its unique key, and the worker would retry, back off and log it as the
+    event's failure."""
+    namespace = unique("proj-race")
+    name = unique("race")
+    rows = OrderSummary.objects.using(db_alias)
+
+    class Racer(Projection):
+        class Meta:
+            source = namespace
+            models = [OrderSummary]
+            database = db_alias
+            on_error = {"retries": 0}
+
+        Meta.name = name
+
+        @on("Tick")
+        def tick(self, event, context):
+            time.sleep(0.05)  # both transactions are open at once
+            OrderSummary.objects.using(context.database).create(
+                order_id=f"{context.namespace}:{context.sequence}",
+                namespace=context.namespace,
+                status="placed",
+            )
+
+    events = save_ticks(namespace, 3)
+    ensure_checkpoint(Racer, namespace)
+    workers = [NamespaceWorker(Racer, namespace) for _ in range(2)]
+    start = threading.Barrier(2)
+    outcomes: list[str] = []
+
+    def race(worker: NamespaceWorker) -> None:
+        start.wait()
+        try:
+            worker._apply(events, 0)
+            outcomes.append("applied")
+        except _Moved:
+            outcomes.append("moved")
+        except _HandlerFailed as failed:
+            outcomes.append(f"handler failed: {failed.error!r}")
+        except DatabaseError:
+            outcomes.append("database error")
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=race, args=(w,)) for w in workers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert "applied" in outcomes and len(outcomes) == 2, outcomes
+    loser = [o for o in outcomes if o != "applied"]
+    backed_off = ["moved"] if db_alias == "pg" else ["moved", "database error"]
+    assert loser[0] in backed_off, outcomes
+    assert sorted(rows.filter(namespace=namespace).values_list("order_id", flat=True)) == [
+        f"{namespace}:{e.sequence}" for e in events
+    ]
+    assert checkpoint(name, namespace, db_alias).sequence == events[-1].sequence
