@@ -11,11 +11,12 @@ import io
 import json
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 from asgiref.sync import sync_to_async
 from django.core.management import CommandError, call_command
-from django.db import DatabaseError, connections
+from django.db import DatabaseError, connections, transaction
 
 from aether_django.checks import check_projections
 from aether_django.errors import ProjectionError, ProjectionTimeoutError
@@ -566,3 +567,225 @@ def test_racing_batches_one_commits_and_the_other_backs_off_before_its_handlers(
         f"{namespace}:{e.sequence}" for e in events
     ]
     assert checkpoint(name, namespace, db_alias).sequence == events[-1].sequence
+
+
+@pytest.mark.django_db(databases=["default", "pg"], transaction=True)
+def test_a_reset_never_leaves_the_rows_of_a_batch_committing_meanwhile_on_postgresql(unique):
+    """On PostgreSQL (READ COMMITTED: each statement sees what was committed when it
+    began) a reset that deleted the rows first and reset the checkpoints after would
+    miss the rows of a batch committing in between, yet reset that batch's checkpoint:
+    the replay would apply those events a second time. Here a batch has applied its
+    events and moved its checkpoint but not committed; the reset starts, waits for it,
+    and must clear its rows too. (SQLite has one writer: the reset cannot start.)"""
+    namespace = unique("proj-reset-race")
+    Ledger = ledger(namespace, unique("reset-race"), database="pg")
+    name = Ledger._meta.name
+    events = save_ticks(namespace, 6)
+    ensure_checkpoint(Ledger, namespace)
+    NamespaceWorker(Ledger, namespace)._apply(events[:3], 0)
+    applied, release = threading.Event(), threading.Event()
+
+    def batch() -> None:
+        try:
+            with transaction.atomic(using="pg"):
+                NamespaceWorker(Ledger, namespace)._apply(events[3:], events[2].sequence)
+                applied.set()
+                assert release.wait(30)
+        finally:
+            connections.close_all()
+
+    errors: list[BaseException] = []
+
+    def reset() -> None:
+        try:
+            operations.reset(Ledger)
+        except BaseException as exc:  # noqa: BLE001 (reported by the test)
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    in_flight = threading.Thread(target=batch)
+    in_flight.start()
+    assert applied.wait(30)
+    resetting = threading.Thread(target=reset)
+    resetting.start()
+    # Until the reset waits for the batch's locks.
+    eventually(lambda: _waiting_for_a_lock("pg"), what="the reset to wait for the batch")
+    release.set()
+    in_flight.join(30)
+    resetting.join(30)
+    assert errors == []
+    assert checkpoint(name, namespace, "pg").sequence == 0
+    assert sequences(name, namespace, "pg") == []
+    # And the replay applies each event once.
+    assert catch_up(Ledger) == {namespace: "caught-up"}
+    assert sequences(name, namespace, "pg") == [e.sequence for e in events]
+
+
+def _waiting_for_a_lock(alias: str) -> bool:
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        return cursor.fetchone()[0] > 0
+
+
+def test_a_reset_that_fails_in_the_middle_leaves_everything_as_before(
+    unique, db_alias, monkeypatch
+):
+    namespace = unique("proj-reset-fail")
+    Ledger = ledger(
+        namespace, unique("reset-fail"), database=db_alias, models=[Applied, OrderSummary]
+    )
+    name = Ledger._meta.name
+    events = save_ticks(namespace, 5)
+    app_projections.POISON.add((namespace, events[3].sequence))
+    assert catch_up(Ledger) == {namespace: "failed"}
+    before = checkpoint(name, namespace, db_alias)
+    assert (before.sequence, before.last_error_sequence) == (3, 4)
+    from django.db.models import QuerySet
+
+    delete = QuerySet.delete
+
+    def failing_delete(self):
+        if self.model is OrderSummary:
+            # Applied is cleared and the checkpoint reset by now, in the same transaction.
+            raise DatabaseError("disk full")
+        return delete(self)
+
+    monkeypatch.setattr(QuerySet, "delete", failing_delete)
+    with pytest.raises(DatabaseError, match="disk full"):
+        operations.rebuild(Ledger)
+    after = checkpoint(name, namespace, db_alias)
+    fields = ["sequence", "state", "last_error_sequence", "last_error", "last_error_at"]
+    assert [getattr(after, f) for f in fields] == [getattr(before, f) for f in fields]
+    assert sequences(name, namespace, db_alias) == [1, 2, 3]
+
+
+def test_a_reader_sees_a_reset_whole_or_not_at_all(unique, db_alias):
+    """One query (one snapshot) reads the read model and the checkpoint while resets
+    run: it sees the rows with their checkpoint, or neither, never rows cleared with
+    the checkpoint not yet reset."""
+    namespace = unique("proj-reset-read")
+    Ledger = ledger(namespace, unique("reset-read"), database=db_alias, batch_size=50)
+    name = Ledger._meta.name
+    save_ticks(namespace, 40)
+    stop = threading.Event()
+    seen: set[tuple[int, int]] = set()
+    query = (
+        "SELECT (SELECT count(*) FROM projection_tests_applied WHERE projection = %s), "
+        "(SELECT sequence FROM aether_django_projectioncheckpoint "
+        " WHERE projection = %s AND namespace = %s)"
+    )
+
+    def reader() -> None:
+        try:
+            while not stop.is_set():
+                try:
+                    with connections[db_alias].cursor() as cursor:
+                        cursor.execute(query, [name, name, namespace])
+                        seen.add(cursor.fetchone())
+                except DatabaseError:
+                    pass  # in-memory SQLite: "table is locked" while the reset writes
+        finally:
+            connections.close_all()
+
+    def retried(step: Callable[[], object]) -> None:
+        # The in-memory SQLite fails a writer at once ("table is locked") while the
+        # reader reads; a worker then ends with "error". Try again (a few times).
+        for _ in range(50):
+            try:
+                if step() in (None, {namespace: "caught-up"}):
+                    return
+            except DatabaseError:
+                pass
+            time.sleep(0.01)
+        raise AssertionError("no step went through")
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for _ in range(5):
+            retried(lambda: catch_up(Ledger))
+            retried(lambda: operations.reset(Ledger))
+    finally:
+        stop.set()
+        thread.join(30)
+    # Rows and checkpoint always agree (batches of 50 apply the 40 events at once).
+    assert seen <= {(0, 0), (40, 40), (0, None)}, seen
+    assert (40, 40) in seen or (0, 0) in seen
+
+
+def test_a_rebuild_keeps_earlier_skips_and_stops_again_at_a_still_bad_event(
+    unique, db_alias
+):
+    """A rebuild replays every event with today's code: the skip records stay, and an
+    event skipped before fails again unless the handler was fixed (then it is applied)."""
+    namespace = unique("proj-rebuild-skip")
+    Ledger = ledger(namespace, unique("rebuild-skip"), database=db_alias)
+    name = Ledger._meta.name
+    events = save_ticks(namespace, 5)
+    bad = events[2].sequence
+    app_projections.POISON.add((namespace, bad))
+    assert catch_up(Ledger) == {namespace: "failed"}
+    operations.skip(Ledger, namespace, bad, reason="bad import", by="ops")
+    assert catch_up(Ledger) == {namespace: "caught-up"}
+    assert sequences(name, namespace, db_alias) == [1, 2, 4, 5]
+    # Still bad: the rebuild stops at it again, and the first skip is still on record.
+    assert operations.rebuild(Ledger) == {namespace: "failed"}
+    cp = checkpoint(name, namespace, db_alias)
+    assert (cp.sequence, cp.state, cp.last_error_sequence) == (bad - 1, "failed", bad)
+    assert sequences(name, namespace, db_alias) == [1, 2]
+    skips = ProjectionSkip.objects.using(db_alias).filter(projection=name)
+    assert list(skips.values_list("sequence", "reason")) == [(bad, "bad import")]
+    # Fixed: the next rebuild applies it like every other event.
+    app_projections.POISON.clear()
+    assert operations.rebuild(Ledger) == {namespace: "caught-up"}
+    assert sequences(name, namespace, db_alias) == [e.sequence for e in events]
+    assert skips.count() == 1
+
+
+@pytest.mark.django_db(databases=["default", "pg"], transaction=True)
+def test_a_reset_starts_over_when_a_checkpoint_appears_meanwhile_on_postgresql(
+    unique, monkeypatch
+):
+    """A namespace a pattern finds during a reset gets a checkpoint the reset had not
+    locked (a batch of it may commit rows the reset's delete did not see): the reset
+    rolls back and starts over, and then resets that checkpoint too."""
+    prefix = unique("proj-reset-new")
+    Ledger = ledger(f"{prefix}.*", unique("reset-new"), database="pg")
+    name = Ledger._meta.name
+    save_ticks(f"{prefix}.one", 2)
+    assert catch_up(Ledger) == {f"{prefix}.one": "caught-up"}
+    from django.db.models import QuerySet
+
+    delete = QuerySet.delete
+    deletes: list[int] = []
+
+    def delete_and_meanwhile(self):
+        deletes.append(1)
+        if len(deletes) == 1:
+            # Another runner (another connection) finds a new namespace and advances.
+            def elsewhere() -> None:
+                try:
+                    ProjectionCheckpoint.objects.using("pg").create(
+                        projection=name, namespace=f"{prefix}.two", sequence=7
+                    )
+                finally:
+                    connections.close_all()
+
+            thread = threading.Thread(target=elsewhere)
+            thread.start()
+            thread.join(30)
+        return delete(self)
+
+    monkeypatch.setattr(QuerySet, "delete", delete_and_meanwhile)
+    operations.reset(Ledger)
+    assert len(deletes) == 2  # it started over once
+    rows = ProjectionCheckpoint.objects.using("pg").filter(projection=name)
+    assert sorted(rows.values_list("namespace", "sequence")) == [
+        (f"{prefix}.one", 0),
+        (f"{prefix}.two", 0),
+    ]
+    assert sequences(name, f"{prefix}.one", "pg") == []
