@@ -269,6 +269,46 @@ def check_projections(app_configs: Any = None, **kwargs: Any) -> list[CheckMessa
     return messages
 
 
+@register("aether_django", Tags.database)
+def check_projection_databases(
+    app_configs: Any = None, databases: Any = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """W502: a projection's database is an SQLite file not in WAL mode.
+
+    A database check (``manage.py check --database ALIAS``, ``migrate``): it asks the
+    file itself, since WAL mode is a property of the file and stays once set.
+    """
+    from django.db import DatabaseError, connections
+
+    from .projections import all_projections
+
+    messages: list[CheckMessage] = []
+    aliases = {p._meta.database for p in all_projections()} & set(databases or ())
+    for alias in sorted(aliases):
+        connection = connections[alias]
+        if connection.vendor != "sqlite" or connection.is_in_memory_db():
+            continue
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("PRAGMA journal_mode")
+                mode = str(cursor.fetchone()[0]).lower()
+        except DatabaseError:
+            continue  # a database that cannot be read has checks of its own to fail
+        if mode != "wal":
+            messages.append(
+                Warning(
+                    f"The projections' database {alias!r} is SQLite in journal mode "
+                    f"{mode!r}, not WAL: readers wait for the runner's batches and the "
+                    "runner for them.",
+                    hint=f'Set DATABASES[{alias!r}]["OPTIONS"]["init_command"] = '
+                    '"PRAGMA journal_mode=WAL" (see docs/projections.md, SQLite and '
+                    "PostgreSQL).",
+                    id="aether_django.W502",
+                )
+            )
+    return messages
+
+
 @register("aether_django")
 def check_api_schema(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """W201: the API's OpenAPI schema needs drf-spectacular's AutoSchema as DRF's default."""

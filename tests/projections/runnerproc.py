@@ -4,7 +4,7 @@
     AETHER_TEST_DATABASE=/tmp/db.sqlite3 python -m tests.projections.runnerproc run SOURCE NAME
     AETHER_TEST_PROJECTION_DB=pg python -m tests.projections.runnerproc run SOURCE NAME
 
-``migrate`` prepares the SQLite file (WAL mode, the tables); ``run`` declares a ledger
+``migrate`` prepares the SQLite file (the tables; WAL mode comes from the settings); ``run`` declares a ledger
 projection of SOURCE called NAME (tests.projections.app.projections.ledger) and runs
 ``manage.py aether_projections run NAME`` until it is killed or stopped. With
 AETHER_TEST_PROJECTION_DB=pg the projection's database is the test's PostgreSQL (its
@@ -26,8 +26,14 @@ DATABASE = os.environ.get("AETHER_TEST_PROJECTION_DB", "default")
 if DATABASE == "default":
     # Before setup, so that no connection has read the in-memory default yet.
     settings.DATABASES["default"]["NAME"] = os.environ["AETHER_TEST_DATABASE"]
-    # Two processes on one file: wait for a lock rather than fail at once.
-    settings.DATABASES["default"]["OPTIONS"] = {"timeout": 20}  # type: ignore[assignment]
+    # The settings docs/projections.md recommends for SQLite: WAL mode (readers and
+    # the writer at once), a busy timeout (wait for a lock rather than fail at once),
+    # and transactions that take the write lock when they begin.
+    settings.DATABASES["default"]["OPTIONS"] = {  # type: ignore[assignment]
+        "init_command": "PRAGMA journal_mode=WAL",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+    }
 
 import django  # noqa: E402 (after the settings change)
 
@@ -40,10 +46,10 @@ from tests.projections.app.projections import ledger  # noqa: E402
 
 if __name__ == "__main__":
     if sys.argv[1] == "migrate":
-        with connection.cursor() as cursor:
-            # Readers (the test) and the writer (this runner) at once: SQLite's WAL mode.
-            cursor.execute("PRAGMA journal_mode=WAL")
         call_command("migrate", verbosity=0, interactive=False, run_syncdb=True)
+        with connection.cursor() as cursor:
+            cursor.execute("PRAGMA journal_mode")
+            assert cursor.fetchone()[0] == "wal"
     else:
         source, name = sys.argv[2], sys.argv[3]
         ledger(

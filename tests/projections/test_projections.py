@@ -789,3 +789,29 @@ def test_a_reset_starts_over_when_a_checkpoint_appears_meanwhile_on_postgresql(
         (f"{prefix}.two", 0),
     ]
     assert sequences(name, f"{prefix}.one", "pg") == []
+
+
+@pytest.mark.parametrize(
+    ("options", "warned"),
+    [({}, True), ({"init_command": "PRAGMA journal_mode=WAL"}, False)],
+    ids=["rollback-journal", "wal"],
+)
+def test_a_projection_on_sqlite_without_wal_is_warned_about(tmp_path, unique, options, warned):
+    from django.db.backends.sqlite3.base import DatabaseWrapper
+
+    from aether_django.checks import check_projection_databases
+
+    alias = "projection-file"
+    settings = {**connections["default"].settings_dict, "NAME": str(tmp_path / "p.sqlite3")}
+    connections[alias] = DatabaseWrapper({**settings, "OPTIONS": options}, alias)
+    try:
+        ledger(unique("proj-wal"), unique("wal"), database=alias)
+        found = check_projection_databases(databases=[alias])
+        assert [m.id for m in found] == (["aether_django.W502"] if warned else [])
+        if warned:
+            assert "journal mode 'delete', not WAL" in found[0].msg
+        # Only asked with the databases to check (manage.py check --database, migrate).
+        assert check_projection_databases(databases=None) == []
+    finally:
+        connections[alias].close()
+        del connections[alias]
