@@ -231,6 +231,13 @@ class NamespaceWorker(threading.Thread):
             try:
                 await self._db_call(self._apply, pending, self.position)
             except _Moved:
+                logger.info(
+                    "projection %s: the checkpoint of %s is no longer at %d (another runner, "
+                    "a pause or a reset), backing off",
+                    meta.name,
+                    self.namespace,
+                    self.position,
+                )
                 return None
             except _HandlerFailed as failed:
                 if failed.index > 0:

@@ -14,6 +14,7 @@ migrated it) instead of the SQLite file.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -38,6 +39,10 @@ if DATABASE == "default":
 import django  # noqa: E402 (after the settings change)
 
 django.setup()
+
+# The runner's notes (a lost compare-and-set, a retry) go to the process's log.
+logging.basicConfig(level=logging.WARNING, format="%(process)d %(name)s: %(message)s")
+logging.getLogger("aether_django.projections").setLevel(logging.INFO)
 
 from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402

@@ -168,7 +168,14 @@ def test_two_runner_processes_of_one_projection_leave_the_read_model_exact(
             for _ in range(2)
         ]
         try:
-            save_ticks(namespace, 150, actor="live")
+            # Once both run, live events reach both at once: they race for each batch.
+            deadline = time.monotonic() + 30
+            while log.read_text().count(f"running {name}") < 2:
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.05)
+            for version in range(1, 251, 5):
+                save_ticks(namespace, 5, actor="live", first_version=version)
+                time.sleep(0.01)
             head = get_event_store(namespace).get_info().last_sequence
             _wait_for_checkpoint(target, name, namespace, head, log)
         finally:
@@ -178,3 +185,5 @@ def test_two_runner_processes_of_one_projection_leave_the_read_model_exact(
     assert codes == [0, 0], log.read_text()
     applied = _applied(target, name)
     assert applied == list(range(1, head + 1))
+    # They did race: one lost a compare-and-set and backed off (and rolled back).
+    assert "backing off" in log.read_text()
