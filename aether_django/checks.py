@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import warnings
 from collections import defaultdict
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
@@ -286,7 +286,7 @@ def check_projection_databases(
     aliases = {p._meta.database for p in all_projections()} & set(databases or ())
     for alias in sorted(aliases):
         connection = connections[alias]
-        if connection.vendor != "sqlite" or connection.is_in_memory_db():
+        if connection.vendor != "sqlite" or cast(Any, connection).is_in_memory_db():
             continue
         try:
             with connection.cursor() as cursor:

@@ -17,7 +17,6 @@ from aether_django.store import get_event_store
 
 from .app import projections as app_projections
 
-
 #: The databases every guarantee is shown on: the in-memory SQLite "default", and the
 #: suite's real PostgreSQL "pg" (tests/conftest.py starts it only when a collected test
 #: asks for it, which this mark does).

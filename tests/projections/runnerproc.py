@@ -4,9 +4,10 @@
     AETHER_TEST_DATABASE=/tmp/db.sqlite3 python -m tests.projections.runnerproc run SOURCE NAME
     AETHER_TEST_PROJECTION_DB=pg python -m tests.projections.runnerproc run SOURCE NAME
 
-``migrate`` prepares the SQLite file (the tables; WAL mode comes from the settings); ``run`` declares a ledger
-projection of SOURCE called NAME (tests.projections.app.projections.ledger) and runs
-``manage.py aether_projections run NAME`` until it is killed or stopped. With
+``migrate`` prepares the SQLite file (the tables; WAL mode comes from the settings);
+``run`` declares a ledger projection of SOURCE called NAME
+(tests.projections.app.projections.ledger) and runs ``manage.py aether_projections
+run NAME`` until it is killed or stopped. With
 AETHER_TEST_PROJECTION_DB=pg the projection's database is the test's PostgreSQL (its
 settings come in AETHER_TEST_PG_DATABASE, see tests/settings.py; pytest-django has
 migrated it) instead of the SQLite file.
@@ -57,7 +58,5 @@ if __name__ == "__main__":
             assert cursor.fetchone()[0] == "wal"
     else:
         source, name = sys.argv[2], sys.argv[3]
-        ledger(
-            source, name, batch_size=int(os.environ.get("BATCH_SIZE", "20")), database=DATABASE
-        )
+        ledger(source, name, batch_size=int(os.environ.get("BATCH_SIZE", "20")), database=DATABASE)
         call_command("aether_projections", "run", name, "--interval", "0.2")

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.db import connections
@@ -65,9 +66,9 @@ def target(request, tmp_path, aether_nats_url) -> Iterator[Target]:
     # pytest-django has made and migrated the test database the processes use.
     env["AETHER_TEST_PROJECTION_DB"] = "pg"
 
-    def pg_rows(query: str, *args: object) -> list[tuple]:
+    def pg_rows(query: str, *args: Any) -> list[tuple]:
         with connections["pg"].cursor() as cursor:
-            cursor.execute(query, args)
+            cursor.execute(query, list(args))
             return cursor.fetchall()
 
     yield Target(env, pg_rows)
@@ -94,8 +95,7 @@ def _applied(target: Target, name: str) -> list[int]:
     return [
         seq
         for (seq,) in target.rows(
-            "SELECT sequence FROM projection_tests_applied WHERE projection = %s "
-            "ORDER BY sequence",
+            "SELECT sequence FROM projection_tests_applied WHERE projection = %s ORDER BY sequence",
             name,
         )
     ]

@@ -307,9 +307,11 @@ def test_a_poison_event_stops_the_projection_until_skipped(unique, runners, caps
     app_projections.POISON.add((namespace, poison))
     runners(Ledger)
     eventually(
-        lambda: ProjectionCheckpoint.objects.using(db_alias)
-        .filter(projection=name, namespace=namespace, state="failed")
-        .exists(),
+        lambda: (
+            ProjectionCheckpoint.objects.using(db_alias)
+            .filter(projection=name, namespace=namespace, state="failed")
+            .exists()
+        ),
         what="the projection to fail",
     )
     # It stopped exactly at the poison event: everything before it applied, nothing after.
@@ -389,9 +391,7 @@ def test_two_runners_of_one_projection_leave_the_read_model_exact(unique, runner
     runners(Ledger)
     live = save_ticks(namespace, 60, actor="l")
     Ledger.wait_for(live[-1], timeout=60)
-    assert sequences(Ledger._meta.name, namespace, db_alias) == [
-        e.sequence for e in history + live
-    ]
+    assert sequences(Ledger._meta.name, namespace, db_alias) == [e.sequence for e in history + live]
 
 
 def test_pause_and_resume(unique, runners, db_alias):
@@ -501,9 +501,7 @@ def test_the_checkpoint_advance_is_a_compare_and_set(unique, db_alias):
     assert len(sequences(Ledger._meta.name, namespace, db_alias)) == 3
 
 
-def test_racing_batches_one_commits_and_the_other_backs_off_before_its_handlers(
-    unique, db_alias
-):
+def test_racing_batches_one_commits_and_the_other_backs_off_before_its_handlers(unique, db_alias):
     """Two workers at the same position apply the same batch at the same moment, each in
     a thread (a connection, a transaction) of its own, into a read model with a unique
     key. One commits; the other must come out as having lost the compare-and-set (or,
@@ -513,7 +511,7 @@ def test_racing_batches_one_commits_and_the_other_backs_off_before_its_handlers(
     then break its unique key, and the worker would retry, back off and log it as the
     event's failure."""
     namespace = unique("proj-race")
-    name = unique("race")
+    racer_name = unique("race")
     rows = OrderSummary.objects.using(db_alias)
 
     class Racer(Projection):
@@ -522,8 +520,7 @@ def test_racing_batches_one_commits_and_the_other_backs_off_before_its_handlers(
             models = [OrderSummary]
             database = db_alias
             on_error = {"retries": 0}
-
-        Meta.name = name
+            name = racer_name
 
         @on("Tick")
         def tick(self, event, context):
@@ -566,7 +563,7 @@ def test_racing_batches_one_commits_and_the_other_backs_off_before_its_handlers(
     assert sorted(rows.filter(namespace=namespace).values_list("order_id", flat=True)) == [
         f"{namespace}:{e.sequence}" for e in events
     ]
-    assert checkpoint(name, namespace, db_alias).sequence == events[-1].sequence
+    assert checkpoint(racer_name, namespace, db_alias).sequence == events[-1].sequence
 
 
 @pytest.mark.django_db(databases=["default", "pg"], transaction=True)
@@ -599,7 +596,7 @@ def test_a_reset_never_leaves_the_rows_of_a_batch_committing_meanwhile_on_postgr
     def reset() -> None:
         try:
             operations.reset(Ledger)
-        except BaseException as exc:  # noqa: BLE001 (reported by the test)
+        except BaseException as exc:
             errors.append(exc)
         finally:
             connections.close_all()
@@ -717,9 +714,7 @@ def test_a_reader_sees_a_reset_whole_or_not_at_all(unique, db_alias):
     assert (40, 40) in seen or (0, 0) in seen
 
 
-def test_a_rebuild_keeps_earlier_skips_and_stops_again_at_a_still_bad_event(
-    unique, db_alias
-):
+def test_a_rebuild_keeps_earlier_skips_and_stops_again_at_a_still_bad_event(unique, db_alias):
     """A rebuild replays every event with today's code: the skip records stay, and an
     event skipped before fails again unless the handler was fixed (then it is applied)."""
     namespace = unique("proj-rebuild-skip")
@@ -747,9 +742,7 @@ def test_a_rebuild_keeps_earlier_skips_and_stops_again_at_a_still_bad_event(
 
 
 @pytest.mark.django_db(databases=["default", "pg"], transaction=True)
-def test_a_reset_starts_over_when_a_checkpoint_appears_meanwhile_on_postgresql(
-    unique, monkeypatch
-):
+def test_a_reset_starts_over_when_a_checkpoint_appears_meanwhile_on_postgresql(unique, monkeypatch):
     """A namespace a pattern finds during a reset gets a checkpoint the reset had not
     locked (a batch of it may commit rows the reset's delete did not see): the reset
     rolls back and starts over, and then resets that checkpoint too."""
