@@ -10,10 +10,11 @@ at or before its position (a resubscription may overlap).
 
 Each batch of events is applied in one ``transaction.atomic(using=Meta.database)``
 together with the checkpoint's advance, a compare-and-set on its previous sequence
-(and on the state ``running``). When no row is updated another runner moved the
-checkpoint (or an operator paused the projection): the batch rolls back and the
-worker backs off and subscribes again from the checkpoint it finds. Delivery may
-repeat; effects never do.
+(and on the state ``running``), which is the transaction's first statement. When no
+row is updated another runner moved the checkpoint (or an operator paused or reset
+the projection): the batch rolls back before any handler ran, and the worker backs
+off and subscribes again from the checkpoint it finds. Delivery may repeat; effects
+never do.
 
 A handler that raises rolls its batch back. The events of the batch before the
 failing one are applied on their own, then the failing event is tried again after
