@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
 
@@ -48,7 +49,28 @@ logging.getLogger("aether_django.projections").setLevel(logging.INFO)
 from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
 
-from tests.projections.app.projections import ledger  # noqa: E402
+from aether_django.events import Event  # noqa: E402
+from aether_django.projections import ProjectionContext, on  # noqa: E402
+from tests.projections.app.projections import LedgerBase, ledger  # noqa: E402
+
+
+class MarkingLedger(LedgerBase):
+    """A ledger whose handler also appends a byte to the HANDLER_MARKS file (outside the
+    transaction, so rolled-back events stay counted) and then takes 2 ms: a batch of 20
+    is open for 40 ms, and a kill right after a mark lands inside a batch."""
+
+    class Meta:
+        abstract = True
+
+    @on("Tick")
+    def tick(self, event: Event, context: ProjectionContext) -> None:
+        super().tick(event, context)
+        os.write(MARKS, b".")
+        time.sleep(0.002)
+
+
+if os.environ.get("HANDLER_MARKS"):
+    MARKS = os.open(os.environ["HANDLER_MARKS"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
 
 if __name__ == "__main__":
     if sys.argv[1] == "migrate":
@@ -58,5 +80,11 @@ if __name__ == "__main__":
             assert cursor.fetchone()[0] == "wal"
     else:
         source, name = sys.argv[2], sys.argv[3]
-        ledger(source, name, batch_size=int(os.environ.get("BATCH_SIZE", "20")), database=DATABASE)
+        ledger(
+            source,
+            name,
+            base=MarkingLedger if os.environ.get("HANDLER_MARKS") else LedgerBase,
+            batch_size=int(os.environ.get("BATCH_SIZE", "20")),
+            database=DATABASE,
+        )
         call_command("aether_projections", "run", name, "--interval", "0.2")

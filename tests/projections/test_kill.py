@@ -90,6 +90,10 @@ def _wait_for_checkpoint(target: Target, name: str, namespace: str, head: int, l
         time.sleep(0.1)
 
 
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
+
+
 def _applied(target: Target, name: str) -> list[int]:
     """The stream sequences the test projection's handler recorded, in order."""
     return [
@@ -105,7 +109,8 @@ def _applied(target: Target, name: str) -> list[int]:
 def test_sigkill_mid_batch_while_events_are_saved(tmp_path, unique, target):
     namespace = unique("proj-kill")
     name = unique("kill")
-    env = dict(target.env, BATCH_SIZE="20")
+    marks = tmp_path / "handled"
+    env = dict(target.env, BATCH_SIZE="20", HANDLER_MARKS=str(marks))
     save_ticks(namespace, 200, actor="history")
     stop = threading.Event()
 
@@ -128,6 +133,10 @@ def test_sigkill_mid_batch_while_events_are_saved(tmp_path, unique, target):
                     [*MODULE, "run", namespace, name], cwd=ROOT, env=env, stdout=out, stderr=out
                 )
                 time.sleep(rng.uniform(1.0, 2.0))
+                # Right after a handler ran: inside a batch, before its commit.
+                handled = _size(marks)
+                while _size(marks) == handled and proc.poll() is None:
+                    time.sleep(0.001)
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
                 kills += 1
@@ -149,6 +158,9 @@ def test_sigkill_mid_batch_while_events_are_saved(tmp_path, unique, target):
     assert kills == 6
     assert applied == list(range(1, head + 1))
     assert "stopped" in log.read_text()
+    # The kills did cut batches: the handlers ran more often than events were applied
+    # (the events of a killed batch ran again after the restart).
+    assert _size(marks) > len(applied)
 
 
 @pytest.mark.slow

@@ -87,10 +87,12 @@ class LedgerBase(Projection):
         self.tick(event, context)
 
 
-def ledger(source: str, name: str, **meta: Any) -> type[LedgerBase]:
-    """A LedgerBase subclass reading ``source``, called ``name``."""
+def ledger(
+    source: str, name: str, *, base: type[LedgerBase] = LedgerBase, **meta: Any
+) -> type[LedgerBase]:
+    """A ``base`` (LedgerBase) subclass reading ``source``, called ``name``."""
     options: dict[str, Any] = {"source": source, "models": [Applied], "name": name}
     options.setdefault("on_error", {"retries": 2, "backoff": 0.05})
     options.update(meta)
     Meta = type("Meta", (), options)
-    return type(f"Ledger_{name.replace('-', '_')}", (LedgerBase,), {"Meta": Meta})
+    return type(f"Ledger_{name.replace('-', '_')}", (base,), {"Meta": Meta})
