@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import warnings
 from collections import defaultdict
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
@@ -301,6 +301,46 @@ def _check_readyz_projections(names: set[str]) -> list[CheckMessage]:
         )
         for problem in problems
     ]
+
+
+@register("aether_django", Tags.database)
+def check_projection_databases(
+    app_configs: Any = None, databases: Any = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """W502: a projection's database is an SQLite file not in WAL mode.
+
+    A database check (``manage.py check --database ALIAS``, ``migrate``): it asks the
+    file itself, since WAL mode is a property of the file and stays once set.
+    """
+    from django.db import DatabaseError, connections
+
+    from .projections import all_projections
+
+    messages: list[CheckMessage] = []
+    aliases = {p._meta.database for p in all_projections()} & set(databases or ())
+    for alias in sorted(aliases):
+        connection = connections[alias]
+        if connection.vendor != "sqlite" or cast(Any, connection).is_in_memory_db():
+            continue
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("PRAGMA journal_mode")
+                mode = str(cursor.fetchone()[0]).lower()
+        except DatabaseError:
+            continue  # a database that cannot be read has checks of its own to fail
+        if mode != "wal":
+            messages.append(
+                Warning(
+                    f"The projections' database {alias!r} is SQLite in journal mode "
+                    f"{mode!r}, not WAL: readers wait for the runner's batches and the "
+                    "runner for them.",
+                    hint=f'Set DATABASES[{alias!r}]["OPTIONS"]["init_command"] = '
+                    '"PRAGMA journal_mode=WAL" (see docs/projections.md, SQLite and '
+                    "PostgreSQL).",
+                    id="aether_django.W502",
+                )
+            )
+    return messages
 
 
 @register("aether_django")

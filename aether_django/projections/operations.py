@@ -165,20 +165,50 @@ def skip(
     return record
 
 
+#: How often a reset starts over when checkpoints appear while it runs.
+RESET_TRIES = 5
+
+
+class _CheckpointAppeared(Exception):
+    """A checkpoint of the projection was made while a reset ran (it rolls back)."""
+
+
 def reset(projection: type[Projection]) -> None:
     """Clear the owned models and set every checkpoint back to 0 and running, in one
-    transaction (the first half of a rebuild). The skip records stay."""
+    transaction (the first half of a rebuild). The skip records stay.
+
+    The checkpoints are reset *first*: that takes their rows' locks (on SQLite the
+    database's write lock), so a batch in flight either commits before the models are
+    cleared, its rows cleared with the others, or finds its checkpoint reset and rolls
+    back. Clearing first would, on PostgreSQL's READ COMMITTED, miss the rows of a
+    batch committing in between and still reset its checkpoint: the replay would apply
+    those events twice. A checkpoint made meanwhile (a namespace a pattern found) was
+    not locked; when one appears the reset rolls back and starts over.
+    """
     meta = projection._meta
-    with transaction.atomic(using=meta.database):
-        for model in meta.models:
-            model._default_manager.using(meta.database).all().delete()
-        ProjectionCheckpoint.objects.using(meta.database).filter(projection=meta.name).update(
-            sequence=0,
-            state=ProjectionCheckpoint.RUNNING,
-            last_error_sequence=None,
-            last_error="",
-            last_error_at=None,
-        )
+    checkpoints = ProjectionCheckpoint.objects.using(meta.database).filter(projection=meta.name)
+    fresh = {
+        "sequence": 0,
+        "state": ProjectionCheckpoint.RUNNING,
+        "last_error_sequence": None,
+        "last_error": "",
+        "last_error_at": None,
+    }
+    for _ in range(RESET_TRIES):
+        try:
+            with transaction.atomic(using=meta.database):
+                locked = checkpoints.update(**fresh)
+                for model in meta.models:
+                    model._default_manager.using(meta.database).all().delete()
+                if checkpoints.update(**fresh) != locked:
+                    raise _CheckpointAppeared
+            return
+        except _CheckpointAppeared:
+            continue
+    raise ProjectionError(
+        f"could not reset {meta.name}: its checkpoints kept changing (namespaces created "
+        "while it ran); try again"
+    )
 
 
 def rebuild(

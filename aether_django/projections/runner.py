@@ -10,10 +10,11 @@ at or before its position (a resubscription may overlap).
 
 Each batch of events is applied in one ``transaction.atomic(using=Meta.database)``
 together with the checkpoint's advance, a compare-and-set on its previous sequence
-(and on the state ``running``). When no row is updated another runner moved the
-checkpoint (or an operator paused the projection): the batch rolls back and the
-worker backs off and subscribes again from the checkpoint it finds. Delivery may
-repeat; effects never do.
+(and on the state ``running``), which is the transaction's first statement. When no
+row is updated another runner moved the checkpoint (or an operator paused or reset
+the projection): the batch rolls back before any handler ran, and the worker backs
+off and subscribes again from the checkpoint it finds. Delivery may repeat; effects
+never do.
 
 A handler that raises rolls its batch back. The events of the batch before the
 failing one are applied on their own, then the failing event is tried again after
@@ -233,6 +234,13 @@ class NamespaceWorker(threading.Thread):
             try:
                 await self._db_call(self._apply, pending, self.position)
             except _Moved:
+                logger.info(
+                    "projection %s: the checkpoint of %s is no longer at %d (another runner, "
+                    "a pause or a reset), backing off",
+                    meta.name,
+                    self.namespace,
+                    self.position,
+                )
                 return None
             except _HandlerFailed as failed:
                 if failed.index > 0:
@@ -309,6 +317,23 @@ class NamespaceWorker(threading.Thread):
         last = events[-1].sequence
         started = time.perf_counter()
         with transaction.atomic(using=meta.database):
+            # The compare-and-set comes first: it takes the checkpoint row's lock (on
+            # SQLite the database's write lock) before any handler runs, so a racing
+            # runner waits here and then finds the checkpoint moved, instead of running
+            # its handlers into the winner's rows (a unique key broken on PostgreSQL, a
+            # locked table on SQLite) and taking that for the event's failure.
+            moved = (
+                ProjectionCheckpoint.objects.using(meta.database)
+                .filter(
+                    projection=meta.name,
+                    namespace=self.namespace,
+                    sequence=previous,
+                    state=ProjectionCheckpoint.RUNNING,
+                )
+                .update(sequence=last, updated_at=timezone.now())
+            )
+            if moved != 1:
+                raise _Moved
             for index, event in enumerate(events):
                 sequence = event.sequence
                 assert sequence is not None
@@ -327,18 +352,6 @@ class NamespaceWorker(threading.Thread):
                         projection=meta.name, namespace=self.namespace
                     )
                     raise _HandlerFailed(index, sequence, exc) from exc
-            moved = (
-                ProjectionCheckpoint.objects.using(meta.database)
-                .filter(
-                    projection=meta.name,
-                    namespace=self.namespace,
-                    sequence=previous,
-                    state=ProjectionCheckpoint.RUNNING,
-                )
-                .update(sequence=last, updated_at=timezone.now())
-            )
-            if moved != 1:
-                raise _Moved
         # Committed: only batches that took effect are timed.
         metrics.PROJECTION_BATCH_SECONDS.observe(
             time.perf_counter() - started, projection=meta.name

@@ -1,4 +1,5 @@
-"""Fixtures of the projection tests: fresh namespaces, a clean registry, runners that stop."""
+"""Fixtures of the projection tests: fresh namespaces, a clean registry, runners that stop,
+and the database the projections of a test run on (SQLite and a real PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,24 @@ from aether_django.projections.runner import ProjectionRunner
 from aether_django.store import get_event_store
 
 from .app import projections as app_projections
+
+#: The databases every guarantee is shown on: the in-memory SQLite "default", and the
+#: suite's real PostgreSQL "pg" (tests/conftest.py starts it only when a collected test
+#: asks for it, which this mark does).
+ON_BOTH_DATABASES = [
+    pytest.param("default", id="sqlite"),
+    pytest.param(
+        "pg",
+        id="pg",
+        marks=pytest.mark.django_db(databases=["default", "pg"], transaction=True),
+    ),
+]
+
+
+@pytest.fixture(params=ON_BOTH_DATABASES)
+def db_alias(request: pytest.FixtureRequest) -> str:
+    """The alias a test's projections, checkpoints and read models use (``Meta.database``)."""
+    return request.param
 
 
 @pytest.fixture

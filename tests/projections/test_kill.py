@@ -1,6 +1,10 @@
 """Exactly-once effect across crashes: a runner process SIGKILLed mid-batch, again and again,
 while events are saved; after a restart the read model is the one a fresh run makes. Two
-runner processes at once, and what their metrics add up to."""
+runner processes at once, and what their metrics add up to.
+
+Each test runs on a SQLite file the runner processes share with the test (WAL mode),
+and on the suite's real PostgreSQL (the "pg" alias; the processes get its settings in
+AETHER_TEST_PG_DATABASE)."""
 
 from __future__ import annotations
 
@@ -12,30 +16,78 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from django.db import connections
 
 from aether_django.store import get_event_store
 
 from .conftest import save_ticks
 
 ROOT = Path(__file__).resolve().parents[2]
+MODULE = [sys.executable, "-m", "tests.projections.runnerproc"]
 
 
-def _rows(db: Path, query: str, *args: object) -> list[tuple]:
-    with sqlite3.connect(db, timeout=20) as conn:
-        return conn.execute(query, args).fetchall()
+@dataclass
+class Target:
+    """Where the runner processes keep the projection: their environment, and a query
+    the test runs there (SQL with %s parameters)."""
+
+    env: dict[str, str]
+    rows: Callable[..., list[tuple]]
 
 
-def _wait_for_checkpoint(db: Path, name: str, namespace: str, head: int, log: Path) -> None:
+def sqlite_target(tmp_path: Path, env: dict[str, str]) -> Target:
+    """A migrated SQLite file in ``tmp_path`` that the runner processes share (``env``
+    is pointed at it)."""
+    db = tmp_path / "db.sqlite3"
+    env["AETHER_TEST_DATABASE"] = str(db)
+    subprocess.run([*MODULE, "migrate"], cwd=ROOT, env=env, check=True)
+
+    def sqlite_rows(query: str, *args: object) -> list[tuple]:
+        with sqlite3.connect(db, timeout=20) as conn:
+            return conn.execute(query.replace("%s", "?"), args).fetchall()
+
+    return Target(env, sqlite_rows)
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("sqlite", id="sqlite"),
+        pytest.param(
+            "pg",
+            id="pg",
+            marks=pytest.mark.django_db(databases=["default", "pg"], transaction=True),
+        ),
+    ]
+)
+def target(request, tmp_path, aether_nats_url) -> Iterator[Target]:
+    env = dict(os.environ, AETHER_NATS_URL=aether_nats_url, PYTHONUNBUFFERED="1")
+    if request.param == "sqlite":
+        yield sqlite_target(tmp_path, env)
+        return
+    # pytest-django has made and migrated the test database the processes use.
+    env["AETHER_TEST_PROJECTION_DB"] = "pg"
+
+    def pg_rows(query: str, *args: Any) -> list[tuple]:
+        with connections["pg"].cursor() as cursor:
+            cursor.execute(query, list(args))
+            return cursor.fetchall()
+
+    yield Target(env, pg_rows)
+
+
+def _wait_for_checkpoint(target: Target, name: str, namespace: str, head: int, log: Path) -> None:
     """Until the runners' checkpoint of ``namespace`` reaches ``head`` (60 s at most)."""
     deadline = time.monotonic() + 60
     while True:
-        at = _rows(
-            db,
+        at = target.rows(
             "SELECT sequence FROM aether_django_projectioncheckpoint "
-            "WHERE projection = ? AND namespace = ?",
+            "WHERE projection = %s AND namespace = %s",
             name,
             namespace,
         )
@@ -45,32 +97,39 @@ def _wait_for_checkpoint(db: Path, name: str, namespace: str, head: int, log: Pa
         time.sleep(0.1)
 
 
-def _applied(db: Path, name: str) -> list[int]:
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
+
+
+def _applied(target: Target, name: str) -> list[int]:
     """The stream sequences the test projection's handler recorded, in order."""
     return [
         seq
-        for (seq,) in _rows(
-            db,
-            "SELECT sequence FROM projection_tests_applied WHERE projection = ? ORDER BY sequence",
+        for (seq,) in target.rows(
+            "SELECT sequence FROM projection_tests_applied WHERE projection = %s ORDER BY sequence",
             name,
         )
     ]
 
 
+def _race_live_events(log: Path, name: str, namespace: str) -> None:
+    """Once both runner processes run, save live events in small steps: each reaches
+    both runners at once, so they race for each batch."""
+    deadline = time.monotonic() + 30
+    while log.read_text().count(f"running {name}") < 2:
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
+    for version in range(1, 251, 5):
+        save_ticks(namespace, 5, actor="live", first_version=version)
+        time.sleep(0.01)
+
+
 @pytest.mark.slow
-def test_sigkill_mid_batch_while_events_are_saved(tmp_path, unique, aether_nats_url):
+def test_sigkill_mid_batch_while_events_are_saved(tmp_path, unique, target):
     namespace = unique("proj-kill")
     name = unique("kill")
-    db = tmp_path / "db.sqlite3"
-    env = dict(
-        os.environ,
-        AETHER_TEST_DATABASE=str(db),
-        AETHER_NATS_URL=aether_nats_url,
-        BATCH_SIZE="20",
-        PYTHONUNBUFFERED="1",
-    )
-    module = [sys.executable, "-m", "tests.projections.runnerproc"]
-    subprocess.run([*module, "migrate"], cwd=ROOT, env=env, check=True)
+    marks = tmp_path / "handled"
+    env = dict(target.env, BATCH_SIZE="20", HANDLER_MARKS=str(marks))
     save_ticks(namespace, 200, actor="history")
     stop = threading.Event()
 
@@ -90,9 +149,13 @@ def test_sigkill_mid_batch_while_events_are_saved(tmp_path, unique, aether_nats_
         with log.open("ab") as out:
             for _ in range(6):
                 proc = subprocess.Popen(
-                    [*module, "run", namespace, name], cwd=ROOT, env=env, stdout=out, stderr=out
+                    [*MODULE, "run", namespace, name], cwd=ROOT, env=env, stdout=out, stderr=out
                 )
                 time.sleep(rng.uniform(1.0, 2.0))
+                # Right after a handler ran: inside a batch, before its commit.
+                handled = _size(marks)
+                while _size(marks) == handled and proc.poll() is None:
+                    time.sleep(0.001)
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
                 kills += 1
@@ -102,55 +165,49 @@ def test_sigkill_mid_batch_while_events_are_saved(tmp_path, unique, aether_nats_
     head = get_event_store(namespace).get_info().last_sequence
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            [*module, "run", namespace, name], cwd=ROOT, env=env, stdout=out, stderr=out
+            [*MODULE, "run", namespace, name], cwd=ROOT, env=env, stdout=out, stderr=out
         )
         try:
-            _wait_for_checkpoint(db, name, namespace, head, log)
+            _wait_for_checkpoint(target, name, namespace, head, log)
         finally:
             proc.send_signal(signal.SIGINT)  # Ctrl-C: a clean stop
             assert proc.wait(30) == 0, log.read_text()
-    applied = _applied(db, name)
+    applied = _applied(target, name)
     # Every event once: what a fresh run (or a rebuild) of this ledger writes.
     assert kills == 6
     assert applied == list(range(1, head + 1))
     assert "stopped" in log.read_text()
+    # The kills did cut batches: the handlers ran more often than events were applied
+    # (the events of a killed batch ran again after the restart).
+    assert _size(marks) > len(applied)
 
 
 @pytest.mark.slow
 def test_two_runner_processes_of_one_projection_leave_the_read_model_exact(
-    tmp_path, unique, aether_nats_url
+    tmp_path, unique, target
 ):
     namespace = unique("proj-procs")
     name = unique("procs")
-    db = tmp_path / "db.sqlite3"
-    env = dict(
-        os.environ,
-        AETHER_TEST_DATABASE=str(db),
-        AETHER_NATS_URL=aether_nats_url,
-        BATCH_SIZE="10",
-        PYTHONUNBUFFERED="1",
-    )
-    module = [sys.executable, "-m", "tests.projections.runnerproc"]
-    subprocess.run([*module, "migrate"], cwd=ROOT, env=env, check=True)
+    env = dict(target.env, BATCH_SIZE="10")
     save_ticks(namespace, 150, actor="history")
     log = tmp_path / "runners.log"
     with log.open("ab") as out:
         procs = [
             subprocess.Popen(
-                [*module, "run", namespace, name], cwd=ROOT, env=env, stdout=out, stderr=out
+                [*MODULE, "run", namespace, name], cwd=ROOT, env=env, stdout=out, stderr=out
             )
             for _ in range(2)
         ]
         try:
-            save_ticks(namespace, 150, actor="live")
+            _race_live_events(log, name, namespace)
             head = get_event_store(namespace).get_info().last_sequence
-            _wait_for_checkpoint(db, name, namespace, head, log)
+            _wait_for_checkpoint(target, name, namespace, head, log)
         finally:
             for proc in procs:
                 proc.send_signal(signal.SIGINT)
             codes = [proc.wait(30) for proc in procs]
     assert codes == [0, 0], log.read_text()
-    applied = _applied(db, name)
+    applied = _applied(target, name)
     assert applied == list(range(1, head + 1))
 
 
@@ -180,19 +237,17 @@ def test_metrics_of_two_runner_processes_add_up_to_each_event_once(
     at the scrape is one sample, 0, not a sum of the two runners' views."""
     namespace = unique("proj-mpm")
     name = unique("mpm")
-    db = tmp_path / "db.sqlite3"
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
     env = dict(
         os.environ,
-        AETHER_TEST_DATABASE=str(db),
         AETHER_NATS_URL=aether_nats_url,
         BATCH_SIZE="10",
         PYTHONUNBUFFERED="1",
         PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
     )
-    module = [sys.executable, "-m", "tests.projections.runnerproc"]
-    subprocess.run([*module, "migrate"], cwd=ROOT, env=env, check=True)
+    target = sqlite_target(tmp_path, env)
+    module = MODULE
     save_ticks(namespace, 100, actor="history")
     log = tmp_path / "runners.log"
     with log.open("ab") as out:
@@ -203,9 +258,9 @@ def test_metrics_of_two_runner_processes_add_up_to_each_event_once(
             for _ in range(2)
         ]
         try:
-            save_ticks(namespace, 100, actor="live")
+            _race_live_events(log, name, namespace)
             head = get_event_store(namespace).get_info().last_sequence
-            _wait_for_checkpoint(db, name, namespace, head, log)
+            _wait_for_checkpoint(target, name, namespace, head, log)
         finally:
             for proc in procs:
                 proc.send_signal(signal.SIGINT)
@@ -225,3 +280,5 @@ def test_metrics_of_two_runner_processes_add_up_to_each_event_once(
     assert _sample(reader.stdout, f"aether_projection_events_total{{{labels}}}") == head
     assert _sample(reader.stdout, f"aether_projection_lag{{{labels}}}") == 0
     assert _sample(reader.stdout, f'aether_projection_state{{{labels},state="running"}}') == 1
+    # They did race: one lost a compare-and-set and backed off (and rolled back).
+    assert "backing off" in log.read_text()

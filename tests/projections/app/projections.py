@@ -46,6 +46,21 @@ class OrderSummaryProjection(Projection):
         )
 
 
+def order_summary(database: str) -> type[OrderSummaryProjection]:
+    """The example projection on another database (its own name, its own checkpoints)."""
+    Meta = type(
+        "Meta",
+        (),
+        {
+            "source": "proj-shop",
+            "models": [OrderSummary],
+            "name": f"order-summary-{database}",
+            "database": database,
+        },
+    )
+    return type(f"OrderSummary_{database}", (OrderSummaryProjection,), {"Meta": Meta})
+
+
 class LedgerBase(Projection):
     """Writes an Applied row for every event; refuses the events listed in POISON."""
 
@@ -72,10 +87,12 @@ class LedgerBase(Projection):
         self.tick(event, context)
 
 
-def ledger(source: str, name: str, **meta: Any) -> type[LedgerBase]:
-    """A LedgerBase subclass reading ``source``, called ``name``."""
+def ledger(
+    source: str, name: str, *, base: type[LedgerBase] = LedgerBase, **meta: Any
+) -> type[LedgerBase]:
+    """A ``base`` (LedgerBase) subclass reading ``source``, called ``name``."""
     options: dict[str, Any] = {"source": source, "models": [Applied], "name": name}
     options.setdefault("on_error", {"retries": 2, "backoff": 0.05})
     options.update(meta)
     Meta = type("Meta", (), options)
-    return type(f"Ledger_{name.replace('-', '_')}", (LedgerBase,), {"Meta": Meta})
+    return type(f"Ledger_{name.replace('-', '_')}", (base,), {"Meta": Meta})
