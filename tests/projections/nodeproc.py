@@ -2,6 +2,7 @@
 
     AETHER_TEST_DATABASE=/tmp/db.sqlite3 AETHER_TEST_SOURCE=ns AETHER_TEST_PROJECTIONS=a,b \\
         python -m tests.projections.nodeproc NODE_ID
+        python -m tests.projections.nodeproc --manage aether_projections status --json
 
 Declares one ledger projection (tests.projections.app.projections.ledger) of
 AETHER_TEST_SOURCE per name in AETHER_TEST_PROJECTIONS, then runs the node, which
@@ -47,4 +48,7 @@ if __name__ == "__main__":
         format="%(asctime)s %(threadName)s %(name)s %(levelname)s %(message)s",
     )
     declare()
-    call_command("aether_node", "--node-id", sys.argv[1], "--json")
+    if sys.argv[1] == "--manage":  # another command with the same projections declared
+        call_command(*sys.argv[2:])
+    else:
+        call_command("aether_node", "--node-id", sys.argv[1], "--json")

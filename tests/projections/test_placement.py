@@ -281,6 +281,18 @@ def test_two_nodes_run_each_projection_in_exactly_one_of_them(placement_cluster)
     cluster.wait_caught_up(head)
     assert cluster.shard_map().revision == shard_map.revision  # nothing moved meanwhile
     _assert_each_ran_once_in_its_owner(cluster, owners, head)
+    # The status command (another process) says where each one runs.
+    manage = [sys.executable, "-m", "tests.projections.nodeproc", "--manage"]
+    status = subprocess.run(
+        [*manage, "aether_projections", "status", "--json", *cluster.names],
+        cwd=ROOT,
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    shown = {p["name"]: p["node"] for p in json.loads(status.stdout)["projections"]}
+    assert shown == owners
     counts = {node: list(owners.values()).count(node) for node in sorted(set(owners.values()))}
     print(f"\nprojections per node: {counts}")
 
