@@ -41,6 +41,7 @@ from .base import Projection, all_projections
 from .runner import ProjectionRunner
 
 __all__ = [
+    "UNREACHABLE",
     "ProjectionPlacement",
     "node_services",
     "owned_by",
@@ -54,6 +55,10 @@ logger = logging.getLogger(__name__)
 
 #: Seconds between a node runner's looks for new namespaces and resumed projections.
 RUNNER_INTERVAL = 1.0
+
+#: What reading the shard map raises when NATS does not answer (the status command
+#: then shows the placement as unknown, and the rest of the status all the same).
+UNREACHABLE = (AetherError, OSError, NatsError, TimeoutError)
 
 
 def placed_in_nodes() -> bool:
@@ -177,8 +182,3 @@ def node_services(node_id: str) -> list[NodeService]:
     if not projections:
         return []
     return [ProjectionPlacement(projections, node_id=node_id)]
-
-
-#: What :func:`owner_of` lets through when the shard map cannot be read (the status
-#: command shows "unknown" then).
-UNREACHABLE = (AetherError, OSError, NatsError, TimeoutError)
