@@ -139,7 +139,11 @@ class ProjectionPlacement(NodeService):
     ) -> None:
         self.projections = list(projections)
         self.node_id = node_id
-        self.runner = ProjectionRunner(self.projections, interval=interval, node=node_id)
+        # keep_going: a projection that cannot start is logged at every tick, and the
+        # node's other projections run; the runner's thread never ends on it unseen.
+        self.runner = ProjectionRunner(
+            self.projections, interval=interval, node=node_id, keep_going=True
+        )
         # Nothing runs before the node has followed a map.
         self.runner.place(())
         self._thread: threading.Thread | None = None

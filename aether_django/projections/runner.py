@@ -384,6 +384,7 @@ class ProjectionRunner:
         *,
         interval: float = 1.0,
         node: str | None = None,
+        keep_going: bool = False,
     ) -> None:
         self.projections = list(projections)
         for projection in self.projections:
@@ -395,6 +396,9 @@ class ProjectionRunner:
                 )
         self.interval = interval
         self.node = node
+        #: Log a projection that cannot be started and go on with the others, instead
+        #: of raising: a node's runner, whose end nobody would see.
+        self.keep_going = keep_going
         self.stopping = threading.Event()
         self.workers: dict[tuple[str, str], NamespaceWorker] = {}
         #: The names of the projections to run; None: all of them (no placement).
@@ -447,22 +451,41 @@ class ProjectionRunner:
             meta = projection._meta
             if placed is not None and meta.name not in placed:
                 continue
-            for namespace in namespaces:
-                if not meta.covers(namespace):
-                    continue
-                key = (meta.name, namespace)
-                worker = self.workers.get(key)
-                if worker is not None and worker.is_alive():
-                    continue
-                if ensure_checkpoint(projection, namespace).state != ProjectionCheckpoint.RUNNING:
-                    continue
-                with self._lock:
-                    if self.stopping.is_set():
-                        return
-                    stop = self._stops.setdefault(meta.name, threading.Event())
-                    worker = NamespaceWorker(projection, namespace, stop=stop, node=self.node)
-                    self.workers[key] = worker
-                worker.start()
+            try:
+                self._start_workers(projection, namespaces)
+            except (DatabaseError, AetherError, OSError, NatsError):
+                if not self.keep_going:
+                    raise
+                # As in run(): look again at the next tick; the other projections go on.
+                logger.warning("projection %s: could not look for work", meta.name, exc_info=True)
+            except Exception:
+                if not self.keep_going:
+                    raise
+                # A mistake in the settings or the declaration (an unknown database alias):
+                # said loudly at every tick, and the other projections still run.
+                logger.exception("projection %s could not be started", meta.name)
+            if self.stopping.is_set():
+                return
+
+    def _start_workers(self, projection: type[Projection], namespaces: list[str]) -> None:
+        """Start a worker of ``projection`` for each covered namespace that has none alive."""
+        meta = projection._meta
+        for namespace in namespaces:
+            if not meta.covers(namespace):
+                continue
+            key = (meta.name, namespace)
+            worker = self.workers.get(key)
+            if worker is not None and worker.is_alive():
+                continue
+            if ensure_checkpoint(projection, namespace).state != ProjectionCheckpoint.RUNNING:
+                continue
+            with self._lock:
+                if self.stopping.is_set():
+                    return
+                stop = self._stops.setdefault(meta.name, threading.Event())
+                worker = NamespaceWorker(projection, namespace, stop=stop, node=self.node)
+                self.workers[key] = worker
+            worker.start()
 
     def run(self) -> None:
         """Tick until stopped (the ``aether_projections run`` loop)."""

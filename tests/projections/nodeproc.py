@@ -5,7 +5,8 @@
         python -m tests.projections.nodeproc --manage aether_projections status --json
 
 Declares one ledger projection (tests.projections.app.projections.ledger) of
-AETHER_TEST_SOURCE per name in AETHER_TEST_PROJECTIONS, then runs the node, which
+AETHER_TEST_SOURCE per name in AETHER_TEST_PROJECTIONS (in the database alias
+AETHER_TEST_PROJECTION_DATABASE, default "default"), then runs the node, which
 prints each change of its state as a JSON line. The file is prepared by
 ``python -m tests.projections.runnerproc migrate``.
 """
@@ -36,8 +37,10 @@ from tests.projections.app.projections import ledger  # noqa: E402
 def declare() -> None:
     """The ledger projections the environment names (the Celery test app uses it too)."""
     source = os.environ["AETHER_TEST_SOURCE"]
+    # "pg": the test's PostgreSQL (AETHER_TEST_PG_DATABASE), for checkpoints and rows.
+    database = os.environ.get("AETHER_TEST_PROJECTION_DATABASE", "default")
     for name in os.environ["AETHER_TEST_PROJECTIONS"].split(","):
-        ledger(source, name, batch_size=int(os.environ.get("BATCH_SIZE", "20")))
+        ledger(source, name, batch_size=int(os.environ.get("BATCH_SIZE", "20")), database=database)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.db import connections
 
 from aether_django.cluster.coordinator import ClusterConfig, Coordinator, ShardMap
 from aether_django.cluster.hashring import shard_for
@@ -41,9 +42,14 @@ NUM_SHARDS = 100
 FAILOVER_BOUND = 5.0
 
 
-def _rows(db: Path, query: str, *args: object) -> list[tuple[Any, ...]]:
+def _rows(db: Path | str, query: str, *args: object) -> list[tuple[Any, ...]]:
+    """Run ``query`` (``%s`` placeholders) on the nodes' SQLite file, or on the "pg" alias."""
+    if db == "pg":
+        with connections["pg"].cursor() as cursor:
+            cursor.execute(query, args)
+            return list(cursor.fetchall())
     with sqlite3.connect(db, timeout=20) as conn:
-        return conn.execute(query, args).fetchall()
+        return conn.execute(query.replace("%s", "?"), args).fetchall()
 
 
 class Node:
@@ -87,9 +93,13 @@ class Node:
 class PlacementCluster:
     """Node processes of one fresh cluster bucket and one SQLite file, and an observer."""
 
-    def __init__(self, tmp_path: Path, nats_url: str, names: list[str], source: str) -> None:
+    def __init__(
+        self, tmp_path: Path, nats_url: str, names: list[str], source: str, database: str
+    ) -> None:
         self.tmp_path = tmp_path
-        self.db = tmp_path / "db.sqlite3"
+        self.file = tmp_path / "db.sqlite3"
+        #: Where the projections write: the SQLite file, or "pg" (the test's PostgreSQL).
+        self.db: Path | str = "pg" if database == "pg" else self.file
         self.names = names
         self.source = source
         self.bucket = f"cluster_{uuid.uuid4().hex[:8]}"
@@ -98,7 +108,8 @@ class PlacementCluster:
             "PYTHONPATH": str(ROOT),
             "PYTHONUNBUFFERED": "1",
             "DJANGO_SETTINGS_MODULE": "tests.settings",
-            "AETHER_TEST_DATABASE": str(self.db),
+            "AETHER_TEST_DATABASE": str(self.file),
+            "AETHER_TEST_PROJECTION_DATABASE": database,
             "AETHER_NATS_URL": nats_url,
             "AETHER_TEST_CLUSTER_BUCKET": self.bucket,
             "AETHER_TEST_NUM_SHARDS": str(NUM_SHARDS),
@@ -168,7 +179,7 @@ class PlacementCluster:
         found = _rows(
             self.db,
             "SELECT sequence FROM aether_django_projectioncheckpoint "
-            "WHERE projection = ? AND namespace = ?",
+            "WHERE projection = %s AND namespace = %s",
             name,
             self.source,
         )
@@ -181,7 +192,7 @@ class PlacementCluster:
             for seq, node in _rows(
                 self.db,
                 "SELECT sequence, node FROM projection_tests_applied "
-                "WHERE projection = ? ORDER BY sequence, id",
+                "WHERE projection = %s ORDER BY sequence, id",
                 name,
             )
         ]
@@ -190,7 +201,7 @@ class PlacementCluster:
         """When ``node`` wrote its first row for projection ``name`` (None: not yet)."""
         found = _rows(
             self.db,
-            "SELECT MIN(at) FROM projection_tests_applied WHERE projection = ? AND node = ?",
+            "SELECT MIN(at) FROM projection_tests_applied WHERE projection = %s AND node = %s",
             name,
             node,
         )
@@ -240,9 +251,11 @@ def wait_until(condition: Any, timeout: float, what: str, logs: Any = None) -> A
 def placement_cluster(tmp_path, unique, aether_nats_url):
     clusters: list[PlacementCluster] = []
 
-    def make(count: int) -> PlacementCluster:
+    def make(count: int, database: str = "default") -> PlacementCluster:
         names = [unique(f"placed{i}") for i in range(count)]
-        cluster = PlacementCluster(tmp_path, aether_nats_url, names, unique("proj-placed"))
+        cluster = PlacementCluster(
+            tmp_path, aether_nats_url, names, unique("proj-placed"), database
+        )
         clusters.append(cluster)
         return cluster
 
@@ -298,8 +311,19 @@ def test_two_nodes_run_each_projection_in_exactly_one_of_them(placement_cluster)
 
 
 @pytest.mark.slow
-def test_a_killed_nodes_projections_move_within_the_failover_bound(placement_cluster):
-    cluster = placement_cluster(6)
+@pytest.mark.parametrize(
+    "database",
+    [
+        pytest.param("default", id="sqlite"),
+        pytest.param(
+            "pg",
+            marks=pytest.mark.django_db(databases=["default", "pg"], transaction=True),
+            id="postgresql",
+        ),
+    ],
+)
+def test_a_killed_nodes_projections_move_within_the_failover_bound(placement_cluster, database):
+    cluster = placement_cluster(6, database)
     cluster.node("node-a")
     cluster.node("node-b")
     shard_map = wait_until(

@@ -16,7 +16,7 @@ from django.core.management import call_command
 from django.test import override_settings
 
 from aether_django.cluster import cluster_config
-from aether_django.cluster.coordinator import Coordinator
+from aether_django.cluster.coordinator import Coordinator, ShardMap
 from aether_django.models import ProjectionCheckpoint
 from aether_django.projections import placement
 from aether_django.projections.runner import ProjectionRunner
@@ -137,3 +137,20 @@ def test_status_shows_where_each_projection_runs(unique, bucket):
             assert "PROJECTIONS_IN_NODES is False" in text()
     finally:
         runtime.run(node.leave())
+
+
+def test_a_node_keeps_running_its_other_projections_when_one_cannot_start(unique):
+    # A projection whose database alias does not exist (a settings mistake) must not
+    # stop the node's runner: nobody would see that thread end.
+    namespace = unique("proj-place")
+    broken = ledger(namespace, unique("broken"), database="no-such-alias")
+    working = ledger(namespace, unique("working"))
+    service = placement.ProjectionPlacement([broken, working], node_id="node-x", interval=0.1)
+    everything = ShardMap(num_shards=4, assignment=dict.fromkeys(range(4), "node-x"), term=1)
+    try:
+        get_runtime().run(service.follow("node-x", everything))
+        save_ticks(namespace, 5)
+        eventually(lambda: len(rows(working._meta.name)) == 5, what="the working one applies")
+        assert service._thread is not None and service._thread.is_alive()
+    finally:
+        get_runtime().run(service.stop())
