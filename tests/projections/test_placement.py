@@ -42,7 +42,7 @@ NUM_SHARDS = 100
 FAILOVER_BOUND = 5.0
 
 
-def _rows(db: Path | str, query: str, *args: object) -> list[tuple[Any, ...]]:
+def _rows(db: Path | str, query: str, *args: str | int) -> list[tuple[Any, ...]]:
     """Run ``query`` (``%s`` placeholders) on the nodes' SQLite file, or on the "pg" alias."""
     if db == "pg":
         with connections["pg"].cursor() as cursor:
