@@ -90,8 +90,9 @@ DEFAULTS: dict[str, Any] = {
     "FAILURE_TIMEOUT": 3.0,
     "NUM_SHARDS": 1024,
     "CLUSTER_BUCKET": "aether_cluster",
-    # Whether cluster nodes (aether_node, Celery worker nodes) run the projections
-    # placed on them. Read by the projections' placement in nodes.
+    # Projections: whether cluster nodes (aether_node, Celery workers) run them, each
+    # in the node owning the shard its name hashes to (docs/projections.md#placement).
+    # False: only `manage.py aether_projections run` runs them.
     "PROJECTIONS_IN_NODES": True,
     # WebSockets (EventsConsumer): sockets one user may hold open in one process
     # (more are closed with 4429), and subscriptions over all of them.

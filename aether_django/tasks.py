@@ -15,7 +15,9 @@ shards (see :mod:`aether_django.sharding.routing`):
 * elect or renew — take the leader lease if free (and then rebalance at once),
   renew it if held;
 * detect failures and rebalance — as leader, spread the shards over the live
-  nodes when an owner died or a node joined.
+  nodes when an owner died or a node joined;
+* run the projections placed in this node (see
+  :mod:`aether_django.projections.placement`), in threads of the main process.
 
 So a pool that is busy with long user tasks (solo or prefork) never delays a
 heartbeat or a routed command. A tick older than one interval is dropped; a
@@ -58,6 +60,7 @@ except ModuleNotFoundError as exc:  # installed by the [celery] extra
 from .beat import use_leased_scheduler
 from .cluster import cluster_config, node_id
 from .cluster.coordinator import Coordinator
+from .projections.placement import node_services
 from .runtime import get_runtime
 from .sharding.node import ClusterNode
 
@@ -256,7 +259,12 @@ class ClusterService:
     def start(self) -> None:
         runtime = get_runtime()
         self.pid = os.getpid()
-        self.node = ClusterNode(runtime, node_id(), cluster_config(), on_change=_on_change)
+        name = node_id()
+        # The worker runs the projections placed in this node too (PROJECTIONS_IN_NODES),
+        # in the main process, next to the shards: never in the pool.
+        self.node = ClusterNode(
+            runtime, name, cluster_config(), on_change=_on_change, services=node_services(name)
+        )
         self._stop, self._clock = asyncio.Event(), asyncio.Event()
         self._loop = runtime.loop
         self._future = asyncio.run_coroutine_threadsafe(

@@ -60,6 +60,9 @@ class ProjectionContext:
     projection: str
     #: The database alias the handler's writes must go to (``Meta.database``).
     database: str
+    #: The cluster node running the projection (docs/projections.md#placement), or None
+    #: when it runs outside a node (``aether_projections run``, a rebuild).
+    node: str | None = None
 
 
 def on(event_type: str) -> Callable[[H], H]:

@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 
 from django.db import DatabaseError, connections, transaction
 from django.utils import timezone
+from nats.errors import Error as NatsError
 
 from .. import metrics
 from ..bus import get_event_bus
@@ -120,6 +121,7 @@ class NamespaceWorker(threading.Thread):
         stop: threading.Event | None = None,
         until: int | None = None,
         progress: Callable[[int], None] | None = None,
+        node: str | None = None,
     ) -> None:
         super().__init__(name=f"projection {projection._meta.name} {namespace}", daemon=True)
         self.projection = projection
@@ -127,6 +129,8 @@ class NamespaceWorker(threading.Thread):
         self.stopping = stop or threading.Event()
         self.until = until
         self.progress = progress
+        #: The cluster node this worker runs in (handlers see it as ``context.node``).
+        self.node = node
         self.instance = projection()
         self.upcast = projection.upcaster_for(namespace)
         #: Why the worker ended: "stopped", "caught-up", "paused", "failed" or "error".
@@ -342,6 +346,7 @@ class NamespaceWorker(threading.Thread):
                     sequence=sequence,
                     projection=meta.name,
                     database=meta.database,
+                    node=self.node,
                 )
                 try:
                     # Each event in a savepoint of its own would cost a round trip per
@@ -395,9 +400,21 @@ class ProjectionRunner:
     running and has none alive; it lists the namespaces again each time, so a pattern
     source picks up namespaces created later, and a resumed or skipped projection
     starts again. :meth:`run` ticks every ``interval`` seconds until :meth:`stop`.
+
+    In a cluster node the runner is told which projections the node owns
+    (:meth:`place`, see :mod:`.placement`): it then runs those only, and stops the
+    workers of a projection the node no longer owns at its next tick, which comes
+    at once. ``node`` is the node's id, which handlers see as ``context.node``.
     """
 
-    def __init__(self, projections: Iterable[type[Projection]], *, interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        projections: Iterable[type[Projection]],
+        *,
+        interval: float = 1.0,
+        node: str | None = None,
+        keep_going: bool = False,
+    ) -> None:
         self.projections = list(projections)
         for projection in self.projections:
             if projection._meta.problems:
@@ -407,38 +424,111 @@ class ProjectionRunner:
                     + "; ".join(projection._meta.problems)
                 )
         self.interval = interval
+        self.node = node
+        #: Log a projection that cannot be started and go on with the others, instead
+        #: of raising: a node's runner, whose end nobody would see.
+        self.keep_going = keep_going
         self.stopping = threading.Event()
         self.workers: dict[tuple[str, str], NamespaceWorker] = {}
+        #: The names of the projections to run; None: all of them (no placement).
+        self.placed: frozenset[str] | None = None
+        #: One stop flag per projection, so that one can be stopped alone.
+        self._stops: dict[str, threading.Event] = {}
+        #: Set to tick at once (a new placement, a stop) instead of after ``interval``.
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+
+    def place(self, names: Iterable[str]) -> None:
+        """Run only the projections named from now on (applied at the next tick, at once).
+
+        Does not block: a node's event loop calls it on every shard map it follows.
+        """
+        placed = frozenset(names)
+        if placed != self.placed:
+            self.placed = placed
+            self._wake.set()
+
+    def running(self) -> set[str]:
+        """The names of the projections with a worker alive in this runner."""
+        return {name for (name, _), worker in list(self.workers.items()) if worker.is_alive()}
+
+    def stop_projection(self, name: str, timeout: float = 10.0) -> None:
+        """Stop the workers of one projection and wait for them (each finishes or rolls
+        back its batch); it starts again at a tick that finds it placed here."""
+        with self._lock:
+            stop = self._stops.pop(name, None)
+            if stop is not None:
+                stop.set()
+            workers = [w for (n, _), w in self.workers.items() if n == name]
+        for worker in workers:
+            if worker is not threading.current_thread():
+                worker.join(timeout)
+        with self._lock:
+            for key in [k for k, w in self.workers.items() if k[0] == name and w in workers]:
+                if not self.workers[key].is_alive():
+                    del self.workers[key]
 
     def tick(self) -> None:
-        """Start the workers that should be running and are not."""
+        """Start the workers that should be running and are not (and, under a placement,
+        stop those of the projections placed elsewhere)."""
+        placed = self.placed
+        if placed is not None:
+            for name in {n for n, _ in self.workers} - placed:
+                self.stop_projection(name)
         namespaces = list_namespaces()
         for projection in self.projections:
             meta = projection._meta
-            for namespace in namespaces:
-                if not meta.covers(namespace):
-                    continue
-                key = (meta.name, namespace)
-                worker = self.workers.get(key)
-                if worker is not None and worker.is_alive():
-                    continue
-                if ensure_checkpoint(projection, namespace).state != ProjectionCheckpoint.RUNNING:
-                    continue
-                worker = NamespaceWorker(projection, namespace, stop=self.stopping)
+            if placed is not None and meta.name not in placed:
+                continue
+            try:
+                self._start_workers(projection, namespaces)
+            except (DatabaseError, AetherError, OSError, NatsError):
+                if not self.keep_going:
+                    raise
+                # As in run(): look again at the next tick; the other projections go on.
+                logger.warning("projection %s: could not look for work", meta.name, exc_info=True)
+            except Exception:
+                if not self.keep_going:
+                    raise
+                # A mistake in the settings or the declaration (an unknown database alias):
+                # said loudly at every tick, and the other projections still run.
+                logger.exception("projection %s could not be started", meta.name)
+            if self.stopping.is_set():
+                return
+
+    def _start_workers(self, projection: type[Projection], namespaces: list[str]) -> None:
+        """Start a worker of ``projection`` for each covered namespace that has none alive."""
+        meta = projection._meta
+        for namespace in namespaces:
+            if not meta.covers(namespace):
+                continue
+            key = (meta.name, namespace)
+            worker = self.workers.get(key)
+            if worker is not None and worker.is_alive():
+                continue
+            if ensure_checkpoint(projection, namespace).state != ProjectionCheckpoint.RUNNING:
+                continue
+            with self._lock:
+                if self.stopping.is_set():
+                    return
+                stop = self._stops.setdefault(meta.name, threading.Event())
+                worker = NamespaceWorker(projection, namespace, stop=stop, node=self.node)
                 self.workers[key] = worker
-                worker.start()
+            worker.start()
 
     def run(self) -> None:
         """Tick until stopped (the ``aether_projections run`` loop)."""
         try:
             while not self.stopping.is_set():
+                # Cleared before the tick: a placement that comes during it wakes the next.
+                self._wake.clear()
                 try:
                     self.tick()
-                except (DatabaseError, AetherError, OSError):
+                except (DatabaseError, AetherError, OSError, NatsError):
                     # NATS or the database did not answer (a locked SQLite file, a
                     # restarting server): the workers that run go on; look again later.
                     logger.warning("projection runner: could not look for work", exc_info=True)
-                self.stopping.wait(self.interval)
+                self._wake.wait(self.interval)
         finally:
             self.stop()
 
@@ -454,9 +544,18 @@ class ProjectionRunner:
         finally:
             connections.close_all()
 
+    def request_stop(self) -> None:
+        """Tell the runner and every worker to stop, without waiting (a signal handler's
+        part; :meth:`run` then waits for the workers)."""
+        self.stopping.set()
+        for stop in list(self._stops.values()):
+            stop.set()
+        self._wake.set()
+
     def stop(self, timeout: float = 10.0) -> None:
         """Stop every worker and wait for them (each finishes or rolls back its batch)."""
-        self.stopping.set()
+        with self._lock:
+            self.request_stop()
         for worker in list(self.workers.values()):
             if worker is not threading.current_thread():
                 worker.join(timeout)

@@ -13,6 +13,12 @@ What sets the pace is the one difference between the two:
   and on its own only when that tick is more than ``late_after`` intervals
   late, so a beat that dies or a standby beat that takes over never makes a
   node look failed.
+
+Besides its shards a node can run *node services*: anything placed by the shard
+map (the projections are one, see :mod:`aether_django.projections.placement`).
+The node does not know them: whoever starts it (``aether_node``, the Celery
+worker's bootstep) passes them in, so this layer never imports the layers above
+it. Each service is told every map the node follows and stopped with the node.
 """
 
 from __future__ import annotations
@@ -20,25 +26,39 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
 
 from nats.aio.msg import Msg
 
 from ..aio import Runtime
-from ..cluster.coordinator import ClusterConfig, Coordinator, Lease, NodeInfo
+from ..cluster.coordinator import ClusterConfig, Coordinator, Lease, NodeInfo, ShardMap
 from .routing import ShardHost
 
 #: The logger keeps the name it had before the node moved out of ``cluster/``, so that
 #: logging configurations written for it keep working (docs/operations.md).
 logger = logging.getLogger("aether_django.cluster.node")
 
-__all__ = ["ClusterNode"]
+__all__ = ["ClusterNode", "NodeService"]
 
 #: A node driven by an outside clock ticks on its own after this many intervals of silence.
 LATE_AFTER = 1.5
 #: Clock ticks closer together than this many intervals are one tick (two beats, a burst).
 MIN_GAP = 0.5
+
+
+class NodeService(Protocol):
+    """Work a node runs for the shards it owns, besides serving their commands.
+
+    Both methods are called on the node's event loop and must not block it: hand
+    slow work (the ORM, joining threads) to a thread of the service's own.
+    """
+
+    async def follow(self, node_id: str, shard_map: ShardMap | None) -> None:
+        """The node now follows ``shard_map`` (None: there is none yet)."""
+
+    async def stop(self) -> None:
+        """The node stops: stop everything the service runs."""
 
 
 class ClusterNode:
@@ -52,12 +72,15 @@ class ClusterNode:
         *,
         on_change: Callable[[dict[str, Any]], None] | None = None,
         hosting: bool = True,
+        services: Sequence[NodeService] = (),
     ) -> None:
         self.coordinator = Coordinator(runtime, node_id, config)
         #: None in a process of the node that serves no shards (a Celery pool process).
         self.host: ShardHost | None = ShardHost(runtime, node_id) if hosting else None
         self.node_id = node_id
         self.on_change = on_change
+        #: What else this node runs by the shard map (told each map in :meth:`follow`).
+        self.services = list(services) if hosting else []
         #: Ticks run because the clock was late (see :meth:`run`), and clock ticks dropped.
         self.late_ticks = 0
         self.skipped_ticks = 0
@@ -120,6 +143,9 @@ class ClusterNode:
         shard_map = await self.coordinator.read_shard_map()
         mine = set(shard_map.shards_of(self.node_id)) if shard_map else set()
         gained, lost = await self.host.own(mine) if self.host is not None else (set(), set())
+        for service in self.services:
+            # One service failing must not stop the node from serving its shards.
+            await self._guarded(service.follow(self.node_id, shard_map))
         state = {
             "node": self.node_id,
             "leader": lease.node_id if lease else None,
@@ -216,6 +242,8 @@ class ClusterNode:
                     await subscription.unsubscribe()
             if self.host is not None:
                 await self.host.stop()
+            for service in self.services:
+                await self._guarded(service.stop())
             with contextlib.suppress(Exception):
                 await self.coordinator.leave()
 

@@ -12,6 +12,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 
 from aether_django.cluster import cluster_config, node_id
+from aether_django.projections.placement import node_services
 from aether_django.runtime import get_runtime
 from aether_django.sharding.node import ClusterNode
 
@@ -19,7 +20,8 @@ from aether_django.sharding.node import ClusterNode
 class Command(BaseCommand):
     help = (
         "Run a cluster node: heartbeats, leader election, shard rebalancing (as leader) "
-        "and serving the commands of the shards it owns, until SIGINT or SIGTERM."
+        "serving the commands of the shards it owns and running the projections placed "
+        "in it, until SIGINT or SIGTERM."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -56,7 +58,15 @@ class Command(BaseCommand):
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
-            node = ClusterNode(get_runtime(), name, cluster_config(), on_change=report)
+            # The projections this node owns run here too (unless PROJECTIONS_IN_NODES
+            # is False): composed here, since the node's layer knows nothing of them.
+            node = ClusterNode(
+                get_runtime(),
+                name,
+                cluster_config(),
+                on_change=report,
+                services=node_services(name),
+            )
             await node.run(stop)
 
         asyncio.run(main())

@@ -6,6 +6,7 @@ import getpass
 import json
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -14,7 +15,13 @@ from nats.errors import Error as NatsError
 
 from aether_django.errors import AetherError
 from aether_django.management.progress import ProgressBar, add_progress_arguments
-from aether_django.projections import Projection, all_projections, get_projection, operations
+from aether_django.projections import (
+    Projection,
+    all_projections,
+    get_projection,
+    operations,
+    placement,
+)
 from aether_django.projections.runner import ProjectionRunner
 
 #: What a failing read of NATS raises (OSError covers timeouts).
@@ -77,7 +84,7 @@ class Command(BaseCommand):
 
         def stop(signum: int, frame: FrameType | None) -> None:
             # Workers finish or roll back their batch; nothing half-applied is left.
-            runner.stopping.set()
+            runner.request_stop()
 
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, stop)
@@ -91,19 +98,23 @@ class Command(BaseCommand):
 
     # --- status ------------------------------------------------------------------------
     def do_status(self, names: list[str], json: bool, **options: Any) -> None:
+        projections = self._projections(names)
+        place = self._placement()
         report: list[dict[str, Any]] = [
             {
                 "name": p._meta.name,
                 "source": p._meta.source,
+                **place(p),
                 "namespaces": [s.as_dict() for s in operations.status(p)],
             }
-            for p in self._projections(names)
+            for p in projections
         ]
         if json:
             self.stdout.write(_json.dumps({"projections": report}, indent=2))
             return
         for entry in report:
             self.stdout.write(f"{entry['name']}  (source {entry['source']})")
+            self.stdout.write(f"  {entry['placement']}")
             if not entry["namespaces"]:
                 self.stdout.write("  no namespace yet")
             for ns in entry["namespaces"]:
@@ -114,6 +125,34 @@ class Command(BaseCommand):
                 if ns["last_error_sequence"] is not None:
                     line += f"; failed at sequence {ns['last_error_sequence']}: {ns['last_error']}"
                 self.stdout.write(line)
+
+    def _placement(self) -> Callable[[type[Projection]], dict[str, Any]]:
+        """Where each projection runs: ``node`` (an id or None) and ``placement`` (words).
+
+        The shard map is read once for all projections. When it cannot be read the
+        placement is "unknown", and the rest of the status is still shown.
+        """
+        if not placement.placed_in_nodes():
+            return lambda p: {
+                "node": None,
+                "placement": "not placed: nodes do not run projections "
+                "(PROJECTIONS_IN_NODES is False)",
+            }
+        try:
+            shard_map = placement.read_shard_map()
+        except placement.UNREACHABLE as exc:
+            unknown = f"unknown (cluster unreadable: {exc!r})"
+            return lambda p: {"node": None, "placement": unknown}
+        if shard_map is None:
+            return lambda p: {"node": None, "placement": "not placed (no cluster shard map)"}
+
+        def place(p: type[Projection]) -> dict[str, Any]:
+            node = placement.owner_of(p, shard_map)
+            shard = placement.shard_of_projection(p, shard_map.num_shards)
+            where = f"runs in node {node}" if node else "not placed (its shard has no owner)"
+            return {"node": node, "placement": f"{where} (shard {shard})"}
+
+        return place
 
     # --- rebuild -----------------------------------------------------------------------
     def do_rebuild(self, name: str, **options: Any) -> None:

@@ -1,5 +1,7 @@
 """Read models the test projections write."""
 
+import time
+
 from django.db import models
 
 
@@ -12,6 +14,10 @@ class Applied(models.Model):
     actor_id = models.CharField(max_length=255)
     event_type = models.CharField(max_length=100)
     data = models.JSONField(default=dict)
+    #: The cluster node that applied it (``context.node``); empty outside a node.
+    node = models.CharField(max_length=200, blank=True, default="")
+    #: When the handler wrote it (the Unix time of its process, ``time.time``).
+    at = models.FloatField(default=time.time)
 
     class Meta:
         ordering = ["namespace", "sequence"]

@@ -78,6 +78,7 @@ class LedgerBase(Projection):
             actor_id=event.actor_id,
             event_type=event.event_type,
             data=dict(event.data),
+            node=context.node or "",
         )
 
     # LineAdded arrives upcast from ItemAdded when the namespace's aggregate has the
