@@ -73,6 +73,10 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AETHER = {
     "TIMEOUT": 5.0,
     "NUM_SHARDS": int(os.environ.get("AETHER_TEST_NUM_SHARDS", "100")),
+    # The node processes of the cluster tests have no tables for the test projections
+    # (an in-memory database of their own): only the placement tests' nodes run them
+    # (tests/projections/nodeproc.py turns this on).
+    "PROJECTIONS_IN_NODES": False,
     "CLUSTER_BUCKET": os.environ.get("AETHER_TEST_CLUSTER_BUCKET", "aether_cluster"),
 }
 # A server process whose clients are all one user (the soak) lifts the per-user

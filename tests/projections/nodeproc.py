@@ -24,6 +24,8 @@ from django.conf import settings
 settings.DATABASES["default"]["NAME"] = os.environ["AETHER_TEST_DATABASE"]
 # Several processes on one file: wait for a lock rather than fail at once.
 settings.DATABASES["default"]["OPTIONS"] = {"timeout": 20}  # type: ignore[assignment]
+# These nodes are the ones that run projections (the suite's settings turn it off).
+settings.AETHER["PROJECTIONS_IN_NODES"] = True
 
 import django  # noqa: E402 (after the settings change)
 

@@ -38,6 +38,13 @@ def rows(name: str) -> list[tuple[int, str]]:
     )
 
 
+@pytest.fixture(autouse=True)
+def nodes_run_projections() -> Iterator[None]:
+    """The library's default (the suite's settings turn it off for the other tests)."""
+    with override_settings(AETHER={**settings.AETHER, "PROJECTIONS_IN_NODES": True}):
+        yield
+
+
 @pytest.fixture
 def bucket() -> Iterator[str]:
     """A cluster bucket of the test's own (none exists until a node writes to it)."""
