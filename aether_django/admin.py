@@ -65,7 +65,7 @@ from .models import (
     StreamInspection,
 )
 from .names import validate_actor_id, validate_namespace
-from .projections import Projection, all_projections, get_projection, operations
+from .projections import Projection, all_projections, get_projection, operations, placement
 from .projections.runner import covered_namespaces
 from .store import EventStore, get_existing_event_store
 
@@ -447,6 +447,7 @@ class ProjectionAdmin(_InspectionAdmin):
             by_name.setdefault(row.projection, []).append(row)
         found = []
         links = _Budget(FAILING_EVENT_LINKS)
+        place = placement.locate()
         for projection in projections:
             meta = projection._meta
             mine = by_name.get(meta.name, [])
@@ -458,6 +459,7 @@ class ProjectionAdmin(_InspectionAdmin):
                     "source": meta.source,
                     "models": ", ".join(m._meta.label for m in meta.models) or "none",
                     "database": meta.database,
+                    "placement": place(projection)["placement"],
                     "problems": meta.problems,
                     "state": _overall_state(shown),
                     "namespaces": [self.namespace_row(row, links) for row in shown],

@@ -25,7 +25,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from nats.errors import Error as NatsError
 from nats.js.errors import NotFoundError
@@ -43,6 +44,7 @@ from .runner import ProjectionRunner
 __all__ = [
     "UNREACHABLE",
     "ProjectionPlacement",
+    "locate",
     "node_services",
     "owned_by",
     "owner_of",
@@ -120,6 +122,35 @@ def owner_of(projection: type[Projection] | str, shard_map: ShardMap | None = No
     if shard_map is None:
         return None
     return shard_map.owner(shard_of_projection(projection, shard_map.num_shards))
+
+
+def locate() -> Callable[[type[Projection]], dict[str, Any]]:
+    """Where each projection runs, for the status command and the admin page: a
+    function giving ``node`` (an id or None) and ``placement`` (words).
+
+    The shard map is read once, here, for all projections. When it cannot be read the
+    placement is "unknown", and the caller shows the rest of its status all the same.
+    """
+    if not placed_in_nodes():
+        return lambda p: {
+            "node": None,
+            "placement": "not placed: nodes do not run projections (PROJECTIONS_IN_NODES is False)",
+        }
+    try:
+        shard_map = read_shard_map()
+    except UNREACHABLE as exc:
+        unknown = f"unknown (cluster unreadable: {exc!r})"
+        return lambda p: {"node": None, "placement": unknown}
+    if shard_map is None:
+        return lambda p: {"node": None, "placement": "not placed (no cluster shard map)"}
+
+    def place(p: type[Projection]) -> dict[str, Any]:
+        node = owner_of(p, shard_map)
+        shard = shard_of_projection(p, shard_map.num_shards)
+        where = f"runs in node {node}" if node else "not placed (its shard has no owner)"
+        return {"node": node, "placement": f"{where} (shard {shard})"}
+
+    return place
 
 
 class ProjectionPlacement(NodeService):

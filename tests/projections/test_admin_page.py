@@ -99,6 +99,8 @@ def test_the_page_shows_positions_heads_lag_state_and_links_the_failing_event(fa
     ok_row = row_cells(page, namespace, ok_name)
     assert ok_row[:6] == [namespace, str(head), str(head), "0", "running", "\N{EN DASH}"]
     assert f"Source <code>{namespace}</code>" in page
+    # Where it runs, as `aether_projections status` says it (the suite's nodes run none).
+    assert "Placement: not placed: nodes do not run projections" in page
 
     # The link leads to the failing event's place in its actor's timeline.
     (link,) = re.findall(r'class="aether-failing-event" href="([^"]+)"', page)

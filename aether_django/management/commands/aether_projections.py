@@ -6,7 +6,6 @@ import getpass
 import json
 import signal
 import threading
-from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -99,7 +98,7 @@ class Command(BaseCommand):
     # --- status ------------------------------------------------------------------------
     def do_status(self, names: list[str], json: bool, **options: Any) -> None:
         projections = self._projections(names)
-        place = self._placement()
+        place = placement.locate()
         report: list[dict[str, Any]] = [
             {
                 "name": p._meta.name,
@@ -125,34 +124,6 @@ class Command(BaseCommand):
                 if ns["last_error_sequence"] is not None:
                     line += f"; failed at sequence {ns['last_error_sequence']}: {ns['last_error']}"
                 self.stdout.write(line)
-
-    def _placement(self) -> Callable[[type[Projection]], dict[str, Any]]:
-        """Where each projection runs: ``node`` (an id or None) and ``placement`` (words).
-
-        The shard map is read once for all projections. When it cannot be read the
-        placement is "unknown", and the rest of the status is still shown.
-        """
-        if not placement.placed_in_nodes():
-            return lambda p: {
-                "node": None,
-                "placement": "not placed: nodes do not run projections "
-                "(PROJECTIONS_IN_NODES is False)",
-            }
-        try:
-            shard_map = placement.read_shard_map()
-        except placement.UNREACHABLE as exc:
-            unknown = f"unknown (cluster unreadable: {exc!r})"
-            return lambda p: {"node": None, "placement": unknown}
-        if shard_map is None:
-            return lambda p: {"node": None, "placement": "not placed (no cluster shard map)"}
-
-        def place(p: type[Projection]) -> dict[str, Any]:
-            node = placement.owner_of(p, shard_map)
-            shard = placement.shard_of_projection(p, shard_map.num_shards)
-            where = f"runs in node {node}" if node else "not placed (its shard has no owner)"
-            return {"node": node, "placement": f"{where} (shard {shard})"}
-
-        return place
 
     # --- rebuild -----------------------------------------------------------------------
     def do_rebuild(self, name: str, **options: Any) -> None:
