@@ -41,6 +41,9 @@ NUM_SHARDS = 100
 #: takes): FAILURE_TIMEOUT + HEARTBEAT_INTERVAL (4 s with the test's defaults) plus what a
 #: loaded machine adds, the bound the cluster tests assert.
 FAILOVER_BOUND = 5.0
+#: Seconds a slow event's handler takes: longer than the Celery bootstep's own wait for
+#: the node to stop (5 s), which a warm shutdown must outlast.
+SLOW_HANDLER = 8.0
 #: Where the projections write, for the tests run on both: SQLite, PostgreSQL.
 DATABASES = [
     pytest.param("default", id="sqlite"),
@@ -551,6 +554,38 @@ def test_a_celery_worker_stopped_warm_hands_its_projections_over(celery_and_node
     )
     assert reassigned <= FAILOVER_BOUND, reassigned
     assert took_over <= FAILOVER_BOUND, took_over
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("celery_and_node", [DATABASES[1]], indirect=True)
+def test_a_celery_worker_stopped_warm_waits_for_a_long_batch(celery_and_node):
+    cluster, owners = celery_and_node
+    node = cluster.nodes["w1"]
+    moving = [n for n, o in owners.items() if o == "w1"]
+    save_ticks(cluster.source, 10, actor="before")
+    cluster.wait_caught_up(10)
+    # A handler that takes longer than the bootstep waits for its node to stop.
+    save_ticks(cluster.source, 1, actor="slow", sleep=SLOW_HANDLER)
+    save_ticks(cluster.source, 10, actor="after")
+    time.sleep(1.5)
+    # w1's runners are inside the slow batch now, with 6 s or so of it to go.
+    assert all(cluster.checkpoint(n) == 10 for n in moving)
+    termed = time.monotonic()
+    node.process.send_signal(signal.SIGTERM)
+    node.process.wait(60)
+    exited = time.monotonic() - termed
+    # The worker waited for its runner (the batch finished or rolled back) and then left
+    # the cluster, as aether_node does: it did not exit with its node half stopped.
+    assert node.process.returncode == 0, cluster.logs()
+    assert _left(cluster, "w1"), cluster.logs()
+    head = get_event_store(cluster.source).get_info().last_sequence
+    cluster.wait_caught_up(head)
+    for name in cluster.names:
+        assert [seq for seq, _ in cluster.applied(name)] == list(range(1, head + 1)), name
+    # The slow batch finished in w1 (the worker waited for it) rather than in node-a.
+    slow = {node for name in moving for seq, node in cluster.applied(name) if seq == 11}
+    print(f"\nstopped warm in a {SLOW_HANDLER:.0f} s batch: exited in {exited:.2f}s")
+    assert slow == {"w1"}, slow
 
 
 def test_a_projection_is_placed_by_its_names_shard():
