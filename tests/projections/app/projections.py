@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from aether_django.events import Event
@@ -71,6 +72,9 @@ class LedgerBase(Projection):
     def tick(self, event: Event, context: ProjectionContext) -> None:
         if (context.namespace, context.sequence) in POISON:
             raise ValueError(f"cannot handle {context.namespace}:{context.sequence}")
+        # A slow handler, for a batch still running when its node is asked to stop.
+        if delay := event.data.get("sleep"):
+            time.sleep(float(delay))
         Applied.objects.using(context.database).create(
             projection=context.projection,
             namespace=context.namespace,
