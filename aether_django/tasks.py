@@ -232,6 +232,10 @@ def setup_cluster(
         app.steps["worker"].add(ClusterStep)
 
 
+#: Seconds a worker's warm shutdown waits for its node to stop and leave the cluster.
+NODE_STOP_TIMEOUT = 30.0
+
+
 # --- the node in the worker's main process -------------------------------------------------
 class ClusterService:
     """The worker's node: the driver on the runtime's loop, paced by beat's tick.
@@ -286,7 +290,10 @@ class ClusterService:
         assert self._loop is not None
         self._loop.call_soon_threadsafe(stop.set)
         try:
-            future.result(5)  # the driver stops hosting and leaves the cluster
+            # The driver stops hosting, stops the node's projections (a batch in progress
+            # finishes or rolls back) and leaves the cluster: a warm shutdown waits for
+            # that as it waits for running tasks, up to a bound.
+            future.result(NODE_STOP_TIMEOUT)
         except Exception:
             logger.debug("stopping the cluster node failed", exc_info=True)
 
