@@ -72,12 +72,12 @@ class StoreBatches:
     """
 
     def __init__(
-        self, store: EventStore, after: int, batch_size: int, *, chunk: int = CATCH_UP_CHUNK
+        self, store: EventStore, after: int, batch_size: int, *, chunk: int | None = None
     ) -> None:
         self.store = store
         self.after = after
         self.batch_size = batch_size
-        self.chunk_size = max(chunk, batch_size)
+        self.chunk_size = max(chunk or CATCH_UP_CHUNK, batch_size)
         self.chunk: list[Item] = []
         self.index = 0
         self.ahead: asyncio.Task[list[Item]] | None = None
