@@ -45,7 +45,7 @@ CATCH_UP_BYTES = 8 * 1024 * 1024
 #: Seconds a worker waits for the first live event of a batch before it looks at its
 #: checkpoint's state again (a pause) and at the stop flag.
 IDLE_WAIT = 0.25
-#: Seconds a worker waits for more live events once a batch has its first one.
+#: Seconds a worker gathers more live events once a batch has its first one.
 GATHER_WAIT = 0.005
 
 
@@ -151,8 +151,15 @@ class BusBatches:
         deliveries: list[Delivery] = []
         try:
             deliveries.append(await self.subscription.next(IDLE_WAIT))
+            # What follows within GATHER_WAIT of the first joins its batch: at most
+            # that long added to the first's lag, however steadily events arrive.
+            loop = asyncio.get_running_loop()
+            until = loop.time() + GATHER_WAIT
             while len(deliveries) < self.batch_size:
-                deliveries.append(await self.subscription.next(GATHER_WAIT))
+                left = until - loop.time()
+                if left <= 0:
+                    break
+                deliveries.append(await self.subscription.next(left))
         except TimeoutError:
             pass
         except (StopAsyncIteration, AetherError) as exc:

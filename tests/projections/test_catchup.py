@@ -10,6 +10,7 @@ history, and while live), and the "memory" backend, whose bus can only start at 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from collections.abc import Iterator
 
@@ -388,3 +389,33 @@ def test_on_the_memory_backend_the_store_closes_the_gap_before_a_new_subscriptio
     Ledger.wait_for(everything[-1], timeout=30)
     assert applied_in_order(Ledger._meta.name, namespace) == everything
     assert (namespace, "new") in subscriptions
+
+
+# --- gathering a live batch ---------------------------------------------------------------
+
+
+class _Trickle:
+    """A subscription that has a delivery ready every millisecond, for ever."""
+
+    pattern = "trickle"
+
+    def __init__(self) -> None:
+        self.sequence = 0
+
+    async def next(self, timeout: float | None = None) -> object:
+        from aether_django.bus.local import Delivery
+
+        await asyncio.sleep(0.001)
+        self.sequence += 1
+        event = Event(event_type="Tick", actor_id="a", version=self.sequence)
+        return Delivery("trickle", dataclasses.replace(event, sequence=self.sequence))
+
+
+async def test_a_live_batch_stops_gathering_soon_after_its_first_event():
+    """Under a steady trickle a batch must not wait until it is full: each event would
+    wait for the batch_size - 1 after it (at 500 events/s and batch_size 100, 200 ms of
+    lag before its transaction even starts). Gathering ends GATHER_WAIT after the first."""
+    batches = sources.BusBatches(_Trickle(), None, 0, batch_size=200)  # type: ignore[arg-type]
+    batch = await batches.take()
+    assert batch is not None and 1 <= len(batch) < 200
+    assert [sources.sequence_of(item) for item in batch] == list(range(1, len(batch) + 1))
