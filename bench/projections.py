@@ -254,7 +254,7 @@ def hand_loop(alias: str, namespace: str, name: str, *, delete_first: bool) -> i
             return applied
         for start in range(0, len(chunk), BATCH):
             batch = chunk[start : start + BATCH]
-            last = batch[-1].sequence
+            last = batch[-1].sequence or 0
             with transaction.atomic(using=alias):
                 for event in batch:
                     rows.create(
@@ -284,7 +284,7 @@ if Application is not None:
         def deposit(self, amount: int, currency: str, reference: str) -> None:
             self.balance += amount
 
-    class EsApp(Application):  # type: ignore[type-arg]
+    class EsApp(Application):
         """Its events in memory, filled once; every instance (the runner makes its
         own) reads the same recorder."""
 
@@ -359,11 +359,12 @@ def es_views() -> dict[str, type]:
 
 
 def es_projection_class() -> type:
-    class EsRows(EsProjection):  # type: ignore[type-arg]
+    class EsRows(EsProjection):
         name = "esrows"
 
         def process_event(self, domain_event: Any, tracking: Tracking) -> None:
-            self.view.insert_row(domain_event, tracking)
+            view: Any = self.view  # one of es_views()
+            view.insert_row(domain_event, tracking)
 
     return EsRows
 
