@@ -240,12 +240,11 @@ def hand_loop(alias: str, namespace: str, name: str, *, delete_first: bool) -> i
     from aether_django.store import get_event_store
 
     Row = row_model()
-    rows = Row.objects.using(alias)
     checkpoints = ProjectionCheckpoint.objects.using(alias)
     store = get_event_store(namespace)
     if delete_first:
         with transaction.atomic(using=alias):
-            rows.all().delete()
+            Row.objects.using(alias).all().delete()
             checkpoints.filter(projection=name).update(sequence=0)
     after = applied = 0
     while True:
@@ -257,7 +256,8 @@ def hand_loop(alias: str, namespace: str, name: str, *, delete_first: bool) -> i
             last = batch[-1].sequence or 0
             with transaction.atomic(using=alias):
                 for event in batch:
-                    rows.create(
+                    # The very call the projection's handler makes.
+                    Row.objects.using(alias).create(
                         namespace=namespace,
                         sequence=event.sequence,
                         actor_id=event.actor_id,
