@@ -20,7 +20,7 @@ from django.test import override_settings
 
 from aether_django.bus import get_event_bus
 from aether_django.errors import ReplayError
-from aether_django.events import Event
+from aether_django.events import Event, encode_event
 from aether_django.models import ProjectionCheckpoint
 from aether_django.projections import operations, sources
 from aether_django.projections.runner import catch_up
@@ -149,6 +149,24 @@ def test_get_stream_events_stops_at_an_undecodable_message(unique, aether_nats_u
         store.get_stream_events(2, limit=10)
     assert (raised.value.sequence, raised.value.raw) == (bad, b"\xffnot an event")
     assert [e.sequence for e in store.get_stream_events(bad, limit=10)] == [bad + 1]
+
+
+def test_get_stream_events_reads_past_one_batched_get(unique):
+    """More events than one batched direct get returns (4,096): the read goes on from
+    where the server stopped, in order, and a limit or a byte budget ends it."""
+    namespace = unique("proj-read")
+    store = get_event_store(namespace)
+    for start in range(0, 5000, 100):
+        actor = f"a{start % 700}"
+        first = store.get_latest_version(actor) + 1
+        store.save_events([ev(actor, first + i) for i in range(100)])
+    got = store.get_stream_events(0, limit=10_000)
+    assert [e.sequence for e in got] == list(range(1, 5001))
+    assert [e.sequence for e in store.get_stream_events(10, limit=4500)] == list(range(11, 4511))
+    one = len(encode_event(got[0]))
+    budget = store.get_stream_events(0, limit=10_000, max_bytes=one * 4200)
+    assert 4100 <= len(budget) <= 4200
+    assert [e.sequence for e in budget] == list(range(1, len(budget) + 1))
 
 
 def test_the_memory_store_reads_its_namespace_in_stream_order():

@@ -9,6 +9,7 @@ writer reads again.
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -32,6 +33,8 @@ __all__ = ["REPLAY_CHUNK", "Head", "Reader"]
 
 #: Messages asked for per batched direct get during replay.
 REPLAY_CHUNK = 4096
+#: Messages a read of the whole stream decodes before it lets the event loop run.
+DECODE_SLICE = 256
 
 
 class Head(NamedTuple):
@@ -417,7 +420,12 @@ class Reader:
                 raise StoreUnavailableError("JetStream did not answer the read of the stream")
             if status != "204":
                 raise EventStoreError(f"read of {self.place.stream!r} got status {status}")
-            for msg in received:
+            for index, msg in enumerate(received):
+                if index % DECODE_SLICE == DECODE_SLICE - 1:
+                    # A chunk takes tens of milliseconds to decode: let the loop's other
+                    # work (the process's saves, live deliveries, the reader's own
+                    # caller handing a batch to its database thread) run in between.
+                    await asyncio.sleep(0)
                 msg_headers = msg.headers or {}
                 seq = int(msg_headers[hdr.SEQUENCE])
                 used += len(msg.data)
