@@ -69,7 +69,7 @@ def store_reads(monkeypatch) -> Iterator[dict[str, Reads]]:
     store_class = type(get_event_store(unique_namespace("probe")))
     original = store_class.aget_stream_events
 
-    async def counting(self: EventStore, after_sequence: int = 0, **kwargs):  # type: ignore[no-untyped-def]
+    async def counting(self: EventStore, after_sequence: int = 0, **kwargs):
         reads = counted.setdefault(self.namespace, Reads(self.namespace))
         reads.calls += 1
         reads.afters.append(after_sequence)
@@ -88,7 +88,7 @@ def subscriptions(monkeypatch) -> list[tuple[str, object]]:
     bus_class = type(get_event_bus())
     original = bus_class.asubscribe
 
-    async def recording(self, pattern, *args, **kwargs):  # type: ignore[no-untyped-def]
+    async def recording(self, pattern, *args, **kwargs):
         made.append((pattern, kwargs.get("start", "new")))
         return await original(self, pattern, *args, **kwargs)
 
@@ -238,7 +238,7 @@ def test_events_saved_exactly_at_the_switch_come_through_the_bus_once(
     at_switch: list[Event] = []
     original = sources.StoreBatches._read
 
-    async def read_then_save(self, after):  # type: ignore[no-untyped-def]
+    async def read_then_save(self, after):
         got = await original(self, after)
         if not got and not at_switch:
             # The head was reached: save more before the worker subscribes.
@@ -308,7 +308,7 @@ def test_an_ended_subscription_sends_the_worker_back_to_the_store(
     ended = threading.Event()
     original = sources.BusBatches.take
 
-    async def take_or_end(self):  # type: ignore[no-untyped-def]
+    async def take_or_end(self):
         if ended.is_set():
             ended.clear()
             return None  # as when the subscriber fell behind and the bus ended it
