@@ -1,26 +1,33 @@
 """Running projections: catch-up then live per namespace, a batch and its checkpoint in one step.
 
-For each namespace its source covers, a :class:`NamespaceWorker` subscribes
-to the event bus from the stream sequence right after the projection's checkpoint.
-On the NATS bus that is one ordered JetStream consumer, which delivers the stored
-history from that position and then every event saved later, in stream order: the
-catch-up and the live part are one sequence of deliveries, so there is no hand-over
-in which an event could be missed or seen twice. The worker still drops any delivery
-at or before its position (a resubscription may overlap).
+For each namespace its source covers, a :class:`NamespaceWorker` catches up from the
+stream sequence right after the projection's checkpoint through the event store's
+batched reads of the namespace in stream order (``aget_stream_events``), reading the
+next chunk while the database applies the current one, until a read finds nothing
+more: the stream's head. It then subscribes to the event bus from the sequence after
+the last event it read. On the NATS bus that is an ordered JetStream consumer starting
+at exactly that sequence, so an event saved between the last read and the
+subscription is delivered by the bus, and none is missed; the worker still drops any
+delivery at or before its position. When the subscription ends (the subscriber fell
+behind, the bus was reset) the worker goes back to the store from its checkpoint.
+Deliveries must follow each other: where the bus passed over stored messages (one it
+could not decode), the worker reads that range from the store (.sources).
 
 Each batch of events is applied in one ``transaction.atomic(using=Meta.database)``
 together with the checkpoint's advance, a compare-and-set on its previous sequence
 (and on the state ``running``), which is the transaction's first statement. When no
 row is updated another runner moved the checkpoint (or an operator paused or reset
 the projection): the batch rolls back before any handler ran, and the worker backs
-off and subscribes again from the checkpoint it finds. Delivery may repeat; effects
+off and starts again from the checkpoint it finds. Delivery may repeat; effects
 never do.
 
 A handler that raises rolls its batch back. The events of the batch before the
 failing one are applied on their own, then the failing event is tried again after
 ``Meta.on_error`` backoffs; when the retries are used up the checkpoint is marked
 ``failed`` at that event (sequence, message, time) and the namespace's worker
-stops. Only a resume (after a fix) or a recorded skip gets past it.
+stops. A stored message that does not decode stops the worker the same way, at once
+(trying again cannot change it). Only a resume (after a fix) or a recorded skip gets
+past it.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ import logging
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -40,13 +47,13 @@ from nats.errors import Error as NatsError
 
 from .. import metrics
 from ..bus import get_event_bus
-from ..bus.local import Delivery, Subscription
-from ..errors import AetherError, ProjectionError
-from ..events import Event
+from ..bus.base import Feature, Start
+from ..errors import AetherError, ProjectionError, ReplayError
 from ..models import ProjectionCheckpoint
 from ..runtime import get_runtime
-from ..store import get_existing_event_store, list_namespaces
+from ..store import get_event_store, get_existing_event_store, list_namespaces
 from .base import Projection, ProjectionContext
+from .sources import IDLE_WAIT, BatchSource, BusBatches, Item, StoreBatches, sequence_of
 
 __all__ = ["NamespaceWorker", "ProjectionRunner", "stream_head"]
 
@@ -54,13 +61,13 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: Seconds a worker waits for the first event of a batch before it looks at its
-#: checkpoint's state again (a pause) and at the stop flag.
-IDLE_WAIT = 0.25
-#: Seconds a worker waits for more events once a batch has its first one.
-GATHER_WAIT = 0.005
 #: Seconds a worker waits after losing a compare-and-set, before subscribing again.
 MOVED_BACKOFF = 0.2
+
+
+#: What _consume returns when its source ended (the store's head, or the end of a
+#: subscription): the worker goes on with the other source.
+_ENDED = "ended"
 
 
 class _HandlerFailed(Exception):
@@ -133,6 +140,7 @@ class NamespaceWorker(threading.Thread):
         self.node = node
         self.instance = projection()
         self.upcast = projection.upcaster_for(namespace)
+        self.store = get_event_store(namespace)
         #: Why the worker ended: "stopped", "caught-up", "paused", "failed" or "error".
         self.outcome: str | None = None
         #: The checkpoint's sequence as this worker last committed or read it.
@@ -162,7 +170,6 @@ class NamespaceWorker(threading.Thread):
         return await asyncio.get_running_loop().run_in_executor(self._db, fn, *args)
 
     async def _follow(self) -> str:
-        meta = self.projection._meta
         while not self.stopping.is_set():
             checkpoint = await self._db_call(ensure_checkpoint, self.projection, self.namespace)
             self.position = checkpoint.sequence
@@ -170,120 +177,131 @@ class NamespaceWorker(threading.Thread):
                 return checkpoint.state
             if self.until is not None and self.position >= self.until:
                 return "caught-up"
-            start: Any = self.position + 1
-            subscription = await get_event_bus().asubscribe(
-                self.namespace,
-                start=start,
-                overflow="wait",
-                buffer_size=max(2 * meta.batch_size, 64),
-            )
-            try:
-                outcome = await self._consume(subscription)
-            finally:
-                await subscription.aclose()
-            if outcome is not None:
+            # History through the store's batched reads, up to the stream's head.
+            outcome = await self._consume(self._history())
+            if outcome == _ENDED:
+                if self.until is not None:
+                    return "caught-up"  # the head is all there is (events expired)
+                # Then live events through the bus, from right after the last one read.
+                outcome = await self._live()
+            if outcome is None:
+                # Lost a compare-and-set: another runner is ahead, or the state changed.
+                await asyncio.sleep(MOVED_BACKOFF)
+            elif outcome != _ENDED:
                 return outcome
-            # Lost a compare-and-set: another runner is ahead, or the state changed.
-            await asyncio.sleep(MOVED_BACKOFF)
+            # _ENDED: the subscription ended (it fell behind, the bus was reset): back to
+            # the store from the checkpoint.
         return "stopped"
 
-    async def _take(self, subscription: Subscription) -> list[Delivery] | None:
-        """The next batch: waits for one delivery, then takes what follows at once.
+    def _history(self) -> StoreBatches:
+        return StoreBatches(self.store, self.position, self.projection._meta.batch_size)
 
-        None when the subscription ended (the bus was closed or reset, or it fell
-        behind): the worker subscribes again from its checkpoint.
+    async def _live(self) -> str | None:
+        """Follow the bus from the position the store's read reached.
+
+        On a bus that starts at a stream sequence (NATS: an ordered consumer from
+        ``position + 1``) nothing saved after the store's last read is lost. A bus
+        that cannot only starts at "new": the subscription is made first, and the
+        store is read once more after it is ready, so what was saved in between comes
+        from the store and the deliveries at or before it are dropped.
         """
-        size = self.projection._meta.batch_size
-        batch: list[Delivery] = []
-        try:
-            batch.append(await subscription.next(IDLE_WAIT))
-            while len(batch) < size:
-                batch.append(await subscription.next(GATHER_WAIT))
-        except TimeoutError:
-            pass
-        except (StopAsyncIteration, AetherError) as exc:
-            logger.info(
-                "projection %s: the subscription to %s ended (%r), subscribing again",
-                self.projection._meta.name,
-                self.namespace,
-                exc,
-            )
-            # What it delivered before ending is still good; the next one starts after.
-            return batch or None
-        return batch
-
-    async def _consume(self, subscription: Subscription) -> str | None:
-        """Apply deliveries until stopped (an outcome) or moved (None: subscribe again)."""
         meta = self.projection._meta
-        pending: list[Event] = []
+        bus = get_event_bus()
+        exact = Feature.START_SEQUENCE in bus.features
+        start: Start = self.position + 1 if exact else "new"
+        subscription = await bus.asubscribe(
+            self.namespace,
+            start=start,
+            overflow="wait" if Feature.OVERFLOW_WAIT in bus.features else "end",
+            buffer_size=max(2 * meta.batch_size, 64),
+        )
+        try:
+            if not exact:
+                outcome = await self._consume(self._history())
+                if outcome != _ENDED:
+                    return outcome
+            return await self._consume(
+                BusBatches(subscription, self.store, self.position, meta.batch_size)
+            )
+        finally:
+            await subscription.aclose()
+
+    async def _consume(self, source: BatchSource) -> str | None:
+        """Apply the batches of ``source`` until stopped (an outcome), moved (None:
+        start again from the checkpoint) or the source ended (``_ENDED``)."""
+        meta = self.projection._meta
+        pending: list[Item] = []
         failures = 0
-        while not self.stopping.is_set():
-            if self.until is not None and self.position >= self.until:
-                return "caught-up"
-            if not pending:
-                taken = await self._take(subscription)
-                if taken is None:
-                    return None
-                pending = [
-                    d.event for d in taken if d.sequence is not None and d.sequence > self.position
-                ]
-                if not taken:
-                    # Idle: has an operator paused (or someone failed) it meanwhile?
-                    state = await self._db_call(self._state)
-                    if state != ProjectionCheckpoint.RUNNING:
-                        return state or "stopped"
-                    continue
+        try:
+            while not self.stopping.is_set():
+                if self.until is not None and self.position >= self.until:
+                    return "caught-up"
                 if not pending:
+                    taken = await source.take()
+                    if taken is None:
+                        return _ENDED
+                    pending = [item for item in taken if sequence_of(item) > self.position]
+                    if not taken:
+                        # Idle: has an operator paused (or someone failed) it meanwhile?
+                        state = await self._db_call(self._state)
+                        if state != ProjectionCheckpoint.RUNNING:
+                            return state or "stopped"
+                        continue
+                    if not pending:
+                        continue
+                try:
+                    await self._db_call(self._apply, pending, self.position)
+                except _Moved:
+                    logger.info(
+                        "projection %s: the checkpoint of %s is no longer at %d (another "
+                        "runner, a pause or a reset), backing off",
+                        meta.name,
+                        self.namespace,
+                        self.position,
+                    )
+                    return None
+                except _HandlerFailed as failed:
+                    if failed.index > 0:
+                        # What came before the failing event is fine: commit it on its
+                        # own, so the projection stops exactly at the failing event.
+                        head, pending = pending[: failed.index], pending[failed.index :]
+                        try:
+                            await self._db_call(self._apply, head, self.position)
+                        except (_Moved, _HandlerFailed):
+                            return None
+                        self._committed(head)
+                        continue
+                    failures += 1
+                    # A message that does not decode stays so: trying again cannot help.
+                    undecodable = isinstance(failed.error, ReplayError)
+                    if undecodable or failures > meta.retries:
+                        marked = await self._db_call(self._fail, failed)
+                        return "failed" if marked else None
+                    delay = min(meta.backoff * 2 ** (failures - 1), meta.max_backoff)
+                    logger.warning(
+                        "projection %s: %s at %s:%s (try %d of %d), again in %.2fs",
+                        meta.name,
+                        type(failed.error).__name__,
+                        self.namespace,
+                        failed.sequence,
+                        failures,
+                        meta.retries + 1,
+                        delay,
+                    )
+                    if await self._sleep(delay):
+                        return "stopped"
                     continue
-            try:
-                await self._db_call(self._apply, pending, self.position)
-            except _Moved:
-                logger.info(
-                    "projection %s: the checkpoint of %s is no longer at %d (another runner, "
-                    "a pause or a reset), backing off",
-                    meta.name,
-                    self.namespace,
-                    self.position,
-                )
-                return None
-            except _HandlerFailed as failed:
-                if failed.index > 0:
-                    # What came before the failing event is fine: commit it on its own,
-                    # so the projection stops exactly at the failing event.
-                    head, pending = pending[: failed.index], pending[failed.index :]
-                    try:
-                        await self._db_call(self._apply, head, self.position)
-                    except (_Moved, _HandlerFailed):
-                        return None
-                    self._committed(head)
-                    continue
-                failures += 1
-                if failures > meta.retries:
-                    marked = await self._db_call(self._fail, failed)
-                    return "failed" if marked else None
-                delay = min(meta.backoff * 2 ** (failures - 1), meta.max_backoff)
-                logger.warning(
-                    "projection %s: %s at %s:%s (try %d of %d), again in %.2fs",
-                    meta.name,
-                    type(failed.error).__name__,
-                    self.namespace,
-                    failed.sequence,
-                    failures,
-                    meta.retries + 1,
-                    delay,
-                )
-                if await self._sleep(delay):
-                    return "stopped"
-                continue
-            except DatabaseError:
-                # The checkpoint itself could not be read or written (a locked database,
-                # a lost connection): nothing was committed, start over from it.
-                logger.warning("projection %s: database error", meta.name, exc_info=True)
-                return None
-            failures = 0
-            self._committed(pending)
-            pending = []
-        return "stopped"
+                except DatabaseError:
+                    # The checkpoint itself could not be read or written (a locked
+                    # database, a lost connection): nothing was committed, start over.
+                    logger.warning("projection %s: database error", meta.name, exc_info=True)
+                    return None
+                failures = 0
+                self._committed(pending)
+                pending = []
+            return "stopped"
+        finally:
+            source.close()
 
     async def _sleep(self, seconds: float) -> bool:
         """Sleep, or return True early when the worker is told to stop."""
@@ -294,10 +312,8 @@ class NamespaceWorker(threading.Thread):
             await asyncio.sleep(min(left, IDLE_WAIT))
         return self.stopping.is_set()
 
-    def _committed(self, events: list[Event]) -> None:
-        last = events[-1].sequence
-        assert last is not None
-        self.position = last
+    def _committed(self, events: list[Item]) -> None:
+        self.position = sequence_of(events[-1])
         metrics.PROJECTION_EVENTS.inc(
             len(events), projection=self.projection._meta.name, namespace=self.namespace
         )
@@ -314,11 +330,12 @@ class NamespaceWorker(threading.Thread):
             .first()
         )
 
-    def _apply(self, events: list[Event], previous: int) -> None:
+    def _apply(self, events: Sequence[Item], previous: int) -> None:
         """Apply ``events`` and move the checkpoint from ``previous`` to the last of
-        them, in one transaction; raises _Moved or _HandlerFailed after rolling back."""
+        them, in one transaction; raises _Moved or _HandlerFailed after rolling back
+        (a stored message that does not decode fails like a handler)."""
         meta = self.projection._meta
-        last = events[-1].sequence
+        last = sequence_of(events[-1])
         started = time.perf_counter()
         with transaction.atomic(using=meta.database):
             # The compare-and-set comes first: it takes the checkpoint row's lock (on
@@ -339,8 +356,9 @@ class NamespaceWorker(threading.Thread):
             if moved != 1:
                 raise _Moved
             for index, event in enumerate(events):
-                sequence = event.sequence
-                assert sequence is not None
+                if isinstance(event, ReplayError):
+                    raise _HandlerFailed(index, event.sequence, event)
+                sequence = sequence_of(event)
                 context = ProjectionContext(
                     namespace=self.namespace,
                     sequence=sequence,

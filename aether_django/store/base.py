@@ -222,6 +222,27 @@ class EventStore(abc.ABC):
         """
         return _actor_page(await self.aget_actor_ids(), after, limit)
 
+    # --- the whole namespace in stream order (projections) -------------------------------
+    def get_stream_events(
+        self, after_sequence: int = 0, *, limit: int, max_bytes: int | None = None
+    ) -> list[Event]:
+        """Sync twin of :meth:`aget_stream_events`."""
+        raise NotImplementedError
+
+    async def aget_stream_events(
+        self, after_sequence: int = 0, *, limit: int, max_bytes: int | None = None
+    ) -> list[Event]:
+        """The namespace's events after stream sequence ``after_sequence``, every actor's,
+        in stream order, each carrying its ``sequence``.
+
+        At most ``limit`` events, and (with ``max_bytes``) no more encoded bytes than
+        that, but always the first one. An empty list: nothing is stored after
+        ``after_sequence`` yet. A message that does not decode is never passed over:
+        the list stops before it, and a read that starts at it raises ReplayError
+        (with its sequence and bytes), so a reader stops there too.
+        """
+        raise NotImplementedError
+
     # --- inspection (API, admin) ----------------------------------------------------
     def exists(self) -> bool:
         """Sync twin of :meth:`aexists`."""
@@ -317,6 +338,13 @@ class AsyncFirstEventStore(EventStore):
     def get_latest_versions(self, actor_ids: Sequence[str]) -> dict[str, int]:
         return self.runtime.run(self.aget_latest_versions(actor_ids))
 
+    def get_stream_events(
+        self, after_sequence: int = 0, *, limit: int, max_bytes: int | None = None
+    ) -> list[Event]:
+        return self.runtime.run(
+            self.aget_stream_events(after_sequence, limit=limit, max_bytes=max_bytes)
+        )
+
 
 def _actor_page(actor_ids: list[str], after: str | None, limit: int) -> ActorPage:
     check_page(limit, 1)
@@ -361,6 +389,17 @@ def check_batch(events: Sequence[Event]) -> list[Event]:
     if len({event.id for event in batch}) != len(batch):
         raise InvalidEventError("event ids within a batch must be distinct")
     return batch
+
+
+def check_stream_read(after_sequence: int, limit: int, max_bytes: int | None) -> None:
+    """Validate the arguments of get_stream_events."""
+    if (
+        isinstance(after_sequence, bool)
+        or not isinstance(after_sequence, int)
+        or after_sequence < 0
+    ):
+        raise InvalidEventError(f"after_sequence must be an integer >= 0, got {after_sequence!r}")
+    check_page(limit, 1 if max_bytes is None else max_bytes)
 
 
 def check_from_version(from_version: int) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import collections
 import dataclasses
 import itertools
@@ -30,7 +31,12 @@ from .base import (
     check_from_version,
     check_limit,
     check_snapshot,
+    check_stream_read,
 )
+
+
+def _sequence_of(event: Event) -> int:
+    return event.sequence or 0
 
 
 class InMemoryEventStore(EventStore):
@@ -64,6 +70,8 @@ class InMemoryEventStore(EventStore):
         self._lock = threading.Lock()
         self._events: dict[str, list[Event]] = {}
         self._snapshots: dict[str, ActorSnapshot] = {}
+        #: Every stored event in sequence order (sequences are given under the lock).
+        self._log: list[Event] = []
         self._sequence = itertools.count(1)
         #: Saved events not yet published, and who publishes them now (see _drain).
         self._outbox: collections.deque[Event] = collections.deque()
@@ -76,6 +84,7 @@ class InMemoryEventStore(EventStore):
         self._lock = first._lock
         self._events = first._events
         self._snapshots = first._snapshots
+        self._log = first._log
         self._sequence = first._sequence
         self._outbox = first._outbox
         self._draining = first._draining
@@ -129,6 +138,7 @@ class InMemoryEventStore(EventStore):
             for event in decoded:
                 stored.append(dataclasses.replace(event, sequence=next(self._sequence)))
             history.extend(stored)
+            self._log.extend(stored)
             if self._publish is not None:
                 self._outbox.extend(stored)
         if self._publish is not None:
@@ -178,6 +188,29 @@ class InMemoryEventStore(EventStore):
         with self._lock:
             events = [e for e in self._events.get(actor_id, ()) if e.version >= from_version]
         return ReplayResult(events, [])
+
+    def get_stream_events(
+        self, after_sequence: int = 0, *, limit: int, max_bytes: int | None = None
+    ) -> list[Event]:
+        # Every event here was decoded on its way in: none can fail to decode.
+        check_stream_read(after_sequence, limit, max_bytes)
+        self._follow()
+        with self._lock:
+            start = bisect.bisect_right(self._log, after_sequence, key=_sequence_of)
+            events = self._log[start : start + limit]
+        if max_bytes is None:
+            return events
+        used = 0
+        for count, event in enumerate(events):
+            used += len(encode_event(event))
+            if count and used > max_bytes:
+                return events[:count]
+        return events
+
+    async def aget_stream_events(
+        self, after_sequence: int = 0, *, limit: int, max_bytes: int | None = None
+    ) -> list[Event]:
+        return self.get_stream_events(after_sequence, limit=limit, max_bytes=max_bytes)
 
     def get_latest_version(self, actor_id: str) -> int:
         validate_actor_id(actor_id)

@@ -114,6 +114,14 @@ class JetStreamEventStore(AsyncFirstEventStore):
         event, whatever ``limit`` says."""
         return await self._reads.events_page(actor_id, from_version, limit, max_bytes)
 
+    async def aget_stream_events(
+        self, after_sequence: int = 0, *, limit: int, max_bytes: int | None = None
+    ) -> list[Event]:
+        """The namespace's events after ``after_sequence``, every actor's, in stream
+        order; stops before a message that does not decode, and raises ReplayError
+        for one the read starts at (see ``EventStore.aget_stream_events``)."""
+        return await self._reads.stream_events(after_sequence, limit, max_bytes)
+
     async def aget_latest_version(self, actor_id: str) -> int:
         return await self._reads.latest_version(actor_id)
 
