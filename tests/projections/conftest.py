@@ -3,9 +3,11 @@ and the database the projections of a test run on (SQLite and a real PostgreSQL)
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pytest
 from django.db import OperationalError
@@ -79,6 +81,30 @@ def save_ticks(namespace: str, count: int, *, actor: str = "a", first_version: i
         )
         for i in range(count)
     ]
+
+
+@contextmanager
+def continuous_writes(namespace: str, most: int, *, actors: int = 1) -> Iterator[list[Event]]:
+    """Save Tick events one at a time in a thread, without pause, until the block ends
+    (or ``most`` are saved); yields the list of those saved so far. With ``actors`` > 1
+    they go round that many actors ("live-0", "live-1", ...), else to "live"."""
+    stop = threading.Event()
+    saved: list[Event] = []
+
+    def writer() -> None:
+        version = 1
+        while not stop.is_set() and version <= most:
+            actor = f"live-{version % actors}" if actors > 1 else "live"
+            saved.extend(save_ticks(namespace, 1, actor=actor, first_version=version))
+            version += 1
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        yield saved
+    finally:
+        stop.set()
+        thread.join()
 
 
 def eventually(check: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:

@@ -31,7 +31,7 @@ from aether_django.testing.contract import ev, unique_namespace
 
 from .app.models import Applied
 from .app.projections import ledger
-from .conftest import eventually, save_ticks
+from .conftest import continuous_writes, eventually, save_ticks
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -267,20 +267,7 @@ def test_continuous_writes_through_catch_up_and_the_switch_apply_each_once_in_or
     namespace = unique("proj-cont")
     Ledger = ledger(namespace, unique("cont"), batch_size=16)
     history = save_ticks(namespace, 600, actor="history")
-    stop = threading.Event()
-    saved: list[Event] = []
-
-    def writer() -> None:
-        version = 1
-        while not stop.is_set() and version <= 1500:
-            saved.extend(
-                save_ticks(namespace, 1, actor=f"live-{version % 3}", first_version=version)
-            )
-            version += 1
-
-    thread = threading.Thread(target=writer)
-    thread.start()
-    try:
+    with continuous_writes(namespace, 1500, actors=3) as saved:
         runners(Ledger)
         # Let the writer run well past the switch to live.
         eventually(lambda: len(saved) > 300, what="live writes")
@@ -289,9 +276,6 @@ def test_continuous_writes_through_catch_up_and_the_switch_apply_each_once_in_or
             what="catch-up",
         )
         eventually(lambda: len(saved) > 450, what="more live writes")
-    finally:
-        stop.set()
-        thread.join()
     everything = sorted(e.sequence for e in history + saved)
     Ledger.wait_for(everything[-1], timeout=30)
     assert applied_in_order(Ledger._meta.name, namespace) == everything
@@ -386,23 +370,9 @@ def test_on_the_memory_backend_the_store_closes_the_gap_before_a_new_subscriptio
     namespace = unique("proj-mem")
     Ledger = ledger(namespace, unique("mem"), batch_size=8)
     history = save_ticks(namespace, 200, actor="history")
-    stop = threading.Event()
-    saved: list[Event] = []
-
-    def writer() -> None:
-        version = 1
-        while not stop.is_set() and version <= 600:
-            saved.extend(save_ticks(namespace, 1, actor="live", first_version=version))
-            version += 1
-
-    thread = threading.Thread(target=writer)
-    thread.start()
-    try:
+    with continuous_writes(namespace, 600) as saved:
         runners(Ledger)
         eventually(lambda: len(saved) > 200, what="live writes")
-    finally:
-        stop.set()
-        thread.join()
     everything = sorted(e.sequence for e in history + saved)
     Ledger.wait_for(everything[-1], timeout=30)
     assert applied_in_order(Ledger._meta.name, namespace) == everything

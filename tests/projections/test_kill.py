@@ -124,6 +124,31 @@ def _race_live_events(log: Path, name: str, namespace: str) -> None:
         time.sleep(0.01)
 
 
+def _two_racing_runners(
+    tmp_path: Path, target: Target, env: dict[str, str], namespace: str, name: str
+) -> int:
+    """Run two runner processes of ``name`` while live events race to both, until the
+    checkpoint reaches the head; stop them (both must exit 0). Returns the head."""
+    log = tmp_path / "runners.log"
+    with log.open("ab") as out:
+        procs = [
+            subprocess.Popen(
+                [*MODULE, "run", namespace, name], cwd=ROOT, env=env, stdout=out, stderr=out
+            )
+            for _ in range(2)
+        ]
+        try:
+            _race_live_events(log, name, namespace)
+            head = get_event_store(namespace).get_info().last_sequence
+            _wait_for_checkpoint(target, name, namespace, head, log)
+        finally:
+            for proc in procs:
+                proc.send_signal(signal.SIGINT)
+            codes = [proc.wait(30) for proc in procs]
+    assert codes == [0, 0], log.read_text()
+    return head
+
+
 @pytest.mark.slow
 def test_sigkill_mid_batch_while_events_are_saved(tmp_path, unique, target):
     namespace = unique("proj-kill")
@@ -190,23 +215,7 @@ def test_two_runner_processes_of_one_projection_leave_the_read_model_exact(
     name = unique("procs")
     env = dict(target.env, BATCH_SIZE="10")
     save_ticks(namespace, 150, actor="history")
-    log = tmp_path / "runners.log"
-    with log.open("ab") as out:
-        procs = [
-            subprocess.Popen(
-                [*MODULE, "run", namespace, name], cwd=ROOT, env=env, stdout=out, stderr=out
-            )
-            for _ in range(2)
-        ]
-        try:
-            _race_live_events(log, name, namespace)
-            head = get_event_store(namespace).get_info().last_sequence
-            _wait_for_checkpoint(target, name, namespace, head, log)
-        finally:
-            for proc in procs:
-                proc.send_signal(signal.SIGINT)
-            codes = [proc.wait(30) for proc in procs]
-    assert codes == [0, 0], log.read_text()
+    head = _two_racing_runners(tmp_path, target, env, namespace, name)
     applied = _applied(target, name)
     assert applied == list(range(1, head + 1))
 
@@ -247,25 +256,9 @@ def test_metrics_of_two_runner_processes_add_up_to_each_event_once(
         PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
     )
     target = sqlite_target(tmp_path, env)
-    module = MODULE
     save_ticks(namespace, 100, actor="history")
     log = tmp_path / "runners.log"
-    with log.open("ab") as out:
-        procs = [
-            subprocess.Popen(
-                [*module, "run", namespace, name], cwd=ROOT, env=env, stdout=out, stderr=out
-            )
-            for _ in range(2)
-        ]
-        try:
-            _race_live_events(log, name, namespace)
-            head = get_event_store(namespace).get_info().last_sequence
-            _wait_for_checkpoint(target, name, namespace, head, log)
-        finally:
-            for proc in procs:
-                proc.send_signal(signal.SIGINT)
-            codes = [proc.wait(30) for proc in procs]
-    assert codes == [0, 0], log.read_text()
+    head = _two_racing_runners(tmp_path, target, env, namespace, name)
     assert len(list(metrics_dir.glob("counter_*.db"))) >= 2  # one file per runner process
     reader = subprocess.run(
         [sys.executable, "-c", READ_METRICS, namespace, name],

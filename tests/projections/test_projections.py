@@ -37,7 +37,7 @@ from aether_django.store import get_event_store
 from .app import projections as app_projections
 from .app.models import Applied, OrderSummary
 from .app.projections import OrderSummaryProjection, ledger, order_summary
-from .conftest import eventually, save_ticks
+from .conftest import continuous_writes, eventually, save_ticks
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -226,25 +226,11 @@ def test_catch_up_then_live_under_continuous_writes_no_gap_no_duplicate(unique, 
     namespace = unique("proj-live")
     Ledger = ledger(namespace, unique("live"), batch_size=7, database=db_alias)
     history = save_ticks(namespace, 120, actor="history")
-    stop = threading.Event()
-    saved: list[Event] = []
-
-    def writer() -> None:
-        version = 1
-        while not stop.is_set() and version <= 400:
-            saved.extend(save_ticks(namespace, 1, actor="live", first_version=version))
-            version += 1
-
-    thread = threading.Thread(target=writer)
-    thread.start()
-    try:
+    with continuous_writes(namespace, 400) as saved:
         runners(Ledger)
         # The projection starts while writes go on: the hand-over from history to live
         # events happens under them.
         eventually(lambda: len(saved) > 100, what="live writes")
-    finally:
-        stop.set()
-        thread.join()
     everything = [e.sequence for e in history + saved]
     Ledger.wait_for(max(everything), timeout=30)
     assert sequences(Ledger._meta.name, namespace, db_alias) == sorted(everything)
