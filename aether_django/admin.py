@@ -128,7 +128,28 @@ class NamespaceGrantAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     raw_id_fields = ("user", "group")
 
 
-class _InspectionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class ReadOnlyAdminMixin:
+    """A ModelAdmin that shows rows and offers no add, change or delete.
+
+    For a projection's read models: their rows are written by the projection alone, so
+    an edit in the admin would be one no event explains, undone by the next rebuild::
+
+        @admin.register(OrderSummary)
+        class OrderSummaryAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+            list_display = ["order_id", "customer", "status"]
+    """
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class _InspectionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):  # type: ignore[type-arg]
     """Base of the read-only pages: staff may look; nobody may add, change or delete.
 
     Which namespaces a page may show is decided by the subclass: StreamAdmin applies
@@ -140,15 +161,6 @@ class _InspectionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     def has_module_permission(self, request: HttpRequest) -> bool:
         return self.has_view_permission(request)
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     def safe_page(self, view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
         """``view`` as an admin page: staff login first, then GET and HEAD only (405)."""

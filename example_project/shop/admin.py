@@ -7,16 +7,15 @@ change or delete; orders change through their commands on the orders page.
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.contrib import admin
-from django.http import HttpRequest
+
+from aether_django.admin import ReadOnlyAdminMixin
 
 from .models import OrderSummary
 
 
 @admin.register(OrderSummary)
-class OrderSummaryAdmin(admin.ModelAdmin):
+class OrderSummaryAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = [
         "order_id",
         "customer",
@@ -30,12 +29,3 @@ class OrderSummaryAdmin(admin.ModelAdmin):
     list_filter = ["status"]
     search_fields = ["order_id", "customer"]
     ordering = ["-placed_at", "order_id"]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
