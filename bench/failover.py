@@ -75,7 +75,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections import Counter
@@ -86,7 +85,7 @@ from typing import Any
 from aether_django.store import get_event_store
 from aether_django.testing import NatsServer
 from aether_django.testing.broker import BrokerServer
-from aether_django.testing.processes import stop_process
+from aether_django.testing.processes import follow_json_lines, stop_process
 
 from ._setup import ROOT, finish, nats_meta
 from .common import Report, base_parser, clock, median, percentile, progress
@@ -192,15 +191,7 @@ class NodeProcess:
                 # whole worker, not the main process alone.
                 start_new_session=True,
             )
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            try:
-                self.history.append(json.loads(line))
-            except ValueError:
-                continue
+        follow_json_lines(self.process, self.history.append)
 
     @property
     def last(self) -> dict[str, Any]:

@@ -12,10 +12,12 @@ The standard library only; importing it imports neither Django nor nats.
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -27,6 +29,7 @@ __all__ = [
     "ClosedOnExit",
     "ProcessError",
     "find_free_port",
+    "follow_json_lines",
     "http_ok",
     "log_tail",
     "port_is_free",
@@ -80,6 +83,30 @@ def stop_process(
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+def follow_json_lines(
+    process: subprocess.Popen[str], on_line: Callable[[Any], None]
+) -> threading.Thread:
+    """Read ``process``'s stdout (text mode) in a daemon thread until it closes, handing
+    each line that is JSON to ``on_line``; other lines (a stray print) are skipped.
+
+    For children that report their changes of state as JSON lines, such as
+    ``aether_node --json`` and Celery workers started with an ``on_change`` printer.
+    """
+
+    def read() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            try:
+                value = json.loads(line)
+            except ValueError:
+                continue
+            on_line(value)
+
+    thread = threading.Thread(target=read, name=f"json lines of {process.pid}", daemon=True)
+    thread.start()
+    return thread
 
 
 def log_tail(log: Path | None, chars: int = 3000) -> str:

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aether_django.testing.processes import stop_process
+from aether_django.testing.processes import follow_json_lines, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,17 +54,11 @@ class NodeProcess:
             stderr=subprocess.DEVNULL,
             text=True,
         )
-        threading.Thread(target=self._read, args=(self.process,), daemon=True).start()
+        follow_json_lines(self.process, self._changed)
 
-    def _read(self, process: subprocess.Popen[str]) -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            try:
-                change = json.loads(line)
-            except ValueError:
-                continue
-            self.history.append(change)
-            self.changes.put(change)
+    def _changed(self, change: dict[str, Any]) -> None:
+        self.history.append(change)
+        self.changes.put(change)
 
     @property
     def last(self) -> dict[str, Any]:

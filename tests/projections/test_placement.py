@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import signal
 import sqlite3
 import subprocess
@@ -31,7 +30,7 @@ from aether_django.nats import headers as hdr
 from aether_django.projections.placement import owned_by, shard_of_projection
 from aether_django.runtime import Runtime
 from aether_django.store import get_event_store
-from aether_django.testing.processes import stop_process
+from aether_django.testing.processes import follow_json_lines, stop_process
 
 from .conftest import save_ticks
 
@@ -71,7 +70,6 @@ class Node:
     def __init__(self, node_id: str, command: list[str], env: dict[str, str], log: Path) -> None:
         self.node_id = node_id
         self.history: list[dict[str, Any]] = []
-        self.changes: queue.Queue[dict[str, Any]] = queue.Queue()
         self.log = log
         self.process = subprocess.Popen(
             command,
@@ -81,15 +79,7 @@ class Node:
             stderr=log.open("ab"),
             text=True,
         )
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            try:
-                self.history.append(json.loads(line))
-            except ValueError:
-                continue
+        follow_json_lines(self.process, self.history.append)
 
     @property
     def last(self) -> dict[str, Any]:
