@@ -26,8 +26,7 @@ __all__ = [
     "reset",
     "resume",
     "skip",
-    "status",
-    "statuses",
+        "statuses",
 ]
 
 
@@ -51,20 +50,15 @@ class NamespaceStatus:
         return data
 
 
-def status(projection: type[Projection]) -> list[NamespaceStatus]:
-    """The projection's position, the stream head and the lag in each namespace it
-    covers or has a checkpoint for (a namespace it never ran in shows "new")."""
-    return statuses([projection])
-
-
 def statuses(
     projections: Iterable[type[Projection]],
     *,
     heads: Callable[[str], int] = stream_head,
 ) -> list[NamespaceStatus]:
-    """:func:`status` of several projections, in order, listing the namespaces once and
-    reading each stream head once however many projections cover it (a scrape of the
-    metrics, a readiness probe, the admin page)."""
+    """Each projection's position, the stream head and the lag in each namespace it
+    covers or has a checkpoint for (one it never ran in shows "new"), in order. The
+    namespaces are listed once and each stream head read once however many
+    projections cover it (the status command, a metrics scrape, readyz, the admin)."""
     namespaces: list[str] | None = None
     known: dict[str, int] = {}
     found: list[NamespaceStatus] = []

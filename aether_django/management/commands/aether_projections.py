@@ -99,12 +99,16 @@ class Command(BaseCommand):
     def do_status(self, names: list[str], json: bool, **options: Any) -> None:
         projections = self._projections(names)
         place = placement.locate()
+        # One listing of the namespaces and one read of each stream head for them all.
+        by_name: dict[str, list[dict[str, Any]]] = {p._meta.name: [] for p in projections}
+        for row in operations.statuses(projections):
+            by_name[row.projection].append(row.as_dict())
         report: list[dict[str, Any]] = [
             {
                 "name": p._meta.name,
                 "source": p._meta.source,
                 **place(p),
-                "namespaces": [s.as_dict() for s in operations.status(p)],
+                "namespaces": by_name[p._meta.name],
             }
             for p in projections
         ]
