@@ -266,30 +266,22 @@ def check_projections(app_configs: Any = None, **kwargs: Any) -> list[CheckMessa
                     id="aether_django.E502",
                 )
             )
-    messages.extend(_check_readyz_projections(set(by_name)))
+    messages.extend(_check_readyz_projections())
     return messages
 
 
-def _check_readyz_projections(names: set[str]) -> list[CheckMessage]:
+def _check_readyz_projections() -> list[CheckMessage]:
     """E504: READYZ_PROJECTIONS or READYZ_PROJECTION_MAX_LAG that readyz cannot follow."""
     if not isinstance(getattr(settings, "AETHER", {}), dict):
         return []  # E002
+    from .errors import ProjectionError
+    from .projections import operations
+
     problems: list[str] = []
-    wanted = aether_settings.READYZ_PROJECTIONS
-    if wanted != "__all__":
-        if isinstance(wanted, str) or not isinstance(wanted, list | tuple):
-            problems.append(
-                f'READYZ_PROJECTIONS must be a list of projection names or "__all__", '
-                f"not {wanted!r}"
-            )
-        else:
-            unknown = [n for n in wanted if not isinstance(n, str) or n not in names]
-            if unknown:
-                problems.append(
-                    "READYZ_PROJECTIONS names no projection for "
-                    + ", ".join(repr(n) for n in unknown)
-                    + " (use each projection's Meta.name)"
-                )
+    try:
+        operations.named(aether_settings.READYZ_PROJECTIONS, "READYZ_PROJECTIONS")
+    except ProjectionError as exc:
+        problems.append(str(exc))
     lag = aether_settings.READYZ_PROJECTION_MAX_LAG
     if lag is not None and (isinstance(lag, bool) or not isinstance(lag, int) or lag < 0):
         problems.append(f"READYZ_PROJECTION_MAX_LAG must be None or an integer >= 0, not {lag!r}")

@@ -27,7 +27,7 @@ from .conf import aether_settings
 from .errors import ProjectionError
 from .models import ProjectionCheckpoint
 from .nats.api import ACCOUNT_INFO, parse_reply
-from .projections import Projection, all_projections, get_projection, operations
+from .projections import all_projections, operations
 from .runtime import get_runtime
 
 logger = logging.getLogger(__name__)
@@ -72,19 +72,6 @@ def readyz(request: HttpRequest) -> HttpResponse:
     return JsonResponse(body)
 
 
-def required_projections() -> list[type[Projection]]:
-    """The projections ``AETHER["READYZ_PROJECTIONS"]`` names (every one for
-    ``"__all__"``); ProjectionError for a name no projection has."""
-    wanted = aether_settings.READYZ_PROJECTIONS
-    if wanted == "__all__":
-        return all_projections()
-    if isinstance(wanted, str) or not isinstance(wanted, list | tuple):
-        raise ProjectionError(
-            f'AETHER["READYZ_PROJECTIONS"] must be a list of names or "__all__", not {wanted!r}'
-        )
-    return [get_projection(name) for name in wanted]
-
-
 def projection_readiness() -> tuple[list[str], list[dict[str, Any]]]:
     """The required projections' names, and what keeps each namespace of them from
     being ready: paused, failed, or (with ``READYZ_PROJECTION_MAX_LAG``) too far behind.
@@ -92,7 +79,7 @@ def projection_readiness() -> tuple[list[str], list[dict[str, Any]]]:
     The reasons name projections, namespaces, states and sequences, never a handler's
     error message: readyz answers anyone, and the message may quote event data.
     """
-    projections = required_projections()
+    projections = operations.named(aether_settings.READYZ_PROJECTIONS, "READYZ_PROJECTIONS")
     max_lag = aether_settings.READYZ_PROJECTION_MAX_LAG
     waiting: list[dict[str, Any]] = []
     for row in operations.statuses(projections):

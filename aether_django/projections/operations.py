@@ -16,17 +16,18 @@ from django.db import transaction
 from ..errors import ProjectionError
 from ..models import ProjectionCheckpoint, ProjectionSkip
 from ..store import list_namespaces
-from .base import Projection
+from .base import Projection, all_projections, get_projection
 from .runner import catch_up, covered_namespaces, ensure_checkpoint, stream_head
 
 __all__ = [
     "NamespaceStatus",
+    "named",
     "pause",
     "rebuild",
     "reset",
     "resume",
     "skip",
-        "statuses",
+    "statuses",
 ]
 
 
@@ -48,6 +49,30 @@ class NamespaceStatus:
         data = asdict(self)
         data["last_error_at"] = self.last_error_at.isoformat() if self.last_error_at else None
         return data
+
+
+def named(wanted: object, setting: str) -> list[type[Projection]]:
+    """The projections a setting names: a list of names (as :func:`get_projection`
+    takes them) or ``"__all__"`` for every one. ProjectionError names ``setting`` and
+    every name that is wrong (readyz answers it; check E504 reports it)."""
+    if wanted == "__all__":
+        return all_projections()
+    if isinstance(wanted, str) or not isinstance(wanted, list | tuple):
+        raise ProjectionError(
+            f'{setting} must be a list of projection names or "__all__", not {wanted!r}'
+        )
+    found: list[type[Projection]] = []
+    problems: list[str] = []
+    for name in wanted:
+        try:
+            if not isinstance(name, str):
+                raise ProjectionError(f"{name!r} is not a projection name")
+            found.append(get_projection(name))
+        except ProjectionError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ProjectionError(f"{setting}: " + "; ".join(problems))
+    return found
 
 
 def statuses(
