@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 import pytest
 from django.db import OperationalError
@@ -18,6 +19,8 @@ from aether_django.projections.runner import ProjectionRunner
 from aether_django.store import get_event_store
 
 from .app import projections as app_projections
+
+T = TypeVar("T")
 
 #: The databases every guarantee is shown on: the in-memory SQLite "default", and the
 #: suite's real PostgreSQL "pg" (tests/conftest.py starts it only when a collected test
@@ -105,6 +108,23 @@ def continuous_writes(namespace: str, most: int, *, actors: int = 1) -> Iterator
     finally:
         stop.set()
         thread.join()
+
+
+def unlocked(call: Callable[[], T], timeout: float = 10.0) -> T:
+    """``call()``, again while the in-memory test database answers "table is locked".
+
+    Its shared cache fails a statement at once, without waiting, when a runner's
+    thread holds the table (even for the read of its checkpoint's state when idle);
+    an operator's write in a test (pause, resume, skip) waits for it here instead.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return call()
+        except OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def eventually(check: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:

@@ -18,7 +18,7 @@ from aether_django.projections import operations
 
 from .app import projections as app_projections
 from .app.projections import ledger
-from .conftest import eventually, save_ticks
+from .conftest import eventually, save_ticks, unlocked
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -83,7 +83,7 @@ def test_metrics_show_events_applied_batches_lag_and_state(unique, runners):
     assert "# TYPE aether_projection_batch_seconds histogram" in text
 
     # Live events count on, and a paused projection's lag grows and shows its state.
-    operations.pause(Ledger)
+    unlocked(lambda: operations.pause(Ledger))
     save_ticks(namespace, 3, first_version=11)
     eventually(lambda: state(name, namespace) == "paused", what="the pause")
     text = scrape()

@@ -37,7 +37,7 @@ from aether_django.store import get_event_store
 from .app import projections as app_projections
 from .app.models import Applied, OrderSummary
 from .app.projections import OrderSummaryProjection, ledger, order_summary
-from .conftest import continuous_writes, eventually, save_ticks
+from .conftest import continuous_writes, eventually, save_ticks, unlocked
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -392,11 +392,11 @@ def test_pause_and_resume(unique, runners, db_alias):
     first = save_ticks(namespace, 2)
     runners(Ledger)
     Ledger.wait_for(first[-1], timeout=15)
-    assert "paused " + name + " in 1 namespace(s)" in _command("pause", name)
+    assert "paused " + name + " in 1 namespace(s)" in unlocked(lambda: _command("pause", name))
     more = save_ticks(namespace, 2, first_version=3)
     with pytest.raises(ProjectionTimeoutError, match="paused"):
         Ledger.wait_for(more[-1], timeout=1.0)
-    assert "resumed " + name + " in 1 namespace(s)" in _command("resume", name)
+    assert "resumed " + name + " in 1 namespace(s)" in unlocked(lambda: _command("resume", name))
     Ledger.wait_for(more[-1], timeout=15)
     assert sequences(name, namespace, db_alias) == [e.sequence for e in first + more]
 
