@@ -26,9 +26,16 @@ pytestmark = [
 ]
 
 
-def scrape() -> str:
+@pytest.fixture
+def staff() -> Client:
+    """A staff session, made before any runner starts: the in-memory test database
+    fails a write at once ("table is locked") while a runner's thread uses it."""
     client = Client()
     client.force_login(User.objects.create_user(f"ops-{uuid.uuid4().hex[:6]}", is_staff=True))
+    return client
+
+
+def scrape(client: Client) -> str:
     response = client.get("/aether/metrics/")
     assert response.status_code == 200
     return response.content.decode()
@@ -49,7 +56,7 @@ def state(name: str, namespace: str) -> str | None:
     )
 
 
-def test_metrics_show_events_applied_batches_lag_and_state(unique, runners):
+def test_metrics_show_events_applied_batches_lag_and_state(unique, runners, staff):
     namespace = unique("proj-met")
     Ledger = ledger(namespace, unique("met"), batch_size=4)
     name = Ledger._meta.name
@@ -57,7 +64,7 @@ def test_metrics_show_events_applied_batches_lag_and_state(unique, runners):
     events = save_ticks(namespace, 10)
 
     # Nothing applied yet: the whole stream is the lag, and the projection is new.
-    text = scrape()
+    text = scrape(staff)
     assert value(text, f"aether_projection_lag{{{labels}}}") == 10
     assert value(text, f'aether_projection_state{{{labels},state="new"}}') == 1
     assert value(text, f'aether_projection_state{{{labels},state="running"}}') == 0
@@ -65,7 +72,7 @@ def test_metrics_show_events_applied_batches_lag_and_state(unique, runners):
 
     runners(Ledger)
     Ledger.wait_for(events[-1], timeout=15)
-    text = scrape()
+    text = scrape(staff)
     assert value(text, f"aether_projection_events_total{{{labels}}}") == 10
     assert value(text, f"aether_projection_lag{{{labels}}}") == 0
     assert value(text, f'aether_projection_state{{{labels},state="running"}}') == 1
@@ -86,12 +93,12 @@ def test_metrics_show_events_applied_batches_lag_and_state(unique, runners):
     unlocked(lambda: operations.pause(Ledger))
     save_ticks(namespace, 3, first_version=11)
     eventually(lambda: state(name, namespace) == "paused", what="the pause")
-    text = scrape()
+    text = scrape(staff)
     assert value(text, f"aether_projection_lag{{{labels}}}") == 3
     assert value(text, f'aether_projection_state{{{labels},state="paused"}}') == 1
 
 
-def test_metrics_after_a_poison_event(unique, runners):
+def test_metrics_after_a_poison_event(unique, runners, staff):
     namespace = unique("proj-metp")
     Ledger = ledger(namespace, unique("metp"), batch_size=50)
     name = Ledger._meta.name
@@ -101,7 +108,7 @@ def test_metrics_after_a_poison_event(unique, runners):
     runners(Ledger)
     eventually(lambda: state(name, namespace) == "failed", what="the projection to fail")
 
-    text = scrape()
+    text = scrape(staff)
     assert value(text, f"aether_projection_failures_total{{{labels}}}") == 1
     # The batch of 8 failed at its 6th event, the 5 before it were committed alone, and
     # the poison event was tried 1 + retries (2) times on its own: 4 rolled-back tries.
