@@ -325,22 +325,29 @@ class NatsCluster(ClosedOnExit):
         return self
 
     def wait_for_meta_leader(self, timeout: float = 30.0) -> None:
-        """Block until JetStream's meta group has a leader (streams can be created)."""
+        """Block until JetStream's meta group has a leader that counts every running
+        server as a current peer. A leader alone is not enough: right after start-up it
+        may know only some of the servers and refuse a replicated stream ("no suitable
+        peers for placement")."""
         deadline = time.monotonic() + timeout
+        running = [server for server in self.servers if server.running]
         while time.monotonic() < deadline:
-            for server in self.servers:
-                if not server.running:
-                    continue
+            for server in running:
                 url = f"http://127.0.0.1:{server.http_port}/jsz"
                 try:
                     with urllib.request.urlopen(url, timeout=1) as response:
-                        doc = json.loads(response.read())
+                        meta = json.loads(response.read()).get("meta_cluster") or {}
                 except OSError:
                     continue
-                if (doc.get("meta_cluster") or {}).get("leader"):
+                if meta.get("leader") != server.name:
+                    continue  # only the leader's view of its peers counts
+                peers = [p for p in meta.get("replicas") or [] if p.get("current")]
+                if meta.get("cluster_size", 0) >= len(self.servers) and (
+                    len(peers) >= len(running) - 1
+                ):
                     return
             time.sleep(0.2)
-        raise NatsServerError(f"no JetStream meta leader after {timeout}s")
+        raise NatsServerError(f"no JetStream meta leader with every peer after {timeout}s")
 
     def server_named(self, name: str) -> NatsServer:
         return next(server for server in self.servers if server.name == name)

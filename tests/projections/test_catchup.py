@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 import nats
 import pytest
+from django.db import DatabaseError
 from django.test import override_settings
 
 from aether_django.bus import get_event_bus
@@ -23,6 +24,7 @@ from aether_django.errors import ReplayError
 from aether_django.events import Event, encode_event
 from aether_django.models import ProjectionCheckpoint
 from aether_django.projections import operations, sources
+from aether_django.projections import runner as runner_module
 from aether_django.projections.runner import catch_up
 from aether_django.runtime import get_runtime
 from aether_django.store import InMemoryEventStore, get_event_store
@@ -60,6 +62,7 @@ class Reads:
         self.calls = 0
         self.events = 0
         self.afters: list[int] = []
+        self.sequences: set[int] = set()
 
 
 @pytest.fixture
@@ -75,6 +78,7 @@ def store_reads(monkeypatch) -> Iterator[dict[str, Reads]]:
         reads.afters.append(after_sequence)
         events = await original(self, after_sequence, **kwargs)
         reads.events += len(events)
+        reads.sequences.update(event.sequence or 0 for event in events)
         return events
 
     monkeypatch.setattr(store_class, "aget_stream_events", counting)
@@ -196,9 +200,11 @@ def test_catch_up_reads_the_history_from_the_store_and_subscribes_at_the_head(
     history = save_ticks(namespace, 300)
     runners(Ledger)
     Ledger.wait_for(history[-1], timeout=30)
-    # Every event of the history came through the store's reads...
+    # Every event of the history came through the store's reads (a batch the test
+    # database refused, "table is locked" while this thread reads the checkpoint, makes
+    # the worker start over from its checkpoint and read part of it again)...
     reads = store_reads[namespace]
-    assert reads.events == len(history)
+    assert reads.sequences == {event.sequence for event in history}
     assert reads.afters[0] == 0
     # ... and the bus was asked only for what follows the head.
     eventually(lambda: (namespace, history[-1].sequence + 1) in subscriptions, what="live")
@@ -212,6 +218,35 @@ def test_catch_up_reads_the_history_from_the_store_and_subscribes_at_the_head(
     Ledger.wait_for(later[-1], timeout=15)
     assert reads.calls == calls
     assert applied_in_order(Ledger._meta.name, namespace) == [e.sequence for e in history + later]
+
+
+def test_a_batch_the_database_refuses_is_read_again_from_the_checkpoint(
+    unique, runners, store_reads, monkeypatch
+):
+    """A batch whose checkpoint write fails (a locked SQLite file, a lost connection)
+    commits nothing; the worker starts over from its checkpoint through the store, so the
+    history is read partly twice and applied once."""
+    namespace = unique("proj-dberr")
+    Ledger = ledger(namespace, unique("dberr"), batch_size=50)
+    history = save_ticks(namespace, 120)
+    refused: list[int] = []
+    original = runner_module.NamespaceWorker._apply
+
+    def refuse_once(self, events, previous):
+        if not refused:
+            refused.append(previous)
+            raise DatabaseError("database table is locked")
+        return original(self, events, previous)
+
+    monkeypatch.setattr(runner_module.NamespaceWorker, "_apply", refuse_once)
+    runners(Ledger)
+    Ledger.wait_for(history[-1], timeout=30)
+    assert refused == [0]
+    reads = store_reads[namespace]
+    assert reads.afters.count(0) == 2  # read from the checkpoint again
+    assert reads.sequences == {event.sequence for event in history}
+    assert reads.events > len(history)
+    assert applied_in_order(Ledger._meta.name, namespace) == [e.sequence for e in history]
 
 
 def test_a_rebuild_replays_through_the_store(unique, store_reads, subscriptions):

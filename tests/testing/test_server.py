@@ -15,6 +15,7 @@ import pytest
 
 import aether_django
 from aether_django.testing import (
+    NatsCluster,
     NatsServer,
     NatsServerError,
     find_free_port,
@@ -204,3 +205,19 @@ def test_a_binary_whose_version_cannot_be_told_is_refused(tmp_path: Path) -> Non
         NatsServer(binary=_fake_server(tmp_path, "something else"))
     with pytest.raises(NatsServerError, match="cannot run"):
         NatsServer(binary=str(tmp_path / "missing"))
+
+
+@pytest.mark.slow
+async def test_a_started_cluster_places_a_replicated_stream_at_once():
+    """``NatsCluster.start()`` returns only once the meta leader counts every server as a
+    current peer: before, it returned at the first meta leader, which sometimes knew only
+    two of three servers and refused an R3 stream ('no suitable peers for placement')."""
+    for attempt in range(6):
+        with NatsCluster(3).start() as cluster:
+            nc = await nats.connect(cluster.url.split(","))
+            try:
+                await nc.jetstream().add_stream(
+                    name=f"placed-{attempt}", subjects=[f"placed.{attempt}"], num_replicas=3
+                )
+            finally:
+                await nc.close()
