@@ -51,6 +51,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from django.core.exceptions import ObjectDoesNotExist
 
+from . import correlation
 from .errors import (
     AetherError,
     AggregateError,
@@ -87,7 +88,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: Metadata key holding an event's schema version (absent means 1).
 SCHEMA_KEY = "schema"
-#: Command ids an aggregate remembers (and snapshots) to recognise a repeated command.
+#: Command ids an aggregate remembers (and snapshots) to recognise a repeated command,
+#: at least; an aggregate with a longer snapshot interval remembers that many
+#: (``Options.command_window``), so a snapshot never forgets a command the events
+#: after it would not show.
 RECENT_COMMANDS = 100
 #: Meta options an aggregate may declare.
 META_OPTIONS = frozenset(
@@ -260,6 +264,11 @@ class Options:
     def label(self) -> str:
         return f"{self.model.__module__}.{self.model.__qualname__}"
 
+    @property
+    def command_window(self) -> int:
+        """How many of an actor's latest commands are recognised when sent again."""
+        return max(RECENT_COMMANDS, self.snapshot_every or 0)
+
 
 def _positive_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
@@ -379,13 +388,17 @@ class Aggregate:
         self.version = 0
         self._pending: list[Event] = []
         self._command_id: str | None = None
+        self._command_metadata: dict[str, str] = {}
         # Stream sequence of the last stored event applied, and the command ids of
         # the last ones: a snapshot keeps both, so loading can start right after it
         # and a node can tell a command it already ran (see sharding.routing).
         self._last_sequence = 0
+        #: Whether the last update() found its command id already applied (and did
+        #: not run the command again).
+        self.command_replayed = False
         # (command id, version of the last event it recorded), oldest first.
         self._recent_commands: collections.deque[tuple[str, int]] = collections.deque(
-            maxlen=RECENT_COMMANDS
+            maxlen=self._meta.command_window
         )
         for name, default in self._state_fields.items():
             # Each instance gets its own copy of mutable defaults (lists, dicts).
@@ -411,30 +424,43 @@ class Aggregate:
                 f"{type(self).__name__} has no handler for {event_type!r}; "
                 f"add a method decorated with @apply({event_type!r})"
             )
-        meta = dict(metadata or {})
+        meta = {**self._command_metadata, **(metadata or {})}
         schema = self._meta.event_schemas.get(event_type, 1)
         if schema > 1:
             meta[SCHEMA_KEY] = str(schema)
+        command_id = command_id or self._command_id
+        if correlation.current() is None and self._pending:
+            # Outside any request or command context, the events recorded before one
+            # save belong together: they share the first one's ids.
+            first = self._pending[-1].metadata
+            for key in (correlation.CORRELATION_KEY, correlation.CAUSATION_KEY):
+                if key in first:
+                    meta.setdefault(key, first[key])
         event = Event(
             event_type=event_type,
             actor_id=self.actor_id,
             version=self.version + 1,
             data={**(data or {}), **fields},
-            command_id=command_id or self._command_id,
-            metadata=meta,
+            command_id=command_id,
+            metadata=correlation.stamp(meta, command_id=command_id),
         )
         self._apply(event)
         self._pending.append(event)
         return event
 
     @contextlib.contextmanager
-    def command_context(self, command_id: str | None) -> Iterator[None]:
-        """Within the block, events recorded carry ``command_id`` (unless given their own)."""
-        previous, self._command_id = self._command_id, command_id
+    def command_context(
+        self, command_id: str | None, metadata: Mapping[str, str] | None = None
+    ) -> Iterator[None]:
+        """Within the block, events recorded carry ``command_id`` (unless given their own)
+        and the entries of ``metadata`` (unless the command gives the same keys)."""
+        previous = self._command_id, self._command_metadata
+        self._command_id = command_id
+        self._command_metadata = dict(metadata or {})
         try:
             yield
         finally:
-            self._command_id = previous
+            self._command_id, self._command_metadata = previous
 
     @property
     def pending_events(self) -> list[Event]:
@@ -469,8 +495,8 @@ class Aggregate:
             self._recent_commands.append((event.command_id, event.version))
 
     def recorded_version(self, command_id: str) -> int | None:
-        """The version of the last event ``command_id`` recorded, if it is among the last
-        RECENT_COMMANDS commands; None otherwise."""
+        """The version of the last event ``command_id`` recorded, if it is among the
+        actor's last ``Meta``-dependent ``command_window`` commands; None otherwise."""
         for recorded, version in reversed(self._recent_commands):
             if recorded == command_id:
                 return version
@@ -775,7 +801,14 @@ class AggregateManager(Generic[A]):
         return random.uniform(0, min(self.backoff_cap, self.backoff_base * 2**attempt))
 
     def update(
-        self, actor_id: str, command: Callable[[A], Any], *, retries: int = 5, create: bool = False
+        self,
+        actor_id: str,
+        command: Callable[[A], Any],
+        *,
+        retries: int = 5,
+        create: bool = False,
+        command_id: str | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> A:
         """Load the actor, run ``command`` on it and save; on conflict reload and run it again.
 
@@ -783,12 +816,21 @@ class AggregateManager(Generic[A]):
         than once). DomainError and other errors from the command are not
         retried. With ``create=True`` a missing actor starts empty. Raises
         UpdateRetriesExhausted after ``retries`` conflicting retries.
+
+        With ``command_id``, the events carry it and a command id the actor already
+        holds among its latest ``command_window`` commands is not run again: the
+        actor is returned as it is (``obj.command_replayed`` is then True).
+        ``metadata`` entries are added to every event the command records.
         """
         cached = self._take_cached(actor_id)
         attempt = 0
         while True:
             obj = cached if cached is not None else self._load_for_update(actor_id, create)
-            command(obj)
+            if self._already_done(obj, command_id):
+                self._keep(obj)
+                return obj
+            with obj.command_context(command_id, metadata):
+                command(obj)
             try:
                 obj.save()
             except VersionConflictError as exc:
@@ -800,6 +842,12 @@ class AggregateManager(Generic[A]):
                 continue
             self._keep(obj)
             return obj
+
+    @staticmethod
+    def _already_done(obj: Aggregate, command_id: str | None) -> bool:
+        done = command_id is not None and obj.recorded_version(command_id) is not None
+        obj.command_replayed = done
+        return done
 
     def _conflict_delay(
         self,
@@ -833,6 +881,8 @@ class AggregateManager(Generic[A]):
         *,
         retries: int = 5,
         create: bool = False,
+        command_id: str | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> A:
         """Async twin of :meth:`update`; ``command`` may be a coroutine function."""
         cached = self._take_cached(actor_id)
@@ -847,9 +897,13 @@ class AggregateManager(Generic[A]):
                     if not create:
                         raise
                     obj = self.model(actor_id)
-            result = command(obj)
-            if inspect.isawaitable(result):
-                await result
+            if self._already_done(obj, command_id):
+                self._keep(obj)
+                return obj
+            with obj.command_context(command_id, metadata):
+                result = command(obj)
+                if inspect.isawaitable(result):
+                    await result
             try:
                 await obj.asave()
             except VersionConflictError as exc:

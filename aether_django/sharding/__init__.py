@@ -15,6 +15,7 @@ process runtime: ``send_command`` / ``asend_command`` run a command on an actor'
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from .routing import CommandError, RemoteDomainError, ShardUnavailableError
@@ -34,6 +35,7 @@ async def asend_command(
     command: str | None = None,
     *,
     command_id: str | None = None,
+    metadata: Mapping[str, str] | None = None,
     **arguments: Any,
 ) -> dict[str, Any]:
     """Run ``command(**arguments)`` on the node that owns the actor; return its new state.
@@ -44,7 +46,7 @@ async def asend_command(
     move that does not settle), StoreUnavailableError or SaveOutcomeUnknownError when
     the owner could not store the events, CommandError when the command failed there.
     Pass the same ``command_id`` to send a command again after one of those errors:
-    it is run at most once.
+    it is run at most once. ``metadata`` entries are added to the command's events.
     """
     from ..conf import aether_settings
     from ..runtime import get_runtime
@@ -58,6 +60,7 @@ async def asend_command(
         num_shards=int(aether_settings.NUM_SHARDS),
         timeout=float(aether_settings.TIMEOUT) * 2,
         command_id=command_id,
+        metadata=metadata,
         **arguments,
     )
 
@@ -68,11 +71,14 @@ def send_command(
     command: str | None = None,
     *,
     command_id: str | None = None,
+    metadata: Mapping[str, str] | None = None,
     **arguments: Any,
 ) -> dict[str, Any]:
     """Sync twin of :func:`asend_command`."""
     from ..runtime import get_runtime
 
     return get_runtime().run(
-        asend_command(namespace, actor_id, command, command_id=command_id, **arguments)
+        asend_command(
+            namespace, actor_id, command, command_id=command_id, metadata=metadata, **arguments
+        )
     )

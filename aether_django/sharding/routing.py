@@ -17,11 +17,13 @@ import json
 import logging
 import uuid
 from collections import OrderedDict
+from collections.abc import Mapping
 from typing import Any
 
 import nats.errors
 from nats.aio.msg import Msg
 
+from .. import correlation
 from ..aggregates import Aggregate, AggregateDoesNotExist, DomainError, get_aggregate_class
 from ..aio import Runtime
 from ..cluster.hashring import shard_for
@@ -67,6 +69,7 @@ async def send(
     timeout: float = 10.0,
     attempt_timeout: float = 2.0,
     command_id: str | None = None,
+    metadata: Mapping[str, str] | None = None,
     **arguments: Any,
 ) -> dict[str, Any]:
     """Run ``command(**arguments)`` on the actor's owner (or just read it, with no command).
@@ -81,14 +84,22 @@ async def send(
     ``command_id`` (a fresh one by default) is stored with the command's events; a
     command sent again with the same id is run at most once, so after one of those
     errors sending it again with the same id is safe.
+
+    ``metadata`` entries are added to the command's events; the correlation and
+    causation ids in effect here (:mod:`aether_django.correlation`) travel with the
+    command, so the owner's events carry them.
     """
+    command_id = command_id or str(uuid.uuid4())
+    causes = correlation.current() or correlation.Causes(correlation.new_id(), command_id)
     request = json.dumps(
         {
             "namespace": namespace,
             "actor_id": actor_id,
             "command": command,
             "arguments": arguments,
-            "command_id": command_id or str(uuid.uuid4()),
+            "command_id": command_id,
+            "metadata": dict(metadata or {}),
+            "causes": [causes.correlation_id, causes.causation_id],
         }
     ).encode()
     subject = shard_subject(shard_for(actor_id, num_shards))
@@ -222,6 +233,10 @@ class ShardHost:
         command = doc.get("command")
         arguments = doc.get("arguments") or {}
         command_id = doc.get("command_id")
+        metadata = _string_map(doc.get("metadata"))
+        causes = doc.get("causes")
+        if not (isinstance(causes, list) and len(causes) == 2 and all(map(_is_text, causes))):
+            causes = [correlation.new_id(), command_id or correlation.new_id()]
         if command is not None and (
             not isinstance(command, str) or command not in model._meta.commands
         ):
@@ -254,7 +269,10 @@ class ShardHost:
                 self._remember(model, actor, shard)
                 return {**self._answer(actor, shard), "version": done}
             try:
-                with actor.command_context(command_id):
+                with (
+                    correlation.use(causes[0], causes[1]),
+                    actor.command_context(command_id, metadata),
+                ):
                     getattr(actor, command)(**arguments)
             except DomainError as exc:
                 return {"error": {"type": "domain", "message": str(exc)}}
@@ -325,3 +343,14 @@ class ShardHost:
             "node": self.node_id,
             "shard": shard,
         }
+
+
+def _is_text(value: object) -> bool:
+    return isinstance(value, str) and bool(value)
+
+
+def _string_map(value: object) -> dict[str, str]:
+    """A request's event metadata, kept only if it is a map of strings (the wire format's)."""
+    if not isinstance(value, dict):
+        return {}
+    return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)}
