@@ -716,7 +716,7 @@ class AggregateManager(Generic[A]):
             # may be shorter than this class's window (_window_start): their commands
             # fill it up.
             recent += _commands_of(e for e in events if e.version <= snapshot.version)
-            obj._recent_commands.extend(_latest_first_seen(recent))
+            obj._recent_commands.extend(_by_last_version(recent))
         for event in events:
             if at_version is not None and event.version > at_version:
                 break
@@ -966,7 +966,7 @@ def _commands_of(events: Iterable[Event]) -> list[tuple[str, int]]:
     return [(e.command_id, e.version) for e in events if e.command_id]
 
 
-def _latest_first_seen(pairs: Iterable[tuple[str, int]]) -> list[tuple[str, int]]:
+def _by_last_version(pairs: Iterable[tuple[str, int]]) -> list[tuple[str, int]]:
     """``pairs`` of (command id, version) in version order, each command once, at the
     version of its last event (a command may record several)."""
     last: dict[str, int] = {}
