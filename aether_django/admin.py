@@ -86,6 +86,8 @@ UNAVAILABLE = (AetherError, OSError, NatsError)
 # so that the two answers are the same.
 NO_SUCH_NAMESPACE = "no such namespace"
 NO_SUCH_ACTOR = "no such actor"
+#: Longest correlation id the correlation page searches for (an id is a short token).
+MAX_CORRELATION_ID = 255
 
 
 def timeline_page(
@@ -212,6 +214,8 @@ class StreamAdmin(_InspectionAdmin):
         return [
             path("", page(self.namespaces_view), name="aether_django_streaminspection_changelist"),
             # Under "ns/": a namespace may be called "add", and an actor "x/change".
+            # A query string, not a path: a correlation id is any string an event holds.
+            path("correlation/", page(self.correlation_view), name="aether_correlation"),
             path("ns/<str:namespace>/", page(self.actors_view), name="aether_namespace"),
             path("ns/<str:namespace>/<path:actor_id>/", page(self.actor_view), name="aether_actor"),
             *self.refused_urls(),
@@ -360,6 +364,38 @@ class StreamAdmin(_InspectionAdmin):
             aggregate_name=getattr(model, "__name__", ""),
             state=state,
             state_error=state_error,
+        )
+
+    def correlation_view(self, request: HttpRequest) -> HttpResponse:
+        """Every event with one correlation id, in the namespaces the user may read (or
+        in the one ``ns`` names), among the latest of each (inspection.CORRELATION_SCAN)."""
+        correlation_id = request.GET.get("id", "").strip()
+        namespace = request.GET.get("ns", "").strip()
+        if not correlation_id or len(correlation_id) > MAX_CORRELATION_ID:
+            raise Http404("give a correlation id: ?id=")
+        access = access_for(request)
+        if namespace:
+            self.check_readable(request, namespace, NO_SUCH_NAMESPACE)
+        try:
+            namespaces = [namespace] if namespace else inspection.visible_namespaces(access)
+            found = inspection.correlated_events(
+                correlation_id,
+                namespaces,
+                scan=inspection.CORRELATION_SCAN,
+                limit=inspection.CORRELATION_LIMIT,
+            )
+        except UNAVAILABLE as exc:
+            return self.error_page(request, exc)
+        return self.render(
+            request,
+            "correlation.html",
+            title=f"Correlation {correlation_id}",
+            correlation_id=correlation_id,
+            namespace=namespace,
+            searched=namespaces,
+            found=found,
+            scan=inspection.CORRELATION_SCAN,
+            limit=inspection.CORRELATION_LIMIT,
         )
 
 

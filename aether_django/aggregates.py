@@ -46,7 +46,7 @@ import random
 import textwrap
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any, ClassVar, Generic, TypeVar
 
 from django.core.exceptions import ObjectDoesNotExist
@@ -526,6 +526,9 @@ class Aggregate:
                 "state": self.get_snapshot_state(),
                 "sequence": self._last_sequence,
                 "recent_commands": [list(pair) for pair in self._recent_commands],
+                # How many it could hold: a reader with a longer window can tell a
+                # complete list from one cut short (see AggregateManager._window_start).
+                "command_window": self._meta.command_window,
             },
         )
 
@@ -646,6 +649,31 @@ class AggregateManager(Generic[A]):
             return None
         return snapshot
 
+    def _window_start(self, snapshot: ActorSnapshot | None) -> int:
+        """The first version to read after loading ``snapshot`` (0: the whole history).
+
+        Right after the snapshot, unless its list of recent commands may have been cut
+        short of this class's ``command_window``: a snapshot written when the window
+        was smaller (100 before it grew with ``snapshot_every``, or before
+        ``snapshot_every`` was raised) and full to that size. Then the events of the
+        window's length before it are read as well, for their command ids only, so a
+        command sent again is still recognised across the snapshot.
+        """
+        if snapshot is None:
+            return 0
+        window = self.model._meta.command_window
+        written = _int(snapshot.state.get("command_window")) or RECENT_COMMANDS
+        held = len(snapshot.state.get("recent_commands") or [])
+        if written < window and held >= written and snapshot.version > held:
+            return max(1, snapshot.version - window + 1)
+        return snapshot.version + 1
+
+    def _after(self, snapshot: ActorSnapshot | None) -> int:
+        """Where the events to read start in the stream (0: unknown, search for them)."""
+        if snapshot is None or self._window_start(snapshot) <= snapshot.version:
+            return 0  # the snapshot's sequence is past the first event wanted
+        return _int(snapshot.state.get("sequence"))
+
     def _within_history(self, snapshot: ActorSnapshot, stored_version: int) -> bool:
         """Whether ``snapshot`` is at or below the actor's last stored version.
 
@@ -679,9 +707,16 @@ class AggregateManager(Generic[A]):
                 raise AggregateReplayError(actor_id, snapshot.version, exc, aggregate=name) from exc
             obj.version = snapshot.version
             obj._last_sequence = _int(snapshot.state.get("sequence"))
-            for pair in snapshot.state.get("recent_commands") or []:
-                if isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str):
-                    obj._recent_commands.append((pair[0], _int(pair[1])))
+            recent = [
+                (pair[0], _int(pair[1]))
+                for pair in snapshot.state.get("recent_commands") or []
+                if isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str)
+            ]
+            # Events at or before the snapshot were read only when its list of commands
+            # may be shorter than this class's window (_window_start): their commands
+            # fill it up.
+            recent += _commands_of(e for e in events if e.version <= snapshot.version)
+            obj._recent_commands.extend(_by_last_version(recent))
         for event in events:
             if at_version is not None and event.version > at_version:
                 break
@@ -721,12 +756,12 @@ class AggregateManager(Generic[A]):
             snapshot = self._usable_snapshot(store.get_latest_snapshot(actor_id), at_version)
         try:
             events = store.get_events(
-                actor_id, snapshot.version + 1 if snapshot else 0, after_sequence=_after(snapshot)
+                actor_id, self._window_start(snapshot), after_sequence=self._after(snapshot)
             )
             # Nothing stored after the snapshot: it must not claim more than is stored.
             if (
                 snapshot is not None
-                and not events
+                and not _past(snapshot, events)
                 and not self._within_history(snapshot, store.get_latest_version(actor_id))
             ):
                 snapshot, events = None, store.get_events(actor_id)
@@ -743,11 +778,11 @@ class AggregateManager(Generic[A]):
             snapshot = self._usable_snapshot(await store.aget_latest_snapshot(actor_id), at_version)
         try:
             events = await store.aget_events(
-                actor_id, snapshot.version + 1 if snapshot else 0, after_sequence=_after(snapshot)
+                actor_id, self._window_start(snapshot), after_sequence=self._after(snapshot)
             )
             if (
                 snapshot is not None
-                and not events
+                and not _past(snapshot, events)
                 and not self._within_history(snapshot, await store.aget_latest_version(actor_id))
             ):
                 snapshot, events = None, await store.aget_events(actor_id)
@@ -921,9 +956,23 @@ def _int(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
-def _after(snapshot: ActorSnapshot | None) -> int:
-    """Where the events after a snapshot start in the stream (0: unknown, search for them)."""
-    return _int(snapshot.state.get("sequence")) if snapshot is not None else 0
+def _past(snapshot: ActorSnapshot, events: list[Event]) -> bool:
+    """Whether any of ``events`` comes after ``snapshot``."""
+    return bool(events) and events[-1].version > snapshot.version
+
+
+def _commands_of(events: Iterable[Event]) -> list[tuple[str, int]]:
+    """(command id, version) of each event that has a command id, in version order."""
+    return [(e.command_id, e.version) for e in events if e.command_id]
+
+
+def _by_last_version(pairs: Iterable[tuple[str, int]]) -> list[tuple[str, int]]:
+    """``pairs`` of (command id, version) in version order, each command once, at the
+    version of its last event (a command may record several)."""
+    last: dict[str, int] = {}
+    for command_id, version in pairs:
+        last[command_id] = max(version, last.get(command_id, 0))
+    return sorted(last.items(), key=lambda pair: pair[1])
 
 
 # --- what the system checks need ------------------------------------------------------------

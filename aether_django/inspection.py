@@ -19,16 +19,17 @@ import asyncio
 import dataclasses
 from typing import Any
 
+from . import correlation
 from .access import NamespaceAccess
 from .aggregates import get_aggregate_class
 from .bus import get_event_bus
 from .cluster import cluster_config, shard_of
 from .cluster.beatlease import BeatHolder, BeatLease
 from .cluster.coordinator import Coordinator, Lease, NodeInfo, ShardMap
-from .errors import AggregateReplayError
+from .errors import AggregateReplayError, ReplayError
 from .events import Event
 from .runtime import get_runtime
-from .store import EventStore, get_event_store, list_namespaces
+from .store import EventStore, get_event_store, get_existing_event_store, list_namespaces
 from .store.base import NamespaceInfo
 
 __all__ = [
@@ -36,10 +37,13 @@ __all__ = [
     "ActorRows",
     "AggregateState",
     "ClusterStatus",
+    "CorrelatedEvent",
+    "Correlation",
     "actor_page",
     "actor_rows",
     "aggregate_state",
     "cluster_status",
+    "correlated_events",
     "event_at",
     "namespace_infos",
     "visible_namespaces",
@@ -123,6 +127,83 @@ def event_at(namespace: str, sequence: int, *, timeout: float = 2.0) -> Event | 
     without that feature raises UnsupportedSubscriptionError.
     """
     return get_runtime().run(_event_at(namespace, sequence, timeout))
+
+
+# --- correlation ----------------------------------------------------------------------------
+
+#: Events of each namespace a correlation search reads, the latest ones: an event's
+#: correlation id is in its metadata, which the server cannot filter by.
+CORRELATION_SCAN = 10_000
+#: Events a correlation search returns at most.
+CORRELATION_LIMIT = 500
+_SCAN_BATCH = 500
+
+
+@dataclasses.dataclass(frozen=True)
+class CorrelatedEvent:
+    """One event of a correlation and the namespace it is stored in."""
+
+    namespace: str
+    event: Event
+
+
+@dataclasses.dataclass(frozen=True)
+class Correlation:
+    """The events found with one correlation id, oldest first, and how far was looked."""
+
+    correlation_id: str
+    events: list[CorrelatedEvent]
+    #: Namespaces searched whose older events were not read (more than ``scan`` events).
+    partly_searched: list[str]
+    #: Stream sequences, per namespace, of messages that did not decode and were passed.
+    undecodable: dict[str, list[int]]
+    #: Whether more than ``limit`` events matched (the oldest are shown).
+    truncated: bool
+
+
+def correlated_events(
+    correlation_id: str,
+    namespaces: list[str],
+    *,
+    scan: int = CORRELATION_SCAN,
+    limit: int = CORRELATION_LIMIT,
+) -> Correlation:
+    """Every event of ``namespaces`` whose ``correlationId`` is ``correlation_id``,
+    among the latest ``scan`` events of each, oldest first (by time), at most ``limit``.
+
+    The caller decides which namespaces may be searched (the admin passes the ones the
+    user may read). Reads each stream from the end back ``scan`` events, in batches;
+    a message that does not decode is noted and passed over.
+    """
+    found: list[CorrelatedEvent] = []
+    partly: list[str] = []
+    undecodable: dict[str, list[int]] = {}
+    for namespace in namespaces:
+        # A name asked about that exists nowhere must not fill the cache of stores.
+        store = get_existing_event_store(namespace)
+        info = store.get_info()
+        if info is None or info.events == 0:
+            continue
+        after = max(info.first_sequence - 1, info.last_sequence - scan, 0)
+        if after > info.first_sequence - 1:
+            partly.append(namespace)
+        while after < info.last_sequence:
+            try:
+                batch = store.get_stream_events(after, limit=_SCAN_BATCH)
+            except ReplayError as exc:
+                undecodable.setdefault(namespace, []).append(exc.sequence)
+                after = max(after + 1, exc.sequence)
+                continue
+            if not batch:
+                break
+            for event in batch:
+                if event.metadata.get(correlation.CORRELATION_KEY) == correlation_id:
+                    found.append(CorrelatedEvent(namespace, event))
+            after = batch[-1].sequence or info.last_sequence
+    found.sort(key=lambda item: (item.event.timestamp, item.namespace, item.event.sequence or 0))
+    return Correlation(
+        correlation_id, found[:limit], partly, undecodable, truncated=len(found) > limit
+    )
 
 
 # --- aggregate state ----------------------------------------------------------------------

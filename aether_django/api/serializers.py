@@ -6,6 +6,7 @@ from typing import Any
 
 from rest_framework import serializers
 
+from ..correlation import CAUSATION_KEY, CORRELATION_KEY
 from ..events import Event
 from ..names import MAX_ACTOR_ID_LENGTH
 from .openapi import OpenApiSerializerExtension, PolymorphicProxySerializer, extend_schema_field
@@ -34,6 +35,10 @@ class EventSerializer(serializers.Serializer[Any]):
     version = serializers.IntegerField()
     data = serializers.JSONField()  # type: ignore[assignment]
     metadata = serializers.DictField(child=serializers.CharField())
+    #: ``metadata["correlationId"]`` and ``metadata["causationId"]``, read out (None for
+    #: an event stored without them).
+    correlation_id = serializers.CharField(allow_null=True)
+    causation_id = serializers.CharField(allow_null=True)
     timestamp = serializers.DateTimeField()
     sequence = serializers.IntegerField(allow_null=True)
 
@@ -48,6 +53,8 @@ def event_body(event: Event) -> dict[str, Any]:
         "version": event.version,
         "data": dict(event.data),
         "metadata": dict(event.metadata),
+        "correlation_id": event.metadata.get(CORRELATION_KEY),
+        "causation_id": event.metadata.get(CAUSATION_KEY),
         "timestamp": event.timestamp.isoformat().replace("+00:00", "Z"),
         "sequence": event.sequence,
     }

@@ -63,6 +63,13 @@ class ProjectionContext:
     #: The cluster node running the projection (docs/projections.md#placement), or None
     #: when it runs outside a node (``aether_projections run``, a rebuild).
     node: str | None = None
+    #: The event's correlation id (``event.metadata["correlationId"]``): the same for
+    #: everything one request or command started. None for an event stored without one
+    #: (before correlation ids existed, or appended raw without it).
+    correlation_id: str | None = None
+    #: The event's causation id (``event.metadata["causationId"]``): what directly
+    #: caused it (a request, a command, another event). None when it has none.
+    causation_id: str | None = None
 
 
 def on(event_type: str) -> Callable[[H], H]:

@@ -45,7 +45,7 @@ from django.db import DatabaseError, connections, transaction
 from django.utils import timezone
 from nats.errors import Error as NatsError
 
-from .. import metrics
+from .. import correlation, metrics
 from ..bus import get_event_bus
 from ..bus.base import Feature, Start
 from ..errors import AetherError, ProjectionError, ReplayError
@@ -365,6 +365,8 @@ class NamespaceWorker(threading.Thread):
                     projection=meta.name,
                     database=meta.database,
                     node=self.node,
+                    correlation_id=event.metadata.get(correlation.CORRELATION_KEY),
+                    causation_id=event.metadata.get(correlation.CAUSATION_KEY),
                 )
                 try:
                     # Each event in a savepoint of its own would cost a round trip per

@@ -15,6 +15,7 @@ import json
 import re
 import uuid
 from datetime import UTC, datetime
+from urllib.parse import quote
 
 import pytest
 from django.conf import settings
@@ -184,6 +185,108 @@ def test_the_timeline_shows_each_events_metadata_and_command_id(staff, ns):
     # Events saved without them show neither.
     placed = page[page.index("<td>Placed</td>") :].split("</tr>")[0]
     assert "command " not in placed and "user" not in placed
+
+
+def correlated(namespace: str, actor_id: str, version: int, correlation_id: str, **data) -> Event:
+    return get_event_store(namespace).save_event(
+        Event(
+            event_type="Noted",
+            actor_id=actor_id,
+            version=version,
+            data=data,
+            metadata={"correlationId": correlation_id, "causationId": f"cause-{version}"},
+        )
+    )
+
+
+def test_the_timeline_shows_correlation_and_causation_and_links_the_correlation(staff, ns):
+    correlation_id = f"req {uuid.uuid4().hex[:6]}&x"  # any text: it travels in a query string
+    correlated(ns, "order-1", 3, correlation_id)
+    page = staff.get(f"{STREAMS}/ns/{ns}/order-1/").content.decode()
+    assert "<th>Correlation</th><th>Causation</th>" in page
+    noted = page[page.index("<td>Noted</td>") :].split("</tr>")[0]
+    link = f"{STREAMS}/correlation/?id={quote(correlation_id)}"
+    assert f'<a href="{link}"' in noted and html.escape(correlation_id) in noted
+    assert f'href="{link}&amp;ns={ns}"' in noted  # the same, in this namespace only
+    assert "cause-3" in noted
+    # An event stored without them (appended raw, or before they existed) shows neither.
+    placed = page[page.index("<td>Placed</td>") :].split("</tr>")[0]
+    assert "correlation/" not in placed
+    # The link leads to the event.
+    found = staff.get(f"{STREAMS}/correlation/", {"id": correlation_id}).content.decode()
+    assert f"{STREAMS}/ns/{ns}/order-1/" in found and "cause-3" in found
+
+
+@pytest.fixture
+def spread(ns, other) -> tuple[str, str]:
+    """One correlation across ``ns``, a second granted namespace and ``other`` (not
+    granted to staff); and the second namespace's name."""
+    correlation_id = f"corr-{uuid.uuid4().hex[:8]}"
+    second = f"adm-{uuid.uuid4().hex[:8]}"
+    correlated(ns, "order-1", 3, correlation_id, where="mark-one")
+    correlated(second, "ship-1", 1, correlation_id, where="mark-two")
+    correlated(second, "ship-1", 2, "another", where="mark-unrelated")
+    correlated(other, "order-1", 2, correlation_id, where="mark-hidden")
+    return correlation_id, second
+
+
+def test_a_correlation_lists_its_events_in_the_namespaces_the_user_may_read(
+    staff, root, ns, other, spread
+):
+    correlation_id, second = spread
+    page = staff.get(f"{STREAMS}/correlation/", {"id": correlation_id}).content.decode()
+    assert "namespaces you can read" in page  # every adm-* one, and test-orders
+    assert "mark-one" in page and "mark-two" in page
+    assert "mark-unrelated" not in page
+    # Nothing of a namespace the user may not read, not even its name.
+    assert "mark-hidden" not in page and other not in page
+    assert f"{STREAMS}/ns/{second}/ship-1/" in page
+    # The superuser sees it everywhere, oldest first.
+    everything = root.get(f"{STREAMS}/correlation/", {"id": correlation_id}).content.decode()
+    assert (
+        everything.index("mark-one")
+        < everything.index("mark-two")
+        < everything.index("mark-hidden")
+    )
+    # In one namespace only.
+    one = staff.get(f"{STREAMS}/correlation/", {"id": correlation_id, "ns": second})
+    assert one.status_code == 200
+    text = one.content.decode()
+    assert "mark-two" in text and "mark-one" not in text and f"namespace {second}" in text
+
+
+def test_a_correlation_page_refuses_what_it_cannot_search(staff, ns, other):
+    assert staff.get(f"{STREAMS}/correlation/").status_code == 404
+    assert staff.get(f"{STREAMS}/correlation/", {"id": "  "}).status_code == 404
+    assert staff.get(f"{STREAMS}/correlation/", {"id": "x" * 256}).status_code == 404
+    # A namespace the user may not read is the 404 of one that does not exist.
+    hidden = staff.get(f"{STREAMS}/correlation/", {"id": "x", "ns": other})
+    missing = staff.get(f"{STREAMS}/correlation/", {"id": "x", "ns": "adm-nonexistent"})
+    assert hidden.status_code == 404
+    assert missing.status_code == 200 and "No event with this correlation id." in missing.text
+    assert staff.get(f"{STREAMS}/correlation/", {"id": "x", "ns": "bad..name"}).status_code == 404
+    # Read-only.
+    assert staff.post(f"{STREAMS}/correlation/", {"id": "x"}).status_code == 405
+    none = staff.get(f"{STREAMS}/correlation/", {"id": "nothing-has-this"}).content.decode()
+    assert "No event with this correlation id." in none
+
+
+def test_a_correlation_search_reads_only_the_latest_events_and_says_so(
+    staff, ns, spread, monkeypatch
+):
+    from aether_django import inspection
+
+    correlation_id, second = spread
+    monkeypatch.setattr(inspection, "CORRELATION_SCAN", 1)
+    page = staff.get(f"{STREAMS}/correlation/", {"id": correlation_id}).content.decode()
+    # The last event of ns is the correlated one; the second namespace's last is not.
+    assert "mark-one" in page and "mark-two" not in page
+    assert "Older events not searched in:" in page and second in page
+    monkeypatch.setattr(inspection, "CORRELATION_LIMIT", 1)
+    monkeypatch.setattr(inspection, "CORRELATION_SCAN", 100)
+    page = staff.get(f"{STREAMS}/correlation/", {"id": correlation_id}).content.decode()
+    assert "More than 1 events match; the first 1 are shown." in page
+    assert "mark-one" in page and "mark-two" not in page
 
 
 def timeline_versions(page: str) -> list[int]:

@@ -1,5 +1,6 @@
 """The aggregates the tests use: the example shop's Order in a test namespace, a Counter,
-an Article whose state needs the snapshot hooks, and a Parcel whose event changed shape."""
+an Article whose state needs the snapshot hooks, a Parcel whose event changed shape, and a
+Ledger with a long snapshot interval (and so a long window of remembered commands)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from aether_django.events import Event
 from example_project.shop.aggregates import Order as ShopOrder
 from example_project.shop.aggregates import OrderError
 
-__all__ = ["Article", "Counter", "Order", "OrderError", "Parcel"]
+__all__ = ["Article", "Counter", "Ledger", "Order", "OrderError", "Parcel"]
 
 
 class Order(ShopOrder):
@@ -114,3 +115,27 @@ class Parcel(Aggregate):
     @upcaster("Weighed", schema=2)
     def _weighed_v2(event: Event) -> Event:
         return evolve(event, schema=3, data={**event.data, "source": "unknown"})
+
+
+class Ledger(Aggregate):
+    """Entries, snapshotted every 250 events: the idempotency tests' long window."""
+
+    entries: int = 0
+
+    class Meta:
+        namespace = "test-ledgers"
+        snapshot_every = 250
+
+    @command
+    def post(self, amount: int = 1) -> None:
+        self.record("Posted", amount=amount)
+
+    @command
+    def post_pair(self) -> None:
+        """Two events of one command (a debit and its credit)."""
+        self.record("Posted", amount=-1)
+        self.record("Posted", amount=1)
+
+    @apply("Posted")
+    def _posted(self, event: Event) -> None:
+        self.entries += 1

@@ -427,3 +427,29 @@ def test_the_schema_is_for_authenticated_callers_unless_a_setting_opens_it(calle
     with override_settings(AETHER={**settings.AETHER, "API_SCHEMA_PUBLIC": True}):
         opened = callers["anonymous"].get(f"{API}/schema/", {"format": "json"})
         assert opened.status_code == 200 and "openapi" in opened.json()
+
+
+def test_events_show_their_correlation_and_causation_ids(root, ns):
+    from aether_django import correlation
+    from aether_django.store import get_event_store
+
+    store = get_event_store(ns)
+    with correlation.use("req-api", "cause-api"):
+        stamped = correlation.stamp({"user": "ann"}, command_id="cmd-1")
+    store.save_event(Event(event_type="Placed", actor_id="order-1", version=1, metadata=stamped))
+    append(root, ns, event_type="Paid", version=2)  # appended raw: no ids
+    events = root.get(events_url(ns)).data["results"]
+    assert [(e["correlation_id"], e["causation_id"]) for e in events] == [
+        ("req-api", "cause-api"),
+        (None, None),
+    ]
+    # Read out of the metadata, which keeps them too.
+    assert events[0]["metadata"] == {
+        "user": "ann",
+        "correlationId": "req-api",
+        "causationId": "cause-api",
+    }
+    # The append answer has the same shape.
+    answer = append(root, ns, event_type="Shipped", version=3, metadata={"correlationId": "x"})
+    (shipped,) = answer.data["events"]
+    assert (shipped["correlation_id"], shipped["causation_id"]) == ("x", None)

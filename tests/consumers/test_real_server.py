@@ -448,3 +448,33 @@ async def test_a_slow_catching_up_client_gets_every_large_event_once_in_order(
     # The consumer was held to its budget: messages were dropped and read again.
     assert get_event_bus().metrics.get("restarts", 0) > restarts
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+async def test_an_event_frame_carries_the_correlation_and_causation_ids(server):
+    """A command run in a request's context reaches a real WebSocket client with both
+    ids, at the frame's event's top level and in its metadata."""
+    import websockets
+
+    from aether_django import correlation
+    from tests.aggregates.domain import Ledger
+
+    actor = f"ledger-{uuid.uuid4().hex[:8]}"
+    await Ledger.objects.aupdate(actor, lambda ledger: ledger.post(), create=True)  # the stream
+    cookie = await session_cookie()
+    async with websockets.connect(
+        f"ws://{server}/ws/aether/", additional_headers={"Cookie": cookie}
+    ) as ws:
+        await ws.send(json.dumps({"action": "subscribe", "id": "s", "namespace": "test-ledgers"}))
+        assert json.loads(await ws.recv())["type"] == "subscribed"
+        with correlation.use("req-ws", "cause-ws"):
+            await Ledger.objects.aupdate(actor, lambda ledger: ledger.post_pair(), command_id="c")
+        frames = []
+        while len(frames) < 2:
+            frame = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            if frame["type"] == "event" and frame["event"]["actor_id"] == actor:
+                frames.append(frame["event"])
+    for event in frames:
+        assert (event["correlation_id"], event["causation_id"]) == ("req-ws", "cause-ws")
+        assert event["metadata"]["correlationId"] == "req-ws"
+        assert event["metadata"]["causationId"] == "cause-ws"
+        assert event["command_id"] == "c"

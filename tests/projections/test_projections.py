@@ -23,7 +23,13 @@ from aether_django.errors import ProjectionError, ProjectionTimeoutError
 from aether_django.events import Event
 from aether_django.management.commands import aether_projections
 from aether_django.models import ProjectionCheckpoint, ProjectionSkip
-from aether_django.projections import Projection, get_projection, on, operations
+from aether_django.projections import (
+    Projection,
+    ProjectionContext,
+    get_projection,
+    on,
+    operations,
+)
 from aether_django.projections.runner import (
     NamespaceWorker,
     ProjectionRunner,
@@ -36,7 +42,7 @@ from aether_django.store import get_event_store
 
 from .app import projections as app_projections
 from .app.models import Applied, OrderSummary
-from .app.projections import OrderSummaryProjection, ledger, order_summary
+from .app.projections import LedgerBase, OrderSummaryProjection, ledger, order_summary
 from .conftest import continuous_writes, eventually, save_ticks, unlocked
 
 pytestmark = [
@@ -287,6 +293,44 @@ def test_events_arrive_upcast_by_the_namespace_aggregate(unique, runners):
     finally:
         aggregates._registry.clear()
         aggregates._registry.update(saved_registry)
+
+
+class CausesLedger(LedgerBase):
+    """Writes, for every Tick, the correlation and causation ids its handler was given."""
+
+    class Meta:
+        abstract = True
+
+    @on("Tick")
+    def tick(self, event: Event, context: ProjectionContext) -> None:
+        Applied.objects.using(context.database).create(
+            projection=context.projection,
+            namespace=context.namespace,
+            sequence=context.sequence,
+            actor_id=event.actor_id,
+            event_type=event.event_type,
+            data={"correlation": context.correlation_id, "causation": context.causation_id},
+        )
+
+
+def test_a_handler_is_given_the_events_correlation_and_causation_ids(unique, runners, db_alias):
+    from aether_django import correlation
+
+    ns = unique("proj-causes")
+    Causes = ledger(ns, unique("causes"), base=CausesLedger, database=db_alias)
+    store = get_event_store(ns)
+    with correlation.use("req-proj", "cause-proj"):
+        stamped = correlation.stamp({})
+    first = store.save_event(Event(event_type="Tick", actor_id="a", version=1, metadata=stamped))
+    bare = store.save_event(Event(event_type="Tick", actor_id="a", version=2))
+    runners(Causes)
+    Causes.wait_for(bare, timeout=15)
+    rows = Applied.objects.using(db_alias).filter(namespace=ns).order_by("sequence")
+    assert [row.data for row in rows] == [
+        {"correlation": "req-proj", "causation": "cause-proj"},
+        {"correlation": None, "causation": None},  # stored without them
+    ]
+    assert [row.sequence for row in rows] == [first.sequence, bare.sequence]
 
 
 def test_a_poison_event_stops_the_projection_until_skipped(unique, runners, capsys, db_alias):

@@ -358,6 +358,13 @@ ADMIN_TABLE: tuple[AdminRow, ...] = (
              (LOGIN,    LOGIN,   LOGIN,     LOGIN,      LOGIN,   ABSENT, SHOWN)),
     AdminRow("HEAD streaminspection/ns/{hidden}/{actor}/",
              (LOGIN,    LOGIN,   LOGIN,     LOGIN,      LOGIN,   ABSENT, SHOWN)),
+    # A correlation's events: in the namespaces the caller may read, or in the one named.
+    AdminRow("GET streaminspection/correlation/?id={actor}",
+             (LOGIN,    LOGIN,   LOGIN,     LOGIN,      LOGIN,   SHOWN,  SHOWN)),
+    AdminRow("GET streaminspection/correlation/?id={actor}&ns={hidden}",
+             (LOGIN,    LOGIN,   LOGIN,     LOGIN,      LOGIN,   ABSENT, SHOWN)),
+    AdminRow("POST streaminspection/correlation/", body={"id": "x"}, expect=
+             (LOGIN,    LOGIN,   LOGIN,     LOGIN,      LOGIN,   NOT_ALLOWED, NOT_ALLOWED)),
     # History is read-only for everyone, the superuser included: any method but GET and
     # HEAD is refused before the namespace is looked at, so it tells nothing about it.
     AdminRow("POST streaminspection/", body={"q": "x"}, expect=
