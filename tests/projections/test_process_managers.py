@@ -278,6 +278,24 @@ def test_a_rebuild_of_a_process_manager_is_refused_unless_forced(unique, db_alia
     assert command_counts(Counter) == dict.fromkeys(expected_command_ids(name, events), 1)
 
 
+def test_the_admins_rebuild_of_a_process_manager_is_refused(unique):
+    from .test_admin_page import action_url, client_of, superuser
+
+    source, target_ns = unique("pm-src"), unique("pm-dst")
+    Relay = relay(source, unique("relay"), counter(target_ns))
+    events = ticks(source, 2)
+    assert catch_up(Relay) == {source: "caught-up"}
+    response = client_of(superuser()).post(
+        action_url(Relay._meta.name, "rebuild"), {"confirm": "yes"}
+    )
+    assert response.status_code == 400
+    assert "is a process manager: replaying its events issues their commands again" in (
+        response.content.decode()
+    )
+    cp = state(Relay._meta.name, source, "default")
+    assert cp is not None and cp.sequence == at(events[-1])
+
+
 def test_the_system_checks_apply_to_a_process_managers_meta(unique):
     class Broken(ProcessManager):
         class Meta:
