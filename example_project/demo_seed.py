@@ -71,8 +71,9 @@ def dispatch(actor_ids: list[str], timeout: float = LIST_WAIT) -> str:
     """Dispatch the shipments of ``actor_ids`` once StartShipments has started them
     (it reacts to each order's payment); the sentence to print about it."""
     from aether_django.errors import AetherError, ProjectionTimeoutError
-    from example_project.shop.aggregates import Order, Shipment
+    from example_project.shop.aggregates import Order
     from example_project.shop.projections import ShipDispatchedOrders, StartShipments
+    from example_project.shop.shipments import Shipment
 
     for actor_id in actor_ids:
         try:

@@ -1,10 +1,7 @@
-"""The shop's domain: an order that is placed, gets lines, is paid, shipped or cancelled,
-and the shipment that a paid order gets.
+"""The shop's domain: an order that is placed, gets lines, is paid, shipped or cancelled.
 
 Built on aether_django.aggregates; the rules below refuse invalid transitions
-with OrderError or ShipmentError (DomainErrors), never with a storage error. The
-shop's process managers (projections.py) tie the two together: an order's payment
-starts its shipment, and the shipment's dispatch ships the order.
+with OrderError (a DomainError), never with a storage error.
 """
 
 from __future__ import annotations
@@ -99,60 +96,3 @@ class Order(Aggregate):
     def _cancelled(self, event: Event) -> None:
         self.status = "cancelled"
         self.cancel_reason = event.data.get("reason", "")
-
-
-class ShipmentError(DomainError):
-    """A shipment command broke one of the shipment's rules."""
-
-
-class Shipment(Aggregate):
-    """The shipment of one order: new → preparing → dispatched → delivered.
-
-    Its actor id is the order's (``Shipment.objects.get(order_id)``), in the namespace
-    ``shipments``. The ``StartShipments`` process manager starts it when the order is
-    paid; dispatching it makes ``ShipDispatchedOrders`` ship the order.
-    """
-
-    status: str = "new"
-    order_id: str = ""
-
-    class Meta:
-        namespace = "shipments"
-        snapshot_every = 20
-
-    @command
-    def start(self, order_id: str) -> None:
-        if self.status != "new":
-            raise ShipmentError(f"the shipment is already {self.status}")
-        if not order_id.strip():
-            raise ShipmentError("a shipment needs an order")
-        self.record("ShipmentStarted", order_id=order_id)
-
-    @command
-    def dispatch(self) -> None:
-        if self.status != "preparing":
-            raise ShipmentError(
-                f"only a shipment being prepared can be dispatched, not a {self.status} one"
-            )
-        self.record("ShipmentDispatched", order_id=self.order_id)
-
-    @command
-    def deliver(self) -> None:
-        if self.status != "dispatched":
-            raise ShipmentError(
-                f"only a dispatched shipment can be delivered, not a {self.status} one"
-            )
-        self.record("ShipmentDelivered", order_id=self.order_id)
-
-    @apply("ShipmentStarted")
-    def _started(self, event: Event) -> None:
-        self.status = "preparing"
-        self.order_id = event.data["order_id"]
-
-    @apply("ShipmentDispatched")
-    def _dispatched(self, event: Event) -> None:
-        self.status = "dispatched"
-
-    @apply("ShipmentDelivered")
-    def _delivered(self, event: Event) -> None:
-        self.status = "delivered"

@@ -70,10 +70,11 @@ from aether_django.errors import (
 from aether_django.events import Event
 from aether_django.names import validate_actor_id
 
-from .aggregates import Order, Shipment
+from .aggregates import Order
 from .forms import AddLineForm, CancelOrderForm, CreateOrderForm, OrderFilterForm
 from .models import OrderSummary
 from .projections import OrderSummaryProjection, ShipDispatchedOrders, StartShipments
+from .shipments import Shipment
 from .views import EventRow, _Problems, _row, _sentence, parse_positive_int
 
 logger = logging.getLogger(__name__)

@@ -27,8 +27,9 @@ from aether_django.projections import (
     on,
 )
 
-from .aggregates import Order, OrderError, Shipment, ShipmentError
+from .aggregates import Order, OrderError
 from .models import OrderSummary
+from .shipments import Shipment, ShipmentError
 
 logger = logging.getLogger(__name__)
 

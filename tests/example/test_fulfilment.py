@@ -21,12 +21,13 @@ from aether_django.correlation import CAUSATION_KEY, CORRELATION_KEY
 from aether_django.models import ProjectionCheckpoint
 from aether_django.projections.runner import ProjectionRunner
 from example_project.shop import order_views
-from example_project.shop.aggregates import Order, Shipment
+from example_project.shop.aggregates import Order
 from example_project.shop.projections import (
     OrderSummaryProjection,
     ShipDispatchedOrders,
     StartShipments,
 )
+from example_project.shop.shipments import Shipment
 
 from .test_orders_page import command, create, new_id, text
 
