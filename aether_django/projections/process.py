@@ -76,7 +76,17 @@ class ProcessContext:
     manager's own models, which roll back with the batch).
     """
 
-    __slots__ = ("_issued", "database", "event", "namespace", "node", "projection", "sequence")
+    __slots__ = (
+        "_issued",
+        "causation_id",
+        "correlation_id",
+        "database",
+        "event",
+        "namespace",
+        "node",
+        "projection",
+        "sequence",
+    )
 
     def __init__(self, context: ProjectionContext, event: Event) -> None:
         #: The namespace the event was saved in.
@@ -89,6 +99,11 @@ class ProcessContext:
         self.database = context.database
         #: The cluster node running it, or None outside a node.
         self.node = context.node
+        #: The event's correlation id, which the commands' events carry too (None when
+        #: the event has none: they then carry the event's id).
+        self.correlation_id = context.correlation_id
+        #: The event's own causation id (its commands' events are caused by the event).
+        self.causation_id = context.causation_id
         #: The event being handled.
         self.event = event
         self._issued = 0

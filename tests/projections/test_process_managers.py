@@ -125,7 +125,17 @@ def test_the_commanded_events_are_caused_by_the_triggering_event(unique, db_alia
             metadata={CORRELATION_KEY: "request-42", CAUSATION_KEY: "request-42"},
         )
     )
+    seen: list[tuple[str | None, str | None]] = []
+    handler = Relay.tick
+
+    def tick(self, event: Event, context: ProcessContext) -> None:
+        seen.append((context.correlation_id, context.causation_id))
+        handler(self, event, context)
+
+    Relay.tick = tick  # type: ignore[method-assign]
     assert catch_up(Relay) == {source: "caught-up"}
+    # The handler sees the event's own ids (None: the first was stored without any).
+    assert seen == [(None, None), ("request-42", "request-42")]
     (first,) = Counter.get_store().get_events("c-1")
     (second,) = Counter.get_store().get_events("c-2")
     # Causation: the event reacted to. Correlation: that event's, or its id when it has none.
