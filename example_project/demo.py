@@ -12,7 +12,9 @@ Started by ``python3 dev.py demo`` (in the project's virtualenv). It
    heartbeats and leader election: the one holding the beat lease sends, the other
    stands by to take over (logs in ``var/celery-*.log``). The node also runs the
    shop's projection (``AETHER["PROJECTIONS_IN_NODES"]``), which keeps the
-   ``OrderSummary`` read model of the orders page and ``/api/shop/orders/`` up to date;
+   ``OrderSummary`` read model of the orders page and ``/api/shop/orders/`` up to date,
+   and its two process managers, which start a paid order's shipment and ship the
+   order when its shipment is dispatched;
 4. serves ``example_project.asgi:application`` (HTTP and the ``ws/aether/``
    WebSockets) with uvicorn on 127.0.0.1 and ``$AETHER_DEMO_PORT`` (default 8000),
    seeds a few orders (``example_project.demo_seed``) unless there are some (the

@@ -2,8 +2,13 @@
 
 Run by ``python3 dev.py demo`` once uvicorn answers, in a child process with the
 demo's environment (its ``AETHER_NATS_URL``). Places a few ``Order`` aggregates in
-the ``orders`` namespace, adds lines, pays and ships some; does nothing when the
+the ``orders`` namespace, adds lines, pays some and cancels one; does nothing when the
 namespace has orders already, so a restarted demo keeps its data as it was.
+
+A paid order gets its ``Shipment`` from the ``StartShipments`` process manager; the
+seed waits a little for that to happen to ``order-1`` and dispatches its shipment, and
+``ShipDispatchedOrders`` then ships the order. Where the process managers do not run,
+it says so and leaves ``order-1`` paid.
 
 The orders page and ``/api/shop/orders/`` list the ``OrderSummary`` read model, which
 ``OrderSummaryProjection`` fills from these events wherever it runs (the demo's
@@ -25,7 +30,7 @@ LIST_WAIT = 15.0
 
 # (actor id, customer, lines as (sku, quantity, price in cents), what happens next)
 ORDERS: list[tuple[str, str, list[tuple[str, int, int]], tuple[str, ...]]] = [
-    ("order-1", "Ann", [("book-42", 2, 1250), ("pen-7", 3, 199)], ("pay", "ship")),
+    ("order-1", "Ann", [("book-42", 2, 1250), ("pen-7", 3, 199)], ("pay",)),
     ("order-2", "Bob", [("mug-3", 1, 899)], ("pay",)),
     ("order-3", "Cleo", [("lamp-11", 1, 3499), ("bulb-2", 4, 350)], ()),
     ("order-4", "Dan", [("chair-5", 2, 4999)], ("cancel",)),
@@ -58,6 +63,37 @@ def seed() -> list[str]:
     return created
 
 
+#: Orders whose shipment the seed dispatches once StartShipments has started it.
+DISPATCHED = ["order-1"]
+
+
+def dispatch(actor_ids: list[str], timeout: float = LIST_WAIT) -> str:
+    """Dispatch the shipments of ``actor_ids`` once StartShipments has started them
+    (it reacts to each order's payment); the sentence to print about it."""
+    from aether_django.errors import AetherError, ProjectionTimeoutError
+    from example_project.shop.aggregates import Order
+    from example_project.shop.projections import ShipDispatchedOrders, StartShipments
+    from example_project.shop.shipments import Shipment
+
+    for actor_id in actor_ids:
+        try:
+            StartShipments.wait_for(Order.objects.get(actor_id), timeout=timeout)
+            Shipment.objects.update(actor_id, lambda s: s.dispatch())
+        except ProjectionTimeoutError:
+            return (
+                f"The shipment of {actor_id} is not started yet: the process manager "
+                f"{StartShipments._meta.name} starts it once it runs (in a cluster node, or "
+                "with `python manage.py aether_projections run`); dispatch it on the order's "
+                "page then."
+            )
+        except AetherError as exc:
+            return f"The shipment of {actor_id} was not dispatched: {exc}"
+    return (
+        f"Dispatched the shipment of {', '.join(actor_ids)}; {ShipDispatchedOrders._meta.name} "
+        "ships the order."
+    )
+
+
 def wait_for_the_list(created: list[str], timeout: float = LIST_WAIT) -> str:
     """Wait until the orders list (OrderSummaryProjection) shows the seeded orders'
     last events; the sentence to print about it."""
@@ -81,7 +117,9 @@ def main() -> int:
     created = seed()
     if created:
         print(f"Seeded the orders namespace with {', '.join(created)}.", flush=True)
-        print(wait_for_the_list(created), flush=True)
+        # The waits read LIST_WAIT now (a test shortens it).
+        print(dispatch(DISPATCHED, LIST_WAIT), flush=True)
+        print(wait_for_the_list(created, LIST_WAIT), flush=True)
     else:
         print("The orders namespace has orders already; not seeding.", flush=True)
     return 0

@@ -14,7 +14,9 @@
             OrderSummary.objects.create(order_id=event.actor_id, status="placed")
 
 Declared in ``<app>/projections.py`` (autodiscovered), run by
-``manage.py aether_projections run``. See docs/projections.md.
+``manage.py aether_projections run``. A :class:`ProcessManager` is a projection whose
+handlers issue commands to aggregates, each exactly once (.process). See
+docs/projections.md.
 """
 
 from __future__ import annotations
@@ -28,10 +30,13 @@ from .base import (
     get_projection,
     on,
 )
+from .process import ProcessContext, ProcessManager
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_ON_ERROR",
+    "ProcessContext",
+    "ProcessManager",
     "Projection",
     "ProjectionContext",
     "all_projections",

@@ -195,6 +195,9 @@ class Projection:
 
     _meta: ClassVar[Options]
     _handlers: ClassVar[dict[str, str]]
+    #: Whether handling an event has effects outside the database (a process manager's
+    #: commands), so that replaying the history is not harmless (operations.reset).
+    issues_commands: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -24,6 +24,7 @@ __all__ = [
     "named",
     "pause",
     "rebuild",
+    "refuse_replay",
     "reset",
     "resume",
     "skip",
@@ -192,9 +193,25 @@ class _CheckpointAppeared(Exception):
     """A checkpoint of the projection was made while a reset ran (it rolls back)."""
 
 
-def reset(projection: type[Projection]) -> None:
+def refuse_replay(projection: type[Projection], force: bool) -> None:
+    """Raise ProjectionError for a process manager unless ``force``: replaying its
+    history issues its commands again, and a target actor recognises only its latest
+    ``command_window`` command ids, so older commands would run a second time."""
+    if projection.issues_commands and not force:
+        raise ProjectionError(
+            f"{projection._meta.name} is a process manager: replaying its events issues "
+            "their commands again, and each target actor skips only the commands among "
+            "its latest Meta.command_window ones (older ones would run twice). Pass "
+            "force=True (manage.py aether_projections rebuild NAME --force) if that is "
+            "what you want"
+        )
+
+
+def reset(projection: type[Projection], *, force: bool = False) -> None:
     """Clear the owned models and set every checkpoint back to 0 and running, in one
     transaction (the first half of a rebuild). The skip records stay.
+
+    A process manager is refused unless ``force`` (:func:`refuse_replay`).
 
     The checkpoints are reset *first*: that takes their rows' locks (on SQLite the
     database's write lock), so a batch in flight either commits before the models are
@@ -204,6 +221,7 @@ def reset(projection: type[Projection]) -> None:
     those events twice. A checkpoint made meanwhile (a namespace a pattern found) was
     not locked; when one appears the reset rolls back and starts over.
     """
+    refuse_replay(projection, force)
     meta = projection._meta
     checkpoints = ProjectionCheckpoint.objects.using(meta.database).filter(projection=meta.name)
     fresh = {
@@ -235,11 +253,13 @@ def rebuild(
     *,
     progress: Callable[[int], None] | None = None,
     total: Callable[[int], None] | None = None,
+    force: bool = False,
 ) -> dict[str, str]:
     """Reset the projection (:func:`reset`), then replay every covered namespace up to
     its head as of the start. ``total`` is told how many events there are to apply,
-    ``progress`` how many each batch applied. Returns each namespace's outcome."""
-    reset(projection)
+    ``progress`` how many each batch applied. Returns each namespace's outcome. A
+    process manager is refused unless ``force`` (:func:`refuse_replay`)."""
+    reset(projection, force=force)
     heads = {ns: stream_head(ns) for ns in covered_namespaces(projection)}
     if total is not None:
         total(sum(heads.values()))

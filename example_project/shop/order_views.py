@@ -19,6 +19,14 @@ status that says what happened:
 
 A successful command redirects (post/redirect/get) to the order with ``?done=``.
 
+The order's shipment (the ``Shipment`` aggregate of the same id) is shown below its
+lines. The ``StartShipments`` process manager starts it once the order is paid;
+``dispatch`` and ``deliver`` run on the shipment, and a dispatch makes
+``ShipDispatchedOrders`` ship the order: after a dispatch the view waits (up to
+``PROJECTION_WAIT`` seconds each) for that process manager and then for the list, so
+the page it redirects to shows the order shipped, or says that it is not yet
+(``?pending=ship``).
+
 The list reads the ``OrderSummary`` read model (models.py), which
 ``OrderSummaryProjection`` (projections.py) keeps up to date from the events, with
 filters (status, customer) and numbered pages. It never reads the event store, so it
@@ -65,7 +73,8 @@ from aether_django.names import validate_actor_id
 from .aggregates import Order
 from .forms import AddLineForm, CancelOrderForm, CreateOrderForm, OrderFilterForm
 from .models import OrderSummary
-from .projections import OrderSummaryProjection
+from .projections import OrderSummaryProjection, ShipDispatchedOrders, StartShipments
+from .shipments import Shipment
 from .views import EventRow, _Problems, _row, _sentence, parse_positive_int
 
 logger = logging.getLogger(__name__)
@@ -93,13 +102,24 @@ DONE_MESSAGES = {
     "pay": "Order paid.",
     "ship": "Order shipped.",
     "cancel": "Order cancelled.",
+    "dispatch": "Shipment dispatched.",
+    "deliver": "Shipment delivered.",
 }
+
+#: The page's commands that run on the order's shipment rather than on the order.
+SHIPMENT_COMMANDS = ("dispatch", "deliver")
 
 
 def _explain(exc: Exception, actor_id: str) -> tuple[str, int]:
     """A message a person can act on, and the HTTP status, for what a view caught."""
     if isinstance(exc, DomainError):
         return f"Refused: {_sentence(exc)}. Nothing was saved.", 400
+    if isinstance(exc, Shipment.DoesNotExist):
+        return (
+            f"Order {actor_id!r} has no shipment yet: {StartShipments._meta.name} starts "
+            "one once the order is paid.",
+            404,
+        )
     if isinstance(exc, AggregateDoesNotExist):
         return f"There is no order {actor_id!r}: it has no events.", 404
     if isinstance(exc, UpdateRetriesExhausted):
@@ -280,6 +300,27 @@ def _done(actor_id: str, command: str, saved: Order) -> HttpResponseRedirect:
     return HttpResponseRedirect(f"{reverse('shop:order', args=[actor_id])}?{urlencode(query)}")
 
 
+def _shipment_done(actor_id: str, command: str, saved: Shipment) -> HttpResponseRedirect:
+    """After a shipment command: for a dispatch, wait until ShipDispatchedOrders has
+    reacted to it (the order is shipped then, or its refusal logged) and the list shows
+    the order's last event; then redirect to the order."""
+    query = {"done": command}
+    if command == "dispatch":
+        try:
+            ShipDispatchedOrders.wait_for(saved, timeout=PROJECTION_WAIT)
+        except ProjectionTimeoutError as exc:
+            logger.warning("the dispatched order is not shipped yet: %s", exc)
+            query["pending"] = "ship"
+        else:
+            try:
+                latest = Order.objects.get(actor_id)
+            except SHOWN_ERRORS:
+                latest = None  # the order page says what is wrong with it
+            if latest is not None and not wait_for_list(latest):
+                query["behind"] = "1"
+    return HttpResponseRedirect(f"{reverse('shop:order', args=[actor_id])}?{urlencode(query)}")
+
+
 def orders_page(request: HttpRequest) -> HttpResponse:
     """List the orders (``?status=``, ``?customer=``, ``?page=``); POST creates and
     places one."""
@@ -372,8 +413,20 @@ def order_page(request: HttpRequest, actor_id: str) -> HttpResponse:
         command, form = _command(name, request.POST)
         if form is not None:
             forms_[name] = form
-        if command is None and form is None:
-            problems.add(f"Unknown command {name!r}: use add_line, pay, ship or cancel.", 400)
+        if name in SHIPMENT_COMMANDS:
+            try:
+                shipped = Shipment.objects.update(
+                    actor_id, lambda s: getattr(s, name)(), retries=UPDATE_RETRIES
+                )
+            except SHOWN_ERRORS as exc:
+                problems.add(*_explain(exc, actor_id))
+            else:
+                return _shipment_done(actor_id, name, shipped)
+        elif command is None and form is None:
+            problems.add(
+                f"Unknown command {name!r}: use add_line, pay, ship, cancel, dispatch or deliver.",
+                400,
+            )
         elif command is None:
             problems.add("The command was not run: correct the fields marked below.", 400)
         else:
@@ -407,6 +460,16 @@ def order_page(request: HttpRequest, actor_id: str) -> HttpResponse:
         except AetherError as exc:
             problems.add(*_explain(exc, actor_id))
 
+    shipment: Shipment | None = None
+    shipment_error = ""
+    if order is not None and problems.status not in (502, 503):
+        try:
+            shipment = Shipment.objects.get(actor_id)
+        except Shipment.DoesNotExist:
+            pass
+        except AetherError as exc:
+            shipment_error = f"The shipment could not be read: {exc}"
+
     latest = events[-1].version if events else (order.version if order else 0)
     shown = order.version if order is not None else None
     done = request.GET.get("done", "") if not problems.messages else ""
@@ -430,6 +493,12 @@ def order_page(request: HttpRequest, actor_id: str) -> HttpResponse:
             )
             for event in events
         ],
+        "shipment": shipment,
+        "shipment_error": shipment_error,
+        "start_shipments": StartShipments._meta.name,
+        "ship_dispatched": ShipDispatchedOrders._meta.name,
+        # A dispatch saved, whose order the process manager had not shipped in time.
+        "pending_ship": bool(done) and request.GET.get("pending") == "ship",
         "order_url": reverse("shop:order", args=[actor_id]),
         "events_url": _events_url(actor_id),
         "forms": forms_,

@@ -1,4 +1,9 @@
-"""The shop's projections (autodiscovered): the ``orders`` events into OrderSummary rows.
+"""The shop's projections (autodiscovered): the ``orders`` events into OrderSummary rows,
+and the two process managers of an order's fulfilment.
+
+``StartShipments`` reacts to an order's payment by starting its shipment (namespace
+``shipments``, same actor id); ``ShipDispatchedOrders`` reacts to a shipment's dispatch
+by shipping its order. Two, because each reads one namespace (``Meta.source``).
 
 Handlers read the event data defensively. The events page can append any event to
 any actor of ``orders`` (that is its purpose), and such a history is one the Order
@@ -10,13 +15,23 @@ which would freeze the list for every order after it.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from aether_django.events import Event
-from aether_django.projections import Projection, ProjectionContext, on
+from aether_django.projections import (
+    ProcessContext,
+    ProcessManager,
+    Projection,
+    ProjectionContext,
+    on,
+)
 
-from .aggregates import Order
+from .aggregates import Order, OrderError
 from .models import OrderSummary
+from .shipments import Shipment, ShipmentError
+
+logger = logging.getLogger(__name__)
 
 
 def _int(value: Any) -> int:
@@ -78,3 +93,41 @@ class OrderSummaryProjection(Projection):
     @on("OrderCancelled")
     def cancelled(self, event: Event, context: ProjectionContext) -> None:
         self._set(event, context, status="cancelled")
+
+
+class StartShipments(ProcessManager):
+    """An order's payment starts its shipment (``Shipment.start``, same actor id)."""
+
+    class Meta:
+        source = Order._meta.namespace
+        name = "shop.start-shipments"
+
+    @on("OrderPaid")
+    def paid(self, event: Event, context: ProcessContext) -> None:
+        try:
+            context.send(Shipment, event.actor_id, "start", create=True, order_id=event.actor_id)
+        except ShipmentError as exc:
+            # A shipment started before the payment (by hand) is the order's shipment:
+            # the refusal is expected, not a reason to stop the process.
+            logger.info("order %s: its shipment was not started again: %s", event.actor_id, exc)
+
+
+class ShipDispatchedOrders(ProcessManager):
+    """A shipment's dispatch ships its order (``Order.ship``)."""
+
+    class Meta:
+        source = Shipment._meta.namespace
+        name = "shop.ship-dispatched-orders"
+
+    @on("ShipmentDispatched")
+    def dispatched(self, event: Event, context: ProcessContext) -> None:
+        order_id = event.data.get("order_id")
+        if not isinstance(order_id, str) or not order_id:
+            order_id = event.actor_id
+        try:
+            context.send(Order, order_id, "ship")
+        except (OrderError, Order.DoesNotExist) as exc:
+            # The order was cancelled (or shipped by hand) after its payment, or never
+            # existed (a shipment started by hand): nothing to ship. Logged, and the
+            # process goes on with the next shipment.
+            logger.warning("shipment %s: order %s not shipped: %s", event.actor_id, order_id, exc)

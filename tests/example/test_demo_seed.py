@@ -1,6 +1,7 @@
 """The demo's seed (example_project.demo_seed) and the orders list: orders seeded before
 the projection runs are listed once it does, as in the demo, whose worker node may
-start the projection before or after the seed.
+start the projection before or after the seed; the seed's dispatch of order-1's
+shipment, once the process managers run, ships the order.
 
 Real processes on the example project's own settings: ``manage.py migrate`` on a fresh
 SQLite file, the seed, then ``manage.py aether_projections run`` (what the demo's worker
@@ -24,11 +25,19 @@ from aether_django.testing.processes import start_process, stop_process
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 SEEDED = {
-    ("order-1", "Ann", "shipped", 2, 3097, 5),
+    ("order-1", "Ann", "shipped", 2, 3097, 5),  # by ShipDispatchedOrders, after the dispatch
     ("order-2", "Bob", "paid", 1, 899, 3),
     ("order-3", "Cleo", "placed", 2, 4899, 3),
     ("order-4", "Dan", "cancelled", 1, 9998, 3),
 }
+
+
+DISPATCH = """
+import django
+django.setup()
+from example_project import demo_seed
+print(demo_seed.dispatch(["order-1"], timeout=60))
+"""
 
 
 def summaries(db: Path) -> set[tuple[object, ...]]:
@@ -68,16 +77,24 @@ def test_seeded_orders_are_listed_once_the_projection_runs(
     assert "Seeded the orders namespace with order-1, order-2, order-3, order-4." in out
     assert "The orders list does not show them yet" in out
     assert "aether_projections run" in out
+    # Nor has StartShipments started order-1's shipment: not dispatched.
+    assert "The shipment of order-1 is not started yet" in out
     assert summaries(db) == set()
 
     log = tmp_path / "runner.log"
+    # Every projection of the shop: the list's, and the two process managers.
     runner = start_process(
-        [sys.executable, "manage.py", "aether_projections", "run", "shop.order-summary"],
+        [sys.executable, "manage.py", "aether_projections", "run"],
         env=env,
         cwd=ROOT,
         log=log,
     )
     try:
+        # What the seed does when the process managers run: StartShipments starts the
+        # shipment of order-1 (paid), the seed dispatches it, ShipDispatchedOrders ships
+        # the order.
+        out = run("-c", DISPATCH)
+        assert "Dispatched the shipment of order-1; shop.ship-dispatched-orders ships" in out
         deadline = time.monotonic() + 60
         while summaries(db) != SEEDED:
             assert runner.poll() is None, log.read_text()

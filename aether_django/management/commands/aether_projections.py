@@ -52,6 +52,12 @@ class Command(BaseCommand):
         status.add_argument("--json", action="store_true", help="print one JSON document")
         rebuild = actions.add_parser("rebuild", help="clear the owned models and replay")
         rebuild.add_argument("name")
+        rebuild.add_argument(
+            "--force",
+            action="store_true",
+            help="rebuild a process manager too (its commands are issued again; see "
+            "docs/projections.md#process-managers)",
+        )
         add_progress_arguments(rebuild)
         for action in ("pause", "resume"):
             actions.add_parser(action, help=f"{action} a projection").add_argument("name")
@@ -130,8 +136,12 @@ class Command(BaseCommand):
                 self.stdout.write(line)
 
     # --- rebuild -----------------------------------------------------------------------
-    def do_rebuild(self, name: str, **options: Any) -> None:
+    def do_rebuild(self, name: str, force: bool = False, **options: Any) -> None:
         projection = self._projections([name])[0]
+        try:
+            operations.refuse_replay(projection, force)
+        except AetherError as exc:
+            raise CommandError(str(exc)) from exc
         bars: list[ProgressBar[Any]] = []
 
         def total(count: int) -> None:
@@ -141,7 +151,7 @@ class Command(BaseCommand):
             # Called from the namespaces' worker threads; tqdm's update is locked.
             bars[0].bar.update(count)
 
-        outcomes = operations.rebuild(projection, progress=progress, total=total)
+        outcomes = operations.rebuild(projection, progress=progress, total=total, force=force)
         if bars:
             bars[0].close()
         self.stdout.write(f"rebuilt {projection._meta.name}")
