@@ -1,0 +1,192 @@
+"""Tracing benchmark: what OpenTelemetry tracing costs a save, off and on.
+
+Run from the repository root::
+
+    .venv/bin/python -m bench.tracing            # full run, about half a minute on 2 cores
+    .venv/bin/python -m bench.tracing --quick    # smoke test, a few seconds
+
+Sequential single-event saves on one actor (``asave_event``, as figure 1a of
+``bench/store.py``), in interleaved rounds of the same run:
+
+1. tracing **off** (``tracing.configure(False)``: what a process without the ``otel``
+   extra, or with ``AETHER["TRACING"] = False``, runs) against raw nats-py doing the
+   same work (``nc.request`` with ``Nats-Msg-Id`` and the expected sequence, a JSON
+   parse of the ack);
+2. the ``otel`` extra installed but **no tracer provider** configured (the API's
+   default), against the same raw baseline;
+3. tracing **on** with the SDK (a ``TracerProvider`` without exporter or processor: the
+   cost of making the spans and the headers, not of shipping them), against tracing off;
+4. the per-save cost of the disabled hooks alone: the ``tracing.enabled`` checks a save
+   makes with tracing off, timed in a loop without NATS.
+
+The ratio of figure 1 is the one to set beside figure 1a of ``bench/store.py`` run on
+the code before tracing existed (docs/performance.md, "Tracing").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import timeit
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aether_django import tracing
+from aether_django.runtime import Runtime
+from aether_django.testing import NatsServer
+
+from ._setup import finish, nats_meta, new_event, parse_only
+from .common import Report, base_parser, clock, interleaved, progress, unique_name
+from .store import Bench, RawActor
+
+#: Checks of ``tracing.enabled`` on one save's path with tracing off (save_event, and
+#: _publish in the store's writer).
+CHECKS_PER_SAVE = 2
+
+
+@dataclass(frozen=True)
+class Sizes:
+    events: int
+    rounds: int
+    warmup: int
+
+    @classmethod
+    def full(cls) -> Sizes:
+        return cls(events=1000, rounds=15, warmup=2)
+
+    @classmethod
+    def quick(cls) -> Sizes:
+        return cls(events=100, rounds=3, warmup=1)
+
+
+async def bench_saves(b: Bench, sizes: Sizes) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    n = sizes.events
+    progress(f"1-3. sequential saves ({n} events a round, {sizes.rounds} rounds)")
+    provider = TracerProvider()
+    _, raw_prefix = await b.raw_stream("bench_trace_raw")
+    raw = RawActor(b.nc, f"{raw_prefix}.acct-raw", "acct-raw")
+
+    def saves(setting: bool, with_provider: bool) -> Callable[[], Awaitable[float]]:
+        store = b.store(unique_name("bench_trace"))
+        version = 0
+
+        async def run() -> float:
+            nonlocal version
+            tracing.configure(setting, tracer_provider=provider if with_provider else None)
+            start = clock()
+            for _ in range(n):
+                version += 1
+                await store.asave_event(new_event("acct", version))
+            return n / (clock() - start)
+
+        return run
+
+    async def raw_round() -> float:
+        start = clock()
+        for _ in range(n):
+            await raw.request()
+        return n / (clock() - start)
+
+    try:
+        res = await interleaved(
+            {
+                "off": saves(False, False),
+                "no_provider": saves(True, False),
+                "on": saves(True, True),
+                "raw": raw_round,
+            },
+            rounds=sizes.rounds,
+            warmup=sizes.warmup,
+        )
+    finally:
+        tracing.configure(False)
+    label = "raw nc.request + JSON ack"
+    b.report.compare(
+        "1",
+        "save one event, async, tracing off (no `otel` extra, or TRACING False)",
+        "events/s",
+        res["off"],
+        res["raw"],
+        baseline_label=label,
+        target="ratio ≥ 0.98x of `bench.store` 1a on the code before tracing",
+    )
+    b.report.compare(
+        "2",
+        "save one event, async, `otel` installed, no tracer provider",
+        "events/s",
+        res["no_provider"],
+        res["raw"],
+        baseline_label=label,
+    )
+    b.report.compare(
+        "3",
+        "save one event, async, tracing on (SDK provider, no exporter)",
+        "events/s",
+        res["on"],
+        res["off"],
+        baseline_label="tracing off",
+    )
+
+
+def bench_disabled_hooks(b: Bench) -> None:
+    progress("4. the disabled hooks alone")
+    tracing.configure(False)
+    loops = 1_000_000
+    # What a save's path adds with tracing off: CHECKS_PER_SAVE reads of a module
+    # attribute and a branch, against the same loop without them.
+    checks = " or ".join(["tracing.enabled"] * CHECKS_PER_SAVE)
+    hooked = min(
+        timeit.repeat(f"if {checks}: pass", globals={"tracing": tracing}, number=loops, repeat=5)
+    )
+    bare = min(timeit.repeat("pass", number=loops, repeat=5))
+    b.report.add(
+        "4",
+        f"the hooks of one save with tracing off ({CHECKS_PER_SAVE} checks of `tracing.enabled`)",
+        max(hooked - bare, 0.0) / loops * 1e9,
+        "ns",
+        higher_is_better=False,
+        baseline_label="per save, no NATS involved",
+    )
+
+
+async def run_all(b: Bench, sizes: Sizes, only: list[str]) -> None:
+    await b.connect()
+    try:
+        if not only or {"1", "2", "3"} & set(only):
+            await bench_saves(b, sizes)
+        if not only or "4" in only:
+            bench_disabled_hooks(b)
+    finally:
+        await b.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = base_parser((__doc__ or "").splitlines()[0])
+    parser.add_argument("--only", default="", help="comma-separated figures (default: all)")
+    args = parser.parse_args(argv)
+    only = parse_only(args)
+    sizes = Sizes.quick() if args.quick else Sizes.full()
+    if args.rounds:
+        sizes = dataclasses.replace(sizes, rounds=args.rounds)
+    report = Report("aether_django tracing: saves with tracing off and on")
+    started = clock()
+    with NatsServer() as server:
+        nats_meta(report, server, args.quick)
+        report.meta["rounds"] = (
+            f"{sizes.rounds} of {sizes.events} saves after {sizes.warmup} warm-up; values are "
+            "medians, ratios medians of per-round ratios"
+        )
+        runtime = Runtime(server.url, name="aether-bench")
+        try:
+            bench = Bench(server.url, runtime, None, report)  # type: ignore[arg-type]
+            asyncio.run(run_all(bench, sizes, only))
+        finally:
+            runtime.close()
+    finish(report, started, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
