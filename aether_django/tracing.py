@@ -66,6 +66,9 @@ CONSUMER = "CONSUMER"
 
 #: Instrumentation scope of every span made here.
 SCOPE = "aether_django"
+#: Links one span gets at most (the SDK's default limit): a projection batch of
+#: thousands of events links the first traces it holds, without extracting the rest.
+MAX_LINKS = 128
 
 #: Whether tracing is on: the one check every call site makes first.
 enabled = False
@@ -174,6 +177,8 @@ def _links(contexts: Iterable[Mapping[str, str] | None]) -> list[Any]:
         if context.is_valid and (context.trace_id, context.span_id) not in seen:
             seen.add((context.trace_id, context.span_id))
             links.append(_trace.Link(context))
+            if len(links) == MAX_LINKS:
+                break
     return links
 
 

@@ -118,7 +118,7 @@ async def send(
             headers: dict[str, str] = {}
             tracing.inject(headers)
             return await _request(
-                runtime, what, subject, request, timeout, attempt_timeout, headers
+                runtime, what, subject, request, timeout, attempt_timeout, headers or None
             )
     return await _request(runtime, what, subject, request, timeout, attempt_timeout, None)
 

@@ -137,6 +137,21 @@ def test_the_trace_context_of_an_event_is_not_part_of_its_wire_format() -> None:
     assert with_sequence(traced, 5).trace_context == traced.trace_context
 
 
+def test_a_span_links_each_trace_once_and_at_most_max_links(spans):
+    contexts = []
+    for _ in range(tracing.MAX_LINKS + 10):
+        with spans.tracer.start_as_current_span("save"):
+            carried: dict[str, str] = {}
+            tracing.inject(carried)
+        contexts.append(carried)
+    # Each context twice, and events without one: none of those adds a link.
+    with tracing.span("batch", links=[*contexts, *contexts, None, {}]):
+        pass
+    (batch,) = [s for s in spans.get_finished_spans() if s.name == "batch"]
+    linked = [f"{k.context.span_id:016x}" for k in batch.links]
+    assert linked == [traceparent_ids(c)[1] for c in contexts[: tracing.MAX_LINKS]]
+
+
 # --- one process: save, delivery, projection batch, WebSocket frame ------------------------
 
 
