@@ -551,7 +551,7 @@ class Aggregate:
         """
         if not self._pending:
             return
-        if tracing.enabled:
+        if tracing.enabled and tracing.recording():
             with tracing.span("aether save", attributes=self._save_attributes()):
                 self._store_pending()
             return
@@ -588,7 +588,7 @@ class Aggregate:
         """Async twin of :meth:`save`."""
         if not self._pending:
             return
-        if tracing.enabled:
+        if tracing.enabled and tracing.recording():
             with tracing.span("aether save", attributes=self._save_attributes()):
                 await self._astore_pending()
             return
@@ -779,7 +779,7 @@ class AggregateManager(Generic[A]):
         Raises ``Model.DoesNotExist`` when the actor has no events.
         """
         self._check_at_version(at_version)
-        if tracing.enabled:
+        if tracing.enabled and tracing.recording():
             with tracing.span("aether load", attributes=self._load_attributes(actor_id)) as span:
                 try:
                     obj = self._load(actor_id, at_version)
@@ -823,7 +823,7 @@ class AggregateManager(Generic[A]):
     async def aget(self, actor_id: str, *, at_version: int | None = None) -> A:
         """Async twin of :meth:`get`."""
         self._check_at_version(at_version)
-        if tracing.enabled:
+        if tracing.enabled and tracing.recording():
             with tracing.span("aether load", attributes=self._load_attributes(actor_id)) as span:
                 try:
                     obj = await self._aload(actor_id, at_version)

@@ -389,7 +389,11 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                     continue
                 try:
                     # A span per event frame, in the trace of the save that wrote it.
-                    with self._frame_span(delivery) if tracing.enabled else tracing.NOOP:
+                    with (
+                        self._frame_span(delivery)
+                        if tracing.enabled and tracing.recording()
+                        else tracing.NOOP
+                    ):
                         await self._send_text(
                             head + _event_tail(delivery),
                             timeout=self.send_timeout,

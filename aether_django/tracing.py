@@ -27,6 +27,7 @@ Pure: imports neither Django nor nats; conf.py decides whether tracing is on
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from time import monotonic
 from types import TracebackType
 from typing import Any
 
@@ -53,6 +54,7 @@ __all__ = [
     "enabled",
     "extract",
     "inject",
+    "recording",
     "span",
     "start_span",
 ]
@@ -73,10 +75,15 @@ MAX_LINKS = 128
 #: Whether tracing is on: the one check every call site makes first.
 enabled = False
 
-# The provider given to configure() (tests, a project with a provider of its own), or
-# None for the global one; and the tracer once a recording provider is known.
-_provider: Any = None
+#: Seconds between two looks at the global tracer provider while it is the API's
+#: non-recording default: a provider set later (rather than at start-up, before the
+#: first save) is used within this time, or at once after :func:`configure`.
+LOOK_INTERVAL = 1.0
+
+# The tracer of the provider given to configure(), or of the global provider once one
+# that records is set (None until then); and when to look at the global one again.
 _tracer: Any = None
+_next_look = 0.0
 # The header names the global propagator reads and writes ("traceparent", ...).
 _fields: frozenset[str] = frozenset()
 
@@ -128,15 +135,17 @@ def configure(on: bool | None = None, *, tracer_provider: Any = None) -> bool:
     ``on``: True (MissingExtraError without the ``otel`` extra), False, or None for
     "on when the extra is installed" (the default at import). ``tracer_provider``:
     record with this provider instead of the global one (``trace.get_tracer_provider()``,
-    which a project sets up once, or ``opentelemetry-instrument`` does).
+    which a project sets up once, or ``opentelemetry-instrument`` does). In a Django
+    process a change of ``settings.AETHER`` configures tracing again from the settings
+    (:func:`aether_django.conf.configure_tracing`), back to the global provider.
     """
-    global enabled, _provider, _tracer, _fields
+    global enabled, _tracer, _fields, _next_look
     if on is None:
         on = available()
     elif on and not available():
         raise missing_extra(__name__, "opentelemetry-api", "otel")
-    _provider = tracer_provider if on else None
     _tracer = None
+    _next_look = 0.0
     if on:
         _fields = frozenset(_propagate.get_global_textmap().fields)
         if tracer_provider is not None:
@@ -147,13 +156,27 @@ def configure(on: bool | None = None, *, tracer_provider: Any = None) -> bool:
 
 def _recording_tracer() -> Any:
     """The tracer, or None while the global provider is the API's non-recording proxy."""
+    global _next_look
     tracer = _tracer
     if tracer is not None:
         return tracer
+    now = monotonic()
+    if now < _next_look:
+        return None
     provider = _trace.get_tracer_provider()
     if isinstance(provider, _trace.ProxyTracerProvider):
-        return None  # no SDK configured (yet): nothing would be recorded
+        # No SDK configured (yet): nothing would be recorded. Asking again costs about
+        # a microsecond (the API reads the environment), so not on every call.
+        _next_look = now + LOOK_INTERVAL
+        return None
     return _remember(provider)
+
+
+def recording() -> bool:
+    """Whether spans are recorded now: a provider that records is configured (call it
+    only when :data:`enabled`; a call site checks it before building a span's
+    attributes)."""
+    return _recording_tracer() is not None
 
 
 def _remember(provider: Any) -> Any:

@@ -17,16 +17,27 @@ Sequential single-event saves on one actor (``asave_event``, as figure 1a of
 3. tracing **on** with the SDK (a ``TracerProvider`` without exporter or processor: the
    cost of making the spans and the headers, not of shipping them), against tracing off;
 4. the per-save cost of the disabled hooks alone: the ``tracing.enabled`` checks a save
-   makes with tracing off, timed in a loop without NATS.
+   makes with tracing off, timed in a loop without NATS;
+5. with ``--against PATH`` (a checkout of the code before tracing, e.g. made with
+   ``git archive``): the same saves by this code with ``opentelemetry`` not importable
+   (a ``sys.meta_path`` finder refuses it, as if the extra were not installed), and
+   with the extra but no tracer provider, each against the code at PATH. Every round
+   runs each side in a fresh process, one after the other in rotating order, on the
+   same nats-server, so the pairs see the same machine.
 
 The ratio of figure 1 is the one to set beside figure 1a of ``bench/store.py`` run on
-the code before tracing existed (docs/performance.md, "Tracing").
+the code before tracing existed; figure 5 measures that comparison in one run
+(docs/performance.md, "Tracing").
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
+import os
+import subprocess
+import sys
 import timeit
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -151,13 +162,133 @@ def bench_disabled_hooks(b: Bench) -> None:
     )
 
 
-async def run_all(b: Bench, sizes: Sizes, only: list[str]) -> None:
+#: One side of figure 5, run in a fresh interpreter with PYTHONPATH naming the code to
+#: measure: warm-up saves, then the timed ones; prints the rate as JSON.
+_CHILD = """
+import asyncio, importlib.abc, json, sys, time
+
+url, namespace, events, warmup, block = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:6])
+
+
+class Refuse(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname.split(".")[0] == "opentelemetry":
+            raise ModuleNotFoundError(f"No module named {fullname!r}", name=fullname)
+        return None
+
+
+if block:
+    sys.meta_path.insert(0, Refuse())
+
+from aether_django.events import Event
+from aether_django.runtime import Runtime
+from aether_django.store.base import StoreConfig
+from aether_django.store.jetstream import JetStreamEventStore
+
+DATA = {"amount": 1, "currency": "EUR", "reference": "bench"}
+
+
+def event(version):
+    return Event(event_type="Deposited", actor_id="acct", version=version, data=DATA)
+
+
+async def main():
+    runtime = Runtime(url, name="aether-bench-child")
+    store = JetStreamEventStore(namespace, runtime=runtime, config=StoreConfig(storage="file"))
+    for version in range(1, warmup + 1):
+        await store.asave_event(event(version))
+    start = time.perf_counter()
+    for version in range(warmup + 1, warmup + events + 1):
+        await store.asave_event(event(version))
+    rate = events / (time.perf_counter() - start)
+    await runtime.aclose()
+    tracing = sys.modules.get("aether_django.tracing")
+    print(json.dumps({"rate": rate, "tracing": bool(tracing and tracing.enabled),
+                      "otel": "opentelemetry" in sys.modules}))
+
+
+asyncio.run(main())
+"""
+
+
+def child_rate(root: str, url: str, sizes: Sizes, *, block: bool) -> dict[str, float]:
+    """The save rate of the code at ``root``, measured in a fresh process."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _CHILD,
+            url,
+            unique_name("bench_trace_ab"),
+            str(sizes.events),
+            str(max(100, sizes.events // 5)),
+            str(int(block)),
+        ],
+        env={**os.environ, "PYTHONPATH": root},
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"the save loop at {root} failed:\n{result.stderr[-2000:]}")
+    answer: dict[str, float] = json.loads(result.stdout.strip().splitlines()[-1])
+    return answer
+
+
+#: The checkout this module belongs to (the code figure 5 measures against ``--against``).
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+async def bench_against(b: Bench, sizes: Sizes, against: str) -> None:
+    here = HERE
+    progress(f"5. fresh processes: this code and {against} ({sizes.rounds} rounds)")
+    sides = {
+        "not_installed": (here, True),
+        "no_provider": (here, False),
+        "before": (against, False),
+    }
+    rates: dict[str, list[float]] = {name: [] for name in sides}
+    names = list(sides)
+    for i in range(sizes.rounds + 1):  # the first round warms the machine up
+        shift = i % len(names)
+        for name in names[shift:] + names[:shift]:
+            root, block = sides[name]
+            answer = await asyncio.to_thread(child_rate, root, b.url, sizes, block=block)
+            if name == "not_installed":
+                assert not answer["otel"] and not answer["tracing"], answer
+            if i:
+                rates[name].append(answer["rate"])
+    b.report.compare(
+        "5a",
+        "save one event, async, fresh process, `opentelemetry` not importable",
+        "events/s",
+        rates["not_installed"],
+        rates["before"],
+        baseline_label=f"the code before tracing ({against})",
+        target="≥ 0.98x",
+        min_ratio=0.98,
+    )
+    b.report.compare(
+        "5b",
+        "the same, `otel` installed, no tracer provider",
+        "events/s",
+        rates["no_provider"],
+        rates["before"],
+        baseline_label=f"the code before tracing ({against})",
+    )
+
+
+async def run_all(b: Bench, sizes: Sizes, only: list[str], against: str | None) -> None:
     await b.connect()
     try:
         if not only or {"1", "2", "3"} & set(only):
             await bench_saves(b, sizes)
         if not only or "4" in only:
             bench_disabled_hooks(b)
+        if against and (not only or "5" in only):
+            await bench_against(b, sizes, against)
     finally:
         await b.close()
 
@@ -165,6 +296,11 @@ async def run_all(b: Bench, sizes: Sizes, only: list[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = base_parser((__doc__ or "").splitlines()[0])
     parser.add_argument("--only", default="", help="comma-separated figures (default: all)")
+    parser.add_argument(
+        "--against",
+        metavar="PATH",
+        help="a checkout of the code before tracing, for figure 5 (e.g. from git archive)",
+    )
     args = parser.parse_args(argv)
     only = parse_only(args)
     sizes = Sizes.quick() if args.quick else Sizes.full()
@@ -181,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         runtime = Runtime(server.url, name="aether-bench")
         try:
             bench = Bench(server.url, runtime, None, report)  # type: ignore[arg-type]
-            asyncio.run(run_all(bench, sizes, only))
+            asyncio.run(run_all(bench, sizes, only, args.against))
         finally:
             runtime.close()
     finish(report, started, args.json)

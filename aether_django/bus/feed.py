@@ -244,6 +244,9 @@ class Feed:
     async def _on_traced_msg(self, namespace: str, stream: str, generation: int, msg: Msg) -> None:
         """:meth:`_on_msg` in a CONSUMER span, a child of the context the stored message
         carries (the save that wrote it)."""
+        if not tracing.recording():
+            await self._on_msg(namespace, stream, generation, msg)
+            return
         headers = msg.headers or {}
         span = tracing.start_span(
             f"aether deliver {namespace}",

@@ -713,7 +713,7 @@ class FanOutBus(BaseEventBus):
 
     def dispatch(self, namespace: str, event: Event) -> int:
         """Offer an event to the matching local subscriptions (no validation, no counting)."""
-        if tracing.enabled and event.trace_context:
+        if tracing.enabled and event.trace_context and tracing.recording():
             # A stored event's hand-over, in a CONSUMER span of the save's trace.
             span = tracing.start_span(
                 f"aether deliver {namespace}",

@@ -334,7 +334,7 @@ class NamespaceWorker(threading.Thread):
         """Apply ``events`` and move the checkpoint from ``previous`` to the last of
         them, in one transaction; raises _Moved or _HandlerFailed after rolling back
         (a stored message that does not decode fails like a handler)."""
-        if not tracing.enabled:
+        if not (tracing.enabled and tracing.recording()):
             self._apply_batch(events, previous)
             return
         # One span per batch: a child of the first traced event's save, linked to the

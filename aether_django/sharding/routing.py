@@ -104,7 +104,7 @@ async def send(
     ).encode()
     subject = shard_subject(shard_for(actor_id, num_shards))
     what = f"{namespace}/{actor_id}"
-    if tracing.enabled:
+    if tracing.enabled and tracing.recording():
         attributes = {
             "messaging.system": "nats",
             "messaging.destination.name": subject,
@@ -205,7 +205,7 @@ class ShardHost:
         await self.own(set())
 
     async def _on_request(self, msg: Msg) -> None:
-        if not tracing.enabled:
+        if not (tracing.enabled and tracing.recording()):
             await self._serve(msg)
             return
         # A SERVER span continuing the sender's trace (its CLIENT span is the parent).

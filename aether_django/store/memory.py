@@ -122,7 +122,7 @@ class InMemoryEventStore(EventStore):
         batch = check_batch(events)
         if not batch:
             return []
-        if tracing.enabled:
+        if tracing.enabled and tracing.recording():
             # As the JetStream store: a PRODUCER span whose context the events keep.
             with tracing.span(
                 f"aether publish {self.namespace}",

@@ -484,6 +484,34 @@ async def test_installed_but_without_a_tracer_provider_no_header_is_added():
         configure_tracing()
 
 
+def test_a_global_provider_set_later_is_used_within_the_look_interval():
+    # In a child: a process sets its global provider only once.
+    code = """
+import time
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from aether_django import tracing
+
+assert tracing.enabled and not tracing.recording()  # the API's default records nothing
+trace.set_tracer_provider(TracerProvider())
+time.sleep(tracing.LOOK_INTERVAL + 0.1)
+assert tracing.recording()  # found without being told
+tracing.configure(False)
+assert tracing.configure(True) and tracing.recording()  # and at once after configure()
+print("ok")
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.stdout.strip() == "ok", result.stderr
+
+
 @pytest.mark.parametrize("value", ["yes", 1])
 def test_a_tracing_setting_that_is_not_a_bool_is_reported_and_leaves_tracing_off(value):
     with override_settings(AETHER={**settings.AETHER, "TRACING": value}):

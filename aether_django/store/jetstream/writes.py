@@ -91,7 +91,7 @@ class Writer(Part):
     async def save_event(self, event: Event) -> Event:
         # The common case, spared the checks that only a batch needs.
         validate_event(event)
-        if tracing.enabled:
+        if tracing.enabled and tracing.recording():
             return (await self._traced([event], [self._encode(event)]))[0]
         return (await self._save_checked([event], [self._encode(event)]))[0]
 
@@ -99,7 +99,7 @@ class Writer(Part):
         batch = check_batch(events)
         if not batch:
             return []
-        if tracing.enabled:
+        if tracing.enabled and tracing.recording():
             return await self._traced(batch, [self._encode(event) for event in batch])
         return await self._save_checked(batch, [self._encode(event) for event in batch])
 
