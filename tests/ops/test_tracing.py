@@ -31,6 +31,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 from opentelemetry.trace import StatusCode
 
 from aether_django import tracing
@@ -452,6 +453,33 @@ async def test_the_memory_backend_traces_a_save_and_its_local_delivery(spans):
     assert hex_ids(deliver)[2] == hex_ids(publish)[1]
     assert traceparent_ids(stored.trace_context) == hex_ids(publish)[:2]
     assert delivery.event.trace_context == stored.trace_context
+
+
+async def test_an_unsampled_save_is_dropped_with_its_deliveries_but_keeps_its_context():
+    # The default sampler follows the parent: what a dropped save causes is dropped too.
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ParentBased(ALWAYS_OFF))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.configure(True, tracer_provider=provider)
+    try:
+        namespace = f"trc-{uuid.uuid4().hex[:8]}"
+        store = get_event_store(namespace)
+        await store.asave_event(ev("warm", 1))
+        subscription = await get_event_bus().asubscribe(namespace, start="new")
+        try:
+            await store.asave_event(ev("a", 1))
+            delivery = await asyncio.wait_for(subscription.__anext__(), 10)
+        finally:
+            await subscription.aclose()
+        headers = await stored_headers(namespace, "a")
+        # Not sampled (flag 01 unset), and still carried.
+        assert not int(headers["traceparent"].rsplit("-", 1)[1], 16) & 1
+        assert delivery.event.trace_context == {"traceparent": headers["traceparent"]}
+        await asyncio.sleep(0.2)  # a delivery span would have ended by now
+        assert exporter.get_finished_spans() == ()
+    finally:
+        configure_tracing()
+        provider.shutdown()
 
 
 # --- off: by the setting, without a provider, without the extra -----------------------------
