@@ -51,7 +51,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from django.core.exceptions import ObjectDoesNotExist
 
-from . import correlation
+from . import correlation, tracing
 from .errors import (
     AetherError,
     AggregateError,
@@ -551,6 +551,28 @@ class Aggregate:
         """
         if not self._pending:
             return
+        if tracing.enabled and tracing.recording():
+            with tracing.span("aether save", attributes=self._save_attributes()):
+                self._store_pending()
+            return
+        self._store_pending()
+
+    def _save_attributes(self) -> dict[str, Any]:
+        """What the ``aether save`` span says about the pending events."""
+        first, last = self._pending[0], self._pending[-1]
+        attributes: dict[str, Any] = {
+            "aether.namespace": self._meta.namespace or "",
+            "aether.actor_id": self.actor_id,
+            "aether.aggregate": type(self).__name__,
+            "aether.events": len(self._pending),
+            "aether.version.first": first.version,
+            "aether.version.last": last.version,
+        }
+        if first.command_id:
+            attributes["aether.command_id"] = first.command_id
+        return attributes
+
+    def _store_pending(self) -> None:
         before = self._pending[0].version - 1
         store = self.get_store()
         stored = store.save_events(self._pending)
@@ -566,6 +588,13 @@ class Aggregate:
         """Async twin of :meth:`save`."""
         if not self._pending:
             return
+        if tracing.enabled and tracing.recording():
+            with tracing.span("aether save", attributes=self._save_attributes()):
+                await self._astore_pending()
+            return
+        await self._astore_pending()
+
+    async def _astore_pending(self) -> None:
         before = self._pending[0].version - 1
         store = self.get_store()
         stored = await store.asave_events(self._pending)
@@ -750,6 +779,28 @@ class AggregateManager(Generic[A]):
         Raises ``Model.DoesNotExist`` when the actor has no events.
         """
         self._check_at_version(at_version)
+        if tracing.enabled and tracing.recording():
+            with tracing.span("aether load", attributes=self._load_attributes(actor_id)) as span:
+                try:
+                    obj = self._load(actor_id, at_version)
+                except AggregateDoesNotExist as exc:
+                    # An answer, not a failure (update(create=True) expects it).
+                    span.set_attribute("aether.version", 0)
+                    missing = exc
+                else:
+                    span.set_attribute("aether.version", obj.version)
+                    return obj
+            raise missing
+        return self._load(actor_id, at_version)
+
+    def _load_attributes(self, actor_id: str) -> dict[str, Any]:
+        return {
+            "aether.namespace": self.model._meta.namespace or "",
+            "aether.actor_id": actor_id,
+            "aether.aggregate": self.model.__name__,
+        }
+
+    def _load(self, actor_id: str, at_version: int | None) -> A:
         store = self.model.get_store()
         snapshot = None
         if self.model._meta.snapshot_every:
@@ -772,6 +823,21 @@ class AggregateManager(Generic[A]):
     async def aget(self, actor_id: str, *, at_version: int | None = None) -> A:
         """Async twin of :meth:`get`."""
         self._check_at_version(at_version)
+        if tracing.enabled and tracing.recording():
+            with tracing.span("aether load", attributes=self._load_attributes(actor_id)) as span:
+                try:
+                    obj = await self._aload(actor_id, at_version)
+                except AggregateDoesNotExist as exc:
+                    # An answer, not a failure (update(create=True) expects it).
+                    span.set_attribute("aether.version", 0)
+                    missing = exc
+                else:
+                    span.set_attribute("aether.version", obj.version)
+                    return obj
+            raise missing
+        return await self._aload(actor_id, at_version)
+
+    async def _aload(self, actor_id: str, at_version: int | None) -> A:
         store = self.model.get_store()
         snapshot = None
         if self.model._meta.snapshot_every:

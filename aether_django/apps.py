@@ -31,7 +31,7 @@ class AetherConfig(AppConfig):
         # store or a bus has no side effects (and store.jetstream needs no Django).
         from . import metrics
         from .bus import forget_event_bus, reset_event_bus, subscription_count
-        from .conf import on_reload
+        from .conf import configure_tracing, on_reload
         from .runtime import reset_runtime
         from .store import reset_event_stores
 
@@ -41,6 +41,9 @@ class AetherConfig(AppConfig):
         on_reload(reset_event_bus)
         on_reload(reset_event_stores)
         on_reload(reset_runtime)
+        # Tracing on or off as AETHER["TRACING"] says, now and whenever it changes.
+        configure_tracing()
+        on_reload(configure_tracing)
         metrics.BUS_SUBSCRIPTIONS.read = subscription_count
         # The parent's subscriptions live on the parent's loops; a child starts clean.
         os.register_at_fork(after_in_child=forget_event_bus)

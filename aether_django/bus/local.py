@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
-from .. import metrics
+from .. import metrics, tracing
 from ..aio import running_loop
 from ..errors import AetherError
 from ..events import Event
@@ -713,6 +713,25 @@ class FanOutBus(BaseEventBus):
 
     def dispatch(self, namespace: str, event: Event) -> int:
         """Offer an event to the matching local subscriptions (no validation, no counting)."""
+        if tracing.enabled and event.trace_context and tracing.recording():
+            # A stored event's hand-over, in a CONSUMER span of the save's trace.
+            span = tracing.start_span(
+                f"aether deliver {namespace}",
+                kind=tracing.CONSUMER,
+                parent=event.trace_context,
+                attributes={
+                    "messaging.operation.type": "receive",
+                    "messaging.message.id": event.id,
+                    "aether.namespace": namespace,
+                },
+            )
+            try:
+                return self._dispatch(namespace, event)
+            finally:
+                span.end()
+        return self._dispatch(namespace, event)
+
+    def _dispatch(self, namespace: str, event: Event) -> int:
         delivery = Delivery(namespace, event)
         current = running_loop()
         offered = 0

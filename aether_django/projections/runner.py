@@ -45,7 +45,7 @@ from django.db import DatabaseError, connections, transaction
 from django.utils import timezone
 from nats.errors import Error as NatsError
 
-from .. import correlation, metrics
+from .. import correlation, metrics, tracing
 from ..bus import get_event_bus
 from ..bus.base import Feature, Start
 from ..errors import AetherError, ProjectionError, ReplayError
@@ -334,6 +334,30 @@ class NamespaceWorker(threading.Thread):
         """Apply ``events`` and move the checkpoint from ``previous`` to the last of
         them, in one transaction; raises _Moved or _HandlerFailed after rolling back
         (a stored message that does not decode fails like a handler)."""
+        if not (tracing.enabled and tracing.recording()):
+            self._apply_batch(events, previous)
+            return
+        # One span per batch: a child of the first traced event's save, linked to the
+        # save of every event in it (a batch gathers events of many traces).
+        contexts = [getattr(event, "trace_context", None) for event in events]
+        meta = self.projection._meta
+        with tracing.span(
+            f"aether project {meta.name}",
+            kind=tracing.CONSUMER,
+            parent=next((c for c in contexts if c), {}),
+            links=contexts,
+            attributes={
+                "messaging.operation.type": "process",
+                "messaging.batch.message_count": len(events),
+                "aether.projection": meta.name,
+                "aether.namespace": self.namespace,
+                "aether.sequence.first": sequence_of(events[0]),
+                "aether.sequence.last": sequence_of(events[-1]),
+            },
+        ):
+            self._apply_batch(events, previous)
+
+    def _apply_batch(self, events: Sequence[Item], previous: int) -> None:
         meta = self.projection._meta
         last = sequence_of(events[-1])
         started = time.perf_counter()

@@ -23,7 +23,7 @@ from typing import Any
 import nats.errors
 from nats.aio.msg import Msg
 
-from .. import correlation
+from .. import correlation, tracing
 from ..aggregates import Aggregate, AggregateDoesNotExist, DomainError, get_aggregate_class
 from ..aio import Runtime
 from ..cluster.hashring import shard_for
@@ -103,6 +103,36 @@ async def send(
         }
     ).encode()
     subject = shard_subject(shard_for(actor_id, num_shards))
+    what = f"{namespace}/{actor_id}"
+    if tracing.enabled and tracing.recording():
+        attributes = {
+            "messaging.system": "nats",
+            "messaging.destination.name": subject,
+            "aether.namespace": namespace,
+            "aether.actor_id": actor_id,
+            "aether.command": command or "",
+            "aether.command_id": command_id,
+        }
+        with tracing.span(f"aether route {namespace}", kind=tracing.CLIENT, attributes=attributes):
+            # The owner's span continues this trace (ShardHost._on_request).
+            headers: dict[str, str] = {}
+            tracing.inject(headers)
+            return await _request(
+                runtime, what, subject, request, timeout, attempt_timeout, headers or None
+            )
+    return await _request(runtime, what, subject, request, timeout, attempt_timeout, None)
+
+
+async def _request(
+    runtime: Runtime,
+    what: str,
+    subject: str,
+    request: bytes,
+    timeout: float,
+    attempt_timeout: float,
+    headers: dict[str, str] | None,
+) -> dict[str, Any]:
+    """Send ``request`` until the shard's owner answers; its answer, or the error it means."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     attempt = 0
@@ -110,11 +140,13 @@ async def send(
         remaining = deadline - loop.time()
         if remaining <= 0:
             raise ShardUnavailableError(
-                f"no node answered for {namespace}/{actor_id} on {subject} within {timeout}s"
+                f"no node answered for {what} on {subject} within {timeout}s"
             )
         try:
             nc = await runtime.connection()
-            reply: Msg = await nc.request(subject, request, timeout=min(attempt_timeout, remaining))
+            reply: Msg = await nc.request(
+                subject, request, timeout=min(attempt_timeout, remaining), headers=headers
+            )
         except (nats.errors.NoRespondersError, nats.errors.TimeoutError, TimeoutError):
             # The shard is moving (or its owner just died): wait for the new owner.
             await asyncio.sleep(min(0.05 * 2**attempt, 0.5, max(remaining, 0)))
@@ -173,6 +205,19 @@ class ShardHost:
         await self.own(set())
 
     async def _on_request(self, msg: Msg) -> None:
+        if not (tracing.enabled and tracing.recording()):
+            await self._serve(msg)
+            return
+        # A SERVER span continuing the sender's trace (its CLIENT span is the parent).
+        with tracing.span(
+            "aether route",
+            kind=tracing.SERVER,
+            parent=tracing.carried(msg.headers) or {},
+            attributes={"messaging.system": "nats", "messaging.destination.name": msg.subject},
+        ):
+            await self._serve(msg)
+
+    async def _serve(self, msg: Msg) -> None:
         try:
             doc = json.loads(msg.data)
             namespace, actor_id = doc["namespace"], doc["actor_id"]
@@ -181,6 +226,16 @@ class ShardHost:
                 json.dumps({"error": {"type": "bad", "message": "bad request"}}).encode()
             )
             return
+        if tracing.enabled:
+            tracing.describe(
+                f"aether route {namespace}",
+                {
+                    "aether.namespace": str(namespace),
+                    "aether.actor_id": str(actor_id),
+                    "aether.command": str(doc.get("command") or ""),
+                    "aether.node": self.node_id,
+                },
+            )
         key = (namespace, actor_id)
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:  # one command at a time per actor on this node

@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
+from .. import tracing
 from ..errors import PayloadTooLargeError, VersionConflictError
 from ..events import (
     ActorSnapshot,
@@ -121,6 +122,25 @@ class InMemoryEventStore(EventStore):
         batch = check_batch(events)
         if not batch:
             return []
+        if tracing.enabled and tracing.recording():
+            # As the JetStream store: a PRODUCER span whose context the events keep.
+            with tracing.span(
+                f"aether publish {self.namespace}",
+                kind=tracing.PRODUCER,
+                attributes={
+                    "aether.namespace": self.namespace,
+                    "aether.actor_id": batch[0].actor_id,
+                    "aether.version.first": batch[0].version,
+                    "aether.version.last": batch[-1].version,
+                    "messaging.batch.message_count": len(batch),
+                },
+            ):
+                carried: dict[str, str] = {}
+                tracing.inject(carried)
+                return self._save(batch, carried or None)
+        return self._save(batch, None)
+
+    def _save(self, batch: list[Event], trace_context: dict[str, str] | None) -> list[Event]:
         decoded = [self._encode(event) for event in batch]
         actor_id = batch[0].actor_id
         self._claim()
@@ -136,7 +156,11 @@ class InMemoryEventStore(EventStore):
                 raise VersionConflictError(actor_id, batch[0].version, current)
             stored = []
             for event in decoded:
-                stored.append(dataclasses.replace(event, sequence=next(self._sequence)))
+                stored.append(
+                    dataclasses.replace(
+                        event, sequence=next(self._sequence), trace_context=trace_context
+                    )
+                )
             history.extend(stored)
             self._log.extend(stored)
             if self._publish is not None:

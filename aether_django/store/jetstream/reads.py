@@ -19,7 +19,7 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js.api import RawStreamMsg
 
-from ... import names
+from ... import names, tracing
 from ...errors import EventStoreError, ReplayError, StoreUnavailableError
 from ...events import Event, ReplayResult, decode_event
 from ...nats import headers as hdr
@@ -315,7 +315,12 @@ class Reader:
                 if version_text and version_text.isdigit() and int(version_text) < from_version:
                     continue
                 try:
-                    event = decode_event(msg.data, sequence=seq, actor_id=actor_id)
+                    event = decode_event(
+                        msg.data,
+                        sequence=seq,
+                        actor_id=actor_id,
+                        trace_context=tracing.carried(headers) if tracing.enabled else None,
+                    )
                 except ReplayError as exc:
                     errors.append(exc)
                     continue
@@ -376,7 +381,12 @@ class Reader:
                 used += len(msg.data)
                 if len(events) == limit or (events and used > max_bytes):
                     return events, True  # this one is the next page's
-                event = decode_event(msg.data, sequence=_sequence(msg), actor_id=actor_id)
+                event = decode_event(
+                    msg.data,
+                    sequence=_sequence(msg),
+                    actor_id=actor_id,
+                    trace_context=tracing.carried(msg.headers) if tracing.enabled else None,
+                )
                 if event.version >= from_version:
                     events.append(event)
             if int(headers.get(hdr.NUM_PENDING, "0") or 0) <= 0:
@@ -436,7 +446,16 @@ class Reader:
                 except ValueError:  # not a token the store writes: the event's own id
                     actor_id = ""
                 try:
-                    events.append(decode_event(msg.data, sequence=seq, actor_id=actor_id))
+                    events.append(
+                        decode_event(
+                            msg.data,
+                            sequence=seq,
+                            actor_id=actor_id,
+                            trace_context=(
+                                tracing.carried(msg_headers) if tracing.enabled else None
+                            ),
+                        )
+                    )
                 except ReplayError:
                     # Never passed over: the events before it now, the error to the
                     # read that starts at it.

@@ -16,6 +16,7 @@ looks there for it (docs/architecture.md, "A save that got no answer").
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import Sequence
@@ -24,7 +25,7 @@ from typing import Any
 import nats.errors
 from nats.aio.msg import Msg
 
-from ... import metrics
+from ... import metrics, tracing
 from ...errors import (
     EventStoreError,
     PayloadTooLargeError,
@@ -90,13 +91,46 @@ class Writer(Part):
     async def save_event(self, event: Event) -> Event:
         # The common case, spared the checks that only a batch needs.
         validate_event(event)
+        if tracing.enabled and tracing.recording():
+            return (await self._traced([event], [self._encode(event)]))[0]
         return (await self._save_checked([event], [self._encode(event)]))[0]
 
     async def save_events(self, events: Sequence[Event]) -> list[Event]:
         batch = check_batch(events)
         if not batch:
             return []
+        if tracing.enabled and tracing.recording():
+            return await self._traced(batch, [self._encode(event) for event in batch])
         return await self._save_checked(batch, [self._encode(event) for event in batch])
+
+    async def _traced(self, batch: list[Event], payloads: list[bytes]) -> list[Event]:
+        """:meth:`_save_checked` in a PRODUCER span, whose trace headers every message of
+        the save carries (``_publish`` adds them) and the stored events keep."""
+        namespace = self.place.namespace
+        first, last = batch[0], batch[-1]
+        attributes = {
+            "messaging.system": "nats",
+            "messaging.operation.type": "send",
+            "messaging.destination.name": self.place.subject_for(first.actor_id),
+            "messaging.batch.message_count": len(batch),
+            "aether.namespace": namespace,
+            "aether.actor_id": first.actor_id,
+            "aether.version.first": first.version,
+            "aether.version.last": last.version,
+        }
+        with tracing.span(
+            f"aether publish {namespace}", kind=tracing.PRODUCER, attributes=attributes
+        ) as span:
+            carried: dict[str, str] = {}
+            tracing.inject(carried)
+            stored = await self._save_checked(batch, payloads)
+            span.set_attribute("aether.sequence.last", stored[-1].sequence or 0)
+        if not carried:
+            return stored
+        return [
+            e if e.trace_context is not None else dataclasses.replace(e, trace_context=carried)
+            for e in stored
+        ]
 
     async def _save_checked(self, batch: list[Event], payloads: list[bytes]) -> list[Event]:
         """Save a validated, encoded batch; count it and turn unanswered attempts that
@@ -203,6 +237,9 @@ class Writer(Part):
                     HDR_VERSION: str(event.version),
                     hdr.EXPECTED_LAST_SUBJECT_SEQUENCE: str(expected),
                 }
+                if tracing.enabled:
+                    # The stored message carries the context of the save that wrote it.
+                    tracing.inject(headers)
                 reply = await request(nc, subject, payloads[0], timeout, headers)
             else:
                 reply = await _publish_batch(
@@ -276,12 +313,16 @@ async def _publish_batch(
     """Send an atomic batch; the expected sequence rides on its first message and
     the server answers only the last (the commit)."""
     last = len(batch)
+    carried: dict[str, str] = {}
+    if tracing.enabled:
+        tracing.inject(carried)  # every message of the batch, the same context
     for i, (event, payload) in enumerate(zip(batch, payloads, strict=True), start=1):
         headers = {
             hdr.MSG_ID: event.id,
             HDR_VERSION: str(event.version),
             hdr.BATCH_ID: batch_id,
             hdr.BATCH_SEQUENCE: str(i),
+            **carried,
         }
         if i == 1:
             headers[hdr.EXPECTED_LAST_SUBJECT_SEQUENCE] = str(expected)
