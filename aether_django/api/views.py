@@ -30,6 +30,7 @@ from ..errors import (
     VersionConflictError,
 )
 from ..events import ActorSnapshot, Event
+from ..middleware import REQUEST_ID_HEADER, request_id_of
 from ..names import validate_actor_id
 from ..permissions import HasNamespaceGrant, require_namespace_grant
 from ..store import EventStore, get_event_store, get_existing_event_store
@@ -41,8 +42,6 @@ from .throttling import AetherScopedRateThrottle
 
 logger = logging.getLogger(__name__)
 
-#: The header a request's id comes in and the response echoes.
-REQUEST_ID_HEADER = "X-Request-ID"
 
 #: Items per page unless ``limit`` says otherwise, and the most ``limit`` may ask for
 #: (the defaults of the pagination classes, which are where a project changes them).
@@ -106,7 +105,7 @@ class AetherAPIView(APIView):
     def dispatch(self, request: Any, *args: Any, **kwargs: Any) -> Any:
         """The request runs with its ``X-Request-ID`` (or a fresh id) as correlation and
         causation id, so the events it stores carry it; the response echoes it."""
-        request_id = correlation.request_id(request.META.get("HTTP_X_REQUEST_ID"))
+        request_id = request_id_of(request)  # RequestIdMiddleware's, when it ran
         with correlation.use(request_id):
             response = super().dispatch(request, *args, **kwargs)
         response[REQUEST_ID_HEADER] = request_id

@@ -582,3 +582,41 @@ def test_the_schema_describes_each_command_with_its_arguments(root):
     assert "/api/aether/aggregates/{namespace}/{actor_id}/" in paths
     # The general route is not described a second time.
     assert not any("{command}" in path for path in paths)
+
+
+def test_the_middleware_gives_a_projects_own_views_the_request_id(db, actor):
+    """tests/urls.py's ``orders/<id>/place/`` is a plain Django view that saves an Order."""
+    from django.test import Client
+
+    middleware = [*settings.MIDDLEWARE, "aether_django.middleware.RequestIdMiddleware"]
+    with override_settings(MIDDLEWARE=middleware):
+        client = Client()
+        response = client.get(f"/orders/{actor}/place/?customer=ann", HTTP_X_REQUEST_ID="mw-1")
+        assert response.headers["X-Request-ID"] == "mw-1"
+        made = client.get(f"/orders/{actor}-2/place/?customer=bob")
+        fresh = made.headers["X-Request-ID"]
+        # The API's views take the middleware's id rather than making another one.
+        api = APIClient()
+        api.force_authenticate(User.objects.create_superuser("mw", password="pw"))
+        answer = post(api, f"{actor}-3", "place", {"customer": "cy"})
+    assert uuid.UUID(fresh)
+    ids = {
+        a: Order.get_store().get_events(a)[0].metadata[correlation.CORRELATION_KEY]
+        for a in (actor, f"{actor}-2", f"{actor}-3")
+    }
+    assert ids == {actor: "mw-1", f"{actor}-2": fresh, f"{actor}-3": answer.headers["X-Request-ID"]}
+
+
+async def test_the_middleware_in_an_async_stack(actor):
+    """Under ASGI (AsyncClient) the middleware runs as a coroutine, around an async view."""
+    from django.test import AsyncClient
+
+    await Order.objects.aupdate(actor, lambda o: o.place("ann"), create=True)
+    middleware = [*settings.MIDDLEWARE, "aether_django.middleware.RequestIdMiddleware"]
+    with override_settings(MIDDLEWARE=middleware):
+        response = await AsyncClient().get(
+            f"/orders/{actor}/add-line/?sku=pen", headers={"X-Request-ID": "mw-async"}
+        )
+    assert response.status_code == 200 and response.headers["X-Request-ID"] == "mw-async"
+    line = (await Order.get_store().aget_events(actor))[-1]
+    assert line.metadata[correlation.CORRELATION_KEY] == "mw-async"
