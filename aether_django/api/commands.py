@@ -500,14 +500,20 @@ class CommandView(NamespaceView):
             raise ShardUnavailable(str(exc)) from None
         except CommandError as exc:
             raise CommandFailed(str(exc)) from None
+        if key is not None and (result.replayed or result.events):
+            self._check_same(result, marked)
         response = Response(result.as_dict(), status=status.HTTP_200_OK)
         if result.replayed:
-            self._check_same(result, marked)
             response["Idempotent-Replayed"] = "true"
         return response
 
     def _check_same(self, result: CommandResult, marked: str) -> None:
-        """A replayed key must have been used with this very command and body."""
+        """A key must have been used with this very command and body.
+
+        Checked on a repeat, and on fresh results too (where it holds, the events
+        carrying this request's fingerprint): an owner of an earlier release does not
+        say that it found the command id applied.
+        """
         recorded = {e.metadata.get(FINGERPRINT_KEY) for e in result.events}
         if recorded != {marked}:
             raise IdempotencyKeyReused()

@@ -223,8 +223,10 @@ _LOOK_BACK = 16
 
 
 def _replayed(
-    model: type[Aggregate], actor_id: str, command_id: str, version: int
+    model: type[Aggregate], actor_id: str, command_id: str, version: int, replayed: bool = True
 ) -> CommandResult:
+    if version == 0:  # an actor with no events (a command that recorded none)
+        return CommandResult(actor_id, 0, model(actor_id).get_snapshot_state(), (), command_id)
     store = model.get_store()
     start = max(0, version - _LOOK_BACK)
     while True:
@@ -235,13 +237,15 @@ def _replayed(
         start = max(0, start - 16 * _LOOK_BACK)  # the whole window was the command's
     obj = model.objects.get(actor_id, at_version=version)
     return CommandResult(
-        actor_id, version, obj.get_snapshot_state(), _events(run), command_id, replayed=True
+        actor_id, version, obj.get_snapshot_state(), _events(run), command_id, replayed
     )
 
 
 async def _areplayed(
-    model: type[Aggregate], actor_id: str, command_id: str, version: int
+    model: type[Aggregate], actor_id: str, command_id: str, version: int, replayed: bool = True
 ) -> CommandResult:
+    if version == 0:  # an actor with no events (a command that recorded none)
+        return CommandResult(actor_id, 0, model(actor_id).get_snapshot_state(), (), command_id)
     store = model.get_store()
     start = max(0, version - _LOOK_BACK)
     while True:
@@ -252,16 +256,21 @@ async def _areplayed(
         start = max(0, start - 16 * _LOOK_BACK)
     obj = await model.objects.aget(actor_id, at_version=version)
     return CommandResult(
-        actor_id, version, obj.get_snapshot_state(), _events(run), command_id, replayed=True
+        actor_id, version, obj.get_snapshot_state(), _events(run), command_id, replayed
     )
 
 
-def _local_result(obj: Aggregate, command_id: str) -> CommandResult | int:
-    """The result of a command update() ran, or the version to replay it from."""
+#: A command's result to read from the store: the version of its last event, and
+#: whether it was a repeat of a command id applied before.
+_FromStore = tuple[int, bool]
+
+
+def _local_result(obj: Aggregate, command_id: str) -> CommandResult | _FromStore:
+    """The result of a command update() ran, or where to read it from the store."""
     if obj.command_replayed:
         version = obj.recorded_version(command_id)
         assert version is not None  # update() found it there
-        return version
+        return version, True
     return CommandResult(
         obj.actor_id,
         obj.version,
@@ -273,12 +282,13 @@ def _local_result(obj: Aggregate, command_id: str) -> CommandResult | int:
 
 def _routed_result(
     answer: Mapping[str, Any], actor_id: str, command_id: str
-) -> CommandResult | int:
-    """The result of a command its owner ran, or the version to replay it from."""
+) -> CommandResult | _FromStore:
+    """The result of a command its owner ran, or where to read it from the store (a
+    repeat, or an owner of an earlier release, whose answer lists no events)."""
     version = int(answer["version"])
     events = _answered_events(answer)
     if answer.get("replayed") or events is None:
-        return version
+        return version, bool(answer.get("replayed"))
     return CommandResult(actor_id, version, dict(answer["state"]), events, command_id)
 
 
@@ -327,7 +337,7 @@ async def arun_command(
     model = _model(namespace, command)
     command_id = command_id or str(uuid.uuid4())
     arguments = dict(arguments or {})
-    outcome: CommandResult | int
+    outcome: CommandResult | _FromStore
     if await acommand_routed():
         from ..runtime import get_runtime
 
@@ -354,7 +364,7 @@ async def arun_command(
         outcome = _local_result(obj, command_id)
     if isinstance(outcome, CommandResult):
         return outcome
-    return await _areplayed(model, actor_id, command_id, outcome)
+    return await _areplayed(model, actor_id, command_id, *outcome)
 
 
 def run_command(
@@ -374,7 +384,7 @@ def run_command(
     model = _model(namespace, command)
     command_id = command_id or str(uuid.uuid4())
     arguments = dict(arguments or {})
-    outcome: CommandResult | int
+    outcome: CommandResult | _FromStore
     if command_routed():
         from ..runtime import get_runtime
 
@@ -403,4 +413,4 @@ def run_command(
         outcome = _local_result(obj, command_id)
     if isinstance(outcome, CommandResult):
         return outcome
-    return _replayed(model, actor_id, command_id, outcome)
+    return _replayed(model, actor_id, command_id, *outcome)
