@@ -456,8 +456,11 @@ class CommandView(NamespaceView):
     @extend_schema(exclude=True)  # each command is described by its own route
     def post(self, request: Request, namespace: str, actor_id: str, command: str) -> Response:
         """Run the command with the body's keyword arguments."""
-        self.store(request, namespace, write=True)  # the grants of an append
+        # The permission class checked the name and the grant already (a namespace the
+        # caller may not see answers 404 before this); what is served is checked next,
+        # then what an append would need besides (can_create for a new namespace).
         registration = _registration(self.router, namespace)
+        self.store(request, namespace, write=True)
         serializer_class = registration.serializers.get(command)
         if serializer_class is None:
             raise NotFound(

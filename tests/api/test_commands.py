@@ -620,3 +620,43 @@ async def test_the_middleware_in_an_async_stack(actor):
     assert response.status_code == 200 and response.headers["X-Request-ID"] == "mw-async"
     line = (await Order.get_store().aget_events(actor))[-1]
     assert line.metadata[correlation.CORRELATION_KEY] == "mw-async"
+
+
+class Fresh(Aggregate):
+    """An aggregate of a namespace no test has written to yet."""
+
+    count: int = 0
+
+    class Meta:
+        namespace = f"test-api-new-{uuid.uuid4().hex[:8]}"
+
+    @command
+    def start(self) -> None:
+        self.record("Started")
+
+    @apply("Started")
+    def _started(self, event: Event) -> None:
+        self.count += 1
+
+
+def test_a_command_that_would_create_a_namespace_takes_can_create(db):
+    namespace = str(Fresh._meta.namespace)
+    commands.register(Fresh, creating=["start"])
+    try:
+        clients = {}
+        for name, can_create in (("no-create", False), ("create", True)):
+            person = User.objects.create_user(name, password="pw")
+            NamespaceGrant.objects.create(user=person, pattern="test-api-new-*", can_read=True,
+                                          can_write=True, can_create=can_create)  # fmt: skip
+            clients[name] = APIClient()
+            clients[name].force_authenticate(person)
+        path = f"{API}/{namespace}/f-1/commands/start/"
+        refused = clients["no-create"].post(path, {}, format="json")
+        assert refused.status_code == 403
+        assert "can_create" in refused.json()["detail"]
+        assert not get_event_store(namespace).exists()
+        assert clients["create"].post(path, {}, format="json").status_code == 200
+        assert clients["no-create"].post(path, {}, format="json").status_code == 200  # exists now
+        assert Fresh.objects.get("f-1").count == 2
+    finally:
+        commands.unregister(Fresh)
