@@ -265,3 +265,14 @@ async def test_an_owner_of_the_previous_release_gives_the_same_results(routing, 
     assert [r.replayed for r in local] == [False, False, True]
     events = await Order.get_store().aget_events(actor)
     assert [e.command_id for e in events][1:] == ["l"]  # applied once
+
+
+def test_a_routing_mode_that_does_not_exist_is_reported_by_a_system_check():
+    from django.core.checks import run_checks
+
+    with override_settings(AETHER={**settings.AETHER, "COMMAND_ROUTING": "sometimes"}):
+        errors = [e for e in run_checks() if e.id == "aether_django.E004"]
+    assert len(errors) == 1 and "'sometimes'" in errors[0].msg
+    for mode in ("auto", "always", "never"):
+        with override_settings(AETHER={**settings.AETHER, "COMMAND_ROUTING": mode}):
+            assert not [e for e in run_checks() if e.id == "aether_django.E004"]
