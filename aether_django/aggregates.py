@@ -396,6 +396,8 @@ class Aggregate:
         #: Whether the last update() found its command id already applied (and did
         #: not run the command again).
         self.command_replayed = False
+        #: The events the last save() stored, as stored (with their stream sequences).
+        self.saved_events: list[Event] = []
         # (command id, version of the last event it recorded), oldest first.
         self._recent_commands: collections.deque[tuple[str, int]] = collections.deque(
             maxlen=self._meta.command_window
@@ -550,6 +552,7 @@ class Aggregate:
         After a conflict this instance is out of date: load the actor again.
         """
         if not self._pending:
+            self.saved_events = []
             return
         if tracing.enabled and tracing.recording():
             with tracing.span("aether save", attributes=self._save_attributes()):
@@ -576,6 +579,7 @@ class Aggregate:
         before = self._pending[0].version - 1
         store = self.get_store()
         stored = store.save_events(self._pending)
+        self.saved_events = list(stored)
         self._last_sequence = stored[-1].sequence or self._last_sequence
         self._pending = []
         if self._snapshot_due(before):
@@ -587,6 +591,7 @@ class Aggregate:
     async def asave(self) -> None:
         """Async twin of :meth:`save`."""
         if not self._pending:
+            self.saved_events = []
             return
         if tracing.enabled and tracing.recording():
             with tracing.span("aether save", attributes=self._save_attributes()):
@@ -598,6 +603,7 @@ class Aggregate:
         before = self._pending[0].version - 1
         store = self.get_store()
         stored = await store.asave_events(self._pending)
+        self.saved_events = list(stored)
         self._last_sequence = stored[-1].sequence or self._last_sequence
         self._pending = []
         if self._snapshot_due(before):

@@ -94,6 +94,23 @@ def check_tracing(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
 
 
 @register("aether_django")
+def check_command_routing(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """E004: a COMMAND_ROUTING that is not one of its values (a command would fail)."""
+    value = getattr(settings, "AETHER", {})
+    if not isinstance(value, dict) or "COMMAND_ROUTING" not in value:
+        return []
+    if value["COMMAND_ROUTING"] in ("auto", "always", "never"):
+        return []
+    return [
+        Error(
+            f"AETHER['COMMAND_ROUTING'] is {value['COMMAND_ROUTING']!r}.",
+            hint='Use "auto" (route while the cluster has live nodes), "always" or "never".',
+            id="aether_django.E004",
+        )
+    ]
+
+
+@register("aether_django")
 def check_durability(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """W301/W302: in production (DEBUG off), what one replica's acknowledged save survives.
 

@@ -116,6 +116,10 @@ DEFAULTS: dict[str, Any] = {
     # READYZ_PROJECTION_MAX_LAG is a number, more events than that behind a stream head.
     "READYZ_PROJECTIONS": [],
     "READYZ_PROJECTION_MAX_LAG": None,
+    # Where run_command (and the API's command endpoints) run a command: "auto" (on the
+    # shard's owner while the cluster has live nodes, here otherwise), "always" (on the
+    # owner) or "never" (here, with Model.objects.update).
+    "COMMAND_ROUTING": "auto",
     # The HTTP API. Serve the OpenAPI schema to anonymous callers too (it describes
     # every endpoint; by default only authenticated users may read it).
     "API_SCHEMA_PUBLIC": False,

@@ -31,6 +31,7 @@ __all__ = [
     "caused_by",
     "current",
     "new_id",
+    "request_id",
     "stamp",
     "use",
 ]
@@ -91,6 +92,25 @@ def caused_by(event: _HasMetadata) -> Iterator[Causes]:
     correlation = event.metadata.get(CORRELATION_KEY) or event.id
     with use(correlation, event.id) as causes:
         yield causes
+
+
+#: Longest request id taken from a client (``X-Request-ID``); a longer one is replaced.
+MAX_REQUEST_ID_LENGTH = 200
+
+
+def request_id(header: str | None) -> str:
+    """The id of a request: the client's ``X-Request-ID`` when it is 1 to
+    ``MAX_REQUEST_ID_LENGTH`` printable ASCII characters without spaces, otherwise a
+    fresh one (an id that would garble logs or metadata is not passed on)."""
+    if (
+        header
+        and len(header) <= MAX_REQUEST_ID_LENGTH
+        and header.isascii()
+        and header.isprintable()
+        and " " not in header
+    ):
+        return header
+    return new_id()
 
 
 def stamp(metadata: Mapping[str, str], *, command_id: str | None = None) -> dict[str, str]:

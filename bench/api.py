@@ -26,6 +26,15 @@ as many threads of the benchmark process) in the same interleaved rounds:
 2. reads: ``GET .../actors/{actor}/events/`` of one actor with 10 events, all
    clients reading the same actor.
 
+and, beside the raw appends of (1) through HTTP in the same interleaved rounds:
+
+3. commands: ``POST aggregates/orders/{order}/commands/add_line/`` (the example
+   project's Order, registered in its ``shop/api.py``), each with an
+   ``Idempotency-Key`` of its own, each client on an order of its own; every 50th
+   call of a client places a new order instead (``place``, a creating command), so
+   that an order's state stays small. No cluster node runs, so commands run in the
+   server process (``COMMAND_ROUTING = "auto"`` finds no live node).
+
 Throughput is requests (or store calls) per second over a round, from the first
 start to the last answer; p50 and p99 are of every request's own time over all
 measured rounds. No targets: the figures show what the HTTP layer (daphne, Django,
@@ -112,9 +121,15 @@ class HttpClient:
         token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
         self.headers = {"Authorization": f"Basic {token}", "Accept": "application/json"}
 
-    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        extra_headers: dict[str, str] | None = None,
+    ) -> Any:
         data = None if body is None else json.dumps(body).encode()
-        headers = dict(self.headers)
+        headers = {**self.headers, **(extra_headers or {})}
         if data is not None:
             headers["Content-Type"] = "application/json"
         for attempt in (1, 2):
@@ -127,8 +142,9 @@ class HttpClient:
                 break
             except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
                 # The server closed an idle keep-alive connection. Sending again is safe:
-                # reads are reads, and appends carry their event's id, which the API
-                # recognises when the first attempt was stored after all.
+                # reads are reads, appends carry their event's id and commands an
+                # Idempotency-Key, which the API recognises when the first attempt was
+                # stored after all.
                 self.conn.close()
                 self.conn = None
                 if attempt == 2:
@@ -202,6 +218,46 @@ def append_workload(port: int, clients: int, per_client: int) -> tuple[Workload,
     return Workload(clients, per_client, http_call, store_call), conns
 
 
+#: Commands on one order before a client places the next (keeps its state small).
+LINES_PER_ORDER = 50
+
+
+def command_workload(port: int, clients: int, per_client: int) -> tuple[Workload, list[Any]]:
+    """Commands through HTTP (the ``http`` side) beside raw appends through HTTP (the
+    ``store`` side, the baseline here)."""
+    run = uuid.uuid4().hex[:8]
+    http_ns = unique_name("bench_api_raw")
+    conns = [HttpClient(port) for _ in range(clients)]
+    raw_conns = [HttpClient(port) for _ in range(clients)]
+    calls = [0] * clients
+    versions = [0] * clients
+    line = {"sku": "pen", "quantity": 1, "price_cents": 150}
+
+    def command_call(i: int) -> None:
+        n = calls[i]
+        calls[i] += 1
+        order = f"bench-{run}-{i}-{n // LINES_PER_ORDER}"
+        first = n % LINES_PER_ORDER == 0
+        command, body = ("place", {"customer": "bench"}) if first else ("add_line", line)
+        answer = conns[i].request(
+            "POST",
+            f"/api/aether/aggregates/orders/{order}/commands/{command}/",
+            body,
+            {"Idempotency-Key": uuid.uuid4().hex},
+        )
+        assert answer["version"] == n % LINES_PER_ORDER + 1, answer
+
+    def raw_call(i: int) -> None:
+        version = versions[i] + 1
+        body = {"id": uuid.uuid4().hex, "event_type": EVENT_TYPE, "version": version, "data": DATA}
+        path = f"/api/aether/namespaces/{http_ns}/actors/a{i}/events/"
+        answer = raw_conns[i].request("POST", path, body)
+        assert answer["events"][0]["version"] == version, answer
+        versions[i] = version
+
+    return Workload(clients, per_client, command_call, raw_call), conns + raw_conns
+
+
 def read_workload(port: int, clients: int, per_client: int) -> tuple[Workload, list[Any]]:
     from aether_django.events import Event
     from aether_django.store import get_event_store
@@ -235,11 +291,27 @@ async def off_loop(fn: Callable[..., Any], *args: Any) -> Any:
 
 
 async def measure(report: Report, sizes: Sizes, port: int) -> None:
+    store_baseline = "the store's sync facade, same calls from as many threads"
     figures = [
-        ("1", "append one event", "appends/s", append_workload),
-        ("2", f"read the {READ_EVENTS} events of an actor", "reads/s", read_workload),
+        ("1", "append one event", "appends/s", append_workload, store_baseline, "store call"),
+        (
+            "2",
+            f"read the {READ_EVENTS} events of an actor",
+            "reads/s",
+            read_workload,
+            store_baseline,
+            "store call",
+        ),
+        (
+            "3",
+            "run a command (add_line, 1 in 50 place) with an Idempotency-Key",
+            "commands/s",
+            command_workload,
+            "a raw append of one event through HTTP, same clients",
+            "raw append",
+        ),
     ]
-    for section, what, unit, build in figures:
+    for section, what, unit, build, baseline, baseline_short in figures:
         for clients in CONCURRENCY:
             per_client = sizes.per_client[clients]
             progress(f"{section}. {what}: {clients} client(s), {per_client} calls each a round")
@@ -265,7 +337,6 @@ async def measure(report: Report, sizes: Sizes, port: int) -> None:
                     conn.close()
             sub = "a" if clients == 1 else "b"
             label = "1 client" if clients == 1 else f"{clients} concurrent clients"
-            baseline = "the store's sync facade, same calls from as many threads"
             report.compare(
                 f"{section}{sub}",
                 f"{what} through HTTP, {label}",
@@ -281,7 +352,7 @@ async def measure(report: Report, sizes: Sizes, port: int) -> None:
                     percentile(workload.latencies["http"], pct),
                     "ms",
                     baseline=percentile(workload.latencies["store"], pct),
-                    baseline_label="store call",
+                    baseline_label=baseline_short,
                     higher_is_better=False,
                 )
 

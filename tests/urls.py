@@ -3,7 +3,14 @@
 from django.contrib import admin
 from django.urls import include, path
 
+from aether_django.api import commands
+
 from . import views
+from .aggregates.domain import Order
+
+# The API serves the test Order's commands (tests/api/test_commands.py); "place" may
+# start an order.
+commands.register(Order, creating=["place"])
 
 urlpatterns = [
     path("sync/<str:namespace>/<str:actor_id>/", views.sync_append),

@@ -108,6 +108,45 @@ class DuplicateEventId(AetherAPIException):
     default_code = "duplicate_event_id"
 
 
+class CommandRefused(AetherAPIException):
+    """The aggregate's rules refused the command (a DomainError); nothing was stored."""
+
+    status_code = status.HTTP_422_UNPROCESSABLE_ENTITY
+    default_detail = "The aggregate refused the command."
+    default_code = "domain_error"
+
+
+class CommandConflict(AetherAPIException):
+    """Every attempt of the command met another writer of the actor; nothing was stored."""
+
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = "Other writers changed the actor on every attempt; try again."
+    default_code = "conflict"
+
+
+class IdempotencyKeyReused(AetherAPIException):
+    status_code = status.HTTP_422_UNPROCESSABLE_ENTITY
+    default_detail = (
+        "This Idempotency-Key was used with another command or other arguments for this "
+        "actor; use a new key for a new command."
+    )
+    default_code = "idempotency_key_reused"
+
+
+class ShardUnavailable(AetherAPIException):
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_detail = "No cluster node served the actor's shard in time; try again."
+    default_code = "shard_unavailable"
+
+
+class CommandFailed(AetherAPIException):
+    """The node that owns the actor could not run the command (its log says why)."""
+
+    status_code = status.HTTP_500_INTERNAL_SERVER_ERROR
+    default_detail = "The command failed on the node that owns the actor."
+    default_code = "command_failed"
+
+
 def api_exception(exc: Exception) -> Exception:
     """``exc`` as a DRF exception where it is one of aether's errors or one of the
     request errors Django would answer with an HTML page; otherwise ``exc`` itself."""

@@ -136,6 +136,29 @@ class StateSerializer(serializers.Serializer[Any]):
     state = serializers.JSONField()
 
 
+class AggregateStateSerializer(serializers.Serializer[Any]):
+    """An actor's version and state, as its aggregate class builds it."""
+
+    actor_id = serializers.CharField()
+    version = serializers.IntegerField()
+    state = serializers.JSONField()
+
+
+class CommandEventSerializer(serializers.Serializer[Any]):
+    """One event a command stored."""
+
+    sequence = serializers.IntegerField()
+    version = serializers.IntegerField()
+    event_type = serializers.CharField()
+
+
+class CommandResultSerializer(AggregateStateSerializer):
+    """The actor after a command, and the events the command stored (in version order;
+    none when it recorded nothing)."""
+
+    events = CommandEventSerializer(many=True)
+
+
 class NodeSerializer(serializers.Serializer[Any]):
     node_id = serializers.CharField()
     status = serializers.CharField()

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from django.apps import apps
-from django.urls import URLPattern, path, re_path
+from django.urls import URLPattern, URLResolver, include, path, re_path
 
-from . import views
+from . import commands, views
 from .openapi import SPECTACULAR
 
 app_name = "aether_api"
@@ -15,7 +15,7 @@ app_name = "aether_api"
 # refuses it with a JSON 400, instead of matching no URL (Django's HTML 404).
 ACTOR = r"namespaces/(?P<namespace>[^/]+)/actors/(?P<actor_id>[\s\S]+)"
 
-urlpatterns: list[URLPattern] = [
+urlpatterns: list[URLPattern | URLResolver] = [
     path("namespaces/", views.NamespaceListView.as_view(), name="namespaces"),
     path("namespaces/<str:namespace>/", views.NamespaceDetailView.as_view(), name="namespace"),
     path("namespaces/<str:namespace>/actors/", views.ActorListView.as_view(), name="actors"),
@@ -23,6 +23,8 @@ urlpatterns: list[URLPattern] = [
     re_path(rf"^{ACTOR}/version/$", views.VersionView.as_view(), name="version"),
     re_path(rf"^{ACTOR}/snapshot/$", views.SnapshotView.as_view(), name="snapshot"),
     re_path(rf"^{ACTOR}/state/$", views.StateView.as_view(), name="state"),
+    # Aggregates whose commands a project registered (aether_django.api.commands).
+    path("aggregates/", include(commands.lazy_urls())),  # type: ignore[arg-type]
     path("cluster/", views.ClusterView.as_view(), name="cluster"),
     path("cluster/shards/", views.ShardsView.as_view(), name="shards"),
 ]

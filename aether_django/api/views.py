@@ -16,7 +16,7 @@ from rest_framework.response import Response
 from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 
-from .. import inspection
+from .. import correlation, inspection
 from ..access import access_for
 from ..aggregates import AggregateDoesNotExist
 from ..cluster import cluster_config
@@ -30,6 +30,7 @@ from ..errors import (
     VersionConflictError,
 )
 from ..events import ActorSnapshot, Event
+from ..middleware import REQUEST_ID_HEADER, request_id_of
 from ..names import validate_actor_id
 from ..permissions import HasNamespaceGrant, require_namespace_grant
 from ..store import EventStore, get_event_store, get_existing_event_store
@@ -40,6 +41,7 @@ from .pagination import ActorEvents, AetherCursorPagination, PaginatedViewMixin
 from .throttling import AetherScopedRateThrottle
 
 logger = logging.getLogger(__name__)
+
 
 #: Items per page unless ``limit`` says otherwise, and the most ``limit`` may ask for
 #: (the defaults of the pagination classes, which are where a project changes them).
@@ -99,6 +101,15 @@ class AetherAPIView(APIView):
     an OpenAPI schema whatever the project's DEFAULT_SCHEMA_CLASS."""
 
     schema = AutoSchema()
+
+    def dispatch(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+        """The request runs with its ``X-Request-ID`` (or a fresh id) as correlation and
+        causation id, so the events it stores carry it; the response echoes it."""
+        request_id = request_id_of(request)  # RequestIdMiddleware's, when it ran
+        with correlation.use(request_id):
+            response = super().dispatch(request, *args, **kwargs)
+        response[REQUEST_ID_HEADER] = request_id
+        return response
 
     def get_exception_handler(self) -> Any:
         # Aether's errors formatted here; the rest by the project's EXCEPTION_HANDLER.
@@ -292,13 +303,15 @@ class EventListView(PaginatedViewMixin, NamespaceView):
 
 
 def _event(item: dict[str, Any], actor_id: str, version: int) -> Event:
+    command_id = item.get("command_id") or None
     fields: dict[str, Any] = {
         "event_type": item["event_type"],
         "actor_id": actor_id,
         "version": version,
         "data": item.get("data") or {},
-        "metadata": item.get("metadata") or {},
-        "command_id": item.get("command_id") or None,
+        # The request's ids (X-Request-ID), unless the client gave its own.
+        "metadata": correlation.stamp(item.get("metadata") or {}, command_id=command_id),
+        "command_id": command_id,
     }
     if item.get("id"):
         fields["id"] = item["id"]
@@ -361,6 +374,32 @@ def _snapshot_body(snapshot: ActorSnapshot) -> dict[str, Any]:
     }
 
 
+def load_state(
+    namespace: str, actor_id: str, *, at_version: int | None = None
+) -> inspection.AggregateState:
+    """The actor's state as the namespace's aggregate class builds it, or the API's
+    error: 404 for no class or no such actor, 422 for a history it cannot replay."""
+    try:
+        found = inspection.aggregate_state(namespace, actor_id, at_version=at_version)
+    except AggregateDoesNotExist:
+        raise NotFound("no such actor") from None
+    except AggregateReplayError as exc:
+        if isinstance(exc, ReplayError):
+            raise  # a message that does not decode: corrupt_event, as for the events
+        # A fact about the stored history (a handler that meets data of another
+        # shape, an event type without a handler), not a server fault: 422. The
+        # project's exception text stays in the log; the body says only its type.
+        logger.warning("%s in namespace %r", exc, namespace, exc_info=exc.cause)
+        if isinstance(exc.cause, AetherError):  # aether's own words, e.g. no handler
+            raise CannotApply(str(exc.cause)) from None
+        raise CannotApply(
+            f"{exc.aggregate} cannot build this actor's state from its stored events: {exc.reason}"
+        ) from None
+    if found is None:
+        raise NotFound("no aggregate class is registered for this namespace")
+    return found
+
+
 class StateView(NamespaceView):
     @extend_schema(
         parameters=[OpenApiParameter("at_version", OpenApiTypes.INT)],
@@ -371,25 +410,7 @@ class StateView(NamespaceView):
         namespace = self.namespace(request, namespace)
         actor_id = self.actor(actor_id)
         at_version = _positive(request, "at_version", None, minimum=1)
-        try:
-            found = inspection.aggregate_state(namespace, actor_id, at_version=at_version)
-        except AggregateDoesNotExist:
-            raise NotFound("no such actor") from None
-        except AggregateReplayError as exc:
-            if isinstance(exc, ReplayError):
-                raise  # a message that does not decode: corrupt_event, as for the events
-            # A fact about the stored history (a handler that meets data of another
-            # shape, an event type without a handler), not a server fault: 422. The
-            # project's exception text stays in the log; the body says only its type.
-            logger.warning("%s in namespace %r", exc, namespace, exc_info=exc.cause)
-            if isinstance(exc.cause, AetherError):  # aether's own words, e.g. no handler
-                raise CannotApply(str(exc.cause)) from None
-            raise CannotApply(
-                f"{exc.aggregate} cannot build this actor's state from its stored events: "
-                f"{exc.reason}"
-            ) from None
-        if found is None:
-            raise NotFound("no aggregate class is registered for this namespace")
+        found = load_state(namespace, actor_id, at_version=at_version)
         return Response(
             {
                 "actor_id": found.actor_id,

@@ -362,6 +362,12 @@ class Coordinator:
         await self.setup()
         return sorted(info.node_id for info in await self._infos("alive") if info is not None)
 
+    async def live_nodes(self) -> list[str]:
+        """Ids of the nodes whose heartbeat has not expired, read without creating the
+        bucket (none while it does not exist): for the cluster's clients, such as a web
+        process deciding whether to route a command, which must not create it."""
+        return sorted(info.node_id for info in await self._infos("alive") if info is not None)
+
     # --- the leader lease ---------------------------------------------------------------
     async def read_lease(self) -> Lease | None:
         """The current lease, or None when nobody holds it."""

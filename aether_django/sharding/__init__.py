@@ -8,6 +8,9 @@ primitives (membership, lease, shard map) it builds on.
   ``ShardHost`` (the owner's side: load, run, save, answer).
 * :mod:`.node`: ``ClusterNode``, the driver that ``manage.py aether_node`` and the
   Celery worker run (heartbeat, lease, shard map, and the shards it hosts).
+* :mod:`.commands`: ``run_command`` / ``arun_command``, a command by name on the
+  shard's owner when the cluster runs (``AETHER["COMMAND_ROUTING"]``), here otherwise,
+  with the same result either way.
 
 The functions here are the facade that wires routing to ``settings.AETHER`` and the
 process runtime: ``send_command`` / ``asend_command`` run a command on an actor's owner.
@@ -18,13 +21,27 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .commands import (
+    CommandEvent,
+    CommandResult,
+    acommand_routed,
+    arun_command,
+    command_routed,
+    run_command,
+)
 from .routing import CommandError, RemoteDomainError, ShardUnavailableError
 
 __all__ = [
     "CommandError",
+    "CommandEvent",
+    "CommandResult",
     "RemoteDomainError",
     "ShardUnavailableError",
+    "acommand_routed",
+    "arun_command",
     "asend_command",
+    "command_routed",
+    "run_command",
     "send_command",
 ]
 

@@ -24,7 +24,13 @@ import nats.errors
 from nats.aio.msg import Msg
 
 from .. import correlation, tracing
-from ..aggregates import Aggregate, AggregateDoesNotExist, DomainError, get_aggregate_class
+from ..aggregates import (
+    Aggregate,
+    AggregateDoesNotExist,
+    DomainError,
+    UpdateRetriesExhausted,
+    get_aggregate_class,
+)
 from ..aio import Runtime
 from ..cluster.hashring import shard_for
 from ..errors import (
@@ -38,7 +44,14 @@ from ..errors import (
 #: logging configurations written for it keep working (docs/operations.md).
 logger = logging.getLogger("aether_django.cluster.routing")
 
-__all__ = ["CommandError", "RemoteDomainError", "ShardHost", "ShardUnavailableError", "send"]
+__all__ = [
+    "CommandError",
+    "RemoteDomainError",
+    "ShardHost",
+    "ShardUnavailableError",
+    "send",
+    "send_request",
+]
 
 SHARD_SUBJECT = "aether.shard"
 
@@ -89,6 +102,46 @@ async def send(
     causation ids in effect here (:mod:`aether_django.correlation`) travel with the
     command, so the owner's events carry them.
     """
+    return await send_request(
+        runtime,
+        namespace,
+        actor_id,
+        command,
+        arguments,
+        num_shards=num_shards,
+        timeout=timeout,
+        attempt_timeout=attempt_timeout,
+        command_id=command_id,
+        metadata=metadata,
+    )
+
+
+async def send_request(
+    runtime: Runtime,
+    namespace: str,
+    actor_id: str,
+    command: str | None,
+    arguments: Mapping[str, Any] | None = None,
+    *,
+    num_shards: int,
+    timeout: float = 10.0,
+    attempt_timeout: float = 2.0,
+    command_id: str | None = None,
+    metadata: Mapping[str, str] | None = None,
+    create: bool = True,
+) -> dict[str, Any]:
+    """:func:`send` with the command's arguments as a mapping (so that no argument name
+    is taken by an option), and ``create``.
+
+    With ``create=False`` an actor that has no events is not created by the command:
+    AggregateDoesNotExist instead. UpdateRetriesExhausted when the owner met a
+    conflicting writer on every attempt. Besides what :func:`send` returns, the answer
+    holds ``events`` (each stored event of the command: ``sequence``, ``version``,
+    ``event_type``, ``metadata``) and ``replayed``: True when the actor already held
+    ``command_id``, so the command was not run again (``version`` is then the version
+    of its last event, ``events`` is empty and ``state`` is the actor's state now).
+    An owner of an earlier release leaves both out and creates missing actors.
+    """
     command_id = command_id or str(uuid.uuid4())
     causes = correlation.current() or correlation.Causes(correlation.new_id(), command_id)
     request = json.dumps(
@@ -96,11 +149,14 @@ async def send(
             "namespace": namespace,
             "actor_id": actor_id,
             "command": command,
-            "arguments": arguments,
+            "arguments": dict(arguments or {}),
             "command_id": command_id,
             "metadata": dict(metadata or {}),
             "causes": [causes.correlation_id, causes.causation_id],
-        }
+            "create": create,
+        },
+        # Values a serializer made (Decimal, dates) travel as their text.
+        default=str,
     ).encode()
     subject = shard_subject(shard_for(actor_id, num_shards))
     what = f"{namespace}/{actor_id}"
@@ -118,13 +174,14 @@ async def send(
             headers: dict[str, str] = {}
             tracing.inject(headers)
             return await _request(
-                runtime, what, subject, request, timeout, attempt_timeout, headers or None
+                runtime, actor_id, what, subject, request, timeout, attempt_timeout, headers or None
             )
-    return await _request(runtime, what, subject, request, timeout, attempt_timeout, None)
+    return await _request(runtime, actor_id, what, subject, request, timeout, attempt_timeout, None)
 
 
 async def _request(
     runtime: Runtime,
+    actor_id: str,
     what: str,
     subject: str,
     request: bytes,
@@ -158,6 +215,10 @@ async def _request(
             if error.get("type") == "domain":
                 raise RemoteDomainError(error["message"])
             message = error.get("message", "the command failed")
+            if error.get("type") == "not_found":
+                raise AggregateDoesNotExist(message)
+            if error.get("type") == "conflict":
+                raise UpdateRetriesExhausted(actor_id, int(error.get("attempts") or 0))
             if error.get("type") == "unknown":
                 raise SaveOutcomeUnknownError(message)
             if error.get("type") == "unavailable":
@@ -289,6 +350,8 @@ class ShardHost:
         arguments = doc.get("arguments") or {}
         command_id = doc.get("command_id")
         metadata = _string_map(doc.get("metadata"))
+        # Senders of earlier releases say nothing: they expect a missing actor created.
+        create = doc.get("create", True) is not False
         causes = doc.get("causes")
         if not (isinstance(causes, list) and len(causes) == 2 and all(map(_is_text, causes))):
             causes = [correlation.new_id(), command_id or correlation.new_id()]
@@ -322,7 +385,14 @@ class ShardHost:
                 # answering, or two nodes owned the shard for a moment): answer with the
                 # version it was stored at, without running it again.
                 self._remember(model, actor, shard)
-                return {**self._answer(actor, shard), "version": done}
+                return {**self._answer(actor, shard), "version": done, "replayed": True}
+            if not create and actor.version == 0:
+                return {
+                    "error": {
+                        "type": "not_found",
+                        "message": f"no {model.__name__} with actor id {actor_id!r}",
+                    }
+                }
             try:
                 with (
                     correlation.use(causes[0], causes[1]),
@@ -348,8 +418,10 @@ class ShardHost:
                 raise
             self._remember(model, actor, shard)
             self.served += 1
-            return self._answer(actor, shard)
-        return {"error": {"type": "bad", "message": "too many conflicting writers"}}
+            return {**self._answer(actor, shard), "events": _stored(actor.saved_events)}
+        return {
+            "error": {"type": "conflict", "message": "too many conflicting writers", "attempts": 20}
+        }
 
     async def _take(self, model: type[Aggregate], actor_id: str) -> Aggregate:
         """The actor, out of the cache (or loaded; a new one if it has no events)."""
@@ -398,6 +470,19 @@ class ShardHost:
             "node": self.node_id,
             "shard": shard,
         }
+
+
+def _stored(events: list[Any]) -> list[dict[str, Any]]:
+    """What an answer says about each stored event of a command."""
+    return [
+        {
+            "sequence": e.sequence,
+            "version": e.version,
+            "event_type": e.event_type,
+            "metadata": dict(e.metadata),
+        }
+        for e in events
+    ]
 
 
 def _is_text(value: object) -> bool:

@@ -31,6 +31,7 @@ from rest_framework.permissions import BasePermission, IsAuthenticated
 from rest_framework.routers import SimpleRouter
 
 from aether_django.access import access_for
+from aether_django.api import commands
 
 from .aggregates import Order
 from .models import STATUSES, OrderSummary
@@ -104,6 +105,11 @@ class OrderSummaryViewSet(viewsets.ReadOnlyModelViewSet[OrderSummary]):
     lookup_field = "order_id"
     lookup_value_regex = r"[\s\S]+"
 
+
+# The Order aggregate's commands over HTTP, at
+# /api/aether/aggregates/orders/{order_id}/commands/{command}/ (docs/api.md#commands):
+# "place" starts an order, the others need one that exists.
+commands.register(Order, creating=["place"])
 
 router = SimpleRouter()
 router.register("orders", OrderSummaryViewSet, basename="order")

@@ -437,11 +437,13 @@ def test_events_show_their_correlation_and_causation_ids(root, ns):
     with correlation.use("req-api", "cause-api"):
         stamped = correlation.stamp({"user": "ann"}, command_id="cmd-1")
     store.save_event(Event(event_type="Placed", actor_id="order-1", version=1, metadata=stamped))
-    append(root, ns, event_type="Paid", version=2)  # appended raw: no ids
+    # Appended through the API: the request's id (X-Request-ID) is both.
+    root.post(events_url(ns), {"event_type": "Paid", "version": 2}, format="json",
+              HTTP_X_REQUEST_ID="req-append")  # fmt: skip
     events = root.get(events_url(ns)).data["results"]
     assert [(e["correlation_id"], e["causation_id"]) for e in events] == [
         ("req-api", "cause-api"),
-        (None, None),
+        ("req-append", "req-append"),
     ]
     # Read out of the metadata, which keeps them too.
     assert events[0]["metadata"] == {
@@ -449,7 +451,10 @@ def test_events_show_their_correlation_and_causation_ids(root, ns):
         "correlationId": "req-api",
         "causationId": "cause-api",
     }
-    # The append answer has the same shape.
-    answer = append(root, ns, event_type="Shipped", version=3, metadata={"correlationId": "x"})
+    # The append answer has the same shape. A correlation id of the client's own is
+    # kept; the request is then the cause.
+    answer = root.post(events_url(ns), {"event_type": "Shipped", "version": 3,
+                       "metadata": {"correlationId": "x"}}, format="json",
+                       HTTP_X_REQUEST_ID="req-ship")  # fmt: skip
     (shipped,) = answer.data["events"]
-    assert (shipped["correlation_id"], shipped["causation_id"]) == ("x", None)
+    assert (shipped["correlation_id"], shipped["causation_id"]) == ("x", "req-ship")

@@ -69,10 +69,11 @@ from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth.models import Group, User
 from django.test import Client
-from django.urls import URLPattern, resolve
+from django.urls import URLPattern, URLResolver, resolve
 from rest_framework.test import APIClient
 
 from aether_django import aggregates
+from aether_django.api import commands
 from aether_django.conf import store_config
 from aether_django.events import ActorSnapshot, Event
 from aether_django.models import NamespaceGrant
@@ -199,6 +200,20 @@ HTTP_TABLE: tuple[HttpRow, ...] = (
             (ANON,      HIDE,      DENY,       DENY,       DENY,      HIDE,      DENY)),
     HttpRow("GET /api/aether/namespaces/{granted}/actors/{actor}/state/",
             (ANON,      HIDE,      OK,         OK,         OK,        HIDE,      OK)),
+    # Aggregate commands (aether_django.api.commands): GRANTED's Ledger is served (the
+    # ledger fixture registers it), HIDDEN has no aggregate; a command takes the grants
+    # of an append, reading the aggregate those of a read.
+    HttpRow("POST /api/aether/aggregates/{granted}/{actor}/commands/open/",
+            body={}, writes="granted", expect=
+            (ANON,      HIDE,      DENY,       OK,         OK,        HIDE,      OK)),
+    HttpRow("POST /api/aether/aggregates/{hidden}/{actor}/commands/open/", body={}, expect=
+            (ANON,      HIDE,      HIDE,       HIDE,       HIDE,      HIDE,      HIDE)),
+    HttpRow("POST /api/aether/aggregates/{bad}/{actor}/commands/open/", body={}, expect=
+            (ANON,      BAD,       BAD,        BAD,        BAD,       BAD,       BAD)),
+    HttpRow("GET /api/aether/aggregates/{granted}/{actor}/",
+            (ANON,      HIDE,      OK,         OK,         OK,        HIDE,      OK)),
+    HttpRow("GET /api/aether/aggregates/{hidden}/{actor}/",
+            (ANON,      HIDE,      HIDE,       HIDE,       HIDE,      HIDE,      HIDE)),
     HttpRow("GET /api/aether/cluster/",
             (ANON,      DENY,      DENY,       DENY,       DENY,      OK,        OK)),
     HttpRow("GET /api/aether/cluster/shards/",
@@ -489,7 +504,8 @@ def make_caller(kind: str) -> User | None:
 
 @pytest.fixture(scope="module", autouse=True)
 def ledger() -> Iterator[type[aggregates.Aggregate]]:
-    """An aggregate class for GRANTED, so that its state endpoint has something to build."""
+    """An aggregate class for GRANTED, so that its state endpoint has something to build,
+    with a command served by the API's command endpoints."""
 
     class Ledger(aggregates.Aggregate):
         opened: int = 0
@@ -497,6 +513,7 @@ def ledger() -> Iterator[type[aggregates.Aggregate]]:
         class Meta:
             namespace = GRANTED
 
+        @aggregates.command
         def open(self) -> None:
             self.record("Opened")
 
@@ -504,7 +521,9 @@ def ledger() -> Iterator[type[aggregates.Aggregate]]:
         def _opened(self, event: Event) -> None:
             self.opened += 1
 
+    commands.register(Ledger)
     yield Ledger
+    commands.unregister(Ledger)
     aggregates._registry.pop(Ledger._meta.label, None)
 
 
@@ -733,14 +752,26 @@ def test_every_http_endpoint_and_method_is_in_the_table() -> None:
     from aether_django import urls as ops_urls
     from aether_django.api import urls as api_urls
 
+    def endpoint_name(name: str) -> str:
+        # A registered command has a route of its own (for the schema), served by the
+        # general command route's view: the rows of that route cover them all.
+        prefix, _, rest = name.partition(":")
+        return f"{prefix}:aggregate-command" if rest.startswith("command-") else name
+
     covered = {
-        (resolve(fill(row.path, actor="a", fresh="f")).view_name, row.method) for row in HTTP_TABLE
+        (endpoint_name(resolve(fill(row.path, actor="a", fresh="f")).view_name), row.method)
+        for row in HTTP_TABLE
     }
     for module in (api_urls, ops_urls):
-        for pattern in module.urlpatterns:
+        patterns: list[Any] = list(module.urlpatterns)
+        while patterns:
+            pattern = patterns.pop(0)
+            if isinstance(pattern, URLResolver):  # aggregates/: the command router's URLs
+                patterns += pattern.url_patterns
+                continue
             assert isinstance(pattern, URLPattern) and pattern.name, pattern
             for method in _methods(pattern):
-                endpoint = (f"{module.app_name}:{pattern.name}", method)
+                endpoint = (endpoint_name(f"{module.app_name}:{pattern.name}"), method)
                 assert endpoint in covered, f"{endpoint} is missing from HTTP_TABLE"
 
 
