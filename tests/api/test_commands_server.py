@@ -16,7 +16,6 @@ import base64
 import http.client
 import json
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -29,7 +28,6 @@ from django.test import override_settings
 
 from aether_django import correlation
 from aether_django.sharding.commands import forget_liveness
-from aether_django.testing import find_free_port
 
 from ..aggregates.domain import Order
 from ..cluster.nodes import NodeProcess, wait_until
@@ -40,26 +38,6 @@ NS = "test-orders"
 LINE = {"sku": "pen", "quantity": 2, "price_cents": 150}
 #: Starting a Django process and settling normally takes a few seconds.
 SETTLE_TIMEOUT = 90.0
-
-
-@pytest.fixture
-def server() -> Iterator[int]:
-    """uvicorn serving tests.asgi in a thread of this process; yields its port."""
-    import uvicorn
-
-    from tests.asgi import application
-
-    port = find_free_port()
-    config = uvicorn.Config(application, host="127.0.0.1", port=port, log_level="warning")
-    instance = uvicorn.Server(config)
-    thread = threading.Thread(target=instance.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not instance.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield port
-    instance.should_exit = True
-    thread.join(10)
 
 
 @pytest.fixture
@@ -108,8 +86,8 @@ class ShardRequests:
 class Client:
     """One keep-alive HTTP connection, with basic auth."""
 
-    def __init__(self, port: int, user: str, password: str) -> None:
-        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    def __init__(self, address: str, user: str, password: str) -> None:
+        self.conn = http.client.HTTPConnection(address, timeout=60)  # "host:port"
         token = base64.b64encode(f"{user}:{password}".encode()).decode()
         self.headers = {"Authorization": f"Basic {token}", "Content-Type": "application/json"}
 

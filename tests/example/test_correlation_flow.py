@@ -27,15 +27,13 @@ from aether_django.correlation import CAUSATION_KEY, CORRELATION_KEY
 from example_project.shop.aggregates import Order
 from example_project.shop.projections import StartShipments
 from example_project.shop.shipments import Shipment
-from tests.consumers.conftest import server  # noqa: F401  (the uvicorn fixture)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def post(address: str, path: str, body: Any, authorization: str, **headers: str) -> Any:
     """POST ``body`` as JSON; the 200 answer's body, and its X-Request-ID."""
-    host, _, port = address.partition(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn = http.client.HTTPConnection(address, timeout=30)  # "host:port"
     try:
         conn.request(
             "POST",
@@ -52,7 +50,7 @@ def post(address: str, path: str, body: Any, authorization: str, **headers: str)
 
 
 async def test_one_request_id_follows_a_command_through_a_process_manager_to_a_websocket_frame(
-    server,  # noqa: F811
+    server,
     runners,
 ) -> None:
     import websockets

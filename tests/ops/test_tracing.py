@@ -14,7 +14,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -45,7 +44,7 @@ from aether_django.sharding import asend_command
 from aether_django.store import get_event_store
 from aether_django.store.jetstream import JetStreamEventStore
 from aether_django.testing.contract import ev
-from aether_django.testing.processes import find_free_port, follow_json_lines, stop_process
+from aether_django.testing.processes import follow_json_lines, stop_process
 from tests.consumers.test_real_server import session_cookie
 from tests.projections.app.projections import ledger
 
@@ -154,26 +153,6 @@ def test_a_span_links_each_trace_once_and_at_most_max_links(spans):
 
 
 # --- one process: save, delivery, projection batch, WebSocket frame ------------------------
-
-
-@pytest.fixture
-def server() -> Iterator[str]:
-    """uvicorn serving tests.asgi in a thread of this process (its spans are recorded here)."""
-    import uvicorn
-
-    from tests.asgi import application
-
-    port = find_free_port()
-    config = uvicorn.Config(
-        application, host="127.0.0.1", port=port, log_level="warning", ws="websockets"
-    )
-    running = uvicorn.Server(config)
-    thread = threading.Thread(target=running.run, daemon=True)
-    thread.start()
-    wait_for(lambda: running.started, 10)
-    yield f"127.0.0.1:{port}"
-    running.should_exit = True
-    thread.join(10)
 
 
 @pytest.fixture
