@@ -1,0 +1,221 @@
+"""Data keys per data subject, wrapped by the master key, in a JetStream KV bucket.
+
+One entry per subject, under ``s.{sha256 of the subject id}`` (a bucket key says
+nothing about whom it belongs to), holding ``{"kid": ..., "key": <wrapped>}``: the
+data key sealed with the master key, bound to the entry's name. The bucket keeps
+no history (history 1) and forgetting purges the entry, so no earlier value of it
+survives on the server. A ``verifier`` entry, sealed with the master key on first
+use, tells a process started with another master key so before it writes anything.
+
+Each process caches the keys it read for ``PRIVACY_KEY_CACHE_SECONDS``: the bound on
+how long a process that did not forget a subject may still decrypt its fields.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import threading
+import time
+import weakref
+from typing import Any
+
+import nats.js.errors
+from nats.js.api import KeyValueConfig
+from nats.js.kv import KeyValue
+
+from ..conf import aether_settings, on_reload, privacy_master_key
+from ..runtime import get_runtime
+from .envelope import KeyUnwrapError, new_data_key, new_key_id, unwrap_key, wrap_key
+
+__all__ = ["KeyRing", "bucket_key", "get_key_ring", "reset_key_ring"]
+
+VERIFIER_KEY = "verifier"
+_VERIFIER_TEXT = b"aether_django privacy verifier v1"
+_MISSING = (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError)
+
+
+def bucket_key(subject: str) -> str:
+    """The bucket entry of ``subject``'s data key."""
+    return "s." + hashlib.sha256(subject.encode()).hexdigest()
+
+
+class KeyRing:
+    """This process's access to the key bucket, with its bounded key cache."""
+
+    def __init__(self) -> None:
+        # subject -> (monotonic expiry, key id, data key)
+        self._cache: dict[str, tuple[float, str, bytes]] = {}
+        self._lock = threading.Lock()
+        self._buckets: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, KeyValue] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    # --- cache ------------------------------------------------------------------
+    def _cached(self, subject: str) -> tuple[str, bytes] | None:
+        with self._lock:
+            hit = self._cache.get(subject)
+            if hit is None:
+                return None
+            if hit[0] <= time.monotonic():
+                del self._cache[subject]
+                return None
+            return hit[1], hit[2]
+
+    def _remember(self, subject: str, kid: str, key: bytes) -> None:
+        lifetime = float(aether_settings.PRIVACY_KEY_CACHE_SECONDS)
+        if lifetime <= 0:
+            return
+        with self._lock:
+            self._cache[subject] = (time.monotonic() + lifetime, kid, key)
+
+    def drop(self, subject: str | None = None) -> None:
+        """Forget cached keys: one subject's, or all."""
+        with self._lock:
+            if subject is None:
+                self._cache.clear()
+            else:
+                self._cache.pop(subject, None)
+
+    # --- the bucket ---------------------------------------------------------------
+    async def bucket(self) -> KeyValue:
+        """The key bucket (made on first use), its verifier checked against the master key."""
+        loop = asyncio.get_running_loop()
+        kv = self._buckets.get(loop)
+        if kv is not None:
+            return kv
+        master = privacy_master_key()
+        nc = await get_runtime().connection()
+        js = nc.jetstream(timeout=float(aether_settings.TIMEOUT))
+        name = aether_settings.PRIVACY_BUCKET
+        try:
+            kv = await js.key_value(name)
+        except nats.js.errors.BucketNotFoundError:
+            with contextlib.suppress(nats.js.errors.BadRequestError):
+                await js.create_key_value(
+                    KeyValueConfig(
+                        bucket=name,
+                        description="aether_django data keys of data subjects, wrapped",
+                        history=1,
+                        replicas=int(aether_settings.REPLICAS),
+                        storage=_storage(),
+                    )
+                )
+            kv = await js.key_value(name)
+        await self._verify(kv, master)
+        self._buckets[loop] = kv
+        return kv
+
+    async def _verify(self, kv: KeyValue, master: bytes) -> None:
+        try:
+            entry = await kv.get(VERIFIER_KEY)
+        except _MISSING:
+            sealed = wrap_key(master, _VERIFIER_TEXT, name=VERIFIER_KEY).encode()
+            with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
+                await kv.create(VERIFIER_KEY, sealed)
+                return
+            entry = await kv.get(VERIFIER_KEY)
+        try:
+            opened = unwrap_key(master, (entry.value or b"").decode(), name=VERIFIER_KEY)
+        except KeyUnwrapError:
+            opened = b""
+        if opened != _VERIFIER_TEXT:
+            raise KeyUnwrapError(
+                f"PRIVACY_MASTER_KEY is not the master key the bucket "
+                f"{aether_settings.PRIVACY_BUCKET!r} was written with"
+            )
+
+    async def _read(self, kv: KeyValue, subject: str) -> tuple[str, bytes] | None:
+        name = bucket_key(subject)
+        try:
+            entry = await kv.get(name)
+        except _MISSING:
+            return None
+        if not entry.value:
+            return None
+        try:
+            doc = json.loads(entry.value)
+            kid, wrapped = doc["kid"], doc["key"]
+        except (ValueError, KeyError, TypeError):
+            raise KeyUnwrapError(f"the key bucket's entry {name!r} is malformed") from None
+        key = unwrap_key(privacy_master_key(), wrapped, name=name)
+        return str(kid), key
+
+    async def key_for_write(self, subject: str) -> tuple[str, bytes]:
+        """The (key id, data key) to encrypt ``subject``'s fields with, made on first use.
+
+        A subject forgotten before gets a new key (and key id): a new life, whose
+        fields are readable; the fields of the forgotten life stay unreadable.
+        """
+        hit = self._cached(subject)
+        if hit is not None:
+            return hit
+        kv = await self.bucket()
+        found = await self._read(kv, subject)
+        if found is None:
+            kid, key = new_key_id(), new_data_key()
+            name = bucket_key(subject)
+            doc = {"kid": kid, "key": wrap_key(privacy_master_key(), key, name=name)}
+            try:
+                await kv.create(name, json.dumps(doc).encode())
+                found = kid, key
+            except nats.js.errors.KeyWrongLastSequenceError:
+                # Another process made it first: use theirs.
+                found = await self._read(kv, subject)
+                if found is None:  # and it was forgotten again at once
+                    raise
+        self._remember(subject, *found)
+        return found
+
+    async def key_for_read(self, subject: str, kid: str) -> bytes | None:
+        """The data key ``kid`` of ``subject``, or None when that key was forgotten."""
+        hit = self._cached(subject)
+        if hit is not None and hit[0] == kid:
+            return hit[1]
+        found = await self._read(await self.bucket(), subject)
+        if found is None:
+            self.drop(subject)
+            return None
+        self._remember(subject, *found)
+        return found[1] if found[0] == kid else None
+
+    async def forget(self, subject: str) -> str | None:
+        """Purge ``subject``'s key from the bucket (all its history); the key id it had."""
+        kv = await self.bucket()
+        try:
+            found = await self._read(kv, subject)
+        except KeyUnwrapError:
+            found = None  # unreadable either way: purge it all the same
+        await kv.purge(bucket_key(subject))
+        self.drop(subject)
+        return found[0] if found else None
+
+
+def _storage() -> Any:
+    from nats.js.api import StorageType
+
+    return StorageType.MEMORY if aether_settings.STORAGE == "memory" else StorageType.FILE
+
+
+_ring: KeyRing | None = None
+_ring_lock = threading.Lock()
+
+
+def get_key_ring() -> KeyRing:
+    """This process's key ring."""
+    global _ring
+    with _ring_lock:
+        if _ring is None:
+            _ring = KeyRing()
+        return _ring
+
+
+@on_reload
+def reset_key_ring() -> None:
+    """Drop this process's key ring (its cached keys and buckets): when the AETHER
+    settings change (another master key or bucket), and in tests."""
+    global _ring
+    with _ring_lock:
+        _ring = None
