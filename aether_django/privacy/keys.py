@@ -3,7 +3,9 @@
 One entry per subject, under ``s.{sha256 of the subject id}`` (a bucket key says
 nothing about whom it belongs to), holding ``{"kid": ..., "key": <wrapped>}``: the
 data key sealed with the master key, bound to the entry's name. The bucket keeps
-no history (history 1) and forgetting purges the entry, so no earlier value of it
+no history (history 1), and forgetting first deletes the entry's message with the
+server's secure erase (its bytes in the server's files are overwritten; a KV purge
+alone leaves them there until compaction), then purges the key, so no value of it
 survives on the server. A ``verifier`` entry, sealed with the master key on first
 use, tells a process started with another master key so before it writes anything.
 
@@ -17,18 +19,20 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 import threading
 import time
 import weakref
-from typing import Any
 
 import nats.js.errors
-from nats.js.api import KeyValueConfig
+from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 from nats.js.kv import KeyValue
 
 from ..conf import aether_settings, on_reload, privacy_master_key
 from ..runtime import get_runtime
 from .envelope import KeyUnwrapError, new_data_key, new_key_id, unwrap_key, wrap_key
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["KeyRing", "bucket_key", "get_key_ring", "reset_key_ring"]
 
@@ -94,15 +98,7 @@ class KeyRing:
             kv = await js.key_value(name)
         except nats.js.errors.BucketNotFoundError:
             with contextlib.suppress(nats.js.errors.BadRequestError):
-                await js.create_key_value(
-                    KeyValueConfig(
-                        bucket=name,
-                        description="aether_django data keys of data subjects, wrapped",
-                        history=1,
-                        replicas=int(aether_settings.REPLICAS),
-                        storage=_storage(),
-                    )
-                )
+                await js.add_stream(_bucket_config(name))
             kv = await js.key_value(name)
         await self._verify(kv, master)
         self._buckets[loop] = kv
@@ -188,15 +184,56 @@ class KeyRing:
             found = await self._read(kv, subject)
         except KeyUnwrapError:
             found = None  # unreadable either way: purge it all the same
-        await kv.purge(bucket_key(subject))
+        name = bucket_key(subject)
+        with contextlib.suppress(*_MISSING):
+            entry = await kv.get(name)
+            await self._erase(kv, entry.revision)
+        # The purge leaves only a marker without value, whatever revisions were there.
+        await kv.purge(name)
         self.drop(subject)
         return found[0] if found else None
 
+    async def _erase(self, kv: KeyValue, revision: int | None) -> None:
+        """Delete the entry's message with the server's secure erase: a purge alone
+        leaves its bytes in the server's files until they are compacted."""
+        if not revision:
+            return
+        nc = await get_runtime().connection()
+        js = nc.jetstream(timeout=float(aether_settings.TIMEOUT))
+        stream = f"KV_{aether_settings.PRIVACY_BUCKET}"
+        try:
+            await js.delete_msg(stream, revision)
+        except nats.js.errors.NotFoundError:
+            pass  # purged meanwhile
+        except nats.js.errors.APIError as exc:
+            logger.warning(
+                "could not erase the key of a forgotten subject in %s (%s); it is purged, "
+                "but its wrapped bytes stay in the server's files until compaction "
+                "(a bucket made with deny_delete, not by aether_django?)",
+                stream,
+                exc.description,
+            )
 
-def _storage() -> Any:
-    from nats.js.api import StorageType
 
-    return StorageType.MEMORY if aether_settings.STORAGE == "memory" else StorageType.FILE
+def _bucket_config(bucket: str) -> StreamConfig:
+    """The key bucket's stream: what nats-py's create_key_value makes, except that it
+    allows deleting a message, so that forget() can erase a key's bytes on disk."""
+    storage = StorageType.MEMORY if aether_settings.STORAGE == "memory" else StorageType.FILE
+    return StreamConfig(
+        name=f"KV_{bucket}",
+        description="aether_django data keys of data subjects, wrapped",
+        subjects=[f"$KV.{bucket}.>"],
+        allow_direct=True,
+        allow_rollup_hdrs=True,
+        deny_delete=False,
+        discard=DiscardPolicy.NEW,
+        duplicate_window=120,
+        max_consumers=-1,
+        max_msgs=-1,
+        max_msgs_per_subject=1,
+        num_replicas=int(aether_settings.REPLICAS),
+        storage=storage,
+    )
 
 
 _ring: KeyRing | None = None

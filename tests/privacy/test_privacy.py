@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -119,7 +120,9 @@ def test_an_event_without_its_subject_is_refused_and_nothing_is_stored() -> None
 
 
 def test_forget_leaves_no_plaintext_and_no_key_and_other_subjects_readable(
-    raw_stream: Callable[[str], bytes], raw_key_bucket: Callable[..., bytes]
+    raw_stream: Callable[[str], bytes],
+    raw_key_bucket: Callable[..., bytes],
+    aether_nats_server: Any,
 ) -> None:
     alice, bob = new_id("customer"), new_id("customer")
     alice_order, bob_order = place(alice, ALICE, 1), place(bob, BOB, 2)
@@ -135,6 +138,13 @@ def test_forget_leaves_no_plaintext_and_no_key_and_other_subjects_readable(
         for form in forms(value):
             assert form not in stream
             assert form not in bucket
+    # Nor in the server's files: the key's message was erased, not only purged.
+    for path in Path(aether_nats_server.store_dir).rglob("*"):
+        if path.is_file():
+            content = path.read_bytes()
+            for value in (*ALICE, wrapped):
+                for form in forms(value):
+                    assert form not in content, path
     # Loads show the marker, the events are flagged, the aggregate replays.
     loaded = Order.objects.get(alice_order.actor_id)
     assert (loaded.customer, loaded.email, loaded.total) == (FORGOTTEN, FORGOTTEN, 1)
