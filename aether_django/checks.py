@@ -246,6 +246,8 @@ def _check_personal_data(model: Any) -> list[CheckMessage]:
                 id="aether_django.E701",
             )
         )
+    if not isinstance(getattr(settings, "AETHER", None) or {}, dict):
+        return messages  # E002 says so; no key can be read from it
     try:
         privacy_master_key()
     except ImproperlyConfigured as exc:

@@ -28,7 +28,8 @@ import nats.js.errors
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 from nats.js.kv import KeyValue
 
-from ..conf import aether_settings, on_reload, privacy_master_key
+from ..conf import aether_settings, privacy_master_key
+from ..nats.api import kv_key_subject, kv_stream
 from ..runtime import get_runtime
 from .envelope import KeyUnwrapError, new_data_key, new_key_id, unwrap_key, wrap_key
 
@@ -200,7 +201,7 @@ class KeyRing:
             return
         nc = await get_runtime().connection()
         js = nc.jetstream(timeout=float(aether_settings.TIMEOUT))
-        stream = f"KV_{aether_settings.PRIVACY_BUCKET}"
+        stream = kv_stream(aether_settings.PRIVACY_BUCKET)
         try:
             await js.delete_msg(stream, revision)
         except nats.js.errors.NotFoundError:
@@ -220,9 +221,9 @@ def _bucket_config(bucket: str) -> StreamConfig:
     allows deleting a message, so that forget() can erase a key's bytes on disk."""
     storage = StorageType.MEMORY if aether_settings.STORAGE == "memory" else StorageType.FILE
     return StreamConfig(
-        name=f"KV_{bucket}",
+        name=kv_stream(bucket),
         description="aether_django data keys of data subjects, wrapped",
-        subjects=[f"$KV.{bucket}.>"],
+        subjects=[kv_key_subject(bucket, ">")],
         allow_direct=True,
         allow_rollup_hdrs=True,
         deny_delete=False,
@@ -249,7 +250,6 @@ def get_key_ring() -> KeyRing:
         return _ring
 
 
-@on_reload
 def reset_key_ring() -> None:
     """Drop this process's key ring (its cached keys and buckets): when the AETHER
     settings change (another master key or bucket), and in tests."""
