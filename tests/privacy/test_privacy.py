@@ -374,3 +374,40 @@ def test_declaration_checks() -> None:
         found = [m.id for m in messages if m.obj is models[name]]
         assert f"aether_django.{code}" in found, (name, found)
     assert [m for m in messages if m.obj is fine] == []
+
+
+# --- routed commands ----------------------------------------------------------------------------
+
+
+async def test_a_routed_command_seals_and_the_owner_keeps_no_plain_state(
+    aether_nats_url: str,
+) -> None:
+    from aether_django.runtime import Runtime
+    from aether_django.sharding.routing import ShardHost, send
+
+    runtime = Runtime(aether_nats_url)
+    host = ShardHost(runtime, "privacy-node")
+    try:
+        await host.own(set(range(100)))
+        subject, actor = new_id("customer"), new_id("order")
+        answer = await send(
+            runtime,
+            "privacy_orders",
+            actor,
+            "place",
+            num_shards=100,
+            customer_id=subject,
+            customer=ALICE[0],
+            email=ALICE[1],
+            total=7,
+        )
+        assert "error" not in answer, answer
+        (event,) = await Order.get_store().aget_events(actor)
+        assert "ct" in event.data["email"]
+        # The owner caches actors between commands, but not one holding personal data.
+        assert ("privacy_orders", actor) not in host._actors
+        await privacy.aforget(subject)
+        assert (await Order.objects.aget(actor)).email == FORGOTTEN
+    finally:
+        await host.stop()
+        runtime.close()
