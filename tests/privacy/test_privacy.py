@@ -411,3 +411,29 @@ async def test_a_routed_command_seals_and_the_owner_keeps_no_plain_state(
     finally:
         await host.stop()
         runtime.close()
+
+
+# --- the management command -------------------------------------------------------------------
+
+
+def test_the_management_command_forgets_and_reports(
+    settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+
+    from django.core.management import CommandError, call_command
+
+    subject = new_id("customer")
+    order = place(subject, ALICE)
+    kid = stored(order)[0].data["email"]["kid"]
+    out = io.StringIO()
+    call_command("aether_privacy", "forget", subject, new_id("nobody"), stdout=out)
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith(f"forgot {subject}: key {kid} erased; audit event ")
+    assert "it had no key" in lines[1]
+    assert Order.objects.get(order.actor_id).email == FORGOTTEN
+
+    monkeypatch.delenv("AETHER_PRIVACY_MASTER_KEY", raising=False)
+    settings.AETHER = {**settings.AETHER, "PRIVACY_MASTER_KEY": ""}
+    with pytest.raises(CommandError, match=r"could not forget 'x'.*no master key"):
+        call_command("aether_privacy", "forget", "x", stdout=io.StringIO())
