@@ -15,7 +15,6 @@ how long a process that did not forget a subject may still decrypt its fields.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import json
@@ -23,6 +22,7 @@ import logging
 import threading
 import time
 import weakref
+from typing import Any
 
 import nats.js.errors
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
@@ -54,9 +54,7 @@ class KeyRing:
         # subject -> (monotonic expiry, key id, data key)
         self._cache: dict[str, tuple[float, str, bytes]] = {}
         self._lock = threading.Lock()
-        self._buckets: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, KeyValue] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._buckets: weakref.WeakKeyDictionary[Any, KeyValue] = weakref.WeakKeyDictionary()
 
     # --- cache ------------------------------------------------------------------
     def _cached(self, subject: str) -> tuple[str, bytes] | None:
@@ -87,12 +85,13 @@ class KeyRing:
     # --- the bucket ---------------------------------------------------------------
     async def bucket(self) -> KeyValue:
         """The key bucket (made on first use), its verifier checked against the master key."""
-        loop = asyncio.get_running_loop()
-        kv = self._buckets.get(loop)
+        # Per connection (the runtime has one per event loop, and makes a new one when
+        # one closes): a bucket handle speaks through the connection that opened it.
+        nc = await get_runtime().connection()
+        kv = self._buckets.get(nc)
         if kv is not None:
             return kv
         master = privacy_master_key()
-        nc = await get_runtime().connection()
         js = nc.jetstream(timeout=float(aether_settings.TIMEOUT))
         name = aether_settings.PRIVACY_BUCKET
         try:
@@ -102,7 +101,7 @@ class KeyRing:
                 await js.add_stream(_bucket_config(name))
             kv = await js.key_value(name)
         await self._verify(kv, master)
-        self._buckets[loop] = kv
+        self._buckets[nc] = kv
         return kv
 
     async def _verify(self, kv: KeyValue, master: bytes) -> None:
