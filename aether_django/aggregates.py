@@ -259,6 +259,9 @@ class Options:
             listed = ()
         self.listed_commands: tuple[str, ...] = tuple(listed)
         self.personal_data: dict[str, tuple[str, ...]] = {}
+        #: Why Meta.personal_data is unusable, if it is: saves of the class then refuse
+        #: (they cannot tell which fields to protect, and never store them in plain text).
+        self.personal_data_error: str | None = None
         self.data_subject: str | Callable[[Event], Any] | None = None
         self._personal_data(raw)
         # Set by the class once its methods are known: the names send_command may run.
@@ -275,9 +278,10 @@ class Options:
             and all(isinstance(f, str) and f for f in fields)
             for event_type, fields in declared.items()
         ):
-            self.problems.append(
+            self.personal_data_error = (
                 "Meta.personal_data must map event types to non-empty lists of field names"
             )
+            self.problems.append(self.personal_data_error)
             declared = {}
         self.personal_data = {k: tuple(v) for k, v in declared.items()}
         subject = raw.get("data_subject")
@@ -297,7 +301,7 @@ class Options:
             )
         if not (isinstance(subject, str) and subject) and not callable(subject):
             subject = None
-        if subject is not None and not self.personal_data:
+        if subject is not None and not self.personal_data and not self.personal_data_error:
             self.problems.append("Meta.data_subject is set but Meta.personal_data is empty")
         if isinstance(subject, str):
             for event_type, fields in self.personal_data.items():
@@ -626,7 +630,7 @@ class Aggregate:
     def _store_pending(self) -> None:
         before = self._pending[0].version - 1
         store = self.get_store()
-        if self._meta.personal_data:
+        if self._meta.personal_data or self._meta.personal_data_error:
             sealed = privacy.seal_events(type(self), self._pending)
             stored = _unsealed(self._pending, store.save_events(sealed))
         else:
@@ -654,7 +658,7 @@ class Aggregate:
     async def _astore_pending(self) -> None:
         before = self._pending[0].version - 1
         store = self.get_store()
-        if self._meta.personal_data:
+        if self._meta.personal_data or self._meta.personal_data_error:
             sealed = await privacy.aseal_events(type(self), self._pending)
             stored = _unsealed(self._pending, await store.asave_events(sealed))
         else:

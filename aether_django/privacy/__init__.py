@@ -120,8 +120,16 @@ def _ensure_key_configured() -> None:
         raise PersonalDataError(f"refusing to store personal data in plain text: {exc}") from exc
 
 
+def _refuse_invalid(model: type[Aggregate]) -> None:
+    if model._meta.personal_data_error:
+        raise PersonalDataError(
+            f"{model.__name__}: refusing to store events: {model._meta.personal_data_error}"
+        )
+
+
 def seal_events(model: type[Aggregate], events: Sequence[Event]) -> list[Event]:
     """``events`` with their declared personal fields sealed (as they are stored)."""
+    _refuse_invalid(model)
     if not model._meta.personal_data:
         return list(events)
     return get_runtime().run(aseal_events(model, events))
@@ -129,6 +137,7 @@ def seal_events(model: type[Aggregate], events: Sequence[Event]) -> list[Event]:
 
 async def aseal_events(model: type[Aggregate], events: Sequence[Event]) -> list[Event]:
     """Async twin of :func:`seal_events`."""
+    _refuse_invalid(model)
     if not model._meta.personal_data:
         return list(events)
     pairs = _to_seal(model, events)

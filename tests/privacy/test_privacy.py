@@ -437,3 +437,26 @@ def test_the_management_command_forgets_and_reports(
     settings.AETHER = {**settings.AETHER, "PRIVACY_MASTER_KEY": ""}
     with pytest.raises(CommandError, match=r"could not forget 'x'.*no master key"):
         call_command("aether_privacy", "forget", "x", stdout=io.StringIO())
+
+
+@pytest.mark.usefixtures("scratch_registry")
+def test_a_class_with_an_invalid_declaration_stores_nothing() -> None:
+    from aether_django.aggregates import Aggregate, apply
+
+    class Broken(Aggregate):
+        email: str = ""
+
+        class Meta:
+            namespace = "privacy_broken"
+            personal_data = {"Joined": "email"}  # not a list: which fields?
+            data_subject = "person"
+
+        @apply("Joined")
+        def _joined(self, event: Event) -> None:
+            self.email = event.data["email"]
+
+    broken = Broken(new_id("broken"))
+    broken.record("Joined", person="p", email="hidden@example.org")
+    with pytest.raises(PersonalDataError, match="refusing to store events"):
+        broken.save()
+    assert Broken.get_store().get_latest_version(broken.actor_id) == 0
