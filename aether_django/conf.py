@@ -36,6 +36,7 @@ __all__ = [
     "config_from_settings",
     "configure_tracing",
     "privacy_master_key",
+    "privacy_old_master_key",
     "store_config",
 ]
 
@@ -148,6 +149,10 @@ DEFAULTS: dict[str, Any] = {
     # wrapped data keys; and how long a process may use a data key it read before it
     # asks the bucket again (the longest a forgotten subject stays readable there).
     "PRIVACY_MASTER_KEY": "",
+    # While the master key is rotated: the previous one (base64 of 32 bytes), which
+    # still opens the data keys not re-wrapped yet (docs/privacy.md#rotating-the-master-key).
+    # The environment variable AETHER_PRIVACY_OLD_MASTER_KEY wins over it.
+    "PRIVACY_OLD_MASTER_KEY": "",
     "PRIVACY_BUCKET": "aether_privacy_keys",
     "PRIVACY_KEY_CACHE_SECONDS": 5.0,
 }
@@ -165,6 +170,7 @@ ENVIRONMENT = {
     "NATS_URL": "AETHER_NATS_URL",
     "NODE_ID": "AETHER_NODE_ID",
     "PRIVACY_MASTER_KEY": "AETHER_PRIVACY_MASTER_KEY",
+    "PRIVACY_OLD_MASTER_KEY": "AETHER_PRIVACY_OLD_MASTER_KEY",
 }
 
 
@@ -246,15 +252,27 @@ def privacy_master_key() -> bytes:
             "no master key for personal data: set AETHER['PRIVACY_MASTER_KEY'] or the "
             "environment variable AETHER_PRIVACY_MASTER_KEY to base64 of 32 random bytes"
         )
+    return _key_bytes(text, "PRIVACY_MASTER_KEY")
+
+
+def privacy_old_master_key() -> bytes | None:
+    """The previous master key while it is rotated (PRIVACY_OLD_MASTER_KEY), or None."""
+    text = aether_settings.PRIVACY_OLD_MASTER_KEY
+    return _key_bytes(text, "PRIVACY_OLD_MASTER_KEY") if text else None
+
+
+def _key_bytes(text: object, name: str) -> bytes:
+    from django.core.exceptions import ImproperlyConfigured
+
     try:
         key = base64.b64decode(str(text).strip(), validate=True)
     except (binascii.Error, ValueError):
         raise ImproperlyConfigured(
-            "the master key for personal data (PRIVACY_MASTER_KEY) is not valid base64"
+            f"the master key for personal data ({name}) is not valid base64"
         ) from None
     if len(key) != 32:
         raise ImproperlyConfigured(
-            f"the master key for personal data (PRIVACY_MASTER_KEY) decodes to {len(key)} "
+            f"the master key for personal data ({name}) decodes to {len(key)} "
             "bytes; it must be 32 (AES-256)"
         )
     return key

@@ -48,9 +48,11 @@ __all__ = [
     "PersonalDataError",
     "aforget",
     "aopen_events",
+    "arotate_master_key",
     "aseal_events",
     "forget",
     "open_events",
+    "rotate_master_key",
     "seal_events",
     "subject_of",
 ]
@@ -233,6 +235,20 @@ async def aopen_events(model: type[Aggregate], events: Sequence[Event]) -> list[
                 f"actor {event.actor_id!r} version {event.version} ({event.event_type}): {exc}"
             ) from None
     return out
+
+
+# --- rotating the master key --------------------------------------------------------------
+
+
+def rotate_master_key() -> int:
+    """Re-wrap every data key with PRIVACY_MASTER_KEY, from PRIVACY_OLD_MASTER_KEY; the
+    number of entries re-wrapped (0 when everything already was)."""
+    return get_runtime().run(arotate_master_key())
+
+
+async def arotate_master_key() -> int:
+    """Async twin of :func:`rotate_master_key`."""
+    return await get_key_ring().rotate()
 
 
 # --- forgetting -------------------------------------------------------------------------

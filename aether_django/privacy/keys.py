@@ -28,7 +28,7 @@ import nats.js.errors
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 from nats.js.kv import KeyValue
 
-from ..conf import aether_settings, privacy_master_key
+from ..conf import aether_settings, privacy_master_key, privacy_old_master_key
 from ..nats.api import kv_key_subject, kv_stream
 from ..runtime import get_runtime
 from .envelope import KeyUnwrapError, new_data_key, new_key_id, unwrap_key, wrap_key
@@ -114,7 +114,7 @@ class KeyRing:
                 return
             entry = await kv.get(VERIFIER_KEY)
         try:
-            opened = unwrap_key(master, (entry.value or b"").decode(), name=VERIFIER_KEY)
+            opened = _unwrap(master, (entry.value or b"").decode(), name=VERIFIER_KEY)
         except KeyUnwrapError:
             opened = b""
         if opened != _VERIFIER_TEXT:
@@ -136,7 +136,7 @@ class KeyRing:
             kid, wrapped = doc["kid"], doc["key"]
         except (ValueError, KeyError, TypeError):
             raise KeyUnwrapError(f"the key bucket's entry {name!r} is malformed") from None
-        key = unwrap_key(privacy_master_key(), wrapped, name=name)
+        key = _unwrap(privacy_master_key(), wrapped, name=name)
         return str(kid), key
 
     async def key_for_write(self, subject: str) -> tuple[str, bytes]:
@@ -193,6 +193,82 @@ class KeyRing:
         self.drop(subject)
         return found[0] if found else None
 
+    async def rotate(self) -> int:
+        """Re-wrap every data key (and the verifier) with the master key, from the
+        previous one (PRIVACY_OLD_MASTER_KEY); the number of entries re-wrapped.
+
+        Each entry is replaced by compare-and-set, then its old message is erased (so
+        the old master key opens nothing left on the server). Entries already wrapped
+        with the master key are left alone: running it again does nothing.
+        """
+        master, old = privacy_master_key(), privacy_old_master_key()
+        if old is None:
+            raise KeyUnwrapError(
+                "rotating needs the previous master key in PRIVACY_OLD_MASTER_KEY "
+                "(or AETHER_PRIVACY_OLD_MASTER_KEY)"
+            )
+        kv = await self.bucket()
+        nc = await get_runtime().connection()
+        js = nc.jetstream(timeout=float(aether_settings.TIMEOUT))
+        stream = kv_stream(aether_settings.PRIVACY_BUCKET)
+        config = (await js.stream_info(stream)).config
+        # Two messages per key for a moment: the new one lands before the old is
+        # erased, so no reader ever finds a key missing (which would read as forgotten).
+        config.max_msgs_per_subject = 2
+        await js.update_stream(config)
+        rewrapped = 0
+        try:
+            try:
+                names = await kv.keys()
+            except nats.js.errors.NoKeysError:
+                names = []
+            names = [*sorted(n for n in names if n.startswith("s.")), VERIFIER_KEY]
+            for name in names:
+                rewrapped += await self._rewrap(kv, js, stream, name, master, old)
+        finally:
+            config.max_msgs_per_subject = 1
+            await js.update_stream(config)
+        return rewrapped
+
+    async def _rewrap(
+        self, kv: KeyValue, js: Any, stream: str, name: str, master: bytes, old: bytes
+    ) -> int:
+        for _ in range(5):
+            try:
+                entry = await kv.get(name)
+            except _MISSING:
+                return 0  # forgotten meanwhile
+            raw = (entry.value or b"").decode()
+            if name == VERIFIER_KEY:
+                wrapped, doc = raw, None
+            else:
+                try:
+                    doc = json.loads(raw)
+                    wrapped = doc["key"]
+                except (ValueError, KeyError, TypeError):
+                    raise KeyUnwrapError(f"the key bucket's entry {name!r} is malformed") from None
+            try:
+                unwrap_key(master, wrapped, name=name)
+                return 0  # already wrapped with the master key
+            except KeyUnwrapError:
+                pass
+            try:
+                key = unwrap_key(old, wrapped, name=name)
+            except KeyUnwrapError:
+                raise KeyUnwrapError(
+                    f"neither PRIVACY_MASTER_KEY nor PRIVACY_OLD_MASTER_KEY opens the key "
+                    f"bucket's entry {name!r}; nothing of it was changed"
+                ) from None
+            rewrapped = wrap_key(master, key, name=name)
+            value = rewrapped if doc is None else json.dumps({**doc, "key": rewrapped})
+            try:
+                await kv.update(name, value.encode(), last=entry.revision)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue  # changed (or forgotten) meanwhile: look again
+            await self._erase(kv, entry.revision)
+            return 1
+        raise KeyUnwrapError(f"the key bucket's entry {name!r} kept changing while rotating")
+
     async def _erase(self, kv: KeyValue, revision: int | None) -> None:
         """Delete the entry's message with the server's secure erase: a purge alone
         leaves its bytes in the server's files until they are compacted."""
@@ -213,6 +289,17 @@ class KeyRing:
                 stream,
                 exc.description,
             )
+
+
+def _unwrap(master: bytes, wrapped: str, *, name: str) -> bytes:
+    """Unwrap with the master key, or while it is rotated, with the previous one."""
+    try:
+        return unwrap_key(master, wrapped, name=name)
+    except KeyUnwrapError:
+        old = privacy_old_master_key()
+        if old is None:
+            raise
+        return unwrap_key(old, wrapped, name=name)
 
 
 def _bucket_config(bucket: str) -> StreamConfig:

@@ -460,3 +460,73 @@ def test_a_class_with_an_invalid_declaration_stores_nothing() -> None:
     with pytest.raises(PersonalDataError, match="refusing to store events"):
         broken.save()
     assert Broken.get_store().get_latest_version(broken.actor_id) == 0
+
+
+# --- rotating the master key ----------------------------------------------------------------------
+
+
+def test_rotation_rewraps_every_key_and_the_old_master_key_opens_nothing(
+    settings: Any,
+    raw_key_bucket: Callable[..., bytes],
+    aether_nats_server: Any,
+) -> None:
+    import io
+
+    from django.core.management import call_command
+
+    bucket = new_id("keys").replace("-", "_")
+    old_key = base64.b64encode(b"o" * 32).decode()
+    new_key = base64.b64encode(b"n" * 32).decode()
+    settings.AETHER = {**settings.AETHER, "PRIVACY_BUCKET": bucket, "PRIVACY_MASTER_KEY": old_key}
+    alice, bob, gone = new_id("customer"), new_id("customer"), new_id("customer")
+    orders = {s: place(s, p) for s, p in ((alice, ALICE), (bob, BOB), (gone, ALICE))}
+    privacy.forget(gone)
+    before = raw_key_bucket(bucket)
+
+    # Step 1: every process runs with the new key, and the old one beside it.
+    settings.AETHER = {**settings.AETHER, "PRIVACY_MASTER_KEY": new_key}
+    settings.AETHER = {**settings.AETHER, "PRIVACY_OLD_MASTER_KEY": old_key}
+    assert Order.objects.get(orders[alice].actor_id).email == ALICE[1]  # still readable
+    out = io.StringIO()
+    call_command("aether_privacy", "rotate", stdout=out)
+    assert out.getvalue().strip() == "re-wrapped 3 entries with the master key"  # 2 + verifier
+    assert privacy.rotate_master_key() == 0  # again: nothing left to do
+
+    # Step 2: the old key is gone; everything still reads, nothing was lost.
+    settings.AETHER = {**settings.AETHER, "PRIVACY_OLD_MASTER_KEY": ""}
+    assert Order.objects.get(orders[alice].actor_id).email == ALICE[1]
+    assert Order.objects.get(orders[bob].actor_id).customer == BOB[0]
+    assert Order.objects.get(orders[gone].actor_id).email == FORGOTTEN
+    place(new_id("customer"), BOB)  # new keys are wrapped with the new master key
+
+    # The old master key opens nothing the server still holds, in the bucket or its files.
+    after = raw_key_bucket(bucket)
+    for line in after.split(b"\n"):
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            continue
+        with pytest.raises(KeyUnwrapError):
+            unwrap_key(b"o" * 32, doc["key"], name="s.x")  # (any name: it must not open)
+    old_wrapped = [
+        json.loads(line)["key"].encode() for line in before.split(b"\n") if b'"kid"' in line
+    ]
+    assert len(old_wrapped) == 2
+    for path in Path(aether_nats_server.store_dir).rglob("*"):
+        if path.is_file():
+            content = path.read_bytes()
+            for wrapped in old_wrapped:
+                assert wrapped not in content, path
+    # And a process left on the old key alone is told so.
+    settings.AETHER = {**settings.AETHER, "PRIVACY_MASTER_KEY": old_key}
+    with pytest.raises(KeyUnwrapError, match="not the master key the bucket"):
+        Order.objects.get(orders[alice].actor_id)
+
+
+def test_rotation_without_the_old_key_is_refused(settings: Any) -> None:
+    import io
+
+    from django.core.management import CommandError, call_command
+
+    with pytest.raises(CommandError, match="needs the previous master key"):
+        call_command("aether_privacy", "rotate", stdout=io.StringIO())
