@@ -230,7 +230,7 @@ def _check_personal_data(model: Any) -> list[CheckMessage]:
     """E701-E702, W701: Meta.personal_data that names nothing, or cannot be protected."""
     from django.core.exceptions import ImproperlyConfigured
 
-    from .conf import privacy_master_key
+    from .conf import privacy_master_key, privacy_old_master_key
 
     meta = model._meta
     if not meta.personal_data:
@@ -250,6 +250,7 @@ def _check_personal_data(model: Any) -> list[CheckMessage]:
         return messages  # E002 says so; no key can be read from it
     try:
         privacy_master_key()
+        privacy_old_master_key()  # set only while rotating; must be valid then
     except ImproperlyConfigured as exc:
         messages.append(
             Error(

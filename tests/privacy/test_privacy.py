@@ -238,6 +238,15 @@ def test_no_usable_master_key_fails_the_check_and_refuses_to_save(
     plain.save()
 
 
+def test_an_invalid_old_master_key_fails_the_check(settings: Any) -> None:
+    from aether_django.checks import check_aggregates
+
+    settings.AETHER = {**settings.AETHER, "PRIVACY_OLD_MASTER_KEY": "c2hvcnQ="}
+    errors = [m for m in check_aggregates() if m.id == "aether_django.E702"]
+    assert [m.obj for m in errors] == [Order]
+    assert "PRIVACY_OLD_MASTER_KEY" in errors[0].msg and "decodes to 5 bytes" in errors[0].msg
+
+
 def test_the_environment_variable_wins(settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     key = base64.b64encode(b"e" * 32).decode()
     monkeypatch.setenv("AETHER_PRIVACY_MASTER_KEY", key)
