@@ -51,7 +51,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from django.core.exceptions import ObjectDoesNotExist
 
-from . import correlation, tracing
+from . import correlation, privacy, tracing
 from .errors import (
     AetherError,
     AggregateError,
@@ -61,7 +61,7 @@ from .errors import (
     UndecodableEventError,
     VersionConflictError,
 )
-from .events import ActorSnapshot, Event
+from .events import ActorSnapshot, Event, with_sequence
 from .names import validate_actor_id, validate_namespace
 from .store import EventStore, get_event_store
 
@@ -103,6 +103,8 @@ META_OPTIONS = frozenset(
         "abstract",
         "cache_size",
         "commands",
+        "personal_data",
+        "data_subject",
     }
 )
 #: Aggregates update() keeps in memory per class unless Meta.cache_size says otherwise.
@@ -256,9 +258,59 @@ class Options:
             self.problems.append("Meta.commands must be a list of method names")
             listed = ()
         self.listed_commands: tuple[str, ...] = tuple(listed)
+        self.personal_data: dict[str, tuple[str, ...]] = {}
+        #: Why Meta.personal_data is unusable, if it is: saves of the class then refuse
+        #: (they cannot tell which fields to protect, and never store them in plain text).
+        self.personal_data_error: str | None = None
+        self.data_subject: str | Callable[[Event], Any] | None = None
+        self._personal_data(raw)
         # Set by the class once its methods are known: the names send_command may run.
         self.commands: frozenset[str] = frozenset()
         self.command_problems: list[str] = []
+
+    def _personal_data(self, raw: Mapping[str, Any]) -> None:
+        """Meta.personal_data and Meta.data_subject (docs/privacy.md), checked."""
+        declared = raw.get("personal_data", {})
+        if not isinstance(declared, Mapping) or not all(
+            isinstance(event_type, str)
+            and isinstance(fields, (list, tuple))
+            and fields
+            and all(isinstance(f, str) and f for f in fields)
+            for event_type, fields in declared.items()
+        ):
+            self.personal_data_error = (
+                "Meta.personal_data must map event types to non-empty lists of field names"
+            )
+            self.problems.append(self.personal_data_error)
+            declared = {}
+        self.personal_data = {k: tuple(v) for k, v in declared.items()}
+        subject = raw.get("data_subject")
+        if isinstance(subject, staticmethod):
+            subject = subject.__func__
+        if subject is not None and not (
+            (isinstance(subject, str) and subject) or callable(subject)
+        ):
+            self.problems.append(
+                "Meta.data_subject must be the name of an event data field or a "
+                "callable taking the event"
+            )
+        elif self.personal_data and subject is None:
+            self.problems.append(
+                "Meta.personal_data needs Meta.data_subject: the event data field (or a "
+                "callable taking the event) that names the data subject"
+            )
+        if not (isinstance(subject, str) and subject) and not callable(subject):
+            subject = None
+        if subject is not None and not self.personal_data and not self.personal_data_error:
+            self.problems.append("Meta.data_subject is set but Meta.personal_data is empty")
+        if isinstance(subject, str):
+            for event_type, fields in self.personal_data.items():
+                if subject in fields:
+                    self.problems.append(
+                        f"Meta.personal_data[{event_type!r}] lists the data subject field "
+                        f"{subject!r}: it must stay readable to find the subject's key"
+                    )
+        self.data_subject = subject
 
     @property
     def label(self) -> str:
@@ -578,7 +630,11 @@ class Aggregate:
     def _store_pending(self) -> None:
         before = self._pending[0].version - 1
         store = self.get_store()
-        stored = store.save_events(self._pending)
+        if self._meta.personal_data or self._meta.personal_data_error:
+            sealed = privacy.seal_events(type(self), self._pending)
+            stored = _unsealed(self._pending, store.save_events(sealed))
+        else:
+            stored = store.save_events(self._pending)
         self.saved_events = list(stored)
         self._last_sequence = stored[-1].sequence or self._last_sequence
         self._pending = []
@@ -602,7 +658,11 @@ class Aggregate:
     async def _astore_pending(self) -> None:
         before = self._pending[0].version - 1
         store = self.get_store()
-        stored = await store.asave_events(self._pending)
+        if self._meta.personal_data or self._meta.personal_data_error:
+            sealed = await privacy.aseal_events(type(self), self._pending)
+            stored = _unsealed(self._pending, await store.asave_events(sealed))
+        else:
+            stored = await store.asave_events(self._pending)
         self.saved_events = list(stored)
         self._last_sequence = stored[-1].sequence or self._last_sequence
         self._pending = []
@@ -611,6 +671,11 @@ class Aggregate:
                 await store.asave_snapshot(self._snapshot())
             except AetherError:
                 logger.warning("could not save a snapshot of %r", self, exc_info=True)
+
+
+def _unsealed(plain: list[Event], stored: list[Event]) -> list[Event]:
+    """The events as recorded (personal fields readable), with the sequences the store gave."""
+    return [with_sequence(p, s.sequence or 0) for p, s in zip(plain, stored, strict=True)]
 
 
 #: Names of the base class's own API: never commands, even when declared.
@@ -643,7 +708,9 @@ class AggregateManager(Generic[A]):
 
     def _keep(self, obj: A) -> None:
         size = self.model._meta.cache_size
-        if not size:
+        if not size or self.model._meta.personal_data:
+            # An aggregate holding personal data is not kept: its state would outlive
+            # a forget() in another process (docs/privacy.md#caches).
             return
         kept = copy.deepcopy(obj)  # the caller's object stays its own
         with self._cache_lock:
@@ -824,6 +891,8 @@ class AggregateManager(Generic[A]):
                 snapshot, events = None, store.get_events(actor_id)
         except ReplayError as exc:
             raise self._undecodable(actor_id, exc) from exc
+        if self.model._meta.personal_data:
+            events = privacy.open_events(self.model, events)
         return self._build(actor_id, snapshot, events, at_version)
 
     async def aget(self, actor_id: str, *, at_version: int | None = None) -> A:
@@ -860,6 +929,8 @@ class AggregateManager(Generic[A]):
                 snapshot, events = None, await store.aget_events(actor_id)
         except ReplayError as exc:
             raise self._undecodable(actor_id, exc) from exc
+        if self.model._meta.personal_data:
+            events = await privacy.aopen_events(self.model, events)
         return self._build(actor_id, snapshot, events, at_version)
 
     def _undecodable(self, actor_id: str, exc: ReplayError) -> UndecodableEventError:

@@ -32,6 +32,7 @@ class AetherConfig(AppConfig):
         from . import metrics
         from .bus import forget_event_bus, reset_event_bus, subscription_count
         from .conf import configure_tracing, on_reload
+        from .privacy.keys import reset_key_ring
         from .runtime import reset_runtime
         from .store import reset_event_stores
 
@@ -41,6 +42,8 @@ class AetherConfig(AppConfig):
         on_reload(reset_event_bus)
         on_reload(reset_event_stores)
         on_reload(reset_runtime)
+        # Cached data keys and key buckets were read with the old master key and bucket.
+        on_reload(reset_key_ring)
         # Tracing on or off as AETHER["TRACING"] says, now and whenever it changes.
         configure_tracing()
         on_reload(configure_tracing)

@@ -198,6 +198,7 @@ def check_aggregates(app_configs: Any = None, **kwargs: Any) -> list[CheckMessag
                     id="aether_django.E106",
                 )
             )
+        messages += _check_personal_data(model)
         recorded = recorded_event_types(model)
         if recorded is not None:
             upcast_from = {event_type for event_type, _ in model._upcasters}
@@ -222,6 +223,56 @@ def check_aggregates(app_configs: Any = None, **kwargs: Any) -> list[CheckMessag
                     id="aether_django.E105",
                 )
             )
+    return messages
+
+
+def _check_personal_data(model: Any) -> list[CheckMessage]:
+    """E701-E702, W701: Meta.personal_data that names nothing, or cannot be protected."""
+    from django.core.exceptions import ImproperlyConfigured
+
+    from .conf import privacy_master_key, privacy_old_master_key
+
+    meta = model._meta
+    if not meta.personal_data:
+        return []
+    messages: list[CheckMessage] = []
+    for event_type in sorted(set(meta.personal_data) - set(model._handlers)):
+        messages.append(
+            Error(
+                f"Aggregate {meta.label}: Meta.personal_data names {event_type!r}, "
+                "an event type it has no handler for.",
+                hint="Name the event types whose data fields are personal.",
+                obj=model,
+                id="aether_django.E701",
+            )
+        )
+    if not isinstance(getattr(settings, "AETHER", None) or {}, dict):
+        return messages  # E002 says so; no key can be read from it
+    try:
+        privacy_master_key()
+        privacy_old_master_key()  # set only while rotating; must be valid then
+    except ImproperlyConfigured as exc:
+        messages.append(
+            Error(
+                f"Aggregate {meta.label} declares personal data, and {exc}.",
+                hint='Generate one with: python -c "import base64, os; '
+                'print(base64.b64encode(os.urandom(32)).decode())"; keep it secret and '
+                "backed up apart from the streams (docs/privacy.md#key-management).",
+                obj=model,
+                id="aether_django.E702",
+            )
+        )
+    if meta.snapshot_every:
+        messages.append(
+            Warning(
+                f"Aggregate {meta.label} declares personal data and takes snapshots; "
+                "snapshots keep its state, personal fields included, unencrypted.",
+                hint="Set Meta.snapshot_every = None, or keep personal values out of the "
+                "snapshot state (get_snapshot_state).",
+                obj=model,
+                id="aether_django.W701",
+            )
+        )
     return messages
 
 

@@ -7,6 +7,8 @@ works. Unknown keys are reported by the system check ``aether_django.E001``.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import os
 import threading
@@ -33,6 +35,8 @@ __all__ = [
     "backend",
     "config_from_settings",
     "configure_tracing",
+    "privacy_master_key",
+    "privacy_old_master_key",
     "store_config",
 ]
 
@@ -139,6 +143,18 @@ DEFAULTS: dict[str, Any] = {
     # (docs/operations.md#tracing): None, on when the "otel" extra is installed; True,
     # on (system check E601 without the extra); False, off.
     "TRACING": None,
+    # Crypto-shredding (docs/privacy.md): the master key wrapping every data subject's
+    # data key, as base64 of 32 bytes (the environment variable
+    # AETHER_PRIVACY_MASTER_KEY wins over it); the key-value bucket holding the
+    # wrapped data keys; and how long a process may use a data key it read before it
+    # asks the bucket again (the longest a forgotten subject stays readable there).
+    "PRIVACY_MASTER_KEY": "",
+    # While the master key is rotated: the previous one (base64 of 32 bytes), which
+    # still opens the data keys not re-wrapped yet (docs/privacy.md#rotating-the-master-key).
+    # The environment variable AETHER_PRIVACY_OLD_MASTER_KEY wins over it.
+    "PRIVACY_OLD_MASTER_KEY": "",
+    "PRIVACY_BUCKET": "aether_privacy_keys",
+    "PRIVACY_KEY_CACHE_SECONDS": 5.0,
 }
 
 #: Settings that name a class by dotted path.
@@ -150,7 +166,12 @@ IMPORT_STRINGS = frozenset(
 DEPRECATED = {"STORE_CLASS": "BACKEND", "BUS_CLASS": "BACKEND"}
 
 #: Environment variables that win over the settings they name.
-ENVIRONMENT = {"NATS_URL": "AETHER_NATS_URL", "NODE_ID": "AETHER_NODE_ID"}
+ENVIRONMENT = {
+    "NATS_URL": "AETHER_NATS_URL",
+    "NODE_ID": "AETHER_NODE_ID",
+    "PRIVACY_MASTER_KEY": "AETHER_PRIVACY_MASTER_KEY",
+    "PRIVACY_OLD_MASTER_KEY": "AETHER_PRIVACY_OLD_MASTER_KEY",
+}
 
 
 def import_from_string(path: str, setting_name: str) -> Any:
@@ -214,6 +235,47 @@ def config_from_settings(config_class: type[_Config], **setting_names: str) -> _
             for f in dataclasses.fields(config_class)
         }
     )
+
+
+def privacy_master_key() -> bytes:
+    """The master key of crypto-shredding (AETHER["PRIVACY_MASTER_KEY"] or the
+    environment's AETHER_PRIVACY_MASTER_KEY), decoded: exactly 32 bytes.
+
+    The only place that reads it. Raises ImproperlyConfigured, naming what is wrong
+    but never the value, when it is missing or not base64 of 32 bytes.
+    """
+    from django.core.exceptions import ImproperlyConfigured
+
+    text = aether_settings.PRIVACY_MASTER_KEY
+    if not text:
+        raise ImproperlyConfigured(
+            "no master key for personal data: set AETHER['PRIVACY_MASTER_KEY'] or the "
+            "environment variable AETHER_PRIVACY_MASTER_KEY to base64 of 32 random bytes"
+        )
+    return _key_bytes(text, "PRIVACY_MASTER_KEY")
+
+
+def privacy_old_master_key() -> bytes | None:
+    """The previous master key while it is rotated (PRIVACY_OLD_MASTER_KEY), or None."""
+    text = aether_settings.PRIVACY_OLD_MASTER_KEY
+    return _key_bytes(text, "PRIVACY_OLD_MASTER_KEY") if text else None
+
+
+def _key_bytes(text: object, name: str) -> bytes:
+    from django.core.exceptions import ImproperlyConfigured
+
+    try:
+        key = base64.b64decode(str(text).strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise ImproperlyConfigured(
+            f"the master key for personal data ({name}) is not valid base64"
+        ) from None
+    if len(key) != 32:
+        raise ImproperlyConfigured(
+            f"the master key for personal data ({name}) decodes to {len(key)} "
+            "bytes; it must be 32 (AES-256)"
+        )
+    return key
 
 
 def store_config() -> Any:

@@ -78,6 +78,9 @@ AETHER = {
     # (tests/projections/nodeproc.py turns this on).
     "PROJECTIONS_IN_NODES": False,
     "CLUSTER_BUCKET": os.environ.get("AETHER_TEST_CLUSTER_BUCKET", "aether_cluster"),
+    # The master key of the personal data tests (tests/privacy): base64 of 32 bytes,
+    # public on purpose (never use a key from a repository).
+    "PRIVACY_MASTER_KEY": "dGVzdHMtb25seS1tYXN0ZXIta2V5LW5vdC1zZWNyZXQ=",
 }
 # A server process whose clients are all one user (the soak) lifts the per-user
 # WebSocket limits with AETHER_TEST_WS_PER_USER.

@@ -45,10 +45,12 @@ from django.db import DatabaseError, connections, transaction
 from django.utils import timezone
 from nats.errors import Error as NatsError
 
-from .. import correlation, metrics, tracing
+from .. import correlation, metrics, privacy, tracing
+from ..aggregates import get_aggregate_class
 from ..bus import get_event_bus
 from ..bus.base import Feature, Start
 from ..errors import AetherError, ProjectionError, ReplayError
+from ..events import Event, encode_event
 from ..models import ProjectionCheckpoint
 from ..runtime import get_runtime
 from ..store import get_event_store, get_existing_event_store, list_namespaces
@@ -140,6 +142,10 @@ class NamespaceWorker(threading.Thread):
         self.node = node
         self.instance = projection()
         self.upcast = projection.upcaster_for(namespace)
+        # The namespace's aggregate class when it declares personal data: its sealed
+        # fields are opened before the handlers see them (docs/privacy.md).
+        model = get_aggregate_class(namespace)
+        self.personal = model if model is not None and model._meta.personal_data else None
         self.store = get_event_store(namespace)
         #: Why the worker ended: "stopped", "caught-up", "paused", "failed" or "error".
         self.outcome: str | None = None
@@ -249,6 +255,8 @@ class NamespaceWorker(threading.Thread):
                         continue
                     if not pending:
                         continue
+                    if self.personal is not None:
+                        pending = await self._open_personal(pending)
                 try:
                     await self._db_call(self._apply, pending, self.position)
                 except _Moved:
@@ -302,6 +310,29 @@ class NamespaceWorker(threading.Thread):
             return "stopped"
         finally:
             source.close()
+
+    async def _open_personal(self, items: list[Item]) -> list[Item]:
+        """``items`` with their personal fields opened (or the forgotten marker). An
+        event whose envelope is malformed becomes a ReplayError: the projection stops
+        (failed) exactly there, and the stored event stays as it is."""
+        assert self.personal is not None
+        events = [item for item in items if isinstance(item, Event)]
+        try:
+            opened = iter(await privacy.aopen_events(self.personal, events))
+            return [next(opened) if isinstance(item, Event) else item for item in items]
+        except privacy.EnvelopeError:
+            pass
+        out: list[Item] = []
+        for item in items:
+            if isinstance(item, Event):
+                try:
+                    (item,) = await privacy.aopen_events(self.personal, [item])
+                except privacy.EnvelopeError as exc:
+                    item = ReplayError(
+                        sequence_of(item), encode_event(item), str(exc), item.actor_id
+                    )
+            out.append(item)
+        return out
 
     async def _sleep(self, seconds: float) -> bool:
         """Sleep, or return True early when the worker is told to stop."""

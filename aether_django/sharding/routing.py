@@ -453,6 +453,9 @@ class ShardHost:
     def _remember(self, model: type[Aggregate], actor: Aggregate, shard: int) -> None:
         if shard not in self._subscriptions:
             return  # the shard was lost while the command ran: its next owner may change it
+        if model._meta.personal_data:
+            # Its plain state would outlive a forget() of its subject (docs/privacy.md).
+            return
         key = (model._meta.namespace or "", actor.actor_id)
         self._actors[key] = (shard, actor)
         self._actors.move_to_end(key)

@@ -162,8 +162,15 @@ def test_the_extras_match_what_pyproject_declares() -> None:
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     names = {extra.removeprefix("api-") for extra in declared["optional-dependencies"]}
     assert {"ws", "celery", "schema", "testing", "all", "test"} <= names
-    # A plain install: Django, DRF and nats-py, and the two small pure-Python libraries
-    # of the metrics and the progress bars (docs/architecture.md, "Optional
-    # dependencies"); nothing an extra brings.
+    # A plain install: Django, DRF and nats-py, the two small pure-Python libraries of
+    # the metrics and the progress bars, and cryptography for personal data
+    # (docs/architecture.md, "Optional dependencies"); nothing an extra brings.
     plain = {dep.split(">")[0].split("=")[0].split("[")[0] for dep in declared["dependencies"]}
-    assert plain == {"Django", "djangorestframework", "nats-py", "prometheus-client", "tqdm"}
+    assert plain == {
+        "Django",
+        "djangorestframework",
+        "nats-py",
+        "prometheus-client",
+        "tqdm",
+        "cryptography",
+    }

@@ -56,7 +56,14 @@ def test_the_built_wheel_ships_py_typed_the_templates_and_its_extras(tmp_path: P
     assert metadata["License-Expression"] == "Apache-2.0"
     requires = metadata.get_all("Requires-Dist") or []
     plain = sorted(re.split(r"[<>=!~;\[ ]", r)[0] for r in requires if "extra ==" not in r)
-    assert plain == ["Django", "djangorestframework", "nats-py", "prometheus-client", "tqdm"]
+    assert plain == [
+        "Django",
+        "cryptography",
+        "djangorestframework",
+        "nats-py",
+        "prometheus-client",
+        "tqdm",
+    ]
     assert {"ws", "celery", "api-schema", "testing", "all"} <= set(
         metadata.get_all("Provides-Extra") or []
     )

@@ -1,0 +1,283 @@
+"""Crypto-shredding: personal fields encrypted per data subject, forgotten by deleting a key.
+
+An aggregate declares which fields of which event types are personal and whose they
+are (docs/privacy.md)::
+
+    class Order(Aggregate):
+        class Meta:
+            namespace = "orders"
+            personal_data = {"OrderPlaced": ["customer", "email"]}
+            data_subject = "customer_id"  # a field of the event data, or a callable(event)
+
+Saving seals each declared field in an envelope (:mod:`.envelope`) with the subject's
+data key (:mod:`.keys`), so nothing of it leaves the process in plain text; loading
+opens them again. :func:`forget` deletes the subject's key: from then on loads give
+:data:`FORGOTTEN` in place of those fields and name them in the event's metadata
+under :data:`FORGOTTEN_KEY`, and aggregates keep replaying.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..errors import AetherError
+from ..events import Event, new_event_id
+from ..runtime import get_runtime
+from .envelope import (
+    EnvelopeError,
+    KeyUnwrapError,
+    decrypt_field,
+    encrypt_field,
+    envelope_subject,
+    is_envelope,
+)
+from .keys import get_key_ring
+
+if TYPE_CHECKING:
+    from ..aggregates import Aggregate
+
+__all__ = [
+    "AUDIT_NAMESPACE",
+    "FORGOTTEN",
+    "FORGOTTEN_KEY",
+    "EnvelopeError",
+    "KeyUnwrapError",
+    "PersonalDataError",
+    "aforget",
+    "aopen_events",
+    "arotate_master_key",
+    "aseal_events",
+    "forget",
+    "open_events",
+    "rotate_master_key",
+    "seal_events",
+    "subject_of",
+]
+
+#: What a forgotten personal field reads as after its subject was forgotten.
+FORGOTTEN = "[forgotten]"
+#: Metadata key of a loaded event whose fields were forgotten: their names, comma-separated.
+#: Set on the decoded event only; it is never stored.
+FORGOTTEN_KEY = "aether:forgotten"
+#: Namespace of the audit events forget() records (event type ``SubjectForgotten``).
+AUDIT_NAMESPACE = "aether.privacy"
+
+
+class PersonalDataError(AetherError):
+    """Personal data that cannot be protected: no data subject for an event, or no
+    usable master key (never a plain write)."""
+
+
+def subject_of(model: type[Aggregate], event: Event) -> str:
+    """The data subject of ``event``, by the model's ``Meta.data_subject``."""
+    how: str | Callable[[Event], Any] | None = model._meta.data_subject
+    if callable(how):
+        subject = how(event)
+    elif isinstance(how, str):
+        subject = event.data.get(how)
+    else:
+        subject = None
+    if not isinstance(subject, str) or not subject:
+        raise PersonalDataError(
+            f"{model.__name__}: event {event.event_type!r} (version {event.version}) has "
+            f"personal data but no data subject: Meta.data_subject {how!r} gave {subject!r}, "
+            "expected a non-empty string"
+        )
+    return subject
+
+
+def _to_seal(model: type[Aggregate], events: Iterable[Event]) -> list[tuple[Event, str | None]]:
+    declared = model._meta.personal_data
+    out: list[tuple[Event, str | None]] = []
+    for event in events:
+        fields = declared.get(event.event_type)
+        if fields and any(f in event.data for f in fields):
+            out.append((event, subject_of(model, event)))
+        else:
+            out.append((event, None))
+    return out
+
+
+def _seal(model: type[Aggregate], event: Event, subject: str, kid: str, key: bytes) -> Event:
+    data = dict(event.data)
+    for name in model._meta.personal_data[event.event_type]:
+        if name in data:
+            data[name] = encrypt_field(
+                key, subject=subject, kid=kid, event_id=event.id, field=name, value=data[name]
+            )
+    return dataclasses.replace(event, data=data)
+
+
+def _ensure_key_configured() -> None:
+    from django.core.exceptions import ImproperlyConfigured
+
+    from ..conf import privacy_master_key
+
+    try:
+        privacy_master_key()
+    except ImproperlyConfigured as exc:
+        raise PersonalDataError(f"refusing to store personal data in plain text: {exc}") from exc
+
+
+def _refuse_invalid(model: type[Aggregate]) -> None:
+    if model._meta.personal_data_error:
+        raise PersonalDataError(
+            f"{model.__name__}: refusing to store events: {model._meta.personal_data_error}"
+        )
+
+
+def seal_events(model: type[Aggregate], events: Sequence[Event]) -> list[Event]:
+    """``events`` with their declared personal fields sealed (as they are stored)."""
+    _refuse_invalid(model)
+    if not model._meta.personal_data:
+        return list(events)
+    return get_runtime().run(aseal_events(model, events))
+
+
+async def aseal_events(model: type[Aggregate], events: Sequence[Event]) -> list[Event]:
+    """Async twin of :func:`seal_events`."""
+    _refuse_invalid(model)
+    if not model._meta.personal_data:
+        return list(events)
+    pairs = _to_seal(model, events)
+    if all(subject is None for _, subject in pairs):
+        return list(events)
+    _ensure_key_configured()
+    ring = get_key_ring()
+    out = []
+    for event, subject in pairs:
+        if subject is None:
+            out.append(event)
+        else:
+            kid, key = await ring.key_for_write(subject)
+            out.append(_seal(model, event, subject, kid, key))
+    return out
+
+
+def _envelopes(model: type[Aggregate], event: Event) -> list[tuple[str, Mapping[str, Any]]]:
+    fields = model._meta.personal_data.get(event.event_type) or ()
+    return [(f, event.data[f]) for f in fields if is_envelope(event.data.get(f))]
+
+
+def _open(
+    model: type[Aggregate], event: Event, keys: Mapping[tuple[str, str], bytes | None]
+) -> Event:
+    found = _envelopes(model, event)
+    if not found:
+        return event
+    data = dict(event.data)
+    forgotten = []
+    for name, envelope in found:
+        key = keys[envelope_subject(envelope)]
+        if key is None:
+            data[name] = FORGOTTEN
+            forgotten.append(name)
+        else:
+            try:
+                data[name] = decrypt_field(key, envelope, event_id=event.id, field=name)
+            except EnvelopeError as exc:
+                raise EnvelopeError(f"field {name!r}: {exc}") from None
+    if not forgotten:
+        return dataclasses.replace(event, data=data)
+    metadata = {**event.metadata, FORGOTTEN_KEY: ",".join(forgotten)}
+    return dataclasses.replace(event, data=data, metadata=metadata)
+
+
+def _wanted(model: type[Aggregate], events: Iterable[Event]) -> set[tuple[str, str]]:
+    wanted: set[tuple[str, str]] = set()
+    for event in events:
+        for name, envelope in _envelopes(model, event):
+            try:
+                wanted.add(envelope_subject(envelope))
+            except EnvelopeError as exc:
+                raise _located(event, name, exc) from None
+    return wanted
+
+
+def _located(event: Event, name: str, exc: EnvelopeError) -> EnvelopeError:
+    return EnvelopeError(
+        f"actor {event.actor_id!r} version {event.version} ({event.event_type}), "
+        f"field {name!r}: {exc}"
+    )
+
+
+def open_events(model: type[Aggregate], events: Sequence[Event]) -> list[Event]:
+    """``events`` with their sealed personal fields opened, or :data:`FORGOTTEN`.
+
+    EnvelopeError when an envelope is malformed or does not authenticate; the stored
+    events are untouched.
+    """
+    if not model._meta.personal_data:
+        return list(events)
+    if not _wanted(model, events):
+        return list(events)
+    return get_runtime().run(aopen_events(model, events))
+
+
+async def aopen_events(model: type[Aggregate], events: Sequence[Event]) -> list[Event]:
+    """Async twin of :func:`open_events`."""
+    if not model._meta.personal_data:
+        return list(events)
+    wanted = _wanted(model, events)
+    if not wanted:
+        return list(events)
+    ring = get_key_ring()
+    keys = {(s, kid): await ring.key_for_read(s, kid) for s, kid in sorted(wanted)}
+    out = []
+    for event in events:
+        try:
+            out.append(_open(model, event, keys))
+        except EnvelopeError as exc:
+            raise EnvelopeError(
+                f"actor {event.actor_id!r} version {event.version} ({event.event_type}): {exc}"
+            ) from None
+    return out
+
+
+# --- rotating the master key --------------------------------------------------------------
+
+
+def rotate_master_key() -> int:
+    """Re-wrap every data key with PRIVACY_MASTER_KEY, from PRIVACY_OLD_MASTER_KEY; the
+    number of entries re-wrapped (0 when everything already was)."""
+    return get_runtime().run(arotate_master_key())
+
+
+async def arotate_master_key() -> int:
+    """Async twin of :func:`rotate_master_key`."""
+    return await get_key_ring().rotate()
+
+
+# --- forgetting -------------------------------------------------------------------------
+
+
+def forget(subject_id: str) -> Event:
+    """Forget a data subject: purge its data key everywhere it is stored, drop it from
+    this process's cache, and record a ``SubjectForgotten`` audit event (returned).
+
+    Other processes stop decrypting within ``PRIVACY_KEY_CACHE_SECONDS``.
+    """
+    return get_runtime().run(aforget(subject_id))
+
+
+async def aforget(subject_id: str) -> Event:
+    """Async twin of :func:`forget`."""
+    if not isinstance(subject_id, str) or not subject_id:
+        raise ValueError(f"a data subject id is a non-empty string, not {subject_id!r}")
+    from ..store import get_event_store
+
+    kid = await get_key_ring().forget(subject_id)
+    audit_id = new_event_id()
+    event = Event(
+        event_type="SubjectForgotten",
+        actor_id=f"forget-{audit_id}",
+        version=1,
+        id=audit_id,
+        # The id's hash, not the id: the audit trail must not keep what was erased.
+        data={"subject_sha256": hashlib.sha256(subject_id.encode()).hexdigest(), "kid": kid},
+    )
+    stored = await get_event_store(AUDIT_NAMESPACE).asave_events([event])
+    return stored[0]

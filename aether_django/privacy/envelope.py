@@ -1,0 +1,165 @@
+"""The envelope of one encrypted personal field, and the wrapping of data keys.
+
+Pure: imports neither Django nor nats, only ``cryptography``'s AES-GCM, so another
+program (or a test) can read and write the format with nothing else. The shape of
+an encrypted field's value in the event JSON (docs/privacy.md#the-envelope)::
+
+    {"aether:enc": 1, "subject": "<subject id>", "kid": "<key id>",
+     "nonce": "<base64, 12 bytes>", "ct": "<base64 ciphertext + 16-byte tag>"}
+
+The plaintext is the field's value as compact JSON (so any JSON value can be
+personal). The associated data is ``"{event id}\\x00{field name}"``: a ciphertext
+copied into another event or another field no longer authenticates.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+__all__ = [
+    "ENVELOPE_MARKER",
+    "ENVELOPE_VERSION",
+    "EnvelopeError",
+    "KeyUnwrapError",
+    "decrypt_field",
+    "encrypt_field",
+    "envelope_subject",
+    "is_envelope",
+    "new_data_key",
+    "new_key_id",
+    "unwrap_key",
+    "wrap_key",
+]
+
+#: The key that marks a field's value as an envelope, and its format version.
+ENVELOPE_MARKER = "aether:enc"
+ENVELOPE_VERSION = 1
+_ENVELOPE_KEYS = frozenset({ENVELOPE_MARKER, "subject", "kid", "nonce", "ct"})
+_NONCE_BYTES = 12
+
+
+class EnvelopeError(ValueError):
+    """An envelope that is malformed, or whose ciphertext does not authenticate
+    (tampered with, or moved to another event or field)."""
+
+
+class KeyUnwrapError(ValueError):
+    """A wrapped data key that the master key does not open (another master key
+    wrapped it, or the entry was tampered with)."""
+
+
+def new_data_key() -> bytes:
+    """A fresh AES-256 data key."""
+    return AESGCM.generate_key(bit_length=256)
+
+
+def new_key_id() -> str:
+    """A fresh random key id (16 hex digits), naming one life of a subject's key."""
+    return os.urandom(8).hex()
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: object, what: str) -> bytes:
+    if not isinstance(text, str):
+        raise EnvelopeError(f"envelope {what!r} must be a base64 string")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise EnvelopeError(f"envelope {what!r} is not valid base64") from None
+
+
+def _aad(event_id: str, field: str) -> bytes:
+    return f"{event_id}\x00{field}".encode()
+
+
+def is_envelope(value: object) -> bool:
+    """Whether ``value`` claims to be an envelope (checked fully only when opened)."""
+    return isinstance(value, Mapping) and ENVELOPE_MARKER in value
+
+
+def encrypt_field(
+    key: bytes, *, subject: str, kid: str, event_id: str, field: str, value: Any
+) -> dict[str, Any]:
+    """The envelope of ``value`` (any JSON value) for ``field`` of event ``event_id``."""
+    nonce = os.urandom(_NONCE_BYTES)
+    plain = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    ct = AESGCM(key).encrypt(nonce, plain, _aad(event_id, field))
+    return {
+        ENVELOPE_MARKER: ENVELOPE_VERSION,
+        "subject": subject,
+        "kid": kid,
+        "nonce": _b64(nonce),
+        "ct": _b64(ct),
+    }
+
+
+def envelope_subject(envelope: object) -> tuple[str, str]:
+    """The (subject, key id) of an envelope; EnvelopeError when it is malformed."""
+    if not isinstance(envelope, Mapping):
+        raise EnvelopeError(f"an envelope must be a JSON object, not {type(envelope).__name__}")
+    if envelope.get(ENVELOPE_MARKER) != ENVELOPE_VERSION:
+        raise EnvelopeError(
+            f"unknown envelope version {envelope.get(ENVELOPE_MARKER)!r} "
+            f"(this release reads {ENVELOPE_VERSION})"
+        )
+    if set(envelope) != _ENVELOPE_KEYS:
+        raise EnvelopeError(f"an envelope has exactly the keys {sorted(_ENVELOPE_KEYS)}")
+    subject, kid = envelope["subject"], envelope["kid"]
+    if not isinstance(subject, str) or not subject:
+        raise EnvelopeError("envelope 'subject' must be a non-empty string")
+    if not isinstance(kid, str) or not kid:
+        raise EnvelopeError("envelope 'kid' must be a non-empty string")
+    return subject, kid
+
+
+def decrypt_field(key: bytes, envelope: object, *, event_id: str, field: str) -> Any:
+    """The value sealed in ``envelope``; EnvelopeError when malformed or not authentic."""
+    envelope_subject(envelope)
+    assert isinstance(envelope, Mapping)
+    nonce = _unb64(envelope["nonce"], "nonce")
+    ct = _unb64(envelope["ct"], "ct")
+    if len(nonce) != _NONCE_BYTES:
+        raise EnvelopeError(f"envelope 'nonce' must be {_NONCE_BYTES} bytes, not {len(nonce)}")
+    try:
+        plain = AESGCM(key).decrypt(nonce, ct, _aad(event_id, field))
+    except InvalidTag:
+        raise EnvelopeError(
+            f"the envelope of field {field!r} in event {event_id} does not authenticate: "
+            "tampered with, or copied from another event or field"
+        ) from None
+    try:
+        return json.loads(plain)
+    except ValueError:
+        raise EnvelopeError(f"the envelope of field {field!r} does not hold JSON") from None
+
+
+def wrap_key(master: bytes, data_key: bytes, *, name: str) -> str:
+    """``data_key`` sealed with the master key, bound to ``name`` (its bucket key)."""
+    nonce = os.urandom(_NONCE_BYTES)
+    return _b64(nonce + AESGCM(master).encrypt(nonce, data_key, name.encode()))
+
+
+def unwrap_key(master: bytes, wrapped: str, *, name: str) -> bytes:
+    """The data key sealed by :func:`wrap_key`; KeyUnwrapError when it does not open."""
+    try:
+        raw = base64.b64decode(wrapped, validate=True)
+    except (binascii.Error, ValueError, TypeError):
+        raise KeyUnwrapError(f"the wrapped key {name!r} is not valid base64") from None
+    try:
+        return AESGCM(master).decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], name.encode())
+    except (InvalidTag, ValueError):
+        raise KeyUnwrapError(
+            f"the master key does not open the wrapped key {name!r}: the key bucket was "
+            "written with another PRIVACY_MASTER_KEY (or the entry was altered)"
+        ) from None

@@ -1,0 +1,344 @@
+"""Data keys per data subject, wrapped by the master key, in a JetStream KV bucket.
+
+One entry per subject, under ``s.{sha256 of the subject id}`` (a bucket key says
+nothing about whom it belongs to), holding ``{"kid": ..., "key": <wrapped>}``: the
+data key sealed with the master key, bound to the entry's name. The bucket keeps
+no history (history 1), and forgetting first deletes the entry's message with the
+server's secure erase (its bytes in the server's files are overwritten; a KV purge
+alone leaves them there until compaction), then purges the key, so no value of it
+survives on the server. A ``verifier`` entry, sealed with the master key on first
+use, tells a process started with another master key so before it writes anything.
+
+Each process caches the keys it read for ``PRIVACY_KEY_CACHE_SECONDS``: the bound on
+how long a process that did not forget a subject may still decrypt its fields.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import threading
+import time
+import weakref
+from typing import Any
+
+import nats.js.errors
+from nats.js.api import DiscardPolicy, StorageType, StreamConfig
+from nats.js.kv import KeyValue
+
+from ..conf import aether_settings, privacy_master_key, privacy_old_master_key
+from ..nats.api import kv_key_subject, kv_stream
+from ..runtime import get_runtime
+from .envelope import KeyUnwrapError, new_data_key, new_key_id, unwrap_key, wrap_key
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["KeyRing", "bucket_key", "get_key_ring", "reset_key_ring"]
+
+VERIFIER_KEY = "verifier"
+_VERIFIER_TEXT = b"aether_django privacy verifier v1"
+_MISSING = (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError)
+
+
+def bucket_key(subject: str) -> str:
+    """The bucket entry of ``subject``'s data key."""
+    return "s." + hashlib.sha256(subject.encode()).hexdigest()
+
+
+class KeyRing:
+    """This process's access to the key bucket, with its bounded key cache."""
+
+    def __init__(self) -> None:
+        # subject -> (monotonic expiry, key id, data key)
+        self._cache: dict[str, tuple[float, str, bytes]] = {}
+        self._lock = threading.Lock()
+        self._buckets: weakref.WeakKeyDictionary[Any, KeyValue] = weakref.WeakKeyDictionary()
+
+    # --- cache ------------------------------------------------------------------
+    def _cached(self, subject: str) -> tuple[str, bytes] | None:
+        with self._lock:
+            hit = self._cache.get(subject)
+            if hit is None:
+                return None
+            if hit[0] <= time.monotonic():
+                del self._cache[subject]
+                return None
+            return hit[1], hit[2]
+
+    def _remember(self, subject: str, kid: str, key: bytes) -> None:
+        lifetime = float(aether_settings.PRIVACY_KEY_CACHE_SECONDS)
+        if lifetime <= 0:
+            return
+        with self._lock:
+            self._cache[subject] = (time.monotonic() + lifetime, kid, key)
+
+    def drop(self, subject: str | None = None) -> None:
+        """Forget cached keys: one subject's, or all."""
+        with self._lock:
+            if subject is None:
+                self._cache.clear()
+            else:
+                self._cache.pop(subject, None)
+
+    # --- the bucket ---------------------------------------------------------------
+    async def bucket(self) -> KeyValue:
+        """The key bucket (made on first use), its verifier checked against the master key."""
+        # Per connection (the runtime has one per event loop, and makes a new one when
+        # one closes): a bucket handle speaks through the connection that opened it.
+        nc = await get_runtime().connection()
+        kv = self._buckets.get(nc)
+        if kv is not None:
+            return kv
+        master = privacy_master_key()
+        js = nc.jetstream(timeout=float(aether_settings.TIMEOUT))
+        name = aether_settings.PRIVACY_BUCKET
+        try:
+            kv = await js.key_value(name)
+        except nats.js.errors.BucketNotFoundError:
+            with contextlib.suppress(nats.js.errors.BadRequestError):
+                await js.add_stream(_bucket_config(name))
+            kv = await js.key_value(name)
+        await self._verify(kv, master)
+        self._buckets[nc] = kv
+        return kv
+
+    async def _verify(self, kv: KeyValue, master: bytes) -> None:
+        try:
+            entry = await kv.get(VERIFIER_KEY)
+        except _MISSING:
+            sealed = wrap_key(master, _VERIFIER_TEXT, name=VERIFIER_KEY).encode()
+            with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
+                await kv.create(VERIFIER_KEY, sealed)
+                return
+            entry = await kv.get(VERIFIER_KEY)
+        try:
+            opened = _unwrap(master, (entry.value or b"").decode(), name=VERIFIER_KEY)
+        except KeyUnwrapError:
+            opened = b""
+        if opened != _VERIFIER_TEXT:
+            raise KeyUnwrapError(
+                f"PRIVACY_MASTER_KEY is not the master key the bucket "
+                f"{aether_settings.PRIVACY_BUCKET!r} was written with"
+            )
+
+    async def _read(self, kv: KeyValue, subject: str) -> tuple[str, bytes] | None:
+        name = bucket_key(subject)
+        try:
+            entry = await kv.get(name)
+        except _MISSING:
+            return None
+        if not entry.value:
+            return None
+        try:
+            doc = json.loads(entry.value)
+            kid, wrapped = doc["kid"], doc["key"]
+        except (ValueError, KeyError, TypeError):
+            raise KeyUnwrapError(f"the key bucket's entry {name!r} is malformed") from None
+        key = _unwrap(privacy_master_key(), wrapped, name=name)
+        return str(kid), key
+
+    async def key_for_write(self, subject: str) -> tuple[str, bytes]:
+        """The (key id, data key) to encrypt ``subject``'s fields with, made on first use.
+
+        A subject forgotten before gets a new key (and key id): a new life, whose
+        fields are readable; the fields of the forgotten life stay unreadable.
+        """
+        hit = self._cached(subject)
+        if hit is not None:
+            return hit
+        kv = await self.bucket()
+        found = await self._read(kv, subject)
+        if found is None:
+            kid, key = new_key_id(), new_data_key()
+            name = bucket_key(subject)
+            doc = {"kid": kid, "key": wrap_key(privacy_master_key(), key, name=name)}
+            try:
+                await kv.create(name, json.dumps(doc).encode())
+                found = kid, key
+            except nats.js.errors.KeyWrongLastSequenceError:
+                # Another process made it first: use theirs.
+                found = await self._read(kv, subject)
+                if found is None:  # and it was forgotten again at once
+                    raise
+        self._remember(subject, *found)
+        return found
+
+    async def key_for_read(self, subject: str, kid: str) -> bytes | None:
+        """The data key ``kid`` of ``subject``, or None when that key was forgotten."""
+        hit = self._cached(subject)
+        if hit is not None and hit[0] == kid:
+            return hit[1]
+        found = await self._read(await self.bucket(), subject)
+        if found is None:
+            self.drop(subject)
+            return None
+        self._remember(subject, *found)
+        return found[1] if found[0] == kid else None
+
+    async def forget(self, subject: str) -> str | None:
+        """Purge ``subject``'s key from the bucket (all its history); the key id it had."""
+        kv = await self.bucket()
+        try:
+            found = await self._read(kv, subject)
+        except KeyUnwrapError:
+            found = None  # unreadable either way: purge it all the same
+        name = bucket_key(subject)
+        with contextlib.suppress(*_MISSING):
+            entry = await kv.get(name)
+            await self._erase(kv, entry.revision)
+        # The purge leaves only a marker without value, whatever revisions were there.
+        await kv.purge(name)
+        self.drop(subject)
+        return found[0] if found else None
+
+    async def rotate(self) -> int:
+        """Re-wrap every data key (and the verifier) with the master key, from the
+        previous one (PRIVACY_OLD_MASTER_KEY); the number of entries re-wrapped.
+
+        Each entry is replaced by compare-and-set, then its old message is erased (so
+        the old master key opens nothing left on the server). Entries already wrapped
+        with the master key are left alone: running it again does nothing.
+        """
+        master, old = privacy_master_key(), privacy_old_master_key()
+        if old is None:
+            raise KeyUnwrapError(
+                "rotating needs the previous master key in PRIVACY_OLD_MASTER_KEY "
+                "(or AETHER_PRIVACY_OLD_MASTER_KEY)"
+            )
+        kv = await self.bucket()
+        nc = await get_runtime().connection()
+        js = nc.jetstream(timeout=float(aether_settings.TIMEOUT))
+        stream = kv_stream(aether_settings.PRIVACY_BUCKET)
+        config = (await js.stream_info(stream)).config
+        # Two messages per key for a moment: the new one lands before the old is
+        # erased, so no reader ever finds a key missing (which would read as forgotten).
+        config.max_msgs_per_subject = 2
+        await js.update_stream(config)
+        rewrapped = 0
+        try:
+            try:
+                names = await kv.keys()
+            except nats.js.errors.NoKeysError:
+                names = []
+            names = [*sorted(n for n in names if n.startswith("s.")), VERIFIER_KEY]
+            for name in names:
+                rewrapped += await self._rewrap(kv, js, stream, name, master, old)
+        finally:
+            config.max_msgs_per_subject = 1
+            await js.update_stream(config)
+        return rewrapped
+
+    async def _rewrap(
+        self, kv: KeyValue, js: Any, stream: str, name: str, master: bytes, old: bytes
+    ) -> int:
+        for _ in range(5):
+            try:
+                entry = await kv.get(name)
+            except _MISSING:
+                return 0  # forgotten meanwhile
+            raw = (entry.value or b"").decode()
+            if name == VERIFIER_KEY:
+                wrapped, doc = raw, None
+            else:
+                try:
+                    doc = json.loads(raw)
+                    wrapped = doc["key"]
+                except (ValueError, KeyError, TypeError):
+                    raise KeyUnwrapError(f"the key bucket's entry {name!r} is malformed") from None
+            try:
+                unwrap_key(master, wrapped, name=name)
+                return 0  # already wrapped with the master key
+            except KeyUnwrapError:
+                pass
+            try:
+                key = unwrap_key(old, wrapped, name=name)
+            except KeyUnwrapError:
+                raise KeyUnwrapError(
+                    f"neither PRIVACY_MASTER_KEY nor PRIVACY_OLD_MASTER_KEY opens the key "
+                    f"bucket's entry {name!r}; nothing of it was changed"
+                ) from None
+            rewrapped = wrap_key(master, key, name=name)
+            value = rewrapped if doc is None else json.dumps({**doc, "key": rewrapped})
+            try:
+                await kv.update(name, value.encode(), last=entry.revision)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue  # changed (or forgotten) meanwhile: look again
+            await self._erase(kv, entry.revision)
+            return 1
+        raise KeyUnwrapError(f"the key bucket's entry {name!r} kept changing while rotating")
+
+    async def _erase(self, kv: KeyValue, revision: int | None) -> None:
+        """Delete the entry's message with the server's secure erase: a purge alone
+        leaves its bytes in the server's files until they are compacted."""
+        if not revision:
+            return
+        nc = await get_runtime().connection()
+        js = nc.jetstream(timeout=float(aether_settings.TIMEOUT))
+        stream = kv_stream(aether_settings.PRIVACY_BUCKET)
+        try:
+            await js.delete_msg(stream, revision)
+        except nats.js.errors.NotFoundError:
+            pass  # purged meanwhile
+        except nats.js.errors.APIError as exc:
+            logger.warning(
+                "could not erase the key of a forgotten subject in %s (%s); it is purged, "
+                "but its wrapped bytes stay in the server's files until compaction "
+                "(a bucket made with deny_delete, not by aether_django?)",
+                stream,
+                exc.description,
+            )
+
+
+def _unwrap(master: bytes, wrapped: str, *, name: str) -> bytes:
+    """Unwrap with the master key, or while it is rotated, with the previous one."""
+    try:
+        return unwrap_key(master, wrapped, name=name)
+    except KeyUnwrapError:
+        old = privacy_old_master_key()
+        if old is None:
+            raise
+        return unwrap_key(old, wrapped, name=name)
+
+
+def _bucket_config(bucket: str) -> StreamConfig:
+    """The key bucket's stream: what nats-py's create_key_value makes, except that it
+    allows deleting a message, so that forget() can erase a key's bytes on disk."""
+    storage = StorageType.MEMORY if aether_settings.STORAGE == "memory" else StorageType.FILE
+    return StreamConfig(
+        name=kv_stream(bucket),
+        description="aether_django data keys of data subjects, wrapped",
+        subjects=[kv_key_subject(bucket, ">")],
+        allow_direct=True,
+        allow_rollup_hdrs=True,
+        deny_delete=False,
+        discard=DiscardPolicy.NEW,
+        duplicate_window=120,
+        max_consumers=-1,
+        max_msgs=-1,
+        max_msgs_per_subject=1,
+        num_replicas=int(aether_settings.REPLICAS),
+        storage=storage,
+    )
+
+
+_ring: KeyRing | None = None
+_ring_lock = threading.Lock()
+
+
+def get_key_ring() -> KeyRing:
+    """This process's key ring."""
+    global _ring
+    with _ring_lock:
+        if _ring is None:
+            _ring = KeyRing()
+        return _ring
+
+
+def reset_key_ring() -> None:
+    """Drop this process's key ring (its cached keys and buckets): when the AETHER
+    settings change (another master key or bucket), and in tests."""
+    global _ring
+    with _ring_lock:
+        _ring = None
