@@ -363,7 +363,7 @@ def test_aether_replay_verifies_sealed_snapshots() -> None:
 
     # A sealed snapshot that disagrees with the history is still found.
     wrong = order._snapshot()
-    wrong.state["state"]["total"] = 999  # type: ignore[index]
+    wrong.state["state"]["total"] = 999
     sealed = privacy.seal_snapshot(SnapOrder, wrong)
     assert sealed is not None
     SnapOrder.get_store().save_snapshot(sealed)
