@@ -445,9 +445,10 @@ class Aggregate:
         # the last ones: a snapshot keeps both, so loading can start right after it
         # and a node can tell a command it already ran (see sharding.routing).
         self._last_sequence = 0
-        # The data subjects whose sealed fields the stored history holds: a snapshot
-        # of an aggregate with personal data is sealed under each (docs/privacy.md).
-        self._subjects: set[str] = set()
+        # The data subjects whose sealed fields the stored history holds, with the key
+        # id of the latest: a snapshot of an aggregate with personal data is sealed
+        # under each, with that key only (docs/privacy.md#snapshots).
+        self._subjects: dict[str, str] = {}
         #: Whether the last update() found its command id already applied (and did
         #: not run the command again).
         self.command_replayed = False
@@ -641,7 +642,7 @@ class Aggregate:
         if self._meta.personal_data or self._meta.personal_data_error:
             sealed = privacy.seal_events(type(self), self._pending)
             stored = _unsealed(self._pending, store.save_events(sealed))
-            self._subjects |= privacy.subjects_in(type(self), sealed)
+            self._subjects.update(privacy.subjects_in(type(self), sealed))
         else:
             stored = store.save_events(self._pending)
         self.saved_events = list(stored)
@@ -651,7 +652,7 @@ class Aggregate:
             try:
                 # Sealed under its data subjects' keys when it holds personal data;
                 # None when one of them was forgotten meanwhile: no snapshot then.
-                snapshot = privacy.seal_snapshot(type(self), self._snapshot())
+                snapshot = privacy.seal_snapshot(type(self), self._snapshot(), self._subjects)
                 if snapshot is not None:
                     store.save_snapshot(snapshot)
             except (AetherError, privacy.EnvelopeError, privacy.KeyUnwrapError):
@@ -674,7 +675,7 @@ class Aggregate:
         if self._meta.personal_data or self._meta.personal_data_error:
             sealed = await privacy.aseal_events(type(self), self._pending)
             stored = _unsealed(self._pending, await store.asave_events(sealed))
-            self._subjects |= privacy.subjects_in(type(self), sealed)
+            self._subjects.update(privacy.subjects_in(type(self), sealed))
         else:
             stored = await store.asave_events(self._pending)
         self.saved_events = list(stored)
@@ -684,7 +685,9 @@ class Aggregate:
             try:
                 # Sealed under its data subjects' keys when it holds personal data;
                 # None when one of them was forgotten meanwhile: no snapshot then.
-                snapshot = await privacy.aseal_snapshot(type(self), self._snapshot())
+                snapshot = await privacy.aseal_snapshot(
+                    type(self), self._snapshot(), self._subjects
+                )
                 if snapshot is not None:
                     await store.asave_snapshot(snapshot)
             except (AetherError, privacy.EnvelopeError, privacy.KeyUnwrapError):
@@ -817,15 +820,15 @@ class AggregateManager(Generic[A]):
         snapshot: ActorSnapshot | None,
         events: list[Event],
         at_version: int | None,
-        subjects: set[str] | None = None,
+        subjects: Mapping[str, str] | None = None,
     ) -> A:
         obj = self.model(actor_id)
         name = self.model.__name__
-        obj._subjects = set(subjects or ())
         if snapshot is not None:
-            obj._subjects.update(
-                s for s in snapshot.state.get("subjects") or () if isinstance(s, str) and s
-            )
+            # The key ids an opened snapshot was sealed with, then the later events'.
+            obj._subjects.update(snapshot.state.get("key_ids") or {})
+        obj._subjects.update(subjects or {})
+        if snapshot is not None:
             try:
                 obj.set_snapshot_state(snapshot.state["state"])
             except Exception as exc:  # the project's code, on stored state
@@ -918,9 +921,9 @@ class AggregateManager(Generic[A]):
                 snapshot, events = None, store.get_events(actor_id)
         except ReplayError as exc:
             raise self._undecodable(actor_id, exc) from exc
-        subjects: set[str] = set()
+        subjects: dict[str, str] = {}
         if self.model._meta.personal_data:
-            subjects = privacy.subjects_in(self.model, events)
+            subjects = privacy.subjects_in(self.model, _after_snapshot(snapshot, events))
             events = privacy.open_events(self.model, events)
         return self._build(actor_id, snapshot, events, at_version, subjects)
 
@@ -960,9 +963,9 @@ class AggregateManager(Generic[A]):
                 snapshot, events = None, await store.aget_events(actor_id)
         except ReplayError as exc:
             raise self._undecodable(actor_id, exc) from exc
-        subjects: set[str] = set()
+        subjects: dict[str, str] = {}
         if self.model._meta.personal_data:
-            subjects = privacy.subjects_in(self.model, events)
+            subjects = privacy.subjects_in(self.model, _after_snapshot(snapshot, events))
             events = await privacy.aopen_events(self.model, events)
         return self._build(actor_id, snapshot, events, at_version, subjects)
 
@@ -1130,6 +1133,13 @@ class AggregateManager(Generic[A]):
 
 def _int(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _after_snapshot(snapshot: ActorSnapshot | None, events: list[Event]) -> list[Event]:
+    """The ``events`` a load applies on top of ``snapshot`` (all of them without one)."""
+    if snapshot is None:
+        return events
+    return [e for e in events if e.version > snapshot.version]
 
 
 def _past(snapshot: ActorSnapshot, events: list[Event]) -> bool:

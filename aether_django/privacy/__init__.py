@@ -254,11 +254,20 @@ async def aopen_events(model: type[Aggregate], events: Sequence[Event]) -> list[
 # makes the snapshot unreadable, and loading then replays the events instead.
 
 
-def subjects_in(model: type[Aggregate], events: Iterable[Event]) -> set[str]:
-    """The data subjects whose envelopes ``events`` (as stored: sealed) hold."""
+def subjects_in(model: type[Aggregate], events: Iterable[Event]) -> dict[str, str]:
+    """The data subjects whose envelopes ``events`` (as stored: sealed, oldest first)
+    hold, each with the key id of its latest envelope."""
+    found: dict[str, str] = {}
     if not model._meta.personal_data:
-        return set()
-    return {subject for subject, _ in _wanted(model, events)}
+        return found
+    for event in events:
+        for name, envelope in _envelopes(model, event):
+            try:
+                subject, kid = envelope_subject(envelope)
+            except EnvelopeError as exc:
+                raise _located(event, name, exc) from None
+            found[subject] = kid
+    return found
 
 
 def _snapshot_aad(model: type[Aggregate], snapshot: ActorSnapshot) -> str:
@@ -267,15 +276,24 @@ def _snapshot_aad(model: type[Aggregate], snapshot: ActorSnapshot) -> str:
     return f"snapshot\x00{model._meta.label}\x00{snapshot.actor_id}\x00{snapshot.version}"
 
 
-def seal_snapshot(model: type[Aggregate], snapshot: ActorSnapshot) -> ActorSnapshot | None:
-    """``snapshot`` with its state sealed under each of its subjects (as it is stored);
-    None when a subject has no key any more (forgotten: no snapshot is taken)."""
+def seal_snapshot(
+    model: type[Aggregate], snapshot: ActorSnapshot, key_ids: Mapping[str, str]
+) -> ActorSnapshot | None:
+    """``snapshot`` with its state sealed under each of its subjects (as it is stored).
+
+    ``key_ids`` maps each subject to the key id of its latest envelope in the actor's
+    history. None (no snapshot is taken) when a subject's key is not that one any more:
+    forgotten, or forgotten and made again, since the state was loaded. Its state may
+    then hold values of the forgotten life, which no key that exists may open.
+    """
     if not model._meta.personal_data or not snapshot.state.get("subjects"):
         return snapshot
-    return get_runtime().run(aseal_snapshot(model, snapshot))
+    return get_runtime().run(aseal_snapshot(model, snapshot, key_ids))
 
 
-async def aseal_snapshot(model: type[Aggregate], snapshot: ActorSnapshot) -> ActorSnapshot | None:
+async def aseal_snapshot(
+    model: type[Aggregate], snapshot: ActorSnapshot, key_ids: Mapping[str, str]
+) -> ActorSnapshot | None:
     """Async twin of :func:`seal_snapshot`."""
     subjects = list(snapshot.state.get("subjects") or ())
     if not model._meta.personal_data or not subjects:
@@ -286,7 +304,7 @@ async def aseal_snapshot(model: type[Aggregate], snapshot: ActorSnapshot) -> Act
     value: Any = snapshot.state["state"]
     for subject in subjects:
         found = await ring.current_key(subject)
-        if found is None:
+        if found is None or found[0] != key_ids.get(subject):
             return None
         kid, key = found
         value = encrypt_field(
@@ -296,7 +314,8 @@ async def aseal_snapshot(model: type[Aggregate], snapshot: ActorSnapshot) -> Act
 
 
 def open_snapshot(model: type[Aggregate], snapshot: ActorSnapshot) -> ActorSnapshot | None:
-    """``snapshot`` with its state opened; None when it cannot be used (a subject
+    """``snapshot`` with its state opened, and the key id of each subject under
+    ``"key_ids"`` (in the returned copy only); None when it cannot be used (a subject
     forgotten, written before its state was sealed, or not authentic): replay instead."""
     if not model._meta.personal_data:
         return snapshot
@@ -326,6 +345,7 @@ async def aopen_snapshot(model: type[Aggregate], snapshot: ActorSnapshot) -> Act
     ring = get_key_ring()
     aad = _snapshot_aad(model, snapshot)
     value: Any = snapshot.state.get("state")
+    key_ids: dict[str, str] = {}
     try:
         for subject in reversed(subjects):
             found, kid = envelope_subject(value)
@@ -334,6 +354,7 @@ async def aopen_snapshot(model: type[Aggregate], snapshot: ActorSnapshot) -> Act
             key = await ring.key_for_read(subject, kid)
             if key is None:
                 return None  # forgotten: the events give the marker
+            key_ids[subject] = kid
             value = decrypt_field(key, value, event_id=aad, field="state")
     except EnvelopeError as exc:
         logger.warning("ignoring snapshot of %s: %s; replaying", snapshot.actor_id, exc)
@@ -341,7 +362,8 @@ async def aopen_snapshot(model: type[Aggregate], snapshot: ActorSnapshot) -> Act
     if not isinstance(value, dict):
         logger.warning("ignoring snapshot of %s: its state is not an object", snapshot.actor_id)
         return None
-    return dataclasses.replace(snapshot, state={**snapshot.state, "state": value})
+    opened = {**snapshot.state, "state": value, "key_ids": key_ids}
+    return dataclasses.replace(snapshot, state=opened)
 
 
 # --- rotating the master key --------------------------------------------------------------

@@ -192,6 +192,29 @@ def test_a_subject_forgotten_then_back_seals_its_new_life_only(
     assert (again.customer, again.email, again.note) == (*BOB, "back")
 
 
+def test_an_aggregate_loaded_before_forget_snapshots_nothing_under_the_new_life_key(
+    raw_snapshots: Callable[[str], bytes],
+) -> None:
+    """Its state holds the forgotten life's values: sealed under the subject's new key,
+    they would be readable again."""
+    subject = new_id("customer")
+    stale = SnapOrder(new_id("order"))
+    stale.place(subject, *ALICE, 1)
+    stale.save()  # version 1: no snapshot yet
+    stale = SnapOrder.objects.get(stale.actor_id)  # plain state, in this process
+    privacy.forget(subject)
+    fresh = SnapOrder(new_id("order"))
+    fresh.place(subject, *BOB, 2)  # a new life: the subject has a key again
+    fresh.save()
+
+    stale.annotate("after the forget")
+    stale.save()  # version 2: a snapshot is due, but not under the new key
+    assert SnapOrder.get_store().get_latest_snapshot(stale.actor_id) is None
+    assert_no_plaintext(raw_snapshots("privacy_snap_orders"), *ALICE)
+    loaded = SnapOrder.objects.get(stale.actor_id)
+    assert (loaded.email, loaded.note) == (FORGOTTEN, "after the forget")
+
+
 def test_several_subjects_each_seal_the_snapshot_and_forgetting_one_replays(
     raw_snapshots: Callable[[str], bytes], reads: list[int]
 ) -> None:
@@ -364,7 +387,7 @@ def test_aether_replay_verifies_sealed_snapshots() -> None:
     # A sealed snapshot that disagrees with the history is still found.
     wrong = order._snapshot()
     wrong.state["state"]["total"] = 999
-    sealed = privacy.seal_snapshot(SnapOrder, wrong)
+    sealed = privacy.seal_snapshot(SnapOrder, wrong, order._subjects)
     assert sealed is not None
     SnapOrder.get_store().save_snapshot(sealed)
     with pytest.raises(CommandError, match="problems found"):
