@@ -13,7 +13,9 @@ Saving seals each declared field in an envelope (:mod:`.envelope`) with the subj
 data key (:mod:`.keys`), so nothing of it leaves the process in plain text; loading
 opens them again. :func:`forget` deletes the subject's key: from then on loads give
 :data:`FORGOTTEN` in place of those fields and name them in the event's metadata
-under :data:`FORGOTTEN_KEY`, and aggregates keep replaying.
+under :data:`FORGOTTEN_KEY`, and aggregates keep replaying. Snapshots of such an
+aggregate hold their state sealed under every subject of its history
+(:func:`seal_snapshot`); one that no longer opens is ignored and the events replayed.
 """
 
 from __future__ import annotations
