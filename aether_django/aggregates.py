@@ -445,6 +445,10 @@ class Aggregate:
         # the last ones: a snapshot keeps both, so loading can start right after it
         # and a node can tell a command it already ran (see sharding.routing).
         self._last_sequence = 0
+        # The data subjects whose sealed fields the stored history holds, with the key
+        # id of the latest: a snapshot of an aggregate with personal data is sealed
+        # under each, with that key only (docs/privacy.md#snapshots).
+        self._subjects: dict[str, str] = {}
         #: Whether the last update() found its command id already applied (and did
         #: not run the command again).
         self.command_replayed = False
@@ -571,10 +575,15 @@ class Aggregate:
                 setattr(self, name, copy.deepcopy(state[name]))
 
     def _snapshot(self) -> ActorSnapshot:
+        state: dict[str, Any] = {}
+        if self._meta.personal_data:
+            # Plain, to find the keys; the state is sealed by privacy.seal_snapshot.
+            state["subjects"] = sorted(self._subjects)
         return ActorSnapshot(
             actor_id=self.actor_id,
             version=self.version,
             state={
+                **state,
                 "aggregate": self._meta.label,
                 "snapshot_version": self._meta.snapshot_version,
                 "state": self.get_snapshot_state(),
@@ -633,6 +642,7 @@ class Aggregate:
         if self._meta.personal_data or self._meta.personal_data_error:
             sealed = privacy.seal_events(type(self), self._pending)
             stored = _unsealed(self._pending, store.save_events(sealed))
+            self._subjects.update(privacy.subjects_in(type(self), sealed))
         else:
             stored = store.save_events(self._pending)
         self.saved_events = list(stored)
@@ -640,8 +650,12 @@ class Aggregate:
         self._pending = []
         if self._snapshot_due(before):
             try:
-                store.save_snapshot(self._snapshot())
-            except AetherError:
+                # Sealed under its data subjects' keys when it holds personal data;
+                # None when one of them was forgotten meanwhile: no snapshot then.
+                snapshot = privacy.seal_snapshot(type(self), self._snapshot(), self._subjects)
+                if snapshot is not None:
+                    store.save_snapshot(snapshot)
+            except (AetherError, privacy.EnvelopeError, privacy.KeyUnwrapError):
                 logger.warning("could not save a snapshot of %r", self, exc_info=True)
 
     async def asave(self) -> None:
@@ -661,6 +675,7 @@ class Aggregate:
         if self._meta.personal_data or self._meta.personal_data_error:
             sealed = await privacy.aseal_events(type(self), self._pending)
             stored = _unsealed(self._pending, await store.asave_events(sealed))
+            self._subjects.update(privacy.subjects_in(type(self), sealed))
         else:
             stored = await store.asave_events(self._pending)
         self.saved_events = list(stored)
@@ -668,8 +683,14 @@ class Aggregate:
         self._pending = []
         if self._snapshot_due(before):
             try:
-                await store.asave_snapshot(self._snapshot())
-            except AetherError:
+                # Sealed under its data subjects' keys when it holds personal data;
+                # None when one of them was forgotten meanwhile: no snapshot then.
+                snapshot = await privacy.aseal_snapshot(
+                    type(self), self._snapshot(), self._subjects
+                )
+                if snapshot is not None:
+                    await store.asave_snapshot(snapshot)
+            except (AetherError, privacy.EnvelopeError, privacy.KeyUnwrapError):
                 logger.warning("could not save a snapshot of %r", self, exc_info=True)
 
 
@@ -799,9 +820,14 @@ class AggregateManager(Generic[A]):
         snapshot: ActorSnapshot | None,
         events: list[Event],
         at_version: int | None,
+        subjects: Mapping[str, str] | None = None,
     ) -> A:
         obj = self.model(actor_id)
         name = self.model.__name__
+        if snapshot is not None:
+            # The key ids an opened snapshot was sealed with, then the later events'.
+            obj._subjects.update(snapshot.state.get("key_ids") or {})
+        obj._subjects.update(subjects or {})
         if snapshot is not None:
             try:
                 obj.set_snapshot_state(snapshot.state["state"])
@@ -878,6 +904,10 @@ class AggregateManager(Generic[A]):
         snapshot = None
         if self.model._meta.snapshot_every:
             snapshot = self._usable_snapshot(store.get_latest_snapshot(actor_id), at_version)
+            if snapshot is not None and self.model._meta.personal_data:
+                # Opened before the events are read: one that cannot be (a subject
+                # forgotten) means replaying them all.
+                snapshot = privacy.open_snapshot(self.model, snapshot)
         try:
             events = store.get_events(
                 actor_id, self._window_start(snapshot), after_sequence=self._after(snapshot)
@@ -891,9 +921,11 @@ class AggregateManager(Generic[A]):
                 snapshot, events = None, store.get_events(actor_id)
         except ReplayError as exc:
             raise self._undecodable(actor_id, exc) from exc
+        subjects: dict[str, str] = {}
         if self.model._meta.personal_data:
+            subjects = privacy.subjects_in(self.model, _after_snapshot(snapshot, events))
             events = privacy.open_events(self.model, events)
-        return self._build(actor_id, snapshot, events, at_version)
+        return self._build(actor_id, snapshot, events, at_version, subjects)
 
     async def aget(self, actor_id: str, *, at_version: int | None = None) -> A:
         """Async twin of :meth:`get`."""
@@ -917,6 +949,8 @@ class AggregateManager(Generic[A]):
         snapshot = None
         if self.model._meta.snapshot_every:
             snapshot = self._usable_snapshot(await store.aget_latest_snapshot(actor_id), at_version)
+            if snapshot is not None and self.model._meta.personal_data:
+                snapshot = await privacy.aopen_snapshot(self.model, snapshot)
         try:
             events = await store.aget_events(
                 actor_id, self._window_start(snapshot), after_sequence=self._after(snapshot)
@@ -929,9 +963,11 @@ class AggregateManager(Generic[A]):
                 snapshot, events = None, await store.aget_events(actor_id)
         except ReplayError as exc:
             raise self._undecodable(actor_id, exc) from exc
+        subjects: dict[str, str] = {}
         if self.model._meta.personal_data:
+            subjects = privacy.subjects_in(self.model, _after_snapshot(snapshot, events))
             events = await privacy.aopen_events(self.model, events)
-        return self._build(actor_id, snapshot, events, at_version)
+        return self._build(actor_id, snapshot, events, at_version, subjects)
 
     def _undecodable(self, actor_id: str, exc: ReplayError) -> UndecodableEventError:
         """The store's ReplayError, as the aggregate's replay error (still a ReplayError)."""
@@ -1097,6 +1133,13 @@ class AggregateManager(Generic[A]):
 
 def _int(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _after_snapshot(snapshot: ActorSnapshot | None, events: list[Event]) -> list[Event]:
+    """The ``events`` a load applies on top of ``snapshot`` (all of them without one)."""
+    if snapshot is None:
+        return events
+    return [e for e in events if e.version > snapshot.version]
 
 
 def _past(snapshot: ActorSnapshot, events: list[Event]) -> bool:

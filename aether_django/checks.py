@@ -227,7 +227,7 @@ def check_aggregates(app_configs: Any = None, **kwargs: Any) -> list[CheckMessag
 
 
 def _check_personal_data(model: Any) -> list[CheckMessage]:
-    """E701-E702, W701: Meta.personal_data that names nothing, or cannot be protected."""
+    """E701-E702: Meta.personal_data that names nothing, or cannot be protected."""
     from django.core.exceptions import ImproperlyConfigured
 
     from .conf import privacy_master_key, privacy_old_master_key
@@ -260,17 +260,6 @@ def _check_personal_data(model: Any) -> list[CheckMessage]:
                 "backed up apart from the streams (docs/privacy.md#key-management).",
                 obj=model,
                 id="aether_django.E702",
-            )
-        )
-    if meta.snapshot_every:
-        messages.append(
-            Warning(
-                f"Aggregate {meta.label} declares personal data and takes snapshots; "
-                "snapshots keep its state, personal fields included, unencrypted.",
-                hint="Set Meta.snapshot_every = None, or keep personal values out of the "
-                "snapshot state (get_snapshot_state).",
-                obj=model,
-                id="aether_django.W701",
             )
         )
     return messages

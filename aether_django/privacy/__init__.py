@@ -13,18 +13,21 @@ Saving seals each declared field in an envelope (:mod:`.envelope`) with the subj
 data key (:mod:`.keys`), so nothing of it leaves the process in plain text; loading
 opens them again. :func:`forget` deletes the subject's key: from then on loads give
 :data:`FORGOTTEN` in place of those fields and name them in the event's metadata
-under :data:`FORGOTTEN_KEY`, and aggregates keep replaying.
+under :data:`FORGOTTEN_KEY`, and aggregates keep replaying. Snapshots of such an
+aggregate hold their state sealed under every subject of its history
+(:func:`seal_snapshot`); one that no longer opens is ignored and the events replayed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import AetherError
-from ..events import Event, new_event_id
+from ..events import ActorSnapshot, Event, new_event_id
 from ..runtime import get_runtime
 from .envelope import (
     EnvelopeError,
@@ -39,6 +42,8 @@ from .keys import get_key_ring
 if TYPE_CHECKING:
     from ..aggregates import Aggregate
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "AUDIT_NAMESPACE",
     "FORGOTTEN",
@@ -48,13 +53,18 @@ __all__ = [
     "PersonalDataError",
     "aforget",
     "aopen_events",
+    "aopen_snapshot",
     "arotate_master_key",
     "aseal_events",
+    "aseal_snapshot",
     "forget",
     "open_events",
+    "open_snapshot",
     "rotate_master_key",
     "seal_events",
+    "seal_snapshot",
     "subject_of",
+    "subjects_in",
 ]
 
 #: What a forgotten personal field reads as after its subject was forgotten.
@@ -235,6 +245,127 @@ async def aopen_events(model: type[Aggregate], events: Sequence[Event]) -> list[
                 f"actor {event.actor_id!r} version {event.version} ({event.event_type}): {exc}"
             ) from None
     return out
+
+
+# --- snapshots ---------------------------------------------------------------------------
+#
+# A snapshot of an aggregate that declares personal data names, in plain, the data
+# subjects whose sealed fields its history holds (``"subjects"``), and its ``"state"``
+# is sealed once per subject, one envelope inside the other (the innermost with the
+# first subject): opening it takes every one of those keys, so forgetting any of them
+# makes the snapshot unreadable, and loading then replays the events instead.
+
+
+def subjects_in(model: type[Aggregate], events: Iterable[Event]) -> dict[str, str]:
+    """The data subjects whose envelopes ``events`` (as stored: sealed, oldest first)
+    hold, each with the key id of its latest envelope."""
+    found: dict[str, str] = {}
+    if not model._meta.personal_data:
+        return found
+    for event in events:
+        for name, envelope in _envelopes(model, event):
+            try:
+                subject, kid = envelope_subject(envelope)
+            except EnvelopeError as exc:
+                raise _located(event, name, exc) from None
+            found[subject] = kid
+    return found
+
+
+def _snapshot_aad(model: type[Aggregate], snapshot: ActorSnapshot) -> str:
+    # Event ids are UUIDs: this never equals one, so a field's envelope does not open
+    # as a snapshot's and a snapshot moved to another actor or version does not open.
+    return f"snapshot\x00{model._meta.label}\x00{snapshot.actor_id}\x00{snapshot.version}"
+
+
+def seal_snapshot(
+    model: type[Aggregate], snapshot: ActorSnapshot, key_ids: Mapping[str, str]
+) -> ActorSnapshot | None:
+    """``snapshot`` with its state sealed under each of its subjects (as it is stored).
+
+    ``key_ids`` maps each subject to the key id of its latest envelope in the actor's
+    history. None (no snapshot is taken) when a subject's key is not that one any more:
+    forgotten, or forgotten and made again, since the state was loaded. Its state may
+    then hold values of the forgotten life, which no key that exists may open.
+    """
+    if not model._meta.personal_data or not snapshot.state.get("subjects"):
+        return snapshot
+    return get_runtime().run(aseal_snapshot(model, snapshot, key_ids))
+
+
+async def aseal_snapshot(
+    model: type[Aggregate], snapshot: ActorSnapshot, key_ids: Mapping[str, str]
+) -> ActorSnapshot | None:
+    """Async twin of :func:`seal_snapshot`."""
+    subjects = list(snapshot.state.get("subjects") or ())
+    if not model._meta.personal_data or not subjects:
+        return snapshot
+    _ensure_key_configured()
+    ring = get_key_ring()
+    aad = _snapshot_aad(model, snapshot)
+    value: Any = snapshot.state["state"]
+    for subject in subjects:
+        found = await ring.current_key(subject)
+        if found is None or found[0] != key_ids.get(subject):
+            return None
+        kid, key = found
+        value = encrypt_field(
+            key, subject=subject, kid=kid, event_id=aad, field="state", value=value
+        )
+    return dataclasses.replace(snapshot, state={**snapshot.state, "state": value})
+
+
+def open_snapshot(model: type[Aggregate], snapshot: ActorSnapshot) -> ActorSnapshot | None:
+    """``snapshot`` with its state opened, and the key id of each subject under
+    ``"key_ids"`` (in the returned copy only); None when it cannot be used (a subject
+    forgotten, written before its state was sealed, or not authentic): replay instead."""
+    if not model._meta.personal_data:
+        return snapshot
+    if snapshot.state.get("subjects") == [] and not is_envelope(snapshot.state.get("state")):
+        return snapshot
+    return get_runtime().run(aopen_snapshot(model, snapshot))
+
+
+async def aopen_snapshot(model: type[Aggregate], snapshot: ActorSnapshot) -> ActorSnapshot | None:
+    """Async twin of :func:`open_snapshot`."""
+    if not model._meta.personal_data:
+        return snapshot
+    subjects = snapshot.state.get("subjects")
+    if subjects == [] and not is_envelope(snapshot.state.get("state")):
+        return snapshot  # nothing sealed in its history when it was taken
+    if (
+        not isinstance(subjects, list)
+        or not subjects
+        or not all(isinstance(s, str) and s for s in subjects)
+    ):
+        # Written before snapshots were sealed (or not by aether_django): its state may
+        # hold personal values in plain, which must not outlive a forget().
+        logger.warning(
+            "ignoring snapshot of %s: its state is not sealed; replaying", snapshot.actor_id
+        )
+        return None
+    ring = get_key_ring()
+    aad = _snapshot_aad(model, snapshot)
+    value: Any = snapshot.state.get("state")
+    key_ids: dict[str, str] = {}
+    try:
+        for subject in reversed(subjects):
+            found, kid = envelope_subject(value)
+            if found != subject:
+                raise EnvelopeError(f"sealed for {found!r}, expected {subject!r}")
+            key = await ring.key_for_read(subject, kid)
+            if key is None:
+                return None  # forgotten: the events give the marker
+            key_ids[subject] = kid
+            value = decrypt_field(key, value, event_id=aad, field="state")
+    except EnvelopeError as exc:
+        logger.warning("ignoring snapshot of %s: %s; replaying", snapshot.actor_id, exc)
+        return None
+    if not isinstance(value, dict):
+        logger.warning("ignoring snapshot of %s: its state is not an object", snapshot.actor_id)
+        return None
+    opened = {**snapshot.state, "state": value, "key_ids": key_ids}
+    return dataclasses.replace(snapshot, state=opened)
 
 
 # --- rotating the master key --------------------------------------------------------------

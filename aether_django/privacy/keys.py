@@ -165,6 +165,20 @@ class KeyRing:
         self._remember(subject, *found)
         return found
 
+    async def current_key(self, subject: str) -> tuple[str, bytes] | None:
+        """The (key id, data key) ``subject`` has now, or None: never makes one.
+
+        For sealing copies of what is already stored (snapshots): a subject forgotten
+        since gets no new key for them.
+        """
+        hit = self._cached(subject)
+        if hit is not None:
+            return hit
+        found = await self._read(await self.bucket(), subject)
+        if found is not None:
+            self._remember(subject, *found)
+        return found
+
     async def key_for_read(self, subject: str, kid: str) -> bytes | None:
         """The data key ``kid`` of ``subject``, or None when that key was forgotten."""
         hit = self._cached(subject)

@@ -57,3 +57,53 @@ class Plain(Aggregate):
     @apply("OrderPlaced")
     def _placed(self, event: Event) -> None:
         self.customer = event.data["customer"]
+
+
+class SnapOrder(Order):
+    """Order, snapshotted every second event: its snapshots are sealed."""
+
+    class Meta:
+        namespace = "privacy_snap_orders"
+        personal_data = {"OrderPlaced": ["customer", "email"]}
+        data_subject = "customer_id"
+        snapshot_every = 2
+
+
+class Group(Aggregate):
+    """Members joining one actor: its history names several data subjects."""
+
+    names: dict[str, str] = {}
+
+    class Meta:
+        namespace = "privacy_snap_groups"
+        personal_data = {"MemberJoined": ["name"]}
+        data_subject = "member_id"
+        snapshot_every = 2
+
+    @command
+    def join(self, member_id: str, name: str) -> None:
+        self.record("MemberJoined", member_id=member_id, name=name)
+
+    @apply("MemberJoined")
+    def _joined(self, event: Event) -> None:
+        self.names[event.data["member_id"]] = event.data["name"]
+
+
+class PlainSnap(Aggregate):
+    """Snapshots without personal data: stored as they always were."""
+
+    customer: str = ""
+    count: int = 0
+
+    class Meta:
+        namespace = "privacy_snap_plain"
+        snapshot_every = 2
+
+    @command
+    def place(self, customer: str) -> None:
+        self.record("OrderPlaced", customer=customer)
+
+    @apply("OrderPlaced")
+    def _placed(self, event: Event) -> None:
+        self.customer = event.data["customer"]
+        self.count += 1
