@@ -44,8 +44,10 @@ __all__ = [
     "FORGOTTEN",
     "FORGOTTEN_KEY",
     "EnvelopeError",
+    "ForgetIncompleteError",
     "KeyUnwrapError",
     "PersonalDataError",
+    "add_forget_step",
     "aforget",
     "aopen_events",
     "arotate_master_key",
@@ -69,6 +71,11 @@ AUDIT_NAMESPACE = "aether.privacy"
 class PersonalDataError(AetherError):
     """Personal data that cannot be protected: no data subject for an event, or no
     usable master key (never a plain write)."""
+
+
+class ForgetIncompleteError(PersonalDataError):
+    """forget() erased the subject's key but could not finish erasing its copies
+    elsewhere (a read model's database failed): run forget again to finish."""
 
 
 def subject_of(model: type[Aggregate], event: Event) -> str:
@@ -254,22 +261,63 @@ async def arotate_master_key() -> int:
 # --- forgetting -------------------------------------------------------------------------
 
 
+#: Steps forget() runs after erasing the key, each ``step(subject_id)`` giving the
+#: rows it deleted per model label. The layers above register theirs (the projections
+#: package: read-model rows and ``on_forget`` hooks); this layer cannot import them.
+_forget_steps: list[Callable[[str], Mapping[str, int]]] = []
+
+
+def add_forget_step(step: Callable[[str], Mapping[str, int]]) -> None:
+    """Have forget() run ``step(subject_id)`` (synchronous, it may use the Django ORM)
+    after the key is erased, before the audit event. Registering one twice keeps one."""
+    if step not in _forget_steps:
+        _forget_steps.append(step)
+
+
+def _checked(subject_id: object) -> str:
+    if not isinstance(subject_id, str) or not subject_id:
+        raise ValueError(f"a data subject id is a non-empty string, not {subject_id!r}")
+    return subject_id
+
+
+def _run_steps(subject_id: str) -> dict[str, int]:
+    deleted: dict[str, int] = {}
+    for step in list(_forget_steps):
+        for label, count in step(subject_id).items():
+            deleted[label] = deleted.get(label, 0) + count
+    return deleted
+
+
 def forget(subject_id: str) -> Event:
     """Forget a data subject: purge its data key everywhere it is stored, drop it from
-    this process's cache, and record a ``SubjectForgotten`` audit event (returned).
+    this process's cache, delete its read-model rows (projections' ``Meta.subject_fields``
+    and ``on_forget()`` hooks, in this process, against their databases), and record a
+    ``SubjectForgotten`` audit event (returned).
 
-    Other processes stop decrypting within ``PRIVACY_KEY_CACHE_SECONDS``.
+    Other processes stop decrypting within ``PRIVACY_KEY_CACHE_SECONDS``. When a read
+    model's database fails, ForgetIncompleteError is raised after the key is gone and no
+    audit event is recorded: calling forget() again finishes (it is idempotent).
     """
-    return get_runtime().run(aforget(subject_id))
+    subject_id = _checked(subject_id)
+    runtime = get_runtime()
+    kid = runtime.run(get_key_ring().forget(subject_id))
+    deleted = _run_steps(subject_id)
+    return runtime.run(_audit(subject_id, kid, deleted))
 
 
 async def aforget(subject_id: str) -> Event:
-    """Async twin of :func:`forget`."""
-    if not isinstance(subject_id, str) or not subject_id:
-        raise ValueError(f"a data subject id is a non-empty string, not {subject_id!r}")
+    """Async twin of :func:`forget` (the read-model steps run in a worker thread)."""
+    from asgiref.sync import sync_to_async
+
+    subject_id = _checked(subject_id)
+    kid = await get_key_ring().forget(subject_id)
+    deleted = await sync_to_async(_run_steps)(subject_id)
+    return await _audit(subject_id, kid, deleted)
+
+
+async def _audit(subject_id: str, kid: str | None, deleted: Mapping[str, int]) -> Event:
     from ..store import get_event_store
 
-    kid = await get_key_ring().forget(subject_id)
     audit_id = new_event_id()
     event = Event(
         event_type="SubjectForgotten",
@@ -277,7 +325,11 @@ async def aforget(subject_id: str) -> Event:
         version=1,
         id=audit_id,
         # The id's hash, not the id: the audit trail must not keep what was erased.
-        data={"subject_sha256": hashlib.sha256(subject_id.encode()).hexdigest(), "kid": kid},
+        data={
+            "subject_sha256": hashlib.sha256(subject_id.encode()).hexdigest(),
+            "kid": kid,
+            "rows_deleted": dict(sorted(deleted.items())),
+        },
     )
     stored = await get_event_store(AUDIT_NAMESPACE).asave_events([event])
     return stored[0]
