@@ -23,16 +23,18 @@ import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
 from ..errors import AetherError
 from ..events import Event, new_event_id
 from ..runtime import get_runtime
 from .envelope import (
     EnvelopeError,
     KeyUnwrapError,
-    decrypt_field,
     encrypt_field,
     envelope_subject,
     is_envelope,
+    open_checked,
 )
 from .keys import get_key_ring
 
@@ -166,25 +168,42 @@ async def aseal_events(model: type[Aggregate], events: Sequence[Event]) -> list[
 
 def _envelopes(model: type[Aggregate], event: Event) -> list[tuple[str, Mapping[str, Any]]]:
     fields = model._meta.personal_data.get(event.event_type) or ()
-    return [(f, event.data[f]) for f in fields if is_envelope(event.data.get(f))]
+    data = event.data
+    return [(f, data[f]) for f in fields if is_envelope(data.get(f))]
 
 
-def _open(
-    model: type[Aggregate], event: Event, keys: Mapping[tuple[str, str], bytes | None]
-) -> Event:
-    found = _envelopes(model, event)
-    if not found:
+#: One event's sealed fields: (name, envelope, (subject, key id)), checked.
+_Sealed = list[tuple[str, Mapping[str, Any], tuple[str, str]]]
+
+
+def _plan(model: type[Aggregate], events: Iterable[Event]) -> list[tuple[Event, _Sealed]]:
+    """Each event with its sealed fields; EnvelopeError (located) for a malformed one.
+    Each envelope is checked once here, so opening it need not check it again."""
+    planned: list[tuple[Event, _Sealed]] = []
+    for event in events:
+        sealed: _Sealed = []
+        for name, envelope in _envelopes(model, event):
+            try:
+                sealed.append((name, envelope, envelope_subject(envelope)))
+            except EnvelopeError as exc:
+                raise _located(event, name, exc) from None
+        planned.append((event, sealed))
+    return planned
+
+
+def _open(event: Event, sealed: _Sealed, aeads: Mapping[tuple[str, str], AESGCM | None]) -> Event:
+    if not sealed:
         return event
     data = dict(event.data)
     forgotten = []
-    for name, envelope in found:
-        key = keys[envelope_subject(envelope)]
-        if key is None:
+    for name, envelope, subject_kid in sealed:
+        aead = aeads[subject_kid]
+        if aead is None:
             data[name] = FORGOTTEN
             forgotten.append(name)
         else:
             try:
-                data[name] = decrypt_field(key, envelope, event_id=event.id, field=name)
+                data[name] = open_checked(aead, envelope, event_id=event.id, field=name)
             except EnvelopeError as exc:
                 raise EnvelopeError(f"field {name!r}: {exc}") from None
     if not forgotten:
@@ -194,14 +213,7 @@ def _open(
 
 
 def _wanted(model: type[Aggregate], events: Iterable[Event]) -> set[tuple[str, str]]:
-    wanted: set[tuple[str, str]] = set()
-    for event in events:
-        for name, envelope in _envelopes(model, event):
-            try:
-                wanted.add(envelope_subject(envelope))
-            except EnvelopeError as exc:
-                raise _located(event, name, exc) from None
-    return wanted
+    return {subject_kid for _, sealed in _plan(model, events) for *_, subject_kid in sealed}
 
 
 def _located(event: Event, name: str, exc: EnvelopeError) -> EnvelopeError:
@@ -228,15 +240,19 @@ async def aopen_events(model: type[Aggregate], events: Sequence[Event]) -> list[
     """Async twin of :func:`open_events`."""
     if not model._meta.personal_data:
         return list(events)
-    wanted = _wanted(model, events)
+    planned = _plan(model, events)
+    wanted = {subject_kid for _, sealed in planned for *_, subject_kid in sealed}
     if not wanted:
         return list(events)
     ring = get_key_ring()
-    keys = {(s, kid): await ring.key_for_read(s, kid) for s, kid in sorted(wanted)}
+    aeads: dict[tuple[str, str], AESGCM | None] = {}
+    for subject, kid in sorted(wanted):
+        key = await ring.key_for_read(subject, kid)
+        aeads[(subject, kid)] = None if key is None else AESGCM(key)
     out = []
-    for event in events:
+    for event, sealed in planned:
         try:
-            out.append(_open(model, event, keys))
+            out.append(_open(event, sealed, aeads))
         except EnvelopeError as exc:
             raise EnvelopeError(
                 f"actor {event.actor_id!r} version {event.version} ({event.event_type}): {exc}"
