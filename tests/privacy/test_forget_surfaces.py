@@ -282,3 +282,37 @@ def test_the_logs_of_the_whole_flow_hold_no_personal_value_nor_the_key(
             assert form not in logged, secret
     for form in [*forms(key), base64.b64encode(key)[:16]]:
         assert form not in logged
+
+
+def test_the_api_answers_503_when_a_read_model_fails_and_a_retry_finishes() -> None:
+    from aether_django.projections import ForgetContext, Projection, base
+
+    calls: list[str] = []
+
+    class Flaky(Projection):
+        class Meta:
+            source = "privacy-flaky"
+            name = "privacy-flaky"
+
+        def on_forget(self, subject_id: str, context: ForgetContext) -> None:
+            calls.append(subject_id)
+            if len(calls) == 1:
+                raise RuntimeError("the read model's database is down")
+
+    saved = dict(base._registry)
+    try:
+        subject = new_id("cust")
+        actor = place(subject, "Tove Retry", "tove@example.org")
+        root = User.objects.create_superuser("root", password="pw")
+        first = api(root).post(URL, {"subject_id": subject}, format="json")
+        assert first.status_code == 503, first.content
+        assert first.json()["code"] == "forget_incomplete"
+        # The key is gone already: nothing of the subject is readable any more.
+        assert Order.objects.get(actor).customer == privacy.FORGOTTEN
+        second = api(root).post(URL, {"subject_id": subject}, format="json")
+        assert second.status_code == 200, second.content
+        assert calls == [subject, subject]
+    finally:
+        base._registry.clear()
+        base._registry.update(saved)
+    assert Flaky.forgets()
