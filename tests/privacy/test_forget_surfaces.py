@@ -288,6 +288,7 @@ def test_the_api_answers_503_when_a_read_model_fails_and_a_retry_finishes() -> N
     from aether_django.projections import ForgetContext, Projection, base
 
     calls: list[str] = []
+    saved = dict(base._registry)
 
     class Flaky(Projection):
         class Meta:
@@ -299,7 +300,6 @@ def test_the_api_answers_503_when_a_read_model_fails_and_a_retry_finishes() -> N
             if len(calls) == 1:
                 raise RuntimeError("the read model's database is down")
 
-    saved = dict(base._registry)
     try:
         subject = new_id("cust")
         actor = place(subject, "Tove Retry", "tove@example.org")
