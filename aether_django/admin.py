@@ -15,7 +15,9 @@ namespace name can collide with Django's ``add/``, ``<id>/change/``, ``<id>/dele
 and ``<id>/history/`` URLs, which both inspection models answer with 403 on purpose.
 Every inspection page answers 405 to methods other than GET and HEAD. The projection
 actions (rebuild, pause, resume, skip) are the one exception: a confirmation page, and
-its POST, for superusers only (403 for other staff).
+its POST, for superusers only (403 for other staff). So is forgetting a data subject
+(``datasubject/``): a form, a confirmation and its POST, for staff holding the permission
+``aether_django.forget_subject`` (superusers hold it; 403 for other staff).
 
 What the pages show is read through :mod:`aether_django.inspection`, as the API and
 the commands read it.
@@ -58,6 +60,7 @@ from .errors import (
 from .events import ReplayResult
 from .models import (
     ClusterInspection,
+    DataSubject,
     NamespaceGrant,
     ProjectionCheckpoint,
     ProjectionInspection,
@@ -65,6 +68,7 @@ from .models import (
     StreamInspection,
 )
 from .names import validate_actor_id, validate_namespace
+from .permissions import FORGET_SUBJECT_PERMISSION
 from .projections import Projection, all_projections, get_projection, operations, placement
 from .projections.runner import covered_namespaces
 from .store import EventStore, get_existing_event_store
@@ -444,6 +448,71 @@ class ClusterAdmin(_InspectionAdmin):
             grid=grid,
             num_shards=status.num_shards,
         )
+
+
+@admin.register(DataSubject)
+class DataSubjectAdmin(_InspectionAdmin):
+    """Forget a data subject (docs/privacy.md): a form for its id, a confirmation page,
+    then :func:`aether_django.privacy.forget`. Active staff holding
+    ``aether_django.forget_subject`` only (superusers do); other staff get 403, and the
+    entry is not on their index."""
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        user = request.user
+        return bool(user.is_active and user.is_staff and user.has_perm(FORGET_SUBJECT_PERMISSION))
+
+    def get_urls(self) -> list[URLPattern]:
+        return [
+            path(
+                "",
+                self.admin_site.admin_view(
+                    require_http_methods(["GET", "HEAD", "POST"])(self.forget_view)
+                ),
+                name="aether_django_datasubject_changelist",
+            ),
+            *self.refused_urls(),
+        ]
+
+    def forget_view(self, request: HttpRequest) -> HttpResponse:
+        """GET: the form. POST without ``confirm``: the confirmation page. POST with
+        ``confirm=yes``: forget, then back to the form with the audit event's id."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied("forgetting a data subject takes aether_django.forget_subject")
+        from . import privacy
+
+        subject_id = request.POST.get("subject_id", "") if request.method == "POST" else ""
+        error = ""
+        confirming = False
+        if request.method == "POST":
+            if not subject_id:
+                error = "Give the id of the data subject to forget."
+            elif request.POST.get("confirm") != "yes":
+                confirming = True
+            else:
+                try:
+                    audit = privacy.forget(subject_id)
+                except (privacy.ForgetIncompleteError, *UNAVAILABLE) as exc:
+                    error = f"Not finished: {exc}"
+                else:
+                    # The audit event's id, not the subject id: what was erased stays so.
+                    done = f"Data subject forgotten: audit event {audit.id}"
+                    self.message_user(request, done, messages.SUCCESS)
+                    logger.info("admin: %s (by %s)", done, request.user.get_username())
+                    return HttpResponseRedirect(
+                        reverse("admin:aether_django_datasubject_changelist")
+                    )
+        response = self.render(
+            request,
+            "forget.html",
+            title="Forget this data subject?" if confirming else "Forget a data subject",
+            subject_id=subject_id,
+            confirming=confirming,
+            error=error,
+            audit_namespace=privacy.AUDIT_NAMESPACE,
+        )
+        if error:
+            response.status_code = 400
+        return response
 
 
 @admin.register(ProjectionInspection)

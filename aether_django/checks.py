@@ -9,6 +9,7 @@ from typing import Any, cast
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.core.exceptions import FieldDoesNotExist
 from django.utils.module_loading import import_string
 
 from .conf import DEFAULTS, DEPRECATED, aether_settings, backend
@@ -267,7 +268,7 @@ def _check_personal_data(model: Any) -> list[CheckMessage]:
 
 @register("aether_django")
 def check_projections(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    """E501-E503, W501: projection declarations that cannot work as written."""
+    """E501-E503, E505, W501: projection declarations that cannot work as written."""
     from django.db import connections, router
 
     from .aggregates import all_aggregates, recorded_event_types
@@ -311,6 +312,20 @@ def check_projections(app_configs: Any = None, **kwargs: Any) -> list[CheckMessa
                             id="aether_django.E503",
                         )
                     )
+        for model, field in meta.subject_fields.items():
+            try:
+                model._meta.get_field(field)
+            except FieldDoesNotExist:
+                messages.append(
+                    Error(
+                        f"Projection {meta.label}: Meta.subject_fields names "
+                        f"{model._meta.label}.{field}, which is not a field.",
+                        hint="forget() deletes a data subject's rows by that field: name "
+                        "the field holding the subject id.",
+                        obj=projection,
+                        id="aether_django.E505",
+                    )
+                )
         # Event types the aggregates of the covered namespaces record (and upcast from).
         recorded: set[str] = set()
         known = False

@@ -120,6 +120,20 @@ class ClusterInspection(_AdminEntry):
         return "cluster"
 
 
+class DataSubject(_AdminEntry):
+    """The admin's entry for forgetting a data subject (docs/privacy.md), and the
+    holder of the permission ``aether_django.forget_subject`` that the admin page and
+    the API's forget endpoint require (superusers hold it implicitly)."""
+
+    class Meta(_AdminEntry.Meta):
+        verbose_name = "data subject"
+        verbose_name_plural = "forget a data subject"
+        permissions = [("forget_subject", "Can forget a data subject (erase its personal data)")]
+
+    def __str__(self) -> str:
+        return "data subjects"
+
+
 class ProjectionCheckpoint(models.Model):
     """How far one projection has applied one namespace's stream.
 

@@ -27,6 +27,10 @@ from .access import access_for
 from .errors import InvalidNameError
 from .names import validate_namespace
 
+#: The Django permission that forgetting a data subject takes (the API's
+#: ``privacy/forget/`` endpoint and the admin page); superusers hold it implicitly.
+FORGET_SUBJECT_PERMISSION = "aether_django.forget_subject"
+
 #: The 404 of a namespace that does not exist, and of one the user may not see.
 NO_SUCH_NAMESPACE = "no such namespace"
 WRITE_REFUSED = "you may not write to this namespace"
@@ -68,3 +72,15 @@ class HasNamespaceGrant(BasePermission):
             return True
         require_namespace_grant(request, namespace, write=request.method not in SAFE_METHODS)
         return True
+
+
+class CanForgetSubjects(BasePermission):
+    """The user holds ``aether_django.forget_subject`` (directly, through a group, or
+    as an active superuser): forgetting erases data for good, so no namespace grant is
+    enough for it."""
+
+    message = "forgetting a data subject takes the permission aether_django.forget_subject"
+
+    def has_permission(self, request: Any, view: Any) -> bool:
+        user = request.user
+        return bool(user and user.is_authenticated and user.has_perm(FORGET_SUBJECT_PERMISSION))

@@ -147,6 +147,17 @@ class CommandFailed(AetherAPIException):
     default_code = "command_failed"
 
 
+class ForgetIncomplete(AetherAPIException):
+    """forget() erased the key but a read model's database failed: POST again."""
+
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_detail = (
+        "The data key is erased, but the read models could not all be cleared: "
+        "send the request again to finish."
+    )
+    default_code = "forget_incomplete"
+
+
 def api_exception(exc: Exception) -> Exception:
     """``exc`` as a DRF exception where it is one of aether's errors or one of the
     request errors Django would answer with an HTML page; otherwise ``exc`` itself."""

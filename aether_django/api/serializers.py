@@ -196,6 +196,34 @@ def page_of(serializer: type[serializers.Serializer[Any]]) -> type[serializers.S
 # --- error bodies (for the OpenAPI document; the views answer them through exceptions) ---
 
 
+class SubjectIdField(serializers.CharField):
+    """A data subject id: a JSON string as given (no number coerced to one, no
+    whitespace trimmed: forgetting " x" must not forget "x")."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return str(super().to_internal_value(data))
+
+
+class ForgetSerializer(serializers.Serializer[Any]):
+    """What POST privacy/forget/ takes."""
+
+    subject_id = SubjectIdField(max_length=1024, trim_whitespace=False)
+
+
+class ForgetResultSerializer(serializers.Serializer[Any]):
+    """What POST privacy/forget/ answers: the audit event recorded."""
+
+    audit_event_id = serializers.CharField()
+    namespace = serializers.CharField(help_text="where the audit event is: aether.privacy")
+    subject_sha256 = serializers.CharField()
+    kid = serializers.CharField(allow_null=True, help_text="the key id erased; null: it had none")
+    rows_deleted = serializers.DictField(
+        child=serializers.IntegerField(), help_text="read-model rows deleted per model label"
+    )
+
+
 class ErrorSerializer(serializers.Serializer[Any]):
     """An error: a machine-readable ``code`` (``not_found``, ``permission_denied``,
     ``payload_too_large``, ``cannot_apply``, ``store_unavailable``, ...) and a message."""

@@ -27,6 +27,7 @@ urlpatterns: list[URLPattern | URLResolver] = [
     path("aggregates/", include(commands.lazy_urls())),  # type: ignore[arg-type]
     path("cluster/", views.ClusterView.as_view(), name="cluster"),
     path("cluster/shards/", views.ShardsView.as_view(), name="shards"),
+    path("privacy/forget/", views.ForgetView.as_view(), name="privacy-forget"),
 ]
 
 if SPECTACULAR:

@@ -32,10 +32,10 @@ from ..errors import (
 from ..events import ActorSnapshot, Event
 from ..middleware import REQUEST_ID_HEADER, request_id_of
 from ..names import validate_actor_id
-from ..permissions import HasNamespaceGrant, require_namespace_grant
+from ..permissions import CanForgetSubjects, HasNamespaceGrant, require_namespace_grant
 from ..store import EventStore, get_event_store, get_existing_event_store
 from . import serializers as s
-from .exceptions import CannotApply, DuplicateEventId, aether_exception_handler
+from .exceptions import CannotApply, DuplicateEventId, ForgetIncomplete, aether_exception_handler
 from .openapi import AutoSchema, OpenApiParameter, OpenApiResponse, OpenApiTypes, extend_schema
 from .pagination import ActorEvents, AetherCursorPagination, PaginatedViewMixin
 from .throttling import AetherScopedRateThrottle
@@ -482,3 +482,52 @@ def __getattr__(name: str) -> Any:
 
         return SchemaView
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class ForgetView(AetherAPIView):
+    """Forget a data subject (crypto-shredding, docs/privacy.md): its data key erased,
+    its read-model rows deleted, an audit event recorded. It takes the permission
+    ``aether_django.forget_subject`` (superusers hold it); no namespace grant is enough."""
+
+    permission_classes = [IsAuthenticated & CanForgetSubjects]
+
+    @extend_schema(
+        request=s.ForgetSerializer,
+        responses={
+            200: s.ForgetResultSerializer,
+            **{k: v for k, v in _ERRORS.items() if k != 404},
+            503: _error(
+                "the store did not answer (store_unavailable), or the key is erased but "
+                "the read models could not all be cleared (forget_incomplete): send the "
+                "request again"
+            ),
+        },
+    )
+    def post(self, request: Request) -> Response:
+        """Forget ``subject_id``; the answer names the audit event. Idempotent: sending
+        it again records another audit event and erases nothing more."""
+        from .. import privacy
+
+        given = s.ForgetSerializer(data=request.data)
+        given.is_valid(raise_exception=True)
+        subject_id = given.validated_data["subject_id"]
+        try:
+            audit = privacy.forget(subject_id)
+        except privacy.ForgetIncompleteError as exc:
+            logger.warning("api: forget incomplete: %s", exc)
+            raise ForgetIncomplete() from exc
+        # The audit event's id, not the subject id: the log must not keep what was erased.
+        logger.info(
+            "api: data subject forgotten, audit event %s (by %s)",
+            audit.id,
+            request.user.get_username(),
+        )
+        return Response(
+            {
+                "audit_event_id": audit.id,
+                "namespace": privacy.AUDIT_NAMESPACE,
+                "subject_sha256": audit.data["subject_sha256"],
+                "kid": audit.data["kid"],
+                "rows_deleted": audit.data.get("rows_deleted", {}),
+            }
+        )

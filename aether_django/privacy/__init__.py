@@ -26,6 +26,8 @@ import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
 from ..errors import AetherError
 from ..events import ActorSnapshot, Event, new_event_id
 from ..runtime import get_runtime
@@ -36,6 +38,7 @@ from .envelope import (
     encrypt_field,
     envelope_subject,
     is_envelope,
+    open_checked,
 )
 from .keys import get_key_ring
 
@@ -49,8 +52,10 @@ __all__ = [
     "FORGOTTEN",
     "FORGOTTEN_KEY",
     "EnvelopeError",
+    "ForgetIncompleteError",
     "KeyUnwrapError",
     "PersonalDataError",
+    "add_forget_step",
     "aforget",
     "aopen_events",
     "aopen_snapshot",
@@ -79,6 +84,11 @@ AUDIT_NAMESPACE = "aether.privacy"
 class PersonalDataError(AetherError):
     """Personal data that cannot be protected: no data subject for an event, or no
     usable master key (never a plain write)."""
+
+
+class ForgetIncompleteError(PersonalDataError):
+    """forget() erased the subject's key but could not finish erasing its copies
+    elsewhere (a read model's database failed): run forget again to finish."""
 
 
 def subject_of(model: type[Aggregate], event: Event) -> str:
@@ -169,42 +179,70 @@ async def aseal_events(model: type[Aggregate], events: Sequence[Event]) -> list[
 
 def _envelopes(model: type[Aggregate], event: Event) -> list[tuple[str, Mapping[str, Any]]]:
     fields = model._meta.personal_data.get(event.event_type) or ()
-    return [(f, event.data[f]) for f in fields if is_envelope(event.data.get(f))]
+    data = event.data
+    return [(f, data[f]) for f in fields if is_envelope(data.get(f))]
 
 
-def _open(
-    model: type[Aggregate], event: Event, keys: Mapping[tuple[str, str], bytes | None]
-) -> Event:
-    found = _envelopes(model, event)
-    if not found:
+#: One event's sealed fields: (name, envelope, (subject, key id)), checked.
+_Sealed = list[tuple[str, Mapping[str, Any], tuple[str, str]]]
+
+
+def _plan(model: type[Aggregate], events: Iterable[Event]) -> list[tuple[Event, _Sealed]]:
+    """Each event with its sealed fields; EnvelopeError (located) for a malformed one.
+    Each envelope is checked once here, so opening it need not check it again."""
+    planned: list[tuple[Event, _Sealed]] = []
+    for event in events:
+        sealed: _Sealed = []
+        for name, envelope in _envelopes(model, event):
+            try:
+                sealed.append((name, envelope, envelope_subject(envelope)))
+            except EnvelopeError as exc:
+                raise _located(event, name, exc) from None
+        planned.append((event, sealed))
+    return planned
+
+
+def _open(event: Event, sealed: _Sealed, aeads: Mapping[tuple[str, str], AESGCM | None]) -> Event:
+    if not sealed:
         return event
     data = dict(event.data)
     forgotten = []
-    for name, envelope in found:
-        key = keys[envelope_subject(envelope)]
-        if key is None:
+    for name, envelope, subject_kid in sealed:
+        aead = aeads[subject_kid]
+        if aead is None:
             data[name] = FORGOTTEN
             forgotten.append(name)
         else:
             try:
-                data[name] = decrypt_field(key, envelope, event_id=event.id, field=name)
+                data[name] = open_checked(aead, envelope, event_id=event.id, field=name)
             except EnvelopeError as exc:
                 raise EnvelopeError(f"field {name!r}: {exc}") from None
     if not forgotten:
-        return dataclasses.replace(event, data=data)
+        return _with_data(event, data, event.metadata)
     metadata = {**event.metadata, FORGOTTEN_KEY: ",".join(forgotten)}
-    return dataclasses.replace(event, data=data, metadata=metadata)
+    return _with_data(event, data, metadata)
+
+
+def _with_data(event: Event, data: Mapping[str, Any], metadata: Mapping[str, str]) -> Event:
+    """``dataclasses.replace(event, data=..., metadata=...)`` spelled out: replace()
+    looks the fields up on every call, a quarter of the cost of opening a loaded event.
+    tests/privacy/test_envelope_values.py checks that every field of Event is here."""
+    return Event(
+        event_type=event.event_type,
+        actor_id=event.actor_id,
+        version=event.version,
+        data=data,
+        id=event.id,
+        command_id=event.command_id,
+        metadata=metadata,
+        timestamp=event.timestamp,
+        sequence=event.sequence,
+        trace_context=event.trace_context,
+    )
 
 
 def _wanted(model: type[Aggregate], events: Iterable[Event]) -> set[tuple[str, str]]:
-    wanted: set[tuple[str, str]] = set()
-    for event in events:
-        for name, envelope in _envelopes(model, event):
-            try:
-                wanted.add(envelope_subject(envelope))
-            except EnvelopeError as exc:
-                raise _located(event, name, exc) from None
-    return wanted
+    return {subject_kid for _, sealed in _plan(model, events) for *_, subject_kid in sealed}
 
 
 def _located(event: Event, name: str, exc: EnvelopeError) -> EnvelopeError:
@@ -231,15 +269,19 @@ async def aopen_events(model: type[Aggregate], events: Sequence[Event]) -> list[
     """Async twin of :func:`open_events`."""
     if not model._meta.personal_data:
         return list(events)
-    wanted = _wanted(model, events)
+    planned = _plan(model, events)
+    wanted = {subject_kid for _, sealed in planned for *_, subject_kid in sealed}
     if not wanted:
         return list(events)
     ring = get_key_ring()
-    keys = {(s, kid): await ring.key_for_read(s, kid) for s, kid in sorted(wanted)}
+    aeads: dict[tuple[str, str], AESGCM | None] = {}
+    for subject, kid in sorted(wanted):
+        key = await ring.key_for_read(subject, kid)
+        aeads[(subject, kid)] = None if key is None else AESGCM(key)
     out = []
-    for event in events:
+    for event, sealed in planned:
         try:
-            out.append(_open(model, event, keys))
+            out.append(_open(event, sealed, aeads))
         except EnvelopeError as exc:
             raise EnvelopeError(
                 f"actor {event.actor_id!r} version {event.version} ({event.event_type}): {exc}"
@@ -385,22 +427,63 @@ async def arotate_master_key() -> int:
 # --- forgetting -------------------------------------------------------------------------
 
 
+#: Steps forget() runs after erasing the key, each ``step(subject_id)`` giving the
+#: rows it deleted per model label. The layers above register theirs (the projections
+#: package: read-model rows and ``on_forget`` hooks); this layer cannot import them.
+_forget_steps: list[Callable[[str], Mapping[str, int]]] = []
+
+
+def add_forget_step(step: Callable[[str], Mapping[str, int]]) -> None:
+    """Have forget() run ``step(subject_id)`` (synchronous, it may use the Django ORM)
+    after the key is erased, before the audit event. Registering one twice keeps one."""
+    if step not in _forget_steps:
+        _forget_steps.append(step)
+
+
+def _checked(subject_id: object) -> str:
+    if not isinstance(subject_id, str) or not subject_id:
+        raise ValueError(f"a data subject id is a non-empty string, not {subject_id!r}")
+    return subject_id
+
+
+def _run_steps(subject_id: str) -> dict[str, int]:
+    deleted: dict[str, int] = {}
+    for step in list(_forget_steps):
+        for label, count in step(subject_id).items():
+            deleted[label] = deleted.get(label, 0) + count
+    return deleted
+
+
 def forget(subject_id: str) -> Event:
     """Forget a data subject: purge its data key everywhere it is stored, drop it from
-    this process's cache, and record a ``SubjectForgotten`` audit event (returned).
+    this process's cache, delete its read-model rows (projections' ``Meta.subject_fields``
+    and ``on_forget()`` hooks, in this process, against their databases), and record a
+    ``SubjectForgotten`` audit event (returned).
 
-    Other processes stop decrypting within ``PRIVACY_KEY_CACHE_SECONDS``.
+    Other processes stop decrypting within ``PRIVACY_KEY_CACHE_SECONDS``. When a read
+    model's database fails, ForgetIncompleteError is raised after the key is gone and no
+    audit event is recorded: calling forget() again finishes (it is idempotent).
     """
-    return get_runtime().run(aforget(subject_id))
+    subject_id = _checked(subject_id)
+    runtime = get_runtime()
+    kid = runtime.run(get_key_ring().forget(subject_id))
+    deleted = _run_steps(subject_id)
+    return runtime.run(_audit(subject_id, kid, deleted))
 
 
 async def aforget(subject_id: str) -> Event:
-    """Async twin of :func:`forget`."""
-    if not isinstance(subject_id, str) or not subject_id:
-        raise ValueError(f"a data subject id is a non-empty string, not {subject_id!r}")
+    """Async twin of :func:`forget` (the read-model steps run in a worker thread)."""
+    from asgiref.sync import sync_to_async
+
+    subject_id = _checked(subject_id)
+    kid = await get_key_ring().forget(subject_id)
+    deleted = await sync_to_async(_run_steps)(subject_id)
+    return await _audit(subject_id, kid, deleted)
+
+
+async def _audit(subject_id: str, kid: str | None, deleted: Mapping[str, int]) -> Event:
     from ..store import get_event_store
 
-    kid = await get_key_ring().forget(subject_id)
     audit_id = new_event_id()
     event = Event(
         event_type="SubjectForgotten",
@@ -408,7 +491,11 @@ async def aforget(subject_id: str) -> Event:
         version=1,
         id=audit_id,
         # The id's hash, not the id: the audit trail must not keep what was erased.
-        data={"subject_sha256": hashlib.sha256(subject_id.encode()).hexdigest(), "kid": kid},
+        data={
+            "subject_sha256": hashlib.sha256(subject_id.encode()).hexdigest(),
+            "kid": kid,
+            "rows_deleted": dict(sorted(deleted.items())),
+        },
     )
     stored = await get_event_store(AUDIT_NAMESPACE).asave_events([event])
     return stored[0]

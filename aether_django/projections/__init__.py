@@ -21,9 +21,12 @@ docs/projections.md.
 
 from __future__ import annotations
 
+from ..privacy import add_forget_step as _add_forget_step
+from . import forgetting as _forgetting
 from .base import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_ON_ERROR,
+    ForgetContext,
     Projection,
     ProjectionContext,
     all_projections,
@@ -35,6 +38,7 @@ from .process import ProcessContext, ProcessManager
 __all__ = [
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_ON_ERROR",
+    "ForgetContext",
     "ProcessContext",
     "ProcessManager",
     "Projection",
@@ -43,3 +47,7 @@ __all__ = [
     "get_projection",
     "on",
 ]
+
+# forget() deletes the read-model rows of a data subject too; the privacy layer below
+# cannot import projections, so this package hands it the step.
+_add_forget_step(_forgetting.forget_read_models)

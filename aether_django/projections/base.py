@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_ON_ERROR",
+    "ForgetContext",
     "Projection",
     "ProjectionContext",
     "all_projections",
@@ -42,7 +43,16 @@ DEFAULT_BATCH_SIZE = 100
 DEFAULT_ON_ERROR: Mapping[str, float] = {"retries": 3, "backoff": 0.5, "max_backoff": 30.0}
 
 META_OPTIONS = frozenset(
-    {"abstract", "source", "models", "name", "batch_size", "database", "on_error"}
+    {
+        "abstract",
+        "source",
+        "models",
+        "name",
+        "batch_size",
+        "database",
+        "on_error",
+        "subject_fields",
+    }
 )
 
 H = TypeVar("H", bound=Callable[..., Any])
@@ -70,6 +80,19 @@ class ProjectionContext:
     #: The event's causation id (``event.metadata["causationId"]``): what directly
     #: caused it (a request, a command, another event). None when it has none.
     causation_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetContext:
+    """What :meth:`Projection.on_forget` knows besides the subject id."""
+
+    #: The projection's name.
+    projection: str
+    #: The database alias its writes must go to (``Meta.database``): the hook runs in
+    #: the transaction that deleted the subject's rows there.
+    database: str
+    #: Rows of ``Meta.subject_fields`` deleted just before, per model label.
+    deleted: Mapping[str, int]
 
 
 def on(event_type: str) -> Callable[[H], H]:
@@ -138,6 +161,26 @@ class Options:
                 "Meta.on_error takes retries, backoff and max_backoff, numbers >= 0"
             )
             on_error = dict(DEFAULT_ON_ERROR)
+        self.subject_fields: dict[type[models.Model], str] = {}
+        given_fields = raw.get("subject_fields", {})
+        if not isinstance(given_fields, Mapping) or not all(
+            isinstance(m, type) and issubclass(m, models.Model) and isinstance(f, str) and f
+            for m, f in given_fields.items()
+        ):
+            self.problems.append(
+                "Meta.subject_fields must map Django model classes to the name of the field "
+                "holding a row's data subject id"
+            )
+        else:
+            self.subject_fields = dict(given_fields)
+            for model in self.subject_fields:
+                if model not in self.models:
+                    # Only rows the projection owns (and would clear on a rebuild) are
+                    # its to delete.
+                    self.problems.append(
+                        f"Meta.subject_fields names {model._meta.label}, which is not in "
+                        "Meta.models"
+                    )
         self.retries = int(on_error["retries"])
         self.backoff = float(on_error["backoff"])
         self.max_backoff = float(on_error["max_backoff"])
@@ -187,7 +230,12 @@ class Projection:
     * ``Meta.database``: the alias of the checkpoint and the handlers' writes
       (default ``"default"``);
     * ``Meta.on_error``: ``retries``, ``backoff`` and ``max_backoff`` of a failing
-      batch (default 3, 0.5 s and 30 s) before the projection stops at the event.
+      batch (default 3, 0.5 s and 30 s) before the projection stops at the event;
+    * ``Meta.subject_fields``: ``{Model: "field"}``, the read-model rows that belong to
+      a data subject (the field holds its id): ``aether_django.privacy.forget()``
+      deletes them (docs/privacy.md#read-models).
+
+    Override :meth:`on_forget` to erase what else a projection keeps of a data subject.
 
     A class with no ``Meta`` of its own, or with ``Meta.abstract = True``, is a base
     for others: not registered, never run.
@@ -232,6 +280,20 @@ class Projection:
         name = self._handlers.get(event.event_type)
         if name is not None:
             getattr(self, name)(event, context)
+
+    # --- forgetting a data subject (docs/privacy.md#read-models) -----------------------------
+    def on_forget(self, subject_id: str, context: ForgetContext) -> None:
+        """Erase what this projection keeps of ``subject_id`` beyond its
+        ``Meta.subject_fields`` rows (already deleted). Called by
+        ``aether_django.privacy.forget()`` in the calling process, inside a transaction
+        on ``context.database``; it may run again for the same subject (a forget run
+        again to finish), so it must be idempotent. By default it does nothing."""
+
+    @classmethod
+    def forgets(cls) -> bool:
+        """Whether forgetting a data subject concerns this projection: it declares
+        ``Meta.subject_fields`` or overrides :meth:`on_forget`."""
+        return bool(cls._meta.subject_fields) or cls.on_forget is not Projection.on_forget
 
     # --- reading your own writes -----------------------------------------------------------
     @classmethod

@@ -37,3 +37,25 @@ class OrderSummary(models.Model):
 
     def __str__(self) -> str:
         return f"order {self.order_id} ({self.status})"
+
+
+class MemberCard(models.Model):
+    """A read model that copies a data subject's personal values (tests/privacy): its rows
+    belong to the subject named by ``person``."""
+
+    member_id = models.CharField(max_length=255, unique=True)
+    person = models.CharField(max_length=255, db_index=True)
+    name = models.CharField(max_length=200)
+
+    def __str__(self) -> str:
+        return f"card {self.member_id}"
+
+
+class MemberNote(models.Model):
+    """What a projection's on_forget() hook erases itself (tests/privacy)."""
+
+    person_hash = models.CharField(max_length=64)
+    text = models.CharField(max_length=200)
+
+    def __str__(self) -> str:
+        return f"note {self.pk}"

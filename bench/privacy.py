@@ -1,0 +1,245 @@
+"""Privacy benchmark: saving and replaying events with personal fields, sealed and plain.
+
+Run from the repository root::
+
+    .venv/bin/python -m bench.privacy            # full run, about a minute on 2 cores
+    .venv/bin/python -m bench.privacy --quick    # smoke test, a few seconds
+
+One run starts its own nats-server (file storage in a temporary directory, free
+ports), configures Django with ``settings.configure()`` (a fresh random
+``PRIVACY_MASTER_KEY``) and measures, in interleaved rounds of the same run, the same
+events saved and loaded by two aggregates that differ only in their ``Meta``: one
+declares two of the event's fields personal (``personal_data``, ``data_subject``),
+the other declares nothing (docs/privacy.md):
+
+1. **save**: sequential ``asave()`` of one new actor with one event each, whose
+   subject is one of 50 customers (their data keys made in the warm-up and cached,
+   as in a process that keeps serving the same customers): two fields sealed with
+   AES-256-GCM against the same event stored plain;
+2. **replay**: ``Model.objects.aget()`` of one actor with 200 events, every one
+   carrying the two personal fields (400 fields opened per load, the key cached),
+   against the same history stored plain.
+
+The targets (issue 18): save ≥ 0.85x and replay ≥ 0.8x of plain. Benchmarks report
+targets, they do not assert them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aether_django.aggregates import Aggregate, apply
+from aether_django.events import Event
+from aether_django.testing import NatsServer
+
+from ._setup import finish, nats_meta, parse_only
+from .common import Report, base_parser, clock, interleaved, progress, unique_name
+
+#: Customers the saved events belong to (each has a data key, made in the warm-up).
+SUBJECTS = 50
+#: Events in the history each replay loads.
+HISTORY = 200
+
+
+@dataclass(frozen=True)
+class Sizes:
+    saves: int
+    loads: int
+    rounds: int
+    warmup: int
+
+    @classmethod
+    def full(cls) -> Sizes:
+        return cls(saves=500, loads=30, rounds=11, warmup=2)
+
+    @classmethod
+    def quick(cls) -> Sizes:
+        return cls(saves=60, loads=4, rounds=3, warmup=1)
+
+
+class _Customer(Aggregate):
+    """A customer profile whose every event names the customer and their e-mail."""
+
+    name: str = ""
+    email: str = ""
+    changes: int = 0
+
+    class Meta:
+        abstract = True
+
+    @apply("ContactChanged")
+    def _changed(self, event: Event) -> None:
+        self.name = event.data["name"]
+        self.email = event.data["email"]
+        self.changes += 1
+
+
+class SealedCustomer(_Customer):
+    """Declares ``name`` and ``email`` personal: they are stored sealed."""
+
+    class Meta:
+        namespace = "bench-privacy-sealed"
+        personal_data = {"ContactChanged": ["name", "email"]}
+        data_subject = "customer_id"
+        cache_size = 0  # every load reads the store, as the plain side does
+
+
+class PlainCustomer(_Customer):
+    """The same aggregate declaring nothing: stored plain."""
+
+    class Meta:
+        namespace = "bench-privacy-plain"
+        cache_size = 0
+
+
+def contact(customer: int) -> dict[str, str]:
+    return {
+        "customer_id": f"customer-{customer}",
+        "name": f"Customer Number {customer}",
+        "email": f"customer.{customer}@example.org",
+        "segment": "retail",
+    }
+
+
+def saves(model: type[_Customer], n: int) -> Callable[[], Awaitable[float]]:
+    prefix = unique_name("c")
+    done = 0
+
+    async def run() -> float:
+        nonlocal done
+        start = clock()
+        for _ in range(n):
+            done += 1
+            customer = model(f"{prefix}-{done}")
+            customer.record("ContactChanged", contact(done % SUBJECTS))
+            await customer.asave()
+        return n / (clock() - start)
+
+    return run
+
+
+async def prefill(model: type[_Customer]) -> str:
+    actor = unique_name("long")
+    customer = model(actor)
+    for i in range(HISTORY):
+        customer.record("ContactChanged", contact(i % SUBJECTS))
+        if len(customer.pending_events) == 50:
+            await customer.asave()
+    await customer.asave()
+    return actor
+
+
+def loads(model: type[_Customer], actor: str, n: int) -> Callable[[], Awaitable[float]]:
+    async def run() -> float:
+        start = clock()
+        for _ in range(n):
+            customer = await model.objects.aget(actor)
+            assert customer.changes == HISTORY and "@" in customer.email, customer
+        return n / (clock() - start)
+
+    return run
+
+
+async def run_all(report: Report, sizes: Sizes, only: list[str]) -> None:
+    from aether_django.runtime import get_runtime
+
+    try:
+        if not only or "1" in only:
+            progress(f"1. saves ({sizes.saves} a round, {sizes.rounds} rounds)")
+            res = await interleaved(
+                {
+                    "sealed": saves(SealedCustomer, sizes.saves),
+                    "plain": saves(PlainCustomer, sizes.saves),
+                },
+                rounds=sizes.rounds,
+                warmup=sizes.warmup,
+            )
+            report.compare(
+                "1",
+                "save one event with 2 personal fields (sealed, key cached)",
+                "events/s",
+                res["sealed"],
+                res["plain"],
+                baseline_label="the same event, nothing declared personal",
+                target="≥ 0.85x",
+                min_ratio=0.85,
+            )
+        if not only or "2" in only:
+            progress(f"2. replays of {HISTORY} events ({sizes.loads} a round)")
+            sealed, plain = await prefill(SealedCustomer), await prefill(PlainCustomer)
+            res = await interleaved(
+                {
+                    "sealed": loads(SealedCustomer, sealed, sizes.loads),
+                    "plain": loads(PlainCustomer, plain, sizes.loads),
+                },
+                rounds=sizes.rounds,
+                warmup=sizes.warmup,
+            )
+            report.compare(
+                "2",
+                f"load an actor of {HISTORY} events, 2 personal fields each (opened)",
+                "loads/s",
+                res["sealed"],
+                res["plain"],
+                baseline_label="the same history stored plain",
+                target="≥ 0.8x",
+                min_ratio=0.8,
+            )
+    finally:
+        await get_runtime().aclose()
+
+
+def configure_django(url: str) -> None:
+    """The aggregate layer's least configuration, with a master key made for this run."""
+    import django
+    from django.conf import settings
+
+    settings.configure(
+        INSTALLED_APPS=["django.contrib.auth", "django.contrib.contenttypes", "aether_django"],
+        DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
+        USE_TZ=True,
+        AETHER={
+            "NATS_URL": url,
+            "STORAGE": "file",
+            "PRIVACY_MASTER_KEY": base64.b64encode(os.urandom(32)).decode(),
+        },
+        LOGGING_CONFIG=None,
+    )
+    django.setup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = base_parser((__doc__ or "").splitlines()[0])
+    parser.add_argument("--only", default="", help="comma-separated figures (default: all)")
+    args = parser.parse_args(argv)
+    only = parse_only(args)
+    sizes = Sizes.quick() if args.quick else Sizes.full()
+    if args.rounds:
+        sizes = dataclasses.replace(sizes, rounds=args.rounds)
+    report = Report("aether_django privacy: personal fields sealed vs plain")
+    started = clock()
+    with NatsServer() as server:
+        configure_django(server.url)
+        nats_meta(report, server, args.quick)
+        report.meta["rounds"] = (
+            f"{sizes.rounds} after {sizes.warmup} warm-up; values are medians, ratios "
+            "medians of per-round ratios"
+        )
+        from aether_django.runtime import reset_runtime
+
+        try:
+            asyncio.run(run_all(report, sizes, only))
+        finally:
+            reset_runtime()
+    finish(report, started, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

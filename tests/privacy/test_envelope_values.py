@@ -1,0 +1,87 @@
+"""Every JSON value a personal field may hold comes back from its envelope as it went in
+(strings with and without escapes take different paths when opened)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from aether_django.privacy.envelope import (
+    EnvelopeError,
+    decrypt_field,
+    encrypt_field,
+    new_data_key,
+    open_checked,
+)
+
+VALUES = [
+    "Customer Number 1",
+    "",
+    'a "quoted" name',
+    "back\\slash",
+    "tab\tand\nnewline",
+    "é ü 漢字 🙂",
+    "\u2028 line separator",
+    '"',
+    0,
+    12.5,
+    None,
+    True,
+    ["a", 1],
+    {"street": "Main St", "no": 7},
+]
+
+
+@pytest.mark.parametrize("value", VALUES, ids=[repr(v)[:20] for v in VALUES])
+def test_a_value_comes_back_as_it_went_in(value: Any) -> None:
+    key = new_data_key()
+    envelope = encrypt_field(key, subject="s", kid="k", event_id="e1", field="f", value=value)
+    assert decrypt_field(key, envelope, event_id="e1", field="f") == value
+    assert open_checked(AESGCM(key), envelope, event_id="e1", field="f") == value
+
+
+def test_a_sealed_string_that_is_not_utf8_is_refused() -> None:
+    import base64
+    import os
+
+    key = new_data_key()
+    nonce = os.urandom(12)
+    ct = AESGCM(key).encrypt(nonce, b'"\xff\xfe"', b"e1\x00f")
+    envelope = {
+        "aether:enc": 1,
+        "subject": "s",
+        "kid": "k",
+        "nonce": base64.b64encode(nonce).decode(),
+        "ct": base64.b64encode(ct).decode(),
+    }
+    with pytest.raises(EnvelopeError, match="does not hold JSON"):
+        decrypt_field(key, envelope, event_id="e1", field="f")
+
+
+def test_an_opened_event_keeps_every_other_field_of_the_event() -> None:
+    import dataclasses
+    from datetime import UTC, datetime
+
+    from aether_django.events import Event
+    from aether_django.privacy import _with_data
+
+    event = Event(
+        event_type="T",
+        actor_id="a",
+        version=3,
+        data={"x": 1},
+        id="id-1",
+        command_id="cmd-1",
+        metadata={"m": "1"},
+        timestamp=datetime(2026, 1, 2, tzinfo=UTC),
+        sequence=9,
+        trace_context={"traceparent": "00-1-2-01"},
+    )
+    copied = _with_data(event, {"x": 2}, {"m": "2"})
+    for field in dataclasses.fields(Event):
+        expected = {"data": {"x": 2}, "metadata": {"m": "2"}}.get(
+            field.name, getattr(event, field.name)
+        )
+        assert getattr(copied, field.name) == expected, field.name
