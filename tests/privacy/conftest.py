@@ -12,8 +12,14 @@ import nats.js.errors
 import pytest
 
 from aether_django import aggregates
+from aether_django.aggregates import Aggregate, apply
+from aether_django.events import Event
 from aether_django.names import stream_name
 from aether_django.privacy.keys import reset_key_ring
+
+# Projection tests here use the projection tests' fixtures: the [sqlite|pg] alias and
+# forgetting the projection classes a test declares.
+from tests.projections.conftest import db_alias, scratch_projections  # noqa: F401
 
 
 @pytest.fixture(autouse=True)
@@ -31,6 +37,25 @@ def scratch_registry() -> Iterator[None]:
     yield
     aggregates._registry.clear()
     aggregates._registry.update(saved)
+
+
+def member_aggregate(namespace: str) -> type[Aggregate]:
+    """A member of ``namespace`` whose name is personal data of the ``person`` in its
+    events (tests declare it with ``scratch_registry``)."""
+
+    class Member(Aggregate):
+        name: str = ""
+
+        class Meta:
+            personal_data = {"Joined": ["name"]}
+            data_subject = "person"
+
+        @apply("Joined")
+        def _joined(self, event: Event) -> None:
+            self.name = event.data["name"]
+
+    Member._meta.namespace = namespace
+    return Member
 
 
 def new_id(prefix: str) -> str:

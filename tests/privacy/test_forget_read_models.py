@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,36 +14,18 @@ from django.core.management import call_command
 from django.db import connections
 
 from aether_django import privacy
-from aether_django.aggregates import Aggregate, apply
+from aether_django.aggregates import Aggregate
 from aether_django.events import Event
-from aether_django.projections import ForgetContext, Projection, ProjectionContext, base, on
+from aether_django.projections import ForgetContext, Projection, ProjectionContext, on
 from aether_django.projections.runner import catch_up
 from tests.projections.app.models import Applied, MemberCard, MemberNote
 
-pytestmark = pytest.mark.usefixtures("scratch_registry", "scratch_projections")
+from .conftest import member_aggregate
 
-
-@pytest.fixture(
-    params=[
-        pytest.param("default", id="sqlite", marks=pytest.mark.django_db(transaction=True)),
-        pytest.param(
-            "pg",
-            id="pg",
-            marks=pytest.mark.django_db(databases=["default", "pg"], transaction=True),
-        ),
-    ]
-)
-def db_alias(request: pytest.FixtureRequest) -> str:
-    """The alias of the projection's checkpoints and read models."""
-    return request.param
-
-
-@pytest.fixture
-def scratch_projections() -> Iterator[None]:
-    saved = dict(base._registry)
-    yield
-    base._registry.clear()
-    base._registry.update(saved)
+pytestmark = [
+    pytest.mark.django_db(transaction=True),  # db_alias's "pg" adds its database
+    pytest.mark.usefixtures("scratch_registry", "scratch_projections"),
+]
 
 
 def hashed(person: str) -> str:
@@ -58,18 +39,7 @@ def declare(
     (rows declared as the subject's) and MemberNote (erased by its on_forget hook), on
     the database ``alias``."""
 
-    class Member(Aggregate):
-        name: str = ""
-
-        class Meta:
-            personal_data = {"Joined": ["name"]}
-            data_subject = "person"
-
-        @apply("Joined")
-        def _joined(self, event: Event) -> None:
-            self.name = event.data["name"]
-
-    Member._meta.namespace = namespace
+    Member = member_aggregate(namespace)
 
     class Cards(Projection):
         class Meta:

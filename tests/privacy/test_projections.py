@@ -4,44 +4,28 @@ at an envelope that is malformed, on a real nats-server and a real runner."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from aether_django import privacy
-from aether_django.aggregates import Aggregate, apply
+from aether_django.aggregates import Aggregate
 from aether_django.events import Event
-from aether_django.projections import Projection, ProjectionContext, base, on
+from aether_django.projections import Projection, ProjectionContext, on
 from aether_django.projections.runner import catch_up
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("scratch_registry")]
+from .conftest import member_aggregate
 
-
-@pytest.fixture(autouse=True)
-def scratch_projections() -> Iterator[None]:
-    saved = dict(base._registry)
-    yield
-    base._registry.clear()
-    base._registry.update(saved)
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("scratch_registry", "scratch_projections"),
+]
 
 
 def declare(namespace: str) -> tuple[type[Aggregate], type[Projection], list[tuple[Any, ...]]]:
     """A member aggregate with a personal name, and a projection noting what it sees."""
     seen: list[tuple[Any, ...]] = []
-
-    class Member(Aggregate):
-        name: str = ""
-
-        class Meta:
-            personal_data = {"Joined": ["name"]}
-            data_subject = "person"
-
-        @apply("Joined")
-        def _joined(self, event: Event) -> None:
-            self.name = event.data["name"]
-
-    Member._meta.namespace = namespace
+    Member = member_aggregate(namespace)
 
     class Members(Projection):
         class Meta:
