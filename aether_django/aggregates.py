@@ -1164,15 +1164,21 @@ def _by_last_version(pairs: Iterable[tuple[str, int]]) -> list[tuple[str, int]]:
 # --- what the system checks need ------------------------------------------------------------
 
 
-def _parse(source: str) -> ast.Module:
+def _class_tree(klass: type) -> ast.Module:
+    """The parsed source of ``klass``."""
+
+    def read() -> ast.Module:
+        return ast.parse(textwrap.dedent(inspect.getsource(klass)))
+
     try:
-        return ast.parse(source)
+        return read()
     except SystemError:
         # CPython 3.11 (before 3.11.8) can miscount the AST constructor's recursion
-        # depth in a thread that earlier caught a RecursionError (gh-106905): a fresh
-        # thread parses the same source fine.
+        # depth in a thread that earlier caught a RecursionError (gh-106905); that hits
+        # inspect.getsource too, which parses the module to find a class. A fresh
+        # thread reads the same source fine.
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            return pool.submit(ast.parse, source).result()
+            return pool.submit(read).result()
 
 
 def recorded_event_types(model: type[Aggregate]) -> set[str] | None:
@@ -1185,7 +1191,7 @@ def recorded_event_types(model: type[Aggregate]) -> set[str] | None:
         if klass is Aggregate or not issubclass(klass, Aggregate):
             continue
         try:
-            tree = _parse(textwrap.dedent(inspect.getsource(klass)))
+            tree = _class_tree(klass)
         except (OSError, TypeError, SyntaxError):
             return None
         for node in ast.walk(tree):

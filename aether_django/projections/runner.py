@@ -512,6 +512,8 @@ class ProjectionRunner:
         #: Set to tick at once (a new placement, a stop) instead of after ``interval``.
         self._wake = threading.Event()
         self._lock = threading.Lock()
+        #: The thread start() runs the runner in, which stop() waits for too.
+        self._thread: threading.Thread | None = None
 
     def place(self, names: Iterable[str]) -> None:
         """Run only the projections named from now on (applied at the next tick, at once).
@@ -610,6 +612,7 @@ class ProjectionRunner:
     def start(self) -> threading.Thread:
         """Run in a background thread (tests, an embedding process); returns it."""
         thread = threading.Thread(target=self._run_closing, name="projection runner", daemon=True)
+        self._thread = thread
         thread.start()
         return thread
 
@@ -628,12 +631,17 @@ class ProjectionRunner:
         self._wake.set()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop every worker and wait for them (each finishes or rolls back its batch)."""
+        """Stop every worker and wait for them (each finishes or rolls back its batch),
+        and for the thread :meth:`start` runs the runner in (it may be in a tick, which
+        writes checkpoints, until it sees the stop)."""
         with self._lock:
             self.request_stop()
         for worker in list(self.workers.values()):
             if worker is not threading.current_thread():
                 worker.join(timeout)
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
 
 
 def catch_up(

@@ -822,3 +822,27 @@ def test_the_documented_order_is_the_example_projects_code():
     head, _, body = source.partition("from __future__ import annotations\n\n")
     assert head.startswith('"""') and head.rstrip().endswith('"""')
     assert block.group(1) == body
+
+
+def test_the_recorded_event_types_survive_a_python_3_11_ast_miscount(monkeypatch):
+    """CPython 3.11 before 3.11.8 can raise SystemError ("AST constructor recursion depth
+    mismatch", gh-106905) from any parse in a thread that once caught a RecursionError,
+    inspect.getsource's own parse included; the system check that reads an aggregate's
+    source then failed instead of reading it again in a fresh thread."""
+    import inspect
+    import threading
+
+    from aether_django.aggregates import recorded_event_types
+
+    expected = recorded_event_types(Order)
+    assert expected
+    caller = threading.current_thread()
+    real = inspect.getsource
+
+    def miscounting(obj):
+        if threading.current_thread() is caller:
+            raise SystemError("AST constructor recursion depth mismatch (before=135, after=155)")
+        return real(obj)
+
+    monkeypatch.setattr(inspect, "getsource", miscounting)
+    assert recorded_event_types(Order) == expected

@@ -36,7 +36,9 @@ def staff() -> Client:
 
 
 def scrape(client: Client) -> str:
-    response = client.get("/aether/metrics/")
+    # The scrape reads the checkpoints, which the in-memory test database refuses at
+    # once ("table is locked") while a runner's batch writes them: read again then.
+    response = unlocked(lambda: client.get("/aether/metrics/"))
     assert response.status_code == 200
     return response.content.decode()
 
@@ -130,7 +132,7 @@ def required(*names: str, max_lag: int | None = None):
 
 
 def readyz() -> tuple[int, dict]:
-    response = Client().get("/aether/readyz/")
+    response = unlocked(lambda: Client().get("/aether/readyz/"))  # as scrape() does
     return response.status_code, response.json()
 
 

@@ -843,3 +843,18 @@ def test_a_projection_on_sqlite_without_wal_is_warned_about(tmp_path, unique, op
     finally:
         connections[alias].close()
         del connections[alias]
+
+
+def test_stop_waits_for_the_runners_own_thread(unique):
+    """``stop()`` returns only once the runner's thread has ended too, not only its
+    workers: that thread ticks (creating checkpoints, a database write) until it sees
+    the stop, and a caller that goes on to use the database meanwhile (the next test,
+    on the in-memory test SQLite) met 'table is locked'."""
+    namespace = unique("proj-stop")
+    save_ticks(namespace, 3)
+    for _attempt in range(5):
+        runner = ProjectionRunner([ledger(namespace, unique("stop"))], interval=0.01)
+        thread = runner.start()
+        time.sleep(0.05)  # a few ticks
+        runner.stop()
+        assert not thread.is_alive()
