@@ -4,6 +4,7 @@ lag, a wrong setting). A real nats-server and real runners, read through HTTP.""
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -36,11 +37,17 @@ def staff() -> Client:
 
 
 def scrape(client: Client) -> str:
-    # The scrape reads the checkpoints, which the in-memory test database refuses at
-    # once ("table is locked") while a runner's batch writes them: read again then.
-    response = unlocked(lambda: client.get("/aether/metrics/"))
-    assert response.status_code == 200
-    return response.content.decode()
+    """The metrics page, with the projections' samples: the in-memory test database
+    refuses a read at once ("table is locked") while a runner writes a checkpoint, and
+    the page then leaves those samples out (and logs why); scrape again then."""
+    deadline = time.monotonic() + 10
+    while True:
+        response = unlocked(lambda: client.get("/aether/metrics/"))
+        assert response.status_code == 200
+        text: str = response.content.decode()
+        if "aether_projection_state{" in text or time.monotonic() > deadline:
+            return text
+        time.sleep(0.02)
 
 
 def value(text: str, key: str) -> float | None:
