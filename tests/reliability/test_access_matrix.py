@@ -214,6 +214,11 @@ HTTP_TABLE: tuple[HttpRow, ...] = (
             (ANON,      HIDE,      OK,         OK,         OK,        HIDE,      OK)),
     HttpRow("GET /api/aether/aggregates/{hidden}/{actor}/",
             (ANON,      HIDE,      HIDE,       HIDE,       HIDE,      HIDE,      HIDE)),
+    # Forgetting a data subject (docs/privacy.md) takes the permission
+    # aether_django.forget_subject, which only the superuser holds here: no grant and no
+    # staff flag opens it. The subject is one nobody wrote for (forgetting it is harmless).
+    HttpRow("POST /api/aether/privacy/forget/", body={"subject_id": "{actor}"}, expect=
+            (ANON,      DENY,      DENY,       DENY,       DENY,      DENY,      OK)),
     HttpRow("GET /api/aether/cluster/",
             (ANON,      DENY,      DENY,       DENY,       DENY,      OK,        OK)),
     HttpRow("GET /api/aether/cluster/shards/",
@@ -399,6 +404,20 @@ ADMIN_TABLE: tuple[AdminRow, ...] = (
     AdminRow("POST streaminspection/{hidden}/delete/", body={"post": "yes"}, expect=
              (LOGIN,    LOGIN,   LOGIN,     LOGIN,      LOGIN,   READ_ONLY, READ_ONLY)),
     AdminRow("GET streaminspection/{hidden}/history/",
+             (LOGIN,    LOGIN,   LOGIN,     LOGIN,      LOGIN,   READ_ONLY, READ_ONLY)),
+    # Forgetting a data subject: staff holding aether_django.forget_subject (here the
+    # superuser only); Django's add, change, delete and history URLs are refused.
+    AdminRow("GET datasubject/",
+             (LOGIN,    LOGIN,   LOGIN,     LOGIN,      LOGIN,   FORBID, SHOWN)),
+    AdminRow("POST datasubject/", body={"subject_id": "{actor}"}, expect=
+             (LOGIN,    LOGIN,   LOGIN,     LOGIN,      LOGIN,   FORBID, SHOWN)),
+    AdminRow("GET datasubject/add/",
+             (LOGIN,    LOGIN,   LOGIN,     LOGIN,      LOGIN,   READ_ONLY, READ_ONLY)),
+    AdminRow("GET datasubject/x/change/",
+             (LOGIN,    LOGIN,   LOGIN,     LOGIN,      LOGIN,   READ_ONLY, READ_ONLY)),
+    AdminRow("POST datasubject/x/delete/", body={"post": "yes"}, expect=
+             (LOGIN,    LOGIN,   LOGIN,     LOGIN,      LOGIN,   READ_ONLY, READ_ONLY)),
+    AdminRow("GET datasubject/x/history/",
              (LOGIN,    LOGIN,   LOGIN,     LOGIN,      LOGIN,   READ_ONLY, READ_ONLY)),
     # The cluster pages hold no namespace data: every staff user sees them.
     AdminRow("GET clusterinspection/",
