@@ -923,8 +923,9 @@ class AggregateManager(Generic[A]):
             raise self._undecodable(actor_id, exc) from exc
         subjects: dict[str, str] = {}
         if self.model._meta.personal_data:
-            subjects = privacy.subjects_in(self.model, _after_snapshot(snapshot, events))
-            events = privacy.open_events(self.model, events)
+            events, subjects = privacy.open_history(
+                self.model, events, after_version=snapshot.version if snapshot else 0
+            )
         return self._build(actor_id, snapshot, events, at_version, subjects)
 
     async def aget(self, actor_id: str, *, at_version: int | None = None) -> A:
@@ -965,8 +966,9 @@ class AggregateManager(Generic[A]):
             raise self._undecodable(actor_id, exc) from exc
         subjects: dict[str, str] = {}
         if self.model._meta.personal_data:
-            subjects = privacy.subjects_in(self.model, _after_snapshot(snapshot, events))
-            events = await privacy.aopen_events(self.model, events)
+            events, subjects = await privacy.aopen_history(
+                self.model, events, after_version=snapshot.version if snapshot else 0
+            )
         return self._build(actor_id, snapshot, events, at_version, subjects)
 
     def _undecodable(self, actor_id: str, exc: ReplayError) -> UndecodableEventError:
@@ -1133,13 +1135,6 @@ class AggregateManager(Generic[A]):
 
 def _int(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
-
-def _after_snapshot(snapshot: ActorSnapshot | None, events: list[Event]) -> list[Event]:
-    """The ``events`` a load applies on top of ``snapshot`` (all of them without one)."""
-    if snapshot is None:
-        return events
-    return [e for e in events if e.version > snapshot.version]
 
 
 def _past(snapshot: ActorSnapshot, events: list[Event]) -> bool:

@@ -25,6 +25,7 @@ import weakref
 from typing import Any
 
 import nats.js.errors
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 from nats.js.kv import KeyValue
 
@@ -51,13 +52,14 @@ class KeyRing:
     """This process's access to the key bucket, with its bounded key cache."""
 
     def __init__(self) -> None:
-        # subject -> (monotonic expiry, key id, data key)
-        self._cache: dict[str, tuple[float, str, bytes]] = {}
+        # subject -> (monotonic expiry, key id, data key, its AESGCM): a load opens
+        # fields of many subjects, and making an AESGCM costs more than opening a field.
+        self._cache: dict[str, tuple[float, str, bytes, AESGCM]] = {}
         self._lock = threading.Lock()
         self._buckets: weakref.WeakKeyDictionary[Any, KeyValue] = weakref.WeakKeyDictionary()
 
     # --- cache ------------------------------------------------------------------
-    def _cached(self, subject: str) -> tuple[str, bytes] | None:
+    def _entry(self, subject: str) -> tuple[float, str, bytes, AESGCM] | None:
         with self._lock:
             hit = self._cache.get(subject)
             if hit is None:
@@ -65,14 +67,18 @@ class KeyRing:
             if hit[0] <= time.monotonic():
                 del self._cache[subject]
                 return None
-            return hit[1], hit[2]
+            return hit
+
+    def _cached(self, subject: str) -> tuple[str, bytes] | None:
+        hit = self._entry(subject)
+        return None if hit is None else (hit[1], hit[2])
 
     def _remember(self, subject: str, kid: str, key: bytes) -> None:
         lifetime = float(aether_settings.PRIVACY_KEY_CACHE_SECONDS)
         if lifetime <= 0:
             return
         with self._lock:
-            self._cache[subject] = (time.monotonic() + lifetime, kid, key)
+            self._cache[subject] = (time.monotonic() + lifetime, kid, key, AESGCM(key))
 
     def drop(self, subject: str | None = None) -> None:
         """Forget cached keys: one subject's, or all."""
@@ -181,15 +187,29 @@ class KeyRing:
 
     async def key_for_read(self, subject: str, kid: str) -> bytes | None:
         """The data key ``kid`` of ``subject``, or None when that key was forgotten."""
-        hit = self._cached(subject)
-        if hit is not None and hit[0] == kid:
-            return hit[1]
+        hit = self._entry(subject)
+        if hit is not None and hit[1] == kid:
+            return hit[2]
         found = await self._read(await self.bucket(), subject)
         if found is None:
             self.drop(subject)
             return None
         self._remember(subject, *found)
         return found[1] if found[0] == kid else None
+
+    def cached_aead(self, subject: str, kid: str) -> AESGCM | None:
+        """The cached key ``kid`` of ``subject`` as an AESGCM; None when it is not
+        cached (ask :meth:`aead_for_read`, which reads the bucket)."""
+        hit = self._entry(subject)
+        return hit[3] if hit is not None and hit[1] == kid else None
+
+    async def aead_for_read(self, subject: str, kid: str) -> AESGCM | None:
+        """:meth:`key_for_read`'s key as an AESGCM (the cached one when it is cached)."""
+        hit = self._entry(subject)
+        if hit is not None and hit[1] == kid:
+            return hit[3]
+        key = await self.key_for_read(subject, kid)
+        return None if key is None else AESGCM(key)
 
     async def forget(self, subject: str) -> str | None:
         """Purge ``subject``'s key from the bucket (all its history); the key id it had."""
