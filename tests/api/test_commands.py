@@ -51,29 +51,15 @@ def actor() -> str:
 
 
 @pytest.fixture
-def clients(db) -> dict[str, APIClient]:
-    """APIClients: anonymous, no grant, read grant, write grant (read too), superuser."""
+def ns() -> str:
+    """The commands' namespace, for tests/api/conftest.py's ``callers`` grants."""
+    return NS
 
-    def user(name: str, **flags: Any) -> User:
-        return User.objects.create_user(name, password="pw", **flags)
 
-    reader, writer = user("reader"), user("writer")
-    NamespaceGrant.objects.create(user=reader, pattern=NS, can_read=True, can_write=False)
-    NamespaceGrant.objects.create(user=writer, pattern=NS, can_read=True, can_write=True)
-    who = {
-        "anonymous": None,
-        "no_grant": user("nobody"),
-        "read_grant": reader,
-        "write_grant": writer,
-        "superuser": User.objects.create_superuser("root", password="pw"),
-    }
-    made = {}
-    for kind, person in who.items():
-        client = APIClient()
-        if person is not None:
-            client.force_authenticate(person)
-        made[kind] = client
-    return made
+@pytest.fixture
+def clients(callers: dict[str, APIClient]) -> dict[str, APIClient]:
+    """APIClients: anonymous, no grant, read grant, write grant (read too), superuser, ..."""
+    return callers
 
 
 @pytest.fixture

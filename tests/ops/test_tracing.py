@@ -38,7 +38,6 @@ from aether_django.bus import get_event_bus
 from aether_django.conf import configure_tracing
 from aether_django.errors import VersionConflictError
 from aether_django.events import Event, encode_event, with_sequence
-from aether_django.projections import base as projection_base
 from aether_django.projections.runner import catch_up
 from aether_django.sharding import asend_command
 from aether_django.store import get_event_store
@@ -47,6 +46,7 @@ from aether_django.testing.contract import ev
 from aether_django.testing.processes import follow_json_lines, stop_process
 from tests.consumers.test_real_server import session_cookie
 from tests.projections.app.projections import ledger
+from tests.projections.conftest import scratch_projections  # noqa: F401
 
 from .traced import Tally
 
@@ -155,17 +155,10 @@ def test_a_span_links_each_trace_once_and_at_most_max_links(spans):
 # --- one process: save, delivery, projection batch, WebSocket frame ------------------------
 
 
-@pytest.fixture
-def scratch_projections() -> Iterator[None]:
-    saved = dict(projection_base._registry)
-    yield
-    projection_base._registry.clear()
-    projection_base._registry.update(saved)
-
-
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("scratch_projections")
 async def test_a_save_its_delivery_projection_batch_and_websocket_frame_share_one_trace(
-    spans, server, scratch_projections
+    spans, server
 ):
     import websockets
 
