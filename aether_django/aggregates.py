@@ -640,9 +640,9 @@ class Aggregate:
         before = self._pending[0].version - 1
         store = self.get_store()
         if self._meta.personal_data or self._meta.personal_data_error:
-            sealed = privacy.seal_events(type(self), self._pending)
+            sealed, subjects = privacy.seal_history(type(self), self._pending)
             stored = _unsealed(self._pending, store.save_events(sealed))
-            self._subjects.update(privacy.subjects_in(type(self), sealed))
+            self._subjects.update(subjects)
         else:
             stored = store.save_events(self._pending)
         self.saved_events = list(stored)
@@ -673,9 +673,9 @@ class Aggregate:
         before = self._pending[0].version - 1
         store = self.get_store()
         if self._meta.personal_data or self._meta.personal_data_error:
-            sealed = await privacy.aseal_events(type(self), self._pending)
+            sealed, subjects = await privacy.aseal_history(type(self), self._pending)
             stored = _unsealed(self._pending, await store.asave_events(sealed))
-            self._subjects.update(privacy.subjects_in(type(self), sealed))
+            self._subjects.update(subjects)
         else:
             stored = await store.asave_events(self._pending)
         self.saved_events = list(stored)

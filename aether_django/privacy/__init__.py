@@ -46,6 +46,7 @@ from .envelope import (
     envelope_subject,
     is_envelope,
     open_checked,
+    seal_checked,
 )
 from .keys import get_key_ring
 
@@ -69,6 +70,7 @@ __all__ = [
     "aopen_snapshot",
     "arotate_master_key",
     "aseal_events",
+    "aseal_history",
     "aseal_snapshot",
     "forget",
     "open_events",
@@ -76,6 +78,7 @@ __all__ = [
     "open_snapshot",
     "rotate_master_key",
     "seal_events",
+    "seal_history",
     "seal_snapshot",
     "subject_of",
     "subjects_in",
@@ -118,26 +121,45 @@ def subject_of(model: type[Aggregate], event: Event) -> str:
     return subject
 
 
-def _to_seal(model: type[Aggregate], events: Iterable[Event]) -> list[tuple[Event, str | None]]:
+def _seal_pass(
+    model: type[Aggregate],
+    events: Sequence[Event],
+    aeads: dict[str, tuple[str, AESGCM]],
+    subjects: dict[str, str],
+) -> tuple[list[Event], set[str]]:
+    """``events`` sealed with the keys in ``aeads`` or this process's key cache (added
+    to ``aeads``), and the subjects neither had a key for: when there are any, the
+    events are not all sealed, and another pass with their keys in ``aeads`` seals
+    them. ``subjects`` gets each subject sealed for, with its key id."""
     declared = model._meta.personal_data
-    out: list[tuple[Event, str | None]] = []
+    ring = get_key_ring()
+    out: list[Event] = []
+    missing: set[str] = set()
     for event in events:
         fields = declared.get(event.event_type)
-        if fields and any(f in event.data for f in fields):
-            out.append((event, subject_of(model, event)))
-        else:
-            out.append((event, None))
-    return out
-
-
-def _seal(model: type[Aggregate], event: Event, subject: str, kid: str, key: bytes) -> Event:
-    data = dict(event.data)
-    for name in model._meta.personal_data[event.event_type]:
-        if name in data:
-            data[name] = encrypt_field(
-                key, subject=subject, kid=kid, event_id=event.id, field=name, value=data[name]
-            )
-    return dataclasses.replace(event, data=data)
+        if not fields or not any(f in event.data for f in fields):
+            out.append(event)
+            continue
+        subject = subject_of(model, event)
+        found = aeads.get(subject)
+        if found is None:
+            found = ring.cached_for_write(subject)
+            if found is None:
+                missing.add(subject)
+                continue
+            aeads[subject] = found
+        if missing:
+            continue  # another pass seals them all
+        kid, aead = found
+        subjects[subject] = kid
+        data = dict(event.data)
+        for name in fields:
+            if name in data:
+                data[name] = seal_checked(
+                    aead, subject=subject, kid=kid, event_id=event.id, field=name, value=data[name]
+                )
+        out.append(_with_data(event, data, event.metadata))
+    return out, missing
 
 
 def _ensure_key_configured() -> None:
@@ -160,30 +182,56 @@ def _refuse_invalid(model: type[Aggregate]) -> None:
 
 def seal_events(model: type[Aggregate], events: Sequence[Event]) -> list[Event]:
     """``events`` with their declared personal fields sealed (as they are stored)."""
-    _refuse_invalid(model)
-    if not model._meta.personal_data:
-        return list(events)
-    return get_runtime().run(aseal_events(model, events))
+    return seal_history(model, events)[0]
 
 
 async def aseal_events(model: type[Aggregate], events: Sequence[Event]) -> list[Event]:
     """Async twin of :func:`seal_events`."""
+    return (await aseal_history(model, events))[0]
+
+
+def seal_history(
+    model: type[Aggregate], events: Sequence[Event]
+) -> tuple[list[Event], dict[str, str]]:
+    """:func:`seal_events`, and :func:`subjects_in` of the sealed events: what saving
+    an actor needs. No thread hop while the subjects' keys are cached."""
     _refuse_invalid(model)
     if not model._meta.personal_data:
-        return list(events)
-    pairs = _to_seal(model, events)
-    if all(subject is None for _, subject in pairs):
-        return list(events)
-    _ensure_key_configured()
+        return list(events), {}
+    aeads: dict[str, tuple[str, AESGCM]] = {}
+    subjects: dict[str, str] = {}
+    sealed, missing = _seal_pass(model, events, aeads, subjects)
+    if subjects or missing:
+        _ensure_key_configured()
+    if missing:
+        get_runtime().run(_fetch_for_write(missing, aeads))
+        sealed, _ = _seal_pass(model, events, aeads, subjects)
+    return sealed, subjects
+
+
+async def aseal_history(
+    model: type[Aggregate], events: Sequence[Event]
+) -> tuple[list[Event], dict[str, str]]:
+    """Async twin of :func:`seal_history`."""
+    _refuse_invalid(model)
+    if not model._meta.personal_data:
+        return list(events), {}
+    aeads: dict[str, tuple[str, AESGCM]] = {}
+    subjects: dict[str, str] = {}
+    sealed, missing = _seal_pass(model, events, aeads, subjects)
+    if subjects or missing:
+        _ensure_key_configured()
+    if missing:
+        await _fetch_for_write(missing, aeads)
+        sealed, _ = _seal_pass(model, events, aeads, subjects)
+    return sealed, subjects
+
+
+async def _fetch_for_write(subjects: Iterable[str], aeads: dict[str, tuple[str, AESGCM]]) -> None:
     ring = get_key_ring()
-    out = []
-    for event, subject in pairs:
-        if subject is None:
-            out.append(event)
-        else:
-            kid, key = await ring.key_for_write(subject)
-            out.append(_seal(model, event, subject, kid, key))
-    return out
+    for subject in sorted(subjects):
+        kid, key = await ring.key_for_write(subject)
+        aeads[subject] = (kid, AESGCM(key))
 
 
 def _open_pass(

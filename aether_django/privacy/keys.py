@@ -197,6 +197,12 @@ class KeyRing:
         self._remember(subject, *found)
         return found[1] if found[0] == kid else None
 
+    def cached_for_write(self, subject: str) -> tuple[str, AESGCM] | None:
+        """The cached (key id, AESGCM) :meth:`key_for_write` would give, or None when
+        ``subject``'s key is not cached."""
+        hit = self._entry(subject)
+        return None if hit is None else (hit[1], hit[3])
+
     def cached_aead(self, subject: str, kid: str) -> AESGCM | None:
         """The cached key ``kid`` of ``subject`` as an AESGCM; None when it is not
         cached (ask :meth:`aead_for_read`, which reads the bucket)."""
