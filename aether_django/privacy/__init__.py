@@ -195,14 +195,7 @@ def seal_history(
 ) -> tuple[list[Event], dict[str, str]]:
     """:func:`seal_events`, and :func:`subjects_in` of the sealed events: what saving
     an actor needs. No thread hop while the subjects' keys are cached."""
-    _refuse_invalid(model)
-    if not model._meta.personal_data:
-        return list(events), {}
-    aeads: dict[str, tuple[str, AESGCM]] = {}
-    subjects: dict[str, str] = {}
-    sealed, missing = _seal_pass(model, events, aeads, subjects)
-    if subjects or missing:
-        _ensure_key_configured()
+    sealed, subjects, missing, aeads = _seal_cached(model, events)
     if missing:
         get_runtime().run(_fetch_for_write(missing, aeads))
         sealed, _ = _seal_pass(model, events, aeads, subjects)
@@ -213,18 +206,27 @@ async def aseal_history(
     model: type[Aggregate], events: Sequence[Event]
 ) -> tuple[list[Event], dict[str, str]]:
     """Async twin of :func:`seal_history`."""
-    _refuse_invalid(model)
-    if not model._meta.personal_data:
-        return list(events), {}
-    aeads: dict[str, tuple[str, AESGCM]] = {}
-    subjects: dict[str, str] = {}
-    sealed, missing = _seal_pass(model, events, aeads, subjects)
-    if subjects or missing:
-        _ensure_key_configured()
+    sealed, subjects, missing, aeads = _seal_cached(model, events)
     if missing:
         await _fetch_for_write(missing, aeads)
         sealed, _ = _seal_pass(model, events, aeads, subjects)
     return sealed, subjects
+
+
+def _seal_cached(
+    model: type[Aggregate], events: Sequence[Event]
+) -> tuple[list[Event], dict[str, str], set[str], dict[str, tuple[str, AESGCM]]]:
+    """The first pass of a save: what the cached keys seal, and the subjects whose
+    keys must be read (or made) first."""
+    _refuse_invalid(model)
+    aeads: dict[str, tuple[str, AESGCM]] = {}
+    subjects: dict[str, str] = {}
+    if not model._meta.personal_data:
+        return list(events), subjects, set(), aeads
+    sealed, missing = _seal_pass(model, events, aeads, subjects)
+    if subjects or missing:
+        _ensure_key_configured()
+    return sealed, subjects, missing, aeads
 
 
 async def _fetch_for_write(subjects: Iterable[str], aeads: dict[str, tuple[str, AESGCM]]) -> None:
@@ -393,11 +395,12 @@ def open_history(
     model: type[Aggregate], events: Sequence[Event], *, after_version: int = 0
 ) -> tuple[list[Event], dict[str, str]]:
     """:func:`open_events`, and :func:`subjects_in` of the events after
-    ``after_version`` (a snapshot's): what loading an actor needs, in one pass."""
-    if not model._meta.personal_data:
-        return list(events), {}
+    ``after_version`` (a snapshot's): what loading an actor needs, in one pass. No
+    thread hop while the keys are cached."""
     aeads: dict[tuple[str, str], AESGCM | None] = {}
     subjects: dict[str, str] = {}
+    if not model._meta.personal_data:
+        return list(events), subjects
     opened, missing = _open_pass(model, events, aeads, subjects, after_version)
     if missing:
         get_runtime().run(_fetch(missing, aeads))
@@ -409,10 +412,10 @@ async def aopen_history(
     model: type[Aggregate], events: Sequence[Event], *, after_version: int = 0
 ) -> tuple[list[Event], dict[str, str]]:
     """Async twin of :func:`open_history`."""
-    if not model._meta.personal_data:
-        return list(events), {}
     aeads: dict[tuple[str, str], AESGCM | None] = {}
     subjects: dict[str, str] = {}
+    if not model._meta.personal_data:
+        return list(events), subjects
     opened, missing = _open_pass(model, events, aeads, subjects, after_version)
     if missing:
         await _fetch(missing, aeads)
