@@ -6,7 +6,10 @@ data key sealed with the master key, bound to the entry's name. The bucket keeps
 no history (history 1), and forgetting first deletes the entry's message with the
 server's secure erase (its bytes in the server's files are overwritten; a KV purge
 alone leaves them there until compaction), then purges the key, so no value of it
-survives on the server. A ``verifier`` entry, sealed with the master key on first
+survives in the bucket's message store, on any replica. (A bucket with more than one
+replica also keeps a raft log on each, holding the entry as it was appended until the
+server compacts that log, which no request can make it do now: docs/privacy.md,
+"Replicated key buckets".) A ``verifier`` entry, sealed with the master key on first
 use, tells a process started with another master key so before it writes anything.
 
 Each process caches the keys it read for ``PRIVACY_KEY_CACHE_SECONDS``: the bound on
@@ -233,8 +236,10 @@ class KeyRing:
         previous one (PRIVACY_OLD_MASTER_KEY); the number of entries re-wrapped.
 
         Each entry is replaced by compare-and-set, then its old message is erased (so
-        the old master key opens nothing left on the server). Entries already wrapped
-        with the master key are left alone: running it again does nothing.
+        the old master key opens nothing left in the bucket's message stores; the raft
+        logs of a replicated bucket keep old entries until the server compacts them).
+        Entries already wrapped with the master key are left alone: running it again
+        does nothing.
         """
         master, old = privacy_master_key(), privacy_old_master_key()
         if old is None:
