@@ -598,9 +598,11 @@ def _run_steps(subject_id: str) -> dict[str, int]:
 
 
 def forget(subject_id: str) -> Event:
-    """Forget a data subject: purge its data key everywhere it is stored, drop it from
-    this process's cache, delete its read-model rows (projections' ``Meta.subject_fields``
-    and ``on_forget()`` hooks, in this process, against their databases), and record a
+    """Forget a data subject: erase and purge its data key from the key bucket (from
+    every replica's message store; a replicated bucket's raft logs keep the wrapped key
+    until the server compacts them, see docs/privacy.md), drop it from this process's
+    cache, delete its read-model rows (projections' ``Meta.subject_fields`` and
+    ``on_forget()`` hooks, in this process, against their databases), and record a
     ``SubjectForgotten`` audit event (returned).
 
     Other processes stop decrypting within ``PRIVACY_KEY_CACHE_SECONDS``. When a read

@@ -6,7 +6,10 @@ data key sealed with the master key, bound to the entry's name. The bucket keeps
 no history (history 1), and forgetting first deletes the entry's message with the
 server's secure erase (its bytes in the server's files are overwritten; a KV purge
 alone leaves them there until compaction), then purges the key, so no value of it
-survives on the server. A ``verifier`` entry, sealed with the master key on first
+survives in the bucket's message store, on any replica. (A bucket with more than one
+replica also keeps a raft log on each, holding the entry as it was appended until the
+server compacts that log, which no request can make it do now: docs/privacy.md,
+"Replicated key buckets".) A ``verifier`` entry, sealed with the master key on first
 use, tells a process started with another master key so before it writes anything.
 
 Each process caches the keys it read for ``PRIVACY_KEY_CACHE_SECONDS``: the bound on
@@ -31,6 +34,7 @@ from nats.js.kv import KeyValue
 
 from ..conf import aether_settings, privacy_master_key, privacy_old_master_key
 from ..nats.api import kv_key_subject, kv_stream
+from ..nats.streams import stream_info
 from ..runtime import get_runtime
 from .envelope import KeyUnwrapError, new_data_key, new_key_id, unwrap_key, wrap_key
 
@@ -238,8 +242,10 @@ class KeyRing:
         previous one (PRIVACY_OLD_MASTER_KEY); the number of entries re-wrapped.
 
         Each entry is replaced by compare-and-set, then its old message is erased (so
-        the old master key opens nothing left on the server). Entries already wrapped
-        with the master key are left alone: running it again does nothing.
+        the old master key opens nothing left in the bucket's message stores; the raft
+        logs of a replicated bucket keep old entries until the server compacts them).
+        Entries already wrapped with the master key are left alone: running it again
+        does nothing.
         """
         master, old = privacy_master_key(), privacy_old_master_key()
         if old is None:
@@ -258,11 +264,8 @@ class KeyRing:
         await js.update_stream(config)
         rewrapped = 0
         try:
-            try:
-                names = await kv.keys()
-            except nats.js.errors.NoKeysError:
-                names = []
-            names = [*sorted(n for n in names if n.startswith("s.")), VERIFIER_KEY]
+            names = await _entry_names(nc, aether_settings.PRIVACY_BUCKET)
+            names = [*(n for n in names if n.startswith("s.")), VERIFIER_KEY]
             for name in names:
                 rewrapped += await self._rewrap(kv, js, stream, name, master, old)
         finally:
@@ -340,6 +343,28 @@ def _unwrap(master: bytes, wrapped: str, *, name: str) -> bytes:
         if old is None:
             raise
         return unwrap_key(old, wrapped, name=name)
+
+
+async def _entry_names(nc: Any, bucket: str) -> list[str]:
+    """The name of every entry of the key bucket (a forgotten one's too: its purge
+    marker), sorted, from the stream's message count per subject, a page at a time.
+
+    Not ``KeyValue.keys()``: its watcher ends when the consumer's info reports nothing
+    pending, which can come before the delivered keys reach the client (seen on a
+    replicated bucket, where it listed none or only some); a key rotation that skipped
+    an entry would leave it wrapped with the old master key, unreadable once that key
+    is destroyed.
+    """
+    prefix = kv_key_subject(bucket, "")
+    subjects: list[str] = []
+    while True:
+        request = {"subjects_filter": prefix + ">", "offset": len(subjects)}
+        doc = await stream_info(nc, kv_stream(bucket), float(aether_settings.TIMEOUT), request)
+        page = list(((doc.get("state") or {}).get("subjects") or {}).keys())
+        subjects += page
+        if not page or len(subjects) >= int(doc.get("total") or 0):
+            break
+    return sorted(subject[len(prefix) :] for subject in subjects)
 
 
 def _bucket_config(bucket: str) -> StreamConfig:

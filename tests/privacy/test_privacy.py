@@ -545,3 +545,34 @@ def test_rotation_without_the_old_key_is_refused(settings: Any) -> None:
 
     with pytest.raises(CommandError, match="needs the previous master key"):
         call_command("aether_privacy", "rotate", stdout=io.StringIO())
+
+
+def test_rotation_rewraps_every_key_when_the_watcher_listing_comes_up_short(
+    settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """nats-py's KeyValue.keys() ends its watcher when the consumer's info reports
+    nothing pending before the delivered keys have reached the client: seen on a
+    replicated bucket, where it listed none or only some of the keys. A key rotation
+    that skipped one would leave it wrapped with the old master key, unreadable once
+    that key is destroyed; rotation reads the names from the stream instead."""
+    import nats.js.kv
+
+    bucket = new_id("keys").replace("-", "_")
+    old_key = base64.b64encode(b"o" * 32).decode()
+    new_key = base64.b64encode(b"n" * 32).decode()
+    settings.AETHER = {**settings.AETHER, "PRIVACY_BUCKET": bucket, "PRIVACY_MASTER_KEY": old_key}
+    orders = [(place(new_id("customer"), person), person) for person in (ALICE, BOB)]
+
+    async def came_up_short(self: Any, *args: Any, **kwargs: Any) -> list[str]:
+        raise nats.js.errors.NoKeysError
+
+    monkeypatch.setattr(nats.js.kv.KeyValue, "keys", came_up_short)
+    settings.AETHER = {
+        **settings.AETHER,
+        "PRIVACY_MASTER_KEY": new_key,
+        "PRIVACY_OLD_MASTER_KEY": old_key,
+    }
+    assert privacy.rotate_master_key() == 3  # both keys and the verifier
+    settings.AETHER = {**settings.AETHER, "PRIVACY_OLD_MASTER_KEY": ""}
+    for order, (_, email) in orders:
+        assert Order.objects.get(order.actor_id).email == email
