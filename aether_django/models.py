@@ -1,4 +1,5 @@
-"""Database models: who may read and write which namespaces, and where projections are."""
+"""Database models: who may read and write which namespaces, where projections are, and
+which data keys forget() erased."""
 
 from __future__ import annotations
 
@@ -185,3 +186,30 @@ class ProjectionSkip(models.Model):
 
     def __str__(self) -> str:
         return f"{self.projection} skipped {self.namespace}:{self.sequence} ({self.reason})"
+
+
+class ForgottenKey(models.Model):
+    """A data key that privacy.forget() erased: its subject (as the SHA-256 of the id,
+    hex, never the id) and its key id.
+
+    forget() writes it into every database of a projection it concerns, in the
+    transaction that deletes the subject's rows; the projection runner rolls back a
+    batch that opened values with a key named here (a process whose key cache still
+    held it), so those values never outlive forget() in a read model
+    (docs/privacy.md#read-models). One row per key: a new life has a new key id.
+    """
+
+    subject_sha256 = models.CharField(max_length=64)
+    kid = models.CharField(max_length=64)
+    forgotten_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["forgotten_at", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["subject_sha256", "kid"], name="aether_forgotten_key_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"key {self.kid} of {self.subject_sha256[:12]}…"

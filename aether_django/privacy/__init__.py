@@ -66,6 +66,7 @@ __all__ = [
     "add_forget_step",
     "aforget",
     "aopen_events",
+    "aopen_events_with_keys",
     "aopen_history",
     "aopen_snapshot",
     "arotate_master_key",
@@ -74,6 +75,7 @@ __all__ = [
     "aseal_snapshot",
     "forget",
     "open_events",
+    "open_events_with_keys",
     "open_history",
     "open_snapshot",
     "rotate_master_key",
@@ -423,6 +425,36 @@ async def aopen_history(
     return opened, subjects
 
 
+def open_events_with_keys(
+    model: type[Aggregate], events: Sequence[Event]
+) -> tuple[list[Event], set[tuple[str, str]]]:
+    """:func:`open_events`, and the (subject, key id) pairs whose key opened a value
+    (a field read as :data:`FORGOTTEN` names no pair).
+
+    For whoever copies opened values elsewhere and must make sure the key was not
+    forgotten meanwhile (the projection runner, against forget()'s tombstones).
+    """
+    return get_runtime().run(aopen_events_with_keys(model, events))
+
+
+async def aopen_events_with_keys(
+    model: type[Aggregate], events: Sequence[Event]
+) -> tuple[list[Event], set[tuple[str, str]]]:
+    """Async twin of :func:`open_events_with_keys`."""
+    if not model._meta.personal_data:
+        return list(events), set()
+    aeads: dict[tuple[str, str], AESGCM | None] = {}
+    subjects: dict[str, str] = {}
+    opened, missing = _open_pass(model, events, aeads, subjects, 0)
+    if missing:
+        await _fetch(missing, aeads)
+        opened, _ = _open_pass(model, events, aeads, subjects, 0)
+    # Read off the keys the pass used, rather than noted in its inner loop (which
+    # every load runs): each pair in ``aeads`` comes from an envelope of ``events``,
+    # and one with a key opened every envelope it sealed (or raised EnvelopeError).
+    return opened, {pair for pair, aead in aeads.items() if aead is not None}
+
+
 async def _fetch(
     wanted: Iterable[tuple[str, str]], aeads: dict[tuple[str, str], AESGCM | None]
 ) -> None:
@@ -570,15 +602,21 @@ async def arotate_master_key() -> int:
 # --- forgetting -------------------------------------------------------------------------
 
 
-#: Steps forget() runs after erasing the key, each ``step(subject_id)`` giving the
+#: What forget() hands its steps: the subject id, and the id of the key it erased
+#: (None when the subject had no key left: never made, or forgotten already).
+ForgetStep = Callable[[str, str | None], Mapping[str, int]]
+
+#: Steps forget() runs after erasing the key, each ``step(subject_id, kid)`` giving the
 #: rows it deleted per model label. The layers above register theirs (the projections
-#: package: read-model rows and ``on_forget`` hooks); this layer cannot import them.
-_forget_steps: list[Callable[[str], Mapping[str, int]]] = []
+#: package: read-model rows, ``on_forget`` hooks and the key's tombstones); this layer
+#: cannot import them.
+_forget_steps: list[ForgetStep] = []
 
 
-def add_forget_step(step: Callable[[str], Mapping[str, int]]) -> None:
-    """Have forget() run ``step(subject_id)`` (synchronous, it may use the Django ORM)
-    after the key is erased, before the audit event. Registering one twice keeps one."""
+def add_forget_step(step: ForgetStep) -> None:
+    """Have forget() run ``step(subject_id, kid)`` (synchronous, it may use the Django
+    ORM) after the key is erased, before the audit event: ``kid`` is the id of the key
+    erased, None when there was none. Registering one twice keeps one."""
     if step not in _forget_steps:
         _forget_steps.append(step)
 
@@ -589,10 +627,10 @@ def _checked(subject_id: object) -> str:
     return subject_id
 
 
-def _run_steps(subject_id: str) -> dict[str, int]:
+def _run_steps(subject_id: str, kid: str | None) -> dict[str, int]:
     deleted: dict[str, int] = {}
     for step in list(_forget_steps):
-        for label, count in step(subject_id).items():
+        for label, count in step(subject_id, kid).items():
             deleted[label] = deleted.get(label, 0) + count
     return deleted
 
@@ -605,14 +643,16 @@ def forget(subject_id: str) -> Event:
     ``on_forget()`` hooks, in this process, against their databases), and record a
     ``SubjectForgotten`` audit event (returned).
 
-    Other processes stop decrypting within ``PRIVACY_KEY_CACHE_SECONDS``. When a read
+    Other processes stop decrypting within ``PRIVACY_KEY_CACHE_SECONDS``; the read
+    models of declared projections never keep the erased key's values, whatever process
+    runs them (the key's tombstone, :mod:`aether_django.projections.forgetting`). When a read
     model's database fails, ForgetIncompleteError is raised after the key is gone and no
     audit event is recorded: calling forget() again finishes (it is idempotent).
     """
     subject_id = _checked(subject_id)
     runtime = get_runtime()
     kid = runtime.run(get_key_ring().forget(subject_id))
-    deleted = _run_steps(subject_id)
+    deleted = _run_steps(subject_id, kid)
     return runtime.run(_audit(subject_id, kid, deleted))
 
 
@@ -622,7 +662,7 @@ async def aforget(subject_id: str) -> Event:
 
     subject_id = _checked(subject_id)
     kid = await get_key_ring().forget(subject_id)
-    deleted = await sync_to_async(_run_steps)(subject_id)
+    deleted = await sync_to_async(_run_steps)(subject_id, kid)
     return await _audit(subject_id, kid, deleted)
 
 

@@ -6,18 +6,34 @@ so forget() also calls :func:`forget_read_models` (registered with the privacy l
 below when this package is imported): for every projection that declares
 ``Meta.subject_fields`` or overrides ``on_forget()``, it deletes the subject's rows and
 calls the hook, one transaction per projection database.
+
+A runner whose process still had the key cached (the cache bound) could open the
+subject's values and commit them after those rows were deleted. So the same
+transaction first locks the checkpoint rows of the projections it concerns and
+writes a tombstone of the erased key (:class:`~aether_django.models.ForgottenKey`):
+a batch that moved its checkpoint before commits before the rows are deleted (and
+loses them), and one that comes after finds the tombstone and rolls back
+(:mod:`.runner`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 from collections import defaultdict
 
-from django.db import connections, transaction
+from django.db import DatabaseError, connections, transaction
 
+from ..models import ForgottenKey, ProjectionCheckpoint
 from ..privacy import ForgetIncompleteError
 from .base import ForgetContext, Projection, all_projections
 
-__all__ = ["forget_read_models"]
+__all__ = ["forget_read_models", "subject_hash"]
+
+
+def subject_hash(subject_id: str) -> str:
+    """How a tombstone (and the audit event) names a subject: its id's SHA-256, hex."""
+    return hashlib.sha256(subject_id.encode()).hexdigest()
 
 
 def _concerned() -> dict[str, list[type[Projection]]]:
@@ -31,13 +47,46 @@ def _concerned() -> dict[str, list[type[Projection]]]:
     return dict(sorted(by_database.items()))
 
 
-def forget_read_models(subject_id: str) -> dict[str, int]:
+def _lock_checkpoints(database: str, projections: list[type[Projection]]) -> None:
+    """Lock the checkpoint rows of ``projections`` until the transaction ends: a batch
+    takes its row's lock with its first statement (the checkpoint's compare-and-set)
+    and keeps it to its commit, so this waits for the batches under way, and the
+    batches that come after wait for this transaction and then see its tombstone.
+
+    SQLite has no row locks (Django leaves FOR UPDATE out): there the database's write
+    lock, which the tombstone's insert takes next, orders whole transactions alike.
+    """
+    if not connections[database].features.has_select_for_update:
+        return
+    names = sorted(p._meta.name for p in projections)
+    list(
+        ProjectionCheckpoint.objects.using(database)
+        .select_for_update()
+        .filter(projection__in=names)
+        .order_by("pk")  # one order for every forget(): two of them cannot deadlock
+        .values_list("pk", flat=True)
+    )
+
+
+def _tombstone(database: str, subject_id: str, kid: str) -> None:
+    # A plain INSERT (ignoring a tombstone already there, from an earlier try): on
+    # SQLite a write as the transaction's first statement takes the write lock at once.
+    ForgottenKey.objects.using(database).bulk_create(
+        [ForgottenKey(subject_sha256=subject_hash(subject_id), kid=kid)], ignore_conflicts=True
+    )
+
+
+def forget_read_models(subject_id: str, kid: str | None = None) -> dict[str, int]:
     """Delete ``subject_id``'s rows of every projection's ``Meta.subject_fields`` and
-    call every ``on_forget()``: the rows deleted per model label.
+    call every ``on_forget()``: the rows deleted per model label. ``kid`` is the id of
+    the key forget() erased: its tombstone goes into each database, in the same
+    transaction, so that no runner commits values it opened with that key afterwards.
 
     Synchronous (the Django ORM). Each database's work is one transaction: a failure
     rolls that database back and raises ForgetIncompleteError; running it again
-    finishes (deleting rows that are gone deletes nothing).
+    finishes (deleting rows that are gone deletes nothing). The tombstone is written
+    on its own when the transaction fails (a hook raised), if the database lets it:
+    forget() run again finds no key, and could not name the one to refuse.
     """
     deleted: dict[str, int] = {}
     for database, projections in _concerned().items():
@@ -49,6 +98,9 @@ def forget_read_models(subject_id: str) -> dict[str, int]:
                 cursor.execute("PRAGMA secure_delete = ON")
         try:
             with transaction.atomic(using=database):
+                _lock_checkpoints(database, projections)
+                if kid is not None:
+                    _tombstone(database, subject_id, kid)
                 for projection in projections:
                     meta = projection._meta
                     mine: dict[str, int] = {}
@@ -66,6 +118,10 @@ def forget_read_models(subject_id: str) -> dict[str, int]:
                     for label, count in mine.items():
                         deleted[label] = deleted.get(label, 0) + count
         except Exception as exc:
+            if kid is not None:
+                # Refused too when the database is down: the error says to run it again.
+                with contextlib.suppress(DatabaseError):
+                    _tombstone(database, subject_id, kid)
             names = ", ".join(p._meta.name for p in projections)
             raise ForgetIncompleteError(
                 f"the data key is erased, but forgetting the read models of database "

@@ -51,10 +51,12 @@ from ..bus import get_event_bus
 from ..bus.base import Feature, Start
 from ..errors import AetherError, ProjectionError, ReplayError
 from ..events import Event, encode_event
-from ..models import ProjectionCheckpoint
+from ..models import ForgottenKey, ProjectionCheckpoint
+from ..privacy.keys import get_key_ring
 from ..runtime import get_runtime
 from ..store import get_event_store, get_existing_event_store, list_namespaces
 from .base import Projection, ProjectionContext
+from .forgetting import subject_hash
 from .sources import IDLE_WAIT, BatchSource, BusBatches, Item, StoreBatches, sequence_of
 
 __all__ = ["NamespaceWorker", "ProjectionRunner", "stream_head"]
@@ -81,6 +83,15 @@ class _HandlerFailed(Exception):
 
 class _Moved(Exception):
     """The checkpoint was not where this batch started (or is no longer running)."""
+
+
+class _Forgotten(_Moved):
+    """The batch opened values with a key forget() erased meanwhile (its tombstone is
+    in the projection's database): rolled back, to be read again without that key."""
+
+    def __init__(self, subjects: set[str]) -> None:
+        super().__init__()
+        self.subjects = subjects
 
 
 def stream_head(namespace: str) -> int:
@@ -146,6 +157,9 @@ class NamespaceWorker(threading.Thread):
         # fields are opened before the handlers see them (docs/privacy.md).
         model = get_aggregate_class(namespace)
         self.personal = model if model is not None and model._meta.personal_data else None
+        # Whether forget() deletes rows of this projection: then a batch that opened
+        # values checks the erased keys' tombstones before it commits.
+        self.forgets = projection.forgets()
         self.store = get_event_store(namespace)
         #: Why the worker ended: "stopped", "caught-up", "paused", "failed" or "error".
         self.outcome: str | None = None
@@ -237,6 +251,8 @@ class NamespaceWorker(threading.Thread):
         start again from the checkpoint) or the source ended (``_ENDED``)."""
         meta = self.projection._meta
         pending: list[Item] = []
+        # The (subject, key id) pairs whose keys opened values in ``pending``.
+        keys: set[tuple[str, str]] = set()
         failures = 0
         try:
             while not self.stopping.is_set():
@@ -256,9 +272,19 @@ class NamespaceWorker(threading.Thread):
                     if not pending:
                         continue
                     if self.personal is not None:
-                        pending = await self._open_personal(pending)
+                        pending, keys = await self._open_personal(pending)
                 try:
-                    await self._db_call(self._apply, pending, self.position)
+                    await self._db_call(self._apply, pending, self.position, keys)
+                except _Forgotten:
+                    # Not the handlers' fault, and nothing to retry as it is: read the
+                    # batch again from the checkpoint, without the keys (dropped).
+                    logger.info(
+                        "projection %s: a batch of %s opened values of a data subject "
+                        "forgotten meanwhile; reading it again",
+                        meta.name,
+                        self.namespace,
+                    )
+                    return None
                 except _Moved:
                     logger.info(
                         "projection %s: the checkpoint of %s is no longer at %d (another "
@@ -274,7 +300,7 @@ class NamespaceWorker(threading.Thread):
                         # own, so the projection stops exactly at the failing event.
                         head, pending = pending[: failed.index], pending[failed.index :]
                         try:
-                            await self._db_call(self._apply, head, self.position)
+                            await self._db_call(self._apply, head, self.position, keys)
                         except (_Moved, _HandlerFailed):
                             return None
                         self._committed(head)
@@ -306,33 +332,37 @@ class NamespaceWorker(threading.Thread):
                     return None
                 failures = 0
                 self._committed(pending)
-                pending = []
+                pending, keys = [], set()
             return "stopped"
         finally:
             source.close()
 
-    async def _open_personal(self, items: list[Item]) -> list[Item]:
-        """``items`` with their personal fields opened (or the forgotten marker). An
-        event whose envelope is malformed becomes a ReplayError: the projection stops
-        (failed) exactly there, and the stored event stays as it is."""
+    async def _open_personal(self, items: list[Item]) -> tuple[list[Item], set[tuple[str, str]]]:
+        """``items`` with their personal fields opened (or the forgotten marker), and
+        the (subject, key id) pairs whose keys opened values. An event whose envelope
+        is malformed becomes a ReplayError: the projection stops (failed) exactly
+        there, and the stored event stays as it is."""
         assert self.personal is not None
         events = [item for item in items if isinstance(item, Event)]
         try:
-            opened = iter(await privacy.aopen_events(self.personal, events))
-            return [next(opened) if isinstance(item, Event) else item for item in items]
+            found, keys = await privacy.aopen_events_with_keys(self.personal, events)
+            opened = iter(found)
+            return [next(opened) if isinstance(item, Event) else item for item in items], keys
         except privacy.EnvelopeError:
             pass
         out: list[Item] = []
+        keys = set()
         for item in items:
             if isinstance(item, Event):
                 try:
-                    (item,) = await privacy.aopen_events(self.personal, [item])
+                    (item,), used = await privacy.aopen_events_with_keys(self.personal, [item])
+                    keys |= used
                 except privacy.EnvelopeError as exc:
                     item = ReplayError(
                         sequence_of(item), encode_event(item), str(exc), item.actor_id
                     )
             out.append(item)
-        return out
+        return out, keys
 
     async def _sleep(self, seconds: float) -> bool:
         """Sleep, or return True early when the worker is told to stop."""
@@ -361,12 +391,15 @@ class NamespaceWorker(threading.Thread):
             .first()
         )
 
-    def _apply(self, events: Sequence[Item], previous: int) -> None:
+    def _apply(
+        self, events: Sequence[Item], previous: int, keys: set[tuple[str, str]] | None = None
+    ) -> None:
         """Apply ``events`` and move the checkpoint from ``previous`` to the last of
-        them, in one transaction; raises _Moved or _HandlerFailed after rolling back
-        (a stored message that does not decode fails like a handler)."""
+        them, in one transaction; raises _Moved (_Forgotten when one of ``keys``, those
+        that opened the events' values, was forgotten meanwhile) or _HandlerFailed after
+        rolling back (a stored message that does not decode fails like a handler)."""
         if not (tracing.enabled and tracing.recording()):
-            self._apply_batch(events, previous)
+            self._apply_batch(events, previous, keys)
             return
         # One span per batch: a child of the first traced event's save, linked to the
         # save of every event in it (a batch gathers events of many traces).
@@ -386,12 +419,33 @@ class NamespaceWorker(threading.Thread):
                 "aether.sequence.last": sequence_of(events[-1]),
             },
         ):
-            self._apply_batch(events, previous)
+            self._apply_batch(events, previous, keys)
 
-    def _apply_batch(self, events: Sequence[Item], previous: int) -> None:
+    def _apply_batch(
+        self, events: Sequence[Item], previous: int, keys: set[tuple[str, str]] | None = None
+    ) -> None:
+        meta = self.projection._meta
+        started = time.perf_counter()
+        try:
+            self._apply_in_transaction(events, previous, keys)
+        except _Forgotten as forgotten:
+            # This process's cache still held those keys (forgotten in another process,
+            # or while the batch was opened): drop them, so the batch read again gets
+            # the bucket's answer, the marker.
+            ring = get_key_ring()
+            for subject in forgotten.subjects:
+                ring.drop(subject)
+            raise
+        # Committed: only batches that took effect are timed.
+        metrics.PROJECTION_BATCH_SECONDS.observe(
+            time.perf_counter() - started, projection=meta.name
+        )
+
+    def _apply_in_transaction(
+        self, events: Sequence[Item], previous: int, keys: set[tuple[str, str]] | None
+    ) -> None:
         meta = self.projection._meta
         last = sequence_of(events[-1])
-        started = time.perf_counter()
         with transaction.atomic(using=meta.database):
             # The compare-and-set comes first: it takes the checkpoint row's lock (on
             # SQLite the database's write lock) before any handler runs, so a racing
@@ -432,10 +486,23 @@ class NamespaceWorker(threading.Thread):
                         projection=meta.name, namespace=self.namespace
                     )
                     raise _HandlerFailed(index, sequence, exc) from exc
-        # Committed: only batches that took effect are timed.
-        metrics.PROJECTION_BATCH_SECONDS.observe(
-            time.perf_counter() - started, projection=meta.name
+            if keys and self.forgets:
+                # Last, under the checkpoint's lock: forget() takes it before it deletes
+                # rows and writes the tombstone, so either this batch committed before
+                # that delete (which then takes its rows too), or its tombstone is here.
+                forgotten = self._forgotten(keys)
+                if forgotten:
+                    raise _Forgotten(forgotten)
+
+    def _forgotten(self, keys: set[tuple[str, str]]) -> set[str]:
+        """The subjects of ``keys`` whose key has a tombstone: one query."""
+        by_hash: dict[str, str] = {subject_hash(subject): subject for subject, _ in keys}
+        found = (
+            ForgottenKey.objects.using(self.projection._meta.database)
+            .filter(subject_sha256__in=list(by_hash))
+            .values_list("subject_sha256", "kid")
         )
+        return {by_hash[digest] for digest, kid in found if (by_hash[digest], kid) in keys}
 
     def _fail(self, failed: _HandlerFailed) -> bool:
         """Mark the checkpoint failed at the failing event; False if it had moved."""

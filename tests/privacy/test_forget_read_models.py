@@ -16,6 +16,7 @@ from django.db import connections
 from aether_django import privacy
 from aether_django.aggregates import Aggregate
 from aether_django.events import Event
+from aether_django.models import ForgottenKey
 from aether_django.projections import ForgetContext, Projection, ProjectionContext, on
 from aether_django.projections.runner import catch_up
 from tests.projections.app.models import Applied, MemberCard, MemberNote
@@ -140,14 +141,18 @@ def test_a_failing_hook_rolls_its_database_back_and_a_second_forget_finishes(
 
     with pytest.raises(privacy.ForgetIncompleteError, match="run forget again"):
         privacy.forget("p-again")
-    # The key is gone already; the database's step was rolled back as a whole.
+    # The key is gone already; the database's step was rolled back as a whole, but
+    # for the erased key's tombstone: forget() run again finds no key to name.
     assert Member.objects.get("m-1").name == privacy.FORGOTTEN
     assert MemberCard.objects.using(db_alias).filter(person="p-again").count() == 1
+    tombstones = ForgottenKey.objects.using(db_alias).filter(subject_sha256=hashed("p-again"))
+    assert tombstones.count() == 1
 
     call_command("aether_privacy", "forget", "p-again")
     assert not MemberCard.objects.using(db_alias).filter(person="p-again").exists()
     assert not MemberNote.objects.using(db_alias).filter(person_hash=hashed("p-again")).exists()
     assert secret.encode() not in database_bytes(db_alias)
+    assert tombstones.count() == 1
 
 
 @pytest.mark.django_db

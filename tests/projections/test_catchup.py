@@ -232,11 +232,11 @@ def test_a_batch_the_database_refuses_is_read_again_from_the_checkpoint(
     refused: list[int] = []
     original = runner_module.NamespaceWorker._apply
 
-    def refuse_once(self, events, previous):
+    def refuse_once(self, events, previous, *keys):
         if not refused:
             refused.append(previous)
             raise DatabaseError("database table is locked")
-        return original(self, events, previous)
+        return original(self, events, previous, *keys)
 
     monkeypatch.setattr(runner_module.NamespaceWorker, "_apply", refuse_once)
     runners(Ledger)
