@@ -399,11 +399,7 @@ def open_history(
     """:func:`open_events`, and :func:`subjects_in` of the events after
     ``after_version`` (a snapshot's): what loading an actor needs, in one pass. No
     thread hop while the keys are cached."""
-    aeads: dict[tuple[str, str], AESGCM | None] = {}
-    subjects: dict[str, str] = {}
-    if not model._meta.personal_data:
-        return list(events), subjects
-    opened, missing = _open_pass(model, events, aeads, subjects, after_version)
+    opened, subjects, aeads, missing = _open_cached(model, events, after_version)
     if missing:
         get_runtime().run(_fetch(missing, aeads))
         opened, _ = _open_pass(model, events, aeads, subjects, after_version)
@@ -414,14 +410,7 @@ async def aopen_history(
     model: type[Aggregate], events: Sequence[Event], *, after_version: int = 0
 ) -> tuple[list[Event], dict[str, str]]:
     """Async twin of :func:`open_history`."""
-    aeads: dict[tuple[str, str], AESGCM | None] = {}
-    subjects: dict[str, str] = {}
-    if not model._meta.personal_data:
-        return list(events), subjects
-    opened, missing = _open_pass(model, events, aeads, subjects, after_version)
-    if missing:
-        await _fetch(missing, aeads)
-        opened, _ = _open_pass(model, events, aeads, subjects, after_version)
+    opened, subjects, _ = await _aopen(model, events, after_version)
     return opened, subjects
 
 
@@ -441,23 +430,40 @@ async def aopen_events_with_keys(
     model: type[Aggregate], events: Sequence[Event]
 ) -> tuple[list[Event], set[tuple[str, str]]]:
     """Async twin of :func:`open_events_with_keys`."""
-    if not model._meta.personal_data:
-        return list(events), set()
-    aeads: dict[tuple[str, str], AESGCM | None] = {}
-    subjects: dict[str, str] = {}
-    opened, missing = _open_pass(model, events, aeads, subjects, 0)
-    if missing:
-        await _fetch(missing, aeads)
-        opened, _ = _open_pass(model, events, aeads, subjects, 0)
+    opened, _, aeads = await _aopen(model, events, 0)
     # Read off the keys the pass used, rather than noted in its inner loop (which
     # every load runs): each pair in ``aeads`` comes from an envelope of ``events``,
     # and one with a key opened every envelope it sealed (or raised EnvelopeError).
     return opened, {pair for pair, aead in aeads.items() if aead is not None}
 
 
-async def _fetch(
-    wanted: Iterable[tuple[str, str]], aeads: dict[tuple[str, str], AESGCM | None]
-) -> None:
+_Keys = dict[tuple[str, str], AESGCM | None]
+
+
+def _open_cached(
+    model: type[Aggregate], events: Sequence[Event], after_version: int
+) -> tuple[list[Event], dict[str, str], _Keys, set[tuple[str, str]]]:
+    """The first pass of a load: what the cached keys open, the subjects, the keys
+    used, and the (subject, key id) pairs whose keys must be read first."""
+    aeads: _Keys = {}
+    subjects: dict[str, str] = {}
+    if not model._meta.personal_data:
+        return list(events), subjects, aeads, set()
+    opened, missing = _open_pass(model, events, aeads, subjects, after_version)
+    return opened, subjects, aeads, missing
+
+
+async def _aopen(
+    model: type[Aggregate], events: Sequence[Event], after_version: int
+) -> tuple[list[Event], dict[str, str], _Keys]:
+    opened, subjects, aeads, missing = _open_cached(model, events, after_version)
+    if missing:
+        await _fetch(missing, aeads)
+        opened, _ = _open_pass(model, events, aeads, subjects, after_version)
+    return opened, subjects, aeads
+
+
+async def _fetch(wanted: Iterable[tuple[str, str]], aeads: _Keys) -> None:
     ring = get_key_ring()
     for subject, kid in sorted(wanted):
         aeads[(subject, kid)] = await ring.aead_for_read(subject, kid)
