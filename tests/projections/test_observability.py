@@ -4,7 +4,6 @@ lag, a wrong setting). A real nats-server and real runners, read through HTTP.""
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import pytest
@@ -19,7 +18,7 @@ from aether_django.projections import operations
 
 from .app import projections as app_projections
 from .app.projections import ledger
-from .conftest import eventually, save_ticks, unlocked
+from .conftest import eventually, save_ticks
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -29,25 +28,20 @@ pytestmark = [
 
 @pytest.fixture
 def staff() -> Client:
-    """A staff session, made before any runner starts: the in-memory test database
-    fails a write at once ("table is locked") while a runner's thread uses it."""
+    """A staff session."""
     client = Client()
     client.force_login(User.objects.create_user(f"ops-{uuid.uuid4().hex[:6]}", is_staff=True))
     return client
 
 
 def scrape(client: Client) -> str:
-    """The metrics page, with the projections' samples: the in-memory test database
-    refuses a read at once ("table is locked") while a runner writes a checkpoint, and
-    the page then leaves those samples out (and logs why); scrape again then."""
-    deadline = time.monotonic() + 10
-    while True:
-        response = unlocked(lambda: client.get("/aether/metrics/"))
-        assert response.status_code == 200
-        text: str = response.content.decode()
-        if "aether_projection_state{" in text or time.monotonic() > deadline:
-            return text
-        time.sleep(0.02)
+    """The metrics page, which must have read the projections' checkpoints (a page that
+    could not read them leaves their samples out)."""
+    response = client.get("/aether/metrics/")
+    assert response.status_code == 200
+    text: str = response.content.decode()
+    assert "aether_projection_state{" in text, text
+    return text
 
 
 def value(text: str, key: str) -> float | None:
@@ -99,7 +93,7 @@ def test_metrics_show_events_applied_batches_lag_and_state(unique, runners, staf
     assert "# TYPE aether_projection_batch_seconds histogram" in text
 
     # Live events count on, and a paused projection's lag grows and shows its state.
-    unlocked(lambda: operations.pause(Ledger))
+    operations.pause(Ledger)
     save_ticks(namespace, 3, first_version=11)
     eventually(lambda: state(name, namespace) == "paused", what="the pause")
     text = scrape(staff)
@@ -139,7 +133,7 @@ def required(*names: str, max_lag: int | None = None):
 
 
 def readyz() -> tuple[int, dict]:
-    response = unlocked(lambda: Client().get("/aether/readyz/"))  # as scrape() does
+    response = Client().get("/aether/readyz/")
     return response.status_code, response.json()
 
 
