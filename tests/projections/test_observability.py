@@ -4,12 +4,15 @@ lag, a wrong setting). A real nats-server and real runners, read through HTTP.""
 
 from __future__ import annotations
 
+import logging
 import uuid
+from collections.abc import Iterator
 
 import pytest
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.management import call_command
+from django.db import connections
 from django.test import Client, override_settings
 
 from aether_django.checks import check_projections
@@ -122,6 +125,38 @@ def test_metrics_after_a_poison_event(unique, runners, staff):
     assert value(text, f'aether_projection_state{{{labels},state="running"}}') == 0
 
 
+@pytest.fixture
+def unreadable_database(tmp_path) -> Iterator[str]:
+    """A database alias whose SQLite file cannot be opened (its directory is missing),
+    as a projection's database that is down."""
+    from django.db.backends.sqlite3.base import DatabaseWrapper
+
+    alias = "unreadable"
+    missing = str(tmp_path / "missing" / "db.sqlite3")
+    connections[alias] = DatabaseWrapper(
+        {**connections["default"].settings_dict, "NAME": missing}, alias
+    )
+    try:
+        yield alias
+    finally:
+        connections[alias].close()
+        del connections[alias]
+
+
+def test_metrics_leave_the_projections_out_when_the_checkpoints_cannot_be_read(
+    unique, staff, unreadable_database, caplog
+):
+    ledger(unique("proj-metdown"), unique("metdown"), database=unreadable_database)
+    with caplog.at_level(logging.WARNING, logger="aether_django.views"):
+        response = staff.get("/aether/metrics/")
+    # The page still answers: the families are there, without samples, and the log says why.
+    assert response.status_code == 200
+    text = response.content.decode()
+    assert "# TYPE aether_projection_state gauge" in text
+    assert "aether_projection_state{" not in text and "aether_projection_lag{" not in text
+    assert "could not read the projections' checkpoints for metrics" in caplog.text
+
+
 def required(*names: str, max_lag: int | None = None):
     return override_settings(
         AETHER={
@@ -204,6 +239,14 @@ def test_readyz_is_not_ready_while_a_required_projection_is_paused(unique, runne
     call_command("aether_projections", "resume", name, stdout=None)
     with required(name):
         assert readyz()[0] == 200
+
+
+def test_readyz_is_not_ready_when_the_checkpoints_cannot_be_read(unique, unreadable_database):
+    Ledger = ledger(unique("proj-rdown"), unique("rdown"), database=unreadable_database)
+    with required(Ledger._meta.name):
+        status, body = readyz()
+    assert status == 503
+    assert body["detail"] == "the projections' checkpoints could not be read (OperationalError)"
 
 
 def test_readyz_can_require_a_most_lag(unique, runners):
