@@ -51,6 +51,9 @@ MIDDLEWARE = [
 ]
 ROOT_URLCONF = "tests.urls"
 DATABASES = {
+    # The tests' own database is a SQLite file in WAL mode with a busy timeout, made
+    # per session by tests/conftest.py (use_sqlite_file). The in-memory NAME here is
+    # what a test's child process gets unless it is handed a file.
     "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"},
     # A real PostgreSQL for the tests that ask for it with
     # @pytest.mark.django_db(databases=["default", "pg"]) and use .using("pg").

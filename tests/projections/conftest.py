@@ -8,10 +8,8 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
 
 import pytest
-from django.db import OperationalError
 
 from aether_django.events import Event
 from aether_django.projections import base
@@ -20,9 +18,7 @@ from aether_django.store import get_event_store
 
 from .app import projections as app_projections
 
-T = TypeVar("T")
-
-#: The databases every guarantee is shown on: the in-memory SQLite "default", and the
+#: The databases every guarantee is shown on: the SQLite file "default", and the
 #: suite's real PostgreSQL "pg" (tests/conftest.py starts it only when a collected test
 #: asks for it, which this mark does).
 ON_BOTH_DATABASES = [
@@ -110,34 +106,12 @@ def continuous_writes(namespace: str, most: int, *, actors: int = 1) -> Iterator
         thread.join()
 
 
-def unlocked(call: Callable[[], T], timeout: float = 10.0) -> T:
-    """``call()``, again while the in-memory test database answers "table is locked".
-
-    Its shared cache fails a statement at once, without waiting, when a runner's
-    thread holds the table (even for the read of its checkpoint's state when idle);
-    an operator's write in a test (pause, resume, skip) waits for it here instead.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return call()
-        except OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)
-
-
 def eventually(check: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
     """Wait until ``check()`` is true."""
     deadline = time.monotonic() + timeout
     while True:
-        try:
-            if check():
-                return
-        except OperationalError:
-            # The test database is in-memory SQLite with a shared cache, whose readers
-            # fail at once ("table is locked") while a runner's transaction writes.
-            pass
+        if check():
+            return
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)

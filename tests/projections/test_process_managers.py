@@ -41,7 +41,7 @@ from aether_django.store import get_event_store
 from .app import process
 from .app.models import Applied
 from .app.process import command_counts, counter, expected_command_ids, relay
-from .conftest import eventually, unlocked
+from .conftest import eventually
 from .test_kill import ROOT, Target, _wait_for_checkpoint, target  # noqa: F401
 
 pytestmark = [
@@ -204,7 +204,7 @@ def test_an_unhandled_domain_error_stops_the_process_manager_at_the_event(unique
     # The events before it issued their commands; nothing after it ran.
     assert command_counts(Counter) == dict.fromkeys(expected_command_ids(name, events[:3]), 1)
     # A recorded skip passes over it (its command is never issued).
-    unlocked(lambda: operations.skip(Relay, source, at(events[3]), reason="refused", by="test"))
+    operations.skip(Relay, source, at(events[3]), reason="refused", by="test")
     assert catch_up(Relay) == {source: "caught-up"}
     assert command_counts(Counter) == dict.fromkeys(
         expected_command_ids(name, events[:3] + events[4:]), 1
@@ -249,7 +249,7 @@ def test_send_refuses_a_method_that_is_not_a_command_and_an_unknown_namespace(un
     assert cp is not None and cp.last_error_sequence == events[0].sequence
     assert "'save' is not a command of Counter_" in cp.last_error
     assert Counter.get_store().get_actor_ids() == []
-    unlocked(lambda: operations.skip(Wrong, source, at(events[0]), reason="bug", by="t"))
+    operations.skip(Wrong, source, at(events[0]), reason="bug", by="t")
     assert catch_up(Wrong) == {source: "failed"}
     cp = state(Wrong._meta.name, source, db_alias)
     assert cp is not None and cp.last_error_sequence == events[1].sequence
