@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import functools
 import os
 import threading
 import warnings
@@ -17,6 +18,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any, TypeVar, get_type_hints
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 
 from . import tracing
@@ -244,8 +246,6 @@ def privacy_master_key() -> bytes:
     The only place that reads it. Raises ImproperlyConfigured, naming what is wrong
     but never the value, when it is missing or not base64 of 32 bytes.
     """
-    from django.core.exceptions import ImproperlyConfigured
-
     text = aether_settings.PRIVACY_MASTER_KEY
     if not text:
         raise ImproperlyConfigured(
@@ -261,9 +261,10 @@ def privacy_old_master_key() -> bytes | None:
     return _key_bytes(text, "PRIVACY_OLD_MASTER_KEY") if text else None
 
 
+@functools.lru_cache(maxsize=8)
 def _key_bytes(text: object, name: str) -> bytes:
-    from django.core.exceptions import ImproperlyConfigured
-
+    # Cached by the setting's text: every save of personal data checks the key, and a
+    # changed setting is another text (a refusal raises, so nothing wrong is cached).
     try:
         key = base64.b64decode(str(text).strip(), validate=True)
     except (binascii.Error, ValueError):

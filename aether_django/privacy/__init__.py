@@ -30,7 +30,9 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from django.core.exceptions import ImproperlyConfigured
 
+from ..conf import privacy_master_key
 from ..errors import AetherError
 from ..events import ActorSnapshot, Event, new_event_id
 from ..runtime import get_runtime
@@ -165,10 +167,6 @@ def _seal_pass(
 
 
 def _ensure_key_configured() -> None:
-    from django.core.exceptions import ImproperlyConfigured
-
-    from ..conf import privacy_master_key
-
     try:
         privacy_master_key()
     except ImproperlyConfigured as exc:
