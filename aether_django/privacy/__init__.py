@@ -84,6 +84,7 @@ __all__ = [
     "seal_events",
     "seal_history",
     "seal_snapshot",
+    "subject_hash",
     "subject_of",
     "subjects_in",
 ]
@@ -625,6 +626,12 @@ def add_forget_step(step: ForgetStep) -> None:
         _forget_steps.append(step)
 
 
+def subject_hash(subject_id: str) -> str:
+    """How the audit events and forget()'s tombstones name a subject: the SHA-256 of
+    its id, hex (what was erased must not be kept, even as an id)."""
+    return hashlib.sha256(subject_id.encode()).hexdigest()
+
+
 def _checked(subject_id: object) -> str:
     if not isinstance(subject_id, str) or not subject_id:
         raise ValueError(f"a data subject id is a non-empty string, not {subject_id!r}")
@@ -681,7 +688,7 @@ async def _audit(subject_id: str, kid: str | None, deleted: Mapping[str, int]) -
         id=audit_id,
         # The id's hash, not the id: the audit trail must not keep what was erased.
         data={
-            "subject_sha256": hashlib.sha256(subject_id.encode()).hexdigest(),
+            "subject_sha256": subject_hash(subject_id),
             "kid": kid,
             "rows_deleted": dict(sorted(deleted.items())),
         },

@@ -19,21 +19,15 @@ loses them), and one that comes after finds the tombstone and rolls back
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from collections import defaultdict
 
 from django.db import DatabaseError, connections, transaction
 
 from ..models import ForgottenKey, ProjectionCheckpoint
-from ..privacy import ForgetIncompleteError
+from ..privacy import ForgetIncompleteError, subject_hash
 from .base import ForgetContext, Projection, all_projections
 
-__all__ = ["forget_read_models", "subject_hash"]
-
-
-def subject_hash(subject_id: str) -> str:
-    """How a tombstone (and the audit event) names a subject: its id's SHA-256, hex."""
-    return hashlib.sha256(subject_id.encode()).hexdigest()
+__all__ = ["forget_read_models"]
 
 
 def _concerned() -> dict[str, list[type[Projection]]]:

@@ -56,7 +56,6 @@ from ..privacy.keys import get_key_ring
 from ..runtime import get_runtime
 from ..store import get_event_store, get_existing_event_store, list_namespaces
 from .base import Projection, ProjectionContext
-from .forgetting import subject_hash
 from .sources import IDLE_WAIT, BatchSource, BusBatches, Item, StoreBatches, sequence_of
 
 __all__ = ["NamespaceWorker", "ProjectionRunner", "stream_head"]
@@ -496,7 +495,7 @@ class NamespaceWorker(threading.Thread):
 
     def _forgotten(self, keys: set[tuple[str, str]]) -> set[str]:
         """The subjects of ``keys`` whose key has a tombstone: one query."""
-        by_hash: dict[str, str] = {subject_hash(subject): subject for subject, _ in keys}
+        by_hash: dict[str, str] = {privacy.subject_hash(subject): subject for subject, _ in keys}
         found = (
             ForgottenKey.objects.using(self.projection._meta.database)
             .filter(subject_sha256__in=list(by_hash))

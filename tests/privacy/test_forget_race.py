@@ -25,9 +25,9 @@ from django.db import connections
 from aether_django import privacy
 from aether_django.events import Event
 from aether_django.models import ForgottenKey, ProjectionCheckpoint
+from aether_django.privacy import subject_hash
 from aether_django.privacy.keys import bucket_key, get_key_ring
 from aether_django.projections import Projection, ProjectionContext, on
-from aether_django.projections.forgetting import subject_hash
 from aether_django.projections.runner import NamespaceWorker, catch_up
 from aether_django.runtime import get_runtime
 from tests.projections.app.models import MemberCard
