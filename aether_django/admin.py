@@ -68,7 +68,7 @@ from .models import (
     StreamInspection,
 )
 from .names import validate_actor_id, validate_namespace
-from .permissions import FORGET_SUBJECT_PERMISSION
+from .permissions import may_forget_subjects
 from .projections import Projection, all_projections, get_projection, operations, placement
 from .projections.runner import covered_namespaces
 from .store import EventStore, get_existing_event_store
@@ -459,7 +459,7 @@ class DataSubjectAdmin(_InspectionAdmin):
 
     def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         user = request.user
-        return bool(user.is_active and user.is_staff and user.has_perm(FORGET_SUBJECT_PERMISSION))
+        return bool(user.is_active and user.is_staff and may_forget_subjects(user))
 
     def get_urls(self) -> list[URLPattern]:
         return [

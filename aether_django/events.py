@@ -79,12 +79,28 @@ class ActorSnapshot:
 _EVENT_FIELDS = Event.__slots__
 
 
-def with_sequence(event: Event, sequence: int) -> Event:
-    """A copy of ``event`` carrying its stream ``sequence`` (cheaper than dataclasses.replace)."""
+def _copy(event: Event) -> Event:
+    # Slot by slot: cheaper than dataclasses.replace, which looks the fields up on every
+    # call, and than the constructor; the copies below run once per saved or opened event.
     copy = object.__new__(Event)
     for name in _EVENT_FIELDS:
         object.__setattr__(copy, name, getattr(event, name))
+    return copy
+
+
+def with_sequence(event: Event, sequence: int) -> Event:
+    """A copy of ``event`` carrying its stream ``sequence``."""
+    copy = _copy(event)
     object.__setattr__(copy, "sequence", sequence)
+    return copy
+
+
+def with_data(event: Event, data: Mapping[str, Any], metadata: Mapping[str, str]) -> Event:
+    """A copy of ``event`` with other ``data`` and ``metadata`` (its personal fields
+    sealed or opened, aether_django.privacy)."""
+    copy = _copy(event)
+    object.__setattr__(copy, "data", data)
+    object.__setattr__(copy, "metadata", metadata)
     return copy
 
 

@@ -82,5 +82,10 @@ class CanForgetSubjects(BasePermission):
     message = "forgetting a data subject takes the permission aether_django.forget_subject"
 
     def has_permission(self, request: Any, view: Any) -> bool:
-        user = request.user
-        return bool(user and user.is_authenticated and user.has_perm(FORGET_SUBJECT_PERMISSION))
+        return may_forget_subjects(request.user)
+
+
+def may_forget_subjects(user: Any) -> bool:
+    """Whether ``user`` holds ``aether_django.forget_subject`` (the API and the admin
+    page ask the same; the admin asks for staff too)."""
+    return bool(user and user.is_authenticated and user.has_perm(FORGET_SUBJECT_PERMISSION))

@@ -34,7 +34,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from ..conf import privacy_master_key
 from ..errors import AetherError
-from ..events import ActorSnapshot, Event, new_event_id
+from ..events import ActorSnapshot, Event, new_event_id, with_data
 from ..runtime import get_runtime
 from .envelope import (
     ENVELOPE_MARKER,
@@ -77,7 +77,6 @@ __all__ = [
     "aseal_snapshot",
     "forget",
     "open_events",
-    "open_events_with_keys",
     "open_history",
     "open_snapshot",
     "rotate_master_key",
@@ -86,7 +85,6 @@ __all__ = [
     "seal_snapshot",
     "subject_hash",
     "subject_of",
-    "subjects_in",
 ]
 
 #: What a forgotten personal field reads as after its subject was forgotten.
@@ -163,7 +161,7 @@ def _seal_pass(
                 data[name] = seal_checked(
                     aead, subject=subject, kid=kid, event_id=event.id, field=name, value=data[name]
                 )
-        out.append(_with_data(event, data, event.metadata))
+        out.append(with_data(event, data, event.metadata))
     return out, missing
 
 
@@ -194,8 +192,9 @@ async def aseal_events(model: type[Aggregate], events: Sequence[Event]) -> list[
 def seal_history(
     model: type[Aggregate], events: Sequence[Event]
 ) -> tuple[list[Event], dict[str, str]]:
-    """:func:`seal_events`, and :func:`subjects_in` of the sealed events: what saving
-    an actor needs. No thread hop while the subjects' keys are cached."""
+    """:func:`seal_events`, and the data subjects sealed for, each with the key id of
+    its latest envelope: what saving an actor needs (its snapshots are sealed under
+    them). No thread hop while the subjects' keys are cached."""
     sealed, subjects, missing, aeads = _seal_cached(model, events)
     if missing:
         get_runtime().run(_fetch_for_write(missing, aeads))
@@ -233,8 +232,7 @@ def _seal_cached(
 async def _fetch_for_write(subjects: Iterable[str], aeads: dict[str, tuple[str, AESGCM]]) -> None:
     ring = get_key_ring()
     for subject in sorted(subjects):
-        kid, key = await ring.key_for_write(subject)
-        aeads[subject] = (kid, AESGCM(key))
+        aeads[subject] = await ring.aead_for_write(subject)
 
 
 def _open_pass(
@@ -248,7 +246,8 @@ def _open_pass(
     to ``aeads``), and the (subject, key id) pairs neither had: when there are any,
     the events are not all opened, and another pass with those keys in ``aeads`` opens
     them. Every envelope is checked either way (EnvelopeError, located). ``subjects``
-    gets what :func:`subjects_in` gives for the events after ``after_version``.
+    gets the data subjects whose envelopes the events after ``after_version`` hold, each
+    with the key id of its latest envelope.
 
     A load opens every personal field of a history, so this is its inner loop: one pass,
     no await while the keys are cached, and open_checked's work inlined (its checks are
@@ -327,9 +326,9 @@ def _open_pass(
             out.append(event)
         elif forgotten:
             metadata = {**event.metadata, FORGOTTEN_KEY: ",".join(forgotten)}
-            out.append(_with_data(event, opened, metadata))
+            out.append(with_data(event, opened, metadata))
         else:
-            out.append(_with_data(event, opened, event.metadata))
+            out.append(with_data(event, opened, event.metadata))
     return out, missing
 
 
@@ -351,24 +350,6 @@ def _opened_slowly(event: Event, name: str, aead: AESGCM, envelope: Mapping[str,
         return open_checked(aead, envelope, event_id=event.id, field=name)
     except EnvelopeError as exc:
         raise _located(event, name, exc) from None
-
-
-def _with_data(event: Event, data: Mapping[str, Any], metadata: Mapping[str, str]) -> Event:
-    """``dataclasses.replace(event, data=..., metadata=...)`` spelled out: replace()
-    looks the fields up on every call, a quarter of the cost of opening a loaded event.
-    tests/privacy/test_envelope_values.py checks that every field of Event is here."""
-    return Event(
-        event_type=event.event_type,
-        actor_id=event.actor_id,
-        version=event.version,
-        data=data,
-        id=event.id,
-        command_id=event.command_id,
-        metadata=metadata,
-        timestamp=event.timestamp,
-        sequence=event.sequence,
-        trace_context=event.trace_context,
-    )
 
 
 def _located(event: Event, name: str, exc: EnvelopeError) -> EnvelopeError:
@@ -395,9 +376,9 @@ async def aopen_events(model: type[Aggregate], events: Sequence[Event]) -> list[
 def open_history(
     model: type[Aggregate], events: Sequence[Event], *, after_version: int = 0
 ) -> tuple[list[Event], dict[str, str]]:
-    """:func:`open_events`, and :func:`subjects_in` of the events after
-    ``after_version`` (a snapshot's): what loading an actor needs, in one pass. No
-    thread hop while the keys are cached."""
+    """:func:`open_events`, and the data subjects of the events after
+    ``after_version`` (a snapshot's), each with its latest key id: what loading an
+    actor needs, in one pass. No thread hop while the keys are cached."""
     opened, subjects, aeads, missing = _open_cached(model, events, after_version)
     if missing:
         get_runtime().run(_fetch(missing, aeads))
@@ -413,22 +394,15 @@ async def aopen_history(
     return opened, subjects
 
 
-def open_events_with_keys(
+async def aopen_events_with_keys(
     model: type[Aggregate], events: Sequence[Event]
 ) -> tuple[list[Event], set[tuple[str, str]]]:
-    """:func:`open_events`, and the (subject, key id) pairs whose key opened a value
+    """:func:`aopen_events`, and the (subject, key id) pairs whose key opened a value
     (a field read as :data:`FORGOTTEN` names no pair).
 
     For whoever copies opened values elsewhere and must make sure the key was not
     forgotten meanwhile (the projection runner, against forget()'s tombstones).
     """
-    return get_runtime().run(aopen_events_with_keys(model, events))
-
-
-async def aopen_events_with_keys(
-    model: type[Aggregate], events: Sequence[Event]
-) -> tuple[list[Event], set[tuple[str, str]]]:
-    """Async twin of :func:`open_events_with_keys`."""
     opened, _, aeads = await _aopen(model, events, 0)
     # Read off the keys the pass used, rather than noted in its inner loop (which
     # every load runs): each pair in ``aeads`` comes from an envelope of ``events``,
@@ -475,23 +449,6 @@ async def _fetch(wanted: Iterable[tuple[str, str]], aeads: _Keys) -> None:
 # is sealed once per subject, one envelope inside the other (the innermost with the
 # first subject): opening it takes every one of those keys, so forgetting any of them
 # makes the snapshot unreadable, and loading then replays the events instead.
-
-
-def subjects_in(model: type[Aggregate], events: Iterable[Event]) -> dict[str, str]:
-    """The data subjects whose envelopes ``events`` (as stored: sealed, oldest first)
-    hold, each with the key id of its latest envelope."""
-    found: dict[str, str] = {}
-    declared = model._meta.personal_data
-    for event in events:
-        for name in declared.get(event.event_type) or ():
-            envelope = event.data.get(name)
-            if is_envelope(envelope):
-                try:
-                    subject, kid = envelope_subject(envelope)
-                except EnvelopeError as exc:
-                    raise _located(event, name, exc) from None
-                found[subject] = kid
-    return found
 
 
 def _snapshot_aad(model: type[Aggregate], snapshot: ActorSnapshot) -> str:

@@ -202,10 +202,16 @@ class KeyRing:
         return found[1] if found[0] == kid else None
 
     def cached_for_write(self, subject: str) -> tuple[str, AESGCM] | None:
-        """The cached (key id, AESGCM) :meth:`key_for_write` would give, or None when
+        """The cached (key id, AESGCM) :meth:`aead_for_write` would give, or None when
         ``subject``'s key is not cached."""
         hit = self._entry(subject)
         return None if hit is None else (hit[1], hit[3])
+
+    async def aead_for_write(self, subject: str) -> tuple[str, AESGCM]:
+        """:meth:`key_for_write`'s key id and key, as an AESGCM (the cached one when the
+        key is cached: making one costs more than sealing a field)."""
+        kid, key = await self.key_for_write(subject)
+        return kid, self.cached_aead(subject, kid) or AESGCM(key)
 
     def cached_aead(self, subject: str, kid: str) -> AESGCM | None:
         """The cached key ``kid`` of ``subject`` as an AESGCM; None when it is not
@@ -215,11 +221,10 @@ class KeyRing:
 
     async def aead_for_read(self, subject: str, kid: str) -> AESGCM | None:
         """:meth:`key_for_read`'s key as an AESGCM (the cached one when it is cached)."""
-        hit = self._entry(subject)
-        if hit is not None and hit[1] == kid:
-            return hit[3]
         key = await self.key_for_read(subject, kid)
-        return None if key is None else AESGCM(key)
+        if key is None:
+            return None
+        return self.cached_aead(subject, kid) or AESGCM(key)
 
     async def forget(self, subject: str) -> str | None:
         """Purge ``subject``'s key from the bucket (all its history); the key id it had."""

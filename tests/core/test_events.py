@@ -1,6 +1,7 @@
 """The wire codec: Go field names, RFC 3339 timestamps, round trips, and refusal of bad input."""
 
 import contextlib
+import dataclasses
 import json
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -17,6 +18,7 @@ from aether_django.events import (
     encode_event,
     encode_snapshot,
     parse_timestamp,
+    with_data,
 )
 
 JSON = st.recursive(
@@ -180,3 +182,24 @@ def test_an_event_of_another_actor_is_refused():
 def test_decoding_arbitrary_bytes_never_raises_anything_but_replay_error(raw):
     with contextlib.suppress(ReplayError):
         decode_event(raw)
+
+
+def test_with_data_keeps_every_other_field_of_the_event() -> None:
+    event = Event(
+        event_type="T",
+        actor_id="a",
+        version=3,
+        data={"x": 1},
+        id="id-1",
+        command_id="cmd-1",
+        metadata={"m": "1"},
+        timestamp=datetime(2026, 1, 2, tzinfo=UTC),
+        sequence=9,
+        trace_context={"traceparent": "00-1-2-01"},
+    )
+    copied = with_data(event, {"x": 2}, {"m": "2"})
+    for field in dataclasses.fields(Event):
+        expected = {"data": {"x": 2}, "metadata": {"m": "2"}}.get(
+            field.name, getattr(event, field.name)
+        )
+        assert getattr(copied, field.name) == expected, field.name

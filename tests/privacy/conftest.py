@@ -11,14 +11,14 @@ import nats
 import nats.js.errors
 import pytest
 
-from aether_django import aggregates
 from aether_django.aggregates import Aggregate, apply
 from aether_django.events import Event
 from aether_django.names import stream_name
 from aether_django.privacy.keys import reset_key_ring
 
-# Projection tests here use the projection tests' fixtures: the [sqlite|pg] alias and
-# forgetting the projection classes a test declares.
+# The aggregate and projection tests' fixtures: forgetting the aggregate and projection
+# classes a test declares, and the projection tests' [sqlite|pg] alias.
+from tests.aggregates.conftest import scratch_registry  # noqa: F401
 from tests.projections.conftest import db_alias, scratch_projections  # noqa: F401
 
 
@@ -28,15 +28,6 @@ def fresh_key_ring() -> Iterator[None]:
     reset_key_ring()
     yield
     reset_key_ring()
-
-
-@pytest.fixture
-def scratch_registry() -> Iterator[None]:
-    """Forget the aggregate classes a test declares, so the checks of later tests pass."""
-    saved = dict(aggregates._registry)
-    yield
-    aggregates._registry.clear()
-    aggregates._registry.update(saved)
 
 
 def member_aggregate(namespace: str) -> type[Aggregate]:

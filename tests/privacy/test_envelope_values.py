@@ -58,30 +58,3 @@ def test_a_sealed_string_that_is_not_utf8_is_refused() -> None:
     }
     with pytest.raises(EnvelopeError, match="does not hold JSON"):
         decrypt_field(key, envelope, event_id="e1", field="f")
-
-
-def test_an_opened_event_keeps_every_other_field_of_the_event() -> None:
-    import dataclasses
-    from datetime import UTC, datetime
-
-    from aether_django.events import Event
-    from aether_django.privacy import _with_data
-
-    event = Event(
-        event_type="T",
-        actor_id="a",
-        version=3,
-        data={"x": 1},
-        id="id-1",
-        command_id="cmd-1",
-        metadata={"m": "1"},
-        timestamp=datetime(2026, 1, 2, tzinfo=UTC),
-        sequence=9,
-        trace_context={"traceparent": "00-1-2-01"},
-    )
-    copied = _with_data(event, {"x": 2}, {"m": "2"})
-    for field in dataclasses.fields(Event):
-        expected = {"data": {"x": 2}, "metadata": {"m": "2"}}.get(
-            field.name, getattr(event, field.name)
-        )
-        assert getattr(copied, field.name) == expected, field.name
