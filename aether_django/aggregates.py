@@ -924,7 +924,10 @@ class AggregateManager(Generic[A]):
         subjects: dict[str, str] = {}
         if self.model._meta.personal_data:
             events, subjects = privacy.open_history(
-                self.model, events, after_version=snapshot.version if snapshot else 0
+                self.model,
+                events,
+                after_version=snapshot.version if snapshot else 0,
+                in_place=store.fresh_reads,
             )
         return self._build(actor_id, snapshot, events, at_version, subjects)
 
@@ -967,7 +970,10 @@ class AggregateManager(Generic[A]):
         subjects: dict[str, str] = {}
         if self.model._meta.personal_data:
             events, subjects = await privacy.aopen_history(
-                self.model, events, after_version=snapshot.version if snapshot else 0
+                self.model,
+                events,
+                after_version=snapshot.version if snapshot else 0,
+                in_place=store.fresh_reads,
             )
         return self._build(actor_id, snapshot, events, at_version, subjects)
 

@@ -241,94 +241,100 @@ def _open_pass(
     aeads: dict[tuple[str, str], AESGCM | None],
     subjects: dict[str, str],
     after_version: int,
+    in_place: bool,
 ) -> tuple[list[Event], set[tuple[str, str]]]:
     """``events`` opened with the keys in ``aeads`` or this process's key cache (added
     to ``aeads``), and the (subject, key id) pairs neither had: when there are any,
     the events are not all opened, and another pass with those keys in ``aeads`` opens
     them. Every envelope is checked either way (EnvelopeError, located). ``subjects``
     gets the data subjects whose envelopes the events after ``after_version`` hold, each
-    with the key id of its latest envelope.
+    with the key id of its latest envelope. ``in_place``: the events are the caller's
+    alone (decoded for it), so an event whose fields all open gets them in its own
+    ``data`` rather than in a copy of the event.
 
     A load opens every personal field of a history, so this is its inner loop: one pass,
     no await while the keys are cached, and open_checked's work inlined (its checks are
-    the same; a failure goes through it to say what is wrong).
+    the same; a failure goes through it to say what is wrong). Per field, the common
+    case costs little more than the AES-GCM call: a pair already in ``aeads`` was
+    checked when it came in, and in place there is no copy of the event.
     """
     declared = model._meta.personal_data
     ring = get_key_ring()
     out: list[Event] = []
     missing: set[tuple[str, str]] = set()
+    # In place, the opened values go into the events' data only once the pass knows
+    # it opened everything: a pass that misses keys leaves the events as they were.
+    updates: list[tuple[dict[str, Any], dict[str, Any]]] = []
     for event in events:
         fields = declared.get(event.event_type)
         if not fields:
             out.append(event)
             continue
         data = event.data
-        opened: dict[str, Any] | None = None
+        track = event.version > after_version
+        opened: dict[str, Any] = {}
         forgotten: list[str] | None = None
         for name in fields:
             envelope: Any = data.get(name)
-            if type(envelope) is dict:  # as decoded: the checks below, without the calls
-                if ENVELOPE_MARKER not in envelope:
-                    continue
-                subject = envelope.get("subject")
-                kid = envelope.get("kid")
-                if (
-                    len(envelope) == 5
-                    and type(subject) is str
-                    and subject
-                    and type(kid) is str
-                    and kid
-                    and envelope[ENVELOPE_MARKER] == ENVELOPE_VERSION
-                    and "nonce" in envelope
-                    and "ct" in envelope
-                ):
-                    subject_kid = (subject, kid)
-                else:
-                    subject_kid = _checked_envelope(event, name, envelope)
+            pair: tuple[Any, Any]
+            if type(envelope) is dict and len(envelope) == 4:  # the shape as decoded
+                pair = (envelope.get("subject"), envelope.get("kid"))
+                try:
+                    aead = aeads.get(pair, _UNKNOWN)
+                except TypeError:  # a subject or key id that is no string
+                    aead = _UNKNOWN
+                if aead is _UNKNOWN or envelope.get(ENVELOPE_MARKER) != ENVELOPE_VERSION:
+                    if ENVELOPE_MARKER not in envelope:
+                        continue
+                    # First sight of the pair (or not an envelope of ours): the full check.
+                    pair = _checked_envelope(event, name, envelope)
+                    aead = aeads.get(pair, _UNKNOWN)
             elif is_envelope(envelope):
-                subject_kid = _checked_envelope(event, name, envelope)
+                pair = _checked_envelope(event, name, envelope)
+                aead = aeads.get(pair, _UNKNOWN)
             else:
                 continue
-            if event.version > after_version:
-                subjects[subject_kid[0]] = subject_kid[1]
-            aead = aeads.get(subject_kid, _UNKNOWN)
+            if track:
+                subjects[pair[0]] = pair[1]
             if aead is _UNKNOWN:
-                aead = ring.cached_aead(*subject_kid)
+                aead = ring.cached_aead(*pair)
                 if aead is None:
-                    missing.add(subject_kid)
+                    missing.add(pair)
                     continue
-                aeads[subject_kid] = aead
+                aeads[pair] = aead
             if missing:
                 continue  # another pass opens them all
-            if opened is None:
-                opened = dict(data)
             if aead is None:
                 opened[name] = FORGOTTEN
                 forgotten = [*(forgotten or ()), name]
                 continue
             try:
-                nonce = a2b_base64(envelope["nonce"], strict_mode=True)
-                if len(nonce) != NONCE_BYTES:
-                    raise ValueError
+                sealed = a2b_base64(envelope["ct"], strict_mode=True)
+                # AESGCM refuses a nonce under 8 bytes, and a ciphertext without its tag
+                # does not authenticate: a short 'ct' fails here and is told below.
                 plain = aead.decrypt(
-                    nonce,
-                    a2b_base64(envelope["ct"], strict_mode=True),
-                    f"{event.id}\x00{name}".encode(),
+                    sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], f"{event.id}\x00{name}".encode()
                 )
-                text = plain.decode()
-                if text[:1] == '"' == text[-1] and text.count('"') == 2 and "\\" not in text:
-                    opened[name] = text[1:-1]  # what decoded() gives, without its call
+                if plain[0] == 34 == plain[-1] and plain.count(34) == 2 and 92 not in plain:
+                    # A string without escapes ('"', '\\'): what decoded() gives.
+                    opened[name] = plain[1:-1].decode()
                 else:
                     opened[name] = decoded(plain, name)
-            except (BinasciiError, TypeError, ValueError, InvalidTag):
+            except (BinasciiError, TypeError, ValueError, IndexError, KeyError, InvalidTag):
                 opened[name] = _opened_slowly(event, name, aead, envelope)
-        if opened is None:
+        if not opened:
             out.append(event)
         elif forgotten:
             metadata = {**event.metadata, FORGOTTEN_KEY: ",".join(forgotten)}
-            out.append(with_data(event, opened, metadata))
+            out.append(with_data(event, {**data, **opened}, metadata))
+        elif in_place and type(data) is dict:
+            updates.append((data, opened))
+            out.append(event)
         else:
-            out.append(with_data(event, opened, event.metadata))
+            out.append(with_data(event, {**data, **opened}, event.metadata))
+    if not missing:
+        for data, opened in updates:
+            data.update(opened)
     return out, missing
 
 
@@ -344,9 +350,10 @@ _UNKNOWN: Any = object()
 
 
 def _opened_slowly(event: Event, name: str, aead: AESGCM, envelope: Mapping[str, Any]) -> Any:
-    """What open_checked says of an envelope the inlined opening refused: its value,
-    or the EnvelopeError that says why not, located."""
+    """What envelope_subject and open_checked say of an envelope the inlined opening
+    refused: its value, or the EnvelopeError that says why not, located."""
     try:
+        envelope_subject(envelope)  # the pass checks an envelope's keys on first sight only
         return open_checked(aead, envelope, event_id=event.id, field=name)
     except EnvelopeError as exc:
         raise _located(event, name, exc) from None
@@ -374,23 +381,36 @@ async def aopen_events(model: type[Aggregate], events: Sequence[Event]) -> list[
 
 
 def open_history(
-    model: type[Aggregate], events: Sequence[Event], *, after_version: int = 0
+    model: type[Aggregate],
+    events: Sequence[Event],
+    *,
+    after_version: int = 0,
+    in_place: bool = False,
 ) -> tuple[list[Event], dict[str, str]]:
     """:func:`open_events`, and the data subjects of the events after
     ``after_version`` (a snapshot's), each with its latest key id: what loading an
-    actor needs, in one pass. No thread hop while the keys are cached."""
-    opened, subjects, aeads, missing = _open_cached(model, events, after_version)
+    actor needs, in one pass. No thread hop while the keys are cached.
+
+    ``in_place=True`` when nothing else holds ``events`` (they were decoded for this
+    call: :attr:`EventStore.fresh_reads <aether_django.store.base.EventStore.fresh_reads>`):
+    the opened values go into the events' own data, with no copy of each event.
+    """
+    opened, subjects, aeads, missing = _open_cached(model, events, after_version, in_place)
     if missing:
         get_runtime().run(_fetch(missing, aeads))
-        opened, _ = _open_pass(model, events, aeads, subjects, after_version)
+        opened, _ = _open_pass(model, events, aeads, subjects, after_version, in_place)
     return opened, subjects
 
 
 async def aopen_history(
-    model: type[Aggregate], events: Sequence[Event], *, after_version: int = 0
+    model: type[Aggregate],
+    events: Sequence[Event],
+    *,
+    after_version: int = 0,
+    in_place: bool = False,
 ) -> tuple[list[Event], dict[str, str]]:
     """Async twin of :func:`open_history`."""
-    opened, subjects, _ = await _aopen(model, events, after_version)
+    opened, subjects, _ = await _aopen(model, events, after_version, in_place)
     return opened, subjects
 
 
@@ -403,7 +423,7 @@ async def aopen_events_with_keys(
     For whoever copies opened values elsewhere and must make sure the key was not
     forgotten meanwhile (the projection runner, against forget()'s tombstones).
     """
-    opened, _, aeads = await _aopen(model, events, 0)
+    opened, _, aeads = await _aopen(model, events, 0, False)
     # Read off the keys the pass used, rather than noted in its inner loop (which
     # every load runs): each pair in ``aeads`` comes from an envelope of ``events``,
     # and one with a key opened every envelope it sealed (or raised EnvelopeError).
@@ -414,7 +434,7 @@ _Keys = dict[tuple[str, str], AESGCM | None]
 
 
 def _open_cached(
-    model: type[Aggregate], events: Sequence[Event], after_version: int
+    model: type[Aggregate], events: Sequence[Event], after_version: int, in_place: bool
 ) -> tuple[list[Event], dict[str, str], _Keys, set[tuple[str, str]]]:
     """The first pass of a load: what the cached keys open, the subjects, the keys
     used, and the (subject, key id) pairs whose keys must be read first."""
@@ -422,17 +442,17 @@ def _open_cached(
     subjects: dict[str, str] = {}
     if not model._meta.personal_data:
         return list(events), subjects, aeads, set()
-    opened, missing = _open_pass(model, events, aeads, subjects, after_version)
+    opened, missing = _open_pass(model, events, aeads, subjects, after_version, in_place)
     return opened, subjects, aeads, missing
 
 
 async def _aopen(
-    model: type[Aggregate], events: Sequence[Event], after_version: int
+    model: type[Aggregate], events: Sequence[Event], after_version: int, in_place: bool
 ) -> tuple[list[Event], dict[str, str], _Keys]:
-    opened, subjects, aeads, missing = _open_cached(model, events, after_version)
+    opened, subjects, aeads, missing = _open_cached(model, events, after_version, in_place)
     if missing:
         await _fetch(missing, aeads)
-        opened, _ = _open_pass(model, events, aeads, subjects, after_version)
+        opened, _ = _open_pass(model, events, aeads, subjects, after_version, in_place)
     return opened, subjects, aeads
 
 

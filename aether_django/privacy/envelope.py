@@ -5,7 +5,7 @@ program (or a test) can read and write the format with nothing else. The shape o
 an encrypted field's value in the event JSON (docs/privacy.md#the-envelope)::
 
     {"aether:enc": 1, "subject": "<subject id>", "kid": "<key id>",
-     "nonce": "<base64, 12 bytes>", "ct": "<base64 ciphertext + 16-byte tag>"}
+     "ct": "<base64 of the 12-byte nonce, the ciphertext and the 16-byte tag>"}
 
 The plaintext is the field's value as compact JSON (so any JSON value can be
 personal). The associated data is ``"{event id}\\x00{field name}"``: a ciphertext
@@ -29,6 +29,7 @@ __all__ = [
     "ENVELOPE_MARKER",
     "ENVELOPE_VERSION",
     "NONCE_BYTES",
+    "TAG_BYTES",
     "EnvelopeError",
     "KeyUnwrapError",
     "decoded",
@@ -47,8 +48,9 @@ __all__ = [
 #: The key that marks a field's value as an envelope, and its format version.
 ENVELOPE_MARKER = "aether:enc"
 ENVELOPE_VERSION = 1
-_ENVELOPE_KEYS = frozenset({ENVELOPE_MARKER, "subject", "kid", "nonce", "ct"})
+_ENVELOPE_KEYS = frozenset({ENVELOPE_MARKER, "subject", "kid", "ct"})
 NONCE_BYTES = 12
+TAG_BYTES = 16
 
 
 class EnvelopeError(ValueError):
@@ -116,14 +118,10 @@ def seal_checked(
         plain = encode_basestring(value).encode()
     else:
         plain = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
-    ct = aead.encrypt(nonce, plain, _aad(event_id, field))
-    return {
-        ENVELOPE_MARKER: ENVELOPE_VERSION,
-        "subject": subject,
-        "kid": kid,
-        "nonce": _b64(nonce),
-        "ct": _b64(ct),
-    }
+    # The nonce goes in front of the ciphertext, as most AEAD formats store it: one
+    # base64 string to write and to read.
+    sealed = nonce + aead.encrypt(nonce, plain, _aad(event_id, field))
+    return {ENVELOPE_MARKER: ENVELOPE_VERSION, "subject": subject, "kid": kid, "ct": _b64(sealed)}
 
 
 def envelope_subject(envelope: object) -> tuple[str, str]:
@@ -155,12 +153,14 @@ def decrypt_field(key: bytes, envelope: object, *, event_id: str, field: str) ->
 def open_checked(aead: AESGCM, envelope: Mapping[str, Any], *, event_id: str, field: str) -> Any:
     """:func:`decrypt_field` for an envelope :func:`envelope_subject` has checked
     already, with the key's AESGCM made once: a load opens many fields with one key."""
-    nonce = _unb64(envelope["nonce"], "nonce")
-    ct = _unb64(envelope["ct"], "ct")
-    if len(nonce) != NONCE_BYTES:
-        raise EnvelopeError(f"envelope 'nonce' must be {NONCE_BYTES} bytes, not {len(nonce)}")
+    sealed = _unb64(envelope["ct"], "ct")
+    if len(sealed) < NONCE_BYTES + TAG_BYTES:
+        raise EnvelopeError(
+            f"envelope 'ct' must hold at least {NONCE_BYTES + TAG_BYTES} bytes "
+            f"(nonce and tag), not {len(sealed)}"
+        )
     try:
-        plain = aead.decrypt(nonce, ct, _aad(event_id, field))
+        plain = aead.decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], _aad(event_id, field))
     except InvalidTag:
         raise EnvelopeError(
             f"the envelope of field {field!r} in event {event_id} does not authenticate: "

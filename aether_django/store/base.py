@@ -19,7 +19,7 @@ import bisect
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 from ..aio import Runtime  # re-exported: the protocol's home is aether_django.aio
 from ..errors import InvalidEventError
@@ -104,6 +104,11 @@ class EventStore(abc.ABC):
     """The store API: sync methods and their async twins, for one namespace."""
 
     namespace: str
+    #: Whether every read returns events decoded for that read alone, so that nothing
+    #: else holds them or their data: loading an aggregate then opens its personal
+    #: fields in the events' own data rather than in copies (aether_django.privacy).
+    #: False unless a store guarantees it (the in-memory store hands out what it keeps).
+    fresh_reads: ClassVar[bool] = False
 
     # --- sync ---------------------------------------------------------------
     @abc.abstractmethod

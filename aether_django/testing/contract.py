@@ -103,6 +103,21 @@ class EventStoreContract:
         assert loaded.timestamp == original.timestamp
         assert loaded.sequence == stored.sequence
 
+    def test_fresh_reads_share_nothing(self, store: EventStore) -> None:
+        """A store that claims ``fresh_reads`` hands each read events of its own: what
+        one reader does to their data (a load opening personal fields in place) is
+        not seen by the store's other readers, nor by the save that wrote them."""
+        if not store.fresh_reads:
+            return  # nothing claimed, nothing to attack
+        saved = store.save_event(ev("a-1", 1, name="sealed"))
+        first = store.get_events("a-1")
+        second = store.get_events("a-1")
+        assert first[0] is not second[0] and first[0].data is not second[0].data
+        first[0].data["name"] = "opened"  # type: ignore[index]
+        assert second[0].data["name"] == "sealed" and saved.data["name"] == "sealed"
+        assert store.get_events("a-1")[0].data["name"] == "sealed"
+        assert store.get_events_with_errors("a-1").events[0].data["name"] == "sealed"
+
     def test_version_must_be_strictly_greater(self, store: EventStore) -> None:
         store.save_event(ev("a", 1))
         store.save_event(ev("a", 2))

@@ -88,7 +88,7 @@ def test_a_snapshot_holds_no_personal_value_and_loads_readable(
     # The subjects stay plain (they find the keys); the state is one envelope.
     assert snapshot.state["subjects"] == [subject]
     sealed = snapshot.state["state"]
-    assert set(sealed) == {"aether:enc", "subject", "kid", "nonce", "ct"}
+    assert set(sealed) == {"aether:enc", "subject", "kid", "ct"}
     assert sealed["subject"] == subject
     # Not even the fields that are not personal: the whole state is sealed.
     assert b"leave at the door" not in raw

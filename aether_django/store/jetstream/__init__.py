@@ -51,6 +51,8 @@ class JetStreamEventStore(AsyncFirstEventStore):
     for sync calls (normally ``aether_django.runtime.get_runtime()``).
     """
 
+    fresh_reads = True  # each read decodes the messages it fetched
+
     def __init__(
         self, namespace: str, *, runtime: Runtime, config: StoreConfig | None = None
     ) -> None:
