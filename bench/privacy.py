@@ -14,10 +14,11 @@ the other declares nothing (docs/privacy.md):
 
 1. **save**: sequential ``asave()`` of one new actor with one event each, whose
    subject is one of 50 customers (their data keys made in the warm-up and cached,
-   as in a process that keeps serving the same customers): two fields sealed with
-   AES-256-GCM against the same event stored plain;
+   as in a process that keeps serving the same customers): two fields sealed in one
+   AES-256-GCM envelope against the same event stored plain;
 2. **replay**: ``Model.objects.aget()`` of one actor with 200 events, every one
-   carrying the two personal fields (400 fields opened per load, the key cached),
+   carrying the two personal fields (200 envelopes of 2 fields opened per load, the
+   keys cached),
    against the same history stored plain: the worst case, where every event is
    personal;
 3. **replay of a mixed history**: the same, but one event in five carries the
@@ -25,8 +26,8 @@ the other declares nothing (docs/privacy.md):
    actor whose contact details change now and then among other events.
 
 Figure 2 apart (2a, 2b): the same two histories read from the store without opening
-them, and the sealed one's 400 fields opened once read, without I/O (in the events
-of each read, as a load opens them).
+them, and the sealed one's 200 envelopes opened once read, without I/O (in the
+events of each read, as a load opens them).
 
 The targets (issue 18): save ≥ 0.85x and replay ≥ 0.8x of plain (figure 2; figure 3
 has none, it shows how the cost thins out). Benchmarks report targets, they do not
@@ -207,7 +208,7 @@ async def replays(report: Report, sizes: Sizes, section: str, *, every: int) -> 
 
 async def breakdown(report: Report, sizes: Sizes, sealed: str, plain: str) -> None:
     """Where figure 2's time goes: reading the two histories from the store (no
-    opening), and opening the sealed one's 400 fields once read (no I/O)."""
+    opening), and opening the sealed one's 200 envelopes once read (no I/O)."""
     from aether_django import privacy
 
     progress("2a, 2b. figure 2's read and opening apart")
@@ -250,7 +251,7 @@ async def breakdown(report: Report, sizes: Sizes, sealed: str, plain: str) -> No
     res = await interleaved({"open": opening}, rounds=sizes.rounds, warmup=sizes.warmup)
     report.add(
         "2b",
-        f"open the {2 * HISTORY} personal fields of figure 2's history, once read",
+        f"open the {HISTORY} envelopes (2 fields each) of figure 2's history, once read",
         median(res["open"]),
         "ms",
         higher_is_better=False,

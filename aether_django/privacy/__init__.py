@@ -9,11 +9,12 @@ are (docs/privacy.md)::
             personal_data = {"OrderPlaced": ["customer", "email"]}
             data_subject = "customer_id"  # a field of the event data, or a callable(event)
 
-Saving seals each declared field in an envelope (:mod:`.envelope`) with the subject's
-data key (:mod:`.keys`), so nothing of it leaves the process in plain text; loading
-opens them again. :func:`forget` deletes the subject's key: from then on loads give
-:data:`FORGOTTEN` in place of those fields and name them in the event's metadata
-under :data:`FORGOTTEN_KEY`, and aggregates keep replaying. Snapshots of such an
+Saving takes an event's declared fields out of its data and seals them together in one
+envelope (:mod:`.envelope`) with the subject's data key (:mod:`.keys`), so nothing of
+them leaves the process in plain text; loading puts them back. :func:`forget` deletes
+the subject's key: from then on loads give :data:`FORGOTTEN` in place of those fields
+and name them in the event's metadata under :data:`FORGOTTEN_KEY`, and aggregates
+keep replaying. Snapshots of such an
 aggregate hold their state sealed under every subject of its history
 (:func:`seal_snapshot`); one that no longer opens is ignored and the events replayed.
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 from binascii import Error as BinasciiError
 from binascii import a2b_base64
@@ -33,22 +35,22 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from django.core.exceptions import ImproperlyConfigured
 
 from ..conf import privacy_master_key
-from ..errors import AetherError
+from ..errors import AetherError, InvalidEventError
 from ..events import ActorSnapshot, Event, new_event_id, with_data
 from ..runtime import get_runtime
 from .envelope import (
-    ENVELOPE_MARKER,
     ENVELOPE_VERSION,
     NONCE_BYTES,
+    SEALED_KEY,
     EnvelopeError,
     KeyUnwrapError,
-    decoded,
     decrypt_field,
     encrypt_field,
     envelope_subject,
     is_envelope,
-    open_checked,
-    seal_checked,
+    open_values,
+    seal_values,
+    sealed_subject,
 )
 from .keys import get_key_ring
 
@@ -133,14 +135,25 @@ def _seal_pass(
     """``events`` sealed with the keys in ``aeads`` or this process's key cache (added
     to ``aeads``), and the subjects neither had a key for: when there are any, the
     events are not all sealed, and another pass with their keys in ``aeads`` seals
-    them. ``subjects`` gets each subject sealed for, with its key id."""
+    them. ``subjects`` gets each subject sealed for, with its key id.
+
+    An event's declared fields that its data holds leave the data, sealed together in
+    one envelope under :data:`SEALED_KEY`."""
     declared = model._meta.personal_data
     ring = get_key_ring()
     out: list[Event] = []
     missing: set[str] = set()
     for event in events:
+        data = event.data
+        if SEALED_KEY in data:
+            raise PersonalDataError(
+                f"{model.__name__}: event {event.event_type!r} (version {event.version}) has "
+                f"the key {SEALED_KEY!r} in its data: it is reserved for the sealed personal "
+                "fields of aggregates that declare personal data"
+            )
         fields = declared.get(event.event_type)
-        if not fields or not any(f in event.data for f in fields):
+        present = [name for name in fields if name in data] if fields else None
+        if not present:
             out.append(event)
             continue
         subject = subject_of(model, event)
@@ -155,13 +168,20 @@ def _seal_pass(
             continue  # another pass seals them all
         kid, aead = found
         subjects[subject] = kid
-        data = dict(event.data)
-        for name in fields:
-            if name in data:
-                data[name] = seal_checked(
-                    aead, subject=subject, kid=kid, event_id=event.id, field=name, value=data[name]
-                )
-        out.append(with_data(event, data, event.metadata))
+        sealed = {name: value for name, value in data.items() if name not in present}
+        try:
+            sealed[SEALED_KEY] = seal_values(
+                aead,
+                subject=subject,
+                kid=kid,
+                event_id=event.id,
+                fields=present,
+                values=[data[name] for name in present],
+            )
+        except (TypeError, ValueError, RecursionError) as exc:
+            # What the store says of data it cannot encode, for the part it never sees.
+            raise InvalidEventError(f"personal data is not JSON-serialisable: {exc}") from None
+        out.append(with_data(event, sealed, event.metadata))
     return out, missing
 
 
@@ -249,120 +269,114 @@ def _open_pass(
     them. Every envelope is checked either way (EnvelopeError, located). ``subjects``
     gets the data subjects whose envelopes the events after ``after_version`` hold, each
     with the key id of its latest envelope. ``in_place``: the events are the caller's
-    alone (decoded for it), so an event whose fields all open gets them in its own
-    ``data`` rather than in a copy of the event.
+    alone (decoded for it), so an event whose envelope opens gets its fields back in its
+    own ``data`` rather than in a copy of the event.
 
-    A load opens every personal field of a history, so this is its inner loop: one pass,
-    no await while the keys are cached, and open_checked's work inlined (its checks are
-    the same; a failure goes through it to say what is wrong). Per field, the common
-    case costs little more than the AES-GCM call: a pair already in ``aeads`` was
-    checked when it came in, and in place there is no copy of the event.
+    A load opens every envelope of a history, so this is its inner loop: one pass, no
+    await while the keys are cached, and open_values' work inlined (a failure goes
+    through it to say what is wrong). An envelope whose (subject, key id) the pass has
+    already seen is not checked again: what matters in it is authenticated by AES-GCM
+    (its field names are in the associated data) or refused below.
     """
-    declared = model._meta.personal_data
     ring = get_key_ring()
     out: list[Event] = []
     missing: set[tuple[str, str]] = set()
-    # In place, the opened values go into the events' data only once the pass knows
-    # it opened everything: a pass that misses keys leaves the events as they were.
-    updates: list[tuple[dict[str, Any], dict[str, Any]]] = []
     for event in events:
-        fields = declared.get(event.event_type)
-        if not fields:
+        data = event.data
+        envelope: Any = data.get(SEALED_KEY, _UNKNOWN)
+        if envelope is _UNKNOWN:
             out.append(event)
             continue
-        data = event.data
-        track = event.version > after_version
-        opened: dict[str, Any] = {}
-        forgotten: list[str] | None = None
-        for name in fields:
-            envelope: Any = data.get(name)
-            pair: tuple[Any, Any]
-            if type(envelope) is dict and len(envelope) == 4:  # the shape as decoded
-                pair = (envelope.get("subject"), envelope.get("kid"))
-                try:
-                    aead = aeads.get(pair, _UNKNOWN)
-                except TypeError:  # a subject or key id that is no string
-                    aead = _UNKNOWN
-                if aead is _UNKNOWN or envelope.get(ENVELOPE_MARKER) != ENVELOPE_VERSION:
-                    if ENVELOPE_MARKER not in envelope:
-                        continue
-                    # First sight of the pair (or not an envelope of ours): the full check.
-                    pair = _checked_envelope(event, name, envelope)
-                    aead = aeads.get(pair, _UNKNOWN)
-            elif is_envelope(envelope):
-                pair = _checked_envelope(event, name, envelope)
-                aead = aeads.get(pair, _UNKNOWN)
-            else:
-                continue
-            if track:
-                subjects[pair[0]] = pair[1]
-            if aead is _UNKNOWN:
-                aead = ring.cached_aead(*pair)
-                if aead is None:
-                    missing.add(pair)
-                    continue
-                aeads[pair] = aead
-            if missing:
-                continue  # another pass opens them all
-            if aead is None:
-                opened[name] = FORGOTTEN
-                forgotten = [*(forgotten or ()), name]
-                continue
+        pair: tuple[Any, Any]
+        if type(envelope) is dict and len(envelope) == 5:  # the shape as decoded
+            pair = (envelope.get("subject"), envelope.get("kid"))
             try:
-                sealed = a2b_base64(envelope["ct"], strict_mode=True)
-                # AESGCM refuses a nonce under 8 bytes, and a ciphertext without its tag
-                # does not authenticate: a short 'ct' fails here and is told below.
-                plain = aead.decrypt(
-                    sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], f"{event.id}\x00{name}".encode()
-                )
-                if plain[0] == 34 == plain[-1] and plain.count(34) == 2 and 92 not in plain:
-                    # A string without escapes ('"', '\\'): what decoded() gives.
-                    opened[name] = plain[1:-1].decode()
-                else:
-                    opened[name] = decoded(plain, name)
-            except (BinasciiError, TypeError, ValueError, IndexError, KeyError, InvalidTag):
-                opened[name] = _opened_slowly(event, name, aead, envelope)
-        if not opened:
-            out.append(event)
-        elif forgotten:
-            metadata = {**event.metadata, FORGOTTEN_KEY: ",".join(forgotten)}
-            out.append(with_data(event, {**data, **opened}, metadata))
-        elif in_place and type(data) is dict:
-            updates.append((data, opened))
+                aead = aeads.get(pair, _UNKNOWN)
+            except TypeError:  # a subject or key id that is no string
+                aead = _UNKNOWN
+            if aead is _UNKNOWN or envelope.get("v") != ENVELOPE_VERSION:
+                # First sight of the pair, or not an envelope of this version.
+                pair = _checked_envelope(event, envelope)
+                aead = aeads.get(pair, _UNKNOWN)
+        else:
+            pair = _checked_envelope(event, envelope)  # raises: not the shape
+            aead = _UNKNOWN
+        if event.version > after_version:
+            subjects[pair[0]] = pair[1]
+        if aead is _UNKNOWN:
+            aead = ring.cached_aead(*pair)
+            if aead is None:
+                missing.add(pair)
+                continue
+            aeads[pair] = aead
+        if missing:
+            continue  # another pass opens them all
+        if aead is None:
+            _checked_envelope(event, envelope)  # the field names are not authenticated
+            fields = envelope["fields"]
+            opened = {name: value for name, value in data.items() if name != SEALED_KEY}
+            opened.update(dict.fromkeys(fields, FORGOTTEN))
+            metadata = {**event.metadata, FORGOTTEN_KEY: ",".join(fields)}
+            out.append(with_data(event, opened, metadata))
+            continue
+        try:
+            fields = envelope["fields"]
+            sealed = a2b_base64(envelope["ct"], strict_mode=True)
+            # AESGCM refuses a nonce under 8 bytes, and a ciphertext without its tag
+            # does not authenticate: a short 'ct' fails here and is told below.
+            plain = aead.decrypt(
+                sealed[:NONCE_BYTES],
+                sealed[NONCE_BYTES:],
+                "\x00".join((event.id, *fields)).encode(),
+            )
+            text = plain.decode()
+            values, end = _raw_decode(text)
+            if end != len(text) or type(values) is not list or len(values) != len(fields):
+                raise ValueError
+        except (BinasciiError, TypeError, ValueError, KeyError, InvalidTag):
+            values = _opened_slowly(event, aead, envelope)
+            fields = envelope["fields"]  # checked by then
+        if in_place and type(data) is dict:
+            # An event opened in a pass that then misses a key is not opened again:
+            # the next pass finds no envelope in it.
+            del data[SEALED_KEY]
+            data.update(zip(fields, values, strict=True))
             out.append(event)
         else:
-            out.append(with_data(event, {**data, **opened}, event.metadata))
-    if not missing:
-        for data, opened in updates:
-            data.update(opened)
+            opened = {name: value for name, value in data.items() if name != SEALED_KEY}
+            opened.update(zip(fields, values, strict=True))
+            out.append(with_data(event, opened, event.metadata))
     return out, missing
 
 
-def _checked_envelope(event: Event, name: str, envelope: object) -> tuple[str, str]:
+def _checked_envelope(event: Event, envelope: object) -> tuple[str, str]:
     try:
-        return envelope_subject(envelope)
+        return sealed_subject(envelope)
     except EnvelopeError as exc:
-        raise _located(event, name, exc) from None
+        raise _located(event, exc) from None
 
 
 #: Not in the keys a pass has: distinct from None, a forgotten key.
 _UNKNOWN: Any = object()
 
+#: json.loads without its whitespace handling and checks: a quarter of its cost on the
+#: compact JSON an envelope holds (anything else fails here and goes the slow way).
+_raw_decode = json.JSONDecoder().raw_decode
 
-def _opened_slowly(event: Event, name: str, aead: AESGCM, envelope: Mapping[str, Any]) -> Any:
-    """What envelope_subject and open_checked say of an envelope the inlined opening
-    refused: its value, or the EnvelopeError that says why not, located."""
+
+def _opened_slowly(event: Event, aead: AESGCM, envelope: Mapping[str, Any]) -> list[Any]:
+    """What sealed_subject and open_values say of an envelope the inlined opening
+    refused: its values, or the EnvelopeError that says why not, located."""
     try:
-        envelope_subject(envelope)  # the pass checks an envelope's keys on first sight only
-        return open_checked(aead, envelope, event_id=event.id, field=name)
+        sealed_subject(envelope)  # the pass checks an envelope's keys on first sight only
+        return open_values(aead, envelope, event_id=event.id)
     except EnvelopeError as exc:
-        raise _located(event, name, exc) from None
+        raise _located(event, exc) from None
 
 
-def _located(event: Event, name: str, exc: EnvelopeError) -> EnvelopeError:
+def _located(event: Event, exc: EnvelopeError) -> EnvelopeError:
     return EnvelopeError(
-        f"actor {event.actor_id!r} version {event.version} ({event.event_type}), "
-        f"field {name!r}: {exc}"
+        f"actor {event.actor_id!r} version {event.version} ({event.event_type}): {exc}"
     )
 
 
@@ -472,8 +486,8 @@ async def _fetch(wanted: Iterable[tuple[str, str]], aeads: _Keys) -> None:
 
 
 def _snapshot_aad(model: type[Aggregate], snapshot: ActorSnapshot) -> str:
-    # Event ids are UUIDs: this never equals one, so a field's envelope does not open
-    # as a snapshot's and a snapshot moved to another actor or version does not open.
+    # Event ids are UUIDs: this never equals one, so an event's envelope does not open
+    # as a snapshot's, and a snapshot moved to another actor or version does not open.
     return f"snapshot\x00{model._meta.label}\x00{snapshot.actor_id}\x00{snapshot.version}"
 
 

@@ -1,15 +1,18 @@
-"""The envelope of one encrypted personal field, and the wrapping of data keys.
+"""The envelopes of sealed personal data, and the wrapping of data keys.
 
 Pure: imports neither Django nor nats, only ``cryptography``'s AES-GCM, so another
-program (or a test) can read and write the format with nothing else. The shape of
-an encrypted field's value in the event JSON (docs/privacy.md#the-envelope)::
+program (or a test) can read and write the formats with nothing else
+(docs/privacy.md#the-envelope). An event's personal fields leave its data, sealed
+together in one envelope under the data key ``"aether:enc"``::
 
-    {"aether:enc": 1, "subject": "<subject id>", "kid": "<key id>",
+    {"v": 1, "subject": "<subject id>", "kid": "<key id>", "fields": ["<name>", ...],
      "ct": "<base64 of the 12-byte nonce, the ciphertext and the 16-byte tag>"}
 
-The plaintext is the field's value as compact JSON (so any JSON value can be
-personal). The associated data is ``"{event id}\\x00{field name}"``: a ciphertext
-copied into another event or another field no longer authenticates.
+Its plaintext is the JSON array of the fields' values (so any JSON value can be
+personal); its associated data the event id and the field names, NUL-separated: a
+ciphertext copied into another event, or given other field names, no longer
+authenticates. A snapshot's state is sealed as one value, in the field envelope
+``{"aether:enc": 1, "subject", "kid", "ct"}`` (associated data ``"{id}\x00{field}"``).
 """
 
 from __future__ import annotations
@@ -18,8 +21,7 @@ import base64
 import binascii
 import json
 import os
-from collections.abc import Mapping
-from json.encoder import encode_basestring
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -29,23 +31,25 @@ __all__ = [
     "ENVELOPE_MARKER",
     "ENVELOPE_VERSION",
     "NONCE_BYTES",
+    "SEALED_KEY",
     "TAG_BYTES",
     "EnvelopeError",
     "KeyUnwrapError",
-    "decoded",
     "decrypt_field",
     "encrypt_field",
     "envelope_subject",
+    "fields_aad",
     "is_envelope",
     "new_data_key",
     "new_key_id",
-    "open_checked",
-    "seal_checked",
+    "open_values",
+    "seal_values",
+    "sealed_subject",
     "unwrap_key",
     "wrap_key",
 ]
 
-#: The key that marks a field's value as an envelope, and its format version.
+#: The key that marks a value as a field envelope, and the formats' version.
 ENVELOPE_MARKER = "aether:enc"
 ENVELOPE_VERSION = 1
 _ENVELOPE_KEYS = frozenset({ENVELOPE_MARKER, "subject", "kid", "ct"})
@@ -102,25 +106,11 @@ def encrypt_field(
     key: bytes, *, subject: str, kid: str, event_id: str, field: str, value: Any
 ) -> dict[str, Any]:
     """The envelope of ``value`` (any JSON value) for ``field`` of event ``event_id``."""
-    return seal_checked(
-        AESGCM(key), subject=subject, kid=kid, event_id=event_id, field=field, value=value
-    )
-
-
-def seal_checked(
-    aead: AESGCM, *, subject: str, kid: str, event_id: str, field: str, value: Any
-) -> dict[str, Any]:
-    """:func:`encrypt_field` with the key's AESGCM made once: a save seals several fields
-    with one key, and making an AESGCM costs more than sealing a field."""
     nonce = os.urandom(NONCE_BYTES)
-    if type(value) is str:
-        # What json.dumps gives for a string, without its Python-level dispatch.
-        plain = encode_basestring(value).encode()
-    else:
-        plain = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    plain = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
     # The nonce goes in front of the ciphertext, as most AEAD formats store it: one
     # base64 string to write and to read.
-    sealed = nonce + aead.encrypt(nonce, plain, _aad(event_id, field))
+    sealed = nonce + AESGCM(key).encrypt(nonce, plain, _aad(event_id, field))
     return {ENVELOPE_MARKER: ENVELOPE_VERSION, "subject": subject, "kid": kid, "ct": _b64(sealed)}
 
 
@@ -147,42 +137,114 @@ def decrypt_field(key: bytes, envelope: object, *, event_id: str, field: str) ->
     """The value sealed in ``envelope``; EnvelopeError when malformed or not authentic."""
     envelope_subject(envelope)
     assert isinstance(envelope, Mapping)
-    return open_checked(AESGCM(key), envelope, event_id=event_id, field=field)
+    plain = _opened(AESGCM(key), envelope["ct"], _aad(event_id, field), f"field {field!r}")
+    try:
+        return json.loads(plain.decode())
+    except ValueError:  # UnicodeDecodeError is one
+        raise EnvelopeError(f"the envelope of field {field!r} does not hold JSON") from None
 
 
-def open_checked(aead: AESGCM, envelope: Mapping[str, Any], *, event_id: str, field: str) -> Any:
-    """:func:`decrypt_field` for an envelope :func:`envelope_subject` has checked
-    already, with the key's AESGCM made once: a load opens many fields with one key."""
-    sealed = _unb64(envelope["ct"], "ct")
+def _opened(aead: AESGCM, ct: object, aad: bytes, what: str) -> bytes:
+    """The plaintext of an envelope's ``ct``; EnvelopeError when it does not open."""
+    sealed = _unb64(ct, "ct")
     if len(sealed) < NONCE_BYTES + TAG_BYTES:
         raise EnvelopeError(
             f"envelope 'ct' must hold at least {NONCE_BYTES + TAG_BYTES} bytes "
             f"(nonce and tag), not {len(sealed)}"
         )
     try:
-        plain = aead.decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], _aad(event_id, field))
+        return aead.decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], aad)
     except InvalidTag:
         raise EnvelopeError(
-            f"the envelope of field {field!r} in event {event_id} does not authenticate: "
-            "tampered with, or copied from another event or field"
+            f"the envelope of {what} does not authenticate: tampered with, or copied from "
+            "another event or field"
         ) from None
-    return decoded(plain, field)
 
 
-def decoded(plain: bytes, field: str) -> Any:
-    """The JSON value an opened envelope of ``field`` holds; EnvelopeError when none."""
+# --- the sealed part of an event -----------------------------------------------------
+#
+# An event's personal fields are sealed together: they leave its data, and one
+# envelope under the data key "aether:enc" holds their values (docs/privacy.md):
+#
+#     "aether:enc": {"v": 1, "subject": "<subject id>", "kid": "<key id>",
+#                    "fields": ["<name>", ...], "ct": "<base64 of nonce, ciphertext, tag>"}
+#
+# The plaintext is the JSON array of the fields' values, in the order of "fields"; the
+# associated data is the event id and the field names, NUL-separated. One AES-GCM call,
+# one nonce and one tag per event rather than per field: an event's envelope costs
+# about what one field's did.
+
+#: The data key of an event's envelope (the field envelopes' marker, in another place).
+SEALED_KEY = ENVELOPE_MARKER
+#: The keys of an event envelope.
+_SEALED_KEYS = frozenset({"v", "subject", "kid", "fields", "ct"})
+
+
+def fields_aad(event_id: str, fields: Sequence[str]) -> bytes:
+    """The associated data of an event envelope: the event id and the field names."""
+    return "\x00".join((event_id, *fields)).encode()
+
+
+def seal_values(
+    aead: AESGCM,
+    *,
+    subject: str,
+    kid: str,
+    event_id: str,
+    fields: Sequence[str],
+    values: Sequence[Any],
+) -> dict[str, Any]:
+    """The envelope of ``values`` (JSON values), those of ``fields`` of event ``event_id``."""
+    nonce = os.urandom(NONCE_BYTES)
+    plain = json.dumps(list(values), separators=(",", ":"), ensure_ascii=False).encode()
+    sealed = nonce + aead.encrypt(nonce, plain, fields_aad(event_id, fields))
+    return {
+        "v": ENVELOPE_VERSION,
+        "subject": subject,
+        "kid": kid,
+        "fields": list(fields),
+        "ct": _b64(sealed),
+    }
+
+
+def sealed_subject(envelope: object) -> tuple[str, str]:
+    """The (subject, key id) of an event envelope; EnvelopeError when it is malformed."""
+    if type(envelope) is not dict and not isinstance(envelope, Mapping):
+        raise EnvelopeError(f"an envelope must be a JSON object, not {type(envelope).__name__}")
+    if envelope.get("v") != ENVELOPE_VERSION:
+        raise EnvelopeError(
+            f"unknown envelope version {envelope.get('v')!r} "
+            f"(this release reads {ENVELOPE_VERSION})"
+        )
+    if envelope.keys() != _SEALED_KEYS:
+        raise EnvelopeError(f"an envelope has exactly the keys {sorted(_SEALED_KEYS)}")
+    subject, kid, fields = envelope["subject"], envelope["kid"], envelope["fields"]
+    if not isinstance(subject, str) or not subject:
+        raise EnvelopeError("envelope 'subject' must be a non-empty string")
+    if not isinstance(kid, str) or not kid:
+        raise EnvelopeError("envelope 'kid' must be a non-empty string")
+    if (
+        not isinstance(fields, list)
+        or not fields
+        or not all(isinstance(f, str) and f for f in fields)
+        or len(set(fields)) != len(fields)
+    ):
+        raise EnvelopeError("envelope 'fields' must be a list of distinct field names")
+    return subject, kid
+
+
+def open_values(aead: AESGCM, envelope: Mapping[str, Any], *, event_id: str) -> list[Any]:
+    """The values of an event envelope :func:`sealed_subject` has checked, one per
+    field; EnvelopeError when they do not open."""
+    fields = envelope["fields"]
+    plain = _opened(aead, envelope["ct"], fields_aad(event_id, fields), f"event {event_id}")
     try:
-        text = plain.decode()
-    except UnicodeDecodeError:
-        raise EnvelopeError(f"the envelope of field {field!r} does not hold JSON") from None
-    if text[:1] == '"' and text[-1:] == '"' and text.count('"') == 2 and "\\" not in text:
-        # A string without escapes is its text between the quotes: json.loads would
-        # cost more than the rest of opening the field.
-        return text[1:-1]
-    try:
-        return json.loads(text)
-    except ValueError:
-        raise EnvelopeError(f"the envelope of field {field!r} does not hold JSON") from None
+        values = json.loads(plain.decode())
+    except ValueError:  # UnicodeDecodeError is one
+        raise EnvelopeError(f"the envelope of event {event_id} does not hold JSON") from None
+    if type(values) is not list or len(values) != len(fields):
+        raise EnvelopeError(f"the envelope of event {event_id} does not hold one value per field")
+    return values
 
 
 def wrap_key(master: bytes, data_key: bytes, *, name: str) -> str:

@@ -74,14 +74,16 @@ def test_personal_fields_leave_the_process_sealed_and_load_readable(
     # The rest of the event stays plain: the subject id, the total, the event type.
     assert subject.encode() in raw and b"4217" in raw and b"OrderPlaced" in raw
 
-    # The stored event holds envelopes of exactly the documented shape.
+    # The stored event holds one envelope of exactly the documented shape, in place of
+    # its personal fields.
     (event,) = stored(order)
-    for name in ("customer", "email"):
-        envelope = event.data[name]
-        assert set(envelope) == {"aether:enc", "subject", "kid", "ct"}
-        assert envelope["aether:enc"] == 1 and envelope["subject"] == subject
-        # The 12-byte nonce, the ciphertext of the value's JSON, the 16-byte tag.
-        assert len(base64.b64decode(envelope["ct"])) > 12 + 16
+    assert set(event.data) == {"customer_id", "total", "aether:enc"}
+    envelope = event.data["aether:enc"]
+    assert set(envelope) == {"v", "subject", "kid", "fields", "ct"}
+    assert envelope["v"] == 1 and envelope["subject"] == subject
+    assert envelope["fields"] == ["customer", "email"]
+    # The 12-byte nonce, the ciphertext of the values' JSON array, the 16-byte tag.
+    assert len(base64.b64decode(envelope["ct"])) > 12 + 16
     assert event.data["customer_id"] == subject and event.data["total"] == 4217
 
     # What the save returns and what a load gives are readable.
@@ -103,7 +105,7 @@ def test_update_seals_too_and_keeps_no_cached_state() -> None:
     subject, actor = new_id("customer"), new_id("order")
     Order.objects.update(actor, lambda o: o.place(subject, *ALICE, 5), create=True)
     (event,) = Order.get_store().get_events(actor)
-    assert "ct" in event.data["email"]
+    assert "email" not in event.data and "ct" in event.data["aether:enc"]
     # An aggregate with personal data is never kept by update(): a forget elsewhere
     # must not leave its plain state in this process.
     assert actor not in Order.objects._cache
@@ -124,7 +126,6 @@ def test_an_event_without_its_subject_is_refused_and_nothing_is_stored() -> None
 
 
 def test_a_load_from_a_store_that_keeps_its_events_leaves_them_sealed(settings: Any) -> None:
-    from aether_django.privacy.envelope import is_envelope
     from aether_django.store import InMemoryEventStore
 
     settings.AETHER = {**settings.AETHER, "BACKEND": "memory"}
@@ -134,15 +135,15 @@ def test_a_load_from_a_store_that_keeps_its_events_leaves_them_sealed(settings: 
         for _ in range(2):
             assert Order.objects.get(order.actor_id).email == ALICE[1]
         (kept,) = Order.get_store().get_events(order.actor_id)
-        assert is_envelope(kept.data["email"]) and is_envelope(kept.data["customer"])
+        assert "aether:enc" in kept.data and "email" not in kept.data
     finally:
         InMemoryEventStore._instances.clear()
 
 
 def test_a_load_that_reads_a_missing_key_opens_each_value_once() -> None:
     """The first pass of a load opens with the cached keys; when a key is not cached it
-    reads it and opens again. Nothing the first pass opened may be in the events by
-    then: a value that looks like an envelope would be opened twice."""
+    reads it and opens again: what the first pass opened is not opened twice (a value
+    that looks like an envelope stays what it was)."""
     cached, other = new_id("customer"), new_id("customer")
     looks_sealed = {"aether:enc": 1, "subject": other, "kid": "0" * 16, "ct": "AAAA"}
     order = Order(new_id("order"))
@@ -216,10 +217,10 @@ def _between(raw: bytes, name: str) -> bytes:
 def test_a_forgotten_subject_written_again_gets_a_new_key() -> None:
     subject = new_id("customer")
     old = place(subject, ALICE)
-    old_kid = stored(old)[0].data["email"]["kid"]
+    old_kid = stored(old)[0].data["aether:enc"]["kid"]
     privacy.forget(subject)
     new = place(subject, BOB)
-    assert stored(new)[0].data["email"]["kid"] != old_kid
+    assert stored(new)[0].data["aether:enc"]["kid"] != old_kid
     get_key_ring().drop()
     assert Order.objects.get(new.actor_id).email == BOB[1]
     assert Order.objects.get(old.actor_id).email == FORGOTTEN
@@ -237,7 +238,7 @@ async def test_async_twins() -> None:
     order = Order(new_id("order"))
     order.place(subject, *ALICE, 3)
     await order.asave()
-    assert "ct" in (await Order.get_store().aget_events(order.actor_id))[0].data["email"]
+    assert "ct" in (await Order.get_store().aget_events(order.actor_id))[0].data["aether:enc"]
     get_key_ring().drop()
     assert (await Order.objects.aget(order.actor_id)).email == ALICE[1]
     await privacy.aforget(subject)
@@ -342,11 +343,13 @@ def test_a_ciphertext_cannot_be_moved_to_another_event_or_field() -> None:
     )
     with pytest.raises(EnvelopeError, match="does not authenticate"):
         privacy.open_events(Order, [moved])
-    swapped = dataclasses.replace(
-        event, data={**event.data, "customer": event.data["email"], "email": event.data["customer"]}
-    )
-    with pytest.raises(EnvelopeError, match="field 'customer'"):
-        privacy.open_events(Order, [swapped])
+    # Its field names are bound to it too: swapped, or one left out, it does not open.
+    for fields in (["email", "customer"], ["customer"]):
+        swapped = dataclasses.replace(
+            event, data={**event.data, "aether:enc": {**event.data["aether:enc"], "fields": fields}}
+        )
+        with pytest.raises(EnvelopeError, match="does not authenticate"):
+            privacy.open_events(Order, [swapped])
     key = new_data_key()
     sealed = encrypt_field(key, subject="s", kid="k", event_id="e1", field="f", value={"a": [1]})
     assert decrypt_field(key, sealed, event_id="e1", field="f") == {"a": [1]}
@@ -358,16 +361,23 @@ def test_a_ciphertext_cannot_be_moved_to_another_event_or_field() -> None:
 DROP = object()
 
 
-@pytest.mark.parametrize("customer", ["plain", "sealed"])
+@pytest.mark.parametrize("seen", ["first", "known"])
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"aether:enc": 2}, "unknown envelope version"),
+        ("not an object", "must be a JSON object"),
+        (None, "must be a JSON object"),
+        ({"v": 2}, "unknown envelope version"),
         ({"extra": 1}, "exactly the keys"),
         ({"ct": DROP, "nonce": "AAAA"}, "exactly the keys"),
+        ({"fields": DROP, "names": ["customer", "email"]}, "exactly the keys"),
+        ({"v": DROP, "version": 1}, "unknown envelope version"),
         ({"subject": ""}, "'subject' must be"),
         ({"kid": 7}, "'kid' must be"),
         ({"kid": [7]}, "'kid' must be"),
+        ({"fields": "customer"}, "'fields' must be"),
+        ({"fields": ["customer", "customer"]}, "'fields' must be"),
+        ({"fields": ["customer", 7]}, "'fields' must be"),
         ({"ct": "%%%"}, "'ct' is not valid base64"),
         ({"ct": base64.b64encode(b"short").decode()}, "at least 28 bytes"),
         ({"ct": base64.b64encode(b"garbage" * 4).decode()}, "does not authenticate"),
@@ -375,37 +385,60 @@ DROP = object()
     ],
 )
 def test_malformed_envelopes_are_clear_errors_and_lose_nothing(
-    change: dict[str, Any], message: str, customer: str
+    change: Any, message: str, seen: str
 ) -> None:
     subject = new_id("customer")
     order = place(subject, ALICE)
     (event,) = stored(order)
-    if customer == "plain":
-        # A plain value passes as it is: the e-mail's envelope is the first one seen.
-        data, event_id = {**event.data, "customer": "x"}, new_id("event")
-    else:
-        # The customer's envelope opens first, with the same key: the e-mail's is then
-        # one of a (subject, key id) already checked in this load.
+    actor = new_id("order")
+
+    def sealed(version: int) -> Event:
         plain = dataclasses.replace(
-            event, id=new_id("event"), data={**event.data, "customer": ALICE[0], "email": ALICE[1]}
+            event,
+            id=new_id("event"),
+            actor_id=actor,
+            version=version,
+            data={"customer_id": subject, "customer": ALICE[0], "email": ALICE[1], "total": 1},
         )
-        (sealed,) = privacy.seal_events(Order, [plain])
-        data, event_id = dict(sealed.data), sealed.id
-    email = {k: v for k, v in {**data["email"], **change}.items() if v is not DROP}
-    broken = Event(
-        event_type="OrderPlaced",
-        actor_id=new_id("order"),
-        version=1,
-        id=event_id,
-        data={**data, "email": email},
-    )
-    Order.get_store().save_events([broken])
+        return privacy.seal_events(Order, [plain])[0]
+
+    # "known": an event with the same subject and key opens first in the same load, so
+    # the broken envelope is one of a (subject, key id) already checked once.
+    good = [sealed(1)] if seen == "known" else []
+    broken = sealed(len(good) + 1)
+    if not isinstance(change, dict):
+        envelope: Any = change
+    else:
+        merged = {**broken.data["aether:enc"], **change}
+        envelope = {k: v for k, v in merged.items() if v is not DROP}
+    broken = dataclasses.replace(broken, data={**broken.data, "aether:enc": envelope})
+    Order.get_store().save_events([*good, broken])
     with pytest.raises(EnvelopeError, match=message) as info:
-        Order.objects.get(broken.actor_id)
-    assert broken.actor_id in str(info.value) and "email" in str(info.value)
+        Order.objects.get(actor)
+    assert f"{actor!r} version {broken.version}" in str(info.value)
     # Nothing is lost: the stored event is as it was written, and the good one still loads.
-    assert Order.get_store().get_events(broken.actor_id)[0].data == broken.data
+    assert Order.get_store().get_events(actor)[-1].data == broken.data
     assert Order.objects.get(order.actor_id).email == ALICE[1]
+
+
+def test_personal_data_that_is_not_json_is_refused_and_nothing_is_stored() -> None:
+    from datetime import UTC, datetime
+
+    from aether_django.errors import InvalidEventError
+
+    order = Order(new_id("order"))
+    order.place(new_id("customer"), "Ann", datetime.now(UTC), 1)  # type: ignore[arg-type]
+    with pytest.raises(InvalidEventError, match="not JSON-serialisable"):
+        order.save()
+    assert Order.get_store().get_latest_version(order.actor_id) == 0
+
+
+def test_a_reserved_key_in_the_data_is_refused_and_nothing_is_stored() -> None:
+    order = Order(new_id("order"))
+    order.record("NoteAdded", {"note": "n", "aether:enc": {"v": 1}})
+    with pytest.raises(PersonalDataError, match="reserved"):
+        order.save()
+    assert Order.get_store().get_latest_version(order.actor_id) == 0
 
 
 # --- declaration checks ---------------------------------------------------------------
@@ -479,7 +512,7 @@ async def test_a_routed_command_seals_and_the_owner_keeps_no_plain_state(
         )
         assert "error" not in answer, answer
         (event,) = await Order.get_store().aget_events(actor)
-        assert "ct" in event.data["email"]
+        assert "ct" in event.data["aether:enc"]
         # The owner caches actors between commands, but not one holding personal data.
         assert ("privacy_orders", actor) not in host._actors
         await privacy.aforget(subject)
@@ -501,7 +534,7 @@ def test_the_management_command_forgets_and_reports(
 
     subject = new_id("customer")
     order = place(subject, ALICE)
-    kid = stored(order)[0].data["email"]["kid"]
+    kid = stored(order)[0].data["aether:enc"]["kid"]
     out = io.StringIO()
     call_command("aether_privacy", "forget", subject, new_id("nobody"), stdout=out)
     lines = out.getvalue().splitlines()

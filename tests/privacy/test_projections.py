@@ -69,7 +69,7 @@ def test_a_malformed_envelope_fails_the_projection_there() -> None:
         event_type="Joined",
         actor_id="member-2",
         version=1,
-        data={**good.data, "name": {**good.data["name"], "ct": "%%%"}},
+        data={**good.data, "aether:enc": {**good.data["aether:enc"], "ct": "%%%"}},
     )
     Member.get_store().save_events([bad])
     assert catch_up(Members) == {namespace: "failed"}
