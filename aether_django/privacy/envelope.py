@@ -115,16 +115,22 @@ def encrypt_field(
 
 
 def envelope_subject(envelope: object) -> tuple[str, str]:
-    """The (subject, key id) of an envelope; EnvelopeError when it is malformed."""
+    """The (subject, key id) of a field envelope; EnvelopeError when it is malformed."""
+    return _subject_and_kid(envelope, ENVELOPE_MARKER, _ENVELOPE_KEYS)
+
+
+def _subject_and_kid(envelope: object, version: str, keys: frozenset[str]) -> tuple[str, str]:
+    """What both envelopes check: an object of this format version, with exactly
+    ``keys``, naming a subject and a key id."""
     if type(envelope) is not dict and not isinstance(envelope, Mapping):
         raise EnvelopeError(f"an envelope must be a JSON object, not {type(envelope).__name__}")
-    if envelope.get(ENVELOPE_MARKER) != ENVELOPE_VERSION:
+    if envelope.get(version) != ENVELOPE_VERSION:
         raise EnvelopeError(
-            f"unknown envelope version {envelope.get(ENVELOPE_MARKER)!r} "
+            f"unknown envelope version {envelope.get(version)!r} "
             f"(this release reads {ENVELOPE_VERSION})"
         )
-    if envelope.keys() != _ENVELOPE_KEYS:
-        raise EnvelopeError(f"an envelope has exactly the keys {sorted(_ENVELOPE_KEYS)}")
+    if envelope.keys() != keys:
+        raise EnvelopeError(f"an envelope has exactly the keys {sorted(keys)}")
     subject, kid = envelope["subject"], envelope["kid"]
     if not isinstance(subject, str) or not subject:
         raise EnvelopeError("envelope 'subject' must be a non-empty string")
@@ -209,20 +215,8 @@ def seal_values(
 
 def sealed_subject(envelope: object) -> tuple[str, str]:
     """The (subject, key id) of an event envelope; EnvelopeError when it is malformed."""
-    if type(envelope) is not dict and not isinstance(envelope, Mapping):
-        raise EnvelopeError(f"an envelope must be a JSON object, not {type(envelope).__name__}")
-    if envelope.get("v") != ENVELOPE_VERSION:
-        raise EnvelopeError(
-            f"unknown envelope version {envelope.get('v')!r} "
-            f"(this release reads {ENVELOPE_VERSION})"
-        )
-    if envelope.keys() != _SEALED_KEYS:
-        raise EnvelopeError(f"an envelope has exactly the keys {sorted(_SEALED_KEYS)}")
-    subject, kid, fields = envelope["subject"], envelope["kid"], envelope["fields"]
-    if not isinstance(subject, str) or not subject:
-        raise EnvelopeError("envelope 'subject' must be a non-empty string")
-    if not isinstance(kid, str) or not kid:
-        raise EnvelopeError("envelope 'kid' must be a non-empty string")
+    found = _subject_and_kid(envelope, "v", _SEALED_KEYS)
+    fields = envelope["fields"]  # type: ignore[index]
     if (
         not isinstance(fields, list)
         or not fields
@@ -230,7 +224,7 @@ def sealed_subject(envelope: object) -> tuple[str, str]:
         or len(set(fields)) != len(fields)
     ):
         raise EnvelopeError("envelope 'fields' must be a list of distinct field names")
-    return subject, kid
+    return found
 
 
 def open_values(aead: AESGCM, envelope: Mapping[str, Any], *, event_id: str) -> list[Any]:

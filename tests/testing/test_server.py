@@ -216,7 +216,9 @@ async def test_a_started_cluster_places_a_replicated_stream_at_once():
         with NatsCluster(3).start() as cluster:
             nc = await nats.connect(cluster.url.split(","))
             try:
-                await nc.jetstream().add_stream(
+                # The refusal is what this looks for; a loaded machine may take more than
+                # nats-py's 5 s to elect the new stream's raft group.
+                await nc.jetstream(timeout=30).add_stream(
                     name=f"placed-{attempt}", subjects=[f"placed.{attempt}"], num_replicas=3
                 )
             finally:
