@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    .venv/bin/python -m bench.privacy            # full run, about 15 seconds on 2 cores
+    .venv/bin/python -m bench.privacy            # full run, about 25 seconds on 2 cores
     .venv/bin/python -m bench.privacy --quick    # smoke test, a few seconds
 
 One run starts its own nats-server (file storage in a temporary directory, free
