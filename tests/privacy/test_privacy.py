@@ -93,6 +93,21 @@ def test_personal_fields_leave_the_process_sealed_and_load_readable(
     assert (loaded.customer, loaded.email, loaded.total) == (*ALICE, 4217)
 
 
+def test_an_envelope_opens_whatever_the_declaration_says_now(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    subject = new_id("customer")
+    order = place(subject, ALICE)
+    monkeypatch.setitem(Order._meta.personal_data, "NoteAdded", ["note"])
+    order.record("NoteAdded", {"note": "call after six", "customer_id": subject})
+    order.save()
+    assert "note" not in stored(order)[1].data
+    monkeypatch.undo()  # NoteAdded is no longer declared personal
+    get_key_ring().drop()
+    loaded = Order.objects.get(order.actor_id)
+    assert (loaded.note, loaded.email) == ("call after six", ALICE[1])
+
+
 def test_aggregates_without_personal_data_store_plain(raw_stream: Callable[[str], bytes]) -> None:
     plain = Plain(new_id("plain"))
     plain.place("Carol Plain-Text")
