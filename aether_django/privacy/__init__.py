@@ -311,32 +311,32 @@ def _open_pass(
             aeads[pair] = aead
         if missing:
             continue  # another pass opens them all
+        metadata = event.metadata
         if aead is None:
             _checked_envelope(event, envelope)  # the field names are not authenticated
             fields = envelope["fields"]
-            opened = {name: value for name, value in data.items() if name != SEALED_KEY}
-            opened.update(dict.fromkeys(fields, FORGOTTEN))
-            metadata = {**event.metadata, FORGOTTEN_KEY: ",".join(fields)}
-            out.append(with_data(event, opened, metadata))
-            continue
-        try:
-            fields = envelope["fields"]
-            sealed = a2b_base64(envelope["ct"], strict_mode=True)
-            # AESGCM refuses a nonce under 8 bytes, and a ciphertext without its tag
-            # does not authenticate: a short 'ct' fails here and is told below.
-            plain = aead.decrypt(
-                sealed[:NONCE_BYTES],
-                sealed[NONCE_BYTES:],
-                "\x00".join((event.id, *fields)).encode(),
-            )
-            text = plain.decode()
-            values, end = _raw_decode(text)
-            if end != len(text) or type(values) is not list or len(values) != len(fields):
-                raise ValueError
-        except (BinasciiError, TypeError, ValueError, KeyError, InvalidTag):
-            values = _opened_slowly(event, aead, envelope)
-            fields = envelope["fields"]  # checked by then
-        if in_place and type(data) is dict:
+            values = [FORGOTTEN] * len(fields)
+            metadata = {**metadata, FORGOTTEN_KEY: ",".join(fields)}
+        else:
+            try:
+                fields = envelope["fields"]
+                sealed = a2b_base64(envelope["ct"], strict_mode=True)
+                # AESGCM refuses a nonce under 8 bytes, and a ciphertext without its tag
+                # does not authenticate: a short 'ct' fails here and is told below.
+                plain = aead.decrypt(
+                    sealed[:NONCE_BYTES],
+                    sealed[NONCE_BYTES:],
+                    "\x00".join((event.id, *fields)).encode(),
+                )
+                text = plain.decode()
+                values, end = _raw_decode(text)
+                if end != len(text) or type(values) is not list or len(values) != len(fields):
+                    raise ValueError
+            except (BinasciiError, TypeError, ValueError, KeyError, InvalidTag):
+                values = _opened_slowly(event, aead, envelope)
+                fields = envelope["fields"]  # checked by then
+        # A forgotten event's metadata changes too: that takes a copy of the event.
+        if in_place and metadata is event.metadata and type(data) is dict:
             # An event opened in a pass that then misses a key is not opened again:
             # the next pass finds no envelope in it.
             del data[SEALED_KEY]
@@ -345,7 +345,7 @@ def _open_pass(
         else:
             opened = {name: value for name, value in data.items() if name != SEALED_KEY}
             opened.update(zip(fields, values, strict=True))
-            out.append(with_data(event, opened, event.metadata))
+            out.append(with_data(event, opened, metadata))
     return out, missing
 
 
@@ -356,7 +356,8 @@ def _checked_envelope(event: Event, envelope: object) -> tuple[str, str]:
         raise _located(event, exc) from None
 
 
-#: Not in the keys a pass has: distinct from None, a forgotten key.
+#: Not in the keys a pass has (distinct from None, a forgotten key), nor in an
+#: event's data (distinct from an envelope that is null).
 _UNKNOWN: Any = object()
 
 #: json.loads without its whitespace handling and checks: a quarter of its cost on the
