@@ -23,6 +23,7 @@ import pytest
 from django.db import connections
 
 from aether_django import privacy
+from aether_django.aggregates import Aggregate
 from aether_django.events import Event
 from aether_django.models import ForgottenKey, ProjectionCheckpoint
 from aether_django.privacy import subject_hash
@@ -74,6 +75,14 @@ def rebuild(projection: type[Projection], alias: str) -> dict[str, str]:
     return catch_up(projection)
 
 
+def scene(alias: str) -> tuple[str, type[Aggregate], type[Projection], str]:
+    """A new namespace, its member aggregate and card projection on ``alias``, and a
+    new data subject."""
+    namespace = f"privacy-race-{uuid.uuid4().hex[:8]}"
+    Member, Cards = declare(namespace, alias, [])
+    return namespace, Member, Cards, f"p-{uuid.uuid4().hex[:8]}"
+
+
 def names(alias: str) -> dict[str, str]:
     return dict(MemberCard.objects.using(alias).values_list("member_id", "name"))
 
@@ -85,9 +94,7 @@ def running(projection: type[Projection], alias: str) -> bool:
 
 @pytest.mark.usefixtures("long_key_cache")
 def test_a_runner_whose_cache_outlived_forget_writes_the_marker(db_alias: str) -> None:
-    namespace = f"privacy-race-{uuid.uuid4().hex[:8]}"
-    Member, Cards = declare(namespace, db_alias, [])
-    person = f"p-{uuid.uuid4().hex[:8]}"
+    namespace, Member, Cards, person = scene(db_alias)
     first, second = f"Kira First {uuid.uuid4().hex[:6]}", f"Kira Second {uuid.uuid4().hex[:6]}"
     join(Member, "m-1", person, first)
     assert catch_up(Cards) == {namespace: "caught-up"}
@@ -114,9 +121,7 @@ def test_a_runner_whose_cache_outlived_forget_writes_the_marker(db_alias: str) -
 def test_a_batch_opened_before_forget_and_committed_after_it_keeps_no_value(
     db_alias: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    namespace = f"privacy-race-{uuid.uuid4().hex[:8]}"
-    Member, Cards = declare(namespace, db_alias, [])
-    person = f"p-{uuid.uuid4().hex[:8]}"
+    namespace, Member, Cards, person = scene(db_alias)
     secret = f"Lena Opened {uuid.uuid4().hex[:6]}"
     join(Member, "m-1", person, secret)
 
@@ -230,9 +235,7 @@ def test_forget_waits_for_a_batch_under_way_and_then_deletes_its_rows(db_alias: 
 def test_a_new_life_is_projected_in_plain_and_the_old_one_as_the_marker(
     db_alias: str,
 ) -> None:
-    namespace = f"privacy-race-{uuid.uuid4().hex[:8]}"
-    Member, Cards = declare(namespace, db_alias, [])
-    person = f"p-{uuid.uuid4().hex[:8]}"
+    namespace, Member, Cards, person = scene(db_alias)
     old, new = f"Nora Old {uuid.uuid4().hex[:6]}", f"Nora New {uuid.uuid4().hex[:6]}"
     join(Member, "m-1", person, old)
     assert catch_up(Cards) == {namespace: "caught-up"}
@@ -261,9 +264,7 @@ def test_forget_in_another_process_wins_against_a_warm_cache_here(aether_nats_ur
     """A real second process forgets (PostgreSQL, the database both processes share)
     while this process's runner still holds the key, then projects the subject."""
     alias = "pg"
-    namespace = f"privacy-race-{uuid.uuid4().hex[:8]}"
-    Member, Cards = declare(namespace, alias, [])
-    person = f"p-{uuid.uuid4().hex[:8]}"
+    namespace, Member, Cards, person = scene(alias)
     first, second = f"Olga First {uuid.uuid4().hex[:6]}", f"Olga Second {uuid.uuid4().hex[:6]}"
     join(Member, "m-1", person, first)
     assert catch_up(Cards) == {namespace: "caught-up"}
