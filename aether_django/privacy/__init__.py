@@ -360,8 +360,9 @@ def _checked_envelope(event: Event, envelope: object) -> tuple[str, str]:
 #: event's data (distinct from an envelope that is null).
 _UNKNOWN: Any = object()
 
-#: json.loads without its whitespace handling and checks: a quarter of its cost on the
-#: compact JSON an envelope holds (anything else fails here and goes the slow way).
+#: The JSON scanner without json.loads's wrapping (leading whitespace, the check of
+#: what follows): an envelope holds compact JSON; anything else fails here and goes
+#: the slow way.
 _raw_decode = json.JSONDecoder().raw_decode
 
 

@@ -177,8 +177,7 @@ def _opened(aead: AESGCM, ct: object, aad: bytes, what: str) -> bytes:
 #
 # The plaintext is the JSON array of the fields' values, in the order of "fields"; the
 # associated data is the event id and the field names, NUL-separated. One AES-GCM call,
-# one nonce and one tag per event rather than per field: an event's envelope costs
-# about what one field's did.
+# one nonce and one tag per event rather than per field.
 
 #: The data key of an event's envelope (the field envelopes' marker, in another place).
 SEALED_KEY = ENVELOPE_MARKER
