@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
 import signal
 import socket
 import subprocess
@@ -46,8 +47,50 @@ class ProcessError(RuntimeError):
     """A child process exited early or did not become ready in time."""
 
 
+#: Where picked ports come from when the kernel's ephemeral range is known: below it.
+_LOWEST_PICKED_PORT = 10000
+#: Ports this process has handed out, so that it does not hand one out twice.
+_handed_out: set[int] = set()
+_handed_out_lock = threading.Lock()
+
+
+def _ephemeral_ports() -> range | None:
+    """The range the kernel takes outgoing connections' local ports from (Linux only)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as ports:
+            low, high = (int(part) for part in ports.read().split())
+    except (OSError, ValueError):
+        return None
+    return range(low, high + 1)
+
+
 def find_free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    """A TCP port on 127.0.0.1 that nothing listens on right now, and that this process
+    has not handed out before.
+
+    A port is picked some time before the server it is for binds it: a cluster's ports
+    are all picked before its first server starts. Asking the kernel (``bind(0)``)
+    returns a port of its ephemeral range, which in the meantime can become the local
+    port of an outgoing connection (a route one server opens to another) or be handed out
+    again by the next call: the server then exits with "address already in use". So the
+    port is picked at random below that range, where the kernel puts no outgoing
+    connection, and never twice by one process.
+    """
+    ephemeral = _ephemeral_ports()
+    if ephemeral is None or ephemeral.start <= _LOWEST_PICKED_PORT:
+        return _kernel_picked_port()
+    candidates = range(_LOWEST_PICKED_PORT, ephemeral.start)
+    with _handed_out_lock:
+        for _ in range(1000):
+            port = random.choice(candidates)
+            if port not in _handed_out and port_is_free(port):
+                _handed_out.add(port)
+                return port
+    return _kernel_picked_port()
+
+
+def _kernel_picked_port() -> int:
+    """A port the kernel picks: free now, but of its ephemeral range."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
