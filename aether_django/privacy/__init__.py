@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import json.scanner
 import logging
 from binascii import Error as BinasciiError
 from binascii import a2b_base64
@@ -288,27 +289,26 @@ def _open_pass(
             out.append(event)
             continue
         pair: tuple[Any, Any]
-        if type(envelope) is dict and len(envelope) == 5:  # the shape as decoded
-            pair = (envelope.get("subject"), envelope.get("kid"))
-            try:
-                aead = aeads.get(pair, _UNKNOWN)
-            except TypeError:  # a subject or key id that is no string
-                aead = _UNKNOWN
-            if aead is _UNKNOWN or envelope.get("v") != ENVELOPE_VERSION:
-                # First sight of the pair, or not an envelope of this version.
-                pair = _checked_envelope(event, envelope)
-                aead = aeads.get(pair, _UNKNOWN)
-        else:
-            pair = _checked_envelope(event, envelope)  # raises: not the shape
-            aead = _UNKNOWN
+        try:
+            # The shape as decoded, of a pair the pass has a key (or None) for: any
+            # other is checked, and refused with what is wrong.
+            if type(envelope) is not dict or len(envelope) != 5:
+                raise KeyError
+            if envelope["v"] != ENVELOPE_VERSION:
+                raise KeyError
+            pair = (envelope["subject"], envelope["kid"])
+            aead = aeads[pair]
+        except (KeyError, TypeError):  # TypeError: a subject or key id that is no string
+            pair = _checked_envelope(event, envelope)
+            aead = aeads.get(pair, _UNKNOWN)
+            if aead is _UNKNOWN:
+                aead = ring.cached_aead(*pair)
+                if aead is None:
+                    missing.add(pair)
+                else:
+                    aeads[pair] = aead
         if event.version > after_version:
             subjects[pair[0]] = pair[1]
-        if aead is _UNKNOWN:
-            aead = ring.cached_aead(*pair)
-            if aead is None:
-                missing.add(pair)
-                continue
-            aeads[pair] = aead
         if missing:
             continue  # another pass opens them all
         metadata = event.metadata
@@ -323,28 +323,28 @@ def _open_pass(
                 sealed = a2b_base64(envelope["ct"], strict_mode=True)
                 # AESGCM refuses a nonce under 8 bytes, and a ciphertext without its tag
                 # does not authenticate: a short 'ct' fails here and is told below.
-                plain = aead.decrypt(
+                text = aead.decrypt(
                     sealed[:NONCE_BYTES],
                     sealed[NONCE_BYTES:],
                     "\x00".join((event.id, *fields)).encode(),
-                )
-                text = plain.decode()
-                values, end = _raw_decode(text)
+                ).decode()
+                values, end = _scan_json(text, 0)
                 if end != len(text) or type(values) is not list or len(values) != len(fields):
                     raise ValueError
-            except (BinasciiError, TypeError, ValueError, KeyError, InvalidTag):
+            except (BinasciiError, TypeError, ValueError, KeyError, InvalidTag, StopIteration):
                 values = _opened_slowly(event, aead, envelope)
                 fields = envelope["fields"]  # checked by then
         # A forgotten event's metadata changes too: that takes a copy of the event.
+        # One value per field, checked above: zip need not check it again.
         if in_place and metadata is event.metadata and type(data) is dict:
             # An event opened in a pass that then misses a key is not opened again:
             # the next pass finds no envelope in it.
             del data[SEALED_KEY]
-            data.update(zip(fields, values, strict=True))
+            data.update(zip(fields, values, strict=False))
             out.append(event)
         else:
             opened = {name: value for name, value in data.items() if name != SEALED_KEY}
-            opened.update(zip(fields, values, strict=True))
+            opened.update(zip(fields, values, strict=False))
             out.append(with_data(event, opened, metadata))
     return out, missing
 
@@ -360,10 +360,12 @@ def _checked_envelope(event: Event, envelope: object) -> tuple[str, str]:
 #: event's data (distinct from an envelope that is null).
 _UNKNOWN: Any = object()
 
-#: The JSON scanner without json.loads's wrapping (leading whitespace, the check of
-#: what follows): an envelope holds compact JSON; anything else fails here and goes
-#: the slow way.
-_raw_decode = json.JSONDecoder().raw_decode
+#: The JSON scanner, called without json.loads's wrapping (leading whitespace, the
+#: check of what follows, the Python frame of raw_decode): an envelope holds compact
+#: JSON; anything else fails here (StopIteration when nothing decodes) and goes the
+#: slow way.
+# (typeshed types make_scanner's argument as the scanner class, not the decoder it takes)
+_scan_json = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
 
 
 def _opened_slowly(event: Event, aead: AESGCM, envelope: Mapping[str, Any]) -> list[Any]:
