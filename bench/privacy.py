@@ -29,7 +29,8 @@ Figure 2 apart (2a, 2b, 2c): the same two histories read from the store without
 opening them, and the sealed one's 200 envelopes opened once read, without I/O, in the
 events of each read as a load opens them (2b) and into copies of them (2c, what a
 store that shares its events gets); the run's header gives the two histories' average
-stored event size.
+stored event size. 2d: figure 2's sealed load with no key cached, so that the keys of
+its 50 subjects are read from the key bucket.
 
 The targets (issue 18): save ≥ 0.85x and replay ≥ 0.8x of plain (figure 2; figure 3
 has none, it shows how the cost thins out). Benchmarks report targets, they do not
@@ -218,11 +219,12 @@ async def replays(report: Report, sizes: Sizes, section: str, *, every: int) -> 
 async def breakdown(report: Report, sizes: Sizes, sealed: str, plain: str) -> None:
     """Where figure 2's time goes: reading the two histories from the store (no
     opening), and opening the sealed one's 200 envelopes once read (no I/O), in the
-    events read as a load does and into copies of them."""
+    events read as a load does and into copies of them; and its load with no key cached."""
     from aether_django import privacy
     from aether_django.events import encode_event
+    from aether_django.privacy.keys import get_key_ring
 
-    progress("2a, 2b, 2c. figure 2's read and opening apart")
+    progress("2a-2d. figure 2's read and opening apart, and with no key cached")
 
     def reads(model: type[_Customer], actor: str) -> Callable[[], Awaitable[float]]:
         async def run() -> float:
@@ -289,6 +291,27 @@ async def breakdown(report: Report, sizes: Sizes, sealed: str, plain: str) -> No
             higher_is_better=False,
             target="(none)",
         )
+
+    async def cold_loads() -> float:
+        # Each load finds no key cached, as the first load of a process does, or any
+        # after PRIVACY_KEY_CACHE_SECONDS: the history's 50 subjects' keys are read.
+        total = 0.0
+        for _ in range(sizes.loads):
+            get_key_ring().drop()
+            start = clock()
+            await SealedCustomer.objects.aget(sealed)
+            total += clock() - start
+        return total / sizes.loads * 1000
+
+    res = await interleaved({"cold": cold_loads}, rounds=sizes.rounds, warmup=sizes.warmup)
+    report.add(
+        "2d",
+        f"load figure 2's actor with no key cached (the keys of its {SUBJECTS} subjects read)",
+        median(res["cold"]),
+        "ms",
+        higher_is_better=False,
+        target="(none)",
+    )
 
 
 async def run_all(report: Report, sizes: Sizes, only: list[str]) -> None:
