@@ -21,6 +21,7 @@ aggregate hold their state sealed under every subject of its history
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import json
@@ -474,10 +475,30 @@ async def _aopen(
     return opened, subjects, aeads
 
 
+#: Key reads a load (or a projection's batch) has under way at once.
+_CONCURRENT_KEY_READS = 32
+
+
 async def _fetch(wanted: Iterable[tuple[str, str]], aeads: _Keys) -> None:
+    """Read the keys of ``wanted`` into ``aeads`` (None for a forgotten one), several
+    at a time: a history or a batch whose subjects' keys are not cached (the first
+    load, or any after PRIVACY_KEY_CACHE_SECONDS) would otherwise wait one round trip
+    per subject. The first failure, in the pairs' order, is raised once every read of
+    its group has ended."""
     ring = get_key_ring()
-    for subject, kid in sorted(wanted):
-        aeads[(subject, kid)] = await ring.aead_for_read(subject, kid)
+    pairs = sorted(wanted)
+    if len(pairs) > 1:
+        await ring.bucket()  # opened and checked once, not by each read of the first group
+    for start in range(0, len(pairs), _CONCURRENT_KEY_READS):
+        group = pairs[start : start + _CONCURRENT_KEY_READS]
+        found = await asyncio.gather(
+            *(ring.aead_for_read(subject, kid) for subject, kid in group),
+            return_exceptions=True,
+        )
+        for pair, aead in zip(group, found, strict=True):
+            if isinstance(aead, BaseException):
+                raise aead
+            aeads[pair] = aead
 
 
 # --- snapshots ---------------------------------------------------------------------------

@@ -4,6 +4,7 @@ history included) while everything else stays readable and replayable."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import hashlib
@@ -12,11 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import nats
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 from aether_django import privacy
-from aether_django.conf import privacy_master_key
+from aether_django.conf import aether_settings, privacy_master_key
 from aether_django.events import Event
 from aether_django.privacy import (
     FORGOTTEN,
@@ -239,6 +241,37 @@ def test_a_forgotten_subject_written_again_gets_a_new_key() -> None:
     get_key_ring().drop()
     assert Order.objects.get(new.actor_id).email == BOB[1]
     assert Order.objects.get(old.actor_id).email == FORGOTTEN
+
+
+def test_a_load_reads_the_keys_of_many_subjects_at_once_and_tells_an_unreadable_one(
+    aether_nats_url: str,
+) -> None:
+    """The keys a history needs and the cache lacks are read several at a time (more
+    subjects here than one group of reads): each opens its own subject's fields, a
+    forgotten one gives the marker, and an entry the master key cannot read fails the
+    open with its own error, not a group of them."""
+    people = [(new_id("customer"), (f"Person {i}", f"person.{i}@example.org")) for i in range(70)]
+    events = [event for subject, person in people for event in stored(place(subject, person))]
+    privacy.forget(people[3][0])
+    get_key_ring().drop()
+    opened = privacy.open_events(Order, events)
+    expected = [FORGOTTEN if i == 3 else person[1] for i, (_, person) in enumerate(people)]
+    assert [event.data["email"] for event in opened] == expected
+
+    async def spoil(subject: str) -> None:
+        nc = await nats.connect(aether_nats_url)
+        try:
+            kv = await nc.jetstream().key_value(aether_settings.PRIVACY_BUCKET)
+            await kv.put(bucket_key(subject), b"not the JSON of a wrapped key")
+        finally:
+            await nc.close()
+
+    asyncio.run(spoil(people[40][0]))
+    get_key_ring().drop()
+    with pytest.raises(KeyUnwrapError, match="malformed"):
+        privacy.open_events(Order, events)
+    # Nothing was lost: the other subjects' keys still open their fields.
+    assert privacy.open_events(Order, events[:40])[39].data["email"] == people[39][1][1]
 
 
 def test_forget_of_an_unknown_subject_is_recorded_and_harmless() -> None:
