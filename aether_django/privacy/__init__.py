@@ -258,7 +258,6 @@ async def _fetch_for_write(subjects: Iterable[str], aeads: dict[str, tuple[str, 
 
 
 def _open_pass(
-    model: type[Aggregate],
     events: Sequence[Event],
     aeads: dict[tuple[str, str], AESGCM | None],
     subjects: dict[str, str],
@@ -417,7 +416,7 @@ def open_history(
     opened, subjects, aeads, missing = _open_cached(model, events, after_version, in_place)
     if missing:
         get_runtime().run(_fetch(missing, aeads))
-        opened, _ = _open_pass(model, events, aeads, subjects, after_version, in_place)
+        opened, _ = _open_pass(events, aeads, subjects, after_version, in_place)
     return opened, subjects
 
 
@@ -461,7 +460,7 @@ def _open_cached(
     subjects: dict[str, str] = {}
     if not model._meta.personal_data:
         return list(events), subjects, aeads, set()
-    opened, missing = _open_pass(model, events, aeads, subjects, after_version, in_place)
+    opened, missing = _open_pass(events, aeads, subjects, after_version, in_place)
     return opened, subjects, aeads, missing
 
 
@@ -471,7 +470,7 @@ async def _aopen(
     opened, subjects, aeads, missing = _open_cached(model, events, after_version, in_place)
     if missing:
         await _fetch(missing, aeads)
-        opened, _ = _open_pass(model, events, aeads, subjects, after_version, in_place)
+        opened, _ = _open_pass(events, aeads, subjects, after_version, in_place)
     return opened, subjects, aeads
 
 
