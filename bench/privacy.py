@@ -66,7 +66,7 @@ class Sizes:
     loads: int
     rounds: int
     #: Figures 2 and 3 (the loads): figure 2's ratio lies a few hundredths above its
-    #: target, and the median of 11 rounds moves by about as much between runs on a
+    #: target, and the median of 11 rounds moved by more than that between runs on a
     #: 2-core machine; more rounds make one run's figure the same as the next one's.
     replay_rounds: int
     warmup: int
