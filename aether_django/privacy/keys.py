@@ -14,10 +14,15 @@ use, tells a process started with another master key so before it writes anythin
 
 Each process caches the keys it read for ``PRIVACY_KEY_CACHE_SECONDS``: the bound on
 how long a process that did not forget a subject may still decrypt its fields.
+
+Every request to the bucket is retried within ``TIMEOUT`` as the store retries its
+own (:meth:`KeyRing._request`): the bucket is read on the store's paths (every load
+or save of personal data whose key is not cached), so it fails no more easily.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -25,10 +30,13 @@ import logging
 import threading
 import time
 import weakref
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
+import nats.errors
 import nats.js.errors
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 from nats.js.kv import KeyValue
 
@@ -36,6 +44,8 @@ from ..conf import aether_settings, privacy_master_key, privacy_old_master_key
 from ..nats.api import kv_key_subject, kv_stream
 from ..nats.streams import stream_info
 from ..runtime import get_runtime
+from ..store.base import StoreConfig
+from ..store.jetstream.retry import TRANSIENT, Retrier
 from .envelope import KeyUnwrapError, new_data_key, new_key_id, unwrap_key, wrap_key
 
 logger = logging.getLogger(__name__)
@@ -45,6 +55,21 @@ __all__ = ["KeyRing", "bucket_key", "get_key_ring", "reset_key_ring"]
 VERIFIER_KEY = "verifier"
 _VERIFIER_TEXT = b"aether_django privacy verifier v1"
 _MISSING = (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError)
+
+T = TypeVar("T")
+
+#: JetStream's error code for a stream none of whose servers is reachable.
+_STREAM_OFFLINE = 10118
+
+
+class _Unanswered(Exception):
+    """No server of the key bucket answered: a direct get found no responder, or the
+    stream was reported offline (its server restarting)."""
+
+
+#: The failures after which a key bucket request is sent again: the store's transient
+#: ones, and the bucket's servers unreachable for a moment.
+_TRANSIENT = (*TRANSIENT, _Unanswered)
 
 
 def bucket_key(subject: str) -> str:
@@ -93,16 +118,55 @@ class KeyRing:
                 self._cache.pop(subject, None)
 
     # --- the bucket ---------------------------------------------------------------
+    async def _request(self, what: str, op: Callable[[KeyValue, Any], Awaitable[T]]) -> T:
+        """``op(bucket, connection)`` on the runtime's connection, sent again after a
+        transient failure until ``TIMEOUT`` has passed, one attempt of at most
+        ``ATTEMPT_TIMEOUT`` after another: the store's policy (``store.jetstream.retry``).
+
+        A key bucket request is repeated, not given up, when it goes unanswered: while
+        the bucket's server restarts or a leader is elected, a STREAM.INFO can get no
+        reply at all and a direct get no responder. ``op`` must be safe to repeat; a
+        create whose first attempt landed unacknowledged fails the next with
+        KeyWrongLastSequenceError, which its caller resolves by reading what is there.
+        """
+        retry = Retrier(
+            get_runtime(),
+            StoreConfig(timeout=float(aether_settings.TIMEOUT)),
+            "",
+            where=f"key bucket {aether_settings.PRIVACY_BUCKET!r}",
+        )
+
+        async def attempt(nc: Any) -> T:
+            return await op(await self._open(nc), nc)
+
+        async def once(nc: Any, wait: float) -> T:
+            try:
+                return await asyncio.wait_for(attempt(nc), wait)
+            except nats.errors.NoRespondersError:
+                raise _Unanswered from None
+            except nats.js.errors.ServerError as exc:
+                if exc.err_code == _STREAM_OFFLINE:
+                    raise _Unanswered from None
+                raise
+
+        return await retry.retrying(retry.deadline(), what, once, _TRANSIENT)
+
     async def bucket(self) -> KeyValue:
         """The key bucket (made on first use), its verifier checked against the master key."""
+
+        async def itself(kv: KeyValue, nc: Any) -> KeyValue:
+            return kv
+
+        return await self._request("opening the key bucket", itself)
+
+    async def _open(self, nc: Any) -> KeyValue:
         # Per connection (the runtime has one per event loop, and makes a new one when
         # one closes): a bucket handle speaks through the connection that opened it.
-        nc = await get_runtime().connection()
         kv = self._buckets.get(nc)
         if kv is not None:
             return kv
         master = privacy_master_key()
-        js = nc.jetstream(timeout=float(aether_settings.TIMEOUT))
+        js = _js(nc)
         name = aether_settings.PRIVACY_BUCKET
         try:
             kv = await js.key_value(name)
@@ -133,13 +197,21 @@ class KeyRing:
                 f"{aether_settings.PRIVACY_BUCKET!r} was written with"
             )
 
-    async def _read(self, kv: KeyValue, subject: str) -> tuple[str, bytes] | None:
+    async def _get(self, name: str) -> KeyValue.Entry | None:
+        """The bucket's entry ``name``, or None when there is none (or it was purged)."""
+
+        async def get(kv: KeyValue, nc: Any) -> KeyValue.Entry | None:
+            try:
+                return await kv.get(name)
+            except _MISSING:
+                return None
+
+        return await self._request("reading a data key", get)
+
+    async def _read(self, subject: str) -> tuple[str, bytes] | None:
         name = bucket_key(subject)
-        try:
-            entry = await kv.get(name)
-        except _MISSING:
-            return None
-        if not entry.value:
+        entry = await self._get(name)
+        if entry is None or not entry.value:
             return None
         try:
             doc = json.loads(entry.value)
@@ -158,18 +230,22 @@ class KeyRing:
         hit = self._cached(subject)
         if hit is not None:
             return hit
-        kv = await self.bucket()
-        found = await self._read(kv, subject)
+        found = await self._read(subject)
         if found is None:
             kid, key = new_key_id(), new_data_key()
             name = bucket_key(subject)
-            doc = {"kid": kid, "key": wrap_key(privacy_master_key(), key, name=name)}
+            value = json.dumps({"kid": kid, "key": wrap_key(privacy_master_key(), key, name=name)})
+
+            async def create(kv: KeyValue, nc: Any) -> None:
+                await kv.create(name, value.encode())
+
             try:
-                await kv.create(name, json.dumps(doc).encode())
+                await self._request("making a data key", create)
                 found = kid, key
             except nats.js.errors.KeyWrongLastSequenceError:
-                # Another process made it first: use theirs.
-                found = await self._read(kv, subject)
+                # Another process made it first (or an attempt of ours landed but its
+                # reply was lost, and another attempt followed): use what is there.
+                found = await self._read(subject)
                 if found is None:  # and it was forgotten again at once
                     raise
         self._remember(subject, *found)
@@ -184,7 +260,7 @@ class KeyRing:
         hit = self._cached(subject)
         if hit is not None:
             return hit
-        found = await self._read(await self.bucket(), subject)
+        found = await self._read(subject)
         if found is not None:
             self._remember(subject, *found)
         return found
@@ -194,7 +270,7 @@ class KeyRing:
         hit = self._entry(subject)
         if hit is not None and hit[1] == kid:
             return hit[2]
-        found = await self._read(await self.bucket(), subject)
+        found = await self._read(subject)
         if found is None:
             self.drop(subject)
             return None
@@ -228,17 +304,20 @@ class KeyRing:
 
     async def forget(self, subject: str) -> str | None:
         """Purge ``subject``'s key from the bucket (all its history); the key id it had."""
-        kv = await self.bucket()
         try:
-            found = await self._read(kv, subject)
+            found = await self._read(subject)
         except KeyUnwrapError:
             found = None  # unreadable either way: purge it all the same
         name = bucket_key(subject)
-        with contextlib.suppress(*_MISSING):
-            entry = await kv.get(name)
-            await self._erase(kv, entry.revision)
-        # The purge leaves only a marker without value, whatever revisions were there.
-        await kv.purge(name)
+        entry = await self._get(name)
+        if entry is not None:
+            await self._erase(entry.revision)
+
+        async def purge(kv: KeyValue, nc: Any) -> None:
+            # The purge leaves only a marker without value, whatever revisions were there.
+            await kv.purge(name)
+
+        await self._request("purging a data key", purge)
         self.drop(subject)
         return found[0] if found else None
 
@@ -258,33 +337,41 @@ class KeyRing:
                 "rotating needs the previous master key in PRIVACY_OLD_MASTER_KEY "
                 "(or AETHER_PRIVACY_OLD_MASTER_KEY)"
             )
-        kv = await self.bucket()
-        nc = await get_runtime().connection()
-        js = nc.jetstream(timeout=float(aether_settings.TIMEOUT))
         stream = kv_stream(aether_settings.PRIVACY_BUCKET)
-        config = (await js.stream_info(stream)).config
+
+        async def read_config(kv: KeyValue, nc: Any) -> StreamConfig:
+            return (await _js(nc).stream_info(stream)).config
+
+        config = await self._request("reading the key bucket's configuration", read_config)
+
+        async def keep_per_key(messages: int) -> None:
+            config.max_msgs_per_subject = messages
+
+            async def update(kv: KeyValue, nc: Any) -> None:
+                await _js(nc).update_stream(config)
+
+            await self._request("updating the key bucket's configuration", update)
+
+        async def list_names(kv: KeyValue, nc: Any) -> list[str]:
+            return await _entry_names(nc, aether_settings.PRIVACY_BUCKET)
+
         # Two messages per key for a moment: the new one lands before the old is
         # erased, so no reader ever finds a key missing (which would read as forgotten).
-        config.max_msgs_per_subject = 2
-        await js.update_stream(config)
+        await keep_per_key(2)
         rewrapped = 0
         try:
-            names = await _entry_names(nc, aether_settings.PRIVACY_BUCKET)
+            names = await self._request("listing the key bucket", list_names)
             names = [*(n for n in names if n.startswith("s.")), VERIFIER_KEY]
             for name in names:
-                rewrapped += await self._rewrap(kv, js, stream, name, master, old)
+                rewrapped += await self._rewrap(name, master, old)
         finally:
-            config.max_msgs_per_subject = 1
-            await js.update_stream(config)
+            await keep_per_key(1)
         return rewrapped
 
-    async def _rewrap(
-        self, kv: KeyValue, js: Any, stream: str, name: str, master: bytes, old: bytes
-    ) -> int:
+    async def _rewrap(self, name: str, master: bytes, old: bytes) -> int:
         for _ in range(5):
-            try:
-                entry = await kv.get(name)
-            except _MISSING:
+            entry = await self._get(name)
+            if entry is None:
                 return 0  # forgotten meanwhile
             raw = (entry.value or b"").decode()
             if name == VERIFIER_KEY:
@@ -309,24 +396,36 @@ class KeyRing:
                 ) from None
             rewrapped = wrap_key(master, key, name=name)
             value = rewrapped if doc is None else json.dumps({**doc, "key": rewrapped})
+
+            async def update(
+                kv: KeyValue, nc: Any, value: bytes = value.encode(), last: Any = entry.revision
+            ) -> None:
+                await kv.update(name, value, last=last)
+
             try:
-                await kv.update(name, value.encode(), last=entry.revision)
+                await self._request("re-wrapping a data key", update)
             except nats.js.errors.KeyWrongLastSequenceError:
-                continue  # changed (or forgotten) meanwhile: look again
-            await self._erase(kv, entry.revision)
+                # Changed or forgotten meanwhile: look again. (Or an attempt of ours
+                # landed unacknowledged: the entry then reads as already re-wrapped,
+                # and its old message goes when the bucket keeps one per key again,
+                # without the secure erase.)
+                continue
+            await self._erase(entry.revision)
             return 1
         raise KeyUnwrapError(f"the key bucket's entry {name!r} kept changing while rotating")
 
-    async def _erase(self, kv: KeyValue, revision: int | None) -> None:
+    async def _erase(self, revision: int | None) -> None:
         """Delete the entry's message with the server's secure erase: a purge alone
         leaves its bytes in the server's files until they are compacted."""
         if not revision:
             return
-        nc = await get_runtime().connection()
-        js = nc.jetstream(timeout=float(aether_settings.TIMEOUT))
         stream = kv_stream(aether_settings.PRIVACY_BUCKET)
+
+        async def delete(kv: KeyValue, nc: Any) -> None:
+            await _js(nc).delete_msg(stream, revision)
+
         try:
-            await js.delete_msg(stream, revision)
+            await self._request("erasing a data key", delete)
         except nats.js.errors.NotFoundError:
             pass  # purged meanwhile
         except nats.js.errors.APIError as exc:
@@ -337,6 +436,12 @@ class KeyRing:
                 stream,
                 exc.description,
             )
+
+
+def _js(nc: Any) -> JetStreamContext:
+    """A JetStream context on ``nc`` (its requests are bounded by each attempt's)."""
+    js: JetStreamContext = nc.jetstream(timeout=float(aether_settings.TIMEOUT))
+    return js
 
 
 def _unwrap(master: bytes, wrapped: str, *, name: str) -> bytes:

@@ -14,7 +14,6 @@ is what makes such a leftover useless.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import os
@@ -22,7 +21,6 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import nats
 import pytest
 from django.conf import settings
 from django.test import override_settings
@@ -33,6 +31,7 @@ from aether_django.nats.api import kv_stream
 from aether_django.privacy import FORGOTTEN, KeyUnwrapError
 from aether_django.privacy.envelope import unwrap_key
 from aether_django.privacy.keys import bucket_key, get_key_ring
+from aether_django.runtime import get_runtime
 from aether_django.testing import NatsCluster
 
 from .conftest import forms, new_id
@@ -89,26 +88,19 @@ def wait_until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
         time.sleep(0.1)
 
 
-def wrapped_key(cluster: NatsCluster, subject: str) -> str:
-    """The wrapped data key as the bucket entry of ``subject`` holds it."""
-
-    async def read() -> str:
-        nc = await nats.connect(cluster.url.split(","))
-        try:
-            kv = await nc.jetstream().key_value(BUCKET)
-            entry = await kv.get(bucket_key(subject))
-            return str(json.loads(entry.value or b"")["key"])
-        finally:
-            await nc.close()
-
-    return asyncio.run(read())
+def wrapped_key(subject: str) -> str:
+    """The wrapped data key as the bucket entry of ``subject`` holds it (read as the key
+    ring reads it: a request that goes unanswered is sent again)."""
+    entry = get_runtime().run(get_key_ring()._get(bucket_key(subject)))
+    assert entry is not None and entry.value
+    return str(json.loads(entry.value)["key"])
 
 
 def test_forget_erases_the_key_from_every_replica(cluster: NatsCluster) -> None:
     alice, bob = new_id("customer"), new_id("customer")
     alice_order, bob_order = place(alice, ALICE, 1), place(bob, BOB, 2)
     alice_key = cached_key(alice)
-    wrapped = wrapped_key(cluster, alice)
+    wrapped = wrapped_key(alice)
     bucket_stream = kv_stream(BUCKET)
     message_store = f"/streams/{bucket_stream}/msgs/"
 

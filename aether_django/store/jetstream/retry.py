@@ -45,10 +45,14 @@ TRANSIENT = (
 class Retrier:
     """Deadlines, back-off and retried requests on the runtime's connection."""
 
-    def __init__(self, runtime: Runtime, config: StoreConfig, namespace: str) -> None:
+    def __init__(
+        self, runtime: Runtime, config: StoreConfig, namespace: str, *, where: str = ""
+    ) -> None:
         self.runtime = runtime
         self.config = config
         self.namespace = namespace
+        #: What the error names when the deadline passes (the namespace by default).
+        self.where = where or f"namespace {namespace!r}"
 
     def deadline(self) -> float:
         """When an operation starting now must have finished (loop time)."""
@@ -63,8 +67,7 @@ class Retrier:
         remaining = self.remaining(deadline)
         if remaining <= 0:
             raise StoreUnavailableError(
-                f"NATS did not answer within {self.config.timeout}s ({what}, "
-                f"namespace {self.namespace!r})"
+                f"NATS did not answer within {self.config.timeout}s ({what}, {self.where})"
             )
         await asyncio.sleep(min(0.02 * (2**attempt), 0.5, remaining))
 
@@ -100,9 +103,14 @@ class Retrier:
         return await self.retrying(deadline, method, once)
 
     async def retrying(
-        self, deadline: float, what: str, once: Callable[[Any, float], Awaitable[T]]
+        self,
+        deadline: float,
+        what: str,
+        once: Callable[[Any, float], Awaitable[T]],
+        transient: tuple[type[BaseException], ...] = TRANSIENT,
     ) -> T:
-        """Run ``once(connection, attempt_timeout)`` until it succeeds or the deadline passes."""
+        """Run ``once(connection, attempt_timeout)`` until it succeeds or the deadline
+        passes; only the ``transient`` failures are retried."""
         attempt = 0
         while True:
             timeout = min(self.remaining(deadline), ATTEMPT_TIMEOUT)
@@ -110,6 +118,6 @@ class Retrier:
                 if timeout <= 0:
                     raise nats.errors.TimeoutError
                 return await once(await self.runtime.connection(), timeout)
-            except TRANSIENT:
+            except transient:
                 await self.pause(deadline, attempt, what)
                 attempt += 1
