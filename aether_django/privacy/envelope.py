@@ -119,14 +119,14 @@ def envelope_subject(envelope: object) -> tuple[str, str]:
     return _subject_and_kid(envelope, ENVELOPE_MARKER, _ENVELOPE_KEYS)
 
 
-def _subject_and_kid(envelope: object, version: str, keys: frozenset[str]) -> tuple[str, str]:
-    """What both envelopes check: an object of this format version, with exactly
-    ``keys``, naming a subject and a key id."""
+def _subject_and_kid(envelope: object, marker: str, keys: frozenset[str]) -> tuple[str, str]:
+    """What both envelopes check: an object whose ``marker`` key gives this format
+    version, with exactly ``keys``, naming a subject and a key id."""
     if type(envelope) is not dict and not isinstance(envelope, Mapping):
         raise EnvelopeError(f"an envelope must be a JSON object, not {type(envelope).__name__}")
-    if envelope.get(version) != ENVELOPE_VERSION:
+    if envelope.get(marker) != ENVELOPE_VERSION:
         raise EnvelopeError(
-            f"unknown envelope version {envelope.get(version)!r} "
+            f"unknown envelope version {envelope.get(marker)!r} "
             f"(this release reads {ENVELOPE_VERSION})"
         )
     if envelope.keys() != keys:

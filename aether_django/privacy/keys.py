@@ -210,16 +210,7 @@ class KeyRing:
 
     async def _read(self, subject: str) -> tuple[str, bytes] | None:
         name = bucket_key(subject)
-        entry = await self._get(name)
-        if entry is None or not entry.value:
-            return None
-        try:
-            doc = json.loads(entry.value)
-            kid, wrapped = doc["kid"], doc["key"]
-        except (ValueError, KeyError, TypeError):
-            raise KeyUnwrapError(f"the key bucket's entry {name!r} is malformed") from None
-        key = _unwrap(privacy_master_key(), wrapped, name=name)
-        return str(kid), key
+        return _unwrapped_entry(name, await self._get(name))
 
     async def key_for_write(self, subject: str) -> tuple[str, bytes]:
         """The (key id, data key) to encrypt ``subject``'s fields with, made on first use.
@@ -304,12 +295,12 @@ class KeyRing:
 
     async def forget(self, subject: str) -> str | None:
         """Purge ``subject``'s key from the bucket (all its history); the key id it had."""
-        try:
-            found = await self._read(subject)
-        except KeyUnwrapError:
-            found = None  # unreadable either way: purge it all the same
         name = bucket_key(subject)
         entry = await self._get(name)
+        try:
+            found = _unwrapped_entry(name, entry)
+        except KeyUnwrapError:
+            found = None  # unreadable either way: purge it all the same
         if entry is not None:
             await self._erase(entry.revision)
 
@@ -442,6 +433,18 @@ def _js(nc: Any) -> JetStreamContext:
     """A JetStream context on ``nc`` (its requests are bounded by each attempt's)."""
     js: JetStreamContext = nc.jetstream(timeout=float(aether_settings.TIMEOUT))
     return js
+
+
+def _unwrapped_entry(name: str, entry: KeyValue.Entry | None) -> tuple[str, bytes] | None:
+    """The (key id, data key) the bucket's entry ``name`` holds; None for no entry."""
+    if entry is None or not entry.value:
+        return None
+    try:
+        doc = json.loads(entry.value)
+        kid, wrapped = doc["kid"], doc["key"]
+    except (ValueError, KeyError, TypeError):
+        raise KeyUnwrapError(f"the key bucket's entry {name!r} is malformed") from None
+    return str(kid), _unwrap(privacy_master_key(), wrapped, name=name)
 
 
 def _unwrap(master: bytes, wrapped: str, *, name: str) -> bytes:

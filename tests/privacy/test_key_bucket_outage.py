@@ -21,9 +21,11 @@ import pytest
 from django.conf import settings
 from django.test import override_settings
 
+from aether_django import privacy
 from aether_django.conf import aether_settings
 from aether_django.errors import StoreUnavailableError
 from aether_django.nats.api import kv_stream
+from aether_django.privacy import FORGOTTEN
 from aether_django.privacy.keys import get_key_ring, reset_key_ring
 from aether_django.runtime import get_runtime
 from aether_django.testing import NatsCluster, NatsServer
@@ -121,8 +123,14 @@ def test_a_key_bucket_that_stays_away_gives_a_clear_error_within_the_timeout(
             # Given up at TIMEOUT (give or take an attempt and the machine's load),
             # not after one TIMEOUT per request the operation makes.
             assert time.monotonic() - started < 2 * 2.0
+            with pytest.raises(StoreUnavailableError, match="key bucket 'aether_privacy_keys'"):
+                privacy.forget(alice)
     finally:
         host.restart()
     # Nothing was made meanwhile: alice keeps her key, and her order reads.
     reset_key_ring()
     assert Order.objects.get(order.actor_id).email == ALICE[1]
+    # The forget that raised is run again, and finishes.
+    privacy.forget(alice)
+    reset_key_ring()
+    assert Order.objects.get(order.actor_id).email == FORGOTTEN
